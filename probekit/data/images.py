@@ -1,0 +1,104 @@
+"""Images from paths, PIL images, numpy arrays or tensors, checked before any forward pass."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ImageError
+
+__all__ = ["check_images", "to_pil", "images_digest"]
+
+ImageLike = Any  # PIL.Image.Image | str | os.PathLike | np.ndarray | torch.Tensor
+
+
+def _check_one(x: ImageLike, i: int) -> None:
+    if isinstance(x, Image.Image):
+        return
+    if isinstance(x, (str, os.PathLike)):
+        p = Path(x)
+        if not p.is_file():
+            raise ImageError(f"image {i}: file {str(p)!r} does not exist", fix="check the path")
+        try:
+            with Image.open(p) as im:
+                im.verify()  # parses the file without decoding all pixels
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"image {i}: file {str(p)!r} is not a readable image ({exc})",
+                             fix="remove or replace that file") from exc
+        return
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        shape = tuple(x.shape)
+        ok = len(shape) == 2 or (len(shape) == 3 and (shape[-1] in (1, 3, 4) or shape[0] in (1, 3, 4)))
+        if not ok:
+            raise ImageError(f"image {i}: array of shape {shape} is not an image",
+                             fix="pass HxW, HxWxC or CxHxW (C in 1, 3, 4) arrays, one image per item")
+        arr = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ImageError(f"image {i}: array holds NaN or inf", fix="clean the pixel values")
+        return
+    raise ImageError(f"image {i} has type {type(x).__name__}, which probekit cannot read",
+                     fix="pass PIL images, file paths, numpy arrays (HxWxC) or tensors (CxHxW)")
+
+
+def check_images(images: Any) -> list[ImageLike]:
+    """Validate a sequence of images up front; returns it as a list (nothing decoded yet)."""
+    if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 3):
+        raise ImageError("images must be a sequence of images, got a single image",
+                         fix="wrap it in a list: [image]")
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        if images.ndim != 4:
+            raise ImageError(f"an image batch array must be 4-D, got shape {tuple(images.shape)}")
+        images = list(images)
+    try:
+        items = list(images)
+    except TypeError:
+        raise ImageError(f"images must be a list of images, got {type(images).__name__}",
+                         fix="pass a list of PIL images, paths, arrays or tensors") from None
+    if not items:
+        raise ImageError("the image list is empty", fix="pass at least one image")
+    for i, x in enumerate(items):
+        _check_one(x, i)
+    return items
+
+
+def to_pil(x: ImageLike) -> Image.Image:
+    """Decode one (checked) image to an RGB PIL image."""
+    if isinstance(x, Image.Image):
+        return x.convert("RGB") if x.mode != "RGB" else x
+    if isinstance(x, (str, os.PathLike)):
+        with Image.open(x) as im:
+            return im.convert("RGB")
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.transpose(arr, (1, 2, 0))  # CHW -> HWC
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.float64)
+        if arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return Image.fromarray(arr).convert("RGB")
+
+
+def images_digest(images: Sequence[ImageLike]) -> str:
+    """A hash that changes when the image list changes (cheap for paths: name, size, mtime)."""
+    h = hashlib.sha256()
+    for x in images:
+        if isinstance(x, (str, os.PathLike)):
+            st = os.stat(x)
+            h.update(f"{os.fspath(x)}|{st.st_size}|{st.st_mtime_ns}".encode())
+        elif isinstance(x, Image.Image):
+            h.update(f"{x.size}{x.mode}".encode())
+            h.update(x.tobytes())
+        else:
+            arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+            h.update(str(arr.shape).encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]

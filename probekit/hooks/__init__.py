@@ -1,0 +1,8 @@
+"""Hook layer: hook points, position selectors, the recorder, the activation store, collect()."""
+
+from .collect import collect
+from .positions import PositionContext, normalize_positions, select
+from .recorder import Recorder
+from .store import ActivationStore
+
+__all__ = ["collect", "Recorder", "ActivationStore", "PositionContext", "normalize_positions", "select"]

@@ -1,0 +1,214 @@
+"""`collect`: run a model over images and prompts and keep chosen points at chosen positions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.images import check_images, images_digest, to_pil
+from ..errors import InputError
+from ..models.adapter import Model
+from .backends import check_backend, run_backend
+from .positions import Position, PositionContext, normalize_positions, position_name, select, select_vision
+from .store import ActivationStore, StoreWriter
+
+__all__ = ["collect", "as_model", "check_prompts", "DEFAULT_PROMPT"]
+
+DEFAULT_PROMPT = "Describe the image."
+
+
+def as_model(model: Any, processor: Any = None) -> Model:
+    """Accept a probekit Model, a checkpoint path / hub id, or an HF model plus its processor."""
+    if isinstance(model, Model):
+        return model
+    from ..models.loading import load, wrap
+
+    if isinstance(model, (str, os.PathLike)):
+        return load(model)
+    return wrap(model, processor)
+
+
+def check_prompts(prompts: str | Sequence[str] | None, n: int) -> list[str]:
+    if prompts is None:
+        return [DEFAULT_PROMPT] * n
+    if isinstance(prompts, str):
+        return [prompts] * n
+    prompts = list(prompts)
+    if len(prompts) != n:
+        raise InputError(f"{n} images but {len(prompts)} prompts",
+                         fix="pass one prompt per image, or a single string used for all")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InputError(f"prompt {i} is a {type(p).__name__}, not a string", fix="pass prompts as strings")
+    return prompts
+
+
+def _reducer(model: Model, positions: list[Position], many: bool, ctx: PositionContext, inputs: dict,
+             batch: int) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    vision_pos = "image" if "image" in positions else "image_mean"
+
+    def reduce(point: str, h: torch.Tensor) -> torch.Tensor:
+        if model.target(point).side == "vision":
+            counts = model.vision_counts(inputs, point, h.shape[0]) if h.dim() == 2 else None
+            return select_vision(h, vision_pos, counts, batch)
+        if h.dim() == 2 and h.shape[0] == ctx.attention_mask.numel():
+            h = h.view(*ctx.attention_mask.shape, h.shape[-1])  # OPT's fc2 runs on [b*s, d]
+        if not many:
+            return select(h, positions[0], ctx)
+        parts = [select(h, p, ctx) for p in positions]
+        return torch.cat([t if t.dim() == 3 else t.unsqueeze(1) for t in parts], dim=1)
+
+    return reduce
+
+
+def _labels(model: Model, point: str, positions: list[Position], many: bool, t: torch.Tensor,
+            slots: list[str]) -> list[str]:
+    """Names along axis 1 of a stored point (one name for a [n, d] point)."""
+    if model.target(point).side == "vision":
+        name = "image" if "image" in positions else "image_mean"
+        return [name] if t.dim() == 2 else [f"{name}[{j}]" for j in range(t.shape[1])]
+    return slots
+
+
+def collect(
+    model: Any,
+    images: Any,
+    prompts: str | Sequence[str] | None = None,
+    *,
+    points: str | Sequence[str] = "lm.*.resid",
+    positions: Position | Sequence[Position] = "last",
+    store: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    backend: str = "torch",
+    padding_side: str | None = None,
+    chat: bool | None = None,
+    shard_size: int = 1024,
+    progress: bool = True,
+    processor: Any = None,
+    store_dtype: torch.dtype | None = None,
+) -> ActivationStore:
+    """Record hook points at token positions for every image (+ prompt).
+
+    Args:
+        model: a :class:`probekit.Model`, a checkpoint path / hub id, or an HF model with ``processor=``.
+        images: PIL images, file paths, HxWxC arrays or CxHxW tensors.
+        prompts: one string for all images, one per image, or None (``"Describe the image."``).
+        points: point names or globs (``"lm.*.resid"``); see ``model.points()``.
+        positions: a selector (``"last"``, ``"image_mean"``, ``"image"``, ``"text"``, int, slice,
+            callable) or a tuple of them; a tuple stores ``[n, p, d]`` per point.
+        store: None keeps everything in memory; a directory streams safetensors shards there and
+            resumes an interrupted collection into the same directory.
+        batch_size: images per forward pass.
+        backend: ``"torch"`` (plain forward hooks), ``"nnsight"`` or ``"transformer_lens"``; all
+            give the same numbers.
+        padding_side: override the tokenizer's padding side (``"left"``/``"right"``).
+        chat: use the processor's chat template (None: when it has one).
+        shard_size: samples per shard on disk (memory use grows with it, not with n).
+        store_dtype: cast stored activations (e.g. ``torch.float32``); default keeps the model's dtype.
+
+    Returns:
+        :class:`ActivationStore` with ``store[point]`` of shape ``[n, d]`` or ``[n, p, d]``.
+
+    Example:
+        >>> import probekit, tempfile
+        >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
+        >>> s = probekit.collect(m, probekit.tiny.fixture_images(4, 32), "What shape is it?",
+        ...                      positions=("last", "image_mean"), progress=False)
+        >>> s["lm.1.resid"].shape
+        torch.Size([4, 2, 64])
+    """
+    # ---- validate everything before any forward pass or file write
+    model = as_model(model, processor)
+    items = check_images(images)
+    n = len(items)
+    prompt_list = check_prompts(prompts, n)
+    names = model.resolve(points)
+    pos_list, many = normalize_positions(positions)
+    check_backend(backend, model)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}", fix="e.g. batch_size=8")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise InputError(f"shard_size must be a positive int, got {shard_size!r}")
+    if padding_side not in (None, "left", "right"):
+        raise InputError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}")
+
+    meta = {
+        "model": model.name,
+        "family": model.family,
+        "model_fingerprint": model.fingerprint(),
+        "points": names,
+        "positions": [position_name(p) for p in pos_list],
+        "n": n,
+        "prompts_digest": hashlib.sha256(json.dumps(prompt_list).encode()).hexdigest()[:16],
+        "images_digest": images_digest(items),
+        "backend": backend,
+        "padding_side": padding_side,
+        "dtype": str(store_dtype or model.dtype).replace("torch.", ""),
+    }
+    fingerprint = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    meta["prompts"] = prompt_list if n <= 10_000 else prompt_list[:10_000]
+
+    writer = StoreWriter(store, meta, n, shard_size, fingerprint) if store is not None else None
+    step = shard_size if writer is not None else n
+    done = writer.done_ranges() if writer is not None else set()
+    point_info: dict[str, dict] = dict(writer.index["points"]) if writer is not None else {}
+    memory: dict[str, list[torch.Tensor]] = {p: [] for p in names}
+
+    bar = tqdm(total=n, desc=f"collect {len(names)} points", unit="img", disable=not progress, leave=False)
+    try:
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            if (start, stop) in done:
+                bar.update(stop - start)
+                continue
+            chunk: dict[str, list[torch.Tensor]] = {p: [] for p in names}
+            for b0 in range(start, stop, batch_size):
+                b1 = min(b0 + batch_size, stop)
+                out, ctx = _forward(model, items[b0:b1], prompt_list[b0:b1], names, pos_list, many,
+                                    backend, padding_side, chat)
+                for p in names:
+                    t = out[p].to("cpu")
+                    chunk[p].append(t.to(store_dtype) if store_dtype is not None else t)
+                if not point_info:
+                    slots = _slot_labels(pos_list, ctx)
+                    point_info = {p: {"shape": list(out[p].shape[1:]), "dtype": str(chunk[p][0].dtype).replace("torch.", ""),
+                                      "positions": _labels(model, p, pos_list, many, out[p], slots)} for p in names}
+                bar.update(b1 - b0)
+            tensors = {p: torch.cat(chunk[p]) for p in names}
+            if writer is not None:
+                writer.write_shard(start, stop, tensors, point_info)
+            else:
+                for p in names:
+                    memory[p].append(tensors[p])
+    finally:
+        bar.close()
+    if writer is not None:
+        return writer.finish()
+    return ActivationStore({p: torch.cat(v) for p, v in memory.items()}, meta=meta, point_info=point_info)
+
+
+def _forward(model: Model, batch_items: list, prompts: list[str], names: list[str], pos_list: list[Position],
+             many: bool, backend: str, padding_side: str | None, chat: bool | None
+             ) -> tuple[dict[str, torch.Tensor], PositionContext]:
+    pil = [to_pil(x) for x in batch_items]
+    inputs = model.prepare(pil, prompts, chat=chat, padding_side=padding_side)
+    ctx = PositionContext.from_inputs(inputs, model.image_mask(inputs))
+    reduce = _reducer(model, pos_list, many, ctx, inputs, len(pil))
+    with torch.inference_mode():
+        out = run_backend(backend, model, inputs, names, reduce)
+    return out, ctx
+
+
+def _slot_labels(pos_list: list[Position], ctx: PositionContext) -> list[str]:
+    """Label each slot along axis 1 of a multi-position point by the selector that produced it."""
+    probe = torch.zeros(*ctx.attention_mask.shape, 1)
+    labels: list[str] = []
+    for p in pos_list:
+        t = select(probe, p, ctx)
+        labels += [position_name(p)] if t.dim() == 2 else [f"{position_name(p)}[{j}]" for j in range(t.shape[1])]
+    return labels

@@ -1,0 +1,113 @@
+"""`Recorder`: plain torch forward hooks that record chosen points, always removed on exit."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..models.adapter import Model, get_module
+
+__all__ = ["Recorder", "first_tensor", "StopForward"]
+
+
+class StopForward(Exception):
+    """Raised inside a hook once every requested point is recorded: the rest of the forward is skipped."""
+
+
+def first_tensor(value: Any) -> torch.Tensor:
+    """The activation inside a module's output (a tensor, a tuple led by one, or a ModelOutput)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    if hasattr(value, "last_hidden_state") and isinstance(value.last_hidden_state, torch.Tensor):
+        return value.last_hidden_state
+    if hasattr(value, "values"):
+        for v in value.values():
+            if isinstance(v, torch.Tensor):
+                return v
+    raise TypeError(f"no tensor in module output of type {type(value).__name__}")
+
+
+def _input_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    return kwargs["hidden_states"]
+
+
+class Recorder:
+    """Record the outputs (or inputs) of hook points during a forward pass.
+
+    ``reduce(point, tensor)`` runs inside the hook (e.g. a position selector), so only what is
+    kept stays in memory. With ``stop_early=True`` the forward stops as soon as every point has
+    been recorded (run the model inside ``with rec: ...`` and call :meth:`run`).
+
+    Every hook is removed when the ``with`` block exits, also when the forward raises.
+
+    Example:
+        >>> import probekit, tempfile, torch
+        >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
+        >>> inputs = m.prepare(probekit.tiny.fixture_images(1, 32), ["What shape?"])
+        >>> with Recorder(m, ["lm.0.resid"]) as rec, torch.no_grad():
+        ...     _ = m.hf(**inputs)
+        >>> rec.cache["lm.0.resid"].shape[0]
+        1
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        points: Iterable[str],
+        reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+        stop_early: bool = False,
+        detach: bool = True,
+    ):
+        self.model = model
+        self.points = list(points)
+        self.reduce = reduce
+        self.stop_early = stop_early
+        self.detach = detach
+        self.cache: dict[str, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._targets = {p: model.target(p) for p in self.points}  # raises on unknown points before hooking
+
+    def _store(self, point: str, t: torch.Tensor) -> None:
+        if self.detach:
+            t = t.detach()
+        self.cache[point] = self.reduce(point, t) if self.reduce is not None else t
+        if self.stop_early and len(self.cache) == len(self.points):
+            raise StopForward
+
+    def __enter__(self) -> "Recorder":
+        self.cache = {}
+        try:
+            for point, tgt in self._targets.items():
+                mod: nn.Module = get_module(self.model.hf, tgt.path)
+                if tgt.mode == "input":
+                    def pre(module, args, kwargs, _p=point):
+                        self._store(_p, _input_hidden(args, kwargs))
+                    self._handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+                else:
+                    def post(module, args, output, _p=point):
+                        self._store(_p, first_tensor(output))
+                    self._handles.append(mod.register_forward_hook(post))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def run(self, **inputs: Any) -> Any:
+        """Run the model's forward; a :class:`StopForward` from an early stop returns None."""
+        try:
+            return self.model.hf(**inputs)
+        except StopForward:
+            return None
+
+    def remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()

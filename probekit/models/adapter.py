@@ -1,0 +1,290 @@
+"""`probekit.Model`: one HF vision-language model and where everything lives in it.
+
+The adapter is the only place that knows module paths. Everything above it speaks the flat
+hook-point vocabulary of DESIGN.md (``lm.3.resid``, ``vision.0.resid``, ``projector``, ...).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InputError, UnknownPointError, UnsupportedModelError
+
+__all__ = ["Layout", "Model", "HookTarget", "get_module"]
+
+
+@dataclass(frozen=True)
+class HookTarget:
+    """Where a point is read: a module and whether its output or its input is taken.
+
+    ``side`` is ``"lm"`` for points on the language model's token sequence (positions apply)
+    and ``"vision"`` for points on image patches or query tokens (pooled per image).
+    """
+
+    path: str
+    mode: str = "output"  # "output" | "input"
+    side: str = "lm"
+
+
+@dataclass
+class Layout:
+    """Module paths of one model, as found by its family module (all dotted paths)."""
+
+    family: str
+    lm_layers: str
+    unembed: str
+    vision_layers: str | None = None
+    projector: str | None = None
+    final_norm: str | None = None
+    attn_attr: str | None = "self_attn"
+    mlp_attr: str | None = "mlp"
+    # point index -> dotted path of a cross-attention module, and the prefix of its point name
+    xattn: dict[int, str] = field(default_factory=dict)
+    xattn_prefix: str = "lm"
+    xattn_side: str = "lm"
+    image_token_id: int | None = None
+    missing: list[str] = field(default_factory=list)
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    """Resolve a dotted path (``model.language_model.layers.3``) to a submodule."""
+    mod = root
+    for part in path.split("."):
+        mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
+    return mod
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+class Model:
+    """A Hugging Face VLM with probekit's map of it.
+
+    Build one with :func:`probekit.load` (a path or hub id) or :func:`probekit.wrap` (an
+    already-loaded model and its processor); do not call the constructor directly.
+
+    Example:
+        >>> import probekit, tempfile
+        >>> path = probekit.tiny.build("llava", tempfile.mkdtemp() + "/m")
+        >>> model = probekit.load(path)
+        >>> model.points("lm.*.resid")[:2]
+        ['lm.0.resid', 'lm.1.resid']
+    """
+
+    def __init__(self, hf_model: nn.Module, processor: Any, layout: Layout, family_impl: Any):
+        self.hf = hf_model
+        self.processor = processor
+        self.layout = layout
+        self.family = layout.family
+        self._impl = family_impl
+        self._targets = self._build_targets()
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def name(self) -> str:
+        return str(getattr(self.hf.config, "_name_or_path", "") or type(self.hf).__name__)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def lm_layers(self) -> nn.ModuleList:
+        return get_module(self.hf, self.layout.lm_layers)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.lm_layers)
+
+    @property
+    def final_norm(self) -> nn.Module | None:
+        return get_module(self.hf, self.layout.final_norm) if self.layout.final_norm else None
+
+    @property
+    def unembed(self) -> nn.Module:
+        return get_module(self.hf, self.layout.unembed)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.unembed.weight.shape[1])
+
+    @property
+    def image_token_id(self) -> int | None:
+        return self.layout.image_token_id
+
+    def _build_targets(self) -> dict[str, HookTarget]:
+        lay = self.layout
+        t: dict[str, HookTarget] = {}
+        if lay.vision_layers:
+            for i in range(len(get_module(self.hf, lay.vision_layers))):
+                t[f"vision.{i}.resid"] = HookTarget(f"{lay.vision_layers}.{i}", side="vision")
+        if lay.projector:
+            t["projector"] = HookTarget(lay.projector, side="vision")
+        if lay.xattn_side == "vision":
+            for i, path in sorted(lay.xattn.items()):
+                t[f"{lay.xattn_prefix}.{i}.xattn"] = HookTarget(path, side="vision")
+        # lm.embed is the input of block 0: token embeddings with the image features already
+        # merged in, which is what HF reports as hidden_states[0].
+        t["lm.embed"] = HookTarget(f"{lay.lm_layers}.0", mode="input")
+        for i in range(self.n_layers):
+            block = f"{lay.lm_layers}.{i}"
+            t[f"lm.{i}.resid"] = HookTarget(block)
+            blk = get_module(self.hf, block)
+            if lay.attn_attr and hasattr(blk, lay.attn_attr):
+                t[f"lm.{i}.attn"] = HookTarget(f"{block}.{lay.attn_attr}")
+            if lay.xattn_side == "lm" and i in lay.xattn:
+                t[f"lm.{i}.xattn"] = HookTarget(lay.xattn[i])
+            if lay.mlp_attr and hasattr(blk, lay.mlp_attr):
+                t[f"lm.{i}.mlp"] = HookTarget(f"{block}.{lay.mlp_attr}")
+        if lay.final_norm:
+            t["lm.norm"] = HookTarget(lay.final_norm)
+        t["logits"] = HookTarget(lay.unembed)
+        return t
+
+    def points(self, pattern: str | Sequence[str] | None = None) -> list[str]:
+        """Hook points this model has, in forward order; optionally filtered by glob(s).
+
+        Example: ``model.points("lm.*.resid")``. An unknown pattern raises
+        :class:`~probekit.errors.UnknownPointError`.
+        """
+        if pattern is None:
+            return list(self._targets)
+        return self.resolve(pattern)
+
+    def resolve(self, patterns: str | Sequence[str]) -> list[str]:
+        """Expand glob patterns to point names (forward order, no duplicates)."""
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if not isinstance(patterns, (list, tuple)) or not patterns:
+            raise InputError(
+                f"points must be a pattern string or a non-empty list of them, got {patterns!r}",
+                fix='pass e.g. points="lm.*.resid" or points=["lm.3.resid", "projector"]',
+            )
+        chosen: set[str] = set()
+        for pat in patterns:
+            if not isinstance(pat, str):
+                raise InputError(f"point pattern {pat!r} is not a string", fix='use names like "lm.3.resid"')
+            hits = [p for p in self._targets if fnmatch.fnmatchcase(p, pat)]
+            if not hits:
+                raise UnknownPointError(
+                    f"{self.family} model has no hook point matching {pat!r}",
+                    fix=f"choose from model.points(); this model has e.g. {_summary(list(self._targets))}",
+                )
+            chosen.update(hits)
+        return [p for p in self._targets if p in chosen]
+
+    def target(self, point: str) -> HookTarget:
+        try:
+            return self._targets[point]
+        except KeyError:
+            raise UnknownPointError(
+                f"{self.family} model has no hook point {point!r}",
+                fix=f"choose from model.points(): {_summary(list(self._targets))}",
+            ) from None
+
+    def module(self, point: str) -> nn.Module:
+        """The torch module a point is read from."""
+        return get_module(self.hf, self.target(point).path)
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(
+        self,
+        images: Sequence[Any],
+        prompts: Sequence[str],
+        *,
+        chat: bool | None = None,
+        padding_side: str | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Processor inputs for a batch of PIL images and prompts, on the model's device.
+
+        ``chat=None`` uses the processor's chat template when it has one.
+        """
+        tok = getattr(self.processor, "tokenizer", self.processor)
+        old_side = getattr(tok, "padding_side", None)
+        if padding_side is not None:
+            if padding_side not in ("left", "right"):
+                raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+            tok.padding_side = padding_side
+        try:
+            inputs = self._impl.build_inputs(self, list(images), list(prompts), chat)
+        finally:
+            if padding_side is not None:
+                tok.padding_side = old_side
+        dev, dt = self.device, self.dtype
+        out = {}
+        for k, v in inputs.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(dev, dtype=dt) if v.is_floating_point() else v.to(dev)
+            out[k] = v
+        return out
+
+    def image_mask(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Bool ``[b, s]``: which token positions hold image tokens."""
+        ids = inputs["input_ids"]
+        if self.layout.image_token_id is None:
+            return torch.zeros_like(ids, dtype=torch.bool)
+        return ids == self.layout.image_token_id
+
+    def vision_counts(self, inputs: Mapping[str, torch.Tensor], point: str, first_dim: int) -> list[int] | None:
+        """How many rows of a flattened vision tensor belong to each sample (Qwen2-VL), else None."""
+        return self._impl.vision_counts(self, inputs, point, first_dim) if hasattr(self._impl, "vision_counts") else None
+
+    def fingerprint(self) -> str:
+        """A short hash that identifies the architecture and weights' shapes (for store checks)."""
+        cfg = self.hf.config.to_dict() if hasattr(self.hf.config, "to_dict") else {}
+        cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("transformers_version",)}
+        h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+        h.update(self.name.encode())
+        for n, p in self.hf.named_parameters():
+            h.update(f"{n}:{tuple(p.shape)}".encode())
+        return h.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        n_params = sum(p.numel() for p in self.hf.parameters())
+        return (
+            f"probekit.Model(family={self.family!r}, name={self.name!r}, lm_layers={self.n_layers}, "
+            f"d_model={self.d_model}, params={n_params:,}, points={len(self._targets)})"
+        )
+
+
+def _summary(names: list[str], k: int = 6) -> str:
+    if len(names) <= k:
+        return ", ".join(names)
+    return ", ".join(names[: k // 2]) + ", ..., " + ", ".join(names[-k // 2 :])
+
+
+def find_first(root: nn.Module, candidates: Iterable[str]) -> str | None:
+    """The first dotted path among ``candidates`` that exists in ``root``."""
+    for c in candidates:
+        try:
+            get_module(root, c)
+            return c
+        except (AttributeError, IndexError, TypeError):
+            continue
+    return None
+
+
+def require(root: nn.Module, family: str, role: str, candidates: Sequence[str]) -> str:
+    path = find_first(root, candidates)
+    if path is None:
+        raise UnsupportedModelError(
+            f"{family} model {type(root).__name__}: could not find its {role} (looked for {', '.join(candidates)})",
+            fix="pass family='generic' to probekit.wrap/load, or open an issue with print(model)",
+        )
+    return path
+
+
+FamilyBuilder = Callable[[nn.Module, Any], Layout]

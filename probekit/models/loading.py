@@ -1,0 +1,133 @@
+"""`load(path_or_id)` and `wrap(hf_model, processor)`: the way into probekit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError, UnsupportedModelError
+from .adapter import Model
+from .families import family_for
+
+__all__ = ["load", "wrap"]
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return "auto"
+    if dtype not in _DTYPES:
+        raise InputError(f"dtype {dtype!r} is not known", fix=f"use a torch.dtype or one of {sorted(_DTYPES)} or 'auto'")
+    return _DTYPES[dtype]
+
+
+def wrap(hf_model: nn.Module, processor: Any, family: str | None = None) -> Model:
+    """Wrap an already-loaded Hugging Face VLM and its processor.
+
+    Args:
+        hf_model: e.g. a ``LlavaForConditionalGeneration``.
+        processor: its ``AutoProcessor`` (builds inputs from images and prompts).
+        family: force a family (``"llava"``, ``"qwen2_vl"``, ``"idefics3"``, ``"mllama"``, ``"blip2"``,
+            ``"paligemma"``, ``"generic"``); detected from ``config.model_type`` when None.
+
+    Example:
+        >>> import probekit, tempfile, transformers
+        >>> path = probekit.tiny.build("llava", tempfile.mkdtemp() + "/m")
+        >>> hf = transformers.AutoModelForImageTextToText.from_pretrained(path)
+        >>> proc = transformers.AutoProcessor.from_pretrained(path)
+        >>> probekit.wrap(hf, proc).family
+        'llava'
+    """
+    if isinstance(hf_model, Model):
+        return hf_model
+    if not isinstance(hf_model, nn.Module):
+        raise UnsupportedModelError(
+            f"wrap() needs a torch nn.Module (a Hugging Face model), got {type(hf_model).__name__}",
+            fix="load the model with transformers first, or call probekit.load(path)",
+        )
+    if processor is None:
+        raise InputError("wrap() needs the model's processor", fix="pass transformers.AutoProcessor.from_pretrained(<same path>)")
+    fam = family_for(hf_model, family)
+    layout = fam.layout(hf_model, processor)
+    hf_model.eval()
+    return Model(hf_model, processor, layout, fam)
+
+
+def _model_class(config: Any) -> Any:
+    import transformers
+
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModelForImageTextToText
+
+
+def load(
+    path_or_id: str | os.PathLike,
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = None,
+    family: str | None = None,
+    device_map: str | dict | None = None,
+    **from_pretrained_kwargs: Any,
+) -> Model:
+    """Load a VLM checkpoint (a local directory or a hub id) and its processor.
+
+    The same code path serves ``llava-hf/llava-1.5-7b-hf`` and the tiny offline checkpoints of
+    :mod:`probekit.tiny`.
+
+    Args:
+        path_or_id: local directory or hub id.
+        device: where to put the model (ignored when ``device_map`` is given).
+        dtype: ``torch.bfloat16``, ``"bf16"``, ``"auto"`` (the checkpoint's) or None (float32).
+        family: force a family (see :func:`wrap`).
+        device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a 7B model over GPUs).
+
+    Example:
+        >>> import probekit, tempfile
+        >>> model = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
+        >>> model.family, model.n_layers
+        ('llava', 2)
+    """
+    import transformers
+
+    if not isinstance(path_or_id, (str, os.PathLike)):
+        raise InputError(f"load() takes a path or hub id, got {type(path_or_id).__name__}",
+                         fix="for an already-loaded model use probekit.wrap(model, processor)")
+    src = str(path_or_id)
+    local = Path(src).expanduser()
+    looks_local = src.startswith((".", "/", "~")) or local.exists() or src.count("/") > 1
+    if looks_local and not (local / "config.json").is_file():
+        raise InputError(f"{src!r} is not a checkpoint directory (no config.json there)",
+                         fix="pass the directory written by save_pretrained / probekit.tiny.build, or a hub id")
+    if looks_local:
+        src = str(local)
+    try:
+        config = transformers.AutoConfig.from_pretrained(src)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"could not read the config of {src!r}: {exc}",
+                         fix="check the path or hub id; offline, only local directories and cached ids work") from exc
+    kwargs = dict(from_pretrained_kwargs)
+    dt = _dtype(dtype)
+    if dt is not None:
+        kwargs["dtype"] = dt
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        hf = _model_class(config).from_pretrained(src, **kwargs)
+        processor = transformers.AutoProcessor.from_pretrained(src)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UnsupportedModelError(f"transformers could not load {src!r}: {exc}",
+                                    fix="check that the checkpoint is an image-text model supported by transformers") from exc
+    if device_map is None and device is not None:
+        hf = hf.to(device)
+    return wrap(hf, processor, family=family)

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny offline checkpoints built once per test session."""
+
+import os
+
+# Before anything imports huggingface_hub: never reach a hub from tests.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Build (once) and return the checkpoint directory of a tiny model of a family."""
+    from probekit.models import tiny
+
+    built: dict[str, str] = {}
+    root = tmp_path_factory.mktemp("tiny")
+
+    def get(family: str) -> str:
+        if family not in built:
+            built[family] = str(tiny.build(family, root / family, seed=0))
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    """Load (once per family) a tiny probekit.Model."""
+    import probekit
+
+    loaded: dict[str, "probekit.Model"] = {}
+
+    def get(family: str) -> "probekit.Model":
+        if family not in loaded:
+            loaded[family] = probekit.load(tiny_dir(family))
+        return loaded[family]
+
+    return get
