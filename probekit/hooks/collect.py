@@ -108,7 +108,8 @@ def collect(
             give the same numbers.
         padding_side: override the tokenizer's padding side (``"left"``/``"right"``).
         chat: use the processor's chat template (None: when it has one).
-        shard_size: samples per shard on disk (memory use grows with it, not with n).
+        shard_size: samples per shard on disk, rounded up to whole batches (memory use grows with
+            it, not with n).
         store_dtype: cast stored activations (e.g. ``torch.float32``); default keeps the model's dtype.
 
     Returns:
@@ -137,6 +138,8 @@ def collect(
     if padding_side not in (None, "left", "right"):
         raise InputError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}")
 
+    # whole batches per shard: a disk store then holds exactly what an in-memory one would
+    shard_size = -(-shard_size // batch_size) * batch_size
     meta = {
         "model": model.name,
         "family": model.family,
