@@ -154,7 +154,7 @@ def collect(
         "dtype": str(store_dtype or model.dtype).replace("torch.", ""),
     }
     fingerprint = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
-    meta["prompts"] = prompt_list if n <= 10_000 else prompt_list[:10_000]
+    meta["prompts"] = list(dict.fromkeys(prompt_list))[:100]  # the distinct prompts, for the record
 
     writer = StoreWriter(store, meta, n, shard_size, fingerprint) if store is not None else None
     step = shard_size if writer is not None else n
