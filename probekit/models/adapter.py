@@ -41,7 +41,7 @@ class Layout:
     family: str
     lm_layers: str
     unembed: str
-    vision_layers: str | None = None
+    vision_layers: str | list[str] | None = None
     projector: str | None = None
     final_norm: str | None = None
     attn_attr: str | None = "self_attn"
@@ -128,9 +128,10 @@ class Model:
     def _build_targets(self) -> dict[str, HookTarget]:
         lay = self.layout
         t: dict[str, HookTarget] = {}
-        if lay.vision_layers:
-            for i in range(len(get_module(self.hf, lay.vision_layers))):
-                t[f"vision.{i}.resid"] = HookTarget(f"{lay.vision_layers}.{i}", side="vision")
+        lists = [lay.vision_layers] if isinstance(lay.vision_layers, str) else (lay.vision_layers or [])
+        blocks = [f"{path}.{j}" for path in lists for j in range(len(get_module(self.hf, path)))]
+        for i, block in enumerate(blocks):  # numbered on through several lists (Mllama: local, then global)
+            t[f"vision.{i}.resid"] = HookTarget(block, side="vision")
         if lay.projector:
             t["projector"] = HookTarget(lay.projector, side="vision")
         if lay.xattn_side == "vision":
@@ -225,6 +226,7 @@ class Model:
                 tok.padding_side = old_side
         dev, dt = self.device, self.dtype
         out = {}
+        inputs.pop("labels", None)  # PaliGemma's processor adds labels; a loss is not wanted here
         for k, v in inputs.items():
             if isinstance(v, torch.Tensor):
                 v = v.to(dev, dtype=dt) if v.is_floating_point() else v.to(dev)

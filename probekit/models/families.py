@@ -149,6 +149,13 @@ class Mllama(Family):
     nested_images = True
     placeholder = "<|image|>{prompt}"
 
+    def layout(self, hf: nn.Module, processor: Any) -> Layout:
+        lay = super().layout(hf, processor)
+        glob = find_first(hf, ("model.vision_model.global_transformer.layers", "vision_model.global_transformer.layers"))
+        if lay.vision_layers and glob:
+            lay.vision_layers = [lay.vision_layers, glob]
+        return lay
+
     def extra(self, hf: nn.Module, lay: Layout) -> None:
         layers = get_module(hf, lay.lm_layers)
         for i, block in enumerate(layers):

@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import InputError, UnsupportedModelError
 from .adapter import Model
 from .families import family_for
+from .processors import load_processor
 
 __all__ = ["load", "wrap"]
 
@@ -124,8 +125,8 @@ def load(
         kwargs["device_map"] = device_map
     try:
         hf = _model_class(config).from_pretrained(src, **kwargs)
-        processor = transformers.AutoProcessor.from_pretrained(src)
-    except (OSError, ValueError, KeyError) as exc:
+        processor = load_processor(src)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
         raise UnsupportedModelError(f"transformers could not load {src!r}: {exc}",
                                     fix="check that the checkpoint is an image-text model supported by transformers") from exc
     if device_map is None and device is not None:
