@@ -79,7 +79,7 @@ _COMMON_DEFAULTS: dict[str, int | None] = {
     "vision_heads": 4,
     "image_size": 32,
     "patch_size": 8,
-    "vocab_size": 512,  # BPE target; the family's special tokens come on top
+    "vocab_size": 2048,  # BPE target (task words, chat words stay whole); special tokens come on top
 }
 _FAMILY_DEFAULTS: dict[str, dict[str, int | None]] = {
     "llava": {},
