@@ -1,24 +1,54 @@
 """probekit: find what a vision-language model silently knows about its inputs, and remove it.
 
-Layers (each uses only the ones above it in this list):
+Layers (each uses only the ones before it in this list):
 
 - :mod:`probekit.models`: load / wrap HF VLMs, map hook points to modules, tiny offline checkpoints
 - :mod:`probekit.hooks`: record hook points at token positions into an :class:`ActivationStore`
 - :mod:`probekit.readout`: logit lens, linear probes, mutual information per layer
 - :mod:`probekit.steering`: directions, ablation / steering / weight orthogonalisation, evaluation
+
+On top: :func:`scan` (collect + probe + report), :func:`compare`, plots, the ``probekit`` CLI.
 """
 
 from __future__ import annotations
 
-import os as _os
+import importlib
+from typing import Any
 
-# Hub access is opt-in: tests and the demo run offline, and transformers reads this at import.
-_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-from . import errors  # noqa: E402
-from .hooks import ActivationStore, Recorder, collect  # noqa: E402
-from .models import Model, load, tiny, wrap  # noqa: E402
+from . import errors
+from .hooks import ActivationStore, Recorder, collect
+from .models import Model, load, tiny, wrap
+from .scan import scan  # eager: the function must shadow the module of the same name
 
 __version__ = "0.1.0"
 
-__all__ = ["errors", "Model", "load", "wrap", "tiny", "collect", "ActivationStore", "Recorder", "__version__"]
+# Heavier layers load on first use, so `import probekit` stays fast for hook-only users.
+_LAZY = {
+    "ScanReport": ("probekit.report", "ScanReport"),
+    "compare": ("probekit.report", "compare"),
+    "LogitLens": ("probekit.readout.lens", "LogitLens"),
+    "TunedLens": ("probekit.readout.lens", "TunedLens"),
+    "probe_layers": ("probekit.readout.probes", "probe_layers"),
+    "LinearProbe": ("probekit.readout.probes", "LinearProbe"),
+    "mutual_information": ("probekit.readout.information", "mutual_information"),
+    "leakage": ("probekit.readout.leakage", "leakage"),
+    "Direction": ("probekit.steering", "Direction"),
+    "ablate": ("probekit.steering", "ablate"),
+    "steer": ("probekit.steering", "steer"),
+    "orthogonalize": ("probekit.steering", "orthogonalize"),
+}
+
+__all__ = ["errors", "Model", "load", "wrap", "tiny", "collect", "ActivationStore", "Recorder", "scan", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'probekit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

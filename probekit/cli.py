@@ -1,6 +1,7 @@
 """The ``probekit`` command line.
 
-``probekit demo``: build a tiny offline LLaVA, record its residual stream, print a summary.
+``probekit demo``: plant watermarks in a tiny LLaVA's fine-tuning data, scan it and an untouched copy.
+``probekit scan --model PATH --images DIR [--labels CSV] [--targets ...] --out report.html``.
 ``probekit points --model PATH``: list a model's hook points.
 ``probekit collect --model PATH --images DIR --out STORE``: record points to a disk store.
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -24,10 +24,26 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="probekit", description="Find what a vision-language model silently knows, and remove it.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="build a tiny offline VLM, record its residual stream, print a summary")
+    d = sub.add_parser("demo", help="plant watermarks in a tiny VLM's fine-tuning data, scan it and an untouched copy")
     d.add_argument("--out", default="probekit-demo", help="folder for the demo's files (default: probekit-demo)")
-    d.add_argument("--n", type=int, default=64, help="number of synthetic images (default: 64)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--steps", type=int, default=300, help="fine-tuning steps (default: 300)")
+
+    s = sub.add_parser("scan", help="probe every layer for what it reveals about the images; write an HTML report")
+    s.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    s.add_argument("--images", required=True, help="folder of images; <folder>/<label>/<image> gives labels")
+    s.add_argument("--labels", default=None, help="CSV with a 'label' column (and 'image' matching file names)")
+    s.add_argument("--targets", nargs="*", default=None, help="strings whose logit-lens rank is reported per layer")
+    s.add_argument("--prompt", default=None, help="prompt used with every image")
+    s.add_argument("--points", default="lm.*.resid", help='comma-separated globs (default "lm.*.resid")')
+    s.add_argument("--positions", default="last,image_mean", help='comma-separated positions (default "last,image_mean")')
+    s.add_argument("--out", default="report.html", help="HTML report to write (default report.html)")
+    s.add_argument("--json", default=None, help="also write the report as JSON here")
+    s.add_argument("--cv", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
 
     pts = sub.add_parser("points", help="list the hook points of a model")
     pts.add_argument("--model", required=True, help="checkpoint directory or hub id")
@@ -54,25 +70,28 @@ def _positions(text: str) -> str | tuple:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import probekit
-    from probekit.models import tiny
+    from probekit.experiments.demo import DemoConfig, print_summary, run_demo
 
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    model_dir = out / "tiny-llava"
-    if not (model_dir / "config.json").exists():
-        tiny.build("llava", model_dir, seed=args.seed)
-    model = probekit.load(model_dir)
-    images = tiny.fixture_images(args.n, 32, seed=args.seed)
-    store = probekit.collect(model, images, "What is in the image?", positions=("last", "image_mean"),
-                             store=out / "activations", progress=True)
-    print(f"model: {model}")
-    print(f"store: {store}")
-    for point in store.points:
-        x = store[point].float()
-        print(f"  {point:<12} {tuple(x.shape)}  positions={store.positions(point)}  "
-              f"mean|x|={x.abs().mean():.4f}  std={x.std():.4f}")
-    print(f"done in {time.perf_counter() - t0:.1f}s; activations in {out / 'activations'} (safetensors + index.json)")
+    print_summary(run_demo(DemoConfig(out=args.out, seed=args.seed, steps=args.steps)))
+    return 0
+
+
+def _scan(args: argparse.Namespace) -> int:
+    import probekit
+
+    if not Path(args.images).is_dir():
+        raise probekit.errors.InputError(f"--images {args.images} is not a folder", fix="pass a folder of image files")
+    if args.labels is not None and not Path(args.labels).is_file():
+        raise probekit.errors.InputError(f"--labels {args.labels} does not exist", fix="pass a CSV file")
+    model = probekit.load(args.model, device=args.device, dtype=args.dtype)
+    report = probekit.scan(model, args.images, labels=args.labels, prompt=args.prompt, targets=args.targets,
+                           points=[p.strip() for p in args.points.split(",")], positions=_positions(args.positions),
+                           cv=args.cv, seed=args.seed, batch_size=args.batch_size)
+    report.save(args.out)
+    if args.json:
+        Path(args.json).write_text(report.to_json())
+    print(report.summary())
+    print(f"report: {args.out}")
     return 0
 
 
@@ -105,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from probekit.errors import ProbekitError
 
     try:
-        return {"demo": _demo, "points": _points, "collect": _collect}[args.command](args)
+        return {"demo": _demo, "scan": _scan, "points": _points, "collect": _collect}[args.command](args)
     except ProbekitError as exc:
         print(f"probekit {args.command}: error: {exc.problem}" + (f" ({exc.fix})" if exc.fix else ""), file=sys.stderr)
         return 2

@@ -4,8 +4,9 @@ Fake user profiles (username, 10-digit user id, gender, age, capture time, captu
 come from a seed in disjoint pools (U1: seen in fine-tuning, U2: unseen). ``mode="text"`` renders
 a profile as 6 ``key: value`` lines in PIL's default font, white at alpha 128 on a transparent
 layer, at a uniformly random position that keeps the block inside the image (the paper's
-setting). Tiny images (32-64 px) cannot hold readable text, so ``mode="pattern"`` draws a small
-binary pattern derived from the profile instead, also white at 50% opacity at a random position.
+setting). ``mode="username"`` writes only the username line (fits images of about 96 px).
+Tiny images (32-64 px) cannot hold readable text, so ``mode="pattern"`` draws a small binary
+pattern derived from the profile instead, also white at 50% opacity at a random position.
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ def render(img: Image.Image, profile: Profile, rng: random.Random, mode: str = "
     layer = Image.new("RGBA", base.size, (255, 255, 255, 0))
     d = ImageDraw.Draw(layer)
     w, h = base.size
-    if mode == "text":
+    if mode in ("text", "username"):
         font = ImageFont.load_default()
-        lines = profile.lines()
+        lines = profile.lines() if mode == "text" else [profile.username]
         boxes = [d.textbbox((0, 0), ln, font=font) for ln in lines]
         bw = max(b[2] - b[0] for b in boxes)
         lh = max(b[3] - b[1] for b in boxes) + 2
@@ -107,7 +108,7 @@ def render(img: Image.Image, profile: Profile, rng: random.Random, mode: str = "
                 if pat[r][col]:
                     d.rectangle([x + col * c, y + r * c, x + (col + 1) * c - 1, y + (r + 1) * c - 1], fill=(255, 255, 255, 128))
     else:
-        raise InputError(f"unknown watermark mode {mode!r}", fix="use 'text' or 'pattern'")
+        raise InputError(f"unknown watermark mode {mode!r}", fix="use 'text', 'username' or 'pattern'")
     return Image.alpha_composite(base, layer).convert("RGB")
 
 

@@ -1,0 +1,132 @@
+"""`probekit.scan`: collect, probe, read out, report — thin orchestration, no logic of its own."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections import Counter
+from typing import Any, Sequence
+
+from .data.sources import resolve_images
+from .errors import InputError
+from .hooks.collect import as_model, check_prompts, collect
+from .hooks.positions import Position, normalize_positions, position_name
+
+__all__ = ["scan"]
+
+
+def scan(
+    model: Any,
+    images: Any,
+    labels: Any = None,
+    prompt: str | Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    *,
+    points: str | Sequence[str] = "lm.*.resid",
+    positions: Position | Sequence[Position] = ("last", "image_mean"),
+    groups: Any = None,
+    cv: int = 5,
+    seed: int = 0,
+    batch_size: int = 8,
+    topk: int | None = 10,
+    lens_k: int = 5,
+    n_boot: int = 1000,
+    processor: Any = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    store: str | None = None,
+    progress: bool = True,
+) -> "ScanReport":
+    """Measure, per layer, what a VLM's hidden states reveal about its images.
+
+    Args:
+        model: a :class:`probekit.Model`, a checkpoint path / hub id, or an HF model with ``processor=``.
+        images: file paths, PIL images, arrays, tensors, a folder (``<folder>/<label>/<image>``
+            gives labels), or a ``datasets.Dataset`` with an image (and label) column.
+        labels: one per image, or a CSV with a ``label`` column (and ``image`` column matching file
+            names in the folder). With labels the report holds probe accuracy and mutual
+            information per point and position (with CIs, permutation floor and control task),
+            on the residual stream and on the top-k output logits.
+        prompt: one prompt for all images or one per image (default ``"Describe the image."``).
+        targets: strings (e.g. a username) whose logit-lens rank and probability per layer are reported.
+        points, positions: what to record (see :func:`probekit.collect`).
+        groups: samples sharing a group (e.g. the same watermark string) never straddle train and test.
+        topk: k of the output-only probes (None: skip them).
+        store: a directory to stream activations to (resumable), else memory.
+
+    Without labels and targets the report holds the logit-lens read-out of every layer at the
+    chosen positions (top tokens) and says that no labels were given.
+
+    Example:
+        >>> import probekit, tempfile
+        >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
+        >>> imgs = probekit.tiny.fixture_images(40, 32)
+        >>> r = probekit.scan(m, imgs, labels=[i % 2 for i in range(40)], n_boot=100, progress=False)
+        >>> sorted(r.table.position.unique())
+        ['image_mean', 'last']
+    """
+    from .readout.leakage import check_labels, leakage
+    from .readout.lens import LogitLens, lens_points
+    from .report import ScanReport
+
+    t0 = time.perf_counter()
+    # ---- everything is checked before the first forward pass
+    model = as_model(model, processor)
+    src = resolve_images(images, labels, image_column=image_column, label_column=label_column)
+    n = len(src.images)
+    prompts = check_prompts(prompt, n)
+    names = model.resolve(points)
+    pos_list, _ = normalize_positions(positions)
+    if targets is not None:
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise InputError(f"targets must be non-empty strings, got {targets!r}", fix='e.g. targets=["alice_1987"]')
+    if src.labels is not None:
+        check_labels(src.labels, n, groups, cv=cv, seed=seed)
+    record = list(names)
+    if (src.labels is not None and topk) and "logits" not in record:
+        record.append("logits")
+    lens_names = lens_points(record)
+    want_lens = targets is not None or src.labels is None
+    if want_lens and not lens_names:
+        record = model.resolve(["lm.*.resid"] + record)
+        lens_names = lens_points(record)
+
+    acts = collect(model, src.images, prompts, points=record, positions=pos_list, batch_size=batch_size,
+                   store=store, progress=progress)
+
+    notes: list[str] = []
+    lens_table = target_table = None
+    lens = LogitLens(model)
+    if want_lens:
+        lens_table = lens.top_k(acts, k=lens_k, points=lens_names)
+    if targets is not None:
+        target_table = lens.target_ranks(acts, targets, points=lens_names)
+    if src.labels is not None:
+        keep = [p for p in acts.points if p in names or p == "logits"]
+        table = leakage(acts, src.labels, groups, cv=cv, seed=seed, topk=topk, lens_targets=target_table,
+                        points=keep, n_boot=n_boot, progress=progress)
+    else:
+        import pandas as pd
+
+        table = pd.DataFrame()
+        notes.append("No labels were given: the report shows the logit-lens read-out of each layer "
+                     "(top tokens at each position) and no probe or mutual-information numbers.")
+    counts = dict(Counter(map(str, src.labels))) if src.labels is not None else None
+    data = {**src.description, "n_images": n, "label_counts": counts,
+            "groups": None if groups is None else int(len(set(map(str, groups))))}
+    settings = {
+        "model": model.name, "family": model.family, "model_fingerprint": model.fingerprint(),
+        "points": names, "positions": [position_name(p) for p in pos_list],
+        "prompts": list(dict.fromkeys(prompts))[:10], "targets": targets, "cv": cv, "seed": seed, "topk": topk,
+        "n_boot": n_boot, "batch_size": batch_size, "dtype": str(model.dtype).replace("torch.", ""),
+        "device": str(model.device), "probekit_version": _version(), "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    return ScanReport(table=table, lens=lens_table, targets=target_table, settings=settings, data=data, notes=notes)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
