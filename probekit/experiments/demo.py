@@ -24,7 +24,7 @@ from ..models import tiny
 from ..models.loading import load
 from .finetune import finetune, task_accuracy
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["DemoConfig", "run_demo", "print_summary"]
 
 
 @dataclass

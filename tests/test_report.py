@@ -1,0 +1,318 @@
+"""Figures, HTML, JSON and comparisons of probekit.plots / probekit.report on hand-made tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from plotly.offline import get_plotlyjs
+
+from probekit import plots
+from probekit.errors import InputError
+from probekit.report import Comparison, ScanReport, compare
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return c - h, c + h
+
+
+def make_table(n_layers: int = 6, n_vision: int = 3, shift: float = 0.0, topk: bool = True) -> pd.DataFrame:
+    """A leakage table shaped like scan()'s: accuracy rising with depth, image path first."""
+    rows = []
+    pts = [(f"vision.{i}.resid", float(i), "vision") for i in range(n_vision)]
+    pts += [("projector", math.nan, "projector"), ("lm.embed", -1.0, "embed")]
+    pts += [(f"lm.{i}.resid", float(i), "resid") for i in range(n_layers)]
+    for pos in ("last", "image_mean"):
+        for j, (p, layer, kind) in enumerate(pts):
+            if pos == "last" and kind in ("vision", "projector"):
+                continue
+            acc = min(0.99, 0.5 + 0.45 * j / len(pts) - shift * j / len(pts) + (0.02 if pos == "last" else 0))
+            lo, hi = wilson(acc, 200)
+            mi = max(0.0, acc - 0.5) * 1.6
+            rows.append(dict(point=p, layer=layer, kind=kind, position=pos, source="residual", n=200, n_classes=2,
+                             accuracy=acc, accuracy_lo=lo, accuracy_hi=hi, chance=0.5, log_loss=0.5,
+                             entropy_bits=1.0, mi_bits=mi, mi_lo=mi - 0.05, mi_hi=mi + 0.05, mi_perm_bits=-0.01,
+                             control_accuracy=0.52, control_mi_bits=0.0, selectivity=acc - 0.52))
+    if topk:
+        lo, hi = wilson(0.7, 200)
+        rows.append(dict(point="logits", layer=math.nan, kind="logits", position="last", source="logits-topk",
+                         n=200, n_classes=2, accuracy=0.7, accuracy_lo=lo, accuracy_hi=hi, chance=0.5,
+                         log_loss=0.6, entropy_bits=1.0, mi_bits=0.1, mi_lo=0.05, mi_hi=0.15, mi_perm_bits=-0.01,
+                         control_accuracy=0.5, control_mi_bits=0.0, selectivity=0.2))
+    return pd.DataFrame(rows)
+
+
+def make_lens(n_layers: int = 6) -> pd.DataFrame:
+    rows = []
+    for pos in ("last", "image_mean"):
+        for i in range(-1, n_layers):
+            p = "lm.embed" if i < 0 else f"lm.{i}.resid"
+            for r, tok in enumerate(["<image>", " Alice", "\n"], start=1):
+                rows.append(dict(point=p, layer=float(i), position=pos, rank=r, token_id=r, token=tok,
+                                 prob=(0.1 + 0.1 * (i + 1)) / r))
+    return pd.DataFrame(rows)
+
+
+def make_targets(n_layers: int = 6) -> pd.DataFrame:
+    rows = []
+    for t in ("alice_1987", "bob"):
+        for i in range(-1, n_layers):
+            rank = 10.0 ** (4 - (i + 1) * 0.6)
+            prob = min(0.9, 1 / rank)
+            rows.append(dict(point="lm.embed" if i < 0 else f"lm.{i}.resid", layer=float(i), position="last",
+                             target=t, token_index=0, token_id=7, token=t[:3], n=50, rank_median=rank,
+                             rank_mean=rank, prob=prob, prob_lo=prob * 0.7, prob_hi=min(1.0, prob * 1.3)))
+    return pd.DataFrame(rows)
+
+
+def bands(fig: go.Figure) -> list:
+    return [tr for tr in fig.data if tr.fill == "toself"]
+
+
+def curves(fig: go.Figure) -> list:
+    return [tr for tr in fig.data if tr.mode == "lines+markers"]
+
+
+def axis_titles(fig: go.Figure) -> dict[str, str | None]:
+    lay = fig.layout
+    return {k: lay[k].title.text for k in lay if re.fullmatch(r"[xy]axis\d*", k)}
+
+
+# ---------------------------------------------------------------- figures
+
+
+def test_leakage_curves_structure():
+    fig = plots.leakage_curves(make_table())
+    # image_mean: pre-LM panel + LM panel (band + line each); last: LM (band + line);
+    # last logits-topk: one point (line with error bar) + a level band and line; chance: 2 panels
+    assert len(fig.data) == 11
+    assert len(curves(fig)) == 4
+    assert len(bands(fig)) == 4 and all("rgba" in b.fillcolor for b in bands(fig))
+    names = {tr.name for tr in fig.data if tr.showlegend is not False}
+    assert names == {"last", "image_mean", "last · output top-k logits", "chance (majority class)"}
+    topk = next(tr for tr in curves(fig) if "top-k" in tr.name)
+    assert topk.line.dash == "dash" and topk.error_y.array is not None
+    titles = axis_titles(fig)
+    assert titles["xaxis"].startswith("vision-tower layer") and titles["xaxis2"].startswith("language-model layer")
+    assert "accuracy" in titles["yaxis"] and "95% CI" in titles["yaxis"]
+    assert fig.layout.title.text
+    # the LM panel's x is the layer number, lm.embed at -1
+    lm = next(tr for tr in curves(fig) if tr.name == "last")
+    assert list(lm.x) == [-1.0, 0, 1, 2, 3, 4, 5]
+    # bands enclose the curve
+    band = next(b for b in bands(fig) if b.name == "last 95% CI")
+    assert np.max(band.y) >= np.max(lm.y) and np.min(band.y) <= np.min(lm.y)
+
+
+def test_leakage_curves_mi_references_and_errors():
+    fig = plots.leakage_curves(make_table(topk=False), metric="mi_bits")
+    names = [tr.name for tr in fig.data if tr.showlegend is not False]
+    assert "permuted-label floor" in names and any(n.startswith("H(Y)") for n in names)
+    assert "bits" in axis_titles(fig)["yaxis"]
+    with pytest.raises(InputError, match="not a column"):
+        plots.leakage_curves(make_table(), metric="nope")
+    with pytest.raises(InputError):
+        plots.leakage_curves(make_table().iloc[:0])
+
+
+def test_leakage_heatmap_annotated():
+    t = make_table(topk=True)
+    fig = plots.leakage_heatmap(t)
+    hm = fig.data[0]
+    assert hm.z.shape == (3 + 1 + 1 + 6 + 1, 2)  # vision 0-2, projector, embed, 6 layers, logits-topk row
+    assert list(hm.y)[0] == "vision.0.resid" and list(hm.y)[-1] == "logits (logits-topk)"
+    assert hm.texttemplate == "%{text}" and "0.50" in hm.text.ravel().tolist()
+    assert hm.text[0, 0] == ""  # vision points have no "last" position: an empty cell, not 0
+    titles = axis_titles(fig)
+    assert titles["xaxis"] and titles["yaxis"]
+
+
+def test_lens_grid_and_targets():
+    fig = plots.lens_grid(make_lens())
+    hm = fig.data[0]
+    assert hm.z.shape == (7, 2) and hm.text[0][0] == "&lt;image&gt;"  # escaped, shown literally
+    assert all(axis_titles(fig).values())
+    fig = plots.target_curves(make_targets())
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.autorange == "reversed"
+    assert len(curves(fig)) == 4 and len(bands(fig)) == 2  # rank + probability per target
+    assert "rank" in axis_titles(fig)["yaxis"] and "probability" in axis_titles(fig)["yaxis2"]
+
+
+def test_compare_curves_and_paired_table():
+    base, tuned = make_table(), make_table(shift=0.3)
+    fig = plots.compare_curves(base, tuned, names=("before", "after"))
+    legend = {tr.name for tr in fig.data if tr.showlegend is not False}
+    assert {"before", "after", "after − before"} <= legend
+    diff = [tr for tr in curves(fig) if tr.name == "after − before"]
+    assert diff and all(tr.yaxis in ("y3", "y4") for tr in diff)
+    assert len(bands(fig)) >= 6
+    assert "difference" in axis_titles(fig)["yaxis3"]
+
+
+# ---------------------------------------------------------------- compare
+
+
+def hand_pair() -> tuple[ScanReport, ScanReport]:
+    b = pd.DataFrame({"point": ["lm.0.resid", "lm.1.resid", "lm.2.resid"], "position": "last",
+                      "accuracy": [0.6, 0.9, 0.8], "accuracy_lo": [0.5, 0.86, 0.75],
+                      "accuracy_hi": [0.7, 0.94, 0.85], "chance": 0.5,
+                      "mi_bits": [0.1, 0.6, 0.5], "mi_lo": [0.0, 0.5, 0.4], "mi_hi": [0.2, 0.7, 0.6]})
+    t = b.iloc[1:].assign(accuracy=[0.6, 0.82], accuracy_lo=[0.57, 0.79], accuracy_hi=[0.63, 0.85],
+                          mi_bits=[0.1, 0.45], mi_lo=[0.05, 0.35], mi_hi=[0.15, 0.55])
+    return ScanReport(b, settings={"model": "base"}), ScanReport(t.reset_index(drop=True), settings={"model": "ft"})
+
+
+def test_compare_diff_numbers():
+    c = compare(*hand_pair())
+    assert isinstance(c, Comparison)
+    tab = c.table.set_index("point")
+    assert list(tab.index) == ["lm.1.resid", "lm.2.resid"]  # only the rows both have
+    # lm.1: 0.6 - 0.9 = -0.3; half-widths 0.04 and 0.03 -> 0.05
+    assert tab.loc["lm.1.resid", "diff"] == pytest.approx(-0.3)
+    assert tab.loc["lm.1.resid", "diff_lo"] == pytest.approx(-0.35)
+    assert tab.loc["lm.1.resid", "diff_hi"] == pytest.approx(-0.25)
+    # lm.2: 0.82 - 0.8 = 0.02; half-widths 0.05 and 0.03
+    assert tab.loc["lm.2.resid", "accuracy_diff_hi"] == pytest.approx(0.02 + math.sqrt(0.05**2 + 0.03**2))
+    # MI differences too: 0.45 - 0.5, half-widths 0.1 and 0.1
+    assert tab.loc["lm.2.resid", "mi_bits_diff"] == pytest.approx(-0.05)
+    assert tab.loc["lm.2.resid", "mi_bits_diff_lo"] == pytest.approx(-0.05 - math.sqrt(0.02))
+    assert tab.loc["lm.1.resid", "accuracy_base"] == 0.9 and tab.loc["lm.1.resid", "accuracy_tuned"] == 0.6
+    s = c.summary().splitlines()
+    assert len(s) == 3 and s[0].startswith("Largest change: lm.1.resid @ last") and "-0.30 [-0.35, -0.25]" in s[0]
+    assert "1 of 2 rows" in s[1]
+    assert compare(*hand_pair(), metric="mi_bits").table["diff"].tolist() == pytest.approx([-0.5, -0.05])
+
+
+def test_compare_errors(tmp_path):
+    base, tuned = hand_pair()
+    other = ScanReport(base.table.assign(position="image_mean"))
+    with pytest.raises(InputError, match="no hook point and position in common"):
+        compare(base, other)
+    with pytest.raises(InputError, match="no leakage table"):
+        compare(base, ScanReport(None, lens=make_lens()))
+    with pytest.raises(InputError):
+        compare(base, "not a report")  # type: ignore[arg-type]
+    c = compare(base, tuned)
+    html = c.save(tmp_path / "cmp.html").read_text()
+    assert html.count(get_plotlyjs()) == 1 and "-0.30 [-0.35, -0.25]" in html
+    assert "Largest change" in c._repr_html_()
+
+
+# ---------------------------------------------------------------- report
+
+
+def full_report() -> ScanReport:
+    table = make_table()
+    table.loc[0, ["mi_lo", "mi_hi"]] = np.nan  # a missing CI must not break anything
+    return ScanReport(
+        table, lens=make_lens(), targets=make_targets(),
+        settings={"model": "tiny-llava", "family": "llava", "positions": ("last", "image_mean"),
+                  "prompt": "What is the username?", "seed": 0, "cv": 5, "timing_s": {"collect": 1.5}},
+        data={"n_images": 200, "label_counts": {"yes": 100, "no": 100}, "source": "synthetic"},
+        notes=["A note the reader must see."],
+    )
+
+
+def test_figures_and_kinds():
+    r = full_report()
+    figs = r.figures()
+    assert list(figs) == ["leakage", "mi", "heatmap", "lens", "targets"]
+    assert all(isinstance(f, go.Figure) for f in figs.values())
+    assert len(r.figure().data) == len(plots.leakage_curves(r.table).data)
+    with pytest.raises(InputError, match="unknown figure kind"):
+        r.figure("pie")
+    note = "No labels were given: the report shows the logit-lens read-out only."
+    lens_only = ScanReport(None, lens=make_lens(), notes=[note])
+    assert list(lens_only.figures()) == ["lens"] and lens_only.figure(None).data[0].type == "heatmap"
+    with pytest.raises(InputError, match="no labels were given"):
+        lens_only.figure("leakage")
+    assert lens_only.summary().startswith("No labels were given")
+
+
+def test_summary_three_lines():
+    lines = full_report().summary().splitlines()
+    assert len(lines) == 3
+    best = make_table().query("source == 'residual'").sort_values("accuracy").iloc[-1]
+    assert lines[0].startswith(f"Most leakage: {best.point} @ {best.position}, accuracy 0.")
+    assert "vs chance 0.50" in lines[0] and "bits" in lines[1] and "floor" in lines[2]
+
+
+def test_save_html_self_contained(tmp_path):
+    r = full_report()
+    path = r.save(tmp_path / "new" / "dir" / "report.html")
+    html = path.read_text(encoding="utf-8")
+    assert html.count(get_plotlyjs()) == 1  # plotly.js inlined exactly once
+    assert not re.search(r"<script[^>]+src=", html)  # nothing fetched from the network
+    assert html.count('class="plotly-graph-div"') == 5
+    assert "0.94 [" in html or re.search(r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\]", html)
+    for text in ("tiny-llava", "What is the username?", "A note the reader must see.", "label_counts",
+                 "Leakage table", "lm.5.resid"):
+        assert text in html
+    assert os.listdir(path.parent) == ["report.html"]  # no temporary file left behind
+    assert stat.S_IMODE(path.stat().st_mode) & 0o044  # readable by others, unlike mkstemp's 0600
+    r.save(path)  # overwriting works
+    with pytest.raises(InputError):
+        r.save(tmp_path)  # a directory is not a file name
+
+
+def test_json_round_trip():
+    r = full_report()
+    s = r.to_json()
+    json.loads(s, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))  # NaN must be null
+    back = ScanReport.from_json(s)
+    assert back == r
+    pd.testing.assert_frame_equal(back.table, r.table)
+    pd.testing.assert_frame_equal(back.lens, r.lens)
+    assert back.settings["positions"] == ["last", "image_mean"]  # tuples come back as lists
+    assert math.isnan(back.table.loc[0, "mi_lo"])
+    assert back.table.loc[back.table.point == "projector", "layer"].isna().all()
+    empty = ScanReport(None, notes=["nothing"])
+    assert ScanReport.from_json(empty.to_json()) == empty
+    with pytest.raises(InputError):
+        ScanReport.from_json('{"kind": "other"}')
+
+
+def test_nan_rows_and_unnamed_positions():
+    t = make_table(topk=False)
+    t.loc[t.point == "lm.2.resid", ["accuracy", "accuracy_lo", "accuracy_hi", "mi_bits", "mi_lo", "mi_hi"]] = np.nan
+    t["position"] = t["position"].where(t.position == "last", None)  # probe_layers leaves [n, d] points NaN
+    r = ScanReport(t)
+    for fig in r.figures().values():
+        assert isinstance(fig, go.Figure)
+    assert plots.NO_POSITION in set(plots._normalise(t).position)
+    assert len(r.summary().splitlines()) == 3
+    assert "nan" not in r._repr_html_().lower().replace("image_mean", "")
+
+
+def test_repr_html_compact():
+    r = full_report()
+    first = r._repr_html_()
+    second = r._repr_html_()
+    assert "Most leakage" in second and "<table>" in second and "plotly-graph-div" in second
+    assert len(second) < 200_000  # plotly.js is sent to a notebook at most once per kernel
+    assert len(first) >= len(second)
+    assert "model='tiny-llava'" in repr(r)
+
+
+def test_real_probe_table():
+    torch = pytest.importorskip("torch")
+    from probekit.readout.probes import probe_layers
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(80) % 2
+    acts = {"projector": torch.randn(80, 6, generator=g) + 0.5 * y[:, None]}
+    acts.update({f"lm.{i}.resid": torch.randn(80, 2, 6, generator=g) + i * y[:, None, None] for i in range(3)})
+    df = probe_layers(acts, y, cv=3, n_boot=50, progress=False, positions=["last", "image_mean"])
+    r = ScanReport(df, settings={"model": "random"})
+    assert set(r.figures()) == {"leakage", "mi", "heatmap"}
+    assert r.summary().startswith("Most leakage: lm.2.resid")
+    assert ScanReport.from_json(r.to_json()) == r
