@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import time
 from collections import Counter
+from numbers import Integral
 from typing import Any, Sequence
 
 from .data.sources import resolve_images
@@ -81,6 +82,12 @@ def scan(
         targets = [targets] if isinstance(targets, str) else list(targets)
         if not targets or not all(isinstance(t, str) and t for t in targets):
             raise InputError(f"targets must be non-empty strings, got {targets!r}", fix='e.g. targets=["alice_1987"]')
+    for name, value, low, example in (("topk", topk, 1, 10), ("lens_k", lens_k, 1, 5), ("n_boot", n_boot, 0, 1000),
+                                      ("seed", seed, 0, 0)):
+        if name == "topk" and value is None:
+            continue
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
+            raise InputError(f"{name} must be an int >= {low}, got {value!r}", fix=f"e.g. {name}={example}")
     if src.labels is not None:
         check_labels(src.labels, n, groups, cv=cv, seed=seed)
     record = list(names)

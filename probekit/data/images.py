@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +28,9 @@ def _check_one(x: ImageLike, i: int) -> None:
             raise ImageError(f"image {i}: file {str(p)!r} does not exist", fix="check the path")
         try:
             with Image.open(p) as im:
-                im.verify()  # parses the file without decoding all pixels
+                im.verify()  # checks the structure (PNG chunk checksums, ...)
+            with Image.open(p) as im:
+                im.load()  # decodes: verify() does not notice a truncated JPEG
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"image {i}: file {str(p)!r} is not a readable image ({exc})",
                              fix="remove or replace that file") from exc
@@ -51,9 +54,13 @@ def check_images(images: Any) -> list[ImageLike]:
     if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 3):
         raise ImageError("images must be a sequence of images, got a single image",
                          fix="wrap it in a list: [image]")
+    if isinstance(images, Mapping):
+        raise ImageError(f"images must be a sequence of images, got a {type(images).__name__}",
+                         fix="pass a list, e.g. list(d.values()) for a dict of images")
     if isinstance(images, (np.ndarray, torch.Tensor)):
         if images.ndim != 4:
-            raise ImageError(f"an image batch array must be 4-D, got shape {tuple(images.shape)}")
+            raise ImageError(f"an image batch array must be 4-D, got shape {tuple(images.shape)}",
+                             fix="pass [n, C, H, W] / [n, H, W, C] arrays, or a list of images")
         images = list(images)
     try:
         items = list(images)

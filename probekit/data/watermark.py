@@ -100,7 +100,7 @@ def render(img: Image.Image, profile: Profile, rng: random.Random, mode: str = "
     elif mode == "pattern":
         pat = profile.pattern()
         k = len(pat)
-        c = cell or max(1, min(w, h) // 16)
+        c = cell or max(1, min(w, h) // 8)
         size = k * c
         x, y = rng.randint(0, w - size), rng.randint(0, h - size)
         for r in range(k):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Sequence
 
 import torch
@@ -38,6 +39,9 @@ def check_prompts(prompts: str | Sequence[str] | None, n: int) -> list[str]:
         return [DEFAULT_PROMPT] * n
     if isinstance(prompts, str):
         return [prompts] * n
+    if isinstance(prompts, Mapping) or not isinstance(prompts, Iterable):
+        raise InputError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}",
+                         fix="pass one prompt per image, or a single string used for all")
     prompts = list(prompts)
     if len(prompts) != n:
         raise InputError(f"{n} images but {len(prompts)} prompts",
@@ -133,10 +137,14 @@ def collect(
     check_backend(backend, model)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}", fix="e.g. batch_size=8")
-    if not isinstance(shard_size, int) or shard_size < 1:
-        raise InputError(f"shard_size must be a positive int, got {shard_size!r}")
+    if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
+        raise InputError(f"shard_size must be a positive int, got {shard_size!r}", fix="e.g. shard_size=1024")
     if padding_side not in (None, "left", "right"):
-        raise InputError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}")
+        raise InputError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}",
+                         fix="pass padding_side='left', 'right', or None for the tokenizer's own")
+    if store_dtype is not None and not (isinstance(store_dtype, torch.dtype) and store_dtype.is_floating_point):
+        raise InputError(f"store_dtype must be a floating torch.dtype or None, got {store_dtype!r}",
+                         fix="e.g. store_dtype=torch.float32")
 
     # whole batches per shard: a disk store then holds exactly what an in-memory one would
     shard_size = -(-shard_size // batch_size) * batch_size
@@ -163,6 +171,7 @@ def collect(
     memory: dict[str, list[torch.Tensor]] = {p: [] for p in names}
 
     bar = tqdm(total=n, desc=f"collect {len(names)} points", unit="img", disable=not progress, leave=False)
+    lm_side = any(model.target(p).side == "lm" for p in names)
     try:
         for start in range(0, n, step):
             stop = min(start + step, n)
@@ -173,7 +182,7 @@ def collect(
             for b0 in range(start, stop, batch_size):
                 b1 = min(b0 + batch_size, stop)
                 out, ctx = _forward(model, items[b0:b1], prompt_list[b0:b1], names, pos_list, many,
-                                    backend, padding_side, chat)
+                                    backend, padding_side, chat, lm_side)
                 for p in names:
                     t = out[p].to("cpu")
                     chunk[p].append(t.to(store_dtype) if store_dtype is not None else t)
@@ -188,6 +197,10 @@ def collect(
             else:
                 for p in names:
                     memory[p].append(tensors[p])
+    except BaseException:
+        if writer is not None:
+            writer.discard_if_empty()  # a failed first shard leaves no store behind
+        raise
     finally:
         bar.close()
     if writer is not None:
@@ -196,11 +209,13 @@ def collect(
 
 
 def _forward(model: Model, batch_items: list, prompts: list[str], names: list[str], pos_list: list[Position],
-             many: bool, backend: str, padding_side: str | None, chat: bool | None
+             many: bool, backend: str, padding_side: str | None, chat: bool | None, lm_side: bool = True
              ) -> tuple[dict[str, torch.Tensor], PositionContext]:
     pil = [to_pil(x) for x in batch_items]
     inputs = model.prepare(pil, prompts, chat=chat, padding_side=padding_side)
     ctx = PositionContext.from_inputs(inputs, model.image_mask(inputs))
+    if lm_side:  # a selector that cannot apply to this batch (index past the end, ...) fails before the forward
+        _slot_labels([p for p in pos_list if not callable(p)], ctx)
     reduce = _reducer(model, pos_list, many, ctx, inputs, len(pil))
     with torch.inference_mode():
         out = run_backend(backend, model, inputs, names, reduce)

@@ -79,6 +79,14 @@ def normalize_positions(positions: Position | Sequence[Position]) -> tuple[list[
             )
         if isinstance(p, str) and p not in NAMED:
             raise PositionError(f"unknown position name {p!r}", fix=f"use one of {NAMED}")
+        if isinstance(p, slice):
+            parts = (p.start, p.stop, p.step)
+            if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in parts):
+                raise PositionError(f"position slice {p!r} has a part that is not an int",
+                                    fix="use int (or None) start, stop and step, e.g. slice(0, 4)")
+            if p.step is not None and p.step < 1:
+                raise PositionError(f"position slice {p!r} has step {p.step}; selected tokens keep their order",
+                                    fix="use a positive step (or None)")
     names = [position_name(p) for p in items]
     if len(set(names)) != len(names):
         raise PositionError(f"positions repeat: {names}", fix="list each position once")
@@ -163,13 +171,15 @@ def select(h: torch.Tensor, p: Position, ctx: PositionContext) -> torch.Tensor:
     out = out.to(h.device)
     if out.dtype == torch.bool:
         if out.shape != am.shape:
-            raise PositionError(f"position mask has shape {tuple(out.shape)}, the batch is {tuple(am.shape)}")
+            raise PositionError(f"position mask has shape {tuple(out.shape)}, the batch is {tuple(am.shape)}",
+                                fix="return a BoolTensor shaped like ctx.attention_mask")
         return _gather_rows(h, _mask_to_index(out, position_name(p)))
     if out.shape[0] != h.shape[0] or out.dim() not in (1, 2):
         raise PositionError(f"position callable returned indices of shape {tuple(out.shape)} for a batch of {h.shape[0]}",
                             fix="return one index per sample ([b]) or k per sample ([b, k])")
     if bool(((out < 0) | (out >= h.shape[1])).any()):
-        raise PositionError(f"position callable returned an index outside 0..{h.shape[1] - 1}")
+        raise PositionError(f"position callable returned an index outside 0..{h.shape[1] - 1}",
+                            fix="return indices into the padded sequence (see ctx.attention_mask)")
     return _gather_rows(h, out.long())
 
 
@@ -182,7 +192,8 @@ def select_vision(h: torch.Tensor, p: Position, counts: list[int] | None, batch:
     if h.dim() == 2:
         if counts is None:
             if h.shape[0] % batch:
-                raise PositionError(f"cannot split a flattened vision activation of {h.shape[0]} rows over {batch} samples")
+                raise PositionError(f"cannot split a flattened vision activation of {h.shape[0]} rows over {batch} samples",
+                                    fix="pass one image per prompt")
             counts = [h.shape[0] // batch] * batch
         if len(counts) % batch:
             raise PositionError(f"{len(counts)} images for {batch} samples", fix="pass one image per prompt")
@@ -197,7 +208,8 @@ def select_vision(h: torch.Tensor, p: Position, counts: list[int] | None, batch:
     if h.dim() > 3 and h.shape[0] == batch:
         h = h.reshape(batch, -1, h.shape[-1])  # [b, images, tiles, patches, d] (Mllama)
     if h.dim() != 3:
-        raise PositionError(f"vision activation of unexpected shape {tuple(h.shape)}")
+        raise PositionError(f"vision activation of unexpected shape {tuple(h.shape)}",
+                            fix="record this point with positions='image_mean', or open an issue with the model")
     if h.shape[0] % batch:
         raise PositionError(f"vision activation has {h.shape[0]} images for {batch} samples", fix="pass one image per prompt")
     per = h.shape[0] // batch

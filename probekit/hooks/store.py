@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import StoreError, UnknownPointError
@@ -34,11 +34,15 @@ INDEX = "index.json"
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_index(directory: Path) -> dict:
@@ -52,9 +56,18 @@ def read_index(directory: Path) -> dict:
         raise StoreError(f"{directory / INDEX} is corrupt: {exc}", fix="delete the directory and collect again") from exc
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise StoreError(f"{directory / INDEX} is not a probekit activation store", fix="point at a store directory")
-    if int(index.get("version", 0)) > VERSION:
-        raise StoreError(f"store {directory} has format version {index.get('version')}, this probekit reads up to {VERSION}",
+    version = index.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StoreError(f"{directory / INDEX} has no valid format version ({version!r})",
+                         fix="delete the directory and collect again")
+    if version > VERSION:
+        raise StoreError(f"store {directory} has format version {version}, this probekit reads up to {VERSION}",
                          fix="upgrade probekit to read it, or collect it again")
+    kinds = {"n": int, "shard_size": int, "meta": dict, "points": dict, "shards": list}
+    bad = [k for k, t in kinds.items() if not isinstance(index.get(k), t)]
+    if bad or not all(isinstance(sh, dict) and {"file", "start", "stop"} <= set(sh) for sh in index["shards"]):
+        raise StoreError(f"{directory / INDEX} is corrupt (missing or malformed: {', '.join(bad) or 'shards'})",
+                         fix="delete the directory and collect again")
     return index
 
 
@@ -133,8 +146,14 @@ class ActivationStore:
             yield self._tensors[point]
             return
         for shard in self._index["shards"]:
-            with safe_open(str(self.directory / shard["file"]), framework="pt") as f:
-                yield f.get_tensor(point)
+            path = self.directory / shard["file"]
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    t = f.get_tensor(point)
+            except Exception as exc:  # missing file, not safetensors (e.g. a pickle), truncated, ...
+                raise StoreError(f"cannot read shard {path}: {exc}",
+                                 fix="the store is damaged: delete the directory and collect again") from exc
+            yield t
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for p in self.points:
@@ -180,8 +199,9 @@ class StoreWriter:
             self.index = {"format": FORMAT, "version": VERSION, "complete": False, "n": n, "shard_size": shard_size,
                           "meta": {**meta, "fingerprint": fingerprint}, "points": {}, "shards": []}
             self._created = not self.directory.exists()
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self._fresh = True
             try:
+                self.directory.mkdir(parents=True, exist_ok=True)
                 _atomic_write_json(self.directory / INDEX, self.index)
             except OSError as exc:
                 self._cleanup_new()
@@ -197,12 +217,18 @@ class StoreWriter:
             for f in self.directory.iterdir():
                 f.unlink()
 
+    def discard_if_empty(self) -> None:
+        """Remove a store this writer created if no shard was finished (nothing to resume)."""
+        if getattr(self, "_fresh", False) and not self.index["shards"]:
+            self._cleanup_new()
+
     def done_ranges(self) -> set[tuple[int, int]]:
         return {(s["start"], s["stop"]) for s in self.index["shards"]}
 
     def write_shard(self, start: int, stop: int, tensors: Mapping[str, torch.Tensor], point_info: Mapping[str, dict]) -> None:
         name = f"shard-{start // self.shard_size:05d}.safetensors"
         tmp = self.directory / (name + ".tmp")
+        old_shards, old_points = list(self.index["shards"]), self.index["points"]
         try:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"start": str(start), "stop": str(stop)})
             os.replace(tmp, self.directory / name)
@@ -211,9 +237,11 @@ class StoreWriter:
             self.index["shards"].append({"file": name, "start": start, "stop": stop})
             self.index["shards"].sort(key=lambda s: s["start"])
             _atomic_write_json(self.directory / INDEX, self.index)
-        except OSError as exc:
-            if tmp.exists():
-                tmp.unlink()
+        except (OSError, SafetensorError) as exc:  # safetensors reports I/O errors (a full disk) as its own type
+            # roll back: neither a partial file nor a shard the index does not list stays behind
+            self.index["shards"], self.index["points"] = old_shards, old_points
+            tmp.unlink(missing_ok=True)
+            (self.directory / name).unlink(missing_ok=True)
             raise StoreError(f"writing {name} to {self.directory} failed: {exc}",
                              fix="free disk space, then call collect again with the same store directory to resume") from exc
 
@@ -222,5 +250,10 @@ class StoreWriter:
         if covered != self.n:
             raise StoreError(f"store {self.directory} covers {covered} of {self.n} samples", fix="collect again to resume")
         self.index["complete"] = True
-        _atomic_write_json(self.directory / INDEX, self.index)
+        try:
+            _atomic_write_json(self.directory / INDEX, self.index)
+        except OSError as exc:
+            self.index["complete"] = False
+            raise StoreError(f"marking {self.directory} complete failed: {exc}",
+                             fix="free disk space, then call collect again with the same store directory") from exc
         return ActivationStore(directory=self.directory)

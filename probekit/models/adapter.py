@@ -6,6 +6,7 @@ hook-point vocabulary of DESIGN.md (``lm.3.resid``, ``vision.0.resid``, ``projec
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import json
@@ -180,8 +181,10 @@ class Model:
                 raise InputError(f"point pattern {pat!r} is not a string", fix='use names like "lm.3.resid"')
             hits = [p for p in self._targets if fnmatch.fnmatchcase(p, pat)]
             if not hits:
+                close = difflib.get_close_matches(pat, list(self._targets), n=3)
                 raise UnknownPointError(
-                    f"{self.family} model has no hook point matching {pat!r}",
+                    f"{self.family} model has no hook point matching {pat!r}"
+                    + (f" (did you mean {', '.join(close)}?)" if close else ""),
                     fix=f"choose from model.points(); this model has e.g. {_summary(list(self._targets))}",
                 )
             chosen.update(hits)
@@ -217,7 +220,8 @@ class Model:
         old_side = getattr(tok, "padding_side", None)
         if padding_side is not None:
             if padding_side not in ("left", "right"):
-                raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+                raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}",
+                                 fix="pass padding_side='left' or 'right'")
             tok.padding_side = padding_side
         try:
             inputs = self._impl.build_inputs(self, list(images), list(prompts), chat)

@@ -30,6 +30,23 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
     return _DTYPES[dtype]
 
 
+def check_device(device: str | torch.device | None) -> None:
+    """Raise InputError now for a device string torch cannot parse or this machine does not have."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"device {device!r} is not a torch device ({exc})", fix="use e.g. 'cpu', 'cuda' or 'cuda:0'") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise InputError(f"device {device!r} is not available (this machine has {count} CUDA device(s))",
+                             fix="use device='cpu', or a CUDA index below the device count")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r} is not available", fix="use device='cpu'")
+
+
 def wrap(hf_model: nn.Module, processor: Any, family: str | None = None) -> Model:
     """Wrap an already-loaded Hugging Face VLM and its processor.
 
@@ -104,6 +121,9 @@ def load(
     if not isinstance(path_or_id, (str, os.PathLike)):
         raise InputError(f"load() takes a path or hub id, got {type(path_or_id).__name__}",
                          fix="for an already-loaded model use probekit.wrap(model, processor)")
+    dt = _dtype(dtype)
+    if device_map is None:
+        check_device(device)
     src = str(path_or_id)
     local = Path(src).expanduser()
     looks_local = src.startswith((".", "/", "~")) or local.exists() or src.count("/") > 1
@@ -118,7 +138,6 @@ def load(
         raise InputError(f"could not read the config of {src!r}: {exc}",
                          fix="check the path or hub id; offline, only local directories and cached ids work") from exc
     kwargs = dict(from_pretrained_kwargs)
-    dt = _dtype(dtype)
     if dt is not None:
         kwargs["dtype"] = dt
     if device_map is not None:

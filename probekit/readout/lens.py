@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -134,9 +135,13 @@ class TunedLens(nn.Module):
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(tmp), metadata={"format": "probekit.tuned_lens", "version": "1",
-                                              "points": json.dumps(self.points), "meta": json.dumps(self.meta)})
-        os.replace(tmp, path)
+        try:
+            save_file(state, str(tmp), metadata={"format": "probekit.tuned_lens", "version": "1",
+                                                  "points": json.dumps(self.points), "meta": json.dumps(self.meta)})
+            os.replace(tmp, path)
+        except (OSError, SafetensorError) as exc:  # safetensors reports I/O errors (a full disk) as its own type
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write tuned lens {path}: {exc}", fix="check free space and that the directory exists") from exc
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TunedLens":
