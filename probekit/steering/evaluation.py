@@ -1,0 +1,446 @@
+"""Does an intervention remove what it should, and what does it cost?
+
+``evaluate`` puts side by side
+
+- suppression: probe accuracy (95% CI) and mutual information (bits) per point, before and
+  after, with probes *retrained* on activations recorded under the intervention (a probe
+  trained before the edit only shows that the old read-out broke, not that the information
+  is gone);
+- cost: KL divergence of the next-token distribution at the last prompt token on clean
+  inputs (nats, mean and 95% bootstrap CI), task accuracy before/after (Wilson CIs) and the
+  change in answer loss (nats per answer token, paired bootstrap CI).
+
+``sweep`` repeats the "after" half over settings (alpha, number of layers, ...);
+``tradeoff_figure`` plots cost against suppression, one marker per setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ContextManager
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.images import check_images, to_pil
+from ..errors import InputError, LabelError
+from ..hooks.collect import check_prompts, collect
+from ..models.adapter import Model
+
+__all__ = ["EvalReport", "evaluate", "sweep", "tradeoff_figure", "next_token_logprobs", "answer_scores"]
+
+Z95 = 1.959963984540054
+
+
+# ---------------------------------------------------------------------------- small statistics
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    den = 1 + Z95**2 / n
+    centre = (p + Z95**2 / (2 * n)) / den
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _boot_mean(x: np.ndarray, seed: int, n_boot: int = 2000) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap interval (KL per sample is skewed; no normal assumption)."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
+    return float(x.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+# ---------------------------------------------------------------------------- model read-outs
+
+
+def _grouped_inputs(model: Model, images: list, prompts: list[str], batch_size: int):
+    """Yield (indices, inputs) with every batch made of prompts of one token length.
+
+    Equal lengths need no padding, so the last column is every row's last prompt token and
+    a continuation with the KV cache gets the positions an unbatched run would.
+    """
+    per = [model.prepare([to_pil(im)], [p]) for im, p in zip(images, prompts)]
+    by_len: dict[int, list[int]] = {}
+    for i, inp in enumerate(per):
+        by_len.setdefault(int(inp["input_ids"].shape[1]), []).append(i)
+    for idx in by_len.values():
+        for b in range(0, len(idx), batch_size):
+            chunk = idx[b:b + batch_size]
+            keys = per[chunk[0]].keys()
+            yield chunk, {k: torch.cat([per[i][k] for i in chunk]) if isinstance(per[chunk[0]][k], torch.Tensor)
+                          else per[chunk[0]][k] for k in keys}
+
+
+@torch.no_grad()
+def next_token_logprobs(model: Model, images: Sequence[Any], prompts: str | Sequence[str] | None = None,
+                        batch_size: int = 16) -> torch.Tensor:
+    """Log-probabilities ``[n, vocab]`` (float64) of the token after each prompt.
+
+    Example:
+        >>> import probekit, tempfile
+        >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
+        >>> next_token_logprobs(m, probekit.tiny.fixture_images(2, 32), "What colour?").shape[0]
+        2
+    """
+    items = check_images(images)
+    prompt_list = check_prompts(prompts, len(items))
+    out: list[torch.Tensor | None] = [None] * len(items)
+    for idx, inputs in _grouped_inputs(model, items, prompt_list, batch_size):
+        logits = model.hf(**inputs, use_cache=False).logits[:, -1]
+        lp = torch.log_softmax(logits.double(), -1).cpu()
+        for r, i in enumerate(idx):
+            out[i] = lp[r]
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def answer_scores(model: Model, samples: Sequence[Any], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: whether every answer token is the argmax (teacher forced) and the mean
+    answer-token NLL in nats.
+
+    The prompt runs first and the answer tokens continue its KV cache, so interventions that
+    choose positions see them on the prompt (as during ``generate``), not on prompt + answer.
+    """
+    tok = getattr(model.processor, "tokenizer", model.processor)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    images = [s.image for s in samples]
+    questions = [s.question for s in samples]
+    correct = np.zeros(len(samples), dtype=bool)
+    nll = np.zeros(len(samples))
+    for idx, inputs in _grouped_inputs(model, images, questions, batch_size):
+        answers = [tok(" " + samples[i].answer, add_special_tokens=False)["input_ids"] for i in idx]
+        if any(len(a) == 0 for a in answers):
+            raise InputError("an answer tokenizes to nothing", fix="use non-empty answers")
+        m = max(len(a) for a in answers)
+        ans = torch.full((len(idx), m), pad, dtype=torch.long)
+        for r, a in enumerate(answers):
+            ans[r, :len(a)] = torch.tensor(a)
+        ans = ans.to(model.device)
+        out = model.hf(**inputs, use_cache=True)
+        logits = [out.logits[:, -1:]]
+        if m > 1:
+            am = inputs.get("attention_mask")
+            kw = {"attention_mask": torch.cat([am, torch.ones_like(ans[:, :-1])], 1)} if am is not None else {}
+            more = model.hf(input_ids=ans[:, :-1], past_key_values=out.past_key_values, use_cache=True, **kw)
+            logits.append(more.logits)
+        lp = torch.log_softmax(torch.cat(logits, 1).double(), -1)
+        tok_lp = lp.gather(-1, ans[..., None]).squeeze(-1).cpu()
+        pred = lp.argmax(-1).cpu()
+        for r, i in enumerate(idx):
+            k = len(answers[r])
+            correct[i] = bool(torch.equal(pred[r, :k], ans[r, :k].cpu()))
+            nll[i] = float(-tok_lp[r, :k].mean())
+    return correct, nll
+
+
+# ---------------------------------------------------------------------------- report
+
+
+@dataclass
+class EvalReport:
+    """What :func:`evaluate` measured.
+
+    Attributes:
+        table: tidy DataFrame, one row per (section, metric, point, position) with ``before``,
+            ``before_lo``, ``before_hi``, ``after``, ``after_lo``, ``after_hi``, ``chance``, ``n``;
+            sections ``"suppression"`` (metrics ``probe_accuracy``, ``mi_bits``, per point) and
+            ``"cost"`` (``kl_nats``, ``task_accuracy``, ``answer_loss_nats``).
+        suppression: wide per-point table (``accuracy_before``, ``accuracy_after``, ``mi_before``, ...).
+        cost: the cost numbers as a dict.
+        probes_before / probes_after: the full :func:`probekit.readout.probe_layers` tables.
+    """
+
+    table: pd.DataFrame
+    suppression: pd.DataFrame
+    cost: dict
+    probes_before: pd.DataFrame = field(repr=False)
+    probes_after: pd.DataFrame = field(repr=False)
+
+    def summary(self, label: str = "intervention") -> pd.DataFrame:
+        """One row in :func:`sweep`'s format (worst case over points), for :func:`tradeoff_figure`."""
+        return pd.DataFrame([{"label": label, **_summary_numbers(self.suppression), **self.cost}])
+
+    def __repr__(self) -> str:
+        s = self.suppression
+        return (f"EvalReport(points={len(s)}, max accuracy {s.accuracy_before.max():.3f} -> {s.accuracy_after.max():.3f} "
+                f"(chance {s.chance.max():.3f}), KL {self.cost.get('kl_mean', math.nan):.4f} nats)")
+
+
+def _summary_numbers(sup: pd.DataFrame) -> dict:
+    return {
+        "accuracy_before_max": float(sup.accuracy_before.max()),
+        "accuracy_after_max": float(sup.accuracy_after.max()),
+        "mi_before_max": float(sup.mi_before.max()),
+        "mi_after_max": float(sup.mi_after.max()),
+        "chance": float(sup.chance.max()),
+    }
+
+
+class _Evaluator:
+    """Holds the 'before' half (probes, clean log-probs, task scores) so sweeps compute it once."""
+
+    def __init__(self, model: Model, images: Any, labels: Any, clean_images: Any, task_samples: Any,
+                 prompts: Any, clean_prompts: Any, points: Any, positions: Any, groups: Any, seed: int,
+                 cv: int, batch_size: int, n_boot: int, progress: bool):
+        if not isinstance(model, Model):
+            raise InputError(f"model is a {type(model).__name__}", fix="pass a probekit.Model (probekit.load / wrap)")
+        self.model = model
+        self.items = check_images(images)
+        n = len(self.items)
+        self.prompts = check_prompts(prompts, n)
+        lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        if lab.ndim != 1 or len(lab) != n:
+            raise LabelError(f"got {len(lab) if lab.ndim == 1 else lab.shape} labels for {n} images",
+                             fix="pass one label per image")
+        self.labels = lab
+        self.names = model.resolve(points)
+        self.positions = positions
+        self.clean = check_images(clean_images) if clean_images is not None else self.items
+        if clean_prompts is None:
+            clean_prompts = prompts if (prompts is None or isinstance(prompts, str) or clean_images is None) else None
+            if clean_prompts is None:
+                raise InputError("clean_images have no prompts", fix="pass clean_prompts= (or one prompt string)")
+        self.clean_prompts = check_prompts(clean_prompts, len(self.clean))
+        self.tasks = list(task_samples) if task_samples is not None else None
+        self.groups, self.seed, self.cv = groups, seed, cv
+        self.batch_size, self.n_boot, self.progress = batch_size, n_boot, progress
+        # before
+        self.probes_before = self._probe(contextlib.nullcontext())
+        self.logp_before = next_token_logprobs(model, self.clean, self.clean_prompts, batch_size)
+        self.task_before = answer_scores(model, self.tasks, batch_size) if self.tasks else None
+
+    def _probe(self, ctx: ContextManager) -> pd.DataFrame:
+        from ..readout.probes import probe_layers  # readout sits beside steering; imported when used
+
+        with ctx:
+            store = collect(self.model, self.items, self.prompts, points=self.names, positions=self.positions,
+                            batch_size=self.batch_size, progress=self.progress)
+        first = store[self.names[0]]
+        names = store.positions(self.names[0]) if first.ndim == 3 else None  # label slots 'last', 'image_mean', ...
+        return probe_layers(store, self.labels, groups=self.groups, cv=self.cv, seed=self.seed, positions=names,
+                            n_boot=self.n_boot, progress=self.progress)
+
+    def after(self, intervention: Callable[[], ContextManager]) -> EvalReport:
+        if not callable(intervention):
+            raise InputError("intervention must be a callable returning a context manager",
+                             fix="e.g. intervention=lambda: probekit.ablate(model, direction)")
+        probe_ctx, kl_ctx, task_ctx = intervention(), intervention(), intervention()
+        for c in (probe_ctx, kl_ctx, task_ctx):
+            if not (hasattr(c, "__enter__") and hasattr(c, "__exit__")):
+                raise InputError(f"intervention() returned a {type(c).__name__}, not a context manager",
+                                 fix="return e.g. probekit.ablate(model, direction) (without entering it)")
+        after = self._probe(probe_ctx)
+        with kl_ctx:
+            logp_after = next_token_logprobs(self.model, self.clean, self.clean_prompts, self.batch_size)
+        p = self.logp_before.exp()
+        kl = (p * (self.logp_before - logp_after)).sum(-1).clamp_min(0).numpy()  # KL(before || after) per input
+        kl_mean, kl_lo, kl_hi = _boot_mean(kl, self.seed)
+        cost: dict[str, Any] = {"kl_mean": kl_mean, "kl_lo": kl_lo, "kl_hi": kl_hi, "kl_n": len(kl)}
+        if self.tasks:
+            with task_ctx:
+                task_after = answer_scores(self.model, self.tasks, self.batch_size)
+            (c0, l0), (c1, l1) = self.task_before, task_after
+            nt = len(c0)
+            lo0, hi0 = _wilson(int(c0.sum()), nt)
+            lo1, hi1 = _wilson(int(c1.sum()), nt)
+            d_mean, d_lo, d_hi = _boot_mean(l1 - l0, self.seed)
+            cost.update({
+                "task_accuracy_before": float(c0.mean()), "task_accuracy_before_lo": lo0, "task_accuracy_before_hi": hi0,
+                "task_accuracy_after": float(c1.mean()), "task_accuracy_after_lo": lo1, "task_accuracy_after_hi": hi1,
+                "task_n": nt, "answer_loss_before": float(l0.mean()), "answer_loss_after": float(l1.mean()),
+                "answer_loss_delta": d_mean, "answer_loss_delta_lo": d_lo, "answer_loss_delta_hi": d_hi,
+            })
+        return self._report(after, cost)
+
+    def _report(self, after: pd.DataFrame, cost: dict) -> EvalReport:
+        keys = ["point", "layer", "kind", "position"]
+        label = self.positions if isinstance(self.positions, str) else str(self.positions)
+        b = self.probes_before.assign(position=self.probes_before.position.fillna(label)).set_index(keys)
+        a = after.assign(position=after.position.fillna(label)).set_index(keys)
+        sup = pd.DataFrame({
+            "n": b["n"], "chance": b["chance"],
+            "accuracy_before": b["accuracy"], "accuracy_before_lo": b["accuracy_lo"], "accuracy_before_hi": b["accuracy_hi"],
+            "accuracy_after": a["accuracy"], "accuracy_after_lo": a["accuracy_lo"], "accuracy_after_hi": a["accuracy_hi"],
+            "mi_before": b["mi_bits"], "mi_before_lo": b["mi_lo"], "mi_before_hi": b["mi_hi"],
+            "mi_after": a["mi_bits"], "mi_after_lo": a["mi_lo"], "mi_after_hi": a["mi_hi"],
+            "mi_perm_after": a["mi_perm_bits"],
+        }).reset_index()
+        rows = []
+        for r in sup.itertuples(index=False):
+            common = {"section": "suppression", "point": r.point, "layer": r.layer, "position": r.position, "n": r.n}
+            rows.append({**common, "metric": "probe_accuracy", "before": r.accuracy_before, "before_lo": r.accuracy_before_lo,
+                         "before_hi": r.accuracy_before_hi, "after": r.accuracy_after, "after_lo": r.accuracy_after_lo,
+                         "after_hi": r.accuracy_after_hi, "chance": r.chance})
+            rows.append({**common, "metric": "mi_bits", "before": r.mi_before, "before_lo": r.mi_before_lo,
+                         "before_hi": r.mi_before_hi, "after": r.mi_after, "after_lo": r.mi_after_lo,
+                         "after_hi": r.mi_after_hi, "chance": 0.0})
+        cost_common = {"section": "cost", "point": None, "layer": math.nan, "position": None}
+        rows.append({**cost_common, "metric": "kl_nats", "n": cost["kl_n"], "before": 0.0, "before_lo": 0.0, "before_hi": 0.0,
+                     "after": cost["kl_mean"], "after_lo": cost["kl_lo"], "after_hi": cost["kl_hi"], "chance": math.nan})
+        if "task_accuracy_before" in cost:
+            rows.append({**cost_common, "metric": "task_accuracy", "n": cost["task_n"],
+                         "before": cost["task_accuracy_before"], "before_lo": cost["task_accuracy_before_lo"],
+                         "before_hi": cost["task_accuracy_before_hi"], "after": cost["task_accuracy_after"],
+                         "after_lo": cost["task_accuracy_after_lo"], "after_hi": cost["task_accuracy_after_hi"], "chance": math.nan})
+            rows.append({**cost_common, "metric": "answer_loss_nats", "n": cost["task_n"], "before": cost["answer_loss_before"],
+                         "before_lo": math.nan, "before_hi": math.nan, "after": cost["answer_loss_after"],
+                         "after_lo": cost["answer_loss_before"] + cost["answer_loss_delta_lo"],
+                         "after_hi": cost["answer_loss_before"] + cost["answer_loss_delta_hi"], "chance": math.nan})
+        cols = ["section", "metric", "point", "layer", "position", "n", "before", "before_lo", "before_hi",
+                "after", "after_lo", "after_hi", "chance"]
+        return EvalReport(table=pd.DataFrame(rows, columns=cols), suppression=sup, cost=cost,
+                          probes_before=self.probes_before, probes_after=after)
+
+
+def evaluate(model: Model, intervention: Callable[[], ContextManager], images: Any, labels: Any, *,
+             clean_images: Any = None, task_samples: Sequence[Any] | None = None,
+             prompts: str | Sequence[str] | None = None, clean_prompts: str | Sequence[str] | None = None,
+             points: str | Sequence[str] = "lm.*.resid", positions: Any = "last", groups: Any = None,
+             seed: int = 0, cv: int = 5, batch_size: int = 16, n_boot: int = 1000,
+             progress: bool = False) -> EvalReport:
+    """Suppression and cost of an intervention, side by side.
+
+    Args:
+        intervention: a callable returning a fresh (not yet entered) context manager, e.g.
+            ``lambda: probekit.ablate(model, direction)``; it is entered once per measurement.
+        images, labels: held-out images and the attribute to suppress (one label per image).
+        clean_images: inputs without the attribute for the KL cost (default: ``images``).
+        task_samples: objects with ``image``, ``question``, ``answer`` for task accuracy and
+            answer loss (skipped when None).
+        prompts / clean_prompts: one string or one per image (collect's default when None).
+        points, positions: where probes read (as in :func:`probekit.collect`).
+        groups: passed to the probes' cross-validation (samples sharing a source).
+
+    Returns:
+        :class:`EvalReport` (``report.table`` is the tidy side-by-side table).
+
+    Example:
+        >>> import probekit, tempfile, torch
+        >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
+        >>> imgs = probekit.tiny.fixture_images(40, 32)
+        >>> y = [i % 2 for i in range(40)]
+        >>> d = probekit.steering.Direction.from_vectors(torch.randn(m.d_model))
+        >>> rep = evaluate(m, lambda: probekit.steering.ablate(m, d), imgs, y, prompts="What colour?",
+        ...                points="lm.0.resid", n_boot=100)
+        >>> sorted(set(rep.table.metric))
+        ['kl_nats', 'mi_bits', 'probe_accuracy']
+    """
+    ev = _Evaluator(model, images, labels, clean_images, task_samples, prompts, clean_prompts, points, positions,
+                    groups, seed, cv, batch_size, n_boot, progress)
+    return ev.after(intervention)
+
+
+def _settings(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> list[dict]:
+    if isinstance(grid, Mapping):
+        keys = list(grid)
+        vals = [list(grid[k]) for k in keys]
+        if not keys or any(len(v) == 0 for v in vals):
+            raise InputError("the sweep grid is empty", fix='pass e.g. {"alpha": [0, 2, 4]}')
+        import itertools
+
+        return [dict(zip(keys, combo)) for combo in itertools.product(*vals)]
+    out = [dict(s) for s in grid]
+    if not out:
+        raise InputError("no settings to sweep", fix='pass e.g. [{"alpha": 1}, {"alpha": 2}]')
+    return out
+
+
+def sweep(model: Model, intervention: Callable[..., ContextManager],
+          grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], images: Any, labels: Any,
+          **kwargs: Any) -> pd.DataFrame:
+    """Evaluate ``intervention(**setting)`` for every setting; one row per setting.
+
+    ``grid`` is ``{"alpha": [1, 2, 4]}`` (every combination of the lists) or a list of
+    setting dicts. The 'before' half is computed once. Each row holds the setting, a
+    ``label``, the worst case over points (``accuracy_after_max``, ``mi_after_max``, with
+    their 'before' values and ``chance``) and the cost numbers of :class:`EvalReport`
+    (``kl_mean``, ``kl_lo``, ``kl_hi``, task accuracy and answer loss when ``task_samples``
+    is given). Other keyword arguments are those of :func:`evaluate`.
+
+    Example:
+        >>> import probekit, tempfile, torch
+        >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
+        >>> imgs, y = probekit.tiny.fixture_images(40, 32), [i % 2 for i in range(40)]
+        >>> v = torch.randn(m.d_model)
+        >>> df = sweep(m, lambda alpha: probekit.steering.steer(m, v, alpha), {"alpha": [0.0, 4.0]},
+        ...            imgs, y, prompts="What colour?", points="lm.0.resid", n_boot=100)
+        >>> df.label.tolist(), bool(df.kl_mean.iloc[0] == 0.0)
+        (['alpha=0.0', 'alpha=4.0'], True)
+    """
+    if not callable(intervention):
+        raise InputError("intervention must be a callable taking the setting as keywords",
+                         fix="e.g. lambda alpha: probekit.steer(model, v, alpha)")
+    settings = _settings(grid)
+    allowed = {"clean_images", "task_samples", "prompts", "clean_prompts", "points", "positions", "groups", "seed",
+               "cv", "batch_size", "n_boot", "progress"}
+    unknown = set(kwargs) - allowed
+    if unknown:
+        raise InputError(f"unknown arguments {sorted(unknown)}", fix=f"use among {sorted(allowed)}")
+    opts = {"clean_images": None, "task_samples": None, "prompts": None, "clean_prompts": None,
+            "points": "lm.*.resid", "positions": "last", "groups": None, "seed": 0, "cv": 5,
+            "batch_size": 16, "n_boot": 1000, "progress": False, **kwargs}
+    ev = _Evaluator(model, images, labels, opts["clean_images"], opts["task_samples"], opts["prompts"],
+                    opts["clean_prompts"], opts["points"], opts["positions"], opts["groups"], opts["seed"], opts["cv"],
+                    opts["batch_size"], opts["n_boot"], opts["progress"])
+    rows = []
+    for s in settings:
+        rep = ev.after(lambda s=s: intervention(**s))
+        label = ", ".join(f"{k}={v}" for k, v in s.items())
+        rows.append({**s, "label": label, **_summary_numbers(rep.suppression), **rep.cost})
+    return pd.DataFrame(rows)
+
+
+def tradeoff_figure(df: pd.DataFrame | EvalReport, y: str = "accuracy", title: str | None = None):
+    """Cost (KL on clean inputs, x) against leakage (worst-layer probe accuracy or MI, y).
+
+    One labelled marker per setting with the KL's 95% CI as horizontal error bars, a marker
+    for no intervention at KL = 0, and a dashed line at chance (accuracy) or 0 bits (MI).
+    ``df`` is :func:`sweep`'s output or an :class:`EvalReport`. Returns a plotly Figure.
+
+    Example:
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"label": ["alpha=1"], "kl_mean": [0.01], "kl_lo": [0.0], "kl_hi": [0.02],
+        ...                    "accuracy_after_max": [0.6], "accuracy_before_max": [0.99], "mi_after_max": [0.1],
+        ...                    "mi_before_max": [0.9], "chance": [0.5]})
+        >>> tradeoff_figure(df).layout.xaxis.title.text
+        'KL on clean inputs (nats)'
+    """
+    import plotly.graph_objects as go
+
+    if isinstance(df, EvalReport):
+        df = df.summary()
+    if y not in ("accuracy", "mi"):
+        raise InputError(f"y must be 'accuracy' or 'mi', got {y!r}", fix="use y='accuracy' or y='mi'")
+    need = {"label", "kl_mean", f"{y}_after_max", f"{y}_before_max"}
+    missing = need - set(df.columns)
+    if missing:
+        raise InputError(f"the table lacks columns {sorted(missing)}", fix="pass the output of probekit.steering.sweep")
+    ycol = f"{y}_after_max"
+    err = None
+    if {"kl_lo", "kl_hi"} <= set(df.columns):
+        err = dict(type="data", symmetric=False, array=(df.kl_hi - df.kl_mean).clip(lower=0).tolist(),
+                   arrayminus=(df.kl_mean - df.kl_lo).clip(lower=0).tolist(), thickness=1)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=df.kl_mean, y=df[ycol], mode="markers+text", text=df.label.astype(str),
+                             textposition="top center", error_x=err, name="intervention",
+                             marker=dict(size=10)))
+    fig.add_trace(go.Scatter(x=[0.0], y=[float(df[f"{y}_before_max"].max())], mode="markers+text", text=["none"],
+                             textposition="top center", name="no intervention", marker=dict(size=10, symbol="x")))
+    floor = float(df["chance"].max()) if y == "accuracy" and "chance" in df else 0.0
+    fig.add_hline(y=floor, line_dash="dash", annotation_text="chance" if y == "accuracy" else "0 bits")
+    fig.update_layout(
+        title=title or "Suppression vs cost",
+        xaxis_title="KL on clean inputs (nats)",
+        yaxis_title="max probe accuracy over layers" if y == "accuracy" else "max mutual information over layers (bits)",
+        template="plotly_white",
+    )
+    return fig
