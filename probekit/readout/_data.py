@@ -1,0 +1,252 @@
+"""Inputs for the readout: activations, labels, groups and cross-validation folds.
+
+Everything here is cheap and runs before any fitting, so bad inputs fail fast with a
+:mod:`probekit.errors` message that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import InputError, LabelError
+
+__all__ = [
+    "Unit",
+    "encode_labels",
+    "encode_groups",
+    "make_folds",
+    "iter_units",
+    "parse_layer",
+    "parse_kind",
+]
+
+_KINDS = ("resid", "attn", "mlp", "xattn", "embed", "norm")
+
+
+@dataclass
+class Unit:
+    """One probed activation matrix: a hook point at one position."""
+
+    point: str
+    position: str | None
+    load: Callable[[], Tensor]  # -> (n, d)
+
+
+def parse_layer(name: str) -> float:
+    """Layer index from a hook-point name (``"lm.3.resid"`` -> 3.0), else NaN."""
+    m = re.search(r"(?:^|\.)(\d+)(?:\.|$)", name.split("@")[0])
+    return float(m.group(1)) if m else float("nan")
+
+
+def parse_kind(name: str) -> str:
+    """Kind of a hook point: resid/attn/mlp/xattn/embed/norm/vision/projector/logits/..."""
+    parts = name.split("@")[0].split(".")
+    if parts[0] in ("vision", "projector", "logits"):
+        return parts[0]
+    for part in reversed(parts):
+        if part in _KINDS:
+            return part
+    words = [p for p in parts if not p.isdigit()]
+    return words[-1] if words else ""
+
+
+def encode_labels(labels: Any, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Codes 0..K-1 and the sorted class values; strings, ints and bools all work."""
+    if isinstance(labels, Tensor):
+        labels = labels.detach().cpu().numpy()
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise LabelError(
+            f"labels must be one-dimensional, got shape {arr.shape}",
+            fix="pass one label per sample, e.g. a list or a 1-D array",
+        )
+    if n is not None and len(arr) != n:
+        raise LabelError(
+            f"got {len(arr)} labels for {n} samples",
+            fix="pass exactly one label per sample, in the order the activations were collected",
+        )
+    if arr.dtype.kind == "f" and np.isnan(arr).any():
+        raise LabelError(
+            f"labels contain NaN at sample(s) {np.flatnonzero(np.isnan(arr))[:5].tolist()}",
+            fix="drop those samples or give them a label",
+        )
+    if arr.dtype == object and any(v is None for v in arr):
+        raise LabelError("labels contain None", fix="drop those samples or give them a label")
+    try:
+        classes, codes = np.unique(arr, return_inverse=True)
+    except TypeError as exc:  # mixed types such as 1 and "a"
+        raise LabelError(
+            f"labels mix types that cannot be compared ({exc})",
+            fix="use labels of one type: all strings or all integers",
+        ) from None
+    if len(classes) < 2:
+        raise LabelError(
+            f"labels have a single class ({classes[0]!r}); a probe needs at least two",
+            fix="include samples of at least two classes",
+        )
+    return codes.astype(np.int64), classes
+
+
+def encode_groups(groups: Any, n: int) -> np.ndarray | None:
+    """Group codes 0..G-1 (samples sharing a source), or None."""
+    if groups is None:
+        return None
+    if isinstance(groups, Tensor):
+        groups = groups.detach().cpu().numpy()
+    arr = np.asarray(groups)
+    if arr.ndim != 1 or len(arr) != n:
+        raise LabelError(
+            f"got groups of shape {arr.shape} for {n} samples",
+            fix="pass one group id per sample (e.g. the watermark string each image carries)",
+        )
+    return np.unique(arr, return_inverse=True)[1].astype(np.int64)
+
+
+def make_folds(codes: np.ndarray, groups: np.ndarray | None = None, cv: int = 5, seed: int = 0) -> np.ndarray:
+    """Test-fold index (0..cv-1) of every sample; each sample is held out exactly once.
+
+    Stratified and shuffled; with ``groups`` no group is split between train and test
+    (``StratifiedGroupKFold``). Raises :class:`LabelError` when the folds cannot work.
+
+    >>> make_folds(np.array([0, 1] * 5), cv=5).tolist().count(0)
+    2
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if not isinstance(cv, (int, np.integer)) or cv < 2:
+        raise InputError(f"cv must be an integer >= 2, got {cv!r}", fix="use cv=5")
+    n = len(codes)
+    counts = np.bincount(codes)
+    if groups is None:
+        if cv > counts.min():
+            raise LabelError(
+                f"cv={cv} folds but the smallest class has only {counts.min()} samples",
+                fix=f"use cv<={counts.min()} or collect more samples of that class",
+            )
+        splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(n), codes)
+    else:
+        n_groups = int(groups.max()) + 1
+        if n_groups < cv:
+            raise LabelError(
+                f"cv={cv} folds but only {n_groups} distinct groups",
+                fix=f"use cv<={n_groups} (each fold needs whole groups) or add groups",
+            )
+        splitter = StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():  # we check the outcome ourselves below
+            warnings.simplefilter("ignore", UserWarning)
+            splits = list(splitter.split(np.zeros(n), codes, groups))
+    fold = np.full(n, -1, dtype=np.int64)
+    for f, (_, test) in enumerate(splits):
+        fold[test] = f
+    for f in range(cv):
+        train = fold != f
+        if not (fold == f).any():
+            raise LabelError(f"fold {f} has no samples", fix="use fewer folds (cv) or more groups")
+        missing = np.flatnonzero(np.bincount(codes[train], minlength=len(counts)) == 0)
+        if len(missing):
+            raise LabelError(
+                f"fold {f} trains without class code(s) {missing.tolist()}: those samples sit "
+                "in too few groups",
+                fix="use fewer folds (cv) or spread each class over at least cv groups",
+            )
+    return fold
+
+
+def _as_tensor(name: str, x: Any) -> Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, Tensor):
+        raise InputError(
+            f"activations for {name!r} are a {type(x).__name__}, not a tensor",
+            fix="pass torch tensors or numpy arrays of shape [n, d] or [n, positions, d]",
+        )
+    return x
+
+
+def _check(name: str, x: Tensor, n: int | None) -> Tensor:
+    """Validate one (n, d) matrix: floating, finite, right number of rows."""
+    if x.ndim != 2:
+        raise InputError(f"activations for {name!r} have shape {tuple(x.shape)}", fix="use [n, d]")
+    if not x.is_floating_point():
+        x = x.float()
+    if n is not None and x.shape[0] != n:
+        raise InputError(
+            f"point {name!r} has {x.shape[0]} samples, others have {n}",
+            fix="record every point on the same samples",
+        )
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        rows = bad.any(1).nonzero().squeeze(1)[:5].tolist()
+        raise InputError(
+            f"activations at point {name!r} contain NaN or inf (samples {rows}...)",
+            fix="check the model run for overflow (use float32/bfloat16), or drop those samples",
+        )
+    return x
+
+
+def _split_positions(name: str, x: Tensor, positions: Sequence[str] | None) -> list[Unit]:
+    """[n, d] -> one unit; [n, p, d] -> one unit per position."""
+    if x.ndim == 2:
+        return [Unit(name, None, lambda x=x: x)]
+    if x.ndim != 3:
+        raise InputError(
+            f"activations for {name!r} have shape {tuple(x.shape)}",
+            fix="use [n, d] or [n, positions, d]",
+        )
+    p = x.shape[1]
+    if positions is not None and len(positions) != p:
+        raise InputError(
+            f"{len(positions)} position names for {p} positions at point {name!r}",
+            fix="pass one name per position, or positions=None to use indices",
+        )
+    names = [str(s) for s in positions] if positions is not None else [str(j) for j in range(p)]
+    return [Unit(name, names[j], lambda x=x, j=j: x[:, j, :]) for j in range(p)]
+
+
+def iter_units(acts: Any, positions: Sequence[str] | None = None) -> Iterator[Unit]:
+    """Yield every (point, position) matrix of ``acts``; loads stores lazily."""
+    if isinstance(acts, (Tensor, np.ndarray)):
+        x = _as_tensor("acts", acts)
+        if x.ndim == 2:
+            yield Unit("x", None, lambda: x)
+        elif x.ndim == 3:
+            for i in range(x.shape[0]):
+                yield Unit(f"layer.{i}", None, lambda i=i: x[i])
+        else:
+            raise InputError(
+                f"an activation tensor must be [n, d] or [layers, n, d], got {tuple(x.shape)}",
+                fix="pass a dict {point: tensor} for other layouts",
+            )
+        return
+    if isinstance(acts, Mapping):
+        items: Iterator = ((k, acts[k]) for k in acts)
+    elif hasattr(acts, "points") and hasattr(acts, "__getitem__"):
+        store_pos = getattr(acts, "positions", None)
+        if positions is None and isinstance(store_pos, (list, tuple)):
+            positions = store_pos
+        items = ((k, acts[k]) for k in list(acts.points))  # a store loads on access
+    else:
+        raise InputError(
+            f"cannot read activations from a {type(acts).__name__}",
+            fix="pass a dict {point: tensor}, an ActivationStore, or a [layers, n, d] tensor",
+        )
+    for name, x in items:
+        yield from _split_positions(str(name), _as_tensor(str(name), x), positions)
+
+
+def load_unit(unit: Unit, n: int | None, check: bool = True) -> Tensor:
+    """The unit's (n, d) matrix, validated unless ``check`` is False (already done)."""
+    x = unit.load()
+    if not check:
+        return x if x.is_floating_point() else x.float()
+    label = unit.point if unit.position is None else f"{unit.point}@{unit.position}"
+    return _check(label, x, n)
