@@ -36,6 +36,7 @@ def test_probe_layers(capsys):
     mod, _ = _run("probe_layers.py", [], capsys)
     table = mod["main"]()
     # the mark is plainly visible: the image-token mean of the projector output must reveal it
+    assert set(table.position) == {"last", "image_mean"}  # names come from the store
     row = table[(table.point == "projector")].iloc[0]
     assert row.accuracy >= 0.75 and row.accuracy_lo > row.chance + 0.15
 

@@ -196,7 +196,8 @@ def _check(name: str, x: Tensor, n: int | None) -> Tensor:
 def _split_positions(name: str, x: Tensor, positions: Sequence[str] | None) -> list[Unit]:
     """[n, d] -> one unit; [n, p, d] -> one unit per position."""
     if x.ndim == 2:
-        return [Unit(name, None, lambda x=x: x)]
+        # a store names the one position of a [n, d] point too
+        return [Unit(name, str(positions[0]) if positions is not None and len(positions) == 1 else None, lambda x=x: x)]
     if x.ndim != 3:
         raise InputError(
             f"activations for {name!r} have shape {tuple(x.shape)}",
@@ -231,6 +232,12 @@ def iter_units(acts: Any, positions: Sequence[str] | None = None) -> Iterator[Un
         items: Iterator = ((k, acts[k]) for k in acts)
     elif hasattr(acts, "points") and hasattr(acts, "__getitem__"):
         store_pos = getattr(acts, "positions", None)
+        if positions is None and callable(store_pos):
+            # an ActivationStore names the positions of each point itself
+            for name in list(acts.points):
+                x = _as_tensor(str(name), acts[name])
+                yield from _split_positions(str(name), x, store_pos(name))
+            return
         if positions is None and isinstance(store_pos, (list, tuple)):
             positions = store_pos
         items = ((k, acts[k]) for k in list(acts.points))  # a store loads on access
