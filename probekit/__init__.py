@@ -13,12 +13,17 @@ On top: :func:`scan` (collect + probe + report), :func:`compare`, plots, the ``p
 from __future__ import annotations
 
 import importlib
+import os as _os
 from typing import Any
 
-from . import errors
-from .hooks import ActivationStore, Recorder, collect
-from .models import Model, load, tiny, wrap
-from .scan import scan  # eager: the function must shadow the module of the same name
+# Busy-waiting OpenMP threads made small ops 10-20x slower on a shared CPU (seen while
+# benchmarking the probes). Only takes effect if torch is not imported yet.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import errors  # noqa: E402
+from .hooks import ActivationStore, Recorder, collect  # noqa: E402
+from .models import Model, load, tiny, wrap  # noqa: E402
+from .scan import scan  # noqa: E402  # eager: the function must shadow the module of the same name
 
 __version__ = "0.1.0"
 
