@@ -39,8 +39,7 @@ from probekit.hooks.positions import PositionContext, normalize_positions  # noq
 from probekit.hooks.recorder import Recorder  # noqa: E402
 from probekit.models import tiny  # noqa: E402
 
-SIZES_22M = dict(hidden_size=256, num_layers=4, intermediate_size=1024, num_heads=8, image_size=64, patch_size=8,
-                 vision_hidden_size=256, vision_layers=4)
+SIZES_22M = tiny.LLAVA_22M  # hidden 256, 4 LM layers, 64x64 images, patch 8: 22.1M parameters
 
 
 def _sync(device: str) -> None:
