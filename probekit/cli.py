@@ -4,6 +4,7 @@
 ``probekit scan --model PATH --images DIR [--labels CSV] [--targets ...] --out report.html``.
 ``probekit points --model PATH``: list a model's hook points.
 ``probekit collect --model PATH --images DIR --out STORE``: record points to a disk store.
+``probekit study memorization [--full] [--out DIR]``: the watermark memorisation study (docs/results.md).
 
 Bad arguments exit with code 2 and a one-line message.
 """
@@ -59,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=8)
     c.add_argument("--device", default="cpu")
     c.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
+
+    st = sub.add_parser("study", help="run a packaged study (memorization: the watermark memorisation study)")
+    st.add_argument("name", choices=["memorization"], help="which study")
+    st.add_argument("--full", action="store_true", help="the full grid; writes docs/results.md and docs/img/results-*.png")
+    st.add_argument("--out", default=None, help="folder for checkpoints (default probekit-memorization[-full])")
+    st.add_argument("--docs", default="docs", help="where --full writes results.md and img/ (default docs)")
     return p
 
 
@@ -118,13 +125,36 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from probekit.experiments.memorization import MemorizationConfig, run_memorization, write_results
+
+    cfg = MemorizationConfig.full() if args.full else MemorizationConfig()
+    if args.out:
+        cfg.out = args.out
+    res = run_memorization(cfg)
+    # keep the raw tables next to the checkpoints (CSV; nothing is pickled)
+    for name, value in res.items():
+        if hasattr(value, "to_csv"):
+            value.to_csv(Path(cfg.out) / f"{name}.csv", index=False)
+    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20):
+        print(res["table"].round(3).to_string(index=False))
+        print(res["gradient_cosine_summary"].round(4).to_string(index=False))
+    if args.full:
+        docs = Path(args.docs)
+        for path in write_results(res, docs / "results.md", docs / "img", command="probekit study memorization --full"):
+            print(f"wrote {path}")
+    print(f"({res['seconds']:.0f} s)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``probekit`` console script."""
     args = _parser().parse_args(argv)
     from probekit.errors import ProbekitError
 
     try:
-        return {"demo": _demo, "scan": _scan, "points": _points, "collect": _collect}[args.command](args)
+        return {"demo": _demo, "scan": _scan, "points": _points, "collect": _collect,
+                "study": _study}[args.command](args)
     except ProbekitError as exc:
         print(f"probekit {args.command}: error: {exc.problem}" + (f" ({exc.fix})" if exc.fix else ""), file=sys.stderr)
         return 2
