@@ -42,3 +42,12 @@ def tiny_model(tiny_dir):
         return loaded[family]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: on a shared 2-core machine two spinning threads were up to 100x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
