@@ -1,0 +1,99 @@
+"""scan() on every kind of input, the CLI (scan, points, exit code 2) and the demo end to end."""
+
+import random
+
+import pytest
+
+import probekit
+from probekit.cli import main
+from probekit.data.synthetic import make_task
+from probekit.data.watermark import make_profiles, render
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """ImageFolder layout: marked/ and clean/, 30 images each, plus a label CSV."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = random.Random(0)
+    prof = make_profiles(2, pool=0)
+    rows = ["image,label"]
+    for i, s in enumerate(make_task(60, size=32, seed=3)):
+        label = "marked" if i % 2 == 0 else "clean"
+        img = render(s.image, prof[i % 2], rng, mode="pattern", cell=6) if label == "marked" else s.image
+        (root / label).mkdir(exist_ok=True)
+        img.save(root / label / f"{i:03d}.png")
+        rows.append(f"{label}/{i:03d}.png,{label}")
+    (root.parent / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_scan_an_image_folder_and_a_label_csv_agree(tiny_model, folder):
+    m = tiny_model("llava")
+    kw = dict(points=["projector", "lm.*.resid"], n_boot=100, progress=False)
+    by_folder = probekit.scan(m, folder, **kw)
+    by_csv = probekit.scan(m, folder, labels=folder.parent / "labels.csv", **kw)
+    assert by_folder.data["label_counts"] == {"clean": 30, "marked": 30}
+    assert by_folder.table.equals(by_csv.table)
+    proj = by_folder.table[(by_folder.table.point == "projector")].iloc[0]
+    assert proj.accuracy_lo > proj.chance  # a 24 px mark is plainly visible to the projector
+    assert set(by_folder.table.source) == {"residual", "logits-topk"}
+    assert "projector" in by_folder.summary() or "lm." in by_folder.summary()
+
+
+def test_scan_a_dataset_like_object(tiny_model):
+    class ClassLabel:
+        names = ["cat", "dog"]
+
+    class FakeDataset:  # the parts of datasets.Dataset that scan uses
+        column_names = ["image", "label"]
+        features = {"label": ClassLabel()}
+
+        def __init__(self):
+            self._cols = {"image": probekit.tiny.fixture_images(20, 32), "label": [i % 2 for i in range(20)]}
+
+        def __getitem__(self, key):
+            return self._cols[key]
+
+    r = probekit.scan(tiny_model("llava"), FakeDataset(), cv=4, n_boot=50, progress=False)
+    assert r.data["label_counts"] == {"cat": 10, "dog": 10}
+    assert (r.table.n == 20).all()
+
+
+def test_scan_without_labels_reports_the_lens_and_says_so(tiny_model):
+    r = probekit.scan(tiny_model("llava"), probekit.tiny.fixture_images(6, 32), targets=["alice_1"], progress=False)
+    assert r.table.empty and any("No labels" in n for n in r.notes)
+    assert len(r.lens) == tiny_model("llava").n_layers * 2 * 5  # layers x positions x top-5
+    assert set(r.targets.target) == {"alice_1"}
+    assert "text/html" in r._repr_html_() or "<" in r._repr_html_()
+
+
+def test_cli_scan_points_and_bad_arguments(tiny_dir, folder, tmp_path, capsys):
+    out = tmp_path / "report.html"
+    assert main(["scan", "--model", tiny_dir("llava"), "--images", str(folder), "--out", str(out),
+                 "--points", "projector,lm.*.resid", "--json", str(tmp_path / "r.json")]) == 0
+    html = out.read_text()
+    assert "<html" in html.lower() and "projector" in html and "http" not in html.split("<script")[1][:200]
+    assert probekit.report.ScanReport.from_json((tmp_path / "r.json").read_text()).table.shape[0] > 0
+    capsys.readouterr()
+    assert main(["points", "--model", tiny_dir("llava"), "--pattern", "lm.*.resid"]) == 0
+    assert capsys.readouterr().out.split() == ["lm.0.resid", "lm.1.resid"]
+    assert main(["scan", "--model", tiny_dir("llava"), "--images", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a folder" in err[0]
+    assert main(["points", "--model", str(tmp_path / "nope")]) == 2
+    with pytest.raises(SystemExit) as info:
+        main(["scan", "--images", str(folder)])  # --model missing
+    assert info.value.code == 2
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    from probekit.experiments.demo import DemoConfig, print_summary, run_demo
+
+    res = run_demo(DemoConfig(out=str(tmp_path / "demo"), steps=20, n_train=160, n_eval=80, progress=False))
+    assert (tmp_path / "demo" / "report.html").stat().st_size > 100_000  # plotly inlined
+    assert 0 <= res["best"]["accuracy"] <= 1 and res["best"]["accuracy_lo"] <= res["best"]["accuracy"]
+    print_summary(res)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("Report: ")
