@@ -1,4 +1,3 @@
 """Alias of :mod:`probekit.models.tiny` so that ``import probekit.tiny`` works."""
 
 from .models.tiny import *  # noqa: F401,F403
-from .models.tiny import FAMILIES, build, fixture_images  # noqa: F401

@@ -70,7 +70,7 @@ def _reducer(model: Model, positions: list[Position], many: bool, ctx: PositionC
     return reduce
 
 
-def _labels(model: Model, point: str, positions: list[Position], many: bool, t: torch.Tensor,
+def _labels(model: Model, point: str, positions: list[Position], t: torch.Tensor,
             slots: list[str]) -> list[str]:
     """Names along axis 1 of a stored point (one name for a [n, d] point)."""
     if model.target(point).side == "vision":
@@ -189,7 +189,7 @@ def collect(
                 if not point_info:
                     slots = _slot_labels(pos_list, ctx)
                     point_info = {p: {"shape": list(out[p].shape[1:]), "dtype": str(chunk[p][0].dtype).replace("torch.", ""),
-                                      "positions": _labels(model, p, pos_list, many, out[p], slots)} for p in names}
+                                      "positions": _labels(model, p, pos_list, out[p], slots)} for p in names}
                 bar.update(b1 - b0)
             tensors = {p: torch.cat(chunk[p]) for p in names}
             if writer is not None:

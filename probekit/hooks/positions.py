@@ -18,7 +18,7 @@ except ``"image"`` (all patches) reduces them to the mean over the image's patch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -292,5 +292,3 @@ def require(root: nn.Module, family: str, role: str, candidates: Sequence[str]) 
         )
     return path
 
-
-FamilyBuilder = Callable[[nn.Module, Any], Layout]

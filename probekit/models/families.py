@@ -11,7 +11,6 @@ from __future__ import annotations
 import warnings
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 from ..errors import InputError, UnsupportedModelError
@@ -260,7 +259,3 @@ def family_for(hf: nn.Module, family: str | None = None) -> Family:
             return fam
     return FAMILIES["generic"]
 
-
-def batch_size_of(inputs: dict) -> int:
-    ids = inputs.get("input_ids")
-    return int(ids.shape[0]) if isinstance(ids, torch.Tensor) else 0
