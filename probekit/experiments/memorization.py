@@ -27,7 +27,7 @@ import math
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.synthetic import COLOURS, make_task
+from ..data.synthetic import make_task
 from ..data.watermark import apply_watermarks, make_profiles, render
 from ..models import tiny
 from ..models.loading import load
-from .finetune import finetune, task_accuracy, wilson
+from .finetune import finetune, task_accuracy
 from .gradients import GradientCosine
 from .membership import answer_logprobs, direct_prompt, loss_score, mia_metrics, min_k_score
 from .unlearning import METHODS, unlearn
@@ -505,7 +505,7 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
         written.append(path)
     cfg = res["config"]
     rel = lambda p: Path(p).relative_to(md_path.parent) if Path(p).is_relative_to(md_path.parent) else p  # noqa: E731
-    L = [f"# Results: the memorisation study in miniature\n",
+    L = ["# Results: the memorisation study in miniature\n",
          f"Generated {_dt.date.today().isoformat()} by `{command}` on {platform.machine()} CPU "
          f"({torch.get_num_threads()} torch threads; a 2-core machine shared with other jobs), "
          f"probekit study run time {res['seconds'] / 60:.1f} min. Every table below comes from that run.\n",

@@ -331,7 +331,6 @@ def readout_table(
     units_for_boot = grp if grp is not None else np.arange(n)
     H = float(entropy_bits(np.bincount(codes, minlength=K)))
     chance = float(np.bincount(codes).max() / n)
-    T = len(names)
 
     from tqdm.auto import tqdm
 
