@@ -119,6 +119,28 @@ def test_heldout_logits_match_per_fold_fits():
         np.testing.assert_allclose(Z[0, 0, te, 0].numpy(), one.decision_function(X[te]), atol=1e-6)
 
 
+def test_points_that_finish_early_leave_the_solve_unchanged():
+    # Easy and hard points finish at different iterations; finished points are compacted
+    # out of the working set (their rows of X overwritten in place), which must not change
+    # any result: every held-out logit equals the one from a separate fit.
+    rng = np.random.default_rng(5)
+    P, n, d = 4, 240, 12
+    y = rng.integers(0, 2, n)
+    X = rng.standard_normal((P, n, d)) * np.linspace(0.3, 3.0, d)
+    X[:, :, 0] += np.array([4.0, 0.05, 1.0, 0.0])[:, None] * (2 * y - 1)  # strong .. none
+    folds = make_folds(y, cv=4, seed=0)
+    Z, n_iter, _ = heldout_logits(torch.tensor(X).clone(), torch.tensor(y)[None], torch.tensor(folds), 2, 1.0,
+                                     tol=1e-10)
+    assert int(n_iter.max()) < 1000  # stopped by the gradient or the ftol test, not max_iter
+    per_point = n_iter.amax((1, 2))
+    assert len(set(per_point.tolist())) > 1, per_point  # the points did finish apart
+    for p in range(P):
+        for f in range(4):
+            tr, te = folds != f, folds == f
+            one = LinearProbe(dtype="float64", tol=1e-10).fit(X[p][tr], y[tr])
+            np.testing.assert_allclose(Z[p, 0, te, 0].numpy(), one.decision_function(X[p][te]), atol=1e-6)
+
+
 def test_folds_stratified_and_each_sample_held_out_once():
     y = np.array([0] * 30 + [1] * 70)
     folds = make_folds(y, cv=5, seed=0)

@@ -17,7 +17,8 @@ L-BFGS: every problem has its own curvature history, step length and stopping te
 things make it take ~7x fewer steps than scikit-learn's L-BFGS on correlated features: a
 low-rank preconditioner from the top principal directions of each point's data, and an
 exact line search (logits are affine in the step, so the line costs one product with X).
-Points whose problems have all finished drop out of the products.
+A point whose problems have all finished leaves the working set (its rows of X are
+compacted away in place), so late iterations cost only what the slow points need.
 
 Standardisation uses each problem's own training rows (weights > 0) only. It is folded
 into the weights (``x_std @ w == x @ (w / sigma) - mu @ (w / sigma)``) so the data matrix
@@ -138,6 +139,26 @@ class _Problem:
         s = torch.sqrt(ref / (curvature * evals.clamp_min(0) + lam0))
         self.U, self.sm1 = U.to(X.dtype), (s - 1).to(X.dtype)
 
+    def keep(self, idx: Tensor) -> None:
+        """Drop every point not in ``idx`` (ascending): their rows of X are overwritten.
+
+        Moving X[idx[i]] to X[i] in increasing i never reads a row already overwritten
+        (idx[i] >= i), so the data are compacted in place, with no copy of X.
+        """
+        for i, j in enumerate(idx.tolist()):
+            if i != j:
+                self.X[i] = self.X[j]
+        k = len(idx)
+        self.X = self.X[:k]
+        for name in ("wn", "lam", "wsum", "labels", "target"):
+            t = getattr(self, name)
+            if t.shape[0] > 1:  # per-point (not shared by all points)
+                setattr(self, name, t[idx])
+        for name in ("mu", "sig", "U", "sm1"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t[idx])
+
     def to_w(self, u: Tensor) -> Tensor:
         """w = A u (also maps a w-gradient to the u-gradient, A being symmetric)."""
         if self.U is None:
@@ -147,30 +168,32 @@ class _Problem:
         coords = torch.bmm(flat, self.U) * self.sm1[:, None, :]
         return u + torch.bmm(coords, self.U.transpose(1, 2)).view(u.shape)
 
-    def _raw(self, theta: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-        """Raw-space weights v (P, M*K', d) and raw intercept (P, M, K')."""
+    def _raw(self, theta: Tensor, w: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Raw-space weights v (P, M*K', d) and raw intercept (P, M, K') (of points ``rows``)."""
         P, d = theta.shape[0], self.d
         b = theta[..., d]
         if self.sig is not None:
-            v = w / self.sig[:, :, None, :]
-            b = b - (v * self.mu[:, :, None, :]).sum(-1)
+            mu, sig = (self.mu, self.sig) if rows is None else (self.mu[rows], self.sig[rows])
+            v = w / sig[:, :, None, :]
+            b = b - (v * mu[:, :, None, :]).sum(-1)
         else:
             v = w
         return v.reshape(P, -1, d), b
 
-    def logits(self, theta: Tensor, w: Tensor, pts: Tensor | None = None, Z: Tensor | None = None) -> Tensor:
+    def logits(self, theta: Tensor, w: Tensor, rows: Tensor | None = None) -> Tensor:
         """(P, M, n, K') decision values for ``theta`` (``w = to_w(u)`` passed in, it is
-        reused by loss and grad); with ``pts`` only those points are recomputed and the
-        rest copied from ``Z`` (their parameters did not move)."""
+        reused by loss and grad), linear in ``theta``; ``rows``: ``theta`` holds only those
+        points."""
         P, M, Kp, n = theta.shape[0], self.M, self.Kp, self.n
-        v, b = self._raw(theta, w)
-        if pts is None:
-            XV = torch.bmm(self.X, v.transpose(1, 2))  # (P, n, M*K')
-        else:  # a loop of matrix products costs the same per point as bmm, with no copy of X
-            XV = Z.permute(0, 2, 1, 3).reshape(P, n, M * Kp) - b.reshape(P, 1, M * Kp)
-            for p in pts.tolist():
-                XV[p] = self.X[p] @ v[p].T
-        return XV.view(P, n, M, Kp).permute(0, 2, 1, 3) + b[:, :, None, :]
+        v, b = self._raw(theta, w, rows)
+        # X @ V^T then one small transpose: V @ X^T (a transposed X) is ~40% slower on CPU,
+        # and a permuted view would make every later elementwise op strided.
+        if rows is None:
+            XV = torch.bmm(self.X, v.transpose(1, 2))
+        else:
+            XV = torch.stack([self.X[r] @ v[i].T for i, r in enumerate(rows.tolist())])
+        XV = XV.view(P, n, M, Kp).permute(0, 2, 1, 3)
+        return (XV + b[:, :, None, :]).contiguous()
 
     def loss(self, Z: Tensor, w: Tensor) -> Tensor:
         if self.Kp == 1:
@@ -204,8 +227,8 @@ class _Problem:
         wdw, dwdw = _dot(w, dw).double(), _dot(dw, dw).double()
         return d1 + lam * (wdw + t * dwdw), d2 + lam * dwdw
 
-    def grad(self, Z: Tensor, w: Tensor, pts: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Gradient in u and max |gradient in w|; points outside ``pts`` get garbage."""
+    def grad(self, Z: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        """Gradient in u and max |gradient in w|."""
         P, M, Kp, d, n = w.shape[0], self.M, self.Kp, self.d, self.n
         if Kp == 1:
             R = (torch.sigmoid(Z[..., 0]) - self.target).mul_(self.wn).unsqueeze(-1)
@@ -213,13 +236,7 @@ class _Problem:
             R = (torch.softmax(Z, -1) - self.target).mul_(self.wn.unsqueeze(-1))
         Rt = R.permute(0, 1, 3, 2).reshape(P, M * Kp, n)
         # R^T @ X, not X^T @ R: a product with a transposed X is ~10x slower on CPU.
-        if pts is None:
-            G = torch.bmm(Rt, self.X)
-        else:
-            G = torch.zeros(P, M * Kp, d, dtype=Z.dtype, device=Z.device)
-            for p in pts.tolist():
-                G[p] = Rt[p] @ self.X[p]
-        G = G.view(P, M, Kp, d)
+        G = torch.bmm(Rt, self.X).view(P, M, Kp, d)
         rs = R.sum(2)  # (P, M, K'): gradient of the raw intercept
         if self.sig is not None:
             gw = (G - rs[..., None] * self.mu[:, :, None, :]) / self.sig[:, :, None, :]
@@ -363,12 +380,36 @@ def _solve(
     flat = torch.zeros(P, M, dtype=torch.long, device=dev)
     head = 0
 
+    # A point leaves the working set once all its problems are done: its results go to
+    # the outputs and every tensor of the loop shrinks, so late iterations (the few
+    # ill-conditioned layers) cost in proportion to the points still being fitted.
+    out_theta = torch.empty_like(theta)
+    out_w = torch.empty(P, M, Kp, d, dtype=dt, device=dev)
+    out_Z = torch.empty(P, M, n, Kp, dtype=dt, device=dev)
+    out_f = torch.empty(P, M, dtype=f.dtype, device=dev)
+    out_iter, out_conv = torch.empty_like(n_iter), torch.empty_like(conv)
+    ids = torch.arange(P, device=dev)  # original index of each working point
+
+    def retire(rows: Tensor) -> None:
+        dst = ids[rows]
+        out_theta[dst], out_w[dst], out_f[dst] = theta[rows], w[rows], f[rows]
+        out_iter[dst], out_conv[dst] = n_iter[rows], conv[rows]
+        # exact logits, free of the rounding that the updates Z += t dZ gather
+        out_Z[dst] = prob.logits(theta[rows], w[rows], rows=rows)
+
     for it in range(max_iter):
         active = ~done
-        live = active.any(1)  # points with work left: only their products are computed
-        if not bool(live.any()):
-            break
-        pts = None if bool(live.all()) else live.nonzero().squeeze(1)
+        live = active.any(1)
+        if not bool(live.all()):
+            retire((~live).nonzero().squeeze(1))
+            keep = live.nonzero().squeeze(1)
+            if len(keep) == 0:
+                ids = ids[keep]
+                break
+            prob.keep(keep)
+            theta, w, g, Z, f, done, conv, n_iter, gamma, flat, active = (
+                t[keep] for t in (theta, w, g, Z, f, done, conv, n_iter, gamma, flat, active))
+            S, Y, rho, ids = S[:, keep], Y[:, keep], rho[:, keep], ids[keep]
         n_iter += active.long()
 
         # Two-loop recursion, all problems at once; rho = 0 marks empty/skipped pairs.
@@ -394,13 +435,18 @@ def _solve(
         # convex in t) find its minimum with no further pass over X, and the step is better
         # than Armijo backtracking's (fewer iterations).
         dw = prob.to_w(direction[..., :d])
-        dZ = prob.logits(direction, dw, pts, torch.zeros_like(Z))  # linear: no offset term
-        t = torch.ones(P, M, dtype=torch.float64, device=dev)
+        dZ = prob.logits(direction, dw)
+        Pk = theta.shape[0]
+        t = torch.ones(Pk, M, dtype=torch.float64, device=dev)
         if it == 0:  # no curvature yet: start from a step of unit length
             t = 1.0 / _dot(g, g).double().sqrt().clamp_min(1.0)
-        for _newton in range(5):  # from t = 1, L-BFGS's natural step, this is plenty
+        for _newton in range(5):  # from t = 1, L-BFGS's natural step, 1-2 steps usually do
             d1, d2 = prob.line_slope(Z, dZ, w, dw, t)
-            t = (t - d1 / d2.clamp_min(1e-300)).clamp(min=0.0, max=1e6)
+            t_new = (t - d1 / d2.clamp_min(1e-300)).clamp(min=0.0, max=1e6)
+            settled = bool((((t_new - t).abs() <= 1e-2 * t_new) | done).all())
+            t = t_new
+            if settled:
+                break
         t = torch.where(active, t, torch.zeros_like(t))
         slack = noise * f.abs().clamp_min(1.0)
         for _ls in range(max_ls):  # safeguard: Armijo on the same line, still no products
@@ -418,7 +464,7 @@ def _solve(
             w_new = w + t[..., None, None].to(dt) * dw
             f_new = prob.loss(Z_new, w_new)
         theta_new = theta + t[..., None, None].to(dt) * direction
-        g_new, gmax = prob.grad(Z_new, w_new, pts)
+        g_new, gmax = prob.grad(Z_new, w_new)
 
         s_vec, y_vec = theta_new - theta, g_new - g
         sy, yy = _dot(s_vec, y_vec), _dot(y_vec, y_vec)
@@ -438,17 +484,20 @@ def _solve(
             small_f = (f - f_new) <= ftol * torch.maximum(f.abs(), f_new.abs()).clamp_min(1.0)
         conv |= small_g
         done = done | small_g | (active & (stalled | (small_f & (t > 0))))
-        # finished problems keep their last values (points outside pts have garbage g)
-        keep = active[..., None, None]
-        theta = torch.where(keep, theta_new, theta)
-        w = torch.where(keep, w_new, w)
-        g = torch.where(keep, g_new, g)
-        Z = torch.where(active[..., None, None], Z_new, Z)
-        f = torch.where(active, f_new, f)
+        if bool(active.all()):
+            theta, w, g, Z, f = theta_new, w_new, g_new, Z_new, f_new
+        else:  # finished problems keep their last values
+            keep = active[..., None, None]
+            theta = torch.where(keep, theta_new, theta)
+            w = torch.where(keep, w_new, w)
+            g = torch.where(keep, g_new, g)
+            Z = torch.where(keep, Z_new, Z)
+            f = torch.where(active, f_new, f)
         if callback is not None:
             callback(it, int((~done).sum()))
+    if len(ids):  # max_iter reached
+        retire(torch.arange(len(ids), device=dev))
 
-    Z = prob.logits(theta, w)  # exact, free of the rounding the updates Z += t dZ gather
     if standardize:
         mean = c0[:, None, :] + s0[:, None, :] * mu.double()
         scale = s0[:, None, :] * sig.double()
@@ -456,12 +505,12 @@ def _solve(
         mean = torch.zeros(P, M, d, dtype=torch.float64, device=dev)
         scale = torch.ones(P, M, d, dtype=torch.float64, device=dev)
     return SolverResult(
-        coef=w,
-        intercept=theta[..., d],
+        coef=out_w,
+        intercept=out_theta[..., d],
         mean=mean.to(dt),
         scale=scale.to(dt),
-        logits=Z,
-        n_iter=n_iter,
-        converged=conv,
-        loss=f,
+        logits=out_Z,
+        n_iter=out_iter,
+        converged=out_conv,
+        loss=out_f,
     )
