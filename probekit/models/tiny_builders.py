@@ -1,0 +1,476 @@
+"""One builder per family: random-weight model + offline processor (:mod:`probekit.models.tiny`).
+
+Each ``_build_<family>(sizes, padding_side)`` returns the model built from its transformers
+config and the processor the family's real checkpoints ship, so ``save_pretrained`` writes a
+directory that loads through the ordinary hub path.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from probekit.models.processors import _image_only_qwen2_vl_class, _torchvision_available
+from probekit.models.tiny_text import (
+    _IDEFICS3_TEMPLATE,
+    _LLAVA_TEMPLATE,
+    _MLLAMA_TEMPLATE,
+    _QWEN2_VL_TEMPLATE,
+    _make_tokenizer,
+    _TokenizerSpec,
+)
+
+@dataclass
+class _Built:
+    model: Any
+    processor: Any
+    post_save: Callable[[pathlib.Path], None] | None = None
+
+
+def _llama_text(s: dict[str, int], vocab: int, tok: Any) -> dict[str, Any]:
+    return {
+        "model_type": "llama",
+        "vocab_size": vocab,
+        "hidden_size": s["hidden_size"],
+        "intermediate_size": s["intermediate_size"],
+        "num_hidden_layers": s["num_layers"],
+        "num_attention_heads": s["num_heads"],
+        "num_key_value_heads": s["num_kv_heads"],
+        "max_position_embeddings": 4096,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+        "tie_word_embeddings": False,
+    }
+
+
+def _build_llava(s: dict[str, int], padding_side: str) -> _Built:
+    from transformers import (
+        CLIPImageProcessorPil,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tok = _make_tokenizer(
+        _TokenizerSpec(bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True, extra_special=("<image>",)),
+        s["vocab_size"],
+        padding_side,
+    )
+    grid = s["image_size"] // s["patch_size"]
+    config = LlavaConfig(
+        vision_config={
+            "model_type": "clip_vision_model",
+            "hidden_size": s["vision_hidden_size"],
+            "intermediate_size": s["vision_intermediate_size"],
+            "num_hidden_layers": s["vision_layers"],
+            "num_attention_heads": s["vision_heads"],
+            "image_size": s["image_size"],
+            "patch_size": s["patch_size"],
+            "projection_dim": s["hidden_size"],
+        },
+        text_config=_llama_text(s, len(tok), tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=grid * grid,
+        # As llava-1.5: features of the penultimate vision layer, CLS dropped.
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        pad_token_id=tok.pad_token_id,
+    )
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": s["image_size"]},
+        crop_size={"height": s["image_size"], "width": s["image_size"]},
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=s["patch_size"],
+        vision_feature_select_strategy="default",
+        chat_template=_LLAVA_TEMPLATE,
+        image_token="<image>",
+        num_additional_image_tokens=1,  # CLIP's CLS; "default" strategy removes it again
+    )
+    return _Built(LlavaForConditionalGeneration(config), processor)
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    # Qwen2-VL splits the rotary half-dim over (t, h, w) as 16:24:24 of 64; keep the ratio.
+    half = head_dim // 2
+    t = max(1, half // 4)
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def _build_qwen2_vl(s: dict[str, int], padding_side: str) -> _Built:
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+    )
+
+    specials = (
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|vision_pad|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    )
+    tok = _make_tokenizer(
+        _TokenizerSpec(bos=None, eos="<|im_end|>", pad="<|endoftext|>", extra_special=("<|endoftext|>",) + specials),
+        s["vocab_size"],
+        padding_side,
+    )
+    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    head_dim = s["hidden_size"] // s["num_heads"]
+    config = Qwen2VLConfig(
+        vision_config={
+            "depth": s["vision_layers"],
+            "embed_dim": s["vision_hidden_size"],
+            "hidden_size": s["hidden_size"],  # output of the patch merger = LM width
+            "num_heads": s["vision_heads"],
+            "mlp_ratio": s["vision_intermediate_size"] // s["vision_hidden_size"],
+            "patch_size": s["patch_size"],
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        text_config={
+            "vocab_size": len(tok),
+            "hidden_size": s["hidden_size"],
+            "intermediate_size": s["intermediate_size"],
+            "num_hidden_layers": s["num_layers"],
+            "num_attention_heads": s["num_heads"],
+            "num_key_value_heads": s["num_kv_heads"],
+            "max_position_embeddings": 4096,
+            "max_window_layers": s["num_layers"],
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": _mrope_section(head_dim),
+            },
+            "bos_token_id": tok.convert_tokens_to_ids("<|endoftext|>"),
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    pixels = s["image_size"] * s["image_size"]
+    image_processor = Qwen2VLImageProcessorPil(
+        # min = max pixels: every image is resized to about image_size x image_size.
+        size={"shortest_edge": pixels, "longest_edge": pixels},
+        patch_size=s["patch_size"],
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    processor, post_save = _qwen2_vl_processor(image_processor, tok)
+    return _Built(Qwen2VLForConditionalGeneration(config), processor, post_save)
+
+
+def _qwen2_vl_processor(image_processor: Any, tok: Any) -> tuple[Any, Callable[[pathlib.Path], None] | None]:
+    from transformers import Qwen2VLProcessor
+
+    video = {
+        "size": dict(image_processor.size),
+        "patch_size": image_processor.patch_size,
+        "temporal_patch_size": image_processor.temporal_patch_size,
+        "merge_size": image_processor.merge_size,
+        "image_mean": list(image_processor.image_mean),
+        "image_std": list(image_processor.image_std),
+        "min_frames": 4,
+        "max_frames": 16,
+    }
+    if _torchvision_available():
+        from transformers import Qwen2VLVideoProcessor
+
+        video_processor = Qwen2VLVideoProcessor(**video)
+        return Qwen2VLProcessor(image_processor, tok, video_processor, chat_template=_QWEN2_VL_TEMPLATE), None
+
+    processor = _image_only_qwen2_vl_class()(image_processor, tok, chat_template=_QWEN2_VL_TEMPLATE)
+
+    def as_stock_checkpoint(directory: pathlib.Path) -> None:
+        # Make the files read exactly as a real Qwen2-VL checkpoint's: stock processor class
+        # and a video-processor section, so that AutoProcessor loads it where torchvision is.
+        cfg_file = directory / "processor_config.json"
+        cfg = json.loads(cfg_file.read_text())
+        cfg["processor_class"] = "Qwen2VLProcessor"
+        cfg["video_processor"] = {**video, "video_processor_type": "Qwen2VLVideoProcessor"}
+        cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        tok_file = directory / "tokenizer_config.json"
+        tok_cfg = json.loads(tok_file.read_text())
+        tok_cfg["processor_class"] = "Qwen2VLProcessor"
+        tok_file.write_text(json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n")
+
+    return processor, as_stock_checkpoint
+
+
+def _build_idefics3(s: dict[str, int], padding_side: str) -> _Built:
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
+
+    specials = ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>") + tuple(
+        f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)
+    )
+    tok = _make_tokenizer(
+        _TokenizerSpec(
+            bos="<|begin_of_text|>", eos="<end_of_utterance>", pad="<|end_of_text|>", add_bos=True, extra_special=specials
+        ),
+        s["vocab_size"],
+        padding_side,
+    )
+    scale = 2
+    grid = s["image_size"] // s["patch_size"]
+    text = _llama_text(s, len(tok), tok)
+    config = Idefics3Config(
+        vision_config={
+            "hidden_size": s["vision_hidden_size"],
+            "intermediate_size": s["vision_intermediate_size"],
+            "num_hidden_layers": s["vision_layers"],
+            "num_attention_heads": s["vision_heads"],
+            "image_size": s["image_size"],
+            "patch_size": s["patch_size"],
+        },
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=scale,
+        pad_token_id=tok.pad_token_id,
+    )
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False,
+        size={"longest_edge": s["image_size"]},
+        max_image_size={"longest_edge": s["image_size"]},
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_len=(grid * grid) // (scale * scale),
+        chat_template=_IDEFICS3_TEMPLATE,
+    )
+    return _Built(Idefics3ForConditionalGeneration(config), processor)
+
+
+def _supported_aspect_ratios(max_tiles: int) -> list[list[int]]:
+    # Same order as the image processor's get_all_supported_aspect_ratios: ids must agree.
+    return [[w, h] for w in range(1, max_tiles + 1) for h in range(1, max_tiles + 1) if w * h <= max_tiles]
+
+
+def _build_mllama(s: dict[str, int], padding_side: str) -> _Built:
+    from transformers import (
+        MllamaConfig,
+        MllamaForConditionalGeneration,
+        MllamaImageProcessorPil,
+        MllamaProcessor,
+    )
+
+    specials = (
+        "<|image|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+        "<|python_tag|>",
+    )
+    tok = _make_tokenizer(
+        _TokenizerSpec(
+            bos="<|begin_of_text|>",
+            eos="<|eot_id|>",
+            pad="<|finetune_right_pad_id|>",
+            # Like Llama-3.2-Vision: MllamaProcessor inserts the BOS itself, after leading <|image|>s.
+            add_bos=False,
+            extra_special=("<|end_of_text|>",) + specials,
+        ),
+        s["vocab_size"],
+        padding_side,
+    )
+    n = s["num_layers"]
+    # Llama-3.2-Vision puts a cross-attention layer every 5th layer from 3; here every 4th from 1.
+    cross = list(range(1, n, 4))
+    inter_idx = [0] if s["vision_layers"] == 1 else [0, s["vision_layers"] - 1]
+    max_tiles = s["max_num_tiles"]
+    config = MllamaConfig(
+        vision_config={
+            "hidden_size": s["vision_hidden_size"],
+            "intermediate_size": s["vision_intermediate_size"],
+            "num_hidden_layers": s["vision_layers"],
+            "num_global_layers": 1,
+            "attention_heads": s["vision_heads"],
+            "image_size": s["image_size"],
+            "patch_size": s["patch_size"],
+            "max_num_tiles": max_tiles,
+            "intermediate_layers_indices": inter_idx,
+            "vision_output_dim": s["vision_hidden_size"] * (len(inter_idx) + 1),
+            "supported_aspect_ratios": _supported_aspect_ratios(max_tiles),
+        },
+        text_config={
+            "vocab_size": len(tok),
+            "hidden_size": s["hidden_size"],
+            "intermediate_size": s["intermediate_size"],
+            "num_hidden_layers": n,
+            "num_attention_heads": s["num_heads"],
+            "num_key_value_heads": s["num_kv_heads"],
+            "cross_attention_layers": cross,
+            "max_position_embeddings": 4096,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+        },
+        image_token_index=tok.convert_tokens_to_ids("<|image|>"),
+    )
+    image_processor = MllamaImageProcessorPil(
+        size={"height": s["image_size"], "width": s["image_size"]},
+        max_image_tiles=max_tiles,
+    )
+    processor = MllamaProcessor(image_processor=image_processor, tokenizer=tok, chat_template=_MLLAMA_TEMPLATE)
+    model = MllamaForConditionalGeneration(config)
+    _open_mllama_gates(model)
+    return _Built(model, processor)
+
+
+def _open_mllama_gates(model: Any) -> None:
+    """Give Mllama's tanh gates non-zero values.
+
+    They are zero-initialised (as for training from scratch), which would make the text
+    output independent of the image; trained checkpoints have them open. Drawn from the
+    seeded RNG, so still deterministic.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("gate", "cross_attn_attn_gate", "cross_attn_mlp_gate"):
+                param.uniform_(0.5, 1.0)
+
+
+def _build_blip2(s: dict[str, int], padding_side: str) -> _Built:
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessorPil,
+    )
+
+    # OPT's GPT-2 style tokenizer: "</s>" is both bos (prepended) and eos.
+    tok = _make_tokenizer(
+        _TokenizerSpec(bos="</s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True, extra_special=("<image>",)),
+        s["vocab_size"],
+        padding_side,
+    )
+    config = Blip2Config(
+        vision_config={
+            "hidden_size": s["vision_hidden_size"],
+            "intermediate_size": s["vision_intermediate_size"],
+            "num_hidden_layers": s["vision_layers"],
+            "num_attention_heads": s["vision_heads"],
+            "image_size": s["image_size"],
+            "patch_size": s["patch_size"],
+        },
+        qformer_config={
+            "hidden_size": s["vision_hidden_size"],
+            "num_hidden_layers": s["qformer_layers"],
+            "num_attention_heads": s["vision_heads"],
+            "intermediate_size": s["vision_intermediate_size"],
+            "cross_attention_frequency": 1,
+            "encoder_hidden_size": s["vision_hidden_size"],
+            "vocab_size": len(tok),
+            "max_position_embeddings": 512,
+        },
+        text_config={
+            "model_type": "opt",
+            "vocab_size": len(tok),
+            "hidden_size": s["hidden_size"],
+            "word_embed_proj_dim": s["hidden_size"],
+            "ffn_dim": s["intermediate_size"],
+            "num_hidden_layers": s["num_layers"],
+            "num_attention_heads": s["num_heads"],
+            "max_position_embeddings": 2048,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+        },
+        num_query_tokens=s["num_query_tokens"],
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+    )
+    image_processor = BlipImageProcessorPil(size={"height": s["image_size"], "width": s["image_size"]})
+    processor = Blip2Processor(image_processor=image_processor, tokenizer=tok, num_query_tokens=s["num_query_tokens"])
+    return _Built(Blip2ForConditionalGeneration(config), processor)
+
+
+def _build_paligemma(s: dict[str, int], padding_side: str) -> _Built:
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+    )
+    from transformers.models.paligemma.processing_paligemma import EXTRA_TOKENS
+
+    tok = _make_tokenizer(
+        _TokenizerSpec(
+            bos="<bos>",
+            eos="<eos>",
+            pad="<pad>",
+            unk="<unk>",
+            add_bos=True,
+            extra_special=("<image>",),
+            extra_plain=tuple(EXTRA_TOKENS),
+        ),
+        s["vocab_size"],
+        padding_side,
+    )
+    grid = s["image_size"] // s["patch_size"]
+    config = PaliGemmaConfig(
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": s["vision_hidden_size"],
+            "intermediate_size": s["vision_intermediate_size"],
+            "num_hidden_layers": s["vision_layers"],
+            "num_attention_heads": s["vision_heads"],
+            "image_size": s["image_size"],
+            "patch_size": s["patch_size"],
+            "vision_use_head": False,
+        },
+        text_config={
+            "model_type": "gemma",
+            "vocab_size": len(tok),
+            "hidden_size": s["hidden_size"],
+            "intermediate_size": s["intermediate_size"],
+            "num_hidden_layers": s["num_layers"],
+            "num_attention_heads": s["num_heads"],
+            "num_key_value_heads": s["num_kv_heads"],
+            "head_dim": s["hidden_size"] // s["num_heads"],
+            "max_position_embeddings": 4096,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+        },
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        projection_dim=s["hidden_size"],
+        hidden_size=s["hidden_size"],
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+    )
+    image_processor = SiglipImageProcessorPil(size={"height": s["image_size"], "width": s["image_size"]})
+    # PaliGemmaProcessor reads this attribute; real checkpoints carry it in preprocessor_config.json.
+    image_processor.image_seq_length = grid * grid
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
+    return _Built(PaliGemmaForConditionalGeneration(config), processor)
+
+
+_BUILDERS: dict[str, Callable[[dict[str, int], str], _Built]] = {
+    "llava": _build_llava,
+    "qwen2_vl": _build_qwen2_vl,
+    "idefics3": _build_idefics3,
+    "mllama": _build_mllama,
+    "blip2": _build_blip2,
+    "paligemma": _build_paligemma,
+}
