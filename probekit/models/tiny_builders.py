@@ -30,10 +30,10 @@ class _Built:
     post_save: Callable[[pathlib.Path], None] | None = None
 
 
-def _llama_text(s: dict[str, int], vocab: int, tok: Any) -> dict[str, Any]:
+def _text(s: dict[str, int], tok: Any, **extra: Any) -> dict[str, Any]:
+    """Language-model config keys every family shares; ``extra`` adds or overrides."""
     return {
-        "model_type": "llama",
-        "vocab_size": vocab,
+        "vocab_size": len(tok),
         "hidden_size": s["hidden_size"],
         "intermediate_size": s["intermediate_size"],
         "num_hidden_layers": s["num_layers"],
@@ -43,7 +43,24 @@ def _llama_text(s: dict[str, int], vocab: int, tok: Any) -> dict[str, Any]:
         "bos_token_id": tok.bos_token_id,
         "eos_token_id": tok.eos_token_id,
         "pad_token_id": tok.pad_token_id,
-        "tie_word_embeddings": False,
+        **extra,
+    }
+
+
+def _llama_text(s: dict[str, int], tok: Any) -> dict[str, Any]:
+    return _text(s, tok, model_type="llama", tie_word_embeddings=False)
+
+
+def _vision(s: dict[str, int], **extra: Any) -> dict[str, Any]:
+    """ViT config keys of the CLIP/SigLIP-style towers; ``extra`` adds or overrides."""
+    return {
+        "hidden_size": s["vision_hidden_size"],
+        "intermediate_size": s["vision_intermediate_size"],
+        "num_hidden_layers": s["vision_layers"],
+        "num_attention_heads": s["vision_heads"],
+        "image_size": s["image_size"],
+        "patch_size": s["patch_size"],
+        **extra,
     }
 
 
@@ -62,17 +79,8 @@ def _build_llava(s: dict[str, int], padding_side: str) -> _Built:
     )
     grid = s["image_size"] // s["patch_size"]
     config = LlavaConfig(
-        vision_config={
-            "model_type": "clip_vision_model",
-            "hidden_size": s["vision_hidden_size"],
-            "intermediate_size": s["vision_intermediate_size"],
-            "num_hidden_layers": s["vision_layers"],
-            "num_attention_heads": s["vision_heads"],
-            "image_size": s["image_size"],
-            "patch_size": s["patch_size"],
-            "projection_dim": s["hidden_size"],
-        },
-        text_config=_llama_text(s, len(tok), tok),
+        vision_config=_vision(s, model_type="clip_vision_model", projection_dim=s["hidden_size"]),
+        text_config=_llama_text(s, tok),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         image_seq_length=grid * grid,
         # As llava-1.5: features of the penultimate vision layer, CLS dropped.
@@ -138,24 +146,13 @@ def _build_qwen2_vl(s: dict[str, int], padding_side: str) -> _Built:
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
         },
-        text_config={
-            "vocab_size": len(tok),
-            "hidden_size": s["hidden_size"],
-            "intermediate_size": s["intermediate_size"],
-            "num_hidden_layers": s["num_layers"],
-            "num_attention_heads": s["num_heads"],
-            "num_key_value_heads": s["num_kv_heads"],
-            "max_position_embeddings": 4096,
-            "max_window_layers": s["num_layers"],
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 1000000.0,
-                "mrope_section": _mrope_section(head_dim),
-            },
-            "bos_token_id": tok.convert_tokens_to_ids("<|endoftext|>"),
-            "eos_token_id": tok.eos_token_id,
-            "pad_token_id": tok.pad_token_id,
-        },
+        text_config=_text(
+            s,
+            tok,
+            max_window_layers=s["num_layers"],
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": _mrope_section(head_dim)},
+            bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        ),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -230,16 +227,9 @@ def _build_idefics3(s: dict[str, int], padding_side: str) -> _Built:
     )
     scale = 2
     grid = s["image_size"] // s["patch_size"]
-    text = _llama_text(s, len(tok), tok)
+    text = _llama_text(s, tok)
     config = Idefics3Config(
-        vision_config={
-            "hidden_size": s["vision_hidden_size"],
-            "intermediate_size": s["vision_intermediate_size"],
-            "num_hidden_layers": s["vision_layers"],
-            "num_attention_heads": s["vision_heads"],
-            "image_size": s["image_size"],
-            "patch_size": s["patch_size"],
-        },
+        vision_config=_vision(s),
         text_config=text,
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=scale,
@@ -310,19 +300,7 @@ def _build_mllama(s: dict[str, int], padding_side: str) -> _Built:
             "vision_output_dim": s["vision_hidden_size"] * (len(inter_idx) + 1),
             "supported_aspect_ratios": _supported_aspect_ratios(max_tiles),
         },
-        text_config={
-            "vocab_size": len(tok),
-            "hidden_size": s["hidden_size"],
-            "intermediate_size": s["intermediate_size"],
-            "num_hidden_layers": n,
-            "num_attention_heads": s["num_heads"],
-            "num_key_value_heads": s["num_kv_heads"],
-            "cross_attention_layers": cross,
-            "max_position_embeddings": 4096,
-            "bos_token_id": tok.bos_token_id,
-            "eos_token_id": tok.eos_token_id,
-            "pad_token_id": tok.pad_token_id,
-        },
+        text_config=_text(s, tok, num_hidden_layers=n, cross_attention_layers=cross),
         image_token_index=tok.convert_tokens_to_ids("<|image|>"),
     )
     image_processor = MllamaImageProcessorPil(
@@ -366,14 +344,7 @@ def _build_blip2(s: dict[str, int], padding_side: str) -> _Built:
         padding_side,
     )
     config = Blip2Config(
-        vision_config={
-            "hidden_size": s["vision_hidden_size"],
-            "intermediate_size": s["vision_intermediate_size"],
-            "num_hidden_layers": s["vision_layers"],
-            "num_attention_heads": s["vision_heads"],
-            "image_size": s["image_size"],
-            "patch_size": s["patch_size"],
-        },
+        vision_config=_vision(s),
         qformer_config={
             "hidden_size": s["vision_hidden_size"],
             "num_hidden_layers": s["qformer_layers"],
@@ -429,30 +400,8 @@ def _build_paligemma(s: dict[str, int], padding_side: str) -> _Built:
     )
     grid = s["image_size"] // s["patch_size"]
     config = PaliGemmaConfig(
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": s["vision_hidden_size"],
-            "intermediate_size": s["vision_intermediate_size"],
-            "num_hidden_layers": s["vision_layers"],
-            "num_attention_heads": s["vision_heads"],
-            "image_size": s["image_size"],
-            "patch_size": s["patch_size"],
-            "vision_use_head": False,
-        },
-        text_config={
-            "model_type": "gemma",
-            "vocab_size": len(tok),
-            "hidden_size": s["hidden_size"],
-            "intermediate_size": s["intermediate_size"],
-            "num_hidden_layers": s["num_layers"],
-            "num_attention_heads": s["num_heads"],
-            "num_key_value_heads": s["num_kv_heads"],
-            "head_dim": s["hidden_size"] // s["num_heads"],
-            "max_position_embeddings": 4096,
-            "bos_token_id": tok.bos_token_id,
-            "eos_token_id": tok.eos_token_id,
-            "pad_token_id": tok.pad_token_id,
-        },
+        vision_config=_vision(s, model_type="siglip_vision_model", vision_use_head=False),
+        text_config=_text(s, tok, model_type="gemma", head_dim=s["hidden_size"] // s["num_heads"]),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         projection_dim=s["hidden_size"],
         hidden_size=s["hidden_size"],
