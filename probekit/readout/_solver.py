@@ -272,7 +272,7 @@ def _prepare(X: Tensor, wbar: Tensor, wn: Tensor):
     Any affine map per feature leaves the fold-standardised problem unchanged; this one
     keeps float32 fold statistics accurate (no large offsets left to cancel), and weighting
     by the mean row weight makes a weighted fit follow the path of one on repeated rows.
-    One pass per point computes everything while its rows are in cache.
+    Two small products per point compute everything while its rows are in cache.
     """
     P, n, d = X.shape
     M = wn.shape[1]
@@ -280,14 +280,19 @@ def _prepare(X: Tensor, wbar: Tensor, wn: Tensor):
     s = torch.ones(P, d, dtype=torch.float64, device=X.device)
     mu = torch.zeros(P, M, d, dtype=X.dtype, device=X.device)
     ex2 = torch.zeros_like(mu)
+    sq = torch.empty(n, d, dtype=X.dtype, device=X.device)
+    weights = torch.cat([wbar.to(X.dtype)[:, None], wn], 1)  # (Pw, 1 + M, n)
     for p in range(P):
-        xp, wp, wnp = X[p], wbar[min(p, wbar.shape[0] - 1)].to(X.dtype), wn[min(p, wn.shape[0] - 1)]
-        cp = wp @ xp  # float32 is enough: only the bulk of the offset must go
+        xp, wp = X[p], weights[min(p, weights.shape[0] - 1)]
+        # One product gives the centre and the fold means: the latter are only moved by
+        # the centre (wn rows sum to 1), and an error there would shift just the intercept.
+        first = wp @ xp  # float32 is enough: only the bulk of the offset must go
+        cp = first[0]
         xp -= cp
-        sq = xp.square()
-        sd = (wp @ sq).sqrt()
+        second = wp @ torch.square(xp, out=sq)  # second moments after centring: no cancellation
+        sd = second[0].sqrt()
         sd = torch.where(sd > 0, sd, torch.ones_like(sd))
-        mu[p], ex2[p] = (wnp @ xp) / sd, (wnp @ sq) / sd.square()
+        mu[p], ex2[p] = (first[1:] - cp) / sd, second[1:] / sd.square()
         xp /= sd
         c[p], s[p] = cp.double(), sd.double()  # exactly the map applied, for raw coefficients
     var = (ex2 - mu.square()).clamp_min(0)
