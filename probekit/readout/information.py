@@ -99,7 +99,7 @@ def _fold_priors(tasks: np.ndarray, folds: np.ndarray, Kp: int) -> np.ndarray:
     return out
 
 
-def calibrate_heldout(Z: np.ndarray, tasks: np.ndarray, folds: np.ndarray, iters: int = 25):
+def calibrate_heldout(Z: np.ndarray, tasks: np.ndarray, folds: np.ndarray, iters: int = 50):
     """Shrink each fold's held-out logits towards its training prior; returns (Z', beta).
 
     An L2 probe with d close to n is overconfident off its training set, and the bound
@@ -109,32 +109,46 @@ def calibrate_heldout(Z: np.ndarray, tasks: np.ndarray, folds: np.ndarray, iters
     much below 0), other values temperature scaling (Guo et al. 2017) around the prior.
     ``beta_f`` is chosen on the held-out predictions of the OTHER folds (cross-fitting), so
     no sample's label sets the scaling of its own prediction: still a held-out bound.
-    Cross-entropy is convex in beta; golden-section search on [0, 50] (to ~1e-3). Z: [P, T, n, K'],
-    beta: [P, T, cv].
+    Cross-entropy is convex in beta: projected Newton on [0, 50], safeguarded (a step that
+    leaves the bracket of the minimum bisects it instead), to 1e-8. Z: [P, T, n, K'], beta: [P, T, cv].
     """
     P, T, n, Kp = Z.shape
     cv = int(folds.max()) + 1
     prior = _fold_priors(tasks, folds, Kp)[None]  # [1, T, n, K']
     delta = Z - prior
     others = (folds[None, :] != np.arange(cv)[:, None]).astype(np.float64)  # [cv, n]
+    if Kp > 1:
+        onehot = np.eye(Kp)[tasks][None, :, None]  # [1, T, 1, n, K]
 
-    def loss(beta: np.ndarray) -> np.ndarray:  # [P, T, cv] -> [P, T, cv]
+    def slopes(beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # d/dbeta, d2/dbeta2 of CE
         z = prior[:, :, None] + beta[..., None, None] * delta[:, :, None]  # [P, T, cv, n, K']
-        ce = _ce_nats(z, tasks[None, :, None])  # [P, T, cv, n]
-        return np.einsum("ptfn,fn->ptf", ce, others)
+        dz = delta[:, :, None]
+        if Kp == 1:
+            p = 0.5 * (1.0 + np.tanh(0.5 * z[..., 0]))  # sigmoid without overflow warnings
+            g = (p - (tasks[None, :, None] == 1)) * dz[..., 0]
+            h = p * (1.0 - p) * dz[..., 0] ** 2
+        else:
+            e = np.exp(z - z.max(-1, keepdims=True))
+            p = e / e.sum(-1, keepdims=True)
+            mean = (p * dz).sum(-1)
+            g = ((p - onehot) * dz).sum(-1)
+            h = (p * dz**2).sum(-1) - mean**2
+        return np.einsum("ptfn,fn->ptf", g, others), np.einsum("ptfn,fn->ptf", h, others)
 
-    g = (math.sqrt(5) - 1) / 2
-    a, b = np.zeros((P, T, cv)), np.full((P, T, cv), 50.0)
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = loss(c), loss(d)
+    lo, hi = np.zeros((P, T, cv)), np.full((P, T, cv), 50.0)
+    beta = np.ones((P, T, cv))
     for _ in range(iters):
-        left = fc < fd  # the minimum lies in [a, d]
-        a, b = np.where(left, a, c), np.where(left, d, b)
-        # keep the interior point already evaluated, evaluate one new point per problem
-        c, d = np.where(left, b - g * (b - a), d), np.where(left, c, a + g * (b - a))
-        f_new = loss(np.where(left, c, d))
-        fc, fd = np.where(left, f_new, fd), np.where(left, fc, f_new)
-    beta = (a + b) / 2
+        g, h = slopes(beta)
+        lo, hi = np.where(g < 0, beta, lo), np.where(g > 0, beta, hi)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.clip(np.where(h > 0, beta - g / h, np.nan), 0.0, 50.0)  # projected on [0, 50]
+        inside = (step >= lo) & (step <= hi)
+        new = np.where(inside, step, 0.5 * (lo + hi))
+        new = np.where(g == 0, beta, new)
+        if np.abs(new - beta).max() <= 1e-8:
+            beta = new
+            break
+        beta = new
     per_sample = np.take_along_axis(beta, np.broadcast_to(folds, (P, T, n)), 2)[..., None]
     return prior + per_sample * delta, beta
 
