@@ -14,7 +14,7 @@ with the binary case using one weight vector (sigmoid) as scikit-learn does and 
 multiclass case the full multinomial (softmax) model. It is minimised, divided by
 ``sum_i w_i`` (scikit-learn's scaling, so ``tol`` means the same thing), with a batched
 L-BFGS: every problem has its own curvature history, step length and stopping test. Two
-things make it take ~7x fewer steps than scikit-learn's L-BFGS on correlated features: a
+things make it take ~6x fewer steps than scikit-learn's L-BFGS on correlated features: a
 low-rank preconditioner from the top principal directions of each point's data, and an
 exact line search (logits are affine in the step, so the line costs one product with X).
 A point whose problems have all finished leaves the working set (its rows of X are
