@@ -141,6 +141,39 @@ def test_points_that_finish_early_leave_the_solve_unchanged():
             np.testing.assert_allclose(Z[p, 0, te, 0].numpy(), one.decision_function(X[p][te]), atol=1e-6)
 
 
+def test_cpu_chunks_in_threads_match_one_batch(monkeypatch):
+    # On a multi-threaded CPU, solve() splits the points into chunks fitted concurrently,
+    # each single-threaded. Each point's preconditioner is seeded by its index in the whole
+    # solve, so the chunked fit takes the same path as one batch (same iterations; values
+    # equal up to float rounding), and two runs are bit-identical.
+    from probekit.readout import _solver
+
+    monkeypatch.setattr(_solver, "_PARALLEL_MIN", 0)
+    g = torch.Generator().manual_seed(0)
+    P, n, d, cv = 5, 400, 150, 4
+    X = torch.randn(P, n, d, generator=g) * torch.linspace(0.2, 3.0, d)
+    y = (X[:, :, 0] * torch.linspace(0.0, 2.0, P)[:, None] + torch.randn(P, n, generator=g) > 0).long()
+    folds = torch.arange(n) % cv
+    W = (folds[None] != torch.arange(cv)[:, None]).float()[None].expand(P, cv, n).contiguous()
+    labels = y[:, None, :].expand(P, cv, n).contiguous()
+    seen = []
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = _solver.solve(X.clone(), labels, W, 2, 1.0, callback=lambda it, left: seen.append((it, left)))
+        b = _solver.solve(X.clone(), labels, W, 2, 1.0)
+        assert torch.get_num_threads() == 2  # restored
+        torch.set_num_threads(1)  # one thread: the one-batch path
+        one = _solver.solve(X.clone(), labels, W, 2, 1.0)
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("coef", "intercept", "logits", "n_iter"))
+    assert torch.equal(a.n_iter, one.n_iter)
+    torch.testing.assert_close(a.logits, one.logits, rtol=0, atol=1e-4)
+    torch.testing.assert_close(a.coef, one.coef, rtol=0, atol=1e-5)
+    assert seen and seen[-1][1] == 0  # progress from every chunk, all converged at the end
+
+
 def test_folds_stratified_and_each_sample_held_out_once():
     y = np.array([0] * 30 + [1] * 70)
     folds = make_folds(y, cv=5, seed=0)

@@ -27,8 +27,10 @@ is never copied per fold.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -100,7 +102,7 @@ class _Problem:
         self.mu, self.sig = mu, sig  # (P, M, d) fold statistics, or None
         self.U = self.sm1 = None  # low-rank preconditioner, see set_preconditioner
 
-    def set_preconditioner(self, rank: int, C: float, wbar: Tensor, curvature: float = 0.25) -> None:
+    def set_preconditioner(self, rank: int, C: float, wbar: Tensor, curvature: float = 0.25, first: int = 0) -> None:
         """Optimise over u with w = A u, A = I + U diag(s - 1) U^T (symmetric).
 
         Correlated features give the Hessian ``X^T D X + lambda I`` a few huge eigenvalues
@@ -128,8 +130,12 @@ class _Problem:
             evals, U = torch.linalg.eigh(torch.bmm(X.transpose(1, 2), w * X).double())
             ref = curvature * evals.median(-1, keepdim=True).values + lam0
         else:
-            gen = torch.Generator(device="cpu").manual_seed(0)
-            Q = torch.randn(P, d, rank + 8, generator=gen, dtype=X.dtype).to(X.device)
+            # Each point's random start is seeded by its index in the whole solve (``first``
+            # + position), so results do not depend on how points are split across threads.
+            Q = torch.stack([
+                torch.randn(d, rank + 8, generator=torch.Generator().manual_seed(first + p), dtype=X.dtype)
+                for p in range(P)
+            ]).to(X.device)
             for _ in range(1):  # subspace iteration: Q <- orth(X^T diag(w) X Q); one is enough
                 Q = _orth(torch.bmm((w * torch.bmm(X, Q)).transpose(1, 2), X).transpose(1, 2))
             Y = torch.bmm(X, Q).double()
@@ -321,10 +327,46 @@ def _threads_for(X: Tensor):
         torch.set_num_threads(old)
 
 
-def solve(X: Tensor, *args, **kwargs) -> "SolverResult":
-    """Fit ``P x M`` logistic regressions; see :func:`_solve` (X is modified in place)."""
-    with _threads_for(X):
-        return _solve(X, *args, **kwargs)
+def solve(X: Tensor, labels: Tensor, weights: Tensor, *args, callback=None, **kwargs) -> "SolverResult":
+    """Fit ``P x M`` logistic regressions; see :func:`_solve` (X is modified in place).
+
+    On a CPU with several threads and several points, the points are split into chunks
+    solved concurrently, one single-threaded chunk per thread. The solver's elementwise
+    ops are small; run with two intra-op threads, each one pays a thread wake-up, and
+    chunks in parallel threads avoid that (1.46 s -> 0.95 s on the benchmark store).
+    Each point's preconditioner is seeded by its index in the whole solve, so a problem
+    takes the same path whichever chunk it lands in (values equal up to float rounding),
+    and the chunks depend only on P and the thread count: runs are reproducible.
+    """
+    P = X.shape[0]
+    workers = torch.get_num_threads()
+    if X.device.type != "cpu" or workers == 1 or P == 1 or X.numel() < _PARALLEL_MIN:
+        with _threads_for(X):
+            return _solve(X, labels, weights, *args, callback=callback, **kwargs)
+    size = -(-P // (2 * workers))  # two chunks per thread even out points that finish late
+    starts = range(0, P, size)
+    progress: dict[int, tuple[int, int]] = {}
+    lock = threading.Lock()
+
+    def part(a: int) -> SolverResult:
+        def report(it: int, left: int) -> None:
+            with lock:
+                progress[a] = (it, left)
+                callback(max(v[0] for v in progress.values()), sum(v[1] for v in progress.values()))
+
+        b = a + size
+        return _solve(
+            X[a:b], labels[a:b] if labels.shape[0] > 1 else labels, weights[a:b] if weights.shape[0] > 1 else weights,
+            *args, callback=report if callback is not None else None, first=a, **kwargs,
+        )
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="probekit-solve") as pool:
+            parts = list(pool.map(part, starts))
+    finally:
+        torch.set_num_threads(workers)
+    return SolverResult(**{f.name: torch.cat([getattr(r, f.name) for r in parts]) for f in fields(SolverResult)})
 
 
 @torch.no_grad()
@@ -343,6 +385,7 @@ def _solve(
     max_ls: int = 30,
     precondition: int = 64,
     callback=None,
+    first: int = 0,
 ) -> SolverResult:
     """Fit ``P x M`` logistic regressions; X: (P, n, d) is modified in place.
 
@@ -362,7 +405,7 @@ def _solve(
         mu = sig = None
     prob = _Problem(X, labels, weights, n_classes, C, fit_intercept, mu, sig)
     if standardize and precondition > 0:  # X is centred only when standardising
-        prob.set_preconditioner(precondition, C, wbar)
+        prob.set_preconditioner(precondition, C, wbar, first=first)
     M, Kp = prob.M, prob.Kp
     ftol = 64 * torch.finfo(torch.float64).eps  # scikit-learn's; f is summed in float64
     # Rounding in float32 logits makes f noisy at ~eps32 * |f|. Near the optimum the Armijo
