@@ -62,6 +62,12 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum((-2, -1))
 
 
+def _points(t: Tensor, sel: Tensor | slice) -> Tensor:
+    """The selected points of a per-point tensor; one shared by all points (leading dim
+    1) as it is."""
+    return t[sel] if t.shape[0] > 1 else t
+
+
 def _orth(Y: Tensor) -> Tensor:
     """Orthonormal basis of the columns of Y (P, d, k) by Cholesky QR in float64, twice.
 
@@ -157,9 +163,7 @@ class _Problem:
         k = len(idx)
         self.X = self.X[:k]
         for name in ("wn", "lam", "wsum", "labels", "target"):
-            t = getattr(self, name)
-            if t.shape[0] > 1:  # per-point (not shared by all points)
-                setattr(self, name, t[idx])
+            setattr(self, name, _points(getattr(self, name), idx))
         for name in ("mu", "sig", "U", "sm1"):
             t = getattr(self, name)
             if t is not None:
@@ -357,8 +361,8 @@ def solve(X: Tensor, labels: Tensor, weights: Tensor, *args, callback=None, **kw
 
         b = a + size
         return _solve(
-            X[a:b], labels[a:b] if labels.shape[0] > 1 else labels, weights[a:b] if weights.shape[0] > 1 else weights,
-            *args, callback=report if callback is not None else None, first=a, **kwargs,
+            X[a:b], _points(labels, slice(a, b)), _points(weights, slice(a, b)), *args,
+            callback=report if callback is not None else None, first=a, **kwargs,
         )
 
     torch.set_num_threads(1)

@@ -77,15 +77,6 @@ def log_probs(logits: np.ndarray) -> np.ndarray:
     return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
 
 
-def _ce_nats(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-sample cross-entropy (nats) of logits z [..., n, K'] for codes y [..., n]."""
-    if z.shape[-1] == 1:
-        z = z[..., 0]
-        return np.logaddexp(0, z) - (y == 1) * z
-    picked = np.take_along_axis(z, y[..., None], -1)[..., 0]
-    return np.logaddexp.reduce(z, axis=-1) - picked
-
-
 def _fold_priors(tasks: np.ndarray, folds: np.ndarray, Kp: int) -> np.ndarray:
     """Log-prior logits [T, n, K'] of the training rows of each sample's fold."""
     T, n = tasks.shape
@@ -145,10 +136,10 @@ def calibrate_heldout(Z: np.ndarray, tasks: np.ndarray, folds: np.ndarray, iters
         inside = (step >= lo) & (step <= hi)
         new = np.where(inside, step, 0.5 * (lo + hi))
         new = np.where(g == 0, beta, new)
-        if np.abs(new - beta).max() <= 1e-8:
-            beta = new
-            break
+        settled = np.abs(new - beta).max() <= 1e-8
         beta = new
+        if settled:
+            break
     per_sample = np.take_along_axis(beta, np.broadcast_to(folds, (P, T, n)), 2)[..., None]
     return prior + per_sample * delta, beta
 
