@@ -30,6 +30,7 @@ from ..data.images import check_images, to_pil
 from ..errors import InputError, LabelError
 from ..hooks.collect import check_prompts, collect
 from ..models.adapter import Model
+from ..models.compat import cache_kwarg, output_cache
 
 __all__ = ["EvalReport", "evaluate", "sweep", "tradeoff_figure", "next_token_logprobs", "answer_scores"]
 
@@ -130,7 +131,8 @@ def answer_scores(model: Model, samples: Sequence[Any], batch_size: int = 16) ->
         if m > 1:
             am = inputs.get("attention_mask")
             kw = {"attention_mask": torch.cat([am, torch.ones_like(ans[:, :-1])], 1)} if am is not None else {}
-            more = model.hf(input_ids=ans[:, :-1], past_key_values=out.past_key_values, use_cache=True, **kw)
+            kw[cache_kwarg(model.hf)] = output_cache(out)
+            more = model.hf(input_ids=ans[:, :-1], use_cache=True, **kw)
             logits.append(more.logits)
         lp = torch.log_softmax(torch.cat(logits, 1).double(), -1)
         tok_lp = lp.gather(-1, ans[..., None]).squeeze(-1).cpu()

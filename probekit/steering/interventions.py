@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..errors import InputError, PositionError, UnsupportedModelError
 from ..hooks.positions import PositionContext
 from ..models.adapter import Model, get_module
+from ..models.compat import cache_from_kwargs
 from .directions import Direction
 
 __all__ = ["ablate", "steer", "orthogonalize", "Intervention", "OrthogonalizeHandle", "position_mask",
@@ -125,7 +126,7 @@ class _PromptTracker:
         self.offset = 0
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        past = _cache_length(kwargs.get("past_key_values"))
+        past = _cache_length(cache_from_kwargs(kwargs))
         if past > 0:
             if self.prompt_mask is None:
                 raise PositionError("a forward continues a KV cache whose prompt ran outside this intervention",
