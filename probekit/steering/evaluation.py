@@ -299,10 +299,12 @@ class _Evaluator:
         }).reset_index()
         sup["fit_overlap"] = self.data.get("fit_overlap")
         if bool(sup.below_chance_after.any()):
-            warnings.warn("after the intervention a retrained probe is reliably *below* chance at "
-                          f"{sorted(set(sup.point[sup.below_chance_after]))}: it still reads the label (inverted); "
-                          "see abs_excess_after" + (" (the direction was fitted on the evaluation images)"
-                                                    if self.data.get("fit_overlap") else ""), stacklevel=3)
+            warnings.warn("after the intervention retrained probes score reliably *below* chance at "
+                          f"{sorted(set(sup.point[sup.below_chance_after]))}: that is not suppression (a probe "
+                          "reading the label inverted, or folds anti-correlated with the data as an eraser fitted "
+                          "on the evaluation images leaves them, does this); read abs_excess_after"
+                          + (" (the direction was fitted on the evaluation images)" if self.data.get("fit_overlap") else ""),
+                          stacklevel=3)
         rows = []
         for r in sup.itertuples(index=False):
             common = {"section": "suppression", "point": r.point, "layer": r.layer, "position": r.position, "n": r.n}
