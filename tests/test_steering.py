@@ -424,10 +424,10 @@ POS = ("last", "image_mean")
 
 
 def test_evaluate_refuses_the_images_the_direction_was_fitted_on(llava, tmp_path):
-    from probekit.steering.heldout import OverlapWarning
-
     fi, fy, ei, ey = _colour_sets(120)
     d = Direction.leace_sequential(llava, fi, fy, Q, positions=POS)
+    with pytest.raises(InputError, match="fitted on 120 of the 120 evaluation images"):  # the call
+        evaluate(llava, lambda: ablate(llava, d), fi, fy, prompts=Q, positions=POS, n_boot=50)
     assert len(d.fit_images) == 120 and d.meta["fit_labels"]
     d.save(tmp_path / "d.safetensors")
     back = Direction.load(tmp_path / "d.safetensors")
@@ -450,6 +450,8 @@ def test_evaluate_refuses_the_images_the_direction_was_fitted_on(llava, tmp_path
     finally:
         count.close()
     # measured anyway: the self-graded numbers look better than perfect, and are flagged
+    from probekit.steering.heldout import OverlapWarning
+
     with pytest.warns(OverlapWarning, match="fitted on 120 of the 120"):
         same = evaluate(llava, lambda: ablate(llava, d), fi, fy, prompts=Q, positions=POS, n_boot=100,
                         allow_overlap=True)
