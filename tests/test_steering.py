@@ -308,6 +308,14 @@ def test_bad_input_raises_before_any_forward(llava):
         with pytest.raises(UnknownPointError):
             evaluate(llava, lambda: ablate(llava, ok), probekit.tiny.fixture_images(4, 32), [0, 1, 0, 1],
                      prompts=Q, points="lm.7.resid")
+        with pytest.raises(InputError, match="not a context manager"):
+            evaluate(llava, lambda: None, probekit.tiny.fixture_images(4, 32), [0, 1, 0, 1], prompts=Q)
+        with pytest.raises(InputError, match="direction is a str"):
+            evaluate(llava, lambda: ablate(llava, ok), probekit.tiny.fixture_images(4, 32), [0, 1, 0, 1],
+                     prompts=Q, direction="d.safetensors")
+        with pytest.raises(InputError, match="clean_images have no prompts"):
+            evaluate(llava, lambda: ablate(llava, ok), probekit.tiny.fixture_images(4, 32), [0, 1, 0, 1],
+                     prompts=[Q] * 4, clean_images=probekit.tiny.fixture_images(2, 32))
         assert count.n == 0
     finally:
         count.close()

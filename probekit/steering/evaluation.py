@@ -344,6 +344,11 @@ def _start(model: Model, intervention: Any, images: Any, labels: Any, opts: dict
     if not isinstance(model, Model):
         raise InputError(f"model is a {type(model).__name__}", fix="pass a probekit.Model (probekit.load / wrap)")
     model.resolve(opts["points"])  # an unknown point fails here, before any fitting
+    if opts["clean_images"] is not None:
+        check_images(opts["clean_images"])
+        p = opts["prompts"]
+        if opts["clean_prompts"] is None and not (p is None or isinstance(p, str)):
+            raise InputError("clean_images have no prompts", fix="pass clean_prompts= (or one prompt string)")
     items, lab, prompts, groups, make, data = plan(
         intervention, images, labels, fit=opts["fit"], fit_images=opts["fit_images"], fit_labels=opts["fit_labels"],
         eval_images=opts["eval_images"], eval_labels=opts["eval_labels"], split=opts["split"],

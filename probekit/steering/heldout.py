@@ -180,24 +180,31 @@ def plan(intervention: Any, images: Any, labels: Any, *, fit: Any, fit_images: A
     evaluated = image_hashes(items)
     # the check runs on what the caller declared first (cheap), then on what the direction recorded
     info["fit_overlap"] = check_overlap(declared, evaluated, allow_overlap)
+    if direction is not None and not isinstance(direction, Direction):
+        raise InputError(f"direction is a {type(direction).__name__}", fix="pass the probekit Direction the intervention uses")
     if fit is not None:
         fitted = fit(fit_items, fit_lab)
-        recorded = fitted.fit_images if isinstance(fitted, Direction) else None
+        if isinstance(fitted, Direction):
+            direction = fitted
 
         def make(**s: Any) -> Any:
             return intervention(fitted, **s)
     else:
         make = intervention
-        if direction is not None and not isinstance(direction, Direction):
-            raise InputError(f"direction is a {type(direction).__name__}", fix="pass the probekit Direction the intervention uses")
-        if direction is None:  # ablate / steer contexts name their direction; building one runs nothing
-            ctx = intervention(**setting)
-            direction = getattr(ctx, "direction", None)
-            if hasattr(ctx, "undo"):  # an orthogonalize handle edits weights when built: put them back
-                ctx.undo()
-        recorded = direction.fit_images if isinstance(direction, Direction) else None
-        if recorded is not None and info["split"] == "unknown":
-            info.update(split="given", n_fit=len(recorded))
+    # build one context now (hooks are registered only on entry, so nothing runs): it must be a
+    # context manager, and ablate / steer contexts name the direction they use
+    ctx = make(**setting)
+    if not (hasattr(ctx, "__enter__") and hasattr(ctx, "__exit__")):
+        raise InputError(f"the intervention returned a {type(ctx).__name__}, not a context manager",
+                         fix="return e.g. probekit.ablate(model, direction) (without entering it)")
+    if direction is None:
+        found = getattr(ctx, "direction", None)
+        direction = found if isinstance(found, Direction) else None
+    if hasattr(ctx, "undo"):  # an orthogonalize handle edits weights when built: put them back
+        ctx.undo()
+    recorded = direction.fit_images if direction is not None else None
+    if recorded is not None and info["split"] == "unknown":
+        info.update(split="given", n_fit=len(recorded))
     k = check_overlap(recorded, evaluated, allow_overlap)
     if k is not None:
         info["fit_overlap"] = max(k, info["fit_overlap"] or 0)
