@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError
 
-__all__ = ["check_images", "to_pil", "images_digest"]
+__all__ = ["check_images", "to_pil", "images_digest", "image_hashes"]
 
 ImageLike = Any  # PIL.Image.Image | str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -109,3 +109,26 @@ def images_digest(images: Sequence[ImageLike]) -> str:
             h.update(str(arr.shape).encode())
             h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()[:16]
+
+
+def image_hashes(images: Sequence[ImageLike]) -> list[str]:
+    """One content hash per image: sha256 over the decoded RGB pixels and the size (16 hex digits).
+
+    Unlike :func:`images_digest` it looks at pixels, so the same picture given as a path, a PIL
+    image or an array hashes alike; the steering layer keeps these per image to count how many
+    evaluation images an intervention was fitted on.
+
+    Example:
+        >>> import numpy as np
+        >>> a = np.zeros((4, 4, 3), dtype=np.uint8)
+        >>> h = image_hashes([a, a.copy(), a + 1])
+        >>> h[0] == h[1], h[0] == h[2], len(h[0])
+        (True, False, 16)
+    """
+    out = []
+    for x in images:
+        im = to_pil(x)
+        h = hashlib.sha256(f"{im.size}".encode())
+        h.update(im.tobytes())
+        out.append(h.hexdigest()[:16])
+    return out

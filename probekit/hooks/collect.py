@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..data.images import check_images, images_digest, to_pil
+from ..data.images import check_images, image_hashes, images_digest, to_pil
 from ..errors import InputError
 from ..models.adapter import Model
 from .backends import check_backend, run_backend
@@ -163,6 +163,9 @@ def collect(
     }
     fingerprint = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     meta["prompts"] = list(dict.fromkeys(prompt_list))[:100]  # the distinct prompts, for the record
+    # per-image content hashes (outside the fingerprint, so older stores still resume): a Direction
+    # fitted on this store keeps them and evaluate() refuses to grade it on the same images
+    meta["image_hashes"] = image_hashes(items)
 
     writer = StoreWriter(store, meta, n, shard_size, fingerprint) if store is not None else None
     step = shard_size if writer is not None else n

@@ -7,12 +7,17 @@ under the key ``"*"`` applies to every point (a single vector for the whole resi
 
 Files are one ``.safetensors`` file (tensors ``{point}/basis``, ``{point}/mean``,
 ``{point}/left``, ``{point}/right``) whose header holds the JSON metadata: model name and
-width, method, points, positions it was fitted on, n. Nothing is pickled.
+width, method, points, positions it was fitted on, n, and what it was fitted on: ``fit_images``
+(one content hash per image, :func:`probekit.data.images.image_hashes`; from ``leace_sequential``
+or a store made by ``collect``) and ``fit_labels`` (a hash of the labels), so that
+:func:`probekit.steering.evaluate` can refuse to grade a direction on its own fitting images.
+Nothing is pickled.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -70,8 +75,11 @@ def _as_dict(acts: Any, points: str | Sequence[str] | None) -> tuple[dict[str, T
     elif hasattr(acts, "points") and hasattr(acts, "__getitem__"):  # ActivationStore, without importing hooks
         meta = dict(getattr(acts, "meta", {}) or {})
         data = {p: acts[p] for p in acts.points}
+        hashes = meta.get("image_hashes")
         if "positions" in meta:
             meta = {"model": meta.get("model"), "positions": meta.get("positions")}
+        if hashes is not None:  # the store's rows are these images: the direction is fitted on them
+            meta["fit_images"] = list(hashes)
     else:
         raise InputError(
             f"activations are a {type(acts).__name__}",
@@ -95,6 +103,13 @@ def _as_dict(acts: Any, points: str | Sequence[str] | None) -> tuple[dict[str, T
             raise InputError(f"activations at {p!r} contain NaN or inf", fix="drop those samples")
         out[p] = x.detach().to("cpu", torch.float64)
     return out, meta
+
+
+def labels_digest(labels: Any) -> str:
+    """A short hash of a label sequence (recorded with a direction; equal labels, equal hash)."""
+    if isinstance(labels, Tensor):
+        labels = labels.detach().cpu().numpy()
+    return hashlib.sha256(json.dumps([str(v) for v in np.asarray(labels).ravel()]).encode()).hexdigest()[:16]
 
 
 def _codes(labels: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -255,6 +270,13 @@ class Direction:
     def eraser(self, point: str) -> Eraser | None:
         return self.erasers.get(point, self.erasers.get(ANY))
 
+    @property
+    def fit_images(self) -> frozenset[str] | None:
+        """Content hashes of the images this direction was fitted on (None when unknown, e.g.
+        fitted on bare tensors or built from given vectors)."""
+        h = self.meta.get("fit_images")
+        return None if h is None else frozenset(h)
+
     def __repr__(self) -> str:
         ks = sorted({b.shape[0] for b in self.bases.values()})
         return (f"Direction(method={self.method!r}, points={len(self.bases)}, d_model={self.d_model}, "
@@ -293,7 +315,8 @@ class Direction:
             mus = torch.stack([X[c == k].mean(0) for k in range(len(classes))])
             bases[p] = _orthonormal(mus[1:] - mus[0])
             n = x.shape[0]
-        return cls(bases, method="means", meta={**meta, "n": n, "classes": [str(k) for k in classes]})
+        return cls(bases, method="means", meta={**meta, "n": n, "classes": [str(k) for k in classes],
+                                                "fit_labels": labels_digest(labels)})
 
     @classmethod
     def from_probe(cls, acts: Any, labels: Any = None, points: str | Sequence[str] | None = None,
@@ -321,6 +344,7 @@ class Direction:
                 X, c, _ = _rows(x, codes)
                 probes[p] = LinearProbe(C=C, dtype="float64").fit(X.numpy(), c.numpy())
             n = next(iter(data.values())).shape[0]
+            meta["fit_labels"] = labels_digest(labels)
         bases = {}
         for p, probe in probes.items():
             w = torch.as_tensor(np.asarray(probe.coef_), dtype=torch.float64)
@@ -352,7 +376,9 @@ class Direction:
         """
         data, meta = _as_dict(paired_differences, points)
         if negatives is not None:
-            neg, _ = _as_dict(negatives, list(data))
+            neg, neg_meta = _as_dict(negatives, list(data))
+            if "fit_images" in meta or "fit_images" in neg_meta:  # both halves of the pairs were fitted on
+                meta["fit_images"] = list(meta.get("fit_images", [])) + list(neg_meta.get("fit_images", []))
             for p in data:
                 if neg[p].shape != data[p].shape:
                     raise InputError(f"positives {tuple(data[p].shape)} and negatives {tuple(neg[p].shape)} at {p!r} differ",
@@ -401,7 +427,8 @@ class Direction:
             bases[p] = _orthonormal(e.left.T) if e.left.shape[1] else torch.zeros(1, X.shape[1], dtype=torch.float64)
             n = x.shape[0]
         return cls(bases, erasers=erasers, method="leace",
-                   meta={**meta, "n": n, "classes": [str(k) for k in classes], "by_position": by_position})
+                   meta={**meta, "n": n, "classes": [str(k) for k in classes], "by_position": by_position,
+                         "fit_labels": labels_digest(labels)})
 
     @classmethod
     def leace_sequential(cls, model: "Model", images: Any, labels: Any, prompts: Any = None, *,
@@ -418,10 +445,13 @@ class Direction:
         ``positions`` are the selectors the erasers are fitted on (a tuple fits one eraser per
         point that guards every one of them, see :meth:`leace`).
         """
+        from ..data.images import check_images, image_hashes
         from ..hooks.collect import collect  # lazily: directions are usable without a model
         from .interventions import ablate
 
         names = model.resolve(points)
+        images = check_images(images)
+        fit_images = image_hashes(images)
         erasers: dict[str, Eraser] = {}
         bases: dict[str, Tensor] = {}
         n, pos_names = None, None
@@ -437,7 +467,8 @@ class Direction:
             n, pos_names = one.meta.get("n"), store.meta.get("positions")
         return cls(bases, erasers=erasers, method="leace_sequential",
                    meta={"model": model.name, "positions": pos_names, "n": n, "by_position": by_position,
-                         "apply_positions": None if apply_positions is None else str(apply_positions)})
+                         "apply_positions": None if apply_positions is None else str(apply_positions),
+                         "fit_images": fit_images, "fit_labels": labels_digest(labels)})
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:

@@ -2,10 +2,13 @@
 
 ``evaluate`` puts side by side
 
-- suppression: probe accuracy (95% CI) and mutual information (bits) per point, before and
-  after, with probes *retrained* on activations recorded under the intervention (a probe
-  trained before the edit only shows that the old read-out broke, not that the information
-  is gone);
+- suppression: probe accuracy (95% CI), its distance from chance ``|accuracy - chance|`` (a
+  probe reliably *below* chance reads the label too) and mutual information (bits) per point,
+  before and after, with probes *retrained* on activations recorded under the intervention (a
+  probe trained before the edit only shows that the old read-out broke, not that the
+  information is gone), on images the intervention was *not* fitted on (see
+  :mod:`probekit.steering.heldout`: a seeded split, or a refusal when the direction's recorded
+  fitting images overlap the evaluation images);
 - cost: KL divergence of the next-token distribution at the last prompt token on clean
   inputs (nats, mean and 95% bootstrap CI), task accuracy before/after (Wilson CIs) and the
   change in answer loss (nats per answer token, paired bootstrap CI).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ContextManager
@@ -26,11 +30,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.images import check_images, to_pil
+from ..data.images import check_images, image_hashes, to_pil
 from ..errors import InputError, LabelError
 from ..hooks.collect import check_prompts, collect
 from ..models.adapter import Model
 from ..models.compat import cache_kwarg, output_cache
+from .directions import Direction
+from .figures import tradeoff_figure
+from .heldout import distance_from_chance, plan
 
 __all__ = ["EvalReport", "evaluate", "sweep", "tradeoff_figure", "next_token_logprobs", "answer_scores"]
 
@@ -154,10 +161,16 @@ class EvalReport:
     Attributes:
         table: tidy DataFrame, one row per (section, metric, point, position) with ``before``,
             ``before_lo``, ``before_hi``, ``after``, ``after_lo``, ``after_hi``, ``chance``, ``n``;
-            sections ``"suppression"`` (metrics ``probe_accuracy``, ``mi_bits``, per point) and
-            ``"cost"`` (``kl_nats``, ``task_accuracy``, ``answer_loss_nats``).
-        suppression: wide per-point table (``accuracy_before``, ``accuracy_after``, ``mi_before``, ...).
+            sections ``"suppression"`` (metrics ``probe_accuracy``, ``abs_excess`` =
+            ``|accuracy - chance|``, ``mi_bits``, per point) and ``"cost"`` (``kl_nats``,
+            ``task_accuracy``, ``answer_loss_nats``).
+        suppression: wide per-point table (``accuracy_before``, ``accuracy_after``,
+            ``abs_excess_before``, ``abs_excess_after`` with ``_lo`` / ``_hi``, ``mi_before``, ...,
+            ``below_chance_after``: the after-edit accuracy interval lies below chance, which is
+            leakage, not success; ``fit_overlap``).
         cost: the cost numbers as a dict.
+        data: which images fitted and which evaluated (``split``, ``n_fit``, ``n_eval``,
+            ``fit_overlap``, ``fit_index``/``eval_index`` for a seeded split, ``seed``).
         probes_before / probes_after: the full :func:`probekit.readout.probe_layers` tables.
     """
 
@@ -166,44 +179,52 @@ class EvalReport:
     cost: dict
     probes_before: pd.DataFrame = field(repr=False)
     probes_after: pd.DataFrame = field(repr=False)
+    data: dict = field(default_factory=dict, repr=False)
 
     def summary(self, label: str = "intervention") -> pd.DataFrame:
         """One row in :func:`sweep`'s format (worst case over points), for :func:`tradeoff_figure`."""
-        return pd.DataFrame([{"label": label, **_summary_numbers(self.suppression), **self.cost}])
+        return pd.DataFrame([{"label": label, **_summary_numbers(self.suppression), **_data_numbers(self.data),
+                              **self.cost}])
 
     def __repr__(self) -> str:
         s = self.suppression
-        return (f"EvalReport(points={len(s)}, max accuracy {s.accuracy_before.max():.3f} -> {s.accuracy_after.max():.3f} "
-                f"(chance {s.chance.max():.3f}), KL {self.cost.get('kl_mean', math.nan):.4f} nats)")
+        k = self.data.get("fit_overlap")
+        warn = f", FITTED ON {k} EVALUATION IMAGES" if k else ""
+        return (f"EvalReport(points={len(s)}, max |accuracy - chance| {s.abs_excess_before.max():.3f} -> "
+                f"{s.abs_excess_after.max():.3f} (accuracy {s.accuracy_before.max():.3f} -> "
+                f"{s.accuracy_after.max():.3f}, chance {s.chance.max():.3f}), KL {self.cost.get('kl_mean', math.nan):.4f} nats, "
+                f"{self.data.get('n_eval')} evaluation images ({self.data.get('split', 'unknown')} split){warn})")
 
 
 def _summary_numbers(sup: pd.DataFrame) -> dict:
     return {
         "accuracy_before_max": float(sup.accuracy_before.max()),
         "accuracy_after_max": float(sup.accuracy_after.max()),
+        "accuracy_after_min": float(sup.accuracy_after.min()),
+        "abs_excess_before_max": float(sup.abs_excess_before.max()),
+        "abs_excess_after_max": float(sup.abs_excess_after.max()),
+        "abs_excess_after_hi_max": float(sup.abs_excess_after_hi.max()),
         "mi_before_max": float(sup.mi_before.max()),
         "mi_after_max": float(sup.mi_after.max()),
         "chance": float(sup.chance.max()),
     }
 
 
+def _data_numbers(data: dict) -> dict:
+    return {k: data.get(k) for k in ("split", "n_fit", "n_eval", "fit_overlap")}
+
+
 class _Evaluator:
     """Holds the 'before' half (probes, clean log-probs, task scores) so sweeps compute it once."""
 
-    def __init__(self, model: Model, images: Any, labels: Any, clean_images: Any, task_samples: Any,
+    def __init__(self, model: Model, items: list, labels: np.ndarray, clean_images: Any, task_samples: Any,
                  prompts: Any, clean_prompts: Any, points: Any, positions: Any, groups: Any, seed: int,
-                 cv: int, batch_size: int, n_boot: int, progress: bool):
-        if not isinstance(model, Model):
-            raise InputError(f"model is a {type(model).__name__}", fix="pass a probekit.Model (probekit.load / wrap)")
+                 cv: int, batch_size: int, n_boot: int, progress: bool, data: dict):
         self.model = model
-        self.items = check_images(images)
-        n = len(self.items)
-        self.prompts = check_prompts(prompts, n)
-        lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-        if lab.ndim != 1 or len(lab) != n:
-            raise LabelError(f"got {len(lab) if lab.ndim == 1 else lab.shape} labels for {n} images",
-                             fix="pass one label per image")
-        self.labels = lab
+        self.items = items
+        self.prompts = check_prompts(prompts, len(items))
+        self.labels = labels
+        self.data = data
         self.names = model.resolve(points)
         self.positions = positions
         self.clean = check_images(clean_images) if clean_images is not None else self.items
@@ -232,9 +253,6 @@ class _Evaluator:
                             n_boot=self.n_boot, progress=self.progress)
 
     def after(self, intervention: Callable[[], ContextManager]) -> EvalReport:
-        if not callable(intervention):
-            raise InputError("intervention must be a callable returning a context manager",
-                             fix="e.g. intervention=lambda: probekit.ablate(model, direction)")
         probe_ctx, kl_ctx, task_ctx = intervention(), intervention(), intervention()
         for c in (probe_ctx, kl_ctx, task_ctx):
             if not (hasattr(c, "__enter__") and hasattr(c, "__exit__")):
@@ -268,20 +286,37 @@ class _Evaluator:
         label = self.positions if isinstance(self.positions, str) else str(self.positions)
         b = self.probes_before.assign(position=self.probes_before.position.fillna(label)).set_index(keys)
         a = after.assign(position=after.position.fillna(label)).set_index(keys)
+        # distance from chance in both directions, from the readout's accuracy and its interval
+        eb, eb_lo, eb_hi = distance_from_chance(b["accuracy"], b["accuracy_lo"], b["accuracy_hi"], b["chance"])
+        ea, ea_lo, ea_hi = distance_from_chance(a["accuracy"], a["accuracy_lo"], a["accuracy_hi"], a["chance"])
         sup = pd.DataFrame({
             "n": b["n"], "chance": b["chance"],
             "accuracy_before": b["accuracy"], "accuracy_before_lo": b["accuracy_lo"], "accuracy_before_hi": b["accuracy_hi"],
             "accuracy_after": a["accuracy"], "accuracy_after_lo": a["accuracy_lo"], "accuracy_after_hi": a["accuracy_hi"],
+            "abs_excess_before": eb, "abs_excess_before_lo": eb_lo, "abs_excess_before_hi": eb_hi,
+            "abs_excess_after": ea, "abs_excess_after_lo": ea_lo, "abs_excess_after_hi": ea_hi,
+            "below_chance_after": (a["accuracy_hi"] < a["chance"]).to_numpy(),
             "mi_before": b["mi_bits"], "mi_before_lo": b["mi_lo"], "mi_before_hi": b["mi_hi"],
             "mi_after": a["mi_bits"], "mi_after_lo": a["mi_lo"], "mi_after_hi": a["mi_hi"],
             "mi_perm_after": a["mi_perm_bits"],
         }).reset_index()
+        sup["fit_overlap"] = self.data.get("fit_overlap")
+        if bool(sup.below_chance_after.any()):
+            warnings.warn("after the intervention retrained probes score reliably *below* chance at "
+                          f"{sorted(set(sup.point[sup.below_chance_after]))}: that is not suppression (a probe "
+                          "reading the label inverted, or folds anti-correlated with the data as an eraser fitted "
+                          "on the evaluation images leaves them, does this); read abs_excess_after"
+                          + (" (the direction was fitted on the evaluation images)" if self.data.get("fit_overlap") else ""),
+                          stacklevel=3)
         rows = []
         for r in sup.itertuples(index=False):
             common = {"section": "suppression", "point": r.point, "layer": r.layer, "position": r.position, "n": r.n}
             rows.append({**common, "metric": "probe_accuracy", "before": r.accuracy_before, "before_lo": r.accuracy_before_lo,
                          "before_hi": r.accuracy_before_hi, "after": r.accuracy_after, "after_lo": r.accuracy_after_lo,
                          "after_hi": r.accuracy_after_hi, "chance": r.chance})
+            rows.append({**common, "metric": "abs_excess", "before": r.abs_excess_before, "before_lo": r.abs_excess_before_lo,
+                         "before_hi": r.abs_excess_before_hi, "after": r.abs_excess_after, "after_lo": r.abs_excess_after_lo,
+                         "after_hi": r.abs_excess_after_hi, "chance": 0.0})
             rows.append({**common, "metric": "mi_bits", "before": r.mi_before, "before_lo": r.mi_before_lo,
                          "before_hi": r.mi_before_hi, "after": r.mi_after, "after_lo": r.mi_after_lo,
                          "after_hi": r.mi_after_hi, "chance": 0.0})
@@ -300,45 +335,104 @@ class _Evaluator:
         cols = ["section", "metric", "point", "layer", "position", "n", "before", "before_lo", "before_hi",
                 "after", "after_lo", "after_hi", "chance"]
         return EvalReport(table=pd.DataFrame(rows, columns=cols), suppression=sup, cost=cost,
-                          probes_before=self.probes_before, probes_after=after)
+                          probes_before=self.probes_before, probes_after=after, data=dict(self.data))
 
 
-def evaluate(model: Model, intervention: Callable[[], ContextManager], images: Any, labels: Any, *,
+_DATA_KW = ("fit", "fit_images", "fit_labels", "eval_images", "eval_labels", "split", "direction", "allow_overlap")
+
+
+def _start(model: Model, intervention: Any, images: Any, labels: Any, opts: dict, setting: dict):
+    """Check everything and plan the data (before any forward), fit when asked, then the 'before' half."""
+    if not isinstance(model, Model):
+        raise InputError(f"model is a {type(model).__name__}", fix="pass a probekit.Model (probekit.load / wrap)")
+    model.resolve(opts["points"])  # an unknown point fails here, before any fitting
+    if opts["clean_images"] is not None:
+        check_images(opts["clean_images"])
+        p = opts["prompts"]
+        if opts["clean_prompts"] is None and not (p is None or isinstance(p, str)):
+            raise InputError("clean_images have no prompts", fix="pass clean_prompts= (or one prompt string)")
+    items, lab, prompts, groups, make, data = plan(
+        intervention, images, labels, fit=opts["fit"], fit_images=opts["fit_images"], fit_labels=opts["fit_labels"],
+        eval_images=opts["eval_images"], eval_labels=opts["eval_labels"], split=opts["split"],
+        direction=opts["direction"], allow_overlap=opts["allow_overlap"], prompts=opts["prompts"],
+        groups=opts["groups"], seed=opts["seed"], setting=setting)
+    ev = _Evaluator(model, items, lab, opts["clean_images"], opts["task_samples"], prompts, opts["clean_prompts"],
+                    opts["points"], opts["positions"], groups, opts["seed"], opts["cv"], opts["batch_size"],
+                    opts["n_boot"], opts["progress"], data)
+    return ev, make
+
+
+def evaluate(model: Model, intervention: Callable[..., ContextManager], images: Any = None, labels: Any = None, *,
+             fit: Callable[[list, np.ndarray], Any] | None = None, fit_images: Any = None, fit_labels: Any = None,
+             eval_images: Any = None, eval_labels: Any = None, split: float = 0.5,
+             direction: Direction | None = None, allow_overlap: bool = False,
              clean_images: Any = None, task_samples: Sequence[Any] | None = None,
              prompts: str | Sequence[str] | None = None, clean_prompts: str | Sequence[str] | None = None,
              points: str | Sequence[str] = "lm.*.resid", positions: Any = "last", groups: Any = None,
              seed: int = 0, cv: int = 5, batch_size: int = 16, n_boot: int = 1000,
              progress: bool = False) -> EvalReport:
-    """Suppression and cost of an intervention, side by side.
+    """Suppression and cost of an intervention, side by side, on images it was not fitted on.
+
+    Two ways to call it:
+
+    - ``evaluate(model, lambda: ablate(model, d), images, labels)``: ``images`` are the
+      evaluation images (``eval_images=`` / ``eval_labels=`` say the same). When the
+      direction records the images it was fitted on (``leace_sequential``, or any
+      constructor on a store from :func:`probekit.collect`) or ``fit_images=`` names them,
+      an evaluation image among them raises :class:`~probekit.errors.InputError` before any
+      forward pass: an eraser graded on its own fitting images drives retrained probes far
+      below chance and looks like a success. ``allow_overlap=True`` measures anyway, with an
+      :class:`~probekit.steering.heldout.OverlapWarning` and ``fit_overlap`` in the report.
+    - ``evaluate(model, lambda d: ablate(model, d), images, labels, fit=fitter)``: one image
+      set; ``fitter(images, labels) -> Direction`` is fitted on a seeded, label-stratified
+      ``split`` of it (half by default; ``fit_images=`` / ``fit_labels=`` to choose) and
+      the intervention, built from the fitted direction, is evaluated on the rest.
+      ``report.data`` records which indices went where.
+
+    Suppression is reported as accuracy, as ``abs_excess = |accuracy - chance|`` (with its
+    95% interval; a probe reliably below chance still reads the label and is flagged in
+    ``below_chance_after``) and as mutual information, before and after.
 
     Args:
         intervention: a callable returning a fresh (not yet entered) context manager, e.g.
-            ``lambda: probekit.ablate(model, direction)``; it is entered once per measurement.
-        images, labels: held-out images and the attribute to suppress (one label per image).
-        clean_images: inputs without the attribute for the KL cost (default: ``images``).
+            ``lambda: probekit.ablate(model, direction)`` (with ``fit``: taking the direction);
+            it is entered once per measurement.
+        images, labels: evaluation images and the attribute to suppress (one label per
+            image); with ``fit`` and no ``fit_images``, the set that is split.
+        fit, fit_images, fit_labels, eval_images, eval_labels, split: see above.
+        direction: the direction the intervention uses, for the overlap check (read from
+            ``ablate`` / ``steer`` contexts when not given).
+        allow_overlap: evaluate even when the direction was fitted on evaluation images.
+        clean_images: inputs without the attribute for the KL cost (default: the evaluation images).
         task_samples: objects with ``image``, ``question``, ``answer`` for task accuracy and
             answer loss (skipped when None).
         prompts / clean_prompts: one string or one per image (collect's default when None).
         points, positions: where probes read (as in :func:`probekit.collect`).
-        groups: passed to the probes' cross-validation (samples sharing a source).
+        groups: passed to the probes' cross-validation (samples sharing a source) and kept
+            whole by the split.
 
     Returns:
         :class:`EvalReport` (``report.table`` is the tidy side-by-side table).
 
     Example:
         >>> import probekit, tempfile, torch
+        >>> from probekit.steering import Direction, ablate
         >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
         >>> imgs = probekit.tiny.fixture_images(40, 32)
         >>> y = [i % 2 for i in range(40)]
-        >>> d = probekit.steering.Direction.from_vectors(torch.randn(m.d_model))
-        >>> rep = evaluate(m, lambda: probekit.steering.ablate(m, d), imgs, y, prompts="What colour?",
+        >>> fitter = lambda im, lab: Direction.leace_sequential(m, im, lab, "What colour?", points="lm.0.resid")
+        >>> rep = evaluate(m, lambda d: ablate(m, d), imgs, y, fit=fitter, prompts="What colour?",
         ...                points="lm.0.resid", n_boot=100)
-        >>> sorted(set(rep.table.metric))
-        ['kl_nats', 'mi_bits', 'probe_accuracy']
+        >>> sorted(set(rep.table.metric)), rep.data["split"], rep.data["n_eval"], rep.data["fit_overlap"]
+        (['abs_excess', 'kl_nats', 'mi_bits', 'probe_accuracy'], 'seeded', 20, 0)
     """
-    ev = _Evaluator(model, images, labels, clean_images, task_samples, prompts, clean_prompts, points, positions,
-                    groups, seed, cv, batch_size, n_boot, progress)
-    return ev.after(intervention)
+    opts = {"fit": fit, "fit_images": fit_images, "fit_labels": fit_labels, "eval_images": eval_images,
+            "eval_labels": eval_labels, "split": split, "direction": direction, "allow_overlap": allow_overlap,
+            "clean_images": clean_images, "task_samples": task_samples, "prompts": prompts,
+            "clean_prompts": clean_prompts, "points": points, "positions": positions, "groups": groups, "seed": seed,
+            "cv": cv, "batch_size": batch_size, "n_boot": n_boot, "progress": progress}
+    ev, make = _start(model, intervention, images, labels, opts, {})
+    return ev.after(make)
 
 
 def _settings(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> list[dict]:
@@ -357,16 +451,19 @@ def _settings(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -
 
 
 def sweep(model: Model, intervention: Callable[..., ContextManager],
-          grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], images: Any, labels: Any,
+          grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], images: Any = None, labels: Any = None,
           **kwargs: Any) -> pd.DataFrame:
     """Evaluate ``intervention(**setting)`` for every setting; one row per setting.
 
     ``grid`` is ``{"alpha": [1, 2, 4]}`` (every combination of the lists) or a list of
     setting dicts. The 'before' half is computed once. Each row holds the setting, a
-    ``label``, the worst case over points (``accuracy_after_max``, ``mi_after_max``, with
-    their 'before' values and ``chance``) and the cost numbers of :class:`EvalReport`
-    (``kl_mean``, ``kl_lo``, ``kl_hi``, task accuracy and answer loss when ``task_samples``
-    is given). Other keyword arguments are those of :func:`evaluate`.
+    ``label``, the worst case over points (``abs_excess_after_max`` = the largest
+    ``|accuracy - chance|``, ``accuracy_after_max`` / ``_min``, ``mi_after_max``, with their
+    'before' values and ``chance``), the data used (``split``, ``n_fit``, ``n_eval``,
+    ``fit_overlap``) and the cost numbers of :class:`EvalReport` (``kl_mean``, ``kl_lo``,
+    ``kl_hi``, task accuracy and answer loss when ``task_samples`` is given). Other keyword
+    arguments are those of :func:`evaluate`; with ``fit=`` the direction is fitted once on
+    the fitting part and ``intervention(direction, **setting)`` is evaluated on the rest.
 
     Example:
         >>> import probekit, tempfile, torch
@@ -382,67 +479,18 @@ def sweep(model: Model, intervention: Callable[..., ContextManager],
         raise InputError("intervention must be a callable taking the setting as keywords",
                          fix="e.g. lambda alpha: probekit.steer(model, v, alpha)")
     settings = _settings(grid)
-    allowed = {"clean_images", "task_samples", "prompts", "clean_prompts", "points", "positions", "groups", "seed",
-               "cv", "batch_size", "n_boot", "progress"}
-    unknown = set(kwargs) - allowed
+    opts = {"fit": None, "fit_images": None, "fit_labels": None, "eval_images": None, "eval_labels": None,
+            "split": 0.5, "direction": None, "allow_overlap": False, "clean_images": None, "task_samples": None,
+            "prompts": None, "clean_prompts": None, "points": "lm.*.resid", "positions": "last", "groups": None,
+            "seed": 0, "cv": 5, "batch_size": 16, "n_boot": 1000, "progress": False}
+    unknown = set(kwargs) - set(opts)
     if unknown:
-        raise InputError(f"unknown arguments {sorted(unknown)}", fix=f"use among {sorted(allowed)}")
-    opts = {"clean_images": None, "task_samples": None, "prompts": None, "clean_prompts": None,
-            "points": "lm.*.resid", "positions": "last", "groups": None, "seed": 0, "cv": 5,
-            "batch_size": 16, "n_boot": 1000, "progress": False, **kwargs}
-    ev = _Evaluator(model, images, labels, opts["clean_images"], opts["task_samples"], opts["prompts"],
-                    opts["clean_prompts"], opts["points"], opts["positions"], opts["groups"], opts["seed"], opts["cv"],
-                    opts["batch_size"], opts["n_boot"], opts["progress"])
+        raise InputError(f"unknown arguments {sorted(unknown)}", fix=f"use among {sorted(opts)}")
+    opts.update(kwargs)
+    ev, make = _start(model, intervention, images, labels, opts, settings[0])
     rows = []
     for s in settings:
-        rep = ev.after(lambda s=s: intervention(**s))
+        rep = ev.after(lambda s=s: make(**s))
         label = ", ".join(f"{k}={v}" for k, v in s.items())
-        rows.append({**s, "label": label, **_summary_numbers(rep.suppression), **rep.cost})
+        rows.append({**s, "label": label, **_summary_numbers(rep.suppression), **_data_numbers(rep.data), **rep.cost})
     return pd.DataFrame(rows)
-
-
-def tradeoff_figure(df: pd.DataFrame | EvalReport, y: str = "accuracy", title: str | None = None):
-    """Cost (KL on clean inputs, x) against leakage (worst-layer probe accuracy or MI, y).
-
-    One labelled marker per setting with the KL's 95% CI as horizontal error bars, a marker
-    for no intervention at KL = 0, and a dashed line at chance (accuracy) or 0 bits (MI).
-    ``df`` is :func:`sweep`'s output or an :class:`EvalReport`. Returns a plotly Figure.
-
-    Example:
-        >>> import pandas as pd
-        >>> df = pd.DataFrame({"label": ["alpha=1"], "kl_mean": [0.01], "kl_lo": [0.0], "kl_hi": [0.02],
-        ...                    "accuracy_after_max": [0.6], "accuracy_before_max": [0.99], "mi_after_max": [0.1],
-        ...                    "mi_before_max": [0.9], "chance": [0.5]})
-        >>> tradeoff_figure(df).layout.xaxis.title.text
-        'KL on clean inputs (nats)'
-    """
-    import plotly.graph_objects as go
-
-    if isinstance(df, EvalReport):
-        df = df.summary()
-    if y not in ("accuracy", "mi"):
-        raise InputError(f"y must be 'accuracy' or 'mi', got {y!r}", fix="use y='accuracy' or y='mi'")
-    need = {"label", "kl_mean", f"{y}_after_max", f"{y}_before_max"}
-    missing = need - set(df.columns)
-    if missing:
-        raise InputError(f"the table lacks columns {sorted(missing)}", fix="pass the output of probekit.steering.sweep")
-    ycol = f"{y}_after_max"
-    err = None
-    if {"kl_lo", "kl_hi"} <= set(df.columns):
-        err = dict(type="data", symmetric=False, array=(df.kl_hi - df.kl_mean).clip(lower=0).tolist(),
-                   arrayminus=(df.kl_mean - df.kl_lo).clip(lower=0).tolist(), thickness=1)
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=df.kl_mean, y=df[ycol], mode="markers+text", text=df.label.astype(str),
-                             textposition="top center", error_x=err, name="intervention",
-                             marker=dict(size=10)))
-    fig.add_trace(go.Scatter(x=[0.0], y=[float(df[f"{y}_before_max"].max())], mode="markers+text", text=["none"],
-                             textposition="top center", name="no intervention", marker=dict(size=10, symbol="x")))
-    floor = float(df["chance"].max()) if y == "accuracy" and "chance" in df else 0.0
-    fig.add_hline(y=floor, line_dash="dash", annotation_text="chance" if y == "accuracy" else "0 bits")
-    fig.update_layout(
-        title=title or "Suppression vs cost",
-        xaxis_title="KL on clean inputs (nats)",
-        yaxis_title="max probe accuracy over layers" if y == "accuracy" else "max mutual information over layers (bits)",
-        template="plotly_white",
-    )
-    return fig

@@ -199,6 +199,7 @@ class Intervention:
         self.edit = edit
         self.positions = positions
         self.generated = generated
+        self.direction: Direction | None = None  # set by ablate / steer
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._tracker = _PromptTracker(model, positions, generated) if positions is not None else None
 
@@ -335,7 +336,9 @@ def ablate(model: Model, direction: Direction, points: str | Sequence[str] | Non
         hh = h.to(Q.dtype)
         return (hh - (hh @ Q.T) @ Q).to(h.dtype)
 
-    return Intervention(model, names, edit, pos, bool(generated))
+    iv = Intervention(model, names, edit, pos, bool(generated))
+    iv.direction = direction  # evaluate() reads which images it was fitted on
+    return iv
 
 
 def steer(model: Model, vector: Direction | Tensor, alpha: float = 1.0, points: str | Sequence[str] | None = None,
@@ -380,7 +383,9 @@ def steer(model: Model, vector: Direction | Tensor, alpha: float = 1.0, points: 
             cache[key] = (a * vecs[point]).to(h.device, h.dtype)
         return h + cache[key]
 
-    return Intervention(model, names, edit, pos, bool(generated))
+    iv = Intervention(model, names, edit, pos, bool(generated))
+    iv.direction = direction  # evaluate() reads which images it was fitted on
+    return iv
 
 
 # ---------------------------------------------------------------------------- orthogonalize
