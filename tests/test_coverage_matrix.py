@@ -68,13 +68,18 @@ def test_wrap_maps_every_block(built, arch, tmp_path):
     assert len(vision) == coverage.vision_layers(model.hf.config)
     assert {"projector", "lm.embed", "lm.norm", "logits"} <= set(model.points())
     assert model.d_model == coverage.text_width(model.hf.config)
-    # the checkpoint round-trips through save_pretrained / from_pretrained to the same map and logits
+    # the checkpoint round-trips: save_pretrained, then probekit.load gives the same map, inputs and logits
     model.hf.save_pretrained(tmp_path / "ckpt")
+    model.processor.save_pretrained(tmp_path / "ckpt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = probekit.wrap(type(model.hf).from_pretrained(tmp_path / "ckpt"), model.processor)
-    assert again.points() == model.points()
+        again = probekit.load(tmp_path / "ckpt")
+    assert again.family == model.family and again.points() == model.points()
     _, inputs, _ = _forward(model)
+    _, inputs_again, _ = _forward(again)
+    assert inputs.keys() == inputs_again.keys()
+    for k, v in inputs.items():
+        assert torch.equal(v, inputs_again[k]), k
     with torch.no_grad():
         assert torch.equal(again.hf(**inputs).logits, model.hf(**inputs).logits)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import inspect
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 __all__ = ["image_only", "load_processor"]
@@ -32,52 +35,110 @@ def image_only(cls: type) -> type:
         'ImageOnlyQwen3VLProcessor'
     """
 
-    def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any):
-        kwargs.pop("video_processor", None)
-        cls.__init__(self, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                     chat_template=chat_template, **kwargs)
+    # ProcessorMixin reads the sub-processors off inspect.signature(__init__) and the settings it
+    # accepts on load (image_seq_len, num_image_tokens, ...) off __init__.__code__.co_varnames, so
+    # the subclass needs a real function with the stock parameters less video_processor.
+    sig = inspect.signature(cls.__init__)
+    names = [n for n, p in sig.parameters.items() if n not in ("self", "video_processor")
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    defaults = {n: None if sig.parameters[n].default is inspect.Parameter.empty else sig.parameters[n].default
+                for n in names}
+    src = (f"def __init__(self, {''.join(f'{n}=_d[{n!r}], ' for n in names)}**kwargs):\n"
+           f"    kwargs.pop('video_processor', None)\n"
+           f"    _cls.__init__(self, video_processor=None, {''.join(f'{n}={n}, ' for n in names)}**kwargs)\n")
+    scope: dict[str, Any] = {"_d": defaults, "_cls": cls}
+    exec(src, scope)  # noqa: S102 - source built from parameter names only
+    __init__ = scope["__init__"]
 
-    return type(f"ImageOnly{cls.__name__}", (cls,), {"__init__": __init__, "__module__": __name__})
+    def save_pretrained(self: Any, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        # Saved under the stock class name, so that AutoProcessor (and load_processor's
+        # fallback) knows what the files are; an unknown name made AutoProcessor return the
+        # bare tokenizer, silently dropping the images.
+        out = cls.save_pretrained(self, save_directory, *args, **kwargs)
+        _rename_processor_class(Path(save_directory), f"ImageOnly{cls.__name__}", cls.__name__)
+        return out
+
+    return type(f"ImageOnly{cls.__name__}", (cls,), {"__init__": __init__, "save_pretrained": save_pretrained,
+                                                     "__module__": __name__})
 
 
-@functools.cache
+def _rename_processor_class(directory: Path, old: str, new: str) -> None:
+    for f in directory.glob("*.json"):
+        cfg = json.loads(f.read_text())
+        if isinstance(cfg, dict) and cfg.get("processor_class") == old:
+            cfg["processor_class"] = new
+            f.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def _image_only_qwen2_vl_class() -> type:
-    """A Qwen2VLProcessor without the video processor, for installs without torchvision.
-
-    transformers 5.23 builds every sub-processor named in the processor's ``__init__`` and
-    Qwen2VLVideoProcessor needs torchvision, so the stock class cannot be constructed (or
-    loaded by AutoProcessor) without it. Narrowing ``__init__`` to (image_processor,
-    tokenizer) is all it takes: image and text handling are inherited unchanged.
-    """
+    """``image_only(Qwen2VLProcessor)`` (kept for the tiny Qwen2-VL builder)."""
     from transformers import Qwen2VLProcessor
 
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any):
-            # ProcessorMixin maps positional args onto get_attributes(), which no longer has
-            # video_processor, so the None is dropped instead of type-checked.
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
-
-    return ImageOnlyQwen2VLProcessor
+    return image_only(Qwen2VLProcessor)
 
 
 def load_processor(path: str | os.PathLike[str]) -> Any:
-    """``AutoProcessor.from_pretrained(path)``, plus the one fallback a torchvision-free install needs.
+    """``AutoProcessor.from_pretrained(path)``, with the fallbacks a torchvision-free install needs.
 
-    transformers 5.23 cannot build ``Qwen2VLProcessor`` without torchvision (its video
-    processor requires it, even for image-only use), for real and tiny checkpoints alike. In
-    that case only, this returns an image-only subclass of ``Qwen2VLProcessor`` loaded from
-    the same files; it processes images and text exactly like the stock class.
+    transformers 5.x cannot build several processors without torchvision, for real and tiny
+    checkpoints alike: those with a video processor (Qwen2/2.5/3-VL, LLaVA-OneVision, SmolVLM,
+    InternVL, GLM-4V) and ``PixtralProcessor`` (Mistral 3). In that case only, this returns
+    :func:`image_only` of the stock class, or :func:`pixtral_processor`'s image-only
+    equivalent, loaded from the same files; they process images and text exactly like the
+    stock classes. Llama 4's image processor has no torchvision-free version (the in-memory
+    :func:`llama4_single_tile_image_processor` serves tiny builds only), so a Llama 4
+    checkpoint still needs torchvision.
     """
     from transformers import AutoProcessor
 
     try:
         return AutoProcessor.from_pretrained(path)
-    except ImportError:
-        from transformers import AutoConfig
-
-        if AutoConfig.from_pretrained(path).model_type != "qwen2_vl" or _torchvision_available():
+    except (ImportError, OSError, ValueError):
+        # OSError: a checkpoint saved by an image-only processor has no video-processor files;
+        # ValueError: an image processor with only a torchvision backend (Llama 4)
+        if _torchvision_available():
             raise
-        return _image_only_qwen2_vl_class().from_pretrained(path)
+        fallback = _image_only_fallback(Path(path))
+        if fallback is None:
+            raise
+        return fallback
+
+
+def _processor_class_name(directory: Path) -> str | None:
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        f = directory / name
+        if f.is_file():
+            cls = json.loads(f.read_text()).get("processor_class")
+            if cls:
+                return str(cls)
+    return None
+
+
+def _image_only_fallback(directory: Path) -> Any:
+    import transformers
+
+    name = _processor_class_name(directory) if directory.is_dir() else None
+    if name == "PixtralProcessor":
+        cfg_file = directory / "processor_config.json"
+        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        tok = transformers.AutoTokenizer.from_pretrained(directory)
+        return pixtral_processor(transformers.PixtralImageProcessorPil.from_pretrained(directory), tok,
+                                 patch_size=int(cfg.get("patch_size", 16)),
+                                 spatial_merge_size=int(cfg.get("spatial_merge_size", 1)),
+                                 chat_template=getattr(tok, "chat_template", None))
+    if name == "Llama4Processor":
+        cfg_file, ip_file = directory / "processor_config.json", directory / "preprocessor_config.json"
+        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        ip = json.loads(ip_file.read_text()) if ip_file.is_file() else cfg.get("image_processor", {})
+        if ip.get("max_patches") != 1:  # real checkpoints tile (max_patches 16): only the stock processor does that
+            return None
+        keep = {k: cfg[k] for k in ("patch_size", "pixel_shuffle_ratio") if k in cfg}
+        return transformers.Llama4Processor(image_processor=llama4_single_tile_image_processor(int(ip["size"]["height"])),
+                                            tokenizer=transformers.AutoTokenizer.from_pretrained(directory), **keep)
+    cls = getattr(transformers, name, None) if name else None
+    if cls is None or "video_processor" not in inspect.signature(cls.__init__).parameters:
+        return None
+    return image_only(cls).from_pretrained(directory)
 
 
 def pixtral_processor(image_processor: Any, tokenizer: Any, patch_size: int = 16, spatial_merge_size: int = 1,
@@ -110,6 +171,18 @@ class _ImageOnlyPixtralProcessor:
         self.image_processor, self.tokenizer, self.chat_template = image_processor, tokenizer, chat_template
         self.patch_size, self.spatial_merge_size = patch_size, spatial_merge_size
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+
+    def save_pretrained(self, directory: str | os.PathLike[str], **kwargs: Any) -> None:
+        """Write the files a stock ``PixtralProcessor`` checkpoint has (image processor, tokenizer, processor config)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.image_processor.save_pretrained(d)
+        self.tokenizer.save_pretrained(d)
+        cfg = {"processor_class": "PixtralProcessor", "patch_size": self.patch_size,
+               "spatial_merge_size": self.spatial_merge_size, "image_token": self.image_token,
+               "image_break_token": self.image_break_token, "image_end_token": self.image_end_token}
+        (d / "processor_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        _rename_processor_class(d, "_ImageOnlyPixtralProcessor", "PixtralProcessor")
 
     def __call__(self, images: Any = None, text: Any = None, return_tensors: str = "pt", **kwargs: Any) -> Any:
         from transformers import BatchFeature
@@ -149,6 +222,11 @@ def llama4_single_tile_image_processor(tile_size: int) -> Any:
             out = super().preprocess(images, **kwargs)
             out["aspect_ratios"] = torch.ones(len(out["pixel_values"]), 2, dtype=torch.long)
             return out
+
+        def to_dict(self) -> dict[str, Any]:
+            # saved as what it stands in for: Llama 4's processor with one tile per image
+            return {**super().to_dict(), "image_processor_type": "Llama4ImageProcessor", "max_patches": 1,
+                    "resize_to_max_canvas": False}
 
     return Llama4SingleTileImageProcessor(size={"height": tile_size, "width": tile_size}, image_mean=[0.5] * 3,
                                           image_std=[0.5] * 3)
