@@ -24,8 +24,8 @@ __all__ = ["COVERED", "UNSUPPORTED", "OUTSIDE_MAPPING", "Row", "rows", "markdown
 
 COVERED: dict[str, str] = {
     "llava": "llava",
-    "llava_next": "generic",
-    "llava_onevision": "generic",
+    "llava_next": "llava",
+    "llava_onevision": "llava",
     "qwen2_vl": "qwen2_vl",
     "qwen2_5_vl": "qwen2_vl",
     "qwen3_vl": "qwen2_vl",
