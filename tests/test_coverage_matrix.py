@@ -177,3 +177,13 @@ def test_store_saves_and_loads(built, arch, tmp_path):
         assert again.positions(p) == mem.positions(p)
         assert torch.isfinite(mem[p].float()).all(), p
     assert disk.points == mem.points
+
+
+def test_docs_table_is_current():
+    """docs/real-models.md carries the table generated from the lists this matrix checks."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "real-models.md").read_text()
+    block = doc.split(coverage.START, 1)[1].split(coverage.END, 1)[0]
+    assert block == "\n" + coverage.markdown_table(), "run: python -m probekit.models.coverage docs/real-models.md"
+    assert f"**{len(coverage.COVERED)} work**" in block

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COVERED", "UNSUPPORTED", "OUTSIDE_MAPPING", "Row", "rows", "markdown_table", "installed_architectures",
-           "text_layers", "text_width", "vision_layers"]
+__all__ = ["COVERED", "UNSUPPORTED", "OUTSIDE_MAPPING", "Row", "rows", "markdown_table", "write_docs",
+           "installed_architectures", "text_layers", "text_width", "vision_layers"]
 
 COVERED: dict[str, str] = {
     "llava": "llava",
@@ -137,3 +137,29 @@ def vision_layers(config: Any) -> int:
     if n is None:
         n = getattr(v, "depth")
     return int(n) + int(getattr(v, "num_global_layers", 0) or 0)
+
+
+START, END = "<!-- coverage:start -->", "<!-- coverage:end -->"
+
+
+def write_docs(path: str) -> bool:
+    """Rewrite the coverage block of ``path`` (between the coverage markers); True if it changed.
+
+    Run ``python -m probekit.models.coverage docs/real-models.md`` after changing the lists above.
+    """
+    from pathlib import Path
+
+    f = Path(path)
+    text = f.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{markdown_table()}{END}{tail}"
+    if new != text:
+        f.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    print("updated" if write_docs(sys.argv[1] if len(sys.argv) > 1 else "docs/real-models.md") else "up to date")
