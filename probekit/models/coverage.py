@@ -42,6 +42,11 @@ COVERED: dict[str, str] = {
     "glm4v": "glm4v",
     "mistral3": "mistral3",
     "llama4": "llama4",
+    "qwen3_vl_moe": "qwen2_vl",
+    "glm4v_moe": "glm4v",
+    "glm46v": "glm4v",
+    "vipllava": "llava",
+    "lighton_ocr": "lighton_ocr",
 }
 """model_type -> the probekit family that maps it (``generic`` = found by shape, no family module)."""
 

@@ -88,7 +88,7 @@ class Family:
 
 class Llava(Family):
     name = "llava"
-    model_types = ("llava", "llava_next", "llava_onevision")  # NeXT/OneVision: the same module tree, image tiles
+    model_types = ("llava", "llava_next", "llava_onevision", "vipllava")  # NeXT/OneVision: the same module tree, image tiles
     vision_layers = (
         "model.vision_tower.encoder.layers",
         "model.vision_tower.vision_model.encoder.layers",
@@ -108,7 +108,7 @@ class PaliGemma(Llava):
 
 class Qwen2VL(Family):
     name = "qwen2_vl"
-    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
     vision_layers = ("model.visual.blocks", "visual.blocks")
     projector = ("model.visual.merger", "visual.merger")
     lm_layers = ("model.language_model.layers", "model.layers")
@@ -131,7 +131,7 @@ class Glm4V(Qwen2VL):
     """GLM-4V: Qwen2-VL's layout (flattened patches, a merger) with its own image marks."""
 
     name = "glm4v"
-    model_types = ("glm4v",)
+    model_types = ("glm4v", "glm4v_moe", "glm46v")
     placeholder = "<|begin_of_image|>{image}<|end_of_image|>{prompt}"
 
 
@@ -160,6 +160,15 @@ class Mistral3(Llava):
             merge = int(getattr(model.hf.config, "spatial_merge_size", 1)) ** 2
             per_image = [c // merge for c in per_image]
         return per_image if sum(per_image) == first_dim else None
+
+
+class LightOnOcr(Mistral3):
+    """LightOnOCR: a Pixtral tower and patch merger in front of a Qwen3 language model."""
+
+    name = "lighton_ocr"
+    model_types = ("lighton_ocr",)
+    vision_layers = ("model.vision_encoder.transformer.layers",)
+    projector = ("model.vision_projection",)
 
 
 class Llama4(Family):
@@ -315,7 +324,7 @@ class GenericFamily(Family):
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Llava(), PaliGemma(), Gemma3(), Qwen2VL(), Glm4V(), Idefics3(), Mllama(), Blip2(), InstructBlip(), Mistral3(), Llama4(),
+    Llava(), PaliGemma(), Gemma3(), Qwen2VL(), Glm4V(), Idefics3(), Mllama(), Blip2(), InstructBlip(), Mistral3(), LightOnOcr(), Llama4(),
     GenericFamily())}
 
 

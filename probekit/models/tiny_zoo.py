@@ -143,20 +143,25 @@ def _qwen(version: str) -> Callable[[], tuple[Any, Any]]:
         tok = _tok(_QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False)
         ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
         rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(16)}
-        if version == "qwen3_vl":
+        text = _text(tok, rope_parameters=rope)
+        if version in ("qwen3_vl", "qwen3_vl_moe"):
             rope["mrope_interleaved"] = True
             vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
                       "patch_size": 8, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 16,
                       "deepstack_visual_indexes": [0]}
-            cls, cfg_cls, proc_cls, ip_cls = (T.Qwen3VLForConditionalGeneration, T.Qwen3VLConfig, T.Qwen3VLProcessor,
-                                              T.Qwen2VLImageProcessorPil)
+            moe = version == "qwen3_vl_moe"
+            cls, cfg_cls = ((T.Qwen3VLMoeForConditionalGeneration, T.Qwen3VLMoeConfig) if moe else
+                            (T.Qwen3VLForConditionalGeneration, T.Qwen3VLConfig))
+            proc_cls, ip_cls = T.Qwen3VLProcessor, T.Qwen2VLImageProcessorPil
+            if moe:
+                text.update(num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32, decoder_sparse_step=1)
         else:
             vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
                       "patch_size": 8, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 32,
                       "fullatt_block_indexes": [0]}
             cls, cfg_cls, proc_cls, ip_cls = (T.Qwen2_5_VLForConditionalGeneration, T.Qwen2_5_VLConfig,
                                               T.Qwen2_5_VLProcessor, T.Qwen2VLImageProcessorPil)
-        cfg = cfg_cls(vision_config=vision, text_config=_text(tok, rope_parameters=rope), image_token_id=ids["<|image_pad|>"],
+        cfg = cfg_cls(vision_config=vision, text_config=text, image_token_id=ids["<|image_pad|>"],
                       video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                       vision_end_token_id=ids["<|vision_end|>"])
         px = _IMG * _IMG
@@ -233,8 +238,15 @@ def _aya_vision() -> tuple[Any, Any]:
     return AyaVisionForConditionalGeneration(cfg), proc
 
 
-def _glm4v() -> tuple[Any, Any]:
-    from transformers import Glm4vConfig, Glm4vForConditionalGeneration, Glm4vImageProcessorPil, Glm4vProcessor
+def _glm4v(variant: str = "glm4v") -> tuple[Any, Any]:
+    import transformers as T
+    from transformers import Glm4vImageProcessorPil, Glm4vProcessor
+
+    Glm4vConfig, Glm4vForConditionalGeneration = {
+        "glm4v": (T.Glm4vConfig, T.Glm4vForConditionalGeneration),
+        "glm4v_moe": (T.Glm4vMoeConfig, T.Glm4vMoeForConditionalGeneration),
+        "glm46v": (T.Glm46VConfig, T.Glm46VForConditionalGeneration),
+    }[variant]
 
     marks = ["<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>"]
     tok = _tok(marks, bos=None, eos="<|endoftext|>", pad="<|pad|>", add_bos=False)
@@ -242,13 +254,21 @@ def _glm4v() -> tuple[Any, Any]:
     vis = {"depth": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "out_hidden_size": 32, "image_size": _IMG,
            "patch_size": 8, "spatial_merge_size": 2, "temporal_patch_size": 2}
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "partial_rotary_factor": 1.0}
-    cfg = Glm4vConfig(vision_config=vis, text_config=_text(tok, rope_parameters=rope), image_token_id=ids["<|image|>"],
+    text = _text(tok, rope_parameters=rope)
+    if variant == "glm4v_moe":
+        text.update(n_routed_experts=2, n_shared_experts=1, num_experts_per_tok=1, moe_intermediate_size=32,
+                    first_k_dense_replace=1, n_group=1, topk_group=1)
+    if variant == "glm46v":
+        text["model_type"] = "glm4v_text"  # a generic text config: GLM-4.6V's default sub-config is set by name
+    cfg = Glm4vConfig(vision_config=vis, text_config=text, image_token_id=ids["<|image|>"],
                       video_token_id=ids["<|video|>"], image_start_token_id=ids["<|begin_of_image|>"],
                       image_end_token_id=ids["<|end_of_image|>"], video_start_token_id=ids["<|begin_of_video|>"],
                       video_end_token_id=ids["<|end_of_video|>"])
     px = _IMG * _IMG
-    ip = Glm4vImageProcessorPil(size={"shortest_edge": px, "longest_edge": px}, patch_size=8, temporal_patch_size=2, merge_size=2)
-    return Glm4vForConditionalGeneration(cfg), image_only(Glm4vProcessor)(image_processor=ip, tokenizer=tok)
+    ip_cls = T.Glm46VImageProcessorPil if variant == "glm46v" else Glm4vImageProcessorPil
+    ip = ip_cls(size={"shortest_edge": px, "longest_edge": px}, patch_size=8, temporal_patch_size=2, merge_size=2)
+    proc_cls = T.Glm46VProcessor if variant == "glm46v" else Glm4vProcessor
+    return Glm4vForConditionalGeneration(cfg), image_only(proc_cls)(image_processor=ip, tokenizer=tok)
 
 
 def _instructblip() -> tuple[Any, Any]:
@@ -330,6 +350,9 @@ ARCHITECTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
     "instructblip": _instructblip,
     "mistral3": _mistral3,
     "llama4": _llama4,
+    "qwen3_vl_moe": _qwen("qwen3_vl_moe"),
+    "glm4v_moe": lambda: _glm4v("glm4v_moe"),
+    "glm46v": lambda: _glm4v("glm46v"),
 }
 """config.model_type -> builder of ``(hf_model, processor)`` for every architecture the matrix covers."""
 
@@ -342,3 +365,8 @@ def build(model_type: str, seed: int = 0) -> tuple[Any, Any]:
         torch.manual_seed(seed)
         hf, proc = ARCHITECTURES[model_type]()
     return hf.eval(), proc
+
+
+from probekit.models.tiny_zoo_variants import VARIANTS  # noqa: E402  (it uses the helpers above)
+
+ARCHITECTURES.update(VARIANTS)
