@@ -120,11 +120,11 @@ def test_image_positions_are_where_the_image_goes_in(built, arch):
         assert not changed.any() and mask.sum(1).tolist() == [1, 1]
         return
     assert not (changed & ~mask).any(), "a text position changed with the image"
-    # every image position carries image features, except LLaVA-NeXT/OneVision's learned row separators
+    # every image position carries image features, except LLaVA-NeXT's (OneVision's, -Video's) row separators
     # (image_newline, one constant vector per row of patches): they are image tokens that no image changes
     unchanged = (mask & ~changed).sum(1)
-    if arch in ("llava_next", "llava_onevision"):
-        newline = model.hf.model.image_newline
+    newline = getattr(getattr(model.hf, "model", None), "image_newline", None)
+    if newline is not None:
         hs0 = out.hidden_states[0]
         assert torch.equal(hs0[mask & ~changed], newline.expand(int(unchanged.sum()), -1).to(hs0.dtype))
     else:

@@ -46,6 +46,8 @@ COVERED: dict[str, str] = {
     "glm4v_moe": "glm4v",
     "glm46v": "glm4v",
     "vipllava": "llava",
+    "llava_next_video": "llava",
+    "video_llava": "generic",
     "lighton_ocr": "lighton_ocr",
 }
 """model_type -> the probekit family that maps it (``generic`` = found by shape, no family module)."""

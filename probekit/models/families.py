@@ -88,7 +88,7 @@ class Family:
 
 class Llava(Family):
     name = "llava"
-    model_types = ("llava", "llava_next", "llava_onevision", "vipllava")  # NeXT/OneVision: the same module tree, image tiles
+    model_types = ("llava", "llava_next", "llava_onevision", "llava_next_video", "vipllava")  # NeXT/OneVision: the same module tree, image tiles
     vision_layers = (
         "model.vision_tower.encoder.layers",
         "model.vision_tower.vision_model.encoder.layers",

@@ -58,8 +58,22 @@ def image_only(cls: type) -> type:
         _rename_processor_class(Path(save_directory), f"ImageOnly{cls.__name__}", cls.__name__)
         return out
 
-    return type(f"ImageOnly{cls.__name__}", (cls,), {"__init__": __init__, "save_pretrained": save_pretrained,
-                                                     "__module__": __name__})
+    from transformers.processing_utils import ProcessorMixin
+
+    stock = cls.get_attributes()
+
+    class _NoVideoMixin(ProcessorMixin):
+        # Sits between the stock class and ProcessorMixin in the MRO: the stock __init__ hands its
+        # sub-processors on positionally in its own order (video first for LLaVA-NeXT-Video), so
+        # they are named by that order here and the empty video processor is dropped.
+        def __init__(self: Any, *args: Any, **kwargs: Any):
+            named = dict(zip(stock, args))
+            named.pop("video_processor", None)
+            kwargs.pop("video_processor", None)
+            ProcessorMixin.__init__(self, *args[len(stock):], **named, **kwargs)
+
+    return type(f"ImageOnly{cls.__name__}", (cls, _NoVideoMixin), {"__init__": __init__, "save_pretrained": save_pretrained,
+                                                                   "__module__": __name__})
 
 
 def _rename_processor_class(directory: Path, old: str, new: str) -> None:

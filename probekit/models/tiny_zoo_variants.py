@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from probekit.models.processors import pixtral_processor
+from probekit.models.processors import image_only, pixtral_processor
 from probekit.models.tiny_text import _LLAVA_TEMPLATE
 from probekit.models.tiny_zoo import _IMG, _text, _tok, _vision
 
@@ -34,6 +34,36 @@ def _vipllava() -> tuple[Any, Any]:
     return VipLlavaForConditionalGeneration(cfg), proc
 
 
+def _llava_next_video() -> tuple[Any, Any]:
+    from transformers import (LlavaNextImageProcessorPil, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration,
+                              LlavaNextVideoProcessor)
+
+    tok = _tok(["<image>", "<video>"])
+    pin = [[_IMG, _IMG], [_IMG, 2 * _IMG]]
+    cfg = LlavaNextVideoConfig(vision_config=_vision(model_type="clip_vision_model"), text_config=_text(tok, model_type="llama"),
+                               image_token_index=tok.convert_tokens_to_ids("<image>"),
+                               video_token_index=tok.convert_tokens_to_ids("<video>"), image_grid_pinpoints=pin)
+    ip = LlavaNextImageProcessorPil(size={"shortest_edge": _IMG}, crop_size={"height": _IMG, "width": _IMG}, image_grid_pinpoints=pin)
+    proc = image_only(LlavaNextVideoProcessor)(image_processor=ip, tokenizer=tok, patch_size=8,
+                                               vision_feature_select_strategy="default", chat_template=_LLAVA_TEMPLATE,
+                                               num_additional_image_tokens=1)
+    return LlavaNextVideoForConditionalGeneration(cfg), proc
+
+
+def _video_llava() -> tuple[Any, Any]:
+    from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor, VideoLlavaProcessor
+
+    tok = _tok(["<image>", "<video>"])
+    cfg = VideoLlavaConfig(vision_config=_vision(model_type="clip_vision_model"), text_config=_text(tok, model_type="llama"),
+                           image_token_index=tok.convert_tokens_to_ids("<image>"),
+                           video_token_index=tok.convert_tokens_to_ids("<video>"), image_seq_length=17)
+    ip = VideoLlavaImageProcessor(size={"shortest_edge": _IMG}, crop_size={"height": _IMG, "width": _IMG})
+    proc = image_only(VideoLlavaProcessor)(image_processor=ip, tokenizer=tok, patch_size=8,
+                                           vision_feature_select_strategy="default", chat_template=_LLAVA_TEMPLATE,
+                                           num_additional_image_tokens=1)
+    return VideoLlavaForConditionalGeneration(cfg), proc
+
+
 def _lighton_ocr() -> tuple[Any, Any]:
     from transformers import LightOnOcrConfig, LightOnOcrForConditionalGeneration, PixtralImageProcessorPil
 
@@ -48,5 +78,7 @@ def _lighton_ocr() -> tuple[Any, Any]:
 
 VARIANTS = {
     "vipllava": _vipllava,
+    "llava_next_video": _llava_next_video,
+    "video_llava": _video_llava,
     "lighton_ocr": _lighton_ocr,
 }
