@@ -58,7 +58,8 @@ def _reducer(model: Model, positions: list[Position], many: bool, ctx: PositionC
 
     def reduce(point: str, h: torch.Tensor) -> torch.Tensor:
         if model.target(point).side == "vision":
-            counts = model.vision_counts(inputs, point, h.shape[0]) if h.dim() == 2 else None
+            flat = h.dim() == 2 or (h.dim() == 3 and h.shape[0] == 1)  # [N, d] or one sequence of all patches (Pixtral)
+            counts = model.vision_counts(inputs, point, h.shape[-2] if h.dim() == 3 else h.shape[0]) if flat else None
             return select_vision(h, vision_pos, counts, batch)
         if h.dim() == 2 and h.shape[0] == ctx.attention_mask.numel():
             h = h.view(*ctx.attention_mask.shape, h.shape[-1])  # OPT's fc2 runs on [b*s, d]

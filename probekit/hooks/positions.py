@@ -187,8 +187,11 @@ def select_vision(h: torch.Tensor, p: Position, counts: list[int] | None, batch:
     """Reduce a vision-side activation to one row per sample.
 
     ``h`` is ``[B', p, d]`` (B' a multiple of the batch: several images or tiles per sample) or
-    ``[N, d]`` flattened over the batch (Qwen2-VL), split by ``counts``.
+    ``[N, d]`` flattened over the batch (Qwen2-VL), split by ``counts``, or ``[1, N, d]``: one
+    sequence of every image's patches (Pixtral), split by ``counts`` too.
     """
+    if h.dim() == 3 and h.shape[0] == 1 and counts is not None and sum(counts) == h.shape[1]:
+        h = h[0]
     if h.dim() == 2:
         if counts is None:
             if h.shape[0] % batch:

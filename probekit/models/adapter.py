@@ -96,6 +96,14 @@ class Model:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the model's device, or with a ``device_map`` the first device that runs blocks."""
+        dmap = getattr(self.hf, "hf_device_map", None)
+        if dmap:
+            # Offloaded weights ("cpu"/"disk" in the map) sit on the meta device between forwards and
+            # run on the main device, which accelerate takes to be the first accelerator, else the CPU.
+            run = [d for d in dmap.values() if d not in ("cpu", "disk")]
+            first = run[0] if run else "cpu"
+            return torch.device(f"cuda:{first}" if isinstance(first, int) else first)
         return next(self.hf.parameters()).device
 
     @property

@@ -88,7 +88,7 @@ class Family:
 
 class Llava(Family):
     name = "llava"
-    model_types = ("llava",)
+    model_types = ("llava", "llava_next", "llava_onevision", "llava_next_video", "vipllava")  # NeXT/OneVision: the same module tree, image tiles
     vision_layers = (
         "model.vision_tower.encoder.layers",
         "model.vision_tower.vision_model.encoder.layers",
@@ -108,7 +108,7 @@ class PaliGemma(Llava):
 
 class Qwen2VL(Family):
     name = "qwen2_vl"
-    model_types = ("qwen2_vl", "qwen2_5_vl")
+    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
     vision_layers = ("model.visual.blocks", "visual.blocks")
     projector = ("model.visual.merger", "visual.merger")
     lm_layers = ("model.language_model.layers", "model.layers")
@@ -125,6 +125,78 @@ class Qwen2VL(Family):
             merge = int(getattr(model.hf.config.vision_config, "spatial_merge_size", 2)) ** 2
             per_image = [c // merge for c in per_image]
         return per_image if sum(per_image) == first_dim else None
+
+
+class Glm4V(Qwen2VL):
+    """GLM-4V: Qwen2-VL's layout (flattened patches, a merger) with its own image marks."""
+
+    name = "glm4v"
+    model_types = ("glm4v", "glm4v_moe", "glm46v")
+    placeholder = "<|begin_of_image|>{image}<|end_of_image|>{prompt}"
+
+
+class Gemma3(Llava):
+    name = "gemma3"
+    model_types = ("gemma3",)
+    nested_images = True  # Gemma3Processor counts images per sample: [[img], [img]] for a batch of two
+    placeholder = "{image}{prompt}"  # the processor's image_token is <start_of_image>; it adds the soft tokens
+
+
+class Mistral3(Llava):
+    """Mistral 3 (Pixtral vision tower): every image's patches run as one sequence [1, N, d]."""
+
+    name = "mistral3"
+    model_types = ("mistral3",)
+    vision_layers = ("model.vision_tower.transformer.layers",)
+    placeholder = "[IMG]{prompt}"
+
+    def vision_counts(self, model: Any, inputs: dict, point: str, first_dim: int) -> list[int] | None:
+        sizes = inputs.get("image_sizes")
+        if sizes is None:
+            return None
+        patch = int(model.hf.config.vision_config.patch_size)
+        per_image = [(int(h) // patch) * (int(w) // patch) for h, w in sizes.tolist()]
+        if sum(per_image) != first_dim:  # the projector's output: spatial_merge_size^2 patches merged per token
+            merge = int(getattr(model.hf.config, "spatial_merge_size", 1)) ** 2
+            per_image = [c // merge for c in per_image]
+        return per_image if sum(per_image) == first_dim else None
+
+
+class LightOnOcr(Mistral3):
+    """LightOnOCR: a Pixtral tower and patch merger in front of a Qwen3 language model."""
+
+    name = "lighton_ocr"
+    model_types = ("lighton_ocr",)
+    vision_layers = ("model.vision_encoder.transformer.layers",)
+    projector = ("model.vision_projection",)
+
+
+class Llama4(Family):
+    name = "llama4"
+    model_types = ("llama4",)
+    vision_layers = ("vision_model.model.layers", "model.vision_model.model.layers")
+    projector = ("multi_modal_projector", "model.multi_modal_projector")
+    lm_layers = ("language_model.model.layers", "model.language_model.layers")
+    final_norm = ("language_model.model.norm", "model.language_model.norm")
+    unembed = ("language_model.lm_head", "lm_head")
+    mlp_attr = "feed_forward"
+    placeholder = "<|image|>{prompt}"
+
+    def extra(self, hf: nn.Module, lay: Layout) -> None:
+        # transformers 5.24: Llama4ForConditionalGeneration.forward reads `image_outputs` off the
+        # output of its Llama4ForCausalLM, a MoeCausalLMOutputWithPast that has no such field, so
+        # every forward with return_dict fails after the language model ran. The hook adds the
+        # missing (empty) field; it changes no number, and a fixed transformers never sees it used.
+        lm = get_module(hf, "language_model") if hasattr(hf, "language_model") else None
+        if lm is not None and not getattr(lm, "_probekit_image_outputs_fix", False):
+            lm.register_forward_hook(_add_image_outputs)
+            lm._probekit_image_outputs_fix = True
+
+
+def _add_image_outputs(module: nn.Module, args: Any, output: Any) -> Any:
+    if hasattr(output, "logits") and not hasattr(output, "image_outputs"):
+        object.__setattr__(output, "image_outputs", None)
+    return output
 
 
 class Idefics3(Family):
@@ -189,6 +261,13 @@ class Blip2(Family):
                     lay.xattn[i] = f"{path}.{i}.crossattention"
 
 
+class InstructBlip(Blip2):
+    """InstructBLIP: BLIP-2's layout; the Q-Former also reads the instruction (its own tokenizer)."""
+
+    name = "instructblip"
+    model_types = ("instructblip",)
+
+
 class GenericFamily(Family):
     """Fallback for architectures probekit has no module for: finds the layer lists by shape."""
 
@@ -244,7 +323,9 @@ class GenericFamily(Family):
         return lay
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (Llava(), PaliGemma(), Qwen2VL(), Idefics3(), Mllama(), Blip2(), GenericFamily())}
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Llava(), PaliGemma(), Gemma3(), Qwen2VL(), Glm4V(), Idefics3(), Mllama(), Blip2(), InstructBlip(), Mistral3(), LightOnOcr(), Llama4(),
+    GenericFamily())}
 
 
 def family_for(hf: nn.Module, family: str | None = None) -> Family:

@@ -1,0 +1,189 @@
+"""The coverage matrix: every architecture probekit supports, checked end to end on a tiny build.
+
+One row per ``config.model_type`` in :data:`probekit.models.coverage.COVERED`; each check is a
+test of its own, so a failure names the architecture and the check. The table in
+``docs/real-models.md`` is generated from the same lists (``test_docs_table_is_current``).
+"""
+
+import warnings
+
+import pytest
+import torch
+
+import probekit
+from probekit.hooks.positions import PositionContext
+from probekit.models import coverage, tiny, tiny_zoo
+from probekit.readout.lens import LogitLens
+
+ARCHS = list(coverage.COVERED)
+PROMPTS = ["What shape is it?", "What colour is the big square on the left?"]
+
+
+@pytest.fixture(scope="module")
+def built(one_thread):
+    cache: dict[str, probekit.Model] = {}
+
+    def get(arch: str) -> probekit.Model:
+        if arch not in cache:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cache[arch] = probekit.wrap(*tiny_zoo.build(arch))
+        return cache[arch]
+
+    return get
+
+
+def _forward(model: probekit.Model, n: int = 2, seed: int = 3):
+    images = tiny.fixture_images(n, 32, seed=seed)
+    inputs = model.prepare(images, PROMPTS[:n])
+    with torch.no_grad():
+        out = model.hf(**inputs, output_hidden_states=True)
+    # BLIP-2 and InstructBLIP keep the language model's outputs one level down
+    lm_out = out if getattr(out, "hidden_states", None) is not None else out.language_model_outputs
+    return images, inputs, lm_out
+
+
+def test_matrix_lists_every_installed_architecture():
+    """Each image-text-to-text architecture of the installed transformers is covered, unsupported or untested, once."""
+    installed = coverage.installed_architectures()
+    for arch in list(coverage.COVERED) + list(coverage.UNSUPPORTED):
+        assert arch in installed or arch in coverage.OUTSIDE_MAPPING, arch
+    assert not set(coverage.COVERED) & set(coverage.UNSUPPORTED)
+    assert set(tiny_zoo.ARCHITECTURES) == set(coverage.COVERED)
+    rows = coverage.rows()
+    assert sorted(r.model_type for r in rows) == sorted(set(installed) | set(coverage.UNSUPPORTED))
+    assert {r.model_type for r in rows if r.status == "works"} == set(coverage.COVERED)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_wrap_maps_every_block(built, arch, tmp_path):
+    model = built(arch)
+    assert type(model.hf).__name__ == coverage.installed_architectures().get(arch, type(model.hf).__name__)
+    assert model.family == coverage.COVERED[arch]
+    assert model.layout.missing == []
+    n_lm = model.n_layers
+    assert model.points("lm.*.resid") == [f"lm.{i}.resid" for i in range(n_lm)]
+    assert n_lm == coverage.text_layers(model.hf.config)
+    vision = model.points("vision.*.resid")
+    assert len(vision) == coverage.vision_layers(model.hf.config)
+    assert {"projector", "lm.embed", "lm.norm", "logits"} <= set(model.points())
+    assert model.d_model == coverage.text_width(model.hf.config)
+    # the checkpoint round-trips: save_pretrained, then probekit.load gives the same map, inputs and logits
+    model.hf.save_pretrained(tmp_path / "ckpt")
+    model.processor.save_pretrained(tmp_path / "ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = probekit.load(tmp_path / "ckpt")
+    assert again.family == model.family and again.points() == model.points()
+    _, inputs, _ = _forward(model)
+    _, inputs_again, _ = _forward(again)
+    assert inputs.keys() == inputs_again.keys()
+    for k, v in inputs.items():
+        assert torch.equal(v, inputs_again[k]), k
+    with torch.no_grad():
+        assert torch.equal(again.hf(**inputs).logits, model.hf(**inputs).logits)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_resid_equals_hf_hidden_states(built, arch):
+    model = built(arch)
+    images, inputs, out = _forward(model)
+    hs = out.hidden_states
+    assert len(hs) == model.n_layers + 1
+    ctx = PositionContext.from_inputs(inputs, model.image_mask(inputs))
+    last = (ctx.attention_mask.long() * torch.arange(1, ctx.attention_mask.shape[1] + 1)).argmax(1)
+    rows = torch.arange(2)
+    store = probekit.collect(model, images, PROMPTS, points=["lm.embed", "lm.*.resid", "lm.norm"],
+                             positions=("last", "image"), batch_size=2, progress=False)
+    n_img = int(ctx.image_mask[0].sum())
+    image_idx = ctx.image_mask.nonzero()[:, 1].view(2, n_img)
+    for i in range(model.n_layers - 1):
+        got = store[f"lm.{i}.resid"]
+        assert torch.equal(got[:, 0], hs[i + 1][rows, last]), f"lm.{i}.resid at last"
+        assert torch.equal(got[:, 1:], hs[i + 1][rows[:, None], image_idx]), f"lm.{i}.resid at image"
+    assert torch.equal(store["lm.embed"][:, 0], hs[0][rows, last])
+    assert torch.equal(store["lm.embed"][:, 1:], hs[0][rows[:, None], image_idx])
+    assert torch.equal(store["lm.norm"][:, 0], hs[-1][rows, last])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_image_positions_are_where_the_image_goes_in(built, arch):
+    """Image positions are exactly the tokens whose input embedding changes with the image."""
+    model = built(arch)
+    _, inputs, out = _forward(model)
+    _, inputs_b, out_b = _forward(model, seed=4)
+    assert torch.equal(inputs["input_ids"], inputs_b["input_ids"])
+    mask = model.image_mask(inputs)
+    assert mask.sum(1).tolist()[0] > 0 and mask.sum(1)[0] == mask.sum(1)[1]
+    changed = (out.hidden_states[0] != out_b.hidden_states[0]).any(-1) & inputs["attention_mask"].bool()
+    if model.family == "mllama":  # the image enters through cross-attention; <|image|> stays a text token
+        assert not changed.any() and mask.sum(1).tolist() == [1, 1]
+        return
+    assert not (changed & ~mask).any(), "a text position changed with the image"
+    # every image position carries image features, except LLaVA-NeXT's (OneVision's, -Video's) row separators
+    # (image_newline, one constant vector per row of patches): they are image tokens that no image changes
+    unchanged = (mask & ~changed).sum(1)
+    newline = getattr(getattr(model.hf, "model", None), "image_newline", None)
+    if newline is not None:
+        hs0 = out.hidden_states[0]
+        assert torch.equal(hs0[mask & ~changed], newline.expand(int(unchanged.sum()), -1).to(hs0.dtype))
+    else:
+        assert unchanged.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_vision_points_split_per_image(built, arch):
+    """A sample's vision-side rows are the same in a batch of two as alone (no mixing across images)."""
+    model = built(arch)
+    images = tiny.fixture_images(2, 32, seed=3)
+    points = ["vision.*.resid", "projector"] + model.points("qformer.*") if "qformer.0.xattn" in model.points() else \
+        ["vision.*.resid", "projector"]
+    pair = probekit.collect(model, images, PROMPTS, points=points, positions="image_mean", batch_size=2, progress=False)
+    alone = probekit.collect(model, images[1:], PROMPTS[1:], points=points, positions="image_mean", progress=False)
+    for p in pair.points:
+        assert pair[p].shape[0] == 2
+        torch.testing.assert_close(pair[p][1:], alone[p], atol=1e-5, rtol=1e-4, msg=p)
+        assert not torch.allclose(pair[p][0], pair[p][1]), p  # two different images give two different rows
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logit_lens_on_last_block_is_the_model_output(built, arch):
+    model = built(arch)
+    images, inputs, out = _forward(model)
+    store = probekit.collect(model, images, PROMPTS, points=f"lm.{model.n_layers - 1}.resid", positions="last",
+                             progress=False)
+    ctx = PositionContext.from_inputs(inputs, model.image_mask(inputs))
+    last = (ctx.attention_mask.long() * torch.arange(1, ctx.attention_mask.shape[1] + 1)).argmax(1)
+    with torch.no_grad():
+        logits = model.hf(**inputs).logits[torch.arange(2), last].float()
+    lens = LogitLens(model)
+    torch.testing.assert_close(lens.decode(store[f"lm.{model.n_layers - 1}.resid"]), logits, atol=1e-4, rtol=1e-4)
+    table = lens.top_k(store, k=3)
+    assert table["token_id"].iloc[0] == int(logits.softmax(-1).mean(0).argmax())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_store_saves_and_loads(built, arch, tmp_path):
+    model = built(arch)
+    images = tiny.fixture_images(2, 32, seed=3)
+    mem = probekit.collect(model, images, PROMPTS, points="*", positions=("last", "image_mean"), progress=False)
+    disk = probekit.collect(model, images, PROMPTS, points="*", positions=("last", "image_mean"), progress=False,
+                            store=tmp_path / "acts")
+    again = probekit.ActivationStore.open(tmp_path / "acts")
+    saved = probekit.ActivationStore.open(mem.save(tmp_path / "saved").directory)
+    assert again.points == mem.points == saved.points == model.points()
+    for p in mem.points:
+        assert torch.equal(again[p], mem[p]) and torch.equal(saved[p], mem[p]), p
+        assert again.positions(p) == mem.positions(p)
+        assert torch.isfinite(mem[p].float()).all(), p
+    assert disk.points == mem.points
+
+
+def test_docs_table_is_current():
+    """docs/real-models.md carries the table generated from the lists this matrix checks."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "real-models.md").read_text()
+    block = doc.split(coverage.START, 1)[1].split(coverage.END, 1)[0]
+    assert block == "\n" + coverage.markdown_table(), "run: python -m probekit.models.coverage docs/real-models.md"
+    assert f"**{len(coverage.COVERED)} work**" in block
