@@ -200,11 +200,15 @@ def collect(
     except BaseException:
         if writer is not None:
             writer.discard_if_empty()  # a failed first shard leaves no store behind
+            writer.close()  # the lock goes with the process anyway; release it for the next call in this one
         raise
     finally:
         bar.close()
     if writer is not None:
-        return writer.finish()
+        try:
+            return writer.finish()
+        finally:
+            writer.close()
     return ActivationStore({p: torch.cat(v) for p, v in memory.items()}, meta=meta, point_info=point_info)
 
 
