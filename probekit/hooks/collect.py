@@ -34,11 +34,26 @@ def as_model(model: Any, processor: Any = None) -> Model:
     return wrap(model, processor)
 
 
-def check_prompts(prompts: str | Sequence[str] | None, n: int) -> list[str]:
+def image_token(model: Model) -> str | None:
+    """The text of the model's image placeholder token (``"<image>"``), if it has one."""
+    tok = getattr(model.processor, "image_token", None)
+    if isinstance(tok, str) and tok:
+        return tok
+    tokenizer = getattr(model.processor, "tokenizer", None)
+    if model.image_token_id is not None and tokenizer is not None:
+        tok = tokenizer.convert_ids_to_tokens(model.image_token_id)
+        return tok if isinstance(tok, str) and tok else None
+    return None
+
+
+def check_prompts(prompts: str | Sequence[str] | None, n: int, image_token: str | None = None) -> list[str]:
+    """One prompt per image; a prompt must not hold the image token (probekit inserts it, once per image)."""
     if prompts is None:
         return [DEFAULT_PROMPT] * n
     if isinstance(prompts, str):
-        return [prompts] * n
+        prompts = [prompts]
+        _no_image_token(prompts, image_token)
+        return prompts * n
     if isinstance(prompts, Mapping) or not isinstance(prompts, Iterable):
         raise InputError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}",
                          fix="pass one prompt per image, or a single string used for all")
@@ -49,7 +64,15 @@ def check_prompts(prompts: str | Sequence[str] | None, n: int) -> list[str]:
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise InputError(f"prompt {i} is a {type(p).__name__}, not a string", fix="pass prompts as strings")
+    _no_image_token(prompts, image_token)
     return prompts
+
+
+def _no_image_token(prompts: list[str], token: str | None) -> None:
+    for i, p in enumerate(prompts):
+        if token and token in p:
+            raise InputError(f"prompt {i} already contains the image token {token!r}: {p[:80]!r}",
+                             fix=f"pass the question alone; probekit places {token!r} itself, once per image")
 
 
 def _reducer(model: Model, positions: list[Position], many: bool, ctx: PositionContext, inputs: dict,
@@ -131,7 +154,7 @@ def collect(
     model = as_model(model, processor)
     items = check_images(images)
     n = len(items)
-    prompt_list = check_prompts(prompts, n)
+    prompt_list = check_prompts(prompts, n, image_token(model))
     names = model.resolve(points)
     pos_list, many = normalize_positions(positions)
     check_backend(backend, model)

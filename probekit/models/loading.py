@@ -142,9 +142,14 @@ def load(
         kwargs["dtype"] = dt
     if device_map is not None:
         kwargs["device_map"] = device_map
+    from safetensors import SafetensorError
+
     try:
         hf = _model_class(config).from_pretrained(src, **kwargs)
         processor = load_processor(src)
+    except SafetensorError as exc:  # a truncated or overwritten weights file
+        raise InputError(f"the weights of {src!r} are damaged: {exc}",
+                         fix="copy or download the checkpoint again (the .safetensors files are incomplete)") from exc
     except (OSError, ValueError, KeyError, ImportError) as exc:
         raise UnsupportedModelError(f"transformers could not load {src!r}: {exc}",
                                     fix="check that the checkpoint is an image-text model supported by transformers") from exc
