@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from ..data.images import check_images, images_digest, to_pil
 from ..errors import InputError
 from ..models.adapter import Model
+from . import distributed
 from .backends import check_backend, run_backend
 from .positions import Position, PositionContext, normalize_positions, position_name, select, select_vision
 from .store import ActivationStore, StoreWriter
@@ -187,17 +188,23 @@ def collect(
     fingerprint = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     meta["prompts"] = list(dict.fromkeys(prompt_list))[:100]  # the distinct prompts, for the record
 
-    writer = StoreWriter(store, meta, n, shard_size, fingerprint) if store is not None else None
+    rank, world = distributed.world() if store is not None else (0, 1)
+    main = None  # rank 0's writer of index.json in a distributed run
+    if world > 1:
+        writer, main = distributed.open_writer(store, meta, n, shard_size, fingerprint)
+    else:
+        writer = StoreWriter(store, meta, n, shard_size, fingerprint) if store is not None else None
     step = shard_size if writer is not None else n
     done = writer.done_ranges() if writer is not None else set()
+    todo = distributed.owned_shards(rank, world, n, step)
     point_info: dict[str, dict] = dict(writer.index["points"]) if writer is not None else {}
     memory: dict[str, list[torch.Tensor]] = {p: [] for p in names}
 
-    bar = tqdm(total=n, desc=f"collect {len(names)} points", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=sum(b - a for a, b in todo), desc=f"collect {len(names)} points" + (f" (rank {rank})" if world > 1 else ""),
+               unit="img", disable=not progress, leave=False)
     lm_side = any(model.target(p).side == "lm" for p in names)
     try:
-        for start in range(0, n, step):
-            stop = min(start + step, n)
+        for start, stop in todo:
             if (start, stop) in done:
                 bar.update(stop - start)
                 continue
@@ -224,9 +231,13 @@ def collect(
         if writer is not None:
             writer.discard_if_empty()  # a failed first shard leaves no store behind
             writer.close()  # the lock goes with the process anyway; release it for the next call in this one
+            if main is not None:
+                main.close()
         raise
     finally:
         bar.close()
+    if world > 1:
+        return distributed.finish(writer, main)
     if writer is not None:
         try:
             return writer.finish()

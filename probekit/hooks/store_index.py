@@ -31,8 +31,8 @@ from safetensors import safe_open
 
 from ..errors import StoreError
 
-__all__ = ["FORMAT", "VERSION", "INDEX", "LOCK", "HASH", "read_index", "read_shard", "shard_name",
-           "shard_fix", "tensor_hash", "validate_index"]
+__all__ = ["FORMAT", "VERSION", "INDEX", "LOCK", "HASH", "read_index", "read_shard", "shard_name", "part_name",
+           "lock_name", "is_lock", "shard_fix", "tensor_hash", "validate_index"]
 
 FORMAT = "probekit.activations"
 VERSION = 2  # 2: per-shard rows and hashes, canonical shard names; 1 had neither
@@ -40,6 +40,8 @@ INDEX = "index.json"
 LOCK = "write.lock"
 HASH = "xxh3_128"
 _SHARD = re.compile(r"shard-\d{5,}\.safetensors")
+PART = re.compile(r"index\.rank-\d{5}\.json")
+_RANK_LOCK = re.compile(r"write\.rank-\d{5}\.lock")
 _DTYPES = {str(t).replace("torch.", "") for t in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
 _REBUILD = "delete the directory and collect again"
 
@@ -47,6 +49,19 @@ _REBUILD = "delete the directory and collect again"
 def shard_name(start: int, shard_size: int) -> str:
     """The file of the shard starting at global row ``start``: the same for any number of writers."""
     return f"shard-{start // shard_size:05d}.safetensors"
+
+
+def part_name(rank: int) -> str:
+    """The index a rank of a distributed collection keeps of the shards it wrote, until rank 0 merges it."""
+    return f"index.rank-{rank:05d}.json"
+
+
+def lock_name(rank: int | None) -> str:
+    return LOCK if rank is None else f"write.rank-{rank:05d}.lock"
+
+
+def is_lock(name: str) -> bool:
+    return name == LOCK or bool(_RANK_LOCK.fullmatch(name))
 
 
 def shard_fix(directory: Path, number: int) -> str:
@@ -65,9 +80,9 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def read_index(directory: Path) -> dict:
-    """Read and validate ``directory/index.json``; raise :class:`StoreError` for anything off."""
-    path = directory / INDEX
+def read_index(directory: Path, name: str = INDEX) -> dict:
+    """Read and validate ``directory/index.json`` (or a rank's part index); raise :class:`StoreError` for anything off."""
+    path = directory / name
     if directory.exists() and not directory.is_dir():
         raise StoreError(f"{directory} is a file, not an activation store directory",
                          fix="pass the directory given to probekit.collect(..., store=DIR)")
