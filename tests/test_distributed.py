@@ -99,3 +99,33 @@ def test_distributed_scan_needs_a_store(tiny_model, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(InputError, match="needs store="):
         probekit.scan(tiny_model("llava"), tiny.fixture_images(8, 32), labels=[0, 1] * 4, cv=2, progress=False)
+
+
+def test_one_process_resumes_what_the_ranks_left(tiny_model, tmp_path, monkeypatch, one_thread):
+    """A part index left by a killed distributed run is merged by a later single-process collect."""
+    from probekit.hooks.store import StoreWriter
+
+    model, images = tiny_model("llava"), tiny.fixture_images(6, 32, seed=3)
+    args = dict(points="lm.0.resid", batch_size=2, shard_size=2, progress=False)
+    ref = probekit.collect(model, images, "x", store=tmp_path / "ref", **args)
+    index = json.loads((tmp_path / "ref" / "index.json").read_text())
+    meta, fp = {k: v for k, v in index["meta"].items() if k != "fingerprint"}, index["meta"]["fingerprint"]
+    d = tmp_path / "s"
+    StoreWriter(d, meta, 6, 2, fp).close()  # rank 0's set-up: an empty index.json
+    with StoreWriter(d, meta, 6, 2, fp, rank=1, world=2) as w1:  # rank 1 finished its shard 1, then died
+        assert w1.done_ranges() == set()
+        w1.write_shard(2, 4, {"lm.0.resid": ref["lm.0.resid"][2:4]}, index["points"])
+    assert sorted(f.name for f in d.iterdir()) == ["index.json", "index.rank-00001.json", "shard-00001.safetensors"]
+    calls = {"n": 0}
+    real = type(model).prepare
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(model, "prepare", counting)
+    again = probekit.collect(model, images, "x", store=d, **args)
+    assert calls["n"] == 2  # shards 0 and 2; shard 1 came from the part index
+    assert torch.equal(again["lm.0.resid"], ref["lm.0.resid"])
+    assert sorted(f.name for f in d.iterdir()) == sorted(f.name for f in (tmp_path / "ref").iterdir())
+    assert json.loads((d / "index.json").read_text())["shards"] == index["shards"]
