@@ -320,3 +320,36 @@ def test_checkpoint_with_truncated_weights(tiny_dir, tmp_path):
         probekit.load(d)
     assert type(info.value) is InputError
     assert "weights" in str(info.value) and "damaged" in str(info.value) and "How to fix" in str(info.value)
+
+
+_KILLED = r"""
+import os, signal, sys
+os.environ["HF_HUB_OFFLINE"] = "1"
+import torch; torch.set_num_threads(1)
+import probekit
+from probekit.models import tiny
+model = probekit.load(sys.argv[1])
+calls = {"n": 0}
+real = type(model).prepare
+def prepare(*a, **k):
+    calls["n"] += 1
+    if calls["n"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # mid-run, holding write.lock, no cleanup
+    return real(model, *a, **k)
+model.prepare = prepare
+probekit.collect(model, tiny.fixture_images(6, 32, seed=1), "x", store=sys.argv[2], points="lm.0.resid",
+                 batch_size=3, shard_size=3, progress=False)
+"""
+
+
+def test_kill_9_leaves_a_stale_lock_that_does_not_block_the_resume(llava, base, tiny_dir, tmp_path, monkeypatch):
+    d = tmp_path / "s"
+    res = subprocess.run([sys.executable, "-c", _KILLED, tiny_dir("llava"), str(d)], capture_output=True, text=True,
+                         timeout=240)
+    assert res.returncode == -9, res.stderr[-2000:]
+    assert (d / "write.lock").exists()  # the kernel dropped the lock; the file stays
+    assert [s["file"] for s in json.loads((d / "index.json").read_text())["shards"]] == ["shard-00000.safetensors"]
+    calls = count_forwards(llava, monkeypatch)
+    again = probekit.collect(llava, images(), "x", store=d, **ARGS)
+    assert calls["n"] == 1 and torch.equal(again["lm.0.resid"], base[1])
+    assert sorted(f.name for f in d.iterdir()) == ["index.json", "shard-00000.safetensors", "shard-00001.safetensors"]

@@ -130,7 +130,10 @@ def collect(
         positions: a selector (``"last"``, ``"image_mean"``, ``"image"``, ``"text"``, int, slice,
             callable) or a tuple of them; a tuple stores ``[n, p, d]`` per point.
         store: None keeps everything in memory; a directory streams safetensors shards there and
-            resumes an interrupted collection into the same directory.
+            resumes an interrupted collection into the same directory (finished shards are
+            checked, damaged ones recomputed). Under torchrun (``WORLD_SIZE`` > 1) the ranks
+            split the shards between them and every rank returns the merged store (see
+            :mod:`probekit.hooks.distributed`); without a store each rank collects everything.
         batch_size: images per forward pass.
         backend: ``"torch"`` (plain forward hooks), ``"nnsight"`` or ``"transformer_lens"``; all
             give the same numbers.
