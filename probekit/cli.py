@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--positions", default="last,image_mean", help='comma-separated positions (default "last,image_mean")')
     s.add_argument("--out", default="report.html", help="HTML report to write (default report.html)")
     s.add_argument("--json", default=None, help="also write the report as JSON here")
+    s.add_argument("--store", default=None,
+                   help="stream activations to this directory (resumable; needed under torchrun, where the ranks split the images)")
     s.add_argument("--cv", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=8)
@@ -93,7 +95,9 @@ def _scan(args: argparse.Namespace) -> int:
     model = probekit.load(args.model, device=args.device, dtype=args.dtype)
     report = probekit.scan(model, args.images, labels=args.labels, prompt=args.prompt, targets=args.targets,
                            points=[p.strip() for p in args.points.split(",")], positions=_positions(args.positions),
-                           cv=args.cv, seed=args.seed, batch_size=args.batch_size)
+                           cv=args.cv, seed=args.seed, batch_size=args.batch_size, store=args.store)
+    if report is None:  # a rank other than 0 of a distributed scan: rank 0 writes the report
+        return 0
     report.save(args.out)
     if args.json:
         Path(args.json).write_text(report.to_json())

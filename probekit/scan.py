@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from .data.sources import resolve_images
 from .errors import InputError
+from .hooks import distributed
 from .hooks.collect import as_model, check_prompts, collect
 from .hooks.positions import Position, normalize_positions, position_name
 
@@ -37,7 +38,7 @@ def scan(
     label_column: str | None = None,
     store: str | None = None,
     progress: bool = True,
-) -> "ScanReport":
+) -> "ScanReport | None":
     """Measure, per layer, what a VLM's hidden states reveal about its images.
 
     Args:
@@ -53,7 +54,9 @@ def scan(
         points, positions: what to record (see :func:`probekit.collect`).
         groups: samples sharing a group (e.g. the same watermark string) never straddle train and test.
         topk: k of the output-only probes (None: skip them).
-        store: a directory to stream activations to (resumable), else memory.
+        store: a directory to stream activations to (resumable), else memory. Under torchrun
+            (``WORLD_SIZE`` > 1) it is required: the ranks split the images into its shards, and
+            rank 0 alone fits the probes and returns the report (None on the other ranks).
 
     Without labels and targets the report holds the logit-lens read-out of every layer at the
     chosen positions (top tokens) and says that no labels were given.
@@ -90,6 +93,10 @@ def scan(
             raise InputError(f"{name} must be an int >= {low}, got {value!r}", fix=f"e.g. {name}={example}")
     if src.labels is not None:
         check_labels(src.labels, n, groups, cv=cv, seed=seed)
+    rank, world = distributed.world()
+    if world > 1 and store is None:
+        raise InputError(f"a distributed scan (WORLD_SIZE={world}) needs store=, a directory every rank can write",
+                         fix="pass store=DIR (probekit scan --store DIR); the ranks split the images into its shards")
     record = list(names)
     if (src.labels is not None and topk) and "logits" not in record:
         record.append("logits")
@@ -101,6 +108,8 @@ def scan(
 
     acts = collect(model, src.images, prompts, points=record, positions=pos_list, batch_size=batch_size,
                    store=store, progress=progress)
+    if rank != 0:  # probes and report run once, on rank 0 (see probekit.hooks.distributed)
+        return None
 
     notes: list[str] = []
     lens_table = target_table = None

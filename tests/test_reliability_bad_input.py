@@ -433,7 +433,7 @@ def _edit_index(store: Path, edit) -> None:
 
 
 @pytest.mark.parametrize("damage, words", [
-    (lambda s: _edit_index(s, lambda i: i.update(version=2)), ["format version 2", "reads up to 1", "upgrade"]),
+    (lambda s: _edit_index(s, lambda i: i.update(version=3)), ["format version 3", "reads up to 2", "upgrade"]),
     (lambda s: _edit_index(s, lambda i: i.update(version="two")), ["version", "'two'"]),
     (lambda s: (s / "index.json").write_text('{"format": "probekit.activ'), ["index.json is corrupt"]),
     (lambda s: (s / "index.json").write_bytes(b"\xff\xfe\x00garbage"), ["index.json is corrupt"]),

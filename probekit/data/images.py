@@ -19,8 +19,27 @@ __all__ = ["check_images", "to_pil", "images_digest", "image_hashes"]
 ImageLike = Any  # PIL.Image.Image | str | os.PathLike | np.ndarray | torch.Tensor
 
 
+# modes whose pixels convert("RGB") clips to 8 bits without scaling: a 16-bit scan would come out white
+_WIDE_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N", "I;32", "I;32B", "I;32L")
+
+
+def _check_pil(im: Image.Image, what: str) -> None:
+    if im.width == 0 or im.height == 0:
+        raise ImageError(f"{what} is {im.width}x{im.height} pixels (empty)", fix="remove it or pass the real image")
+    if im.mode in _WIDE_MODES:
+        raise ImageError(f"{what} has {im.mode} pixels (more than 8 bits per channel), which convert to RGB "
+                         "clipped, not scaled",
+                         fix="scale it to 8 bits first, e.g. Image.fromarray((np.asarray(im) / 257).astype(np.uint8))")
+
+
 def _check_one(x: ImageLike, i: int) -> None:
     if isinstance(x, Image.Image):
+        try:
+            x.load()  # a lazily opened file may be truncated; find out now, not mid-collection
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"image {i} (a PIL image) cannot be decoded ({exc})",
+                             fix="re-open or replace that image file") from exc
+        _check_pil(x, f"image {i}")
         return
     if isinstance(x, (str, os.PathLike)):
         p = Path(x)
@@ -31,6 +50,12 @@ def _check_one(x: ImageLike, i: int) -> None:
                 im.verify()  # checks the structure (PNG chunk checksums, ...)
             with Image.open(p) as im:
                 im.load()  # decodes: verify() does not notice a truncated JPEG
+                _check_pil(im, f"image {i} ({str(p)!r})")
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"image {i}: file {str(p)!r} declares more pixels than PIL will decode ({exc})",
+                             fix="downscale the file, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it") from exc
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"image {i}: file {str(p)!r} is not a readable image ({exc})",
                              fix="remove or replace that file") from exc
@@ -41,9 +66,17 @@ def _check_one(x: ImageLike, i: int) -> None:
         if not ok:
             raise ImageError(f"image {i}: array of shape {shape} is not an image",
                              fix="pass HxW, HxWxC or CxHxW (C in 1, 3, 4) arrays, one image per item")
+        if isinstance(x, np.ndarray) and x.dtype.kind not in "buif":
+            raise ImageError(f"image {i}: array of dtype {x.dtype} holds no pixel values",
+                             fix="pass numeric arrays (uint8 0..255 or float 0..1)")
+        if 0 in shape:
+            raise ImageError(f"image {i}: array of shape {shape} has no pixels", fix="remove it or pass the real image")
         arr = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
         if not np.isfinite(arr).all():
             raise ImageError(f"image {i}: array holds NaN or inf", fix="clean the pixel values")
+        if arr.max() > 255:
+            raise ImageError(f"image {i}: pixel values reach {arr.max():g}, above 255 (a 16-bit image?)",
+                             fix="scale to uint8 0..255 or float 0..1")
         return
     raise ImageError(f"image {i} has type {type(x).__name__}, which probekit cannot read",
                      fix="pass PIL images, file paths, numpy arrays (HxWxC) or tensors (CxHxW)")

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from ..data.images import check_images, image_hashes, images_digest, to_pil
 from ..errors import InputError
 from ..models.adapter import Model
+from . import distributed
 from .backends import check_backend, run_backend
 from .positions import Position, PositionContext, normalize_positions, position_name, select, select_vision
 from .store import ActivationStore, StoreWriter
@@ -34,11 +35,26 @@ def as_model(model: Any, processor: Any = None) -> Model:
     return wrap(model, processor)
 
 
-def check_prompts(prompts: str | Sequence[str] | None, n: int) -> list[str]:
+def image_token(model: Model) -> str | None:
+    """The text of the model's image placeholder token (``"<image>"``), if it has one."""
+    tok = getattr(model.processor, "image_token", None)
+    if isinstance(tok, str) and tok:
+        return tok
+    tokenizer = getattr(model.processor, "tokenizer", None)
+    if model.image_token_id is not None and tokenizer is not None:
+        tok = tokenizer.convert_ids_to_tokens(model.image_token_id)
+        return tok if isinstance(tok, str) and tok else None
+    return None
+
+
+def check_prompts(prompts: str | Sequence[str] | None, n: int, image_token: str | None = None) -> list[str]:
+    """One prompt per image; a prompt must not hold the image token (probekit inserts it, once per image)."""
     if prompts is None:
         return [DEFAULT_PROMPT] * n
     if isinstance(prompts, str):
-        return [prompts] * n
+        prompts = [prompts]
+        _no_image_token(prompts, image_token)
+        return prompts * n
     if isinstance(prompts, Mapping) or not isinstance(prompts, Iterable):
         raise InputError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}",
                          fix="pass one prompt per image, or a single string used for all")
@@ -49,7 +65,15 @@ def check_prompts(prompts: str | Sequence[str] | None, n: int) -> list[str]:
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise InputError(f"prompt {i} is a {type(p).__name__}, not a string", fix="pass prompts as strings")
+    _no_image_token(prompts, image_token)
     return prompts
+
+
+def _no_image_token(prompts: list[str], token: str | None) -> None:
+    for i, p in enumerate(prompts):
+        if token and token in p:
+            raise InputError(f"prompt {i} already contains the image token {token!r}: {p[:80]!r}",
+                             fix=f"pass the question alone; probekit places {token!r} itself, once per image")
 
 
 def _reducer(model: Model, positions: list[Position], many: bool, ctx: PositionContext, inputs: dict,
@@ -107,7 +131,10 @@ def collect(
         positions: a selector (``"last"``, ``"image_mean"``, ``"image"``, ``"text"``, int, slice,
             callable) or a tuple of them; a tuple stores ``[n, p, d]`` per point.
         store: None keeps everything in memory; a directory streams safetensors shards there and
-            resumes an interrupted collection into the same directory.
+            resumes an interrupted collection into the same directory (finished shards are
+            checked, damaged ones recomputed). Under torchrun (``WORLD_SIZE`` > 1) the ranks
+            split the shards between them and every rank returns the merged store (see
+            :mod:`probekit.hooks.distributed`); without a store each rank collects everything.
         batch_size: images per forward pass.
         backend: ``"torch"`` (plain forward hooks), ``"nnsight"`` or ``"transformer_lens"``; all
             give the same numbers.
@@ -132,7 +159,7 @@ def collect(
     model = as_model(model, processor)
     items = check_images(images)
     n = len(items)
-    prompt_list = check_prompts(prompts, n)
+    prompt_list = check_prompts(prompts, n, image_token(model))
     names = model.resolve(points)
     pos_list, many = normalize_positions(positions)
     check_backend(backend, model)
@@ -168,17 +195,23 @@ def collect(
     # fitted on this store keeps them and evaluate() refuses to grade it on the same images
     meta["image_hashes"] = image_hashes(items)
 
-    writer = StoreWriter(store, meta, n, shard_size, fingerprint) if store is not None else None
+    rank, world = distributed.world() if store is not None else (0, 1)
+    main = None  # rank 0's writer of index.json in a distributed run
+    if world > 1:
+        writer, main = distributed.open_writer(store, meta, n, shard_size, fingerprint)
+    else:
+        writer = StoreWriter(store, meta, n, shard_size, fingerprint) if store is not None else None
     step = shard_size if writer is not None else n
     done = writer.done_ranges() if writer is not None else set()
+    todo = distributed.owned_shards(rank, world, n, step)
     point_info: dict[str, dict] = dict(writer.index["points"]) if writer is not None else {}
     memory: dict[str, list[torch.Tensor]] = {p: [] for p in names}
 
-    bar = tqdm(total=n, desc=f"collect {len(names)} points", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=sum(b - a for a, b in todo), desc=f"collect {len(names)} points" + (f" (rank {rank})" if world > 1 else ""),
+               unit="img", disable=not progress, leave=False)
     lm_side = any(model.target(p).side == "lm" for p in names)
     try:
-        for start in range(0, n, step):
-            stop = min(start + step, n)
+        for start, stop in todo:
             if (start, stop) in done:
                 bar.update(stop - start)
                 continue
@@ -204,11 +237,19 @@ def collect(
     except BaseException:
         if writer is not None:
             writer.discard_if_empty()  # a failed first shard leaves no store behind
+            writer.close()  # the lock goes with the process anyway; release it for the next call in this one
+            if main is not None:
+                main.close()
         raise
     finally:
         bar.close()
+    if world > 1:
+        return distributed.finish(writer, main)
     if writer is not None:
-        return writer.finish()
+        try:
+            return writer.finish()
+        finally:
+            writer.close()
     return ActivationStore({p: torch.cat(v) for p, v in memory.items()}, meta=meta, point_info=point_info)
 
 

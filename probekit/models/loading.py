@@ -47,6 +47,14 @@ def check_device(device: str | torch.device | None) -> None:
         raise InputError(f"device {device!r} is not available", fix="use device='cpu'")
 
 
+def rank_device(device: str | torch.device | None) -> str | torch.device | None:
+    """Plain ``"cuda"`` under torchrun means this process's GPU, ``cuda:LOCAL_RANK``, not GPU 0 for every rank."""
+    local = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local is not None and local.isdigit():
+        return f"cuda:{int(local)}"
+    return device
+
+
 def wrap(hf_model: nn.Module, processor: Any, family: str | None = None) -> Model:
     """Wrap an already-loaded Hugging Face VLM and its processor.
 
@@ -122,6 +130,7 @@ def load(
         raise InputError(f"load() takes a path or hub id, got {type(path_or_id).__name__}",
                          fix="for an already-loaded model use probekit.wrap(model, processor)")
     dt = _dtype(dtype)
+    device = rank_device(device)
     if device_map is None:
         check_device(device)
     src = str(path_or_id)
@@ -142,9 +151,14 @@ def load(
         kwargs["dtype"] = dt
     if device_map is not None:
         kwargs["device_map"] = device_map
+    from safetensors import SafetensorError
+
     try:
         hf = _model_class(config).from_pretrained(src, **kwargs)
         processor = load_processor(src)
+    except SafetensorError as exc:  # a truncated or overwritten weights file
+        raise InputError(f"the weights of {src!r} are damaged: {exc}",
+                         fix="copy or download the checkpoint again (the .safetensors files are incomplete)") from exc
     except (OSError, ValueError, KeyError, ImportError) as exc:
         raise UnsupportedModelError(f"transformers could not load {src!r}: {exc}",
                                     fix="check that the checkpoint is an image-text model supported by transformers") from exc
