@@ -11,7 +11,8 @@ Example:
     ...     "accuracy": [0.55, 0.93], "accuracy_lo": [0.50, 0.90], "accuracy_hi": [0.60, 0.95],
     ...     "chance": 0.5})
     >>> report = ScanReport(table, settings={"model": "tiny-llava"})
-    >>> print(report.summary().splitlines()[0])
+    >>> print("\n".join(report.summary().splitlines()[:2]))
+    Leakage detected at 1 of 2 points (first at lm.1.resid @ last)
     Most leakage: lm.1.resid @ last, accuracy 0.93 [0.90, 0.95] vs chance 0.50.
     >>> ScanReport.from_json(report.to_json()) == report
     True
@@ -34,8 +35,9 @@ import pandas as pd
 
 from . import plots
 from .errors import InputError, StoreError
+from .readout.significance import ALPHA, add_verdicts, difference_p_values, holm
 
-__all__ = ["ScanReport", "Comparison", "compare"]
+__all__ = ["ScanReport", "Comparison", "compare", "verdict", "mi_headline"]
 
 FIGURE_KINDS = ("leakage", "mi", "heatmap", "lens", "targets")
 _FORMAT = 1  # version of the JSON layout written by to_json
@@ -225,6 +227,12 @@ def _atomic_write(path: str | os.PathLike, text: str) -> Path:
     return p
 
 
+def _summary_div(text: str, bold: int = 1) -> str:
+    """The summary box of a page; its first ``bold`` lines (the verdicts) in bold."""
+    lines = [f"<b>{_e(x)}</b>" if i < bold else _e(x) for i, x in enumerate(text.splitlines())]
+    return f'<div class="summary">{"<br>".join(lines)}</div>'
+
+
 def _umask() -> int:
     mask = os.umask(0o022)  # the only portable way to read it is to set it and put it back
     os.umask(mask)
@@ -265,6 +273,85 @@ def _best(table: pd.DataFrame, metric: str = "accuracy") -> dict | None:
     res = res.assign(_o=[order[p] for p in res.point], _mi=res["mi_bits"] if "mi_bits" in res else 0.0)
     res = res.sort_values([metric, "_mi", "_o"], ascending=[False, False, True], na_position="last")
     return res.iloc[0].to_dict()
+
+
+# ---------------------------------------------------------------- verdicts
+
+_NO_LEAK = ("No leakage detected at any of {m} points "
+            "(every interval includes chance; MI bound <= permutation floor)")
+
+
+def _tested(table: pd.DataFrame | None) -> pd.DataFrame:
+    """Rows that were tested, with ``p_adjusted``/``leaks`` over exactly these rows (Holm)."""
+    if table is None or table.empty or "accuracy" not in table.columns:
+        return pd.DataFrame()
+    t = plots._normalise(add_verdicts(table))
+    return t[t["p_value"].notna()]
+
+
+def _forward(t: pd.DataFrame) -> pd.DataFrame:
+    """Rows in forward order: residual points from the input on, output-logit rows last."""
+    order = {p: i for i, p in enumerate(plots.point_order(t.point))}
+    return t.assign(_s=(t.source != "residual").astype(int), _o=[order[p] for p in t.point]).sort_values(
+        ["_s", "_o"], kind="stable").drop(columns=["_s", "_o"])
+
+
+def verdict(table: pd.DataFrame | None) -> str:
+    """The first line of every report: is there leakage, after correcting for all points tested?
+
+    ``"Leakage detected at N of M points (first at <point> @ <position>)"`` or ``"No leakage
+    detected at any of M points (every interval includes chance; MI bound <= permutation
+    floor)"``. M counts every row tested (each point × position × source); a row leaks when
+    its Holm-adjusted p-value is below 0.05 and its MI bound exceeds the permuted-label floor
+    (:mod:`probekit.readout.significance`). "First" is the earliest leaking point in the
+    forward pass.
+
+    Example:
+        >>> import pandas as pd
+        >>> t = pd.DataFrame({"point": ["lm.0.resid", "lm.1.resid"], "position": "last",
+        ...     "accuracy": [0.52, 0.55], "accuracy_lo": [0.45, 0.48], "accuracy_hi": [0.59, 0.62], "chance": 0.5})
+        >>> verdict(t)
+        'No leakage detected at any of 2 points (every interval includes chance; MI bound <= permutation floor)'
+    """
+    t = _tested(table)
+    if t.empty:
+        return "Nothing tested: the table has no probe accuracy."
+    hits = _forward(t[t["leaks"]])
+    if hits.empty:
+        return _NO_LEAK.format(m=len(t))
+    first = hits.iloc[0]
+    return f"Leakage detected at {len(hits)} of {len(t)} points (first at {plots.where(first.point, first.position)})"
+
+
+def mi_headline(rec: dict) -> str:
+    """An MI bound for a headline: ``0.12 [0.08, 0.16]``, or ``0 (no evidence)`` when below 0.
+
+    A negative held-out bound is the estimator's own error, not negative information; the
+    table keeps the raw value.
+
+    >>> mi_headline({"mi_bits": -0.031, "mi_lo": -0.06, "mi_hi": 0.0}), mi_headline({"mi_bits": 0.2})
+    ('0 (no evidence)', '0.20')
+    """
+    v = rec.get("mi_bits")
+    if v is None or not np.isfinite(float(v)) or float(v) > 0:
+        return _ci(rec, "mi_bits")
+    return "0 (no evidence)"
+
+
+def _difference_verdict(table: pd.DataFrame, label: str) -> str:
+    """Verdict on tuned − base: Holm over the rows on the two-sided normal p-value of each difference."""
+    t = plots._normalise(table)
+    p = difference_p_values(t["diff"], t["diff_lo"], t["diff_hi"])
+    t = t.assign(_p=holm(p))
+    t = t[np.isfinite(p)]
+    if t.empty:
+        return f"{label}: no difference with a CI to test"
+    hits = _forward(t[t._p < ALPHA])
+    if hits.empty:
+        return f"{label}: no change detected at any of {len(t)} points (every interval of the difference includes 0)"
+    first = hits.iloc[0]
+    return (f"{label}: change detected at {len(hits)} of {len(t)} points "
+            f"(first at {plots.where(first.point, first.position)})")
 
 
 # ---------------------------------------------------------------- the report
@@ -368,41 +455,47 @@ class ScanReport:
     # ---- words
 
     def summary(self) -> str:
-        """Three lines: where it leaks most, how much (accuracy and MI with CIs), the controls."""
+        """Four lines: the verdict (:func:`verdict`), where it leaks most (or the highest, not
+        significant, accuracy), the MI bound there, the controls and the test used."""
         best = _best(self.table)
         if best is None:
             lines = [n for n in self.notes[:1]] or ["No labels were given: there is no leakage table."]
             lines += self._lens_lines()
             return "\n".join((lines + ["", ""])[:3]).rstrip("\n")
         f = plots._fmt
-        line1 = (f"Most leakage: {plots.where(best['point'], best['position'])}, "
-                 f"accuracy {_ci(best, 'accuracy')} vs chance {f(best.get('chance'))}.")
+        tested = _tested(self.table)
+        leaking = tested[tested["leaks"]] if not tested.empty else tested
+        if len(leaking):
+            best = _best(leaking)
+            line2 = (f"Most leakage: {plots.where(best['point'], best['position'])}, "
+                     f"accuracy {_ci(best, 'accuracy')} vs chance {f(best.get('chance'))}.")
+        else:
+            adj = tested.set_index(["point", "position", "source"])["p_adjusted"] if not tested.empty else None
+            key = (best["point"], plots._position_name(best["position"]), best.get("source", "residual"))
+            p = f"; adjusted p {f(adj.get(key), 2)}" if adj is not None and key in adj.index else ""
+            line2 = (f"Highest accuracy (not significant{p}): {plots.where(best['point'], best['position'])}, "
+                     f"{_ci(best, 'accuracy')} vs chance {f(best.get('chance'))}.")
         if "mi_bits" in best and pd.notna(best.get("mi_bits")):
-            line2 = (f"Mutual information there: at least {_ci(best, 'mi_bits')} bits of "
+            line3 = (f"Mutual information there: at least {mi_headline(best)} bits of "
                      f"H(Y) = {f(best.get('entropy_bits'))} bits (held-out probe lower bound).")
         else:
-            line2 = f"{int(best['n']) if pd.notna(best.get('n', np.nan)) else '?'} samples; no MI estimate in the table."
+            line3 = f"{int(best['n']) if pd.notna(best.get('n', np.nan)) else '?'} samples; no MI estimate in the table."
         ctx = []
         if pd.notna(best.get("mi_perm_bits", np.nan)):
             ctx.append(f"permuted-label floor {f(best['mi_perm_bits'], 3)} bits")
         if pd.notna(best.get("control_accuracy", np.nan)):
             ctx.append(f"control-task accuracy {f(best['control_accuracy'])} (selectivity {f(best.get('selectivity'))})")
-        first = self._first_significant()
-        if first:
-            ctx.append(f"first point whose CI clears chance: {first}")
-        line3 = ("Context: " + "; ".join(ctx) + ".") if ctx else "No control task or permutation floor in the table."
-        return "\n".join([line1, line2, line3])
-
-    def _first_significant(self) -> str | None:
-        t = self.table
-        if not {"accuracy_lo", "chance"} <= set(t.columns):
-            return None
-        t = plots._normalise(t)
-        t = t[(t.source == "residual") & (t.accuracy_lo > t.chance)]
-        if t.empty:
-            return None
-        first = plots.point_order(t.point)[0]
-        return plots.where(first, t[t.point == first].position.iloc[0])
+        if not tested.empty:
+            ctx.append(f"one-sided test per point vs chance, Holm-corrected over {len(tested)} points at {ALPHA:g}")
+            raw = int((tested.accuracy_lo > tested.chance).sum()) if "accuracy_lo" in tested else 0
+            if not len(leaking) and raw:
+                ctx.append(f"{raw} of {len(tested)} uncorrected 95% intervals clear chance, as chance alone "
+                           f"produces across {len(tested)} tests")
+            weak = int(((tested.p_adjusted < ALPHA) & ~tested.leaks).sum())
+            if weak:
+                ctx.append(f"{weak} points beat chance on accuracy but their MI bound is not above the floor")
+        line4 = ("Context: " + "; ".join(ctx) + ".") if ctx else "No control task or permutation floor in the table."
+        return "\n".join([verdict(self.table), line2, line3, line4])
 
     def _lens_lines(self) -> list[str]:
         if not self._has("lens"):
@@ -473,7 +566,7 @@ class ScanReport:
     def to_html(self) -> str:
         """The page :meth:`save` writes, as a string."""
         model = self.settings.get("model", "model")
-        body = [f'<div class="summary">{"<br>".join(_e(x) for x in self.summary().splitlines())}</div>']
+        body = [_summary_div(self.summary())]
         if self.notes:
             body.append('<div class="notes"><b>Notes</b><ul>' + "".join(f"<li>{_e(n)}</li>" for n in self.notes)
                         + "</ul></div>")
@@ -554,8 +647,18 @@ class Comparison:
         """Both curves with CIs and, below, the difference (tuned − base) with its CI."""
         return plots.compare_curves(self.base.table, self.tuned.table, metric or self.metric, self.names)
 
+    def verdicts(self) -> list[str]:
+        """Three verdict lines: on each model (:func:`verdict`) and on the difference (Holm)."""
+        nb, nt = self.names
+        return [f"{nb}: {verdict(self.base.table)}", f"{nt}: {verdict(self.tuned.table)}",
+                _difference_verdict(self.table, f"{nt} − {nb} ({plots._SHORT.get(self.metric, self.metric)})")]
+
     def summary(self) -> str:
-        """Three lines: the largest change, how many rows changed significantly, the peaks."""
+        """Six lines: the three :meth:`verdicts`, then the largest change, how many rows'
+        uncorrected CIs of the difference exclude 0, the peaks."""
+        return "\n".join(self.verdicts() + self._change_lines().splitlines())
+
+    def _change_lines(self) -> str:
         m, (nb, nt) = self.metric, self.names
         t = plots._normalise(self.table)
         res = t[t.source == "residual"] if (t.source == "residual").any() else t
@@ -573,7 +676,7 @@ class Comparison:
                  f"{val(big, 'tuned')} ({nt}), difference {plots.fmt_ci(big['diff'], big['diff_lo'], big['diff_hi'])}.")
         ok = res["diff_lo"].notna() & res["diff_hi"].notna()
         down, up = int((ok & (res.diff_hi < 0)).sum()), int((ok & (res.diff_lo > 0)).sum())
-        line2 = (f"The 95% CI of the difference excludes 0 at {down + up} of {int(ok.sum())} rows "
+        line2 = (f"The uncorrected 95% CI of the difference excludes 0 at {down + up} of {int(ok.sum())} rows "
                  f"({down} lower in {nt}, {up} higher).")
         peaks = [f"{name} {self._peak(rep, m)}" for name, rep in ((nb, self.base), (nt, self.tuned))]
         chance = res.get("chance_base")
@@ -584,7 +687,9 @@ class Comparison:
     @staticmethod
     def _peak(report: ScanReport, metric: str) -> str:
         b = _best(report.table, metric)
-        return "–" if b is None else f"{plots.where(b['point'], b['position'])} {_ci(b, metric)}"
+        if b is None:
+            return "–"
+        return f"{plots.where(b['point'], b['position'])} {mi_headline(b) if metric == 'mi_bits' else _ci(b, metric)}"
 
     def _rows(self) -> tuple[list[dict], list[tuple[str, str]], list[str]]:
         m = self.metric
@@ -606,7 +711,7 @@ class Comparison:
     def to_html(self) -> str:
         """The page :meth:`save` writes, as a string."""
         nb, nt = self.names
-        body = [f'<div class="summary">{"<br>".join(_e(x) for x in self.summary().splitlines())}</div>']
+        body = [_summary_div(self.summary(), bold=3)]
         metrics = [self.metric] + [m for m in ("accuracy", "mi_bits") if m != self.metric
                                    and f"{m}_diff" in self.table.columns]
         for m in metrics:
