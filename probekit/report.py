@@ -8,12 +8,11 @@ model and its fine-tuned version) row by row into a :class:`Comparison`.
 Example:
     >>> import pandas as pd
     >>> table = pd.DataFrame({"point": ["lm.0.resid", "lm.1.resid"], "position": "last",
-    ...     "accuracy": [0.55, 0.93], "accuracy_lo": [0.50, 0.90], "accuracy_hi": [0.60, 0.95],
+    ...     "accuracy": [0.52, 0.93], "accuracy_lo": [0.47, 0.90], "accuracy_hi": [0.57, 0.95],
     ...     "chance": 0.5})
     >>> report = ScanReport(table, settings={"model": "tiny-llava"})
-    >>> print("\n".join(report.summary().splitlines()[:2]))
-    Leakage detected at 1 of 2 points (first at lm.1.resid @ last)
-    Most leakage: lm.1.resid @ last, accuracy 0.93 [0.90, 0.95] vs chance 0.50.
+    >>> report.summary().splitlines()[:2]  # the verdict, then where it leaks most
+    ['Leakage detected at 1 of 2 points (first at lm.1.resid @ last)', 'Most leakage: lm.1.resid @ last, accuracy 0.93 [0.90, 0.95] vs chance 0.50.']
     >>> ScanReport.from_json(report.to_json()) == report
     True
 """
@@ -476,7 +475,9 @@ class ScanReport:
             line2 = (f"Highest accuracy (not significant{p}): {plots.where(best['point'], best['position'])}, "
                      f"{_ci(best, 'accuracy')} vs chance {f(best.get('chance'))}.")
         if "mi_bits" in best and pd.notna(best.get("mi_bits")):
-            line3 = (f"Mutual information there: at least {mi_headline(best)} bits of "
+            mi = mi_headline(best)
+            mi = mi if mi.startswith("0 (") else f"at least {mi} bits"  # "at least 0" would claim nothing
+            line3 = (f"Mutual information there: {mi} of "
                      f"H(Y) = {f(best.get('entropy_bits'))} bits (held-out probe lower bound).")
         else:
             line3 = f"{int(best['n']) if pd.notna(best.get('n', np.nan)) else '?'} samples; no MI estimate in the table."

@@ -75,9 +75,10 @@ def test_independent_labels_give_no_information():
 
 def test_null_mi_interval_is_calibrated():
     """Held-out null calibration: n=300, labels independent of X, 60 draws (6 label sets x 10
-    points of independent noise). The 95% MI interval must contain 0 in >= 90% of draws; it
-    did in 77% of these (79% of 300) when the bootstrap recomputed H(Y) on each resample,
-    the rest lying entirely below 0. Independent labels also never leak after Holm."""
+    points of independent noise). The 95% MI interval must contain 0 in >= 90% of draws: it
+    does in 98% of these (96% of 300 draws); it did in 83% (79% of 300) when the bootstrap
+    recomputed H(Y) on each resample, the rest lying entirely below 0. Independent labels
+    also never leak after Holm."""
     draws = []
     for r in range(6):
         g = torch.Generator().manual_seed(100 + r)

@@ -361,7 +361,7 @@ def test_null_reads_as_null():
     assert lines[0] == NO_LEAK.format(20)
     assert lines[1].startswith("Highest accuracy (not significant; adjusted p 0.2") and "lm.7.resid @ last" in lines[1]
     assert "Most leakage" not in r.summary()
-    assert "at least 0 (no evidence) bits" in lines[2] and "-0.03" not in lines[2]
+    assert lines[2].startswith("Mutual information there: 0 (no evidence) of H(Y) = 1.00 bits") and "-0.03" not in lines[2]
     assert "1 of 20 uncorrected 95% intervals clear chance" in lines[3]
     assert (r.table.mi_bits == -0.031).all()  # the raw bound stays in the table
     html = r.to_html()
