@@ -150,7 +150,7 @@ def _html_table(rows: list[dict], columns: Sequence[tuple[str, str]], numeric: S
 
 def _leakage_rows(table: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str]], list[str]]:
     """The leakage table with each estimate and its CI in one cell: ``0.93 [0.90, 0.95]``."""
-    t = plots._normalise(table)
+    t = plots._normalise(add_verdicts(table) if "accuracy" in table.columns else table)
     t = t.iloc[np.argsort([plots.point_order(t.point).index(p) for p in t.point], kind="stable")]
     f = plots._fmt
     rows = []
@@ -165,15 +165,25 @@ def _leakage_rows(table: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str]
             "mi_perm_bits": f(rec.get("mi_perm_bits"), 3),
             "control_accuracy": f(rec.get("control_accuracy")),
             "selectivity": f(rec.get("selectivity")),
+            "p_adjusted": _p(rec.get("p_adjusted")),
+            "leaks": "yes" if rec.get("leaks") is True or rec.get("leaks") == 1 else "",
         })
     columns = [("point", "hook point"), ("position", "position"), ("source", "source"), ("n", "n"),
                ("accuracy", "accuracy [95% CI]"), ("chance", "chance"), ("mi_bits", "MI bits [95% CI]"),
                ("entropy_bits", "H(Y) bits"), ("mi_perm_bits", "floor (permuted) bits"),
-               ("control_accuracy", "control acc."), ("selectivity", "selectivity")]
+               ("control_accuracy", "control acc."), ("selectivity", "selectivity"),
+               ("p_adjusted", "p (Holm)"), ("leaks", "leaks")]
     present = [c for c in columns if c[0] in ("point", "position") or c[0] in t.columns]
     if set(t.source) == {"residual"}:
         present = [c for c in present if c[0] != "source"]
     return rows, present, [c for c, _ in present if c not in ("point", "position", "source")]
+
+
+def _p(v: Any) -> str:
+    """A p-value for a table cell: 3 significant digits, ``<1e-6`` below that."""
+    if v is None or not np.isfinite(float(v)):
+        return ""
+    return "<1e-6" if float(v) < 1e-6 else f"{float(v):.3g}"
 
 
 def _raw_table(df: pd.DataFrame) -> str:
@@ -610,7 +620,7 @@ class ScanReport:
             key = {(r["point"], r["position"], r["source"]): i for i, r in enumerate(rows)}
             t = plots._normalise(self.table).sort_values("accuracy", ascending=False).head(5)
             top = [rows[key[(p, q, s)]] for p, q, s in zip(t.point, t.position, t.source)]
-            parts.append(f"<p>Most leaking rows ({len(top)} of {len(rows)}); <code>.table</code> has them all:</p>"
+            parts.append(f"<p>Rows with the highest accuracy ({len(top)} of {len(rows)}); <code>.table</code> has them all:</p>"
                          + _html_table(top, cols, num))
         return "<div>" + "\n".join(parts) + "</div>"
 

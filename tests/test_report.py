@@ -388,6 +388,11 @@ def test_verdict_corrects_for_points_and_needs_the_floor():
     t.loc[12, "mi_bits"] = -0.02
     assert verdict(t) == "Leakage detected at 1 of 20 points (first at lm.15.resid @ last)"
     assert "1 points beat chance on accuracy but their MI bound is not above the floor" in ScanReport(t).summary()
+    from probekit.report import _leakage_rows
+
+    rows, cols, _ = _leakage_rows(t)  # the HTML leakage table shows the verdict per row
+    assert ("p_adjusted", "p (Holm)") in cols and [r["point"] for r in rows if r["leaks"] == "yes"] == ["lm.15.resid"]
+    assert rows[15]["p_adjusted"] == "<1e-6" and float(rows[7]["p_adjusted"]) > 0.05
     assert holm(np.array([0.01, 0.04, 0.03, np.nan])).tolist()[:3] == pytest.approx([0.03, 0.06, 0.06])
 
 
