@@ -112,7 +112,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
 
 
 def print_summary(res: dict) -> None:
-    from ..report import mi_headline
+    from ..verdict import mi_headline
 
     b, s = res["best"], res["base_same_point"]
     for line in res["verdicts"]:
