@@ -43,10 +43,12 @@ FIGURE_KINDS = ("leakage", "mi", "heatmap", "lens", "targets")
 _FORMAT = 1  # version of the JSON layout written by to_json
 _CAPTIONS = {
     "leakage": "Held-out accuracy of a linear probe per layer, 95% CI as a band. Grey dotted: chance "
-               "(majority class). Dashed: the same probe on the output's top-k logits only.",
+               "(majority class). Dashed: the same probe on the output's top-k logits only. Filled markers: points that "
+               "leak after Holm's correction over all points (MI bound above the floor); open: not significant.",
     "mi": "Mutual information between hidden state and label, as a held-out probe lower bound "
           "H(Y) − CE in bits, 95% bootstrap CI. Grey dotted: the same estimate on permuted labels "
-          "(the estimator's floor); dash-dotted: H(Y), the most any estimate can reach.",
+          "(the estimator's floor); dash-dotted: H(Y), the most any estimate can reach. Filled markers: points "
+          "that leak after correction; open: not significant.",
     "heatmap": "Probe accuracy per hook point (rows, input at the top) and token position (columns).",
     "lens": "Logit lens: the most probable next token when each layer's residual stream is decoded "
             "with the model's own final norm and unembedding; colour = its probability.",
@@ -369,10 +371,8 @@ class ScanReport:
                    "mi": "the table has no mi_bits", "lens": "no logit-lens table", "targets": "no targets were given"}
             raise InputError(f"no {kind!r} figure: {why[kind]}", fix=f"use one of {have}" if have else
                              "scan with labels= (probes) or with a logit lens")
-        if kind == "leakage":
-            return plots.leakage_curves(self.table, "accuracy")
-        if kind == "mi":
-            return plots.leakage_curves(self.table, "mi_bits")
+        if kind in ("leakage", "mi"):  # markers show each point's verdict, so compute it if the table lacks it
+            return plots.leakage_curves(add_verdicts(self.table), "accuracy" if kind == "leakage" else "mi_bits")
         if kind == "heatmap":
             return plots.leakage_heatmap(self.table, "accuracy")
         if kind == "lens":

@@ -368,6 +368,8 @@ def test_null_reads_as_null():
     body = html.split('<p class="sub">')[1].split("</p>", 1)[1]
     assert body.startswith(f'<div class="summary"><b>{NO_LEAK.format(20).replace("<=", "&lt;=")}</b>')
     assert "-0.031" in html  # raw value in the full table
+    markers = [tr.marker.symbol for tr in r.figure("leakage").data if tr.mode == "lines+markers"]
+    assert markers == [("circle-open",) * 20]  # open: not significant after correction
     assert r._repr_html_().startswith(f"<div><p><b>{NO_LEAK.format(20).replace('<=', '&lt;=')}</b>")
 
 
@@ -389,6 +391,9 @@ def test_verdict_corrects_for_points_and_needs_the_floor():
     assert verdict(t) == "Leakage detected at 1 of 20 points (first at lm.15.resid @ last)"
     assert "1 points beat chance on accuracy but their MI bound is not above the floor" in ScanReport(t).summary()
     from probekit.report import _leakage_rows
+
+    symbols = [tr.marker.symbol for tr in ScanReport(t).figure("leakage").data if tr.mode == "lines+markers"][0]
+    assert [i for i, sym in enumerate(symbols) if sym == "circle"] == [15]  # filled: the one leaking point
 
     rows, cols, _ = _leakage_rows(t)  # the HTML leakage table shows the verdict per row
     assert ("p_adjusted", "p (Holm)") in cols and [r["point"] for r in rows if r["leaks"] == "yes"] == ["lm.15.resid"]
