@@ -377,6 +377,13 @@ def _curve(fig: go.Figure, axes: _Axes, cols: dict[str, int], row: int, df: pd.D
         text = [f"<b>{where(p, pos)}</b><br>{hover or y}: {fmt_ci(v, a, b) if ci else _fmt(v, 3)}"
                 for p, pos, v, a, b in zip(part.point, part.position, yv,
                                            lo if ci else yv, hi if ci else yv)]
+        if "leaks" in part.columns:  # the verdict per point: filled = leaks after Holm, open = not significant
+            flag = part["leaks"].fillna(False).astype(bool).to_numpy()
+            marker_symbol = [symbol if f else f"{symbol}-open" for f in flag]
+            text = [f"{tx}<br>{'leaks (Holm-corrected)' if f else 'not significant after correction'}"
+                    for tx, f in zip(text, flag)]
+        else:
+            marker_symbol = symbol
         ok = np.isfinite(yv) & (np.isfinite(lo) & np.isfinite(hi) if ci else True)
         error = None
         if ci is not None and ok.sum() >= 2:
@@ -402,7 +409,7 @@ def _curve(fig: go.Figure, axes: _Axes, cols: dict[str, int], row: int, df: pd.D
             added += 1
         fig.add_trace(go.Scatter(x=x + dx, y=yv, mode="lines+markers", name=name, legendgroup=group,
                                  showlegend=showlegend, line=dict(color=color, dash=dash, width=2),
-                                 marker=dict(color=color, symbol=symbol, size=6), error_y=error,
+                                 marker=dict(color=color, symbol=marker_symbol, size=7), error_y=error,
                                  text=text, hovertemplate="%{text}<extra></extra>"), row=row, col=col)
         showlegend = False
         added += 1

@@ -8,11 +8,11 @@ model and its fine-tuned version) row by row into a :class:`Comparison`.
 Example:
     >>> import pandas as pd
     >>> table = pd.DataFrame({"point": ["lm.0.resid", "lm.1.resid"], "position": "last",
-    ...     "accuracy": [0.55, 0.93], "accuracy_lo": [0.50, 0.90], "accuracy_hi": [0.60, 0.95],
+    ...     "accuracy": [0.52, 0.93], "accuracy_lo": [0.47, 0.90], "accuracy_hi": [0.57, 0.95],
     ...     "chance": 0.5})
     >>> report = ScanReport(table, settings={"model": "tiny-llava"})
-    >>> print(report.summary().splitlines()[0])
-    Most leakage: lm.1.resid @ last, accuracy 0.93 [0.90, 0.95] vs chance 0.50.
+    >>> report.summary().splitlines()[:2]  # the verdict, then where it leaks most
+    ['Leakage detected at 1 of 2 points (first at lm.1.resid @ last)', 'Most leakage: lm.1.resid @ last, accuracy 0.93 [0.90, 0.95] vs chance 0.50.']
     >>> ScanReport.from_json(report.to_json()) == report
     True
 """
@@ -34,17 +34,21 @@ import pandas as pd
 
 from . import plots
 from .errors import InputError, StoreError
+from .readout.significance import ALPHA, add_verdicts
+from .verdict import difference_verdict, mi_headline, tested_rows, verdict
 
-__all__ = ["ScanReport", "Comparison", "compare"]
+__all__ = ["ScanReport", "Comparison", "compare", "verdict", "mi_headline"]
 
 FIGURE_KINDS = ("leakage", "mi", "heatmap", "lens", "targets")
 _FORMAT = 1  # version of the JSON layout written by to_json
 _CAPTIONS = {
     "leakage": "Held-out accuracy of a linear probe per layer, 95% CI as a band. Grey dotted: chance "
-               "(majority class). Dashed: the same probe on the output's top-k logits only.",
+               "(majority class). Dashed: the same probe on the output's top-k logits only. Filled markers: points that "
+               "leak after Holm's correction over all points (MI bound above the floor); open: not significant.",
     "mi": "Mutual information between hidden state and label, as a held-out probe lower bound "
           "H(Y) − CE in bits, 95% bootstrap CI. Grey dotted: the same estimate on permuted labels "
-          "(the estimator's floor); dash-dotted: H(Y), the most any estimate can reach.",
+          "(the estimator's floor); dash-dotted: H(Y), the most any estimate can reach. Filled markers: points "
+          "that leak after correction; open: not significant.",
     "heatmap": "Probe accuracy per hook point (rows, input at the top) and token position (columns).",
     "lens": "Logit lens: the most probable next token when each layer's residual stream is decoded "
             "with the model's own final norm and unembedding; colour = its probability.",
@@ -149,7 +153,7 @@ def _html_table(rows: list[dict], columns: Sequence[tuple[str, str]], numeric: S
 
 def _leakage_rows(table: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str]], list[str]]:
     """The leakage table with each estimate and its CI in one cell: ``0.93 [0.90, 0.95]``."""
-    t = plots._normalise(table)
+    t = plots._normalise(add_verdicts(table) if "accuracy" in table.columns else table)
     t = t.iloc[np.argsort([plots.point_order(t.point).index(p) for p in t.point], kind="stable")]
     f = plots._fmt
     rows = []
@@ -164,15 +168,25 @@ def _leakage_rows(table: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str]
             "mi_perm_bits": f(rec.get("mi_perm_bits"), 3),
             "control_accuracy": f(rec.get("control_accuracy")),
             "selectivity": f(rec.get("selectivity")),
+            "p_adjusted": _p(rec.get("p_adjusted")),
+            "leaks": "yes" if rec.get("leaks") is True or rec.get("leaks") == 1 else "",
         })
     columns = [("point", "hook point"), ("position", "position"), ("source", "source"), ("n", "n"),
                ("accuracy", "accuracy [95% CI]"), ("chance", "chance"), ("mi_bits", "MI bits [95% CI]"),
                ("entropy_bits", "H(Y) bits"), ("mi_perm_bits", "floor (permuted) bits"),
-               ("control_accuracy", "control acc."), ("selectivity", "selectivity")]
+               ("control_accuracy", "control acc."), ("selectivity", "selectivity"),
+               ("p_adjusted", "p (Holm)"), ("leaks", "leaks")]
     present = [c for c in columns if c[0] in ("point", "position") or c[0] in t.columns]
     if set(t.source) == {"residual"}:
         present = [c for c in present if c[0] != "source"]
     return rows, present, [c for c, _ in present if c not in ("point", "position", "source")]
+
+
+def _p(v: Any) -> str:
+    """A p-value for a table cell: 3 significant digits, ``<1e-6`` below that."""
+    if v is None or not np.isfinite(float(v)):
+        return ""
+    return "<1e-6" if float(v) < 1e-6 else f"{float(v):.3g}"
 
 
 def _raw_table(df: pd.DataFrame) -> str:
@@ -223,6 +237,12 @@ def _atomic_write(path: str | os.PathLike, text: str) -> Path:
     except OSError as exc:
         raise StoreError(f"cannot write {p}: {exc.strerror or exc}", fix="choose a writable path") from exc
     return p
+
+
+def _summary_div(text: str, bold: int = 1) -> str:
+    """The summary box of a page; its first ``bold`` lines (the verdicts) in bold."""
+    lines = [f"<b>{_e(x)}</b>" if i < bold else _e(x) for i, x in enumerate(text.splitlines())]
+    return f'<div class="summary">{"<br>".join(lines)}</div>'
 
 
 def _umask() -> int:
@@ -351,10 +371,8 @@ class ScanReport:
                    "mi": "the table has no mi_bits", "lens": "no logit-lens table", "targets": "no targets were given"}
             raise InputError(f"no {kind!r} figure: {why[kind]}", fix=f"use one of {have}" if have else
                              "scan with labels= (probes) or with a logit lens")
-        if kind == "leakage":
-            return plots.leakage_curves(self.table, "accuracy")
-        if kind == "mi":
-            return plots.leakage_curves(self.table, "mi_bits")
+        if kind in ("leakage", "mi"):  # markers show each point's verdict, so compute it if the table lacks it
+            return plots.leakage_curves(add_verdicts(self.table), "accuracy" if kind == "leakage" else "mi_bits")
         if kind == "heatmap":
             return plots.leakage_heatmap(self.table, "accuracy")
         if kind == "lens":
@@ -368,41 +386,49 @@ class ScanReport:
     # ---- words
 
     def summary(self) -> str:
-        """Three lines: where it leaks most, how much (accuracy and MI with CIs), the controls."""
+        """Four lines: the verdict (:func:`verdict`), where it leaks most (or the highest, not
+        significant, accuracy), the MI bound there, the controls and the test used."""
         best = _best(self.table)
         if best is None:
             lines = [n for n in self.notes[:1]] or ["No labels were given: there is no leakage table."]
             lines += self._lens_lines()
             return "\n".join((lines + ["", ""])[:3]).rstrip("\n")
         f = plots._fmt
-        line1 = (f"Most leakage: {plots.where(best['point'], best['position'])}, "
-                 f"accuracy {_ci(best, 'accuracy')} vs chance {f(best.get('chance'))}.")
+        tested = tested_rows(self.table)
+        leaking = tested[tested["leaks"]] if not tested.empty else tested
+        if len(leaking):
+            best = _best(leaking)
+            line2 = (f"Most leakage: {plots.where(best['point'], best['position'])}, "
+                     f"accuracy {_ci(best, 'accuracy')} vs chance {f(best.get('chance'))}.")
+        else:
+            adj = tested.set_index(["point", "position", "source"])["p_adjusted"] if not tested.empty else None
+            key = (best["point"], plots._position_name(best["position"]), best.get("source", "residual"))
+            p = f"; adjusted p {f(adj.get(key), 2)}" if adj is not None and key in adj.index else ""
+            line2 = (f"Highest accuracy (not significant{p}): {plots.where(best['point'], best['position'])}, "
+                     f"{_ci(best, 'accuracy')} vs chance {f(best.get('chance'))}.")
         if "mi_bits" in best and pd.notna(best.get("mi_bits")):
-            line2 = (f"Mutual information there: at least {_ci(best, 'mi_bits')} bits of "
+            mi = mi_headline(best)
+            mi = mi if mi.startswith("0 (") else f"at least {mi} bits"  # "at least 0" would claim nothing
+            line3 = (f"Mutual information there: {mi} of "
                      f"H(Y) = {f(best.get('entropy_bits'))} bits (held-out probe lower bound).")
         else:
-            line2 = f"{int(best['n']) if pd.notna(best.get('n', np.nan)) else '?'} samples; no MI estimate in the table."
+            line3 = f"{int(best['n']) if pd.notna(best.get('n', np.nan)) else '?'} samples; no MI estimate in the table."
         ctx = []
         if pd.notna(best.get("mi_perm_bits", np.nan)):
             ctx.append(f"permuted-label floor {f(best['mi_perm_bits'], 3)} bits")
         if pd.notna(best.get("control_accuracy", np.nan)):
             ctx.append(f"control-task accuracy {f(best['control_accuracy'])} (selectivity {f(best.get('selectivity'))})")
-        first = self._first_significant()
-        if first:
-            ctx.append(f"first point whose CI clears chance: {first}")
-        line3 = ("Context: " + "; ".join(ctx) + ".") if ctx else "No control task or permutation floor in the table."
-        return "\n".join([line1, line2, line3])
-
-    def _first_significant(self) -> str | None:
-        t = self.table
-        if not {"accuracy_lo", "chance"} <= set(t.columns):
-            return None
-        t = plots._normalise(t)
-        t = t[(t.source == "residual") & (t.accuracy_lo > t.chance)]
-        if t.empty:
-            return None
-        first = plots.point_order(t.point)[0]
-        return plots.where(first, t[t.point == first].position.iloc[0])
+        if not tested.empty:
+            ctx.append(f"one-sided test per point vs chance, Holm-corrected over {len(tested)} points at {ALPHA:g}")
+            raw = int((tested.accuracy_lo > tested.chance).sum()) if "accuracy_lo" in tested else 0
+            if not len(leaking) and raw:
+                ctx.append(f"{raw} of {len(tested)} uncorrected 95% intervals clear chance, as chance alone "
+                           f"produces across {len(tested)} tests")
+            weak = int(((tested.p_adjusted < ALPHA) & ~tested.leaks).sum())
+            if weak:
+                ctx.append(f"{weak} points beat chance on accuracy but their MI bound is not above the floor")
+        line4 = ("Context: " + "; ".join(ctx) + ".") if ctx else "No control task or permutation floor in the table."
+        return "\n".join([verdict(self.table), line2, line3, line4])
 
     def _lens_lines(self) -> list[str]:
         if not self._has("lens"):
@@ -473,7 +499,7 @@ class ScanReport:
     def to_html(self) -> str:
         """The page :meth:`save` writes, as a string."""
         model = self.settings.get("model", "model")
-        body = [f'<div class="summary">{"<br>".join(_e(x) for x in self.summary().splitlines())}</div>']
+        body = [_summary_div(self.summary())]
         if self.notes:
             body.append('<div class="notes"><b>Notes</b><ul>' + "".join(f"<li>{_e(n)}</li>" for n in self.notes)
                         + "</ul></div>")
@@ -516,7 +542,7 @@ class ScanReport:
             key = {(r["point"], r["position"], r["source"]): i for i, r in enumerate(rows)}
             t = plots._normalise(self.table).sort_values("accuracy", ascending=False).head(5)
             top = [rows[key[(p, q, s)]] for p, q, s in zip(t.point, t.position, t.source)]
-            parts.append(f"<p>Most leaking rows ({len(top)} of {len(rows)}); <code>.table</code> has them all:</p>"
+            parts.append(f"<p>Rows with the highest accuracy ({len(top)} of {len(rows)}); <code>.table</code> has them all:</p>"
                          + _html_table(top, cols, num))
         return "<div>" + "\n".join(parts) + "</div>"
 
@@ -554,8 +580,18 @@ class Comparison:
         """Both curves with CIs and, below, the difference (tuned − base) with its CI."""
         return plots.compare_curves(self.base.table, self.tuned.table, metric or self.metric, self.names)
 
+    def verdicts(self) -> list[str]:
+        """Three verdict lines: on each model (:func:`verdict`) and on the difference (Holm)."""
+        nb, nt = self.names
+        return [f"{nb}: {verdict(self.base.table)}", f"{nt}: {verdict(self.tuned.table)}",
+                difference_verdict(self.table, f"{nt} − {nb} ({plots._SHORT.get(self.metric, self.metric)})")]
+
     def summary(self) -> str:
-        """Three lines: the largest change, how many rows changed significantly, the peaks."""
+        """Six lines: the three :meth:`verdicts`, then the largest change, how many rows'
+        uncorrected CIs of the difference exclude 0, the peaks."""
+        return "\n".join(self.verdicts() + self._change_lines().splitlines())
+
+    def _change_lines(self) -> str:
         m, (nb, nt) = self.metric, self.names
         t = plots._normalise(self.table)
         res = t[t.source == "residual"] if (t.source == "residual").any() else t
@@ -573,7 +609,7 @@ class Comparison:
                  f"{val(big, 'tuned')} ({nt}), difference {plots.fmt_ci(big['diff'], big['diff_lo'], big['diff_hi'])}.")
         ok = res["diff_lo"].notna() & res["diff_hi"].notna()
         down, up = int((ok & (res.diff_hi < 0)).sum()), int((ok & (res.diff_lo > 0)).sum())
-        line2 = (f"The 95% CI of the difference excludes 0 at {down + up} of {int(ok.sum())} rows "
+        line2 = (f"The uncorrected 95% CI of the difference excludes 0 at {down + up} of {int(ok.sum())} rows "
                  f"({down} lower in {nt}, {up} higher).")
         peaks = [f"{name} {self._peak(rep, m)}" for name, rep in ((nb, self.base), (nt, self.tuned))]
         chance = res.get("chance_base")
@@ -584,7 +620,9 @@ class Comparison:
     @staticmethod
     def _peak(report: ScanReport, metric: str) -> str:
         b = _best(report.table, metric)
-        return "–" if b is None else f"{plots.where(b['point'], b['position'])} {_ci(b, metric)}"
+        if b is None:
+            return "–"
+        return f"{plots.where(b['point'], b['position'])} {mi_headline(b) if metric == 'mi_bits' else _ci(b, metric)}"
 
     def _rows(self) -> tuple[list[dict], list[tuple[str, str]], list[str]]:
         m = self.metric
@@ -606,7 +644,7 @@ class Comparison:
     def to_html(self) -> str:
         """The page :meth:`save` writes, as a string."""
         nb, nt = self.names
-        body = [f'<div class="summary">{"<br>".join(_e(x) for x in self.summary().splitlines())}</div>']
+        body = [_summary_div(self.summary(), bold=3)]
         metrics = [self.metric] + [m for m in ("accuracy", "mi_bits") if m != self.metric
                                    and f"{m}_diff" in self.table.columns]
         for m in metrics:

@@ -93,6 +93,7 @@ def test_positive_control_is_found(ckpt, tmp_path):
     tuned = rows[(rows.source == "residual") & rows.model.str.startswith("tuned")]
     best = tuned.loc[tuned.accuracy.idxmax()]
     assert best.accuracy_lo > best.chance + 0.2, best.to_dict()
+    assert best.leaks and best.p_adjusted < 1e-3  # a finding after Holm over every point scanned
 
 
 def test_small_study_end_to_end_negative_control(tmp_path):
@@ -110,6 +111,7 @@ def test_small_study_end_to_end_negative_control(tmp_path):
     pr = res["probes"]
     neg = pr[(pr.model == "p=0") & (pr.source == "residual")]
     assert len(neg) and ((neg.accuracy_lo <= neg.chance) & (neg.chance <= neg.accuracy_hi)).all(), neg
+    assert not neg.leaks.any() and (t[t.model == "p=0"].layers_leaking == 0).all()
     assert not math.isnan(res["removal"]["presence"].cost["kl_mean"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import integrate, stats
@@ -63,15 +64,32 @@ def test_probe_bound_recovers_ground_truth(seed):
 
 
 def test_independent_labels_give_no_information():
-    """With labels independent of X the CI includes 0. When the calibrated probe falls back
-    to the class prior (beta = 0) every bootstrap replicate is <= 0 (Gibbs' inequality),
-    so the upper end can sit a hair (~1e-6 bits) below 0: allow 1e-4."""
+    """With labels independent of X the CI includes 0."""
     x, _ = gaussian_classes(5000, 10, MU, 0)
     y = np.random.default_rng(7).integers(0, 2, 5000)
     row = mutual_information(torch.tensor(x, dtype=torch.float32), y, progress=False).iloc[0]
-    assert row.mi_lo <= 0.0 <= row.mi_hi + 1e-4
+    assert row.mi_lo <= 0.0 <= row.mi_hi
     assert abs(row.mi_bits) < 0.005 and abs(row.mi_perm_bits) < 0.005
     assert abs(row.accuracy - 0.5) < 0.03 and abs(row.selectivity) < 0.05
+
+
+def test_null_mi_interval_is_calibrated():
+    """Held-out null calibration: n=300, labels independent of X, 60 draws (6 label sets x 10
+    points of independent noise). The 95% MI interval must contain 0 in >= 90% of draws: it
+    does in 98% of these (96% of 300 draws); it did in 83% (79% of 300) when the bootstrap
+    recomputed H(Y) on each resample, the rest lying entirely below 0. Independent labels
+    also never leak after Holm."""
+    draws = []
+    for r in range(6):
+        g = torch.Generator().manual_seed(100 + r)
+        y = torch.randint(0, 2, (300,), generator=g)
+        acts = {f"lm.{i}.resid": torch.randn(300, 8, generator=g) for i in range(10)}
+        draws.append(mutual_information(acts, y, n_boot=300, control=False, seed=r, progress=False))
+    df = pd.concat(draws, ignore_index=True)
+    inside = (df.mi_lo <= 0) & (0 <= df.mi_hi)
+    assert len(df) == 60 and inside.mean() >= 0.9, inside.mean()
+    assert (df.mi_hi > df.mi_lo).all() and (df.mi_lo <= df.mi_bits).all() and (df.mi_bits <= df.mi_hi).all()
+    assert not df.leaks.any() and (df.p_adjusted >= df.p_value).all()
 
 
 def test_ksg_matches_probe_bound_and_sklearn_in_1d():

@@ -187,8 +187,12 @@ def test_compare_diff_numbers():
     assert tab.loc["lm.2.resid", "mi_bits_diff_lo"] == pytest.approx(-0.05 - math.sqrt(0.02))
     assert tab.loc["lm.1.resid", "accuracy_base"] == 0.9 and tab.loc["lm.1.resid", "accuracy_tuned"] == 0.6
     s = c.summary().splitlines()
-    assert len(s) == 3 and s[0].startswith("Largest change: lm.1.resid @ last") and "-0.30 [-0.35, -0.25]" in s[0]
-    assert "1 of 2 rows" in s[1]
+    # base lm.0: z = 0.1 / (0.2 / 3.92) = 1.96, one-sided p 0.025, last in Holm's order (x1): leaks
+    assert s[:3] == ["base: Leakage detected at 3 of 3 points (first at lm.0.resid @ last)",
+                     "tuned: Leakage detected at 2 of 2 points (first at lm.1.resid @ last)",
+                     "tuned − base (accuracy): change detected at 1 of 2 points (first at lm.1.resid @ last)"]
+    assert len(s) == 6 and s[3].startswith("Largest change: lm.1.resid @ last") and "-0.30 [-0.35, -0.25]" in s[3]
+    assert "1 of 2 rows" in s[4]
     assert compare(*hand_pair(), metric="mi_bits").table["diff"].tolist() == pytest.approx([-0.5, -0.05])
 
 
@@ -238,12 +242,14 @@ def test_figures_and_kinds():
     assert lens_only.summary().startswith("No labels were given")
 
 
-def test_summary_three_lines():
+def test_summary_verdict_then_three_lines():
     lines = full_report().summary().splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4
+    # vision.0 (0.50) and vision.1 (0.54 at n=200, z = 1.2) stay below the Holm threshold
+    assert lines[0] == "Leakage detected at 17 of 19 points (first at vision.2.resid @ image_mean)"
     best = make_table().query("source == 'residual'").sort_values("accuracy").iloc[-1]
-    assert lines[0].startswith(f"Most leakage: {best.point} @ {best.position}, accuracy 0.")
-    assert "vs chance 0.50" in lines[0] and "bits" in lines[1] and "floor" in lines[2]
+    assert lines[1].startswith(f"Most leakage: {best.point} @ {best.position}, accuracy 0.")
+    assert "vs chance 0.50" in lines[1] and "bits" in lines[2] and "floor" in lines[3] and "Holm" in lines[3]
 
 
 def test_save_html_self_contained(tmp_path):
@@ -289,7 +295,7 @@ def test_nan_rows_and_unnamed_positions():
     for fig in r.figures().values():
         assert isinstance(fig, go.Figure)
     assert plots.NO_POSITION in set(plots._normalise(t).position)
-    assert len(r.summary().splitlines()) == 3
+    assert len(r.summary().splitlines()) == 4
     assert "nan" not in r._repr_html_().lower().replace("image_mean", "")
 
 
@@ -297,7 +303,7 @@ def test_repr_html_compact():
     r = full_report()
     first = r._repr_html_()
     second = r._repr_html_()
-    assert "Most leakage" in second and "<table>" in second and "plotly-graph-div" in second
+    assert "Leakage detected at" in second and "<table>" in second and "plotly-graph-div" in second
     assert len(second) < 200_000  # plotly.js is sent to a notebook at most once per kernel
     assert len(first) >= len(second)
     assert "model='tiny-llava'" in repr(r)
@@ -314,5 +320,95 @@ def test_real_probe_table():
     df = probe_layers(acts, y, cv=3, n_boot=50, progress=False, positions=["last", "image_mean"])
     r = ScanReport(df, settings={"model": "random"})
     assert set(r.figures()) == {"leakage", "mi", "heatmap"}
-    assert r.summary().startswith("Most leakage: lm.2.resid")
+    lines = r.summary().splitlines()
+    assert lines[0] == "Leakage detected at 5 of 7 points (first at projector)"
+    assert lines[1].startswith("Most leakage: lm.2.resid")
+    assert df.leaks.sum() == 5 and not df.loc[df.point == "lm.0.resid", "leaks"].any()
     assert ScanReport.from_json(r.to_json()) == r
+
+
+# ---------------------------------------------------------------- verdicts
+
+NO_LEAK = "No leakage detected at any of {} points (every interval includes chance; MI bound <= permutation floor)"
+
+
+def null_table(n_points: int = 20) -> pd.DataFrame:
+    """20 points with nothing to find; one has accuracy 0.58 at n=200, whose uncorrected Wilson
+    interval [0.51, 0.65] clears chance (one-sided exact p = 0.013), as one in twenty does."""
+    rows = []
+    for i in range(n_points):
+        acc = 0.58 if i == 7 else 0.47 + 0.004 * i
+        lo, hi = wilson(acc, 200)
+        rows.append(dict(point=f"lm.{i}.resid", layer=float(i), position="last", source="residual", n=200,
+                         accuracy=acc, accuracy_lo=lo, accuracy_hi=hi, chance=0.5, entropy_bits=1.0,
+                         mi_bits=-0.031, mi_lo=-0.06, mi_hi=0.0, mi_perm_bits=-0.01,
+                         p_value=stats_binom_sf(acc, 200)))
+    return pd.DataFrame(rows)
+
+
+def stats_binom_sf(acc: float, n: int) -> float:
+    from scipy import stats
+
+    return float(stats.binom.sf(round(acc * n) - 1, n, 0.5))
+
+
+def test_null_reads_as_null():
+    """The issue's case: the best of many null points must not read as a finding."""
+    table = null_table()
+    assert (table.accuracy_lo > table.chance).sum() == 1  # uncorrected, one interval clears chance
+    r = ScanReport(table, settings={"model": "tiny"})
+    lines = r.summary().splitlines()
+    assert lines[0] == NO_LEAK.format(20)
+    assert lines[1].startswith("Highest accuracy (not significant; adjusted p 0.2") and "lm.7.resid @ last" in lines[1]
+    assert "Most leakage" not in r.summary()
+    assert lines[2].startswith("Mutual information there: 0 (no evidence) of H(Y) = 1.00 bits") and "-0.03" not in lines[2]
+    assert "1 of 20 uncorrected 95% intervals clear chance" in lines[3]
+    assert (r.table.mi_bits == -0.031).all()  # the raw bound stays in the table
+    html = r.to_html()
+    body = html.split('<p class="sub">')[1].split("</p>", 1)[1]
+    assert body.startswith(f'<div class="summary"><b>{NO_LEAK.format(20).replace("<=", "&lt;=")}</b>')
+    assert "-0.031" in html  # raw value in the full table
+    markers = [tr.marker.symbol for tr in r.figure("leakage").data if tr.mode == "lines+markers"]
+    assert markers == [("circle-open",) * 20]  # open: not significant after correction
+    assert r._repr_html_().startswith(f"<div><p><b>{NO_LEAK.format(20).replace('<=', '&lt;=')}</b>")
+
+
+def test_verdict_corrects_for_points_and_needs_the_floor():
+    """Holm over all rows; the p-value comes from the CI when the table has none."""
+    from probekit.readout.significance import holm
+    from probekit.report import verdict
+
+    t = null_table().drop(columns="p_value")
+    assert verdict(t) == NO_LEAK.format(20)
+    # alone, the point is significant (p 0.013 < 0.05) but its bound -0.031 is below the floor
+    assert verdict(t.iloc[[7]]) == NO_LEAK.format(1)
+    assert verdict(t.iloc[[7]].assign(mi_bits=0.02)) == "Leakage detected at 1 of 1 points (first at lm.7.resid @ last)"
+    # strong signal at two points, but at lm.12 the MI bound is not above the permuted floor
+    lo, hi = wilson(0.8, 200)
+    t.loc[[12, 15], ["accuracy", "accuracy_lo", "accuracy_hi", "mi_bits"]] = [[0.8, lo, hi, 0.3]] * 2
+    assert verdict(t) == "Leakage detected at 2 of 20 points (first at lm.12.resid @ last)"
+    t.loc[12, "mi_bits"] = -0.02
+    assert verdict(t) == "Leakage detected at 1 of 20 points (first at lm.15.resid @ last)"
+    assert "1 points beat chance on accuracy but their MI bound is not above the floor" in ScanReport(t).summary()
+    from probekit.report import _leakage_rows
+
+    symbols = [tr.marker.symbol for tr in ScanReport(t).figure("leakage").data if tr.mode == "lines+markers"][0]
+    assert [i for i, sym in enumerate(symbols) if sym == "circle"] == [15]  # filled: the one leaking point
+
+    rows, cols, _ = _leakage_rows(t)  # the HTML leakage table shows the verdict per row
+    assert ("p_adjusted", "p (Holm)") in cols and [r["point"] for r in rows if r["leaks"] == "yes"] == ["lm.15.resid"]
+    assert rows[15]["p_adjusted"] == "<1e-6" and float(rows[7]["p_adjusted"]) > 0.05
+    assert holm(np.array([0.01, 0.04, 0.03, np.nan])).tolist()[:3] == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_comparison_verdicts_on_each_model_and_the_difference(tmp_path):
+    base, tuned = null_table(), null_table()
+    tuned["accuracy"] = tuned["accuracy"] + 0.01
+    c = compare(ScanReport(base), ScanReport(tuned))
+    lines = c.summary().splitlines()
+    assert lines[:3] == [f"base: {NO_LEAK.format(20)}", f"tuned: {NO_LEAK.format(20)}",
+                         "tuned − base (accuracy): no change detected at any of 20 points "
+                         "(every interval of the difference includes 0)"]
+    body = c.to_html().split('<p class="sub">')[1].split("</p>", 1)[1]
+    assert body.startswith('<div class="summary"><b>base: No leakage detected at any of 20 points')
+    assert "0 (no evidence)" in compare(ScanReport(base), ScanReport(tuned), metric="mi_bits").summary()

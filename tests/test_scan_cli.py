@@ -1,6 +1,7 @@
 """scan() on every kind of input, the CLI (scan, points, exit code 2) and the demo end to end."""
 
 import random
+import re
 
 import pytest
 
@@ -61,6 +62,16 @@ def test_scan_a_dataset_like_object(tiny_model):
     assert (r.table.n == 20).all()
 
 
+def test_scan_on_random_labels_reads_no_leakage(tiny_model):
+    """Labels that nothing in the images predicts: the report's first line says nothing was found."""
+    labels = random.Random(5).choices(["a", "b"], k=40)
+    r = probekit.scan(tiny_model("llava"), probekit.tiny.fixture_images(40, 32), labels=labels, n_boot=100,
+                      progress=False)
+    assert r.summary().splitlines()[0] == (f"No leakage detected at any of {len(r.table)} points (every interval "
+                                           "includes chance; MI bound <= permutation floor)")
+    assert len(r.table) >= 4 and not r.table.leaks.any()
+
+
 def test_scan_without_labels_reports_the_lens_and_says_so(tiny_model):
     r = probekit.scan(tiny_model("llava"), probekit.tiny.fixture_images(6, 32), targets=["alice_1"], progress=False)
     assert r.table.empty and any("No labels" in n for n in r.notes)
@@ -75,8 +86,15 @@ def test_cli_scan_points_and_bad_arguments(tiny_dir, folder, tmp_path, capsys):
                  "--points", "projector,lm.*.resid", "--json", str(tmp_path / "r.json")]) == 0
     html = out.read_text()
     assert "<html" in html.lower() and "projector" in html and "http" not in html.split("<script")[1][:200]
-    assert probekit.report.ScanReport.from_json((tmp_path / "r.json").read_text()).table.shape[0] > 0
-    capsys.readouterr()
+    table = probekit.report.ScanReport.from_json((tmp_path / "r.json").read_text()).table
+    assert table.shape[0] > 0
+    first = capsys.readouterr().out.splitlines()[0]  # the CLI prints the verdict first
+    n = int(table.leaks.sum())
+    if n:
+        assert first.startswith(f"Leakage detected at {n} of {len(table)} points (first at ") and first.endswith(")")
+    else:
+        assert first == (f"No leakage detected at any of {len(table)} points (every interval includes chance; "
+                         "MI bound <= permutation floor)")
     assert main(["points", "--model", tiny_dir("llava"), "--pattern", "lm.*.resid"]) == 0
     assert capsys.readouterr().out.split() == ["lm.0.resid", "lm.1.resid"]
     assert main(["scan", "--model", tiny_dir("llava"), "--images", str(tmp_path / "nope"), "--out", str(out)]) == 2
@@ -96,4 +114,11 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert 0 <= res["best"]["accuracy"] <= 1 and res["best"]["accuracy_lo"] <= res["best"]["accuracy"]
     print_summary(res)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and lines[0].startswith("Report: ")
+    assert len(lines) == 6 and lines[3].startswith("Report: ")
+    for name, line in zip(("base", "tuned"), lines):
+        assert re.fullmatch(rf"{name}: (Leakage detected at \d+ of \d+ points \(first at .+\)|No leakage detected at "
+                            r"any of \d+ points \(every interval includes chance; MI bound <= permutation floor\))", line)
+    assert lines[2].startswith("tuned − base (accuracy): ")
+    assert lines[:3] == res["verdicts"]
+    if res["best"]["mi_bits"] <= 0:
+        assert "MI 0 (no evidence) bits" in lines[4]

@@ -6,7 +6,9 @@
 3. On held-out images watermarked with U1 (seen) or U2 (never seen) usernames, scan both models:
    per layer, can a linear probe tell seen from unseen? Folds split by username, so a probe must
    generalise to usernames it was not trained on.
-4. Write ``report.html`` (base vs fine-tuned, with the difference and its CI) and print three lines.
+4. Write ``report.html`` (base vs fine-tuned, with the difference and its CI) and print the
+   verdicts (leakage in each model and in the difference, corrected for every point tested),
+   then three lines of numbers.
 
 Every number comes from this run.
 """
@@ -105,15 +107,20 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
         "report": str(report), "seconds": time.perf_counter() - t0,
         "task_accuracy": (acc_base["accuracy"], acc_tuned["accuracy"]),
         "best": best.to_dict(), "base_same_point": same.to_dict(), "logits_best": out_best,
+        "verdicts": comparison.verdicts(),
     }
 
 
 def print_summary(res: dict) -> None:
+    from ..verdict import mi_headline
+
     b, s = res["best"], res["base_same_point"]
+    for line in res["verdicts"]:
+        print(line)
     print(f"Report: {res['report']}  ({res['seconds']:.0f} s; task accuracy base {res['task_accuracy'][0]:.2f} "
           f"-> fine-tuned {res['task_accuracy'][1]:.2f})")
-    print(f"Seen vs unseen watermark: fine-tuned model is most separable at {b['point']} @ {b['position']}: probe accuracy "
-          f"{b['accuracy']:.2f} [{b['accuracy_lo']:.2f}, {b['accuracy_hi']:.2f}], MI {b['mi_bits']:.3f} bits "
+    print(f"Seen vs unseen watermark: fine-tuned model's highest probe accuracy is at {b['point']} @ {b['position']}: "
+          f"{b['accuracy']:.2f} [{b['accuracy_lo']:.2f}, {b['accuracy_hi']:.2f}], MI {mi_headline(b)} bits "
           f"(chance {b['chance']:.2f}); untouched copy there: {s['accuracy']:.2f} [{s['accuracy_lo']:.2f}, {s['accuracy_hi']:.2f}].")
     print(f"From the output logits alone (top-k): best accuracy {res['logits_best']:.2f}; "
           "open the report for every layer, the CIs and the base-vs-tuned difference.")

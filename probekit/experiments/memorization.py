@@ -131,7 +131,7 @@ def _scan(model, ev: dict, cfg: MemorizationConfig, seed: int, labels=None, grou
 
 def _rows(report, **tags) -> pd.DataFrame:
     cols = ["point", "layer", "position", "source", "accuracy", "accuracy_lo", "accuracy_hi", "chance",
-            "mi_bits", "mi_lo", "mi_hi", "mi_perm_bits", "control_accuracy", "selectivity"]
+            "mi_bits", "mi_lo", "mi_hi", "mi_perm_bits", "control_accuracy", "selectivity", "p_value", "p_adjusted", "leaks"]
     t = report.table[[c for c in cols if c in report.table.columns]].copy()
     for k, v in tags.items():
         t[k] = v
@@ -334,6 +334,8 @@ def _headline(res: dict) -> pd.DataFrame:
         rows.append({"model": model, "seed": seed, "best_point": best.point, "best_position": best.position,
                      "probe_accuracy": best.accuracy, "probe_accuracy_lo": best.accuracy_lo, "probe_accuracy_hi": best.accuracy_hi,
                      "chance": best.chance, "layers_ci_above_chance": int((g.accuracy_lo > g.chance).sum()), "rows": len(g),
+                     # the corrected count (Holm over the scan's rows, MI above the floor): the finding
+                     "layers_leaking": int(g.leaks.sum()) if "leaks" in g.columns else -1,
                      "direct_accuracy": d.accuracy, "direct_accuracy_lo": d.accuracy_lo, "direct_accuracy_hi": d.accuracy_hi,
                      "loss_auc": m.auc, "loss_auc_lo": m.auc_lo, "loss_auc_hi": m.auc_hi})
     return pd.DataFrame(rows)
@@ -526,6 +528,7 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
         "model": t.model, "seed": t.seed, "best point @ position": t.best_point + " @ " + t.best_position,
         "probe acc (seen vs unseen)": [_fmt(*r) for r in zip(t.probe_accuracy, t.probe_accuracy_lo, t.probe_accuracy_hi)],
         "chance": t.chance.round(2), "rows with CI above chance": t.layers_ci_above_chance.astype(str) + "/" + t.rows.astype(str),
+        "rows leaking (Holm)": t.layers_leaking.astype(str) + "/" + t.rows.astype(str),
         "direct prompt acc": [_fmt(*r) for r in zip(t.direct_accuracy, t.direct_accuracy_lo, t.direct_accuracy_hi)],
         "loss-attack AUC (U1 vs U2)": [_fmt(*r) for r in zip(t.loss_auc, t.loss_auc_lo, t.loss_auc_hi)]})))
     L.append("\n## Gradient cosine similarity\n")

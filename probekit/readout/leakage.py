@@ -15,6 +15,7 @@ import torch
 
 from ..errors import InputError
 from ._data import encode_labels, make_folds
+from .significance import add_verdicts
 
 __all__ = ["leakage", "topk_features", "check_labels"]
 
@@ -126,4 +127,5 @@ def leakage(
     table["_src"] = table.source.map({"residual": 0, "logits-topk": 1})
     table["_pt"] = table.point.map(rank)
     table = table.sort_values(["_src", "_pt", "position"], kind="stable").drop(columns=["_src", "_pt"])
-    return table.reset_index(drop=True)
+    # one correction over every row (residual and output, all positions), not per probe_layers call
+    return add_verdicts(table.reset_index(drop=True))

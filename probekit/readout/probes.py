@@ -311,7 +311,7 @@ def probe_layers(
     :func:`probekit.readout.information.mutual_information`: ``point, layer, kind, position,
     n, n_classes, accuracy, accuracy_lo, accuracy_hi, chance, log_loss, entropy_bits, mi_bits,
     mi_lo, mi_hi, mi_perm_bits, control_accuracy, control_mi_bits, selectivity, mi_estimator,
-    temperature, n_iter, converged``. ``accuracy_lo/hi`` is a 95% Wilson interval on the
+    temperature, n_iter, converged, p_value, p_adjusted, leaks``. ``accuracy_lo/hi`` is a 95% Wilson interval on the
     held-out correct count (a percentile group bootstrap when ``groups`` is given, as answers
     within a group are not independent); ``mi_*`` are in bits (see ``mutual_information``);
     ``log_loss`` is the held-out cross-entropy in nats of the calibrated probe that
@@ -319,7 +319,10 @@ def probe_layers(
     the raw probe); ``chance`` is the majority-class rate; ``selectivity`` = accuracy -
     control accuracy (Hewitt & Liang 2019 control task: each group, or each sample without
     groups, gets a random label with the class proportions kept); ``n_iter``/``converged``:
-    the solver's most iterations over folds and tasks, and whether all met ``tol``. Extra
+    the solver's most iterations over folds and tasks, and whether all met ``tol``;
+    ``p_value`` one-sided test of accuracy vs chance (exact binomial, or a cluster t-test
+    over groups), ``p_adjusted`` Holm over all rows returned, ``leaks`` = ``p_adjusted <
+    0.05`` and ``mi_bits > mi_perm_bits`` (:mod:`probekit.readout.significance`). Extra
     keyword arguments (``calibrate``, ``max_iter``, ``tol``, ``dtype``, ``memory_limit``
     in bytes per chunk of points) go to the engine.
 
@@ -330,8 +333,8 @@ def probe_layers(
         >>> df = probe_layers(acts, y, n_boot=200, progress=False)
         >>> df[["point", "layer", "kind"]].values.tolist()[0]
         ['lm.0.resid', 0.0, 'resid']
-        >>> bool(df.accuracy.iloc[2] > 0.95)
-        True
+        >>> bool(df.accuracy.iloc[2] > 0.95), df.leaks.tolist()
+        (True, [False, True, True])
     """
     # information.py imports this module for the fits; import back lazily to avoid a cycle.
     from .information import readout_table
