@@ -133,19 +133,25 @@ def _study(args: argparse.Namespace) -> int:
     cfg = MemorizationConfig.full() if args.full else MemorizationConfig()
     if args.out:
         cfg.out = args.out
+    cfg.progress = cfg.verbose = True  # a study runs for minutes: say what it is doing
+    out = Path(cfg.out).resolve()
+    print(f"probekit study {args.name}: checkpoints and tables go to {out}", flush=True)
     res = run_memorization(cfg)
     # keep the raw tables next to the checkpoints (CSV; nothing is pickled)
+    written = []
     for name, value in res.items():
         if hasattr(value, "to_csv"):
-            value.to_csv(Path(cfg.out) / f"{name}.csv", index=False)
+            value.to_csv(out / f"{name}.csv", index=False)
+            written.append(out / f"{name}.csv")
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20):
         print(res["table"].round(3).to_string(index=False))
         print(res["gradient_cosine_summary"].round(4).to_string(index=False))
     if args.full:
         docs = Path(args.docs)
-        for path in write_results(res, docs / "results.md", docs / "img", command="probekit study memorization --full"):
-            print(f"wrote {path}")
-    print(f"({res['seconds']:.0f} s)")
+        written += write_results(res, docs / "results.md", docs / "img", command="probekit study memorization --full")
+    for path in written:
+        print(f"wrote {path}")
+    print(f"({res['seconds']:.0f} s; checkpoints and tables in {out})")
     return 0
 
 
@@ -158,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("scan", "points", "collect") and not args.model:
             raise InputError(f"--model is missing: {args.command} needs a model",
                                 fix="pass --model DIR (a checkpoint directory, e.g. one written by "
-                                    "probekit.tiny.build('llava', DIR)) or --model HUB_ID (e.g. llava-hf/llava-1.5-7b-hf)")
+                                    "probekit.tiny.build('llava', DIR)) or --model HUB_ID (a hub id, e.g. llava-hf/llava-1.5-7b-hf)")
         return {"demo": _demo, "scan": _scan, "points": _points, "collect": _collect,
                 "study": _study}[args.command](args)
     except ProbekitError as exc:

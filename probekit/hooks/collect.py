@@ -9,9 +9,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.images import check_images, images_digest, to_pil
+from .._progress import progress_bar
 from ..errors import InputError
 from ..models.adapter import Model
 from .backends import check_backend, run_backend
@@ -170,7 +170,7 @@ def collect(
     point_info: dict[str, dict] = dict(writer.index["points"]) if writer is not None else {}
     memory: dict[str, list[torch.Tensor]] = {p: [] for p in names}
 
-    bar = tqdm(total=n, desc=f"collect {len(names)} points", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=n, desc=f"collect {len(names)} points", unit="img", disable=not progress, leave=False)
     lm_side = any(model.target(p).side == "lm" for p in names)
     try:
         for start in range(0, n, step):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -45,6 +46,23 @@ def check_device(device: str | torch.device | None) -> None:
                              fix="use device='cpu', or a CUDA index below the device count")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"device {device!r} is not available", fix="use device='cpu'")
+
+
+@contextlib.contextmanager
+def _quiet_bars() -> Iterator[None]:
+    """transformers' "Loading weights" bar, off in logs (see probekit._progress), restored after."""
+    from transformers.utils import logging as hf_logging
+
+    from .._progress import interactive
+
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not interactive():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _offline() -> bool:
@@ -171,7 +189,8 @@ def load(
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        hf = _model_class(config).from_pretrained(src, **kwargs)
+        with _quiet_bars():
+            hf = _model_class(config).from_pretrained(src, **kwargs)
         processor = load_processor(src)
     except (OSError, ValueError, KeyError, ImportError) as exc:
         raise UnsupportedModelError(f"transformers could not load {src!r}: {exc}",
