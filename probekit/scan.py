@@ -47,10 +47,11 @@ def scan(
         images: file paths, PIL images, arrays, tensors, a folder (``<folder>/<label>/<image>``
             gives labels), or a pandas DataFrame / ``datasets.Dataset`` with an image (and label)
             column (names found automatically, or ``image_column=`` / ``label_column=``).
-        labels: one per image, a pandas Series, or a CSV with a ``label`` column (and ``image`` column matching file
-            names in the folder). With labels the report holds probe accuracy and mutual
-            information per point and position (with CIs, permutation floor and control task),
-            on the residual stream and on the top-k output logits.
+        labels: one per image (a list or a pandas Series), a DataFrame with a ``label`` column, the
+            name of a column of ``images`` when that is a table, or a CSV with a ``label`` column
+            (and ``image`` column matching file names in the folder). With labels the report holds
+            probe accuracy and mutual information per point and position (with CIs, permutation
+            floor and control task), on the residual stream and on the top-k output logits.
         prompts: one prompt for all images or one per image (default ``"Describe the image."``);
             ``prompt=`` is the older spelling of the same argument.
         targets: strings (e.g. a username) whose logit-lens rank and probability per layer are reported.

@@ -71,6 +71,12 @@ def test_a_datasets_dataset_with_class_labels(tiny_model):
     r = probekit.scan(tiny_model("llava"), ds, image_column="img", label_column="kind", cv=3, n_boot=50,
                       progress=False, topk=None)
     assert r.data["label_counts"] == {"cat": N // 2, "dog": N // 2}
+    # undecoded image cells ({"bytes", "path"}, as read from parquet) and labels= naming a column
+    raw = ds.cast_column("img", datasets.Image(decode=False))
+    assert isinstance(raw[0]["img"], dict)
+    r2 = probekit.scan(tiny_model("llava"), raw, labels="kind", cv=3, n_boot=50, progress=False, topk=None)
+    assert r2.table["accuracy"].tolist() == r.table["accuracy"].tolist()
+    assert r2.data["label_counts"] == {"cat": N // 2, "dog": N // 2}
 
 
 def test_table_input_errors_name_the_columns(files):

@@ -157,9 +157,9 @@ def resolve_images(images: Any, labels: Any = None, image_column: str | None = N
     if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
         src = _folder(Path(images))
     elif _is_frame(images) or (hasattr(images, "column_names") and hasattr(images, "__getitem__")):
+        if isinstance(labels, str) and label_column is None and labels in _columns(images):
+            label_column, labels = labels, None  # labels="<column>"
         src = _table(images, image_column, label_column)
-        if isinstance(labels, str) and labels in _columns(images):  # labels="<column>"
-            src.labels, labels = _column(images, labels), None
     elif isinstance(images, (str, os.PathLike)):
         raise ImageError(f"{str(images)!r} is neither a folder nor a list of images",
                          fix="pass a folder, a list of paths/PIL images, a pandas DataFrame or a datasets.Dataset")
