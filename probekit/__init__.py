@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os as _os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Busy-waiting OpenMP threads made small ops 10-20x slower on a shared CPU (seen while
 # benchmarking the probes). Only takes effect if torch is not imported yet.
@@ -47,6 +47,19 @@ _LAZY = {
     "steer": ("probekit.steering", "steer"),
     "orthogonalize": ("probekit.steering", "orthogonalize"),
 }
+if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the API docs
+    from .hooks.collect import collect
+    from .hooks.recorder import Recorder
+    from .hooks.store import ActivationStore
+    from .models.adapter import Model
+    from .models.loading import load, wrap
+    from .readout.information import mutual_information
+    from .readout.leakage import leakage
+    from .readout.lens import LogitLens, TunedLens
+    from .readout.probes import LinearProbe, probe_layers
+    from .report import ScanReport, compare
+    from .steering import Direction, ablate, orthogonalize, steer
+
 # subpackages reachable as attributes (`probekit.tiny.build(...)`) without importing them up front
 _SUBMODULES = {"tiny", "models", "hooks", "readout", "steering", "data", "experiments", "report", "plots", "cli"}
 

@@ -163,8 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("scan", "points", "collect") and not args.model:
             raise InputError(f"--model is missing: {args.command} needs a model",
-                                fix="pass --model DIR (a checkpoint directory, e.g. one written by "
-                                    "probekit.tiny.build('llava', DIR)) or --model HUB_ID (a hub id, e.g. llava-hf/llava-1.5-7b-hf)")
+                             fix="pass --model DIR (a checkpoint directory, e.g. one written by probekit.tiny.build"
+                                 "('llava', DIR)) or --model HUB_ID (a hub id, e.g. llava-hf/llava-1.5-7b-hf)")
         return {"demo": _demo, "scan": _scan, "points": _points, "collect": _collect,
                 "study": _study}[args.command](args)
     except ProbekitError as exc:
