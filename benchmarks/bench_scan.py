@@ -42,7 +42,7 @@ def scan_bench(n: int) -> None:
     model = probekit.load(path)
     images = tiny.fixture_images(n, 96, seed=1)
     labels = [i % 2 for i in range(n)]
-    kw = dict(labels=labels, prompt="What is the username?", points=["projector", "lm.*.resid"], n_boot=500,
+    kw = dict(labels=labels, prompts="What is the username?", points=["projector", "lm.*.resid"], n_boot=500,
               progress=False)
     probekit.scan(model, images[:16], **{**kw, "labels": labels[:16], "cv": 2})  # warm-up
     t0 = time.perf_counter()

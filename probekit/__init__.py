@@ -14,21 +14,26 @@ from __future__ import annotations
 
 import importlib
 import os as _os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Busy-waiting OpenMP threads made small ops 10-20x slower on a shared CPU (seen while
 # benchmarking the probes). Only takes effect if torch is not imported yet.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import errors  # noqa: E402
-from .hooks import ActivationStore, Recorder, collect  # noqa: E402
-from .models import Model, load, tiny, wrap  # noqa: E402
 from .scan import scan  # noqa: E402  # eager: the function must shadow the module of the same name
 
 __version__ = "0.1.0"
 
-# Heavier layers load on first use, so `import probekit` stays fast for hook-only users.
+# Everything else loads on first use: `import probekit` and `probekit --help` stay free of
+# torch, transformers, sklearn and plotly (seconds of start-up; docs/benchmarks.md).
 _LAZY = {
+    "Model": ("probekit.models.adapter", "Model"),
+    "load": ("probekit.models.loading", "load"),
+    "wrap": ("probekit.models.loading", "wrap"),
+    "collect": ("probekit.hooks.collect", "collect"),
+    "ActivationStore": ("probekit.hooks.store", "ActivationStore"),
+    "Recorder": ("probekit.hooks.recorder", "Recorder"),
     "ScanReport": ("probekit.report", "ScanReport"),
     "compare": ("probekit.report", "compare"),
     "LogitLens": ("probekit.readout.lens", "LogitLens"),
@@ -42,8 +47,23 @@ _LAZY = {
     "steer": ("probekit.steering", "steer"),
     "orthogonalize": ("probekit.steering", "orthogonalize"),
 }
+if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the API docs
+    from .hooks.collect import collect
+    from .hooks.recorder import Recorder
+    from .hooks.store import ActivationStore
+    from .models.adapter import Model
+    from .models.loading import load, wrap
+    from .readout.information import mutual_information
+    from .readout.leakage import leakage
+    from .readout.lens import LogitLens, TunedLens
+    from .readout.probes import LinearProbe, probe_layers
+    from .report import ScanReport, compare
+    from .steering import Direction, ablate, orthogonalize, steer
 
-__all__ = ["errors", "Model", "load", "wrap", "tiny", "collect", "ActivationStore", "Recorder", "scan", "__version__", *_LAZY]
+# subpackages reachable as attributes (`probekit.tiny.build(...)`) without importing them up front
+_SUBMODULES = {"tiny", "models", "hooks", "readout", "steering", "data", "experiments", "report", "plots", "cli"}
+
+__all__ = ["errors", "tiny", "scan", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
@@ -52,6 +72,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"probekit.{name}")
     raise AttributeError(f"module 'probekit' has no attribute {name!r}")
 
 

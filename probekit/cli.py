@@ -31,11 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=300, help="fine-tuning steps (default: 300)")
 
     s = sub.add_parser("scan", help="probe every layer for what it reveals about the images; write an HTML report")
-    s.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    s.add_argument("--model", help="checkpoint directory or hub id")
     s.add_argument("--images", required=True, help="folder of images; <folder>/<label>/<image> gives labels")
     s.add_argument("--labels", default=None, help="CSV with a 'label' column (and 'image' matching file names)")
     s.add_argument("--targets", nargs="*", default=None, help="strings whose logit-lens rank is reported per layer")
-    s.add_argument("--prompt", default=None, help="prompt used with every image")
+    s.add_argument("--prompts", "--prompt", dest="prompts", default=None,
+                   help="prompt used with every image (--prompt is the older spelling)")
     s.add_argument("--points", default="lm.*.resid", help='comma-separated globs (default "lm.*.resid")')
     s.add_argument("--positions", default="last,image_mean", help='comma-separated positions (default "last,image_mean")')
     s.add_argument("--out", default="report.html", help="HTML report to write (default report.html)")
@@ -49,14 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
 
     pts = sub.add_parser("points", help="list the hook points of a model")
-    pts.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    pts.add_argument("--model", help="checkpoint directory or hub id")
     pts.add_argument("--pattern", default=None, help='glob, e.g. "lm.*.resid"')
 
     c = sub.add_parser("collect", help="record hook points for a folder of images into a disk store")
-    c.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    c.add_argument("--model", help="checkpoint directory or hub id")
     c.add_argument("--images", required=True, help="folder of image files (searched recursively)")
     c.add_argument("--out", required=True, help="store directory (resumed if it exists)")
-    c.add_argument("--prompt", default=None, help="prompt used with every image")
+    c.add_argument("--prompts", "--prompt", dest="prompts", default=None,
+                   help="prompt used with every image (--prompt is the older spelling)")
     c.add_argument("--points", default="lm.*.resid", help='comma-separated globs (default "lm.*.resid")')
     c.add_argument("--positions", default="last", help='comma-separated positions (default "last")')
     c.add_argument("--batch-size", type=int, default=8)
@@ -93,7 +95,7 @@ def _scan(args: argparse.Namespace) -> int:
     if args.labels is not None and not Path(args.labels).is_file():
         raise probekit.errors.InputError(f"--labels {args.labels} does not exist", fix="pass a CSV file")
     model = probekit.load(args.model, device=args.device, dtype=args.dtype)
-    report = probekit.scan(model, args.images, labels=args.labels, prompt=args.prompt, targets=args.targets,
+    report = probekit.scan(model, args.images, labels=args.labels, prompts=args.prompts, targets=args.targets,
                            points=[p.strip() for p in args.points.split(",")], positions=_positions(args.positions),
                            cv=args.cv, seed=args.seed, batch_size=args.batch_size, store=args.store)
     if report is None:  # a rank other than 0 of a distributed scan: rank 0 writes the report
@@ -123,7 +125,7 @@ def _collect(args: argparse.Namespace) -> int:
         raise probekit.errors.InputError(f"--images {folder} is not a folder", fix="pass a folder of image files")
     files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in _IMAGE_EXT)
     model = probekit.load(args.model, device=args.device, dtype=args.dtype)
-    store = probekit.collect(model, files, args.prompt, points=[p.strip() for p in args.points.split(",")],
+    store = probekit.collect(model, files, args.prompts, points=[p.strip() for p in args.points.split(",")],
                              positions=_positions(args.positions), store=args.out, batch_size=args.batch_size)
     print(f"{store}")
     return 0
@@ -135,28 +137,38 @@ def _study(args: argparse.Namespace) -> int:
     cfg = MemorizationConfig.full() if args.full else MemorizationConfig()
     if args.out:
         cfg.out = args.out
+    cfg.progress = cfg.verbose = True  # a study runs for minutes: say what it is doing
+    out = Path(cfg.out).resolve()
+    print(f"probekit study {args.name}: checkpoints and tables go to {out}", flush=True)
     res = run_memorization(cfg)
     # keep the raw tables next to the checkpoints (CSV; nothing is pickled)
+    written = []
     for name, value in res.items():
         if hasattr(value, "to_csv"):
-            value.to_csv(Path(cfg.out) / f"{name}.csv", index=False)
+            value.to_csv(out / f"{name}.csv", index=False)
+            written.append(out / f"{name}.csv")
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20):
         print(res["table"].round(3).to_string(index=False))
         print(res["gradient_cosine_summary"].round(4).to_string(index=False))
     if args.full:
         docs = Path(args.docs)
-        for path in write_results(res, docs / "results.md", docs / "img", command="probekit study memorization --full"):
-            print(f"wrote {path}")
-    print(f"({res['seconds']:.0f} s)")
+        written += write_results(res, docs / "results.md", docs / "img", command="probekit study memorization --full")
+    for path in written:
+        print(f"wrote {path}")
+    print(f"({res['seconds']:.0f} s; checkpoints and tables in {out})")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``probekit`` console script."""
     args = _parser().parse_args(argv)
-    from probekit.errors import ProbekitError
+    from probekit.errors import InputError, ProbekitError
 
     try:
+        if args.command in ("scan", "points", "collect") and not args.model:
+            raise InputError(f"--model is missing: {args.command} needs a model",
+                             fix="pass --model DIR (a checkpoint directory, e.g. one written by probekit.tiny.build"
+                                 "('llava', DIR)) or --model HUB_ID (a hub id, e.g. llava-hf/llava-1.5-7b-hf)")
         return {"demo": _demo, "scan": _scan, "points": _points, "collect": _collect,
                 "study": _study}[args.command](args)
     except ProbekitError as exc:

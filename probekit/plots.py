@@ -785,4 +785,14 @@ def compare_curves(base_table: pd.DataFrame, tuned_table: pd.DataFrame, metric: 
     fig.update_yaxes(title_text=_LABELS.get(metric, metric) + (", 95% CI" if has_ci else ""), row=1, col=1)
     fig.update_yaxes(title_text=f"difference ({names[1]} − {names[0]})", row=2, col=1)
     what = {"accuracy": "Probe accuracy", "mi_bits": "Mutual information (bits)"}.get(metric, metric)
-    return _layout(fig, title or f"{what}: {names[0]} vs {names[1]}", 640)
+    return _layout(fig, title or f"{what}: {role_names(names)[0]} vs {role_names(names)[1]}", 640)
+
+
+def role_names(names: Sequence[str]) -> tuple[str, str]:
+    """Labels that say which model is the base and which the tuned one, e.g. ``"A (base)"``.
+
+    Example:
+        >>> role_names(("base", "tuned")), role_names(("7b", "7b-ft"))
+        (('base', 'tuned'), ('7b (base)', '7b-ft (tuned)'))
+    """
+    return tuple(n if n == role else f"{n} ({role})" for n, role in zip(names, ("base", "tuned")))  # type: ignore[return-value]

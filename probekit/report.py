@@ -654,12 +654,15 @@ class Comparison:
                         "its CI combines the two CIs assuming independent estimates.</p>")
         rows, cols, num = self._rows()
         body.append("<h2>Paired table</h2>" + _html_table(rows, cols, num))
-        for name, rep in ((nb, self.base), (nt, self.tuned)):
+        for name, rep in zip(plots.role_names(self.names), (self.base, self.tuned)):
             body.append(f"<h2>{_e(name)}: settings and data</h2>{_kv_table(rep.settings)}{_kv_table(rep.data)}")
             if rep.notes:
                 body.append('<div class="notes">' + "<br>".join(_e(n) for n in rep.notes) + "</div>")
-        sub = f"{self.base.settings.get('model', nb)} vs {self.tuned.settings.get('model', nt)}"
-        return _page("probekit comparison", sub, "\n".join(body))
+        rb, rt = plots.role_names(self.names)
+        sub = " vs ".join(f"{role}: {rep.settings.get('model', name)}"
+                          + (f" (fingerprint {rep.settings['model_fingerprint']})" if rep.settings.get("model_fingerprint") else "")
+                          for role, name, rep in ((rb, nb, self.base), (rt, nt, self.tuned)))
+        return _page(f"probekit comparison: {rb} vs {rt}", sub, "\n".join(body))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ONE self-contained HTML file (atomic; the directory is created); returns its path."""

@@ -6,13 +6,13 @@ import datetime as _dt
 import time
 from collections import Counter
 from numbers import Integral
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from .data.sources import resolve_images
 from .errors import InputError
-from .hooks import distributed
-from .hooks.collect import as_model, check_prompts, collect
-from .hooks.positions import Position, normalize_positions, position_name
+
+if TYPE_CHECKING:  # the real imports wait for the first call: `import probekit` must not pull in torch
+    from .hooks.positions import Position
+    from .report import ScanReport
 
 __all__ = ["scan"]
 
@@ -21,9 +21,10 @@ def scan(
     model: Any,
     images: Any,
     labels: Any = None,
-    prompt: str | Sequence[str] | None = None,
+    prompts: str | Sequence[str] | None = None,
     targets: Sequence[str] | None = None,
     *,
+    prompt: str | Sequence[str] | None = None,
     points: str | Sequence[str] = "lm.*.resid",
     positions: Position | Sequence[Position] = ("last", "image_mean"),
     groups: Any = None,
@@ -44,12 +45,15 @@ def scan(
     Args:
         model: a :class:`probekit.Model`, a checkpoint path / hub id, or an HF model with ``processor=``.
         images: file paths, PIL images, arrays, tensors, a folder (``<folder>/<label>/<image>``
-            gives labels), or a ``datasets.Dataset`` with an image (and label) column.
-        labels: one per image, or a CSV with a ``label`` column (and ``image`` column matching file
-            names in the folder). With labels the report holds probe accuracy and mutual
-            information per point and position (with CIs, permutation floor and control task),
-            on the residual stream and on the top-k output logits.
-        prompt: one prompt for all images or one per image (default ``"Describe the image."``).
+            gives labels), or a pandas DataFrame / ``datasets.Dataset`` with an image (and label)
+            column (names found automatically, or ``image_column=`` / ``label_column=``).
+        labels: one per image (a list or a pandas Series), a DataFrame with a ``label`` column, the
+            name of a column of ``images`` when that is a table, or a CSV with a ``label`` column
+            (and ``image`` column matching file names in the folder). With labels the report holds
+            probe accuracy and mutual information per point and position (with CIs, permutation
+            floor and control task), on the residual stream and on the top-k output logits.
+        prompts: one prompt for all images or one per image (default ``"Describe the image."``);
+            ``prompt=`` is the older spelling of the same argument.
         targets: strings (e.g. a username) whose logit-lens rank and probability per layer are reported.
         points, positions: what to record (see :func:`probekit.collect`).
         groups: samples sharing a group (e.g. the same watermark string) never straddle train and test.
@@ -69,16 +73,22 @@ def scan(
         >>> sorted(r.table.position.unique())
         ['image_mean', 'last']
     """
+    from .data.sources import resolve_images
+    from .hooks import distributed
+    from .hooks.collect import as_model, check_prompts, collect
+    from .hooks.positions import normalize_positions, position_name
     from .readout.leakage import check_labels, leakage
     from .readout.lens import LogitLens, lens_points
     from .report import ScanReport
+
+    prompts = _one_keyword(prompts, prompt)
 
     t0 = time.perf_counter()
     # ---- everything is checked before the first forward pass
     model = as_model(model, processor)
     src = resolve_images(images, labels, image_column=image_column, label_column=label_column)
     n = len(src.images)
-    prompts = check_prompts(prompt, n)
+    prompts = check_prompts(prompts, n)
     names = model.resolve(points)
     pos_list, _ = normalize_positions(positions)
     if targets is not None:
@@ -140,6 +150,13 @@ def scan(
         "seconds": round(time.perf_counter() - t0, 2),
     }
     return ScanReport(table=table, lens=lens_table, targets=target_table, settings=settings, data=data, notes=notes)
+
+
+def _one_keyword(prompts: Any, prompt: Any) -> Any:
+    """``prompt=`` (the older spelling) and ``prompts=`` name the same argument."""
+    if prompt is not None and prompts is not None:
+        raise InputError("both prompts= and prompt= were given", fix="pass only prompts= (prompt= is its older spelling)")
+    return prompts if prompts is not None else prompt
 
 
 def _version() -> str:

@@ -101,9 +101,9 @@ def test_cli_scan_points_and_bad_arguments(tiny_dir, folder, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a folder" in err[0]
     assert main(["points", "--model", str(tmp_path / "nope")]) == 2
-    with pytest.raises(SystemExit) as info:
-        main(["scan", "--images", str(folder)])  # --model missing
-    assert info.value.code == 2
+    capsys.readouterr()
+    assert main(["scan", "--images", str(folder)]) == 2  # --model missing: exit code 2 and what to pass
+    assert "--model is missing" in capsys.readouterr().err
 
 
 def test_demo_end_to_end(tmp_path, capsys):

@@ -46,24 +46,87 @@ def _folder(path: Path) -> ImageSource:
     return ImageSource(files, None, {"source": f"folder {path}"}, [f.name for f in files])
 
 
-def _dataset(ds: Any, image_column: str | None, label_column: str | None) -> ImageSource:
-    cols = list(getattr(ds, "column_names", []) or [])
-    img_col = image_column or next((c for c in ("image", "img", "images", "pixel_values") if c in cols), None)
-    if img_col is None or img_col not in cols:
-        raise ImageError(f"dataset has no image column (columns: {cols})", fix="pass image_column=<name>")
-    lab_col = label_column or next((c for c in ("label", "labels", "class", "target") if c in cols), None)
+_IMAGE_COLUMNS = ("image", "img", "images", "pixel_values", "path", "file", "filename", "image_path")
+_LABEL_COLUMNS = ("label", "labels", "class", "target")
+
+
+def _is_frame(x: Any) -> bool:
+    """A pandas DataFrame (checked by duck type: pandas is only imported when it is used)."""
+    return hasattr(x, "columns") and hasattr(x, "iloc") and not hasattr(x, "column_names")
+
+
+def _columns(table: Any) -> list[str]:
+    return [str(c) for c in table.columns] if _is_frame(table) else list(getattr(table, "column_names", []) or [])
+
+
+def _column(table: Any, name: str) -> list[Any]:
+    return table[name].tolist() if _is_frame(table) else list(table[name])
+
+
+def _cell(x: Any) -> Any:
+    """An image cell as stored by datasets / parquet (``{"bytes": ..., "path": ...}``) becomes a PIL image."""
+    if isinstance(x, dict) and ("bytes" in x or "path" in x):
+        if x.get("bytes"):
+            import io
+
+            from PIL import Image
+
+            return Image.open(io.BytesIO(x["bytes"]))
+        return x.get("path")
+    return x
+
+
+def _table(table: Any, image_column: str | None, label_column: str | None) -> ImageSource:
+    """A pandas DataFrame or a ``datasets.Dataset``: one row per image, columns for image and label."""
+    kind = "DataFrame" if _is_frame(table) else "datasets.Dataset"
+    cols = _columns(table)
+    if image_column is not None and image_column not in cols:
+        raise ImageError(f"the {kind} has no column {image_column!r} (columns: {cols})",
+                         fix=f"pass image_column= one of {cols}")
+    img_col = image_column or next((c for c in _IMAGE_COLUMNS if c in cols), None)
+    if img_col is None:
+        raise ImageError(f"the {kind} has no image column (columns: {cols})",
+                         fix="pass image_column=<name of the column holding images or file paths>")
     if label_column is not None and label_column not in cols:
-        raise LabelError(f"dataset has no column {label_column!r} (columns: {cols})", fix="pass label_column=<name>")
-    images = list(ds[img_col])
+        raise LabelError(f"the {kind} has no column {label_column!r} (columns: {cols})",
+                         fix=f"pass label_column= one of {cols}")
+    lab_col = label_column or next((c for c in _LABEL_COLUMNS if c in cols), None)
+    images = [_cell(x) for x in _column(table, img_col)]
     labels = None
     if lab_col is not None:
-        labels = list(ds[lab_col])
-        feat = getattr(ds, "features", {}).get(lab_col) if hasattr(ds, "features") else None
-        names = getattr(feat, "names", None)
+        labels = _column(table, lab_col)
+        feat = table.features.get(lab_col) if hasattr(table, "features") else None
+        names = getattr(feat, "names", None)  # datasets.ClassLabel: ints -> class names
         if names:
             labels = [names[i] for i in labels]
-    return ImageSource(images, labels, {"source": f"datasets.Dataset ({len(images)} rows, image column {img_col!r}"
-                                        + (f", label column {lab_col!r})" if lab_col else ")")})
+    n = len(images)
+    desc = {"source": f"{kind} ({n} rows, image column {img_col!r}" + (f", label column {lab_col!r})" if lab_col else ")")}
+    return ImageSource(images, labels, desc)
+
+
+def _labels_from_frame(frame: Any, label_column: str | None, names: list[str] | None) -> list[Any]:
+    """``labels=`` given as a DataFrame: its label column, matched to folder files when it has a file column."""
+    cols = _columns(frame)
+    if label_column is not None and label_column not in cols:
+        raise LabelError(f"the labels DataFrame has no column {label_column!r} (columns: {cols})",
+                         fix=f"pass label_column= one of {cols}")
+    col = label_column or next((c for c in _LABEL_COLUMNS if c in cols), None) or (cols[0] if len(cols) == 1 else None)
+    if col is None:
+        raise LabelError(f"the labels DataFrame has no label column (columns: {cols})",
+                         fix="name it 'label', pass label_column=<name>, or pass labels=df[<name>]")
+    values = _column(frame, col)
+    key = next((c for c in ("image", "file", "filename", "path") if c in cols), None)
+    if key is None or names is None:
+        return values
+    return _match_names(dict(zip(map(str, _column(frame, key)), values)), names)
+
+
+def _match_names(read: dict[str, Any], names: list[str]) -> list[Any]:
+    missing = [nm for nm in names if nm not in read and Path(nm).name not in read]
+    if missing:
+        raise LabelError(f"the labels have no row for {len(missing)} images, e.g. {missing[0]!r}",
+                         fix="add a row per image (column 'image' = path relative to the folder or file name)")
+    return [read.get(nm, read.get(Path(nm).name)) for nm in names]
 
 
 def read_label_csv(path: str | os.PathLike, names: Sequence[str] | None = None) -> list[str] | dict[str, str]:
@@ -93,11 +156,13 @@ def resolve_images(images: Any, labels: Any = None, image_column: str | None = N
     """Turn what a user passes into checked images and aligned labels (raises before any model work)."""
     if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
         src = _folder(Path(images))
-    elif hasattr(images, "column_names") and hasattr(images, "__getitem__"):
-        src = _dataset(images, image_column, label_column)
+    elif _is_frame(images) or (hasattr(images, "column_names") and hasattr(images, "__getitem__")):
+        if isinstance(labels, str) and label_column is None and labels in _columns(images):
+            label_column, labels = labels, None  # labels="<column>"
+        src = _table(images, image_column, label_column)
     elif isinstance(images, (str, os.PathLike)):
         raise ImageError(f"{str(images)!r} is neither a folder nor a list of images",
-                         fix="pass a folder, a list of paths/PIL images, or a datasets.Dataset")
+                         fix="pass a folder, a list of paths/PIL images, a pandas DataFrame or a datasets.Dataset")
     else:
         src = ImageSource(list(images) if not hasattr(images, "ndim") else images, None, {"source": "in-memory list"})
     src.images = check_images(src.images)
@@ -109,13 +174,12 @@ def resolve_images(images: Any, labels: Any = None, image_column: str | None = N
                 if src.names is None:
                     raise LabelError("a label CSV with an image column needs images given as a folder",
                                      fix="drop the image column to label in row order, or pass the folder")
-                missing = [nm for nm in src.names if nm not in read and Path(nm).name not in read]
-                if missing:
-                    raise LabelError(f"label file has no row for {len(missing)} images, e.g. {missing[0]!r}",
-                                     fix="add a row per image (column 'image' = path relative to the folder or file name)")
-                labels = [read.get(nm, read.get(Path(nm).name)) for nm in src.names]
+                labels = _match_names(read, src.names)
             else:
                 labels = read
+        elif _is_frame(labels):  # list(df) would be its column names
+            src.description["labels"] = "DataFrame"
+            labels = _labels_from_frame(labels, label_column, src.names)
         src.labels = list(labels) if not hasattr(labels, "tolist") else labels.tolist()
     if src.labels is not None and len(src.labels) != len(src.images):
         raise LabelError(f"{len(src.images)} images but {len(src.labels)} labels",

@@ -85,7 +85,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     acc_base, acc_tuned = task_accuracy(base, test), task_accuracy(tuned, test)
 
     images, labels, groups = _eval_set(cfg, seen, unseen)
-    kw = dict(labels=labels, groups=groups, prompt=cfg.prompt, points=["projector", "lm.*.resid"],
+    kw = dict(labels=labels, groups=groups, prompts=cfg.prompt, points=["projector", "lm.*.resid"],
               positions=("last", "image_mean"), seed=cfg.seed, n_boot=500, progress=cfg.progress)
     r_base = probekit.scan(base, images, **kw)
     r_tuned = probekit.scan(tuned, images, **kw)

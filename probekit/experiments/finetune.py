@@ -12,8 +12,8 @@ import random
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from ..data.images import to_pil
 from ..errors import InputError
 from ..models.adapter import Model
@@ -116,7 +116,7 @@ def finetune(
     order: list[int] = []
     losses = []
     try:
-        for step in tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False):
+        for step in progress_bar(range(steps), desc="fine-tune", disable=not progress, leave=False):
             if len(order) < batch_size:
                 fresh = list(range(len(samples)))
                 rng.shuffle(fresh)

@@ -124,7 +124,7 @@ def _eval_set(cfg: MemorizationConfig, seed: int, seen: list, unseen: list, offs
 def _scan(model, ev: dict, cfg: MemorizationConfig, seed: int, labels=None, groups: Any = "default"):
     import probekit
 
-    return probekit.scan(model, ev["images"], labels=labels or ev["labels"], prompt=cfg.prompt,
+    return probekit.scan(model, ev["images"], labels=labels or ev["labels"], prompts=cfg.prompt,
                          groups=ev["groups"] if groups == "default" else groups, points=POINTS, positions=POSITIONS,
                          seed=seed, n_boot=cfg.n_boot, progress=cfg.progress)
 
@@ -197,7 +197,7 @@ def positive_control(cfg: MemorizationConfig, seed: int, ckpt: Path) -> tuple[pd
     ev, ks = samples(cfg.control_n_eval, seed + 70)
     acc = task_accuracy(tuned, ev)
     images = [t.image for t in ev]
-    kw = dict(labels=[f"profile{k}" for k in ks], prompt=cfg.prompt, points=POINTS, positions=POSITIONS,
+    kw = dict(labels=[f"profile{k}" for k in ks], prompts=cfg.prompt, points=POINTS, positions=POSITIONS,
               seed=seed, n_boot=cfg.n_boot, progress=cfg.progress)
     rb = probekit.scan(load(ckpt), images, **kw)
     rt = probekit.scan(tuned, images, **kw)

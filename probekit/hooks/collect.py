@@ -9,9 +9,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.images import check_images, image_hashes, images_digest, to_pil
+from .._progress import progress_bar
 from ..errors import InputError
 from ..models.adapter import Model
 from . import distributed
@@ -207,8 +207,8 @@ def collect(
     point_info: dict[str, dict] = dict(writer.index["points"]) if writer is not None else {}
     memory: dict[str, list[torch.Tensor]] = {p: [] for p in names}
 
-    bar = tqdm(total=sum(b - a for a, b in todo), desc=f"collect {len(names)} points" + (f" (rank {rank})" if world > 1 else ""),
-               unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=sum(b - a for a, b in todo), desc=f"collect {len(names)} points" + (f" (rank {rank})" if world > 1 else ""),
+                       unit="img", disable=not progress, leave=False)
     lm_side = any(model.target(p).side == "lm" for p in names)
     try:
         for start, stop in todo:

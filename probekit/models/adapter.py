@@ -257,13 +257,39 @@ class Model:
         return self._impl.vision_counts(self, inputs, point, first_dim) if hasattr(self._impl, "vision_counts") else None
 
     def fingerprint(self) -> str:
-        """A short hash that identifies the architecture and weights' shapes (for store checks)."""
+        """A short hash of the architecture and the weights (for store checks and reports).
+
+        It changes when any weight changes: besides the config and every parameter's name and
+        shape it hashes a strided sample of each parameter's values (at most
+        ``_FINGERPRINT_SAMPLE`` per tensor, always the first and last), so a fine-tuned copy of a
+        model gets its own fingerprint while a 7B model is still fingerprinted in milliseconds
+        (the whole weights are never read).
+
+        Example:
+            >>> import probekit, tempfile, torch
+            >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
+            >>> before = m.fingerprint()
+            >>> with torch.no_grad():
+            ...     _ = next(m.hf.parameters()).view(-1)[0].add_(1e-3)
+            >>> m.fingerprint() != before
+            True
+        """
         cfg = self.hf.config.to_dict() if hasattr(self.hf.config, "to_dict") else {}
         cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("transformers_version",)}
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
         h.update(self.name.encode())
-        for n, p in self.hf.named_parameters():
-            h.update(f"{n}:{tuple(p.shape)}".encode())
+        samples: list[torch.Tensor] = []
+        with torch.no_grad():
+            for n, p in self.hf.named_parameters():
+                h.update(f"{n}:{tuple(p.shape)}:{p.dtype}".encode())
+                if p.device.type == "meta" or p.numel() == 0:  # offloaded by device_map: nothing to read
+                    continue
+                flat = p.detach().reshape(-1)
+                k = min(flat.numel(), _FINGERPRINT_SAMPLE)
+                idx = torch.linspace(0, flat.numel() - 1, k, device=flat.device).round().long()
+                samples.append(flat[idx].float().cpu())
+        if samples:
+            h.update(torch.cat(samples).numpy().tobytes())
         return h.hexdigest()[:16]
 
     def __repr__(self) -> str:
@@ -272,6 +298,9 @@ class Model:
             f"probekit.Model(family={self.family!r}, name={self.name!r}, lm_layers={self.n_layers}, "
             f"d_model={self.d_model}, params={n_params:,}, points={len(self._targets)})"
         )
+
+
+_FINGERPRINT_SAMPLE = 4096  # values per parameter that enter Model.fingerprint
 
 
 def _summary(names: list[str], k: int = 6) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -53,6 +54,49 @@ def rank_device(device: str | torch.device | None) -> str | torch.device | None:
     if device == "cuda" and local is not None and local.isdigit():
         return f"cuda:{int(local)}"
     return device
+
+
+@contextlib.contextmanager
+def _quiet_bars() -> Iterator[None]:
+    """transformers' "Loading weights" bar, off in logs (see probekit._progress), restored after."""
+    from transformers.utils import logging as hf_logging
+
+    from .._progress import interactive
+
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not interactive():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _offline() -> bool:
+    import huggingface_hub.constants as hub
+
+    flag = os.environ.get("HF_HUB_OFFLINE", os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return hub.HF_HUB_OFFLINE or flag.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _check_offline_hub_id(repo_id: str) -> None:
+    """Offline, a hub id that is not in the local cache fails now (not after retries inside transformers)."""
+    if not _offline():
+        return
+    import huggingface_hub.constants as hub
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not even a valid repo id
+        cached = None
+    if not isinstance(cached, str):
+        raise InputError(
+            f"{repo_id!r} is a hub id, offline mode is on (HF_HUB_OFFLINE=1) and it is not in the local "
+            f"Hugging Face cache ({hub.HF_HUB_CACHE})",
+            fix=f"download it while online (hf download {repo_id}), pass a local checkpoint directory, "
+                "or unset HF_HUB_OFFLINE")
 
 
 def wrap(hf_model: nn.Module, processor: Any, family: str | None = None) -> Model:
@@ -124,8 +168,6 @@ def load(
         >>> model.family, model.n_layers
         ('llava', 2)
     """
-    import transformers
-
     if not isinstance(path_or_id, (str, os.PathLike)):
         raise InputError(f"load() takes a path or hub id, got {type(path_or_id).__name__}",
                          fix="for an already-loaded model use probekit.wrap(model, processor)")
@@ -133,6 +175,8 @@ def load(
     device = rank_device(device)
     if device_map is None:
         check_device(device)
+    import transformers  # after the cheap checks: importing it takes seconds
+
     src = str(path_or_id)
     local = Path(src).expanduser()
     looks_local = src.startswith((".", "/", "~")) or local.exists() or src.count("/") > 1
@@ -141,6 +185,8 @@ def load(
                          fix="pass the directory written by save_pretrained / probekit.tiny.build, or a hub id")
     if looks_local:
         src = str(local)
+    else:
+        _check_offline_hub_id(src)
     try:
         config = transformers.AutoConfig.from_pretrained(src)
     except (OSError, ValueError) as exc:
@@ -154,7 +200,8 @@ def load(
     from safetensors import SafetensorError
 
     try:
-        hf = _model_class(config).from_pretrained(src, **kwargs)
+        with _quiet_bars():
+            hf = _model_class(config).from_pretrained(src, **kwargs)
         processor = load_processor(src)
     except SafetensorError as exc:  # a truncated or overwritten weights file
         raise InputError(f"the weights of {src!r} are damaged: {exc}",

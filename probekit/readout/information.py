@@ -343,9 +343,9 @@ def readout_table(
     H = float(entropy_bits(np.bincount(codes, minlength=K)))
     chance = float(np.bincount(codes).max() / n)
 
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
-    bar = tqdm(total=total, desc="probing", disable=not progress, unit="point")
+    bar = progress_bar(total=total, desc="probing", disable=not progress, unit="point", leave=True)
     rows = []
     try:
         for chunk in _chunks(units, n, memory_limit, check=not in_memory):

@@ -20,8 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from ..errors import InputError, StoreError, UnknownPointError
 
 __all__ = ["LogitLens", "TunedLens", "lens_points"]
@@ -115,7 +115,7 @@ class TunedLens(nn.Module):
         xs = {p: _acts(store, p).float().reshape(-1, model.d_model) for p in points}
         n = final.shape[0]
         norm, unembed = lens.frozen()
-        for _ in tqdm(range(steps), desc="tuned lens", disable=not progress, leave=False):
+        for _ in progress_bar(range(steps), desc="tuned lens", disable=not progress, leave=False):
             idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
             loss = 0.0
             for p in points:
