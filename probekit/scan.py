@@ -37,6 +37,9 @@ def scan(
     label_column: str | None = None,
     store: str | None = None,
     progress: bool = True,
+    ladder: Sequence[int | None] | None = None,
+    answer_tokens: Sequence[str] | None = None,
+    tuned_lens: Any = True,
 ) -> "ScanReport":
     """Measure, per layer, what a VLM's hidden states reveal about its images.
 
@@ -54,6 +57,14 @@ def scan(
         groups: samples sharing a group (e.g. the same watermark string) never straddle train and test.
         topk: k of the output-only probes (None: skip them).
         store: a directory to stream activations to (resumable), else memory.
+        ladder: a k sweep, e.g. ``(2, 5, 10, 50, None)``: with labels, also the leakage ladder
+            of :func:`probekit.readout.ladder.leakage_ladder` at the ``"last"`` position
+            (residual and tuned lens per layer, top-k output log-probabilities per k) in
+            ``report.ladder``.
+        answer_tokens: the ladder's fixed answer words (e.g. ``("Yes", "No")``): the rung with
+            ``k == len(answer_tokens)`` reads exactly their log-probabilities (Apple's k = 2).
+        tuned_lens: True fits a :class:`~probekit.readout.lens.TunedLens` on the collected
+            residuals for the ladder, a TunedLens is used as given, False leaves that rung out.
 
     Without labels and targets the report holds the logit-lens read-out of every layer at the
     chosen positions (top tokens) and says that no labels were given.
@@ -90,8 +101,14 @@ def scan(
             raise InputError(f"{name} must be an int >= {low}, got {value!r}", fix=f"e.g. {name}={example}")
     if src.labels is not None:
         check_labels(src.labels, n, groups, cv=cv, seed=seed)
+    answer_ids = None
+    if ladder is not None:
+        from .readout.ladder import check_ladder
+
+        answer_ids = check_ladder(model, ladder, answer_tokens, [position_name(p) for p in pos_list])
+        names = model.resolve(["lm.*.resid"] + [p for p in names if p != "logits"])
     record = list(names)
-    if (src.labels is not None and topk) and "logits" not in record:
+    if (src.labels is not None and (topk or ladder is not None)) and "logits" not in record:
         record.append("logits")
     lens_names = lens_points(record)
     want_lens = targets is not None or src.labels is None
@@ -119,6 +136,15 @@ def scan(
         table = pd.DataFrame()
         notes.append("No labels were given: the report shows the logit-lens read-out of each layer "
                      "(top tokens at each position) and no probe or mutual-information numbers.")
+    ladder_table = None
+    if ladder is not None and src.labels is not None:
+        from .readout.ladder import leakage_ladder
+        from .readout.lens import TunedLens
+
+        tl = TunedLens.fit(model, acts, seed=seed, progress=progress) if tuned_lens is True else (tuned_lens or None)
+        ladder_table = leakage_ladder(acts, src.labels, groups, lens=LogitLens(model, tuned=tl) if tl is not None else None,
+                                      ks=ladder, answer_ids=answer_ids, position="last", cv=cv, seed=seed,
+                                      n_boot=n_boot, progress=progress)
     counts = dict(Counter(map(str, src.labels))) if src.labels is not None else None
     data = {**src.description, "n_images": n, "label_counts": counts,
             "groups": None if groups is None else int(len(set(map(str, groups))))}
@@ -126,11 +152,13 @@ def scan(
         "model": model.name, "family": model.family, "model_fingerprint": model.fingerprint(),
         "points": names, "positions": [position_name(p) for p in pos_list],
         "prompts": list(dict.fromkeys(prompts))[:10], "targets": targets, "cv": cv, "seed": seed, "topk": topk,
+        "ladder": None if ladder is None else list(ladder), "answer_tokens": answer_tokens,
         "n_boot": n_boot, "batch_size": batch_size, "dtype": str(model.dtype).replace("torch.", ""),
         "device": str(model.device), "probekit_version": _version(), "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    return ScanReport(table=table, lens=lens_table, targets=target_table, settings=settings, data=data, notes=notes)
+    return ScanReport(table=table, lens=lens_table, targets=target_table, settings=settings, data=data, notes=notes,
+                      ladder=ladder_table)
 
 
 def _version() -> str:
