@@ -29,7 +29,7 @@ def ladder_figure(table: pd.DataFrame, metric: str = "accuracy", title: str | No
 
     Example:
         >>> t = pd.DataFrame({"source": ["residual", "tuned-lens", "logits", "logits"], "layer": [0, 0, None, None],
-        ...                   "k": [None, None, 2, 10], "n_features": [8, 30, 2, 30], "accuracy": [0.9, 0.8, 0.6, 0.7],
+        ...                   "k": [None, None, 2, 10], "accuracy": [0.9, 0.8, 0.6, 0.7],
         ...                   "accuracy_lo": [0.85, 0.75, 0.55, 0.65], "accuracy_hi": [0.95, 0.85, 0.65, 0.75], "chance": 0.5})
         >>> len(ladder_figure(t).data)
         3
@@ -44,14 +44,13 @@ def ladder_figure(table: pd.DataFrame, metric: str = "accuracy", title: str | No
                         subplot_titles=("residual stream and tuned lens, per layer", "output log-probabilities, top k"))
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#7f7f7f", "#17becf"]
     groups = list(table.groupby(by, sort=False)) if by else [(None, table)]
-    vocab = int(table.loc[table.source == "logits", "n_features"].max()) if "n_features" in table.columns and (table.source == "logits").any() else None
     for gi, (name, g) in enumerate(groups):
         for src, dash, col in (("residual", "solid", 1), ("tuned-lens", "dash", 1), ("logits", "solid", 2)):
             d = g[g.source == src]
             if d.empty:
                 continue
             d = d.sort_values("layer" if col == 1 else "k")
-            x = d.layer.astype(float).tolist() if col == 1 else [k_label(k, vocab) for k in d.k]
+            x = d.layer.astype(float).tolist() if col == 1 else (d.k_label.tolist() if "k_label" in d else [k_label(k) for k in d.k])
             colour = palette[gi % len(palette)] if by else _COLOURS[src]
             label = f"{name}: {src}" if by else src
             err = dict(type="data", symmetric=False, array=(d[hi] - d[metric]).tolist(),

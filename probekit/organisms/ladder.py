@@ -53,9 +53,9 @@ class LadderConfig:
     image_size: int = 60
     patch_size: int = 20
     num_layers: int = 4
-    ask: str | None = None  # None: the question's colour varies (red or blue); a colour fixes it
+    ask: str | None = "red"  # None: the question's colour varies (red or blue); a colour fixes it
     n_train: int = 2000
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 16
     lr: float = 3e-3
     n_test: int = 200
@@ -166,8 +166,6 @@ def _ci(v: float, lo: float, hi: float, d: int = 2) -> str:
 
 def headline(res: dict) -> pd.DataFrame:
     """Per attribute: best residual layer, best tuned-lens layer, each k; accuracy [95% CI]."""
-    from ..ladder_figure import k_label
-
     rows = []
     t = res["table"]
     for attr, g in t.groupby("attribute", sort=False):
@@ -177,7 +175,7 @@ def headline(res: dict) -> pd.DataFrame:
             b = d.loc[d.accuracy.idxmax()]
             row[f"{src} (best layer)"] = f"{_ci(b.accuracy, b.accuracy_lo, b.accuracy_hi)} @ {int(b.layer)}"
         for r in g[g.source == "logits"].sort_values("k").itertuples():
-            row[f"logits k={k_label(r.k, res['vocab'])}"] = _ci(r.accuracy, r.accuracy_lo, r.accuracy_hi)
+            row[f"logits k={r.k_label}"] = _ci(r.accuracy, r.accuracy_lo, r.accuracy_hi)
         row["verdict"] = res["verdicts"][attr]["all"].split(":")[0]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -197,8 +195,6 @@ def _save_png(res: dict, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..ladder_figure import k_label
-
     t = res["table"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True, gridspec_kw={"width_ratios": [1.2, 1]})
     for i, (attr, g) in enumerate(t.groupby("attribute", sort=False)):
@@ -208,7 +204,7 @@ def _save_png(res: dict, path: Path) -> Path | None:
             a.errorbar(d.layer, d.accuracy, yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy], color=c,
                        ls=ls, marker="o", ms=4, capsize=2, label=f"{attr} ({src})")
         d = g[g.source == "logits"].sort_values("k")
-        x = [k_label(k, res["vocab"]) for k in d.k]
+        x = d.k_label.tolist()
         b.errorbar(x, d.accuracy, yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy], color=c, marker="D",
                    ms=4, capsize=2, label=attr)
     for ax in (a, b):

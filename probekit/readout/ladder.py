@@ -140,6 +140,14 @@ def ladder_features(
     return out
 
 
+def _vocab(acts: Any, logits_point: str, position: str | None) -> int:
+    return int(_at(acts, logits_point, position).shape[-1])
+
+
+def _k_label(k: float, vocab: int) -> str:
+    return "" if math.isnan(k) else ("full" if int(k) >= vocab else str(int(k)))
+
+
 def leakage_ladder(
     acts: Any,
     labels: Any,
@@ -159,8 +167,9 @@ def leakage_ladder(
     """Probe accuracy and MI (with CIs and controls) on every rung of the ladder for one label.
 
     Returns the columns of :func:`probekit.readout.probes.probe_layers` plus ``source``
-    (``"residual"``, ``"tuned-lens"``, ``"logits"``), ``k`` (the logits rungs; NaN elsewhere)
-    and ``n_features``; every rung shares the same folds.
+    (``"residual"``, ``"tuned-lens"``, ``"logits"``), ``k`` (the logits rungs; NaN elsewhere;
+    the vocabulary size for the full distribution), ``k_label`` (``"2"``, ..., ``"full"``) and
+    ``n_features``; every rung shares the same folds.
 
     Example:
         >>> import torch
@@ -183,6 +192,8 @@ def leakage_ladder(
     table["source"] = [back[p][0] for p in table.point]
     table["k"] = [back[p][2] for p in table.point]
     table["n_features"] = [int(named[p].shape[1]) for p in table.point]
+    vocab = _vocab(acts, logits_point, position)
+    table["k_label"] = [_k_label(back[p][2], vocab) for p in table.point]
     table["point"] = [back[p][1] for p in table.point]
     table["layer"] = [-1.0 if p == "lm.embed" else (float(p.split(".")[1]) if p.startswith("lm.") else math.nan)
                       for p in table.point]
