@@ -25,7 +25,8 @@ def k_label(k: float, vocab: int | None = None) -> str:
 def ladder_figure(table: pd.DataFrame, metric: str = "accuracy", title: str | None = None) -> go.Figure:
     """Left: ``metric`` per layer on the residual stream and the tuned lens; right: on the top-k
     output log-probabilities vs k. One colour per label when ``table`` has an ``attribute``
-    column (several labels), else per source. Error bars: the table's 95% CIs.
+    column (several labels, each with its own chance: then the accuracy above chance is drawn),
+    else per source. Error bars: the table's 95% CIs.
 
     Example:
         >>> t = pd.DataFrame({"source": ["residual", "tuned-lens", "logits", "logits"], "layer": [0, 0, None, None],
@@ -44,7 +45,9 @@ def ladder_figure(table: pd.DataFrame, metric: str = "accuracy", title: str | No
                         subplot_titles=("residual stream and tuned lens, per layer", "output log-probabilities, top k"))
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#7f7f7f", "#17becf"]
     groups = list(table.groupby(by, sort=False)) if by else [(None, table)]
+    relative = by is not None and metric == "accuracy"
     for gi, (name, g) in enumerate(groups):
+        shift = float(g.chance.iloc[0]) if relative else 0.0
         for src, dash, col in (("residual", "solid", 1), ("tuned-lens", "dash", 1), ("logits", "solid", 2)):
             d = g[g.source == src]
             if d.empty:
@@ -55,15 +58,15 @@ def ladder_figure(table: pd.DataFrame, metric: str = "accuracy", title: str | No
             label = f"{name}: {src}" if by else src
             err = dict(type="data", symmetric=False, array=(d[hi] - d[metric]).tolist(),
                        arrayminus=(d[metric] - d[lo]).tolist()) if has_ci else None
-            fig.add_trace(go.Scatter(x=x, y=d[metric], mode="lines+markers", name=label, legendgroup=str(name),
+            fig.add_trace(go.Scatter(x=x, y=d[metric] - shift, mode="lines+markers", name=label, legendgroup=str(name),
                                      line=dict(color=colour, dash=dash), error_y=err,
                                      marker=dict(symbol="diamond" if src == "logits" else "circle")), row=1, col=col)
-    chance = float(table.chance.max())
+    chance = 0.0 if relative else float(table.chance.max())
     for col in (1, 2):
         fig.add_hline(y=chance, line_dash="dot", line_color="grey", row=1, col=col)
     fig.update_xaxes(title="layer (lm.{i}.resid)", dtick=1, row=1, col=1)
     fig.update_xaxes(title="k (2 = the answer tokens' log-probabilities)", type="category", row=1, col=2)
-    fig.update_yaxes(title=f"probe {metric} (95% CI)", row=1, col=1)
+    fig.update_yaxes(title=f"probe {metric}" + (" minus chance" if relative else "") + " (95% CI)", row=1, col=1)
     fig.update_layout(title=title or "Leakage ladder: what a probe reads from each level of access",
                       height=460, width=1000, legend=dict(font=dict(size=10)))
     return fig

@@ -199,24 +199,24 @@ def _save_png(res: dict, path: Path) -> Path | None:
     t = res["table"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True, gridspec_kw={"width_ratios": [1.2, 1]})
     for i, (attr, g) in enumerate(t.groupby("attribute", sort=False)):
-        c = f"C{i}"
+        c, ch = f"C{i}", float(g.chance.iloc[0])  # chance differs per label: plot the accuracy above it
         for src, ls in (("residual", "-"), ("tuned-lens", "--")):
             d = g[g.source == src].sort_values("layer")
-            a.errorbar(d.layer, d.accuracy, yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy], color=c,
+            a.errorbar(d.layer, d.accuracy - ch, yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy], color=c,
                        ls=ls, marker="o", ms=4, capsize=2, label=f"{attr} ({src})")
         d = g[g.source == "logits"].sort_values("k")
-        x = d.k_label.tolist()
-        b.errorbar(x, d.accuracy, yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy], color=c, marker="D",
-                   ms=4, capsize=2, label=attr)
+        b.errorbar(d.k_label.tolist(), d.accuracy - ch, yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy],
+                   color=c, marker="D", ms=4, capsize=2, label=f"{attr} (chance {ch:.2f})")
     for ax in (a, b):
-        ax.axhline(float(t.chance.max()), color="grey", ls=":", lw=1)
+        ax.axhline(0.0, color="grey", ls=":", lw=1)
         ax.grid(alpha=0.3)
+    a.set_xticks(sorted(t.layer.dropna().unique()))
     a.set_xlabel("layer (lm.{i}.resid; solid: residual, dashed: tuned lens)")
-    a.set_ylabel("held-out probe accuracy (95% CI)")
-    b.set_xlabel("k of the output log-probabilities (2 = Yes/No tokens)")
+    a.set_ylabel("held-out probe accuracy minus chance (95% CI)")
+    b.set_xlabel("k of the output log-probabilities (2 = the Yes/No tokens)")
     a.set_title("residual stream and tuned lens, per layer", fontsize=10)
     b.set_title("output only: top-k log-probabilities", fontsize=10)
-    b.legend(fontsize=8, loc="lower right")
+    b.legend(fontsize=8, loc="upper left")
     fig.suptitle("Leakage ladder on a tiny LLaVA fine-tuned to answer yes/no about the centre object")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,8 @@ def section(res: dict, img: str, command: str) -> str:
          "fixed `Yes`/`No` tokens (Apple's Yes/No logits), larger k the model's own top k per sample (values and token "
          f"identities), `full` all {res['vocab']} tokens. Verdict: one-sided exact binomial test of each row's accuracy "
          "against chance, Holm-corrected over every row of that attribute (`probekit.readout.ladder.holm_verdict`). "
-         "`random` is a coin flip per image that is not in the image: the negative control.\n",
+         "`random` is a coin flip per image that is not in the image: the negative control. The last layer needs no "
+         "translator, so its tuned-lens row is the model's own output (the same numbers as k = full).\n",
          f"![leakage ladder]({img})\n", "### Headline (accuracy [95% CI]; best layer after @)\n", _md(headline(res)),
          "\n### Verdicts per rung (Holm within the rung)\n"]
     v = res["verdicts"]
