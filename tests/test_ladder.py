@@ -57,6 +57,8 @@ def test_holm_matches_hand_computation():
     # P(Binomial(400, 0.5) >= 240) ~ 3.2e-5; >= 220 ~ 0.027, times 1 after Holm's step-down
     assert out.p_value[0] < 1e-4 and 0.02 < out.p_value[1] < 0.03
     assert list(out.detected) == [True, True] and verdict.startswith("detected in 2 of 2")
+    # Bonferroni-corrected Wilson CI (level 1 - 0.05/2): excludes chance at 0.60, not at 0.55 (Holm is less strict)
+    assert out.accuracy_lo_corrected[0] > 0.53 and 0.48 < out.accuracy_lo_corrected[1] < 0.5
     assert holm_verdict(t.assign(accuracy=0.52))[1].startswith("nothing detected")
 
 
@@ -152,15 +154,19 @@ def organism(tmp_path_factory):
     return run_ladder(LadderConfig.small(out=str(tmp_path_factory.mktemp("ladder"))))
 
 
-def test_organism_learns_yes_no_and_leaks_size_but_not_a_coin_flip(organism):
+def test_organism_learns_yes_no_and_leaks_material_but_not_a_coin_flip(organism):
     acc = organism["task_accuracy"]
     assert acc["accuracy_lo"] > 0.85, acc  # it learned the task (chance 0.5)
     assert organism["untrained_accuracy"]["accuracy"] < 0.7
     t = organism["table"]
-    size = t[(t.attribute == "target_size") & (t.source == "residual")]
-    # the target's size, never asked about, is read from the residual stream with a margin over chance
-    assert size.accuracy.max() > size.chance.iloc[0] + 0.06
-    assert organism["verdicts"]["target_size"]["residual"].startswith("detected")
+    mat = t[t.attribute == "target_material"]
+    chance = mat.chance.iloc[0]
+    # the target's material, never asked about, is read from the residual stream with a wide margin (measured 0.68 vs 0.51)
+    resid = mat[mat.source == "residual"]
+    assert resid.accuracy.max() > chance + 0.10 and organism["verdicts"]["target_material"]["residual"].startswith("detected")
+    # ... and from the output alone: the top-5 log-probabilities (measured 0.68)
+    top5 = mat[(mat.source == "logits") & (mat.k == 5)].iloc[0]
+    assert top5.detected and top5.accuracy_lo_corrected > chance
     coin = t[t.attribute == "random"]
     assert organism["verdicts"]["random"]["all"].startswith("nothing detected")
     assert coin.accuracy.max() < coin.chance.iloc[0] + 0.05 and bool((coin.p_holm > 0.5).all())
@@ -177,3 +183,21 @@ def test_organism_docs_section_is_replaced_in_place(organism, tmp_path):
     assert text.startswith("# other study\n\nkept text\n") and text.count("<!-- ladder -->") == 1
     assert "Held-out yes/no accuracy" in text and "nothing detected" in text
     assert (tmp_path / "img" / "results-ladder.png").stat().st_size > 10_000
+
+
+def test_study_ladder_cli_prints_and_writes_the_docs_section(organism, tmp_path, monkeypatch, capsys):
+    import probekit.organisms.ladder as lad
+    from probekit.cli import main
+
+    seen = []
+    monkeypatch.setattr(lad, "run_ladder", lambda cfg: seen.append(cfg) or organism)
+    out = tmp_path / "run"
+    out.mkdir()
+    assert main(["study", "ladder", "--small", "--out", str(out), "--docs", str(tmp_path / "docs")]) == 0
+    assert seen[-1].ask == "red" and seen[-1].steps == lad.LadderConfig.small().steps
+    printed = capsys.readouterr().out
+    assert "random: nothing detected" in printed and "yes/no accuracy" in printed
+    assert (out / "ladder.csv").exists() and not (tmp_path / "docs").exists()  # --small writes no docs
+    assert main(["study", "ladder", "--out", str(out), "--docs", str(tmp_path / "docs")]) == 0
+    assert seen[-1].steps == lad.LadderConfig().steps and seen[-1].num_layers == 4
+    assert "`probekit study ladder`" in (tmp_path / "docs" / "results.md").read_text()

@@ -19,7 +19,7 @@ Example (the CI version, about half a minute; ``tests/test_ladder.py`` runs it):
 
     res = run_ladder(LadderConfig.small(out=tempfile.mkdtemp()))
     res["task_accuracy"]["accuracy"]                 # 0.99 on 100 held-out scenes
-    res["verdicts"]["target_size"]["residual"]       # 'detected in 2 of 2 rows (Holm-corrected, alpha 0.05): ...'
+    res["verdicts"]["target_material"]["residual"]   # 'detected in 2 of 2 rows (Holm-corrected, alpha 0.05): ...'
     res["verdicts"]["random"]["all"]                 # 'nothing detected in 9 rows (Holm-corrected, alpha 0.05)'
 """
 
@@ -73,7 +73,7 @@ class LadderConfig:
         """The CI version: one question ("Is the centre object red?"), 160 steps, 320 scenes probed."""
         base = dict(out="probekit-ladder-small", ask="red", num_layers=2, n_train=640, steps=160, lr=3e-3,
                     n_test=100, n_eval=320, lens_steps=100, n_boot=200, progress=False,
-                    attributes=("target_size", "corrupted", "random"))
+                    attributes=("target_material", "random"))
         return cls(**{**base, **kw})
 
 

@@ -216,8 +216,11 @@ def holm(p: Sequence[float]) -> np.ndarray:
 
 def holm_verdict(table: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame, str]:
     """Add ``p_value`` (one-sided exact binomial of held-out accuracy vs chance), ``p_holm``
-    (Holm over every row of ``table``) and ``detected`` (``p_holm < alpha``); return it with a
-    verdict line: where the label is detected, or "nothing detected".
+    (Holm over every row of ``table``), ``detected`` (``p_holm < alpha``) and
+    ``accuracy_lo_corrected`` / ``accuracy_hi_corrected`` (Wilson interval at level
+    ``1 - alpha / m`` for the m rows: Bonferroni-corrected CIs, so a row whose corrected CI
+    excludes chance is detected too); return it with a verdict line: where the label is
+    detected, or "nothing detected".
 
     Example:
         >>> t = pd.DataFrame({"source": ["residual", "logits"], "point": ["lm.0.resid", "logits"], "k": [float("nan"), 2.0],
@@ -225,7 +228,9 @@ def holm_verdict(table: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame
         >>> holm_verdict(t)[1]
         'detected in 1 of 2 rows (Holm-corrected, alpha 0.05): residual lm.0.resid'
     """
-    from scipy.stats import binom
+    from scipy.stats import binom, norm
+
+    from .information import wilson
 
     if not 0 < alpha < 1:
         raise InputError(f"alpha must be in (0, 1), got {alpha!r}", fix="e.g. alpha=0.05")
@@ -234,6 +239,8 @@ def holm_verdict(table: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame
     t["p_value"] = binom.sf(hits - 1, t.n.to_numpy().astype(np.int64), t.chance.to_numpy())
     t["p_holm"] = holm(t.p_value.to_numpy())
     t["detected"] = t.p_holm < alpha
+    z = float(norm.ppf(1 - alpha / (2 * max(1, len(t)))))
+    t["accuracy_lo_corrected"], t["accuracy_hi_corrected"] = wilson(hits, t.n.to_numpy(), z)
     found = t[t.detected]
     if found.empty:
         return t, f"nothing detected in {len(t)} rows (Holm-corrected, alpha {alpha:g})"
