@@ -37,7 +37,7 @@ def scan(
     label_column: str | None = None,
     store: str | None = None,
     progress: bool = True,
-    ladder: Sequence[int | None] | None = None,
+    ladder: bool | Sequence[int | None] | None = None,
     answer_tokens: Sequence[str] | None = None,
     tuned_lens: Any = True,
 ) -> "ScanReport":
@@ -57,7 +57,7 @@ def scan(
         groups: samples sharing a group (e.g. the same watermark string) never straddle train and test.
         topk: k of the output-only probes (None: skip them).
         store: a directory to stream activations to (resumable), else memory.
-        ladder: a k sweep, e.g. ``(2, 5, 10, 50, None)``: with labels, also the leakage ladder
+        ladder: a k sweep, e.g. ``(2, 5, 10, 50, None)`` (True: that one): with labels, also the leakage ladder
             of :func:`probekit.readout.ladder.leakage_ladder` at the ``"last"`` position
             (residual and tuned lens per layer, top-k output log-probabilities per k) in
             ``report.ladder``.
@@ -102,10 +102,22 @@ def scan(
     if src.labels is not None:
         check_labels(src.labels, n, groups, cv=cv, seed=seed)
     answer_ids = None
+    if ladder is True or ladder is False:
+        from .readout.ladder import LADDER_K
+
+        ladder = LADDER_K if ladder else None
     if ladder is not None:
         from .readout.ladder import check_ladder
 
+        if src.labels is None:
+            raise InputError("ladder= probes a label on every rung, but no labels were given",
+                             fix="pass labels= (one per image), or leave ladder=None")
         answer_ids = check_ladder(model, ladder, answer_tokens, [position_name(p) for p in pos_list])
+        from .readout.lens import TunedLens
+
+        if not (isinstance(tuned_lens, (bool, TunedLens)) or tuned_lens is None):
+            raise InputError(f"tuned_lens must be True, False or a TunedLens, got {type(tuned_lens).__name__}",
+                             fix="e.g. tuned_lens=True (fit one on the collected residuals)")
         names = model.resolve(["lm.*.resid"] + [p for p in names if p != "logits"])
     record = list(names)
     if (src.labels is not None and (topk or ladder is not None)) and "logits" not in record:

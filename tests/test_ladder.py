@@ -117,11 +117,12 @@ def test_scan_ladder_rungs_and_json_round_trip(tiny_llava):
     tl = TunedLens.fit(tiny_llava, probekit.collect(tiny_llava, imgs, prompts, points="lm.*.resid", progress=False),
                        steps=10, progress=False)
     r = probekit.scan(tiny_llava, imgs, labels=[s.meta["target_size"] for s in scenes], prompt=prompts, cv=3,
-                      positions="last", topk=None, n_boot=50, progress=False, ladder=(2, 5, None),
+                      positions="last", topk=None, n_boot=50, progress=False, ladder=True,
                       answer_tokens=("Yes", "No"), tuned_lens=tl)
     lad = r.ladder
     assert set(lad.source) == {"residual", "tuned-lens", "logits"}
     assert sorted(lad.loc[lad.source == "logits", "n_features"])[0] == 2
+    assert list(lad.loc[lad.source == "logits", "k_label"]) == ["2", "5", "10", "50", "full"]  # ladder=True: the default sweep
     assert len(lad[lad.source == "residual"]) == tiny_llava.n_layers
     assert "ladder" in r.figures()
     back = probekit.ScanReport.from_json(r.to_json())
@@ -142,6 +143,10 @@ def test_scan_ladder_bad_settings_fail_before_any_forward(tiny_llava, monkeypatc
         probekit.scan(tiny_llava, imgs, labels=[i % 2 for i in range(10)], cv=2, ladder=(2,), positions="image_mean")
     with pytest.raises(InputError, match="ks"):
         probekit.scan(tiny_llava, imgs, labels=[i % 2 for i in range(10)], cv=2, ladder=(-1,))
+    with pytest.raises(InputError, match="no labels"):
+        probekit.scan(tiny_llava, imgs, ladder=(2,))
+    with pytest.raises(InputError, match="tuned_lens"):
+        probekit.scan(tiny_llava, imgs, labels=[i % 2 for i in range(10)], cv=2, ladder=(2,), tuned_lens="yes")
 
 
 # ---------------------------------------------------------------- the organism (CI version)
