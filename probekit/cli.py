@@ -5,6 +5,8 @@
 ``probekit points --model PATH``: list a model's hook points.
 ``probekit collect --model PATH --images DIR --out STORE``: record points to a disk store.
 ``probekit study memorization [--full] [--out DIR]``: the watermark memorisation study (docs/results.md).
+``probekit study ladder [--small] [--out DIR] [--docs DIR]``: Apple's leakage ladder on a yes/no organism;
+rewrites the ladder section of docs/results.md (``--small``: the CI version, printed only).
 
 Bad arguments exit with code 2 and a one-line message.
 """
@@ -65,8 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu")
     c.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
 
-    st = sub.add_parser("study", help="run a packaged study (memorization: the watermark memorisation study)")
-    st.add_argument("name", choices=["memorization"], help="which study")
+    st = sub.add_parser("study", help="run a packaged study (memorization: the watermark memorisation study; "
+                                      "ladder: leakage from inputs, Apple's ladder)")
+    st.add_argument("name", choices=["memorization", "ladder"], help="which study")
+    st.add_argument("--small", action="store_true", help="ladder: the quick CI version; prints, writes no docs")
     st.add_argument("--full", action="store_true", help="the full grid; writes docs/results.md and docs/img/results-*.png")
     st.add_argument("--out", default=None, help="folder for checkpoints (default probekit-memorization[-full])")
     st.add_argument("--docs", default="docs", help="where --full writes results.md and img/ (default docs)")
@@ -132,6 +136,8 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
+    if args.name == "ladder":
+        return _ladder(args)
     from probekit.experiments.memorization import MemorizationConfig, run_memorization, write_results
 
     cfg = MemorizationConfig.full() if args.full else MemorizationConfig()
@@ -156,6 +162,31 @@ def _study(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     print(f"({res['seconds']:.0f} s; checkpoints and tables in {out})")
+    return 0
+
+
+def _ladder(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from probekit.organisms.ladder import LadderConfig, headline, run_ladder, write_section
+
+    cfg = LadderConfig.small(progress=True) if args.small else LadderConfig()
+    if args.out:
+        cfg.out = args.out
+    res = run_ladder(cfg)
+    out = Path(cfg.out)
+    res["table"].to_csv(out / "ladder.csv", index=False)  # raw table next to the checkpoint (CSV; nothing is pickled)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(headline(res).to_string(index=False))
+    acc = res["task_accuracy"]
+    print(f"yes/no accuracy {acc['accuracy']:.3f} [{acc['accuracy_lo']:.3f}, {acc['accuracy_hi']:.3f}] (n={acc['n']})")
+    for attr, v in res["verdicts"].items():
+        print(f"{attr}: {v['all']}")
+    if not args.small:
+        docs = Path(args.docs)
+        for path in write_section(res, docs / "results.md", docs / "img", command="probekit study ladder"):
+            print(f"wrote {path}")
+    print(f"({res['seconds']:.0f} s)")
     return 0
 
 

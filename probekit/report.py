@@ -39,7 +39,7 @@ from .verdict import difference_verdict, mi_headline, tested_rows, verdict
 
 __all__ = ["ScanReport", "Comparison", "compare", "verdict", "mi_headline"]
 
-FIGURE_KINDS = ("leakage", "mi", "heatmap", "lens", "targets")
+FIGURE_KINDS = ("leakage", "mi", "heatmap", "lens", "targets", "ladder")
 _FORMAT = 1  # version of the JSON layout written by to_json
 _CAPTIONS = {
     "leakage": "Held-out accuracy of a linear probe per layer, 95% CI as a band. Grey dotted: chance "
@@ -54,7 +54,11 @@ _CAPTIONS = {
             "with the model's own final norm and unembedding; colour = its probability.",
     "targets": "Logit lens: rank (1 = the top token) and probability of each target string's first "
                "token per layer; probability with a 95% CI over samples.",
+    "ladder": "The leakage ladder: the same probe on the residual stream and the tuned-lens projection per "
+              "layer (left) and on the output's top-k log-probabilities (right; k = 2 are the answer tokens); "
+              "95% CIs, grey dotted: chance.",
 }
+_TABLES = ("table", "lens", "targets", "ladder")
 _NOTEBOOK_JS_SENT = False  # plotly.js goes into a notebook once per kernel, as plotly's own renderer does
 
 
@@ -300,6 +304,7 @@ class ScanReport:
             labels were given.
         lens: logit-lens top-k table (:meth:`probekit.readout.lens.LogitLens.top_k`) or None.
         targets: target-string ranks (:meth:`probekit.readout.lens.LogitLens.target_ranks`) or None.
+        ladder: the leakage ladder (:func:`probekit.readout.ladder.leakage_ladder`) or None.
         settings: how it was run: model name, family, points, positions, prompt, seed, cv,
             probekit version, timings, ...
         data: what it was run on: number of images, label counts, where they came from.
@@ -324,11 +329,12 @@ class ScanReport:
     settings: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    ladder: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         if self.table is None:
             self.table = pd.DataFrame()
-        for name in ("table", "lens", "targets"):
+        for name in _TABLES:
             v = getattr(self, name)
             if v is not None and not isinstance(v, pd.DataFrame):
                 raise InputError(f"ScanReport.{name} must be a pandas DataFrame, got {type(v).__name__}",
@@ -353,6 +359,8 @@ class ScanReport:
             return self.lens is not None and not self.lens.empty
         if kind == "targets":
             return self.targets is not None and not self.targets.empty
+        if kind == "ladder":
+            return self.ladder is not None and not self.ladder.empty
         return False
 
     def figure(self, kind: str | None = "leakage") -> Any:
@@ -368,7 +376,8 @@ class ScanReport:
         if not self._has(kind):
             have = [k for k in FIGURE_KINDS if self._has(k)]
             why = {"leakage": "no labels were given", "heatmap": "no labels were given",
-                   "mi": "the table has no mi_bits", "lens": "no logit-lens table", "targets": "no targets were given"}
+                   "mi": "the table has no mi_bits", "lens": "no logit-lens table", "targets": "no targets were given",
+                   "ladder": "scan ran without ladder="}
             raise InputError(f"no {kind!r} figure: {why[kind]}", fix=f"use one of {have}" if have else
                              "scan with labels= (probes) or with a logit lens")
         if kind in ("leakage", "mi"):  # markers show each point's verdict, so compute it if the table lacks it
@@ -377,6 +386,10 @@ class ScanReport:
             return plots.leakage_heatmap(self.table, "accuracy")
         if kind == "lens":
             return plots.lens_grid(self.lens)
+        if kind == "ladder":
+            from .ladder_figure import ladder_figure
+
+            return ladder_figure(self.ladder)
         return plots.target_curves(self.targets)
 
     def figures(self) -> dict[str, Any]:
@@ -453,7 +466,7 @@ class ScanReport:
         if not isinstance(other, ScanReport):
             return NotImplemented
         return (_frames_equal(self.table, other.table) and _frames_equal(self.lens, other.lens)
-                and _frames_equal(self.targets, other.targets) and _jsonable(self.settings) == _jsonable(other.settings)
+                and _frames_equal(self.targets, other.targets) and _frames_equal(self.ladder, other.ladder) and _jsonable(self.settings) == _jsonable(other.settings)
                 and _jsonable(self.data) == _jsonable(other.data) and self.notes == other.notes)
 
     __hash__ = None  # mutable, compared by value
@@ -472,7 +485,7 @@ class ScanReport:
             "settings": _jsonable(self.settings),
             "data": _jsonable(self.data),
             "notes": list(self.notes),
-            "tables": {name: _frame_to_json(getattr(self, name)) for name in ("table", "lens", "targets")},
+            "tables": {name: _frame_to_json(getattr(self, name)) for name in _TABLES},
         }
         return json.dumps(obj, indent=indent, allow_nan=False, ensure_ascii=False)
 
@@ -491,6 +504,7 @@ class ScanReport:
             table=_frame_from_json(tables.get("table")) if tables.get("table") is not None else pd.DataFrame(),
             lens=_frame_from_json(tables.get("lens")),
             targets=_frame_from_json(tables.get("targets")),
+            ladder=_frame_from_json(tables.get("ladder")),
             settings=obj.get("settings") or {},
             data=obj.get("data") or {},
             notes=obj.get("notes") or [],
@@ -508,14 +522,15 @@ class ScanReport:
                                                    if k in ("family", "dtype", "device")}}))
         body.append(_kv_table(self.data))
         titles = {"leakage": "Probe accuracy per layer", "mi": "Mutual information per layer",
-                  "heatmap": "Accuracy per point and position", "lens": "Logit lens", "targets": "Target tokens"}
+                  "heatmap": "Accuracy per point and position", "lens": "Logit lens", "targets": "Target tokens",
+                  "ladder": "Leakage ladder"}
         for kind, fig in self.figures().items():
             body.append(f"<h2>{_e(titles[kind])}</h2>{_figure_div(fig)}<p class='caption'>{_e(_CAPTIONS[kind])}</p>")
         if self.has_leakage:
             rows, cols, num = _leakage_rows(self.table)
             body.append("<h2>Leakage table</h2>" + _html_table(rows, cols, num))
             body.append("<details><summary>all columns</summary>" + _raw_table(self.table) + "</details>")
-        for name in ("lens", "targets"):
+        for name in ("lens", "targets", "ladder"):
             df = getattr(self, name)
             if df is not None and not df.empty:
                 body.append(f"<details><summary>{name} table ({len(df)} rows)</summary>{_raw_table(df)}</details>")

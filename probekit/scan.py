@@ -39,6 +39,9 @@ def scan(
     label_column: str | None = None,
     store: str | None = None,
     progress: bool = True,
+    ladder: bool | Sequence[int | None] | None = None,
+    answer_tokens: Sequence[str] | None = None,
+    tuned_lens: Any = True,
 ) -> "ScanReport | None":
     """Measure, per layer, what a VLM's hidden states reveal about its images.
 
@@ -61,6 +64,14 @@ def scan(
         store: a directory to stream activations to (resumable), else memory. Under torchrun
             (``WORLD_SIZE`` > 1) it is required: the ranks split the images into its shards, and
             rank 0 alone fits the probes and returns the report (None on the other ranks).
+        ladder: a k sweep, e.g. ``(2, 5, 10, 50, None)`` (True: that one): with labels, also the leakage ladder
+            of :func:`probekit.readout.ladder.leakage_ladder` at the ``"last"`` position
+            (residual and tuned lens per layer, top-k output log-probabilities per k) in
+            ``report.ladder``.
+        answer_tokens: the ladder's fixed answer words (e.g. ``("Yes", "No")``): the rung with
+            ``k == len(answer_tokens)`` reads exactly their log-probabilities (Apple's k = 2).
+        tuned_lens: True fits a :class:`~probekit.readout.lens.TunedLens` on the collected
+            residuals for the ladder, a TunedLens is used as given, False leaves that rung out.
 
     Without labels and targets the report holds the logit-lens read-out of every layer at the
     chosen positions (top tokens) and says that no labels were given.
@@ -107,8 +118,26 @@ def scan(
     if world > 1 and store is None:
         raise InputError(f"a distributed scan (WORLD_SIZE={world}) needs store=, a directory every rank can write",
                          fix="pass store=DIR (probekit scan --store DIR); the ranks split the images into its shards")
+    answer_ids = None
+    if ladder is True or ladder is False:
+        from .readout.ladder import LADDER_K
+
+        ladder = LADDER_K if ladder else None
+    if ladder is not None:
+        from .readout.ladder import check_ladder
+
+        if src.labels is None:
+            raise InputError("ladder= probes a label on every rung, but no labels were given",
+                             fix="pass labels= (one per image), or leave ladder=None")
+        answer_ids = check_ladder(model, ladder, answer_tokens, [position_name(p) for p in pos_list])
+        from .readout.lens import TunedLens
+
+        if not (isinstance(tuned_lens, (bool, TunedLens)) or tuned_lens is None):
+            raise InputError(f"tuned_lens must be True, False or a TunedLens, got {type(tuned_lens).__name__}",
+                             fix="e.g. tuned_lens=True (fit one on the collected residuals)")
+        names = model.resolve(["lm.*.resid"] + [p for p in names if p != "logits"])
     record = list(names)
-    if (src.labels is not None and topk) and "logits" not in record:
+    if (src.labels is not None and (topk or ladder is not None)) and "logits" not in record:
         record.append("logits")
     lens_names = lens_points(record)
     want_lens = targets is not None or src.labels is None
@@ -138,6 +167,15 @@ def scan(
         table = pd.DataFrame()
         notes.append("No labels were given: the report shows the logit-lens read-out of each layer "
                      "(top tokens at each position) and no probe or mutual-information numbers.")
+    ladder_table = None
+    if ladder is not None and src.labels is not None:
+        from .readout.ladder import leakage_ladder
+        from .readout.lens import TunedLens
+
+        tl = TunedLens.fit(model, acts, seed=seed, progress=progress) if tuned_lens is True else (tuned_lens or None)
+        ladder_table = leakage_ladder(acts, src.labels, groups, lens=LogitLens(model, tuned=tl) if tl is not None else None,
+                                      ks=ladder, answer_ids=answer_ids, position="last", cv=cv, seed=seed,
+                                      n_boot=n_boot, progress=progress)
     counts = dict(Counter(map(str, src.labels))) if src.labels is not None else None
     data = {**src.description, "n_images": n, "label_counts": counts,
             "groups": None if groups is None else int(len(set(map(str, groups))))}
@@ -145,11 +183,13 @@ def scan(
         "model": model.name, "family": model.family, "model_fingerprint": model.fingerprint(),
         "points": names, "positions": [position_name(p) for p in pos_list],
         "prompts": list(dict.fromkeys(prompts))[:10], "targets": targets, "cv": cv, "seed": seed, "topk": topk,
+        "ladder": None if ladder is None else list(ladder), "answer_tokens": answer_tokens,
         "n_boot": n_boot, "batch_size": batch_size, "dtype": str(model.dtype).replace("torch.", ""),
         "device": str(model.device), "probekit_version": _version(), "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    return ScanReport(table=table, lens=lens_table, targets=target_table, settings=settings, data=data, notes=notes)
+    return ScanReport(table=table, lens=lens_table, targets=target_table, settings=settings, data=data, notes=notes,
+                      ladder=ladder_table)
 
 
 def _one_keyword(prompts: Any, prompt: Any) -> Any:

@@ -490,8 +490,11 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
     md_path, img_dir = Path(md_path), Path(img_dir)
     img_dir.mkdir(parents=True, exist_ok=True)
     notes = "<!-- notes -->\n(no reading written yet)\n<!-- /notes -->"
+    ladder = ""  # the ladder study's own section (probekit.organisms.ladder.write_section) is kept as it is
     if md_path.exists():
         old = md_path.read_text()
+        if "<!-- ladder -->" in old and "<!-- /ladder -->" in old:
+            ladder = "\n\n" + old[old.index("<!-- ladder -->"):old.index("<!-- /ladder -->") + len("<!-- /ladder -->")] + "\n"
         if "<!-- notes -->" in old and "<!-- /notes -->" in old:
             notes = old[old.index("<!-- notes -->"):old.index("<!-- /notes -->") + len("<!-- /notes -->")]
     written = []
@@ -630,6 +633,6 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
                                    "forget NLL": u.forget_nll.round(3),
                                    "forget-vs-fresh loss AUC": [_fmt(*r) for r in zip(u.forget_vs_fresh_auc, u.auc_lo, u.auc_hi)]})))
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text("\n".join(L))
+    md_path.write_text("\n".join(L) + ladder)
     written.append(md_path)
     return written

@@ -1,0 +1,254 @@
+"""The leakage ladder (Apple, "What Do Your Logits Know?", arXiv 2604.09885).
+
+The same cross-validated probes read one label from four kinds of input, from most to least
+access: the residual stream per layer (``source="residual"``), the tuned-lens projection of
+each layer (``"tuned-lens"``: the layer's translated hidden state decoded to next-token
+log-probabilities over the whole vocabulary), and what the model outputs (``"logits"``), its
+next-token log-probabilities cut to the top k for a sweep of k.
+
+How the top-k are chosen (column ``k``):
+
+- with ``answer_ids`` (e.g. the ``Yes``/``No`` tokens of a yes/no model), ``k == len(answer_ids)``
+  is those fixed tokens' log-probabilities: Apple's k = 2 "Yes/No logits";
+- any other k is the model's own top k per sample (:func:`probekit.readout.leakage.topk_features`:
+  the k sorted log-probabilities plus which tokens they are);
+- ``None`` ("full") is every token's log-probability.
+
+Log-probabilities (log-softmax over the whole vocabulary) are what an API returns, so even the
+fixed two carry the normaliser; that is part of what the output reveals.
+
+:func:`holm_verdict` turns the table into a decision: a one-sided exact binomial p-value of
+each row's held-out accuracy against chance, Holm-corrected over every row tested.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import InputError
+from .leakage import topk_features
+from .lens import lens_points
+
+__all__ = ["ladder_features", "leakage_ladder", "holm", "holm_verdict", "check_ladder", "LADDER_K"]
+
+LADDER_K: tuple = (2, 5, 10, 50, None)
+"""The default k sweep (None: the full distribution)."""
+
+
+def _at(acts: Any, point: str, position: str | None) -> torch.Tensor:
+    """``[n, d]`` activations of ``point`` at ``position`` (the only one if None)."""
+    x = acts[point]
+    if x.dim() == 2:
+        return x
+    names = list(acts.positions(point)) if hasattr(acts, "positions") else [str(j) for j in range(x.shape[1])]
+    if position is None:
+        if len(names) != 1:
+            raise InputError(f"{point} holds positions {names}; say which one", fix=f"pass position={names[0]!r}")
+        return x[:, 0]
+    if position not in names:
+        raise InputError(f"{point} has no position {position!r} (it has {names})", fix=f"use one of {names}")
+    return x[:, names.index(position)]
+
+
+def _check_ks(ks: Sequence[int | None]) -> list[int | None]:
+    ks = list(ks)
+    bad = [k for k in ks if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1)]
+    if not ks or bad:
+        raise InputError(f"ks must be ints >= 1 or None (full), got {ks!r}", fix="e.g. ks=(2, 5, 10, 50, None)")
+    return ks
+
+
+def check_ladder(model: Any, ks: Sequence[int | None], answer_tokens: Sequence[str] | None,
+                 positions: Sequence[str]) -> list[int] | None:
+    """Check a scan's ladder settings before any forward pass; return the answer tokens' ids.
+
+    Each answer word must be ONE token after a space (as it follows the prompt), e.g. ``"Yes"``.
+    """
+    _check_ks(ks)
+    if "last" not in positions:
+        raise InputError(f"the ladder reads the next-token output at 'last', but positions are {list(positions)}",
+                         fix='add "last" to positions')
+    if answer_tokens is None:
+        return None
+    if isinstance(answer_tokens, str) or not answer_tokens or not all(isinstance(a, str) and a for a in answer_tokens):
+        raise InputError(f"answer_tokens must be a list of words, got {answer_tokens!r}", fix='e.g. ("Yes", "No")')
+    tok = getattr(model.processor, "tokenizer", model.processor)
+    ids = []
+    for a in answer_tokens:
+        got = tok(" " + a.strip(), add_special_tokens=False)["input_ids"]
+        if len(got) != 1:
+            raise InputError(f"answer word {a!r} is {len(got)} tokens for this tokenizer, not one",
+                             fix="pass words that are single tokens after a space (e.g. 'Yes', 'No')")
+        ids.append(int(got[0]))
+    return ids
+
+
+def ladder_features(
+    acts: Any,
+    *,
+    lens: Any = None,
+    ks: Sequence[int | None] = LADDER_K,
+    answer_ids: Sequence[int] | None = None,
+    position: str | None = None,
+    logits_point: str = "logits",
+) -> dict[tuple[str, str, float], torch.Tensor]:
+    """Features per rung: ``{(source, point, k): Tensor[n, d]}`` (k NaN for the residual rungs).
+
+    Args:
+        acts: an ActivationStore or ``{point: Tensor}`` with ``lm.*.resid`` and ``logits``.
+        lens: a :class:`~probekit.readout.lens.LogitLens` (give it a ``tuned=`` TunedLens for
+            the tuned-lens rung; without ``lens`` that rung is left out).
+        ks, answer_ids: see the module docstring.
+        position: which stored position to read (None: the only one).
+    """
+    ks = _check_ks(ks)
+    stored = list(acts.points) if hasattr(acts, "points") else list(acts)
+    resid = lens_points(stored)
+    if not resid:
+        raise InputError("the store holds no lm.*.resid points", fix='collect points=["lm.*.resid", "logits"]')
+    if logits_point not in stored:
+        raise InputError(f"the store holds no {logits_point!r} point", fix='collect points=["lm.*.resid", "logits"]')
+    out: dict[tuple[str, str, float], torch.Tensor] = {}
+    for p in resid:
+        out[("residual", p, math.nan)] = _at(acts, p, position).float()
+    if lens is not None:
+        for p in resid:
+            h = _at(acts, p, position)
+            out[("tuned-lens", p, math.nan)] = torch.cat(
+                [torch.log_softmax(lens.decode(c, p), -1).cpu() for c in h.split(512)])
+    lg = _at(acts, logits_point, position).float()
+    vocab = lg.shape[-1]
+    logp = torch.log_softmax(lg, -1)
+    ids = None if answer_ids is None else list(answer_ids)
+    if ids is not None and (not ids or not all(0 <= int(i) < vocab for i in ids)):
+        raise InputError(f"answer_ids {ids} are not token ids of a vocabulary of {vocab}",
+                         fix="pass tokenizer ids, e.g. of ' Yes' and ' No'")
+    for k in ks:
+        kk = vocab if k is None else min(int(k), vocab)
+        if ids is not None and kk == len(ids):
+            feats = logp[:, ids]
+        elif kk == vocab:
+            feats = logp
+        else:
+            feats = topk_features(lg, kk)
+        out[("logits", logits_point, float(kk))] = feats
+    return out
+
+
+def _vocab(acts: Any, logits_point: str, position: str | None) -> int:
+    return int(_at(acts, logits_point, position).shape[-1])
+
+
+def _k_label(k: float, vocab: int) -> str:
+    return "" if math.isnan(k) else ("full" if int(k) >= vocab else str(int(k)))
+
+
+def leakage_ladder(
+    acts: Any,
+    labels: Any,
+    groups: Any = None,
+    *,
+    lens: Any = None,
+    ks: Sequence[int | None] = LADDER_K,
+    answer_ids: Sequence[int] | None = None,
+    position: str | None = None,
+    logits_point: str = "logits",
+    cv: int = 5,
+    seed: int = 0,
+    n_boot: int = 1000,
+    progress: bool = True,
+    **probe_kwargs: Any,
+) -> pd.DataFrame:
+    """Probe accuracy and MI (with CIs and controls) on every rung of the ladder for one label.
+
+    Returns the columns of :func:`probekit.readout.probes.probe_layers` plus ``source``
+    (``"residual"``, ``"tuned-lens"``, ``"logits"``), ``k`` (the logits rungs; NaN elsewhere;
+    the vocabulary size for the full distribution), ``k_label`` (``"2"``, ..., ``"full"``) and
+    ``n_features``; every rung shares the same folds.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(200) % 2
+        >>> h = torch.randn(200, 8, generator=g); h[:, 0] += 3 * y
+        >>> acts = {"lm.0.resid": h, "logits": torch.randn(200, 30, generator=g) + 2 * y[:, None] * (torch.arange(30) < 2)}
+        >>> t = leakage_ladder(acts, y, ks=(2, None), answer_ids=[0, 1], n_boot=100, progress=False)
+        >>> list(t.source), list(t.k.fillna(0)), bool(t.accuracy.min() > 0.8)
+        (['residual', 'logits', 'logits'], [0.0, 2.0, 30.0], True)
+    """
+    from .probes import probe_layers
+
+    feats = ladder_features(acts, lens=lens, ks=ks, answer_ids=answer_ids, position=position, logits_point=logits_point)
+    keys = list(feats)
+    # probe_layers keys points by name; one synthetic name per rung, mapped back below
+    named = {f"rung{i}": feats[key] for i, key in enumerate(keys)}
+    table = probe_layers(named, labels, groups, cv=cv, seed=seed, n_boot=n_boot, progress=progress, **probe_kwargs)
+    back = {f"rung{i}": key for i, key in enumerate(keys)}
+    table["source"] = [back[p][0] for p in table.point]
+    table["k"] = [back[p][2] for p in table.point]
+    table["n_features"] = [int(named[p].shape[1]) for p in table.point]
+    vocab = _vocab(acts, logits_point, position)
+    table["k_label"] = [_k_label(back[p][2], vocab) for p in table.point]
+    table["point"] = [back[p][1] for p in table.point]
+    table["layer"] = [-1.0 if p == "lm.embed" else (float(p.split(".")[1]) if p.startswith("lm.") else math.nan)
+                      for p in table.point]
+    table["kind"] = ["logits" if s == "logits" else ("lens" if s == "tuned-lens" else "resid") for s in table.source]
+    if position is not None:
+        table["position"] = position
+    return table.reset_index(drop=True)
+
+
+def holm(p: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
+    p = np.asarray(p, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def holm_verdict(table: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame, str]:
+    """Add ``p_value`` (one-sided exact binomial of held-out accuracy vs chance), ``p_holm``
+    (Holm over every row of ``table``), ``detected`` (``p_holm < alpha``) and
+    ``accuracy_lo_corrected`` / ``accuracy_hi_corrected`` (Wilson interval at level
+    ``1 - alpha / m`` for the m rows: Bonferroni-corrected CIs, so a row whose corrected CI
+    excludes chance is detected too); return it with a verdict line: where the label is
+    detected, or "nothing detected".
+
+    Example:
+        >>> t = pd.DataFrame({"source": ["residual", "logits"], "point": ["lm.0.resid", "logits"], "k": [float("nan"), 2.0],
+        ...                   "accuracy": [0.9, 0.52], "chance": 0.5, "n": 200})
+        >>> holm_verdict(t)[1]
+        'detected in 1 of 2 rows (Holm-corrected, alpha 0.05): residual lm.0.resid'
+    """
+    from scipy.stats import binom, norm
+
+    from .information import wilson
+
+    if not 0 < alpha < 1:
+        raise InputError(f"alpha must be in (0, 1), got {alpha!r}", fix="e.g. alpha=0.05")
+    t = table.copy()
+    hits = np.rint(t.accuracy.to_numpy() * t.n.to_numpy()).astype(np.int64)
+    t["p_value"] = binom.sf(hits - 1, t.n.to_numpy().astype(np.int64), t.chance.to_numpy())
+    t["p_holm"] = holm(t.p_value.to_numpy())
+    t["detected"] = t.p_holm < alpha
+    z = float(norm.ppf(1 - alpha / (2 * max(1, len(t)))))
+    t["accuracy_lo_corrected"], t["accuracy_hi_corrected"] = wilson(hits, t.n.to_numpy(), z)
+    found = t[t.detected]
+    if found.empty:
+        return t, f"nothing detected in {len(t)} rows (Holm-corrected, alpha {alpha:g})"
+    where = ", ".join(_rung(r) for r in found.itertuples())
+    return t, f"detected in {len(found)} of {len(t)} rows (Holm-corrected, alpha {alpha:g}): {where}"
+
+
+def _rung(r: Any) -> str:
+    if r.source == "logits":
+        return f"logits k={int(r.k)}"
+    return f"{r.source} {r.point}"

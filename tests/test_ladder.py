@@ -1,0 +1,208 @@
+"""Apple's leakage ladder: scenes, the readout ladder, Holm verdicts, scan(ladder=...) and the organism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import probekit
+from probekit.data.scenes import ATTRIBUTES, make_scenes
+from probekit.errors import InputError
+from probekit.ladder_figure import ladder_figure
+from probekit.readout.ladder import holm, holm_verdict, ladder_features, leakage_ladder
+
+
+# ---------------------------------------------------------------- scenes
+
+
+def test_scenes_are_deterministic_balanced_and_labelled():
+    a, b = make_scenes(40, seed=3), make_scenes(40, seed=3)
+    assert [np.asarray(x.image).tobytes() == np.asarray(y.image).tobytes() for x, y in zip(a, b)] == [True] * 40
+    assert [x.answer for x in a].count("Yes") == 20
+    for s in a:
+        assert set(ATTRIBUTES) <= set(s.meta)
+        assert 3 <= s.meta["n_objects"] <= 9 and s.image.size == (60, 60)
+        colour = s.question.split()[-1].rstrip("?")
+        assert (colour == s.meta["target_colour"]) == (s.answer == "Yes")
+    assert {s.meta["corruption"] for s in a} == {"none", "blur", "noise"}
+    fixed = make_scenes(10, seed=0, ask="blue")
+    assert {s.question for s in fixed} == {"Is the centre object blue?"}
+    assert all((s.meta["target_colour"] == "blue") == (s.answer == "Yes") for s in fixed)
+    # the negative control comes from its own generator: same coin flips whatever the scenes look like
+    assert [s.meta["random"] for s in make_scenes(30, seed=5, p_corrupt=0.0)] == [s.meta["random"] for s in make_scenes(30, seed=5)]
+
+
+@pytest.mark.parametrize("kw, word", [({"n": 0}, "n must"), ({"size": 20}, "too small"), ({"grid": 4}, "odd"),
+                                      ({"colours": ("red", "pink")}, "colours"), ({"ask": "green"}, "ask"),
+                                      ({"p_corrupt": 2.0}, "p_corrupt")])
+def test_scenes_bad_input(kw, word):
+    with pytest.raises(InputError, match=word):
+        make_scenes(**{"n": 4, **kw})
+
+
+# ---------------------------------------------------------------- Holm and the readout ladder
+
+
+def test_holm_matches_hand_computation():
+    # sorted 0.01, 0.03, 0.04 -> 3*0.01, 2*0.03, max(0.06, 1*0.04)
+    np.testing.assert_allclose(holm([0.04, 0.01, 0.03]), [0.06, 0.03, 0.06])
+    np.testing.assert_allclose(holm([0.5, 0.9]), [1.0, 1.0])
+    t = pd.DataFrame({"source": "residual", "point": ["a", "b"], "k": np.nan, "accuracy": [0.60, 0.55],
+                      "chance": 0.5, "n": 400})
+    out, verdict = holm_verdict(t)
+    # P(Binomial(400, 0.5) >= 240) ~ 3.2e-5; >= 220 ~ 0.027, times 1 after Holm's step-down
+    assert out.p_value[0] < 1e-4 and 0.02 < out.p_value[1] < 0.03
+    assert list(out.detected) == [True, True] and verdict.startswith("detected in 2 of 2")
+    # Bonferroni-corrected Wilson CI (level 1 - 0.05/2): excludes chance at 0.60, not at 0.55 (Holm is less strict)
+    assert out.accuracy_lo_corrected[0] > 0.53 and 0.48 < out.accuracy_lo_corrected[1] < 0.5
+    assert holm_verdict(t.assign(accuracy=0.52))[1].startswith("nothing detected")
+
+
+def _toy(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    logits = torch.randn(n, 40, generator=g)
+    logits[:, 7] += 1.5 * y  # the label moves the "Yes" logit only
+    return {"lm.0.resid": torch.randn(n, 6, generator=g) + 1.5 * y[:, None], "lm.1.resid": torch.randn(n, 6, generator=g),
+            "logits": logits}, y
+
+
+def test_ladder_features_k2_is_the_answer_tokens():
+    acts, _ = _toy()
+    f = ladder_features(acts, ks=(2, 5, None), answer_ids=[7, 3])
+    logp = torch.log_softmax(acts["logits"], -1)
+    assert torch.equal(f[("logits", "logits", 2.0)], logp[:, [7, 3]])
+    assert torch.equal(f[("logits", "logits", 40.0)], logp)
+    assert f[("logits", "logits", 5.0)].shape[1] > 5  # values plus which tokens they are
+    assert ("residual", "lm.1.resid", ) == tuple(k[:2] for k in f if k[1] == "lm.1.resid")[0]
+    with pytest.raises(InputError, match="answer_ids"):
+        ladder_features(acts, answer_ids=[99])
+    with pytest.raises(InputError, match="ks"):
+        ladder_features(acts, ks=(0,))
+
+
+def test_leakage_ladder_finds_the_planted_label_and_not_a_random_one():
+    acts, y = _toy()
+    t = leakage_ladder(acts, y, ks=(2, 10, None), answer_ids=[7, 3], n_boot=100, progress=False)
+    assert list(t.source) == ["residual", "residual", "logits", "logits", "logits"]
+    k2 = t[(t.source == "logits") & (t.k == 2)].iloc[0]
+    assert k2.accuracy_lo > 0.65 and k2.n_features == 2
+    assert holm_verdict(t[t.point == "lm.1.resid"])[1].startswith("nothing detected")
+    coin = np.random.default_rng(1).integers(0, 2, len(y))
+    t0, verdict = holm_verdict(leakage_ladder(acts, coin, ks=(2, 10, None), answer_ids=[7, 3], n_boot=100, progress=False))
+    assert verdict.startswith("nothing detected") and t0.accuracy.max() < 0.6
+    fig = ladder_figure(t)
+    assert [tr.name for tr in fig.data] == ["residual", "logits"]
+    assert list(fig.data[1].x) == ["2", "10", "full"]
+
+
+# ---------------------------------------------------------------- scan(ladder=...)
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory):
+    return probekit.load(probekit.tiny.build("llava", tmp_path_factory.mktemp("m") / "m", image_size=60, patch_size=20))
+
+
+def test_scan_ladder_rungs_and_json_round_trip(tiny_llava):
+    from probekit.readout.lens import TunedLens
+
+    scenes = make_scenes(40, seed=0)
+    imgs, prompts = [s.image for s in scenes], [s.question for s in scenes]
+    # a short tuned lens keeps the test to seconds (scan fits a 300-step one when given tuned_lens=True)
+    tl = TunedLens.fit(tiny_llava, probekit.collect(tiny_llava, imgs, prompts, points="lm.*.resid", progress=False),
+                       steps=10, progress=False)
+    r = probekit.scan(tiny_llava, imgs, labels=[s.meta["target_size"] for s in scenes], prompt=prompts, cv=3,
+                      positions="last", topk=None, n_boot=50, progress=False, ladder=True,
+                      answer_tokens=("Yes", "No"), tuned_lens=tl)
+    lad = r.ladder
+    assert set(lad.source) == {"residual", "tuned-lens", "logits"}
+    assert sorted(lad.loc[lad.source == "logits", "n_features"])[0] == 2
+    assert list(lad.loc[lad.source == "logits", "k_label"]) == ["2", "5", "10", "50", "full"]  # ladder=True: the default sweep
+    assert len(lad[lad.source == "residual"]) == tiny_llava.n_layers
+    assert "ladder" in r.figures()
+    back = probekit.ScanReport.from_json(r.to_json())
+    cols = ["point", "source", "k", "k_label", "n_features", "accuracy", "accuracy_lo", "accuracy_hi", "mi_bits"]
+    # (all columns but `temperature`: JSON has no inf, an uninformative probe's inf comes back as NaN)
+    assert back.ladder[cols].equals(lad[cols])
+    assert json.loads(r.to_json())["settings"]["answer_tokens"] == ["Yes", "No"]
+
+
+def test_scan_ladder_bad_settings_fail_before_any_forward(tiny_llava, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["probekit.scan"], "collect", lambda *a, **k: pytest.fail("collected before checking"))
+    imgs = [s.image for s in make_scenes(10)]
+    with pytest.raises(InputError, match="single tokens|not one"):
+        probekit.scan(tiny_llava, imgs, labels=[i % 2 for i in range(10)], cv=2, ladder=(2,), answer_tokens=("Yes", "metallic"))
+    with pytest.raises(InputError, match="last"):
+        probekit.scan(tiny_llava, imgs, labels=[i % 2 for i in range(10)], cv=2, ladder=(2,), positions="image_mean")
+    with pytest.raises(InputError, match="ks"):
+        probekit.scan(tiny_llava, imgs, labels=[i % 2 for i in range(10)], cv=2, ladder=(-1,))
+    with pytest.raises(InputError, match="no labels"):
+        probekit.scan(tiny_llava, imgs, ladder=(2,))
+    with pytest.raises(InputError, match="tuned_lens"):
+        probekit.scan(tiny_llava, imgs, labels=[i % 2 for i in range(10)], cv=2, ladder=(2,), tuned_lens="yes")
+
+
+# ---------------------------------------------------------------- the organism (CI version)
+
+
+@pytest.fixture(scope="module")
+def organism(tmp_path_factory):
+    from probekit.organisms.ladder import LadderConfig, run_ladder
+
+    return run_ladder(LadderConfig.small(out=str(tmp_path_factory.mktemp("ladder"))))
+
+
+def test_organism_learns_yes_no_and_leaks_material_but_not_a_coin_flip(organism):
+    acc = organism["task_accuracy"]
+    assert acc["accuracy_lo"] > 0.85, acc  # it learned the task (chance 0.5)
+    assert organism["untrained_accuracy"]["accuracy"] < 0.7
+    t = organism["table"]
+    mat = t[t.attribute == "target_material"]
+    chance = mat.chance.iloc[0]
+    # the target's material, never asked about, is read from the residual stream with a wide margin (measured 0.68 vs 0.51)
+    resid = mat[mat.source == "residual"]
+    assert resid.accuracy.max() > chance + 0.10 and organism["verdicts"]["target_material"]["residual"].startswith("detected")
+    # ... and from the output alone: the top-5 log-probabilities (measured 0.68)
+    top5 = mat[(mat.source == "logits") & (mat.k == 5)].iloc[0]
+    assert top5.detected and top5.accuracy_lo_corrected > chance
+    coin = t[t.attribute == "random"]
+    assert organism["verdicts"]["random"]["all"].startswith("nothing detected")
+    assert coin.accuracy.max() < coin.chance.iloc[0] + 0.05 and bool((coin.p_holm > 0.5).all())
+
+
+def test_organism_docs_section_is_replaced_in_place(organism, tmp_path):
+    from probekit.organisms.ladder import write_section
+
+    md = tmp_path / "results.md"
+    md.write_text("# other study\n\nkept text\n")
+    write_section(organism, md, tmp_path / "img")
+    write_section(organism, md, tmp_path / "img")
+    text = md.read_text()
+    assert text.startswith("# other study\n\nkept text\n") and text.count("<!-- ladder -->") == 1
+    assert "Held-out yes/no accuracy" in text and "nothing detected" in text
+    assert (tmp_path / "img" / "results-ladder.png").stat().st_size > 10_000
+
+
+def test_study_ladder_cli_prints_and_writes_the_docs_section(organism, tmp_path, monkeypatch, capsys):
+    import probekit.organisms.ladder as lad
+    from probekit.cli import main
+
+    seen = []
+    monkeypatch.setattr(lad, "run_ladder", lambda cfg: seen.append(cfg) or organism)
+    out = tmp_path / "run"
+    out.mkdir()
+    assert main(["study", "ladder", "--small", "--out", str(out), "--docs", str(tmp_path / "docs")]) == 0
+    assert seen[-1].ask == "red" and seen[-1].steps == lad.LadderConfig.small().steps
+    printed = capsys.readouterr().out
+    assert "random: nothing detected" in printed and "yes/no accuracy" in printed
+    assert (out / "ladder.csv").exists() and not (tmp_path / "docs").exists()  # --small writes no docs
+    assert main(["study", "ladder", "--out", str(out), "--docs", str(tmp_path / "docs")]) == 0
+    assert seen[-1].steps == lad.LadderConfig().steps and seen[-1].num_layers == 4
+    assert "`probekit study ladder`" in (tmp_path / "docs" / "results.md").read_text()
