@@ -1,10 +1,11 @@
 """The ``probekit`` command line.
 
-``probekit demo``: plant watermarks in a tiny LLaVA's fine-tuning data, scan it and an untouched copy.
+``probekit demo``: fine-tune the reader organism with and without watermarks; probekit's verdict on each.
 ``probekit scan --model PATH --images DIR [--labels CSV] [--targets ...] --out report.html``.
 ``probekit points --model PATH``: list a model's hook points.
 ``probekit collect --model PATH --images DIR --out STORE``: record points to a disk store.
 ``probekit study memorization [--full] [--out DIR]``: the watermark memorisation study (docs/results.md).
+``probekit study watermark [--full]``: the same study on the reader organism (its section of docs/results.md).
 
 Bad arguments exit with code 2 and a one-line message.
 """
@@ -25,10 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="probekit", description="Find what a vision-language model silently knows, and remove it.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="plant watermarks in a tiny VLM's fine-tuning data, scan it and an untouched copy")
+    d = sub.add_parser("demo", help="fine-tune a tiny reading VLM with and without watermarks; scan both for seen vs unseen")
     d.add_argument("--out", default="probekit-demo", help="folder for the demo's files (default: probekit-demo)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--steps", type=int, default=300, help="fine-tuning steps (default: 300)")
+    d.add_argument("--steps", type=int, default=150, help="fine-tuning steps (default: 150)")
 
     s = sub.add_parser("scan", help="probe every layer for what it reveals about the images; write an HTML report")
     s.add_argument("--model", required=True, help="checkpoint directory or hub id")
@@ -61,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu")
     c.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
 
-    st = sub.add_parser("study", help="run a packaged study (memorization: the watermark memorisation study)")
-    st.add_argument("name", choices=["memorization"], help="which study")
+    st = sub.add_parser("study", help="run a packaged study (memorization, watermark: the watermark memorisation study)")
+    st.add_argument("name", choices=["memorization", "watermark"], help="which study")
     st.add_argument("--full", action="store_true", help="the full grid; writes docs/results.md and docs/img/results-*.png")
     st.add_argument("--out", default=None, help="folder for checkpoints (default probekit-memorization[-full])")
     st.add_argument("--docs", default="docs", help="where --full writes results.md and img/ (default docs)")
@@ -126,6 +127,8 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
+    if args.name == "watermark":
+        return _study_watermark(args)
     from probekit.experiments.memorization import MemorizationConfig, run_memorization, write_results
 
     cfg = MemorizationConfig.full() if args.full else MemorizationConfig()
@@ -142,6 +145,27 @@ def _study(args: argparse.Namespace) -> int:
     if args.full:
         docs = Path(args.docs)
         for path in write_results(res, docs / "results.md", docs / "img", command="probekit study memorization --full"):
+            print(f"wrote {path}")
+    print(f"({res['seconds']:.0f} s)")
+    return 0
+
+
+def _study_watermark(args: argparse.Namespace) -> int:
+    from probekit.experiments.watermark_study import run_study, write_section
+
+    res = run_study(full=args.full)
+    out = Path(args.out or ("probekit-watermark-full" if args.full else "probekit-watermark"))
+    out.mkdir(parents=True, exist_ok=True)
+    res["table"].to_csv(out / "table.csv", index=False)
+    if "gradients" in res:
+        res["gradients"].to_csv(out / "gradients.csv", index=False)
+    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+        print(res["table"][["condition", "detected", "best", "probe_acc", "probe_lo", "probe_hi"]].round(3).to_string(index=False))
+    o = res["ocr"]
+    print(f"reader OCR character accuracy {o['char_accuracy']:.3f} [{o['char_accuracy_lo']:.3f}, {o['char_accuracy_hi']:.3f}]")
+    if args.full:
+        docs = Path(args.docs)
+        for path in write_section(res, docs / "results.md", docs / "img", command="probekit study watermark --full"):
             print(f"wrote {path}")
     print(f"({res['seconds']:.0f} s)")
     return 0
