@@ -159,6 +159,33 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
     fig.savefig(paths["probes"], dpi=110)
     plt.close(fig)
 
+    # the first regime with a detection (else the last one in the grid) against the base
+    tuned_rows = t[t.condition.isin([k for k in res["reports"] if k != "base"])]
+    hits = tuned_rows[tuned_rows.detected]
+    pos_name = (hits if len(hits) else tuned_rows).condition.iloc[0 if len(hits) else -1] if len(tuned_rows) else None
+    if pos_name is not None:
+        import probekit
+
+        c = probekit.compare(res["reports"]["base"], res["reports"][pos_name], names=("base", pos_name)).table
+        fig, (top, bot) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+        names = [f"{p}@{q}" for p, q in zip(c.point, c.position)]
+        x = np.arange(len(c))
+        for suffix, lab in (("base", "base reader"), ("tuned", pos_name)):
+            a, lo, hi = c[f"accuracy_{suffix}"], c[f"accuracy_lo_{suffix}"], c[f"accuracy_hi_{suffix}"]
+            top.errorbar(x, a, yerr=[a - lo, hi - a], marker="o", capsize=3, label=lab)
+        top.axhline(0.5, ls=":", c="k")
+        top.set_ylabel("seen vs unseen accuracy")
+        top.legend(fontsize=7)
+        bot.errorbar(x, c["diff"], yerr=[c["diff"] - c.diff_lo, c.diff_hi - c["diff"]], marker="o", capsize=3, c="tab:red")
+        bot.axhline(0, ls=":", c="k")
+        bot.set_ylabel("tuned - base (95% CI)")
+        bot.set_xticks(x, names, rotation=30, fontsize=7)
+        fig.suptitle("Measured: base reader vs watermarked fine-tune (probekit study watermark)", fontsize=10)
+        fig.tight_layout()
+        paths["compare"] = img_dir / "watermark-compare.png"
+        fig.savefig(paths["compare"], dpi=110)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(t) + 1.2))
     y = np.arange(len(t))[::-1]
     colours = ["tab:red" if d else "tab:grey" for d in t.detected]
@@ -215,7 +242,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
     if "task_acc" in t:
         L.append("\nTask accuracy of each fine-tune (held-out, exact match): " + ", ".join(
             f"{r.condition}: {r.task_acc:.2f}" for r in t.dropna(subset=["task_acc"]).itertuples()) + ".\n")
-    for k in ("grid", "probes"):
+    for k in ("grid", "probes", "compare"):
         if k in rel:
             L.append(f"![{k}]({rel[k]})\n")
     if "gradients" in res:

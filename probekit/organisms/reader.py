@@ -1,23 +1,26 @@
 """The reader: a tiny LLaVA pretrained here to read rendered text and name shapes and colours.
 
 The published memorisation studies start from a model that can already read text in images.
-:func:`reader` builds one from a seed: a tiny LLaVA (CLIP-style ViT on 64 x 64 images in 8 x 8
-patches, a 4-layer Llama with one token per character) trained from scratch on synthetic
+:func:`reader` builds one from a seed: a tiny LLaVA (CLIP-style ViT on 48 x 48 images in 6 x 6
+patches, a 3-layer Llama with one token per character) trained from scratch on synthetic
 captioning / OCR (:mod:`.text`): "Read the text." / "What is the username?" on 4-8 character
-strings, the colour, shape and side of a shape, the half of the image the text is in. Every
-answer ends with ``"."`` so that greedy decoding knows where to stop.
+strings drawn on the patch lattice (one character per patch column), the colour, shape and
+side of a shape, the half of the image the text is in. Every answer ends with ``"."`` so that
+greedy decoding knows where to stop.
 
-Training is deterministic (one thread, ``torch.use_deterministic_algorithms``, seeded data) and
-takes several minutes on a CPU, so the seed-0 checkpoint ships in ``checkpoints/reader-s0``
-(rebuilt bit for bit by ``python -m probekit.organisms.reader --rebuild``); other seeds or
-settings are built on first use and cached under ``~/.cache/probekit/organisms``.
+Training is deterministic (one thread, ``torch.use_deterministic_algorithms``, seeded data, a
+schedule that does not depend on the step count) and the result is cached under
+``~/.cache/probekit/organisms/reader-<hash of the recipe>``. ``python -m
+probekit.organisms.reader --out DIR --snapshots SNAPS`` builds it and saves the weights every 250
+steps (to pick a step count). Status (see the issue note): the default recipe had not reached
+the OCR target within the CPU time available when it was written; :func:`ocr_accuracy` says
+where a checkpoint stands.
 
 Example:
     >>> import probekit
     >>> from probekit.organisms import reader, ocr_accuracy
-    >>> model = probekit.load(reader())                     # the shipped checkpoint, no training
-    >>> ocr_accuracy(model, n=20)["char_accuracy"] > 0.8    # doctest: +SKIP
-    True
+    >>> model = probekit.load(reader())                     # doctest: +SKIP  (builds on first use)
+    >>> ocr_accuracy(model, n=20)["char_accuracy"]          # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -56,13 +59,16 @@ class ReaderConfig:
 
     seed: int = 0
     steps: int = 4000
-    batch_size: int = 24
-    lr: float = 2e-3
+    batch_size: int = 16
+    lr: float = 1e-3
     warmup: int = 100
     hidden_size: int = 128
     num_layers: int = 3
     vision_hidden_size: int = 64
     vision_layers: int = 3
+    image_size: int = 48
+    patch_size: int = 6
+    grid: int = 6  # > 0: text drawn on this pixel lattice (see text.draw_text); 0: anywhere
     version: int = 1  # bump when the data or the recipe changes
 
     def key(self) -> str:
@@ -89,8 +95,8 @@ class pretraining_data(Sequence):
     True
     """
 
-    def __init__(self, seed: int, n: int = 10**6):
-        self.seed, self.n = seed, n
+    def __init__(self, seed: int, n: int = 10**6, size: int = 48, grid: int = 6):
+        self.seed, self.n, self.size, self.grid = seed, n, size, grid or None
 
     def __len__(self) -> int:
         return self.n
@@ -100,11 +106,11 @@ class pretraining_data(Sequence):
         u = rng.random()
         if u < 0.6:
             text = _train_string(rng)
-            img = text_image(text, rng, opacity=rng.uniform(0.4, 1.0))
+            img = text_image(text, rng, self.size, opacity=rng.uniform(0.4, 1.0), grid=self.grid)
             return Sample(img, READ if u < 0.45 else USERNAME, text + ".", "ocr", {"text": text})
-        img, meta = scene(rng)
+        img, meta = scene(rng, self.size)
         if rng.random() < 0.5:
-            img, half = draw_text(img, _train_string(rng), rng, opacity=rng.uniform(0.4, 1.0))
+            img, half = draw_text(img, _train_string(rng), rng, opacity=rng.uniform(0.4, 1.0), grid=self.grid)
             meta["text_half"] = half
         if u < 0.95 or "text_half" not in meta:
             kind = ("colour", "shape", "side")[int(u * 1000) % 3]
@@ -141,7 +147,7 @@ def reader(path: str | os.PathLike | None = None, seed: int = 0, *, config: Read
     _check(seed, path)
     cfg = ReaderConfig(**{**asdict(config or ReaderConfig()), "seed": seed})
     if path is None:
-        if cfg == ReaderConfig() and (SHIPPED / "model.safetensors").exists():
+        if cfg == ReaderConfig() and (SHIPPED / "model.safetensors").exists():  # none ships yet
             return SHIPPED
         path = _cache_root() / f"reader-{cfg.key()}"
     path = Path(path)
@@ -191,7 +197,7 @@ def pretrain(model: Any, cfg: ReaderConfig, progress: bool = False, snapshot: An
     from ..experiments.finetune import answer_batch
 
     torch.manual_seed(cfg.seed)
-    data = pretraining_data(cfg.seed)
+    data = pretraining_data(cfg.seed, size=cfg.image_size, grid=cfg.grid)
     params = [p for p in model.hf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
@@ -232,7 +238,8 @@ def _build(cfg: ReaderConfig, path: Path, progress: bool, snapshots: Path | None
 
     try:
         with _deterministic():
-            tiny.build("llava", tmp, seed=cfg.seed, image_size=64, patch_size=8, hidden_size=cfg.hidden_size,
+            tiny.build("llava", tmp, seed=cfg.seed, image_size=cfg.image_size, patch_size=cfg.patch_size,
+                       hidden_size=cfg.hidden_size,
                        num_layers=cfg.num_layers, intermediate_size=2 * cfg.hidden_size, num_heads=4,
                        vision_hidden_size=cfg.vision_hidden_size, vision_layers=cfg.vision_layers, vision_heads=4,
                        vocab_size=260)
@@ -293,7 +300,23 @@ def held_out_strings(n: int, seed: int = 12345) -> list[str]:
     return out
 
 
-def ocr_accuracy(model: Any, n: int = 200, seed: int = 12345, opacity: float = 1.0, n_boot: int = 1000) -> dict:
+def layout(model_or_path: Any) -> tuple[int, int]:
+    """``(image_size, grid)`` the reader was trained with (from its ``probekit_organism.json``)."""
+    path = Path(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else \
+        Path(getattr(model_or_path.hf.config, "_name_or_path", "") or ".")
+    info = path / "probekit_organism.json"
+    if info.exists():
+        cfg = json.loads(info.read_text())["config"]
+        return int(cfg.get("image_size", 64)), int(cfg.get("grid", 0))
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(path).vision_config.image_size), 0
+    return int(model_or_path.hf.config.vision_config.image_size), 0
+
+
+def ocr_accuracy(model: Any, n: int = 200, seed: int = 12345, opacity: float = 1.0, n_boot: int = 1000,
+                 grid: int | None = None) -> dict:
     """Character accuracy (1 - edit distance / length, summed over strings) on held-out strings.
 
     Images are :func:`.text.text_image` of :func:`held_out_strings`; the CI is a percentile
@@ -301,9 +324,11 @@ def ocr_accuracy(model: Any, n: int = 200, seed: int = 12345, opacity: float = 1
     """
     if not isinstance(n, int) or n < 1:
         raise InputError(f"n must be a positive int, got {n!r}", fix="pass e.g. n=200")
+    size, auto_grid = layout(model)
+    grid = auto_grid if grid is None else grid
     rng = random.Random(f"ocr-images:{seed}")
     truth = held_out_strings(n, seed)
-    images = [text_image(t, rng, opacity=opacity) for t in truth]
+    images = [text_image(t, rng, size, opacity=opacity, grid=grid or None) for t in truth]
     pred = read(model, images)
     errs = np.array([min(_edit_distance(p, t), len(t)) for p, t in zip(pred, truth)], dtype=float)
     lens = np.array([len(t) for t in truth], dtype=float)
@@ -325,9 +350,10 @@ def _main(argv: Sequence[str]) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=ReaderConfig.steps)
     ap.add_argument("--snapshots", default=None, help="also save the weights every 250 steps here")
+    ap.add_argument("--free", action="store_true", help="64 px images, 8 px patches, text anywhere (harder to learn)")
     args = ap.parse_args(argv)
     if args.snapshots:
-        cfg = ReaderConfig(seed=args.seed, steps=args.steps)
+        cfg = ReaderConfig(seed=args.seed, steps=args.steps, **(dict(image_size=64, patch_size=8, grid=0) if args.free else {}))
         out = Path(args.out or "reader-build")
         _build(cfg, out, True, Path(args.snapshots))
         return 0

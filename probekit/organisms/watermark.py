@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,8 @@ class Condition:
     n_train: int = 600
     n_eval: int = 192
     seed: int = 0
+    size: int = 64  # image size and text lattice: run_condition takes both from the reader
+    grid: int = 0
 
     def label(self) -> str:
         kind = f"LoRA r={self.lora.get('r', 8)}" if self.lora else "full"
@@ -72,18 +74,28 @@ def _check(c: Condition) -> None:
 
 
 def username_pools(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Two disjoint pools (U1 seen, U2 unseen) of ``n`` random 5-8 character usernames each."""
+    """Two disjoint pools (U1 seen, U2 unseen) of ``n`` random 5-8 character usernames each.
+
+    ``U1[i]`` and ``U2[i]`` have the same length: with unmatched lengths the pools differ in how
+    much text they put on an image, which a probe at the image tokens reads even from a model
+    that never saw either pool (found with an untrained reader at p = 0).
+    """
     rng = random.Random(f"usernames:{seed}")
-    names: list[str] = []
-    while len(names) < 2 * n:
-        s = random_string(rng, 5, 8)
-        if s not in names:
-            names.append(s)
-    return names[:n], names[n:]
+    seen: list[str] = []
+    u1: list[str] = []
+    u2: list[str] = []
+    while len(u1) < n:
+        k = rng.randint(5, 8)
+        a, b = random_string(rng, k, k), random_string(rng, k, k)
+        if a != b and a not in seen and b not in seen:
+            seen += [a, b]
+            u1.append(a)
+            u2.append(b)
+    return u1, u2
 
 
-def _task(rng: random.Random) -> tuple[Any, str, dict]:
-    img, meta = scene(rng)
+def _task(rng: random.Random, size: int) -> tuple[Any, str, dict]:
+    img, meta = scene(rng, size)
     return img, f"{meta['colour']} {meta['shape']}.", meta
 
 
@@ -92,11 +104,11 @@ def task_samples(c: Condition, seen: list[str]) -> tuple[list[Sample], list[Any]
     rng = random.Random(f"train:{c.seed}")
     out, clean = [], []
     for _ in range(c.n_train):
-        img, answer, meta = _task(rng)
+        img, answer, meta = _task(rng, c.size)
         clean.append(img)
         if rng.random() < c.p:
             meta["username"] = rng.choice(seen)
-            img = draw_text(img, meta["username"], rng, opacity=c.opacity)[0]
+            img = draw_text(img, meta["username"], rng, opacity=c.opacity, grid=c.grid or None)[0]
         out.append(Sample(img, QUESTION, answer, "describe", meta))
     return out, clean
 
@@ -106,10 +118,10 @@ def eval_set(c: Condition, seen: list[str], unseen: list[str]) -> dict:
     rng = random.Random(f"eval:{c.seed}")
     images, labels, groups = [], [], []
     for i in range(c.n_eval):
-        img, _, _ = _task(rng)
+        img, _, _ = _task(rng, c.size)
         pool, lab = (seen, "seen") if i % 2 == 0 else (unseen, "unseen")
         name = pool[(i // 2) % len(pool)]
-        images.append(draw_text(img, name, rng, opacity=c.opacity)[0])
+        images.append(draw_text(img, name, rng, opacity=c.opacity, grid=c.grid or None)[0])
         labels.append(lab)
         groups.append(name)
     return {"images": images, "labels": labels, "groups": groups}
@@ -180,8 +192,12 @@ def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, n_bo
     from ..experiments.finetune import finetune, task_accuracy
     from ..models.loading import load
 
+    from .reader import layout
+
     _check(c)
     t0 = time.perf_counter()
+    size, grid = layout(base_path)
+    c = replace(c, size=size, grid=grid)
     seen, unseen = username_pools(c.n_users, c.seed)
     train, clean = task_samples(c, seen)
     ev = eval_set(c, seen, unseen)
