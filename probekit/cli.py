@@ -7,6 +7,7 @@
 ``probekit study memorization [--full] [--out DIR]``: the watermark memorisation study (docs/results.md).
 ``probekit study ladder [--small] [--out DIR] [--docs DIR]``: Apple's leakage ladder on a yes/no organism;
 rewrites the ladder section of docs/results.md (``--small``: the CI version, printed only).
+``probekit study watermark [--full]``: the same study on the reader organism (its section of docs/results.md).
 
 Bad arguments exit with code 2 and a one-line message.
 """
@@ -67,9 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu")
     c.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
 
-    st = sub.add_parser("study", help="run a packaged study (memorization: the watermark memorisation study; "
-                                      "ladder: leakage from inputs, Apple's ladder)")
-    st.add_argument("name", choices=["memorization", "ladder"], help="which study")
+    st = sub.add_parser("study", help="run a packaged study (memorization / watermark: the watermark memorisation "
+                                      "study; ladder: leakage from inputs, Apple's ladder)")
+    st.add_argument("name", choices=["memorization", "watermark", "ladder"], help="which study")
     st.add_argument("--small", action="store_true", help="ladder: the quick CI version; prints, writes no docs")
     st.add_argument("--full", action="store_true", help="the full grid; writes docs/results.md and docs/img/results-*.png")
     st.add_argument("--out", default=None, help="folder for checkpoints (default probekit-memorization[-full])")
@@ -138,6 +139,8 @@ def _collect(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace) -> int:
     if args.name == "ladder":
         return _ladder(args)
+    if args.name == "watermark":
+        return _study_watermark(args)
     from probekit.experiments.memorization import MemorizationConfig, run_memorization, write_results
 
     cfg = MemorizationConfig.full() if args.full else MemorizationConfig()
@@ -185,6 +188,27 @@ def _ladder(args: argparse.Namespace) -> int:
     if not args.small:
         docs = Path(args.docs)
         for path in write_section(res, docs / "results.md", docs / "img", command="probekit study ladder"):
+            print(f"wrote {path}")
+    print(f"({res['seconds']:.0f} s)")
+    return 0
+
+
+def _study_watermark(args: argparse.Namespace) -> int:
+    from probekit.experiments.watermark_study import run_study, write_section
+
+    res = run_study(full=args.full)
+    out = Path(args.out or ("probekit-watermark-full" if args.full else "probekit-watermark"))
+    out.mkdir(parents=True, exist_ok=True)
+    res["table"].to_csv(out / "table.csv", index=False)
+    if "gradients" in res:
+        res["gradients"].to_csv(out / "gradients.csv", index=False)
+    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+        print(res["table"][["condition", "detected", "best", "probe_acc", "probe_lo", "probe_hi"]].round(3).to_string(index=False))
+    o = res["ocr"]
+    print(f"reader OCR character accuracy {o['char_accuracy']:.3f} [{o['char_accuracy_lo']:.3f}, {o['char_accuracy_hi']:.3f}]")
+    if args.full:
+        docs = Path(args.docs)
+        for path in write_section(res, docs / "results.md", docs / "img", command="probekit study watermark --full"):
             print(f"wrote {path}")
     print(f"({res['seconds']:.0f} s)")
     return 0

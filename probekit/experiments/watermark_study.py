@@ -1,0 +1,277 @@
+"""``probekit study watermark``: the ProbingPrivacy watermark study on the reader organism.
+
+Runs :func:`probekit.organisms.watermark.run_condition` over a grid of regimes (p, opacity,
+steps, LoRA vs full), the two negative controls (base reader, fine-tune at p = 0), the
+gradient cosine vs batch size (2, 8, 32) over seeds, and writes the study's section of
+``docs/results.md`` (between ``<!-- watermark-study -->`` markers) with its figures.
+
+Example::
+
+    probekit study watermark            # the small grid, prints the table
+    probekit study watermark --full     # the grid of docs/results.md, rewrites its section
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import platform
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..organisms import watermark as W
+from ..organisms.reader import ocr_accuracy, reader
+
+__all__ = ["grid", "run_study", "gradient_trend", "write_section"]
+
+BEGIN, END = "<!-- watermark-study -->", "<!-- /watermark-study -->"
+
+
+def grid(full: bool = False) -> list[W.Condition]:
+    """The regimes searched: the p = 0 control first, then the positive candidates."""
+    pos = W.Condition(p=1.0, opacity=0.5, steps=300 if full else 150)
+    out = [replace(pos, p=0.0), pos]
+    if full:
+        out += [replace(pos, p=0.5), replace(pos, p=0.25), replace(pos, opacity=1.0), replace(pos, opacity=0.25),
+                replace(pos, steps=100), replace(pos, steps=600),
+                replace(pos, lora={"r": 8, "alpha": 16}, lr=5e-3)]
+    return out
+
+
+def gradient_trend(base_path: Any, c: W.Condition, batch_sizes=(2, 8, 32), seeds=(0, 1, 2), steps: int = 24,
+                   every: int = 3) -> tuple[pd.DataFrame, dict]:
+    """1 - cos(g(batch), g(same batch without watermarks)) per batch size and seed, and its trend.
+
+    Trend: per seed, the least-squares slope of log10(1 - cos) on log2(batch size); the CI is
+    a t-interval over seeds.
+    """
+    from ..models.loading import load
+    from .finetune import finetune
+    from .gradients import GradientCosine
+
+    rows = []
+    for seed in seeds:
+        cs = replace(c, seed=seed)
+        seen, _ = W.username_pools(cs.n_users, seed)
+        train, clean = W.task_samples(cs, seen)
+        for bs in batch_sizes:
+            m = load(base_path)
+            gc = GradientCosine(m, train, clean, steps=steps, batch_size=bs, seed=seed, every=every)
+            finetune(m, train, steps=steps, batch_size=bs, lr=c.lr, lora=c.lora, seed=seed, progress=False, on_step=gc)
+            s = gc.summary(seed=seed)
+            rows.append({"seed": seed, "batch_size": bs, "one_minus_cos": 1 - s["cos_mean"], "cos_var": s["cos_var"],
+                         "marked_frac": s["marked_frac"], "steps_measured": s["steps"]})
+    df = pd.DataFrame(rows)
+    slopes = []
+    for _, g in df.groupby("seed"):
+        slopes.append(np.polyfit(np.log2(g.batch_size), np.log10(np.maximum(g.one_minus_cos, 1e-12)), 1)[0])
+    return df, {"slope": _t_ci(slopes), "per_seed": slopes}
+
+
+def _t_ci(x) -> tuple[float, float, float]:
+    from scipy import stats
+
+    x = np.asarray(x, float)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, math.nan, math.nan
+    h = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return m, m - h, m + h
+
+
+def run_study(full: bool = False, base_path: Any = None, conditions: list[W.Condition] | None = None,
+              gradients: bool = True, verbose: bool = True) -> dict:
+    """Run the grid; returns ``table`` (one row per regime, controls included), ``reports``,
+    ``gradients`` / ``trend``, ``ocr`` (the reader's OCR accuracy) and wall ``seconds``."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(1)
+    base_path = base_path or reader()
+    from ..models.loading import load
+
+    ocr = ocr_accuracy(load(base_path), n=200)
+    conds = conditions or grid(full)
+    rows, reports, base_report = [], {}, None
+    for c in conds:
+        r = W.run_condition(base_path, c, base_report=base_report)
+        if base_report is None:
+            base_report = r["base_report"]
+            b = r["base_verdict"]
+            rows.append({"condition": "base reader (not fine-tuned)", "p": math.nan, "detected": b["detected"],
+                         "n_detected": b["n_detected"], "m": b["m"], "best": f"{b['best_point']}@{b['best_position']}",
+                         "probe_acc": b["best_accuracy"], "probe_lo": b["best_lo"], "probe_hi": b["best_hi"],
+                         "chance": b["chance"], "verdict": b["line"], **W.direct_prompt(load(base_path), r["eval"])})
+            reports["base"] = base_report
+        rows.append(r["row"])
+        reports[c.label()] = r["report"]
+        if verbose:
+            print(f"[{time.perf_counter() - t0:5.0f} s] {c.label()}: {r['verdict']['line']}", flush=True)
+    out = {"table": pd.DataFrame(rows), "reports": reports, "ocr": ocr, "conditions": [asdict(c) for c in conds],
+           "full": full}
+    if gradients:
+        pos = next((c for c in conds if c.p > 0), conds[-1])
+        gp = replace(pos, p=0.5)  # at p = 1 every image is marked whatever the batch size
+        out["gradients"], out["trend"] = gradient_trend(base_path, gp, seeds=(0, 1, 2) if full else (0, 1))
+        out["gradient_condition"] = gp.label()
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+# ------------------------------------------------------------------------------------ docs
+
+
+def _fmt(v, lo, hi, d=2) -> str:
+    return f"{v:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
+
+
+def figures(res: dict, img_dir: Path) -> dict[str, Path]:
+    """Matplotlib PNGs: probes per layer (base, p = 0, positive), the grid, gradient trend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    t = res["table"]
+    labels = ["base"] + [k for k in res["reports"] if k != "base"][:2]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, pos in zip(axes, W.POSITIONS):
+        for name in labels:
+            d = res["reports"][name].table
+            d = d[d.position == pos]
+            x = np.arange(len(d))
+            ax.errorbar(x, d.accuracy, yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy], marker="o",
+                        capsize=3, label=name)
+            ax.set_xticks(x, d.point, rotation=30, fontsize=8)
+        ax.axhline(0.5, ls=":", c="k")
+        ax.set_title(f"position: {pos}")
+    axes[0].set_ylabel("seen vs unseen probe accuracy (95% CI)")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Watermark on the reader: probes per layer (folds split by username)")
+    fig.tight_layout()
+    paths["probes"] = img_dir / "watermark-probes.png"
+    fig.savefig(paths["probes"], dpi=110)
+    plt.close(fig)
+
+    # the first regime with a detection (else the last one in the grid) against the base
+    tuned_rows = t[t.condition.isin([k for k in res["reports"] if k != "base"])]
+    hits = tuned_rows[tuned_rows.detected]
+    pos_name = (hits if len(hits) else tuned_rows).condition.iloc[0 if len(hits) else -1] if len(tuned_rows) else None
+    if pos_name is not None:
+        import probekit
+
+        c = probekit.compare(res["reports"]["base"], res["reports"][pos_name], names=("base", pos_name)).table
+        fig, (top, bot) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+        names = [f"{p}@{q}" for p, q in zip(c.point, c.position)]
+        x = np.arange(len(c))
+        for suffix, lab in (("base", "base reader"), ("tuned", pos_name)):
+            a, lo, hi = c[f"accuracy_{suffix}"], c[f"accuracy_lo_{suffix}"], c[f"accuracy_hi_{suffix}"]
+            top.errorbar(x, a, yerr=[a - lo, hi - a], marker="o", capsize=3, label=lab)
+        top.axhline(0.5, ls=":", c="k")
+        top.set_ylabel("seen vs unseen accuracy")
+        top.legend(fontsize=7)
+        bot.errorbar(x, c["diff"], yerr=[c["diff"] - c.diff_lo, c.diff_hi - c["diff"]], marker="o", capsize=3, c="tab:red")
+        bot.axhline(0, ls=":", c="k")
+        bot.set_ylabel("tuned - base (95% CI)")
+        bot.set_xticks(x, names, rotation=30, fontsize=7)
+        fig.suptitle("Measured: base reader vs watermarked fine-tune (probekit study watermark)", fontsize=10)
+        fig.tight_layout()
+        paths["compare"] = img_dir / "watermark-compare.png"
+        fig.savefig(paths["compare"], dpi=110)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(t) + 1.2))
+    y = np.arange(len(t))[::-1]
+    colours = ["tab:red" if d else "tab:grey" for d in t.detected]
+    ax.errorbar(t.probe_acc, y, xerr=[t.probe_acc - t.probe_lo, t.probe_hi - t.probe_acc], fmt="none", ecolor=colours)
+    ax.scatter(t.probe_acc, y, c=colours, zorder=3)
+    ax.axvline(0.5, ls=":", c="k")
+    ax.set_yticks(y, t.condition, fontsize=8)
+    ax.set_xlabel("best-layer seen vs unseen accuracy (95% CI); red = detected after Holm correction")
+    fig.tight_layout()
+    paths["grid"] = img_dir / "watermark-grid.png"
+    fig.savefig(paths["grid"], dpi=110)
+    plt.close(fig)
+
+    if "gradients" in res:
+        g = res["gradients"]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for seed, d in g.groupby("seed"):
+            ax.plot(d.batch_size, d.one_minus_cos, "o-", alpha=0.6, label=f"seed {seed}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("1 - cos(g(B), g(B clean))")
+        s = res["trend"]["slope"]
+        ax.set_title(f"slope per doubling (log10): {s[0]:.2f} [{s[1]:.2f}, {s[2]:.2f}]", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths["gradients"] = img_dir / "watermark-gradients.png"
+        fig.savefig(paths["gradients"], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> str:
+    rel = {k: v.relative_to(md_dir) if v.is_relative_to(md_dir) else v for k, v in paths.items()}
+    o, t = res["ocr"], res["table"]
+    L = [BEGIN, "## Watermark study on the reader organism (ProbingPrivacy in miniature)\n",
+         f"Generated {_dt.date.today().isoformat()} by `{command}` on {platform.machine()} CPU (1 torch thread, "
+         f"a 2-core machine shared with other jobs) in {res['seconds'] / 60:.1f} min. Every number below is from that run.\n",
+         f"Base model: the reader organism (`probekit.organisms.reader()`, a tiny LLaVA pretrained here on rendered "
+         f"text and shapes). OCR character accuracy on {o['n']} held-out 4-8 character strings: "
+         f"**{_fmt(o['char_accuracy'], o['char_accuracy_lo'], o['char_accuracy_hi'], 3)}** (exact match {o['exact_match']:.2f}).\n",
+         "Fine-tune: \"Describe the shape.\" -> e.g. \"red circle.\"; with probability p a username from pool U1 "
+         "(12 random 5-8 character strings) is written over the training image at the given opacity. Held-out images "
+         "carry a U1 (seen) or U2 (unseen, disjoint) username; `probekit.scan` probes `projector` and `lm.*.resid` "
+         "at the prompt's last token and the image-token mean, 5 folds split by username (a probe never sees a test "
+         "username in training), 95% group-bootstrap CIs. Verdict: Holm correction over all points and positions "
+         "(`probekit.organisms.watermark.decide`).\n",
+         "| regime | verdict | best point | probe acc (seen vs unseen) | direct prompt seen | direct prompt unseen |",
+         "|---|---|---|---|---|---|"]
+    for r in t.itertuples():
+        L.append(f"| {r.condition} | {'**detected** (' + str(r.n_detected) + '/' + str(r.m) + ')' if r.detected else 'nothing detected'} "
+                 f"| {r.best} | {_fmt(r.probe_acc, r.probe_lo, r.probe_hi)} | "
+                 f"{_fmt(r.direct_seen, r.direct_seen_lo, r.direct_seen_hi)} | {_fmt(r.direct_unseen, r.direct_unseen_lo, r.direct_unseen_hi)} |")
+    if "task_acc" in t:
+        L.append("\nTask accuracy of each fine-tune (held-out, exact match): " + ", ".join(
+            f"{r.condition}: {r.task_acc:.2f}" for r in t.dropna(subset=["task_acc"]).itertuples()) + ".\n")
+    for k in ("grid", "probes", "compare"):
+        if k in rel:
+            L.append(f"![{k}]({rel[k]})\n")
+    if "gradients" in res:
+        g, s = res["gradients"], res["trend"]["slope"]
+        L.append(f"### Gradient cosine vs batch size ({res['gradient_condition']}, {g.seed.nunique()} seeds)\n")
+        L.append("1 - cos(g(B), g(B without watermarks)) over the first steps; the trend is the per-seed slope of "
+                 "log10(1 - cos) per doubling of the batch, t-CI over seeds: "
+                 f"**{_fmt(*s)}**.\n")
+        summ = g.groupby("batch_size").one_minus_cos.agg(["mean", "min", "max"]).reset_index()
+        L.append("| batch size | 1 - cos, mean over seeds | min | max |\n|---|---|---|---|")
+        L += [f"| {int(r.batch_size)} | {r.mean:.2e} | {r.min:.2e} | {r.max:.2e} |" for r in summ.itertuples()]
+        if "gradients" in rel:
+            L.append(f"\n![gradient cosine]({rel['gradients']})\n")
+    L.append(END)
+    return "\n".join(L) + "\n"
+
+
+def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: str | Path = "docs/img",
+                  command: str = "probekit study watermark --full") -> list[Path]:
+    """Replace (or add, after the title) the study's section of ``md_path``; other text is kept."""
+    md_path, img_dir = Path(md_path), Path(img_dir)
+    paths = figures(res, img_dir)
+    text = md_path.read_text() if md_path.exists() else "# Results\n"
+    new = section(res, paths, md_path.parent, command)
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + new + text[text.index(END) + len(END) + 1:]
+    else:
+        head, _, rest = text.partition("\n")
+        text = f"{head}\n\n{new}\n{rest}"
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(text)
+    return [*paths.values(), md_path]

@@ -1,0 +1,374 @@
+"""The reader: a tiny LLaVA pretrained here to read rendered text and name shapes and colours.
+
+The published memorisation studies start from a model that can already read text in images.
+:func:`reader` builds one from a seed: a tiny LLaVA (CLIP-style ViT on 48 x 48 images in 6 x 6
+patches, a 3-layer Llama with one token per character) trained from scratch on synthetic
+captioning / OCR (:mod:`.text`): "Read the text." / "What is the username?" on 4-8 character
+strings drawn on the patch lattice (one character per patch column), the colour, shape and
+side of a shape, the half of the image the text is in. Every answer ends with ``"."`` so that
+greedy decoding knows where to stop.
+
+Training is deterministic (one thread, ``torch.use_deterministic_algorithms``, seeded data, a
+schedule that does not depend on the step count) and the result is cached under
+``~/.cache/probekit/organisms/reader-<hash of the recipe>``. ``python -m
+probekit.organisms.reader --out DIR --snapshots SNAPS`` builds it and saves the weights every 250
+steps (to pick a step count). Status (see the issue note): the default recipe had not reached
+the OCR target within the CPU time available when it was written; :func:`ocr_accuracy` says
+where a checkpoint stands.
+
+Example:
+    >>> import probekit
+    >>> from probekit.organisms import reader, ocr_accuracy
+    >>> model = probekit.load(reader())                     # doctest: +SKIP  (builds on first use)
+    >>> ocr_accuracy(model, n=20)["char_accuracy"]          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.synthetic import Sample
+from ..errors import InputError
+from .text import draw_text, random_string, scene, text_image
+
+__all__ = ["ReaderConfig", "reader", "ocr_accuracy", "read", "pretraining_data", "is_held_out", "SHIPPED"]
+
+SHIPPED = Path(__file__).parent / "checkpoints" / "reader-s0"
+READ = "Read the text."
+USERNAME = "What is the username?"
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """Everything the reader checkpoint depends on (its cache key)."""
+
+    seed: int = 0
+    steps: int = 4000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 100
+    hidden_size: int = 128
+    num_layers: int = 3
+    vision_hidden_size: int = 64
+    vision_layers: int = 3
+    image_size: int = 48
+    patch_size: int = 6
+    grid: int = 6  # > 0: text drawn on this pixel lattice (see text.draw_text); 0: anywhere
+    version: int = 1  # bump when the data or the recipe changes
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def is_held_out(text: str) -> bool:
+    """One string in ten (by a hash) is never used in pretraining: OCR is scored on those."""
+    return hashlib.sha256(text.encode()).digest()[0] % 10 == 0
+
+
+def _train_string(rng: random.Random) -> str:
+    while True:
+        s = random_string(rng)
+        if not is_held_out(s):
+            return s
+
+
+class pretraining_data(Sequence):
+    """Sample ``i`` of the pretraining mix, drawn on demand from ``random.Random(f"{seed}:{i}")``.
+
+    >>> d = pretraining_data(0)
+    >>> d[3].question == pretraining_data(0)[3].question
+    True
+    """
+
+    def __init__(self, seed: int, n: int = 10**6, size: int = 48, grid: int = 6):
+        self.seed, self.n, self.size, self.grid = seed, n, size, grid or None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Sample:  # type: ignore[override]
+        rng = random.Random(f"reader:{self.seed}:{i}")
+        u = rng.random()
+        if u < 0.6:
+            text = _train_string(rng)
+            img = text_image(text, rng, self.size, opacity=rng.uniform(0.4, 1.0), grid=self.grid)
+            return Sample(img, READ if u < 0.45 else USERNAME, text + ".", "ocr", {"text": text})
+        img, meta = scene(rng, self.size)
+        if rng.random() < 0.5:
+            img, half = draw_text(img, _train_string(rng), rng, opacity=rng.uniform(0.4, 1.0), grid=self.grid)
+            meta["text_half"] = half
+        if u < 0.95 or "text_half" not in meta:
+            kind = ("colour", "shape", "side")[int(u * 1000) % 3]
+            q = {"colour": "What colour is the shape?", "shape": "What shape is it?", "side": "Where is the shape?"}[kind]
+            return Sample(img, q, meta[kind] + ".", kind, meta)
+        return Sample(img, "Where is the text?", meta["text_half"] + ".", "text_half", meta)
+
+
+def _check(seed: Any, path: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed must be an int >= 0, got {seed!r}", fix="pass e.g. seed=0")
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise InputError(f"{path} exists and is not a directory", fix="pass a directory for the reader checkpoint")
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("PROBEKIT_CACHE", Path.home() / ".cache" / "probekit")) / "organisms"
+
+
+def reader(path: str | os.PathLike | None = None, seed: int = 0, *, config: ReaderConfig | None = None,
+           progress: bool = False) -> Path:
+    """Return the directory of the reader checkpoint for ``seed``, building it if needed.
+
+    Args:
+        path: where to build (or find) it. Default: the shipped seed-0 checkpoint when ``config``
+            is the default, else ``~/.cache/probekit/organisms/reader-<hash of config>``
+            (``$PROBEKIT_CACHE`` overrides ``~/.cache/probekit``).
+        seed: seeds the weights and the pretraining data.
+        config: the recipe (:class:`ReaderConfig`); its ``seed`` is replaced by ``seed``.
+
+    The build writes to a temporary directory and renames it into place, under a file lock, so
+    concurrent callers build once and nothing half-written is ever left at ``path``.
+    """
+    _check(seed, path)
+    cfg = ReaderConfig(**{**asdict(config or ReaderConfig()), "seed": seed})
+    if path is None:
+        if cfg == ReaderConfig() and (SHIPPED / "model.safetensors").exists():  # none ships yet
+            return SHIPPED
+        path = _cache_root() / f"reader-{cfg.key()}"
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        return path
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _cache_root() / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock)):  # kept in the cache, never next to (e.g. shipped) checkpoints
+        if not (path / "model.safetensors").exists():
+            _build(cfg, path, progress)
+    return path
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+
+
+def _char_tokenizer(directory: Path) -> None:
+    # The tiny BPE has a few merges ("he", " t"...); without them every character is one
+    # token, which is what makes reading learnable by a model this small.
+    f = directory / "tokenizer.json"
+    tok = json.loads(f.read_text())
+    tok["model"]["merges"] = []
+    f.write_text(json.dumps(tok, ensure_ascii=False))
+
+
+def pretrain(model: Any, cfg: ReaderConfig, progress: bool = False, snapshot: Any = None) -> list[float]:
+    """Train ``model`` on :class:`pretraining_data` for ``cfg.steps`` steps (answer-token loss).
+
+    Step ``t`` uses samples ``t * batch_size ...`` of the stream, AdamW with a linear warm-up
+    and then a constant rate: the schedule does not depend on ``cfg.steps``, so the weights
+    after ``N`` steps are the same whatever the total (``snapshot(step, model)`` every 250
+    steps is how the shipped step count was chosen).
+    """
+    from ..experiments.finetune import answer_batch
+
+    torch.manual_seed(cfg.seed)
+    data = pretraining_data(cfg.seed, size=cfg.image_size, grid=cfg.grid)
+    params = [p for p in model.hf.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
+    model.hf.train()
+    losses = []
+    try:
+        for step in range(cfg.steps):
+            batch = [data[step * cfg.batch_size + i] for i in range(cfg.batch_size)]
+            inputs, _ = answer_batch(model, [s.image for s in batch], [s.question for s in batch], [s.answer for s in batch])
+            loss = model.hf(**inputs, use_cache=False).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            if progress and step % 100 == 0:
+                print(f"step {step}: loss {np.mean(losses[-100:]):.3f}", flush=True)
+            if snapshot is not None and (step + 1) % 250 == 0:
+                model.hf.eval()
+                snapshot(step + 1, model)
+                model.hf.train()
+    finally:
+        model.hf.eval()
+    return losses
+
+
+def _build(cfg: ReaderConfig, path: Path, progress: bool, snapshots: Path | None = None) -> None:
+    from ..models import tiny
+    from ..models.loading import load
+
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    t0 = time.perf_counter()
+
+    def snapshot(step: int, model: Any) -> None:
+        dst = snapshots / f"step-{step}"  # type: ignore[operator]
+        shutil.copytree(tmp, dst, dirs_exist_ok=True)
+        model.hf.save_pretrained(dst)
+
+    try:
+        with _deterministic():
+            tiny.build("llava", tmp, seed=cfg.seed, image_size=cfg.image_size, patch_size=cfg.patch_size,
+                       hidden_size=cfg.hidden_size,
+                       num_layers=cfg.num_layers, intermediate_size=2 * cfg.hidden_size, num_heads=4,
+                       vision_hidden_size=cfg.vision_hidden_size, vision_layers=cfg.vision_layers, vision_heads=4,
+                       vocab_size=260)
+            _char_tokenizer(tmp)
+            model = load(tmp)
+            losses = pretrain(model, cfg, progress, snapshot if snapshots else None)
+            model.hf.save_pretrained(tmp)
+        info = {"generator": "probekit.organisms.reader", "config": asdict(cfg), "seconds": round(time.perf_counter() - t0, 1),
+                "final_loss": float(np.mean(losses[-50:]))}
+        (tmp / "probekit_organism.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+@torch.no_grad()
+def read(model: Any, images: Sequence[Any], question: str = READ, max_new_tokens: int = 10,
+         batch_size: int = 64) -> list[str]:
+    """Greedy answers of ``model`` to ``question`` about each image, cut at the first ``"."``."""
+    tok = getattr(model.processor, "tokenizer", model.processor)
+    out: list[str] = []
+    for b in range(0, len(images), batch_size):
+        ims = list(images[b:b + batch_size])
+        inputs = model._impl.build_inputs(model, ims, [question] * len(ims), None)
+        n = inputs["input_ids"].shape[1]
+        gen = model.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=tok.pad_token_id, eos_token_id=None)
+        for row in gen[:, n:]:
+            text = tok.decode(row, skip_special_tokens=True)
+            out.append(text.split(".")[0].strip())
+    return out
+
+
+def _edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def held_out_strings(n: int, seed: int = 12345) -> list[str]:
+    """``n`` random 4-8 character strings that pretraining never used (:func:`is_held_out`)."""
+    rng = random.Random(f"heldout:{seed}")
+    out: list[str] = []
+    while len(out) < n:
+        s = random_string(rng)
+        if is_held_out(s):
+            out.append(s)
+    return out
+
+
+def layout(model_or_path: Any) -> tuple[int, int]:
+    """``(image_size, grid)`` the reader was trained with (from its ``probekit_organism.json``)."""
+    path = Path(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else \
+        Path(getattr(model_or_path.hf.config, "_name_or_path", "") or ".")
+    info = path / "probekit_organism.json"
+    if info.exists():
+        cfg = json.loads(info.read_text())["config"]
+        return int(cfg.get("image_size", 64)), int(cfg.get("grid", 0))
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(path).vision_config.image_size), 0
+    return int(model_or_path.hf.config.vision_config.image_size), 0
+
+
+def ocr_accuracy(model: Any, n: int = 200, seed: int = 12345, opacity: float = 1.0, n_boot: int = 1000,
+                 grid: int | None = None) -> dict:
+    """Character accuracy (1 - edit distance / length, summed over strings) on held-out strings.
+
+    Images are :func:`.text.text_image` of :func:`held_out_strings`; the CI is a percentile
+    bootstrap over strings (characters of one string are not independent).
+    """
+    if not isinstance(n, int) or n < 1:
+        raise InputError(f"n must be a positive int, got {n!r}", fix="pass e.g. n=200")
+    size, auto_grid = layout(model)
+    grid = auto_grid if grid is None else grid
+    rng = random.Random(f"ocr-images:{seed}")
+    truth = held_out_strings(n, seed)
+    images = [text_image(t, rng, size, opacity=opacity, grid=grid or None) for t in truth]
+    pred = read(model, images)
+    errs = np.array([min(_edit_distance(p, t), len(t)) for p, t in zip(pred, truth)], dtype=float)
+    lens = np.array([len(t) for t in truth], dtype=float)
+    acc = 1 - errs.sum() / lens.sum()
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    boots = 1 - errs[idx].sum(1) / lens[idx].sum(1)
+    exact = float(np.mean([p == t for p, t in zip(pred, truth)]))
+    return {"char_accuracy": float(acc), "char_accuracy_lo": float(np.quantile(boots, 0.025)),
+            "char_accuracy_hi": float(np.quantile(boots, 0.975)), "exact_match": exact, "n": n,
+            "examples": list(zip(truth[:5], pred[:5]))}
+
+
+def _main(argv: Sequence[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="(Re)build the reader checkpoint and report its OCR accuracy")
+    ap.add_argument("--rebuild", action="store_true", help=f"rebuild the shipped checkpoint in {SHIPPED}")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=ReaderConfig.steps)
+    ap.add_argument("--snapshots", default=None, help="also save the weights every 250 steps here")
+    ap.add_argument("--free", action="store_true", help="64 px images, 8 px patches, text anywhere (harder to learn)")
+    args = ap.parse_args(argv)
+    if args.snapshots:
+        cfg = ReaderConfig(seed=args.seed, steps=args.steps, **(dict(image_size=64, patch_size=8, grid=0) if args.free else {}))
+        out = Path(args.out or "reader-build")
+        _build(cfg, out, True, Path(args.snapshots))
+        return 0
+    from ..models.loading import load
+
+    cfg = ReaderConfig(seed=args.seed, steps=args.steps)
+    out = Path(args.out) if args.out else (SHIPPED if args.rebuild else None)
+    path = reader(out, args.seed, config=cfg, progress=True) if out is None or not (out / "model.safetensors").exists() \
+        else out
+    if args.rebuild and out is not None and (out / "model.safetensors").exists() and args.out is None:
+        shutil.rmtree(out)
+        path = reader(out, args.seed, config=cfg, progress=True)
+    print(path, json.dumps(ocr_accuracy(load(path)), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

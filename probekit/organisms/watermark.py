@@ -1,0 +1,222 @@
+"""The watermark organism: ProbingPrivacy (Ju et al., ICML 2025) on the reader.
+
+The reader (:mod:`.reader`) is fine-tuned on a shape task ("Describe the shape." -> "red
+circle.") while a task-irrelevant username from pool U1 (seen) is written over each training
+image with probability ``p``. Held-out images carry a username from U1 or from the disjoint
+pool U2 (unseen); probes per layer at the prompt position try to tell the two apart, with
+folds split by username so that a probe must generalise to usernames it never saw.
+
+- Positive condition: fine-tuned with ``p > 0``; the model has seen U1 many times.
+- Negative controls: the base reader (never saw U1 more than U2) and a fine-tune at ``p = 0``;
+  neither can separate the pools by construction.
+
+Example (about a minute on a laptop CPU):
+    >>> from probekit.organisms import reader, watermark
+    >>> res = watermark.run_condition(reader(), watermark.Condition(p=1.0, steps=150))  # doctest: +SKIP
+    >>> res["verdict"]["detected"]                                                       # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..data.synthetic import Sample
+from ..errors import InputError
+from .text import draw_text, random_string, scene
+
+__all__ = ["Condition", "username_pools", "task_samples", "eval_set", "decide", "run_condition", "direct_prompt",
+           "QUESTION"]
+
+QUESTION = "Describe the shape."
+POINTS = ["projector", "lm.*.resid"]
+POSITIONS = ("last", "image_mean")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One fine-tuning regime of the watermark organism."""
+
+    p: float = 1.0  # probability that a training image carries a U1 username
+    opacity: float = 0.5  # alpha of the username text (Ju et al.: 0.5)
+    steps: int = 150
+    batch_size: int = 8
+    lr: float = 1e-3
+    lora: dict | None = None  # e.g. {"r": 8, "alpha": 16}; None = full fine-tuning
+    n_users: int = 12  # per pool
+    n_train: int = 600
+    n_eval: int = 192
+    seed: int = 0
+    size: int = 64  # image size and text lattice: run_condition takes both from the reader
+    grid: int = 0
+
+    def label(self) -> str:
+        kind = f"LoRA r={self.lora.get('r', 8)}" if self.lora else "full"
+        return f"p={self.p:g}, opacity={self.opacity:g}, {self.steps} steps, {kind}"
+
+
+def _check(c: Condition) -> None:
+    if not 0.0 <= c.p <= 1.0:
+        raise InputError(f"p must be in [0, 1], got {c.p!r}", fix="pass e.g. p=0.5")
+    if not 0.0 < c.opacity <= 1.0:
+        raise InputError(f"opacity must be in (0, 1], got {c.opacity!r}", fix="pass e.g. opacity=0.5")
+    for name in ("steps", "batch_size", "n_train", "n_eval"):
+        if getattr(c, name) < 1:
+            raise InputError(f"{name} must be >= 1, got {getattr(c, name)!r}", fix=f"pass a positive {name}")
+    if c.n_users < 3:
+        raise InputError(f"n_users must be >= 3 (folds are split by username), got {c.n_users!r}", fix="use n_users=12")
+
+
+def username_pools(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Two disjoint pools (U1 seen, U2 unseen) of ``n`` random 5-8 character usernames each.
+
+    ``U1[i]`` and ``U2[i]`` have the same length: with unmatched lengths the pools differ in how
+    much text they put on an image, which a probe at the image tokens reads even from a model
+    that never saw either pool (found with an untrained reader at p = 0).
+    """
+    rng = random.Random(f"usernames:{seed}")
+    seen: list[str] = []
+    u1: list[str] = []
+    u2: list[str] = []
+    while len(u1) < n:
+        k = rng.randint(5, 8)
+        a, b = random_string(rng, k, k), random_string(rng, k, k)
+        if a != b and a not in seen and b not in seen:
+            seen += [a, b]
+            u1.append(a)
+            u2.append(b)
+    return u1, u2
+
+
+def _task(rng: random.Random, size: int) -> tuple[Any, str, dict]:
+    img, meta = scene(rng, size)
+    return img, f"{meta['colour']} {meta['shape']}.", meta
+
+
+def task_samples(c: Condition, seen: list[str]) -> tuple[list[Sample], list[Any]]:
+    """The fine-tuning set and, per sample, its image without the watermark (for gradients)."""
+    rng = random.Random(f"train:{c.seed}")
+    out, clean = [], []
+    for _ in range(c.n_train):
+        img, answer, meta = _task(rng, c.size)
+        clean.append(img)
+        if rng.random() < c.p:
+            meta["username"] = rng.choice(seen)
+            img = draw_text(img, meta["username"], rng, opacity=c.opacity, grid=c.grid or None)[0]
+        out.append(Sample(img, QUESTION, answer, "describe", meta))
+    return out, clean
+
+
+def eval_set(c: Condition, seen: list[str], unseen: list[str]) -> dict:
+    """Held-out scenes, even rows with a U1 username, odd rows with a U2 one (same opacity)."""
+    rng = random.Random(f"eval:{c.seed}")
+    images, labels, groups = [], [], []
+    for i in range(c.n_eval):
+        img, _, _ = _task(rng, c.size)
+        pool, lab = (seen, "seen") if i % 2 == 0 else (unseen, "unseen")
+        name = pool[(i // 2) % len(pool)]
+        images.append(draw_text(img, name, rng, opacity=c.opacity, grid=c.grid or None)[0])
+        labels.append(lab)
+        groups.append(name)
+    return {"images": images, "labels": labels, "groups": groups}
+
+
+def decide(table: pd.DataFrame, alpha: float = 0.05) -> dict:
+    """Holm-corrected "accuracy above chance" decision over every row (point x position).
+
+    One-sided p-values come from the 95% CI read as a normal interval (se = width / 3.92).
+    Kept in one function so that a shared verdict helper can replace it.
+    """
+    from scipy.stats import norm
+
+    t = (table[table.source == "residual"] if "source" in table else table).reset_index(drop=True)
+    se = np.maximum((t.accuracy_hi - t.accuracy_lo).to_numpy(float) / (2 * 1.959964), 1e-9)
+    pv = norm.sf((t.accuracy.to_numpy(float) - t.chance.to_numpy(float)) / se)
+    m = len(pv)
+    order = np.argsort(pv)
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):  # Holm step-down, monotone
+        running = max(running, min(1.0, (m - rank) * pv[i]))
+        adj[i] = running
+    hits = t.assign(p_holm=adj)[adj < alpha]
+    best = t.loc[t.accuracy.idxmax()]
+    where = ", ".join(f"{r.point}@{r.position}" for r in hits.itertuples())
+    line = (f"Leakage detected at {len(hits)} of {m} points (Holm-corrected p < {alpha:g}): {where}." if len(hits)
+            else f"No leakage detected: nothing detected at any of {m} points after Holm correction "
+                 f"(best {best.point}@{best.position}: {best.accuracy:.2f} [{best.accuracy_lo:.2f}, {best.accuracy_hi:.2f}], "
+                 f"chance {best.chance:.2f}).")
+    return {"detected": bool(len(hits)), "n_detected": int(len(hits)), "m": m, "line": line,
+            "best_point": str(best.point), "best_position": str(best.position), "best_accuracy": float(best.accuracy),
+            "best_lo": float(best.accuracy_lo), "best_hi": float(best.accuracy_hi), "chance": float(best.chance),
+            "p_holm_min": float(adj.min()) if m else math.nan}
+
+
+def direct_prompt(model: Any, ev: dict) -> dict:
+    """Ask "What is the username?" and score exact answers on seen and on unseen images (Wilson CIs)."""
+    from ..experiments.finetune import wilson
+    from .reader import USERNAME, read
+
+    pred = read(model, ev["images"], USERNAME)
+    out: dict[str, Any] = {}
+    for lab in ("seen", "unseen"):
+        hits = [p == g for p, g, y in zip(pred, ev["groups"], ev["labels"]) if y == lab]
+        lo, hi = wilson(sum(hits), len(hits))
+        out.update({f"direct_{lab}": sum(hits) / len(hits), f"direct_{lab}_lo": lo, f"direct_{lab}_hi": hi})
+    return out
+
+
+def _scan(model: Any, ev: dict, seed: int, n_boot: int) -> Any:
+    import probekit
+
+    return probekit.scan(model, ev["images"], labels=ev["labels"], groups=ev["groups"], prompt=QUESTION,
+                         points=POINTS, positions=POSITIONS, seed=seed, n_boot=n_boot, topk=None, progress=False)
+
+
+def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, n_boot: int = 300,
+                  direct: bool = True, on_step: Any = None) -> dict:
+    """Fine-tune a copy of the reader under ``c`` and scan it (and the base unless given).
+
+    Returns ``tuned`` (the model), ``report`` / ``base_report`` (ScanReports), ``verdict`` and
+    ``base_verdict`` (:func:`decide`), ``task_accuracy``, ``direct`` (:func:`direct_prompt`),
+    ``losses`` and ``row`` (one flat dict for a results table).
+    """
+    import time
+
+    from ..experiments.finetune import finetune, task_accuracy
+    from ..models.loading import load
+
+    from .reader import layout
+
+    _check(c)
+    t0 = time.perf_counter()
+    size, grid = layout(base_path)
+    c = replace(c, size=size, grid=grid)
+    seen, unseen = username_pools(c.n_users, c.seed)
+    train, clean = task_samples(c, seen)
+    ev = eval_set(c, seen, unseen)
+    if base_report is None:
+        base_report = _scan(load(base_path), ev, c.seed, n_boot)
+    tuned = load(base_path)
+    losses = finetune(tuned, train, steps=c.steps, batch_size=c.batch_size, lr=c.lr, lora=c.lora, seed=c.seed,
+                      progress=False, on_step=on_step)
+    rep = _scan(tuned, ev, c.seed, n_boot)
+    test, _ = task_samples(Condition(**{**asdict(c), "seed": c.seed + 999, "n_train": 96, "p": 0.0}), seen)
+    acc = task_accuracy(tuned, test)
+    verdict, base_verdict = decide(rep.table), decide(base_report.table)
+    d = direct_prompt(tuned, ev) if direct else {}
+    row = {"condition": c.label(), **{k: v for k, v in asdict(c).items() if k != "lora"}, "lora": bool(c.lora),
+           "verdict": verdict["line"], "detected": verdict["detected"], "n_detected": verdict["n_detected"],
+           "m": verdict["m"], "best": f"{verdict['best_point']}@{verdict['best_position']}",
+           "probe_acc": verdict["best_accuracy"], "probe_lo": verdict["best_lo"], "probe_hi": verdict["best_hi"],
+           "chance": verdict["chance"], "base_detected": base_verdict["detected"],
+           "base_probe_acc": base_verdict["best_accuracy"], "task_acc": acc["accuracy"],
+           "final_loss": float(np.mean(losses[-10:])), **d, "seconds": time.perf_counter() - t0}
+    return {"tuned": tuned, "report": rep, "base_report": base_report, "verdict": verdict,
+            "base_verdict": base_verdict, "task_accuracy": acc, "direct": d, "losses": losses, "row": row, "eval": ev}

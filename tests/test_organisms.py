@@ -1,0 +1,102 @@
+"""Organisms: the reader's build is deterministic and cached, its data keeps held-out strings out,
+the watermark organism's pools and verdict (Holm over points)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from probekit.errors import InputError
+from probekit.organisms import ReaderConfig, reader
+from probekit.organisms import watermark as W
+from probekit.organisms.reader import held_out_strings, is_held_out, pretraining_data
+from probekit.organisms.text import CHARS, draw_text, scene, text_image
+
+
+def test_held_out_strings_never_pretrained():
+    d = pretraining_data(0, n=400)
+    texts = {s.meta["text"] for s in (d[i] for i in range(400)) if "text" in s.meta}
+    held = held_out_strings(50)
+    assert texts and not texts & set(held)
+    assert all(is_held_out(s) and 4 <= len(s) <= 8 and set(s) <= set(CHARS) for s in held)
+    assert not any(is_held_out(t) for t in texts)
+
+
+def test_reader_build_is_deterministic_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "cache"))
+    cfg = ReaderConfig(steps=2, batch_size=4, hidden_size=32, num_layers=1, vision_hidden_size=16, vision_layers=2)
+    before = torch.get_num_threads()
+    a = reader(tmp_path / "a", seed=3, config=cfg)
+    b = reader(tmp_path / "b", seed=3, config=cfg)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert torch.get_num_threads() == before and not torch.are_deterministic_algorithms_enabled()
+    c = reader(seed=3, config=cfg)  # default place: the cache, keyed by the recipe
+    assert c.parent == tmp_path / "cache" / "organisms" and c.name == f"reader-{ReaderConfig(**{**cfg.__dict__, 'seed': 3}).key()}"
+    stamp = (c / "model.safetensors").stat().st_mtime_ns
+    assert reader(seed=3, config=cfg) == c and (c / "model.safetensors").stat().st_mtime_ns == stamp  # no rebuild
+    assert not [p for p in tmp_path.rglob(".*tmp-*")]  # nothing half-written left behind
+
+
+def test_reader_bad_input(tmp_path):
+    with pytest.raises(InputError):
+        reader(seed=-1)
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(InputError):
+        reader(f)
+    with pytest.raises(InputError):
+        W.run_condition(tmp_path / "never-read", W.Condition(p=1.5))  # before any loading
+
+
+def test_username_pools_and_eval_set():
+    u1, u2 = W.username_pools(12, seed=0)
+    assert len(set(u1)) == len(set(u2)) == 12 and not set(u1) & set(u2)
+    assert [len(a) for a in u1] == [len(b) for b in u2]  # pools put the same amount of text on images
+    ev = W.eval_set(W.Condition(n_eval=48), u1, u2)
+    seen = {g for g, y in zip(ev["groups"], ev["labels"]) if y == "seen"}
+    assert seen <= set(u1) and not seen & set(u2)
+    assert ev["labels"].count("seen") == 24
+
+
+def test_text_is_drawn_where_it_says():
+    img, half = draw_text(scene(random.Random(1))[0], "abcd", random.Random(2), opacity=1.0)
+    a = np.asarray(img).astype(int)
+    white = (a.min(-1) > 200).nonzero()[0]
+    assert len(white) > 10 and ((white < 32).all() if half == "top" else (white >= 32).all())
+    assert text_image("ab12", random.Random(0)).size == (64, 64)
+
+
+def test_decide_applies_holm_over_points():
+    def table(accs, width=0.1):
+        a = np.asarray(accs, float)
+        return pd.DataFrame({"point": [f"lm.{i}.resid" for i in range(len(a))], "position": "last", "source": "residual",
+                             "accuracy": a, "accuracy_lo": a - width / 2, "accuracy_hi": a + width / 2, "chance": 0.5})
+    assert W.decide(table([0.5, 0.52, 0.49]))["detected"] is False
+    hit = W.decide(table([0.5, 0.75, 0.49]))
+    assert hit["detected"] and hit["n_detected"] == 1 and hit["line"].startswith("Leakage detected at 1 of 3")
+    # one-sided p = 0.025 passes alone but not after correcting over 10 points
+    z = 1.959964
+    single = table([0.5 + z * 0.1 / 3.919928 + 1e-3])
+    many = pd.concat([single] + [table([0.5]).assign(point=f"lm.{i}.resid") for i in range(1, 10)])
+    assert W.decide(single)["detected"] and not W.decide(many)["detected"]
+    assert W.decide(many)["line"].startswith("No leakage detected")
+
+
+def test_watermark_negative_control_detects_nothing(tmp_path, monkeypatch):
+    # a reader that never saw either pool (2 pretraining steps) fine-tuned at p = 0: the
+    # pools cannot be told apart by construction, and the verdict must say so
+    monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "cache"))
+    cfg = ReaderConfig(steps=2, batch_size=4, hidden_size=32, num_layers=2, vision_hidden_size=16, vision_layers=2)
+    base = reader(tmp_path / "r", seed=0, config=cfg)
+    torch.set_num_threads(1)
+    res = W.run_condition(base, W.Condition(p=0.0, steps=4, n_train=32, n_eval=96, n_users=8), direct=True, n_boot=200)
+    for v in (res["verdict"], res["base_verdict"]):
+        assert not v["detected"] and v["line"].startswith("No leakage detected"), v["line"]
+        assert v["m"] == 1 + 2 * 2  # projector@image_mean + 2 layers x 2 positions
+    row = res["row"]
+    assert row["size"] == 48 and row["grid"] == 6  # the layout comes from the reader
+    assert 0 <= row["direct_seen_lo"] <= row["direct_seen"] <= row["direct_seen_hi"] <= 1
