@@ -1,0 +1,299 @@
+"""Memorised facts and unlearning (MLLMU-Bench, Liu et al.; cross-modal transfer, Wen et al.) in miniature.
+
+A tiny LLaVA is fine-tuned on fictitious profiles (:mod:`probekit.organisms.profiles`) until it answers
+their facts. Then:
+
+- utility per split (forget, retain, transformed-portrait test, never-seen): multiple choice, cloze,
+  ROUGE-L (:mod:`.facts_metrics`), asked with the portrait and by name;
+- cross-modal transfer: facts taught only by name asked with the portrait, and the reverse; the gap
+  is taught-modality accuracy minus other-modality accuracy (Wen et al.);
+- positive condition: a probe per layer reads the job from the residual stream of trained profiles
+  (folds by profile, Holm across layers); negative: the same on never-seen profiles and on the
+  untrained base; membership inference (loss, Min-K%, Min-K%++) trained vs never-seen;
+- unlearning (GA, GD, KL, NPO beta 0.4; :mod:`.unlearning`) and steering (ablate a difference-of-means
+  job subspace, LEACE, orthogonalize the weights) per forget split, all on one table, and per layer:
+  a probe fitted on retain profiles, scored on forget profiles: can the fact still be read after the
+  answer is gone?
+
+``run_study(StudyConfig.small())`` is the CI version (about a minute); ``StudyConfig()`` the
+``docs/results.md`` run (``probekit study unlearning``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..organisms import profiles as P
+from .facts_metrics import boot_ci, cloze_accuracy, holm_detect, mc_accuracy, mia_scores, p_from_ci, rouge_l
+from .membership import mia_metrics
+from .unlearning import METHODS, unlearn
+
+__all__ = ["StudyConfig", "run_study", "STEERING"]
+
+STEERING = ("ablate", "leace", "orthogonalize")
+TEST_VIEWS = (100, 101)
+
+
+@dataclass
+class StudyConfig:
+    out: str = "probekit-unlearning"
+    n_profiles: int = 100
+    n_unseen: int = 40
+    n_transfer: int = 16
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 3e-3
+    num_layers: int = 2
+    splits: tuple = (5, 10, 15)
+    methods: tuple = METHODS + STEERING
+    unlearn_steps: int = 20
+    unlearn_lr: float = 1e-3
+    n_eval_retain: int = 40  # retain profiles scored per method (all of them train the retain probe)
+    n_boot: int = 300
+    seed: int = 0
+    verbose: bool = True
+    rouge: bool = True
+
+    @classmethod
+    def small(cls, **kw: Any) -> "StudyConfig":
+        base = dict(out="probekit-unlearning-small", n_profiles=24, n_unseen=16, n_transfer=0, steps=450, batch_size=16,
+                    splits=(15,), methods=("npo",), n_eval_retain=20, n_boot=200, verbose=False, rouge=False)
+        base.update(kw)
+        return cls(**base)
+
+
+def _log(cfg: StudyConfig, t0: float, msg: str) -> None:
+    if cfg.verbose:
+        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+
+
+def _facts(world: P.World, pids: Sequence[int], modality: str, view: int = 0) -> list:
+    return P.eval_set(world, pids, modality, view)
+
+
+def _bios(world: P.World, pids: Sequence[int], modality: str) -> tuple[list, list]:
+    bios = [P.bio_qa(world.profile(i), modality, world.image_size) for i in pids]
+    return bios, [[world.profile(i).facts[a] for a in P.ATTRIBUTES] for i in pids]
+
+
+# ----------------------------------------------------------------------------------- probes
+
+
+def _job_acts(model, world: P.World, pids: Sequence[int]) -> tuple[Any, list, list]:
+    """Residual stream at the job question (two test portraits and by name), per profile."""
+    from ..hooks.collect import collect
+
+    items = [s for v in TEST_VIEWS for s in _facts(world, pids, "image", v) if s.attribute == "job"]
+    items += [s for s in _facts(world, pids, "text") if s.attribute == "job"]
+    store = collect(model, [s.image for s in items], [s.question for s in items], points="lm.*.resid",
+                    positions=("last", "image_mean"), batch_size=64, progress=False)
+    return store, [s.answer for s in items], [s.pid for s in items]
+
+
+def probe_job(net, world: P.World, pids: Sequence[int], cfg: StudyConfig, **tags) -> pd.DataFrame:
+    """Cross-validated probes for the job (folds by profile), Holm across all rows."""
+    from ..readout import probe_layers
+
+    store, y, g = _job_acts(net, world, pids)
+    t = probe_layers(store, y, groups=g, cv=4, seed=cfg.seed, n_boot=cfg.n_boot, progress=False, control=False)
+    t = t[["point", "layer", "position", "n", "accuracy", "accuracy_lo", "accuracy_hi", "chance", "mi_bits"]].copy()
+    t["p"] = [p_from_ci(a, lo, hi, c) for a, lo, hi, c in zip(t.accuracy, t.accuracy_lo, t.accuracy_hi, t.chance)]
+    t["detected"] = holm_detect(t.p.values)
+    for k, v in tags.items():
+        t[k] = v
+    return t
+
+
+def probe_transfer(net, world: P.World, fit_pids: Sequence[int], test_pids: Sequence[int], cfg: StudyConfig,
+                   **tags) -> pd.DataFrame:
+    """Probe fitted on ``fit_pids`` (retain) and scored on ``test_pids`` (forget); CI by profile bootstrap."""
+    from ..readout import LinearProbe
+
+    sf, yf, _ = _job_acts(net, world, fit_pids)
+    st, yt, gt = _job_acts(net, world, test_pids)
+    yt, gt = np.array(yt), np.array(gt)
+    chance = max(np.mean(yt == c) for c in set(yf))  # the most frequent fitted class on the forget rows
+    rows = []
+    for point in sf.points:
+        xf, xt = sf[point].float(), st[point].float()
+        for j, pos in enumerate(("last", "image_mean")):
+            pred = LinearProbe(C=1.0).fit(xf[:, j].numpy(), np.array(yf)).predict(xt[:, j].numpy())
+            ok = (pred == yt).astype(float)
+            per = [ok[gt == q].mean() for q in sorted(set(gt))]
+            m, lo, hi = boot_ci(per, cfg.seed, cfg.n_boot)
+            rows.append({"point": point, "position": pos, "accuracy": float(ok.mean()), "accuracy_lo": lo,
+                         "accuracy_hi": hi, "chance": float(chance), "n": len(ok), **tags})
+    t = pd.DataFrame(rows)
+    t["p"] = [p_from_ci(a, lo, hi, c) for a, lo, hi, c in zip(t.accuracy, t.accuracy_lo, t.accuracy_hi, t.chance)]
+    t["detected"] = holm_detect(t.p.values)
+    return t
+
+
+# ----------------------------------------------------------------------------------- scores
+
+
+def _mia(net, world: P.World, members: Sequence[int], cfg: StudyConfig, **tags) -> list[dict]:
+    """Members' and never-seen profiles' fact and biography questions (clean portrait and by name)."""
+    def samples(pids):
+        out = []
+        for mod in ("image", "text"):
+            out += _facts(world, pids, mod) + _bios(world, pids, mod)[0]
+        return out
+
+    sm, sn = mia_scores(net, samples(members)), mia_scores(net, samples(world.unseen))
+    rows = []
+    for attack in ("loss", "min_k", "min_k_pp"):
+        sc = np.concatenate([sm[attack], sn[attack]])
+        y = np.r_[np.ones(len(sm[attack])), np.zeros(len(sn[attack]))]
+        rows.append({**tags, "attack": attack, **mia_metrics(sc, y, n_boot=cfg.n_boot, seed=cfg.seed)})
+    return rows
+
+
+def _mc(model, samples, cfg) -> dict:
+    return mc_accuracy(model, samples, P.ATTRIBUTES, seed=cfg.seed)
+
+
+def utility(model, world: P.World, forget: Sequence[int], retain: Sequence[int], cfg: StudyConfig,
+            rouge: bool = False) -> dict:
+    """Multiple-choice accuracy per split and modality; cloze (and ROUGE-L) on forget and retain biographies."""
+    row = {}
+    for mod in ("image", "text"):
+        for name, pids, view in (("forget", forget, 0), ("retain", retain, 0), ("unseen", world.unseen, 0)):
+            r = _mc(model, _facts(world, pids, mod, view), cfg)
+            row.update({f"{name}_{mod}": r["accuracy"], f"{name}_{mod}_lo": r["lo"], f"{name}_{mod}_hi": r["hi"]})
+    for name, pids in (("forget_test", forget), ("retain_test", retain)):
+        r = _mc(model, [s for v in TEST_VIEWS for s in _facts(world, pids, "image", v)], cfg)
+        row.update({f"{name}_image": r["accuracy"], f"{name}_image_lo": r["lo"], f"{name}_image_hi": r["hi"]})
+    for name, pids in (("forget", forget), ("retain", retain)):
+        for mod in ("image", "text"):
+            bios, words = _bios(world, pids, mod)
+            c = cloze_accuracy(model, bios, words)
+            row.update({f"cloze_{name}_{mod}": c["accuracy"], f"cloze_{name}_{mod}_lo": c["lo"], f"cloze_{name}_{mod}_hi": c["hi"]})
+            if rouge:
+                g = rouge_l(model, bios, seed=cfg.seed)
+                row.update({f"rouge_{name}_{mod}": g["rouge_l"], f"rouge_{name}_{mod}_lo": g["lo"],
+                            f"rouge_{name}_{mod}_hi": g["hi"], f"rouge_{name}_{mod}_example": g["example"]})
+    return row
+
+
+def transfer(model, world: P.World, cfg: StudyConfig) -> pd.DataFrame:
+    """Wen et al.'s gap: facts taught in one modality, asked in both."""
+    rows = []
+    for group, pids, taught in (("taught by name", world.text_only, "text"), ("taught with portrait", world.image_only, "image")):
+        if not pids:
+            continue
+        other = "image" if taught == "text" else "text"
+        a = _mc(model, _facts(world, pids, taught), cfg)
+        b = _mc(model, _facts(world, pids, other), cfg)
+        rng = np.random.default_rng(cfg.seed)
+        ca, cb = np.array(a["correct"], float), np.array(b["correct"], float)
+        gaps = [ca[rng.integers(0, len(ca), len(ca))].mean() - cb[rng.integers(0, len(cb), len(cb))].mean()
+                for _ in range(cfg.n_boot)]
+        rows.append({"group": group, "profiles": len(pids), "taught_modality": taught, "taught_acc": a["accuracy"],
+                     "taught_lo": a["lo"], "taught_hi": a["hi"], "other_acc": b["accuracy"], "other_lo": b["lo"],
+                     "other_hi": b["hi"], "gap": a["accuracy"] - b["accuracy"], "gap_lo": float(np.quantile(gaps, 0.025)),
+                     "gap_hi": float(np.quantile(gaps, 0.975)), "chance": a["chance"]})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------- removal
+
+
+def _steering(model, world: P.World, forget: Sequence[int], method: str):
+    """A context manager removing the job concept, fitted on forget-profile activations."""
+    from ..hooks.collect import collect
+    from ..steering import Direction, ablate, orthogonalize
+
+    items = [s for v in (0, 1) for s in _facts(world, forget, "image", v) if s.attribute == "job"]
+    items += [s for s in _facts(world, forget, "text") if s.attribute == "job"]
+    store = collect(model, [s.image for s in items], [s.question for s in items], points="lm.*.resid",
+                    positions="last", batch_size=64, progress=False)
+    y = [s.answer for s in items]
+    if method == "leace":
+        return ablate(model, Direction.leace(store, y), points="lm.*.resid")
+    d = Direction.from_means(store, y)
+    if method == "ablate":
+        return ablate(model, d, points="lm.*.resid")
+    return orthogonalize(model, d, point=sorted(store.points)[-1])
+
+
+def run_study(cfg: StudyConfig | None = None) -> dict:
+    """Fine-tune, measure, unlearn; returns tidy DataFrames (every number with a 95% CI).
+
+    Keys: ``train`` (losses, seconds), ``utility_tuned`` / ``utility_base`` (dicts), ``probes`` (job probe
+    per layer: tuned trained / tuned never-seen / base trained), ``mia`` (tuned and base, trained vs
+    never-seen), ``transfer``, ``unlearning`` (one row per split and method), ``unlearning_mia``,
+    ``unlearning_probes`` (retain-fitted probe on forget profiles per layer), ``config``, ``seconds``.
+    """
+    from ..models.loading import load
+
+    cfg = cfg or StudyConfig()
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    world = P.make_world(cfg.n_profiles, cfg.n_unseen, cfg.n_transfer, seed=cfg.seed)
+    ckpt = out / f"tiny-llava-facts-s{cfg.seed}-L{cfg.num_layers}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tuned, losses = P.train(world, ckpt, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                                num_layers=cfg.num_layers, seed=cfg.seed)
+        t_train = time.perf_counter() - t0
+        _log(cfg, t0, f"fine-tuned {cfg.steps} steps, final loss {np.mean(losses[-20:]):.3f}")
+        base = load(ckpt)
+        state = {k: v.clone() for k, v in tuned.hf.state_dict().items()}
+        main_split = max(cfg.splits)
+        forget, retain = world.forget(main_split), world.retain(main_split)
+        res: dict[str, Any] = {"config": asdict(cfg), "train": {"final_loss": float(np.mean(losses[-20:])),
+                                                                  "seconds": t_train, "samples": len(world.train)}}
+        res["utility_tuned"] = utility(tuned, world, forget, retain[:cfg.n_eval_retain], cfg, rouge=cfg.rouge)
+        res["utility_base"] = utility(base, world, forget, retain[:cfg.n_eval_retain], cfg, rouge=cfg.rouge)
+        _log(cfg, t0, "utility")
+        res["probes"] = pd.concat([probe_job(tuned, world, world.trained, cfg, model="tuned", profiles="trained"),
+                                   probe_job(tuned, world, world.unseen, cfg, model="tuned", profiles="never seen"),
+                                   probe_job(base, world, world.trained, cfg, model="base", profiles="trained")],
+                                  ignore_index=True)
+        res["mia"] = pd.DataFrame(_mia(tuned, world, world.trained, cfg, model="tuned")
+                                  + _mia(base, world, world.trained, cfg, model="base"))
+        res["transfer"] = transfer(tuned, world, cfg)
+        _log(cfg, t0, "probes, MIA, transfer")
+        rows, mrows, prows = [], [], []
+        for split in cfg.splits:
+            forget, retain = world.forget(split), world.retain(split)
+            f_s = [s for s in world.train if s.pid in set(forget)]
+            r_s = [s for s in world.train if s.pid in set(retain)]
+            for method in ("none",) + tuple(cfg.methods):
+                t1 = time.perf_counter()
+                tuned.hf.load_state_dict(state)
+                ctx = None
+                if method in METHODS:
+                    unlearn(tuned, f_s, r_s, method, steps=cfg.unlearn_steps, batch_size=16, lr=cfg.unlearn_lr,
+                            seed=cfg.seed)
+                elif method in STEERING:
+                    ctx = _steering(tuned, world, forget, method)
+                import contextlib
+
+                with ctx if ctx is not None else contextlib.nullcontext():
+                    u = utility(tuned, world, forget, retain[:cfg.n_eval_retain], cfg,
+                                rouge=cfg.rouge and split == main_split)
+                    mrows += _mia(tuned, world, forget, cfg, split=split, method=method)
+                    prows.append(probe_transfer(tuned, world, retain, forget, cfg, split=split, method=method))
+                rows.append({"split": split, "method": method, "forget_profiles": len(forget),
+                             "seconds": time.perf_counter() - t1, **u})
+                _log(cfg, t0, f"split {split}% {method}: forget {u['forget_image']:.2f}/{u['forget_text']:.2f}, "
+                              f"retain {u['retain_image']:.2f}/{u['retain_text']:.2f}")
+        tuned.hf.load_state_dict(state)
+    finally:
+        torch.set_num_threads(threads)
+    res["unlearning"] = pd.DataFrame(rows)
+    res["unlearning_mia"] = pd.DataFrame(mrows)
+    res["unlearning_probes"] = pd.concat(prows, ignore_index=True)
+    res["seconds"] = time.perf_counter() - t0
+    return res

@@ -1,0 +1,3 @@
+"""Organisms: small models trained here whose leaks are known by construction, one module each."""
+
+from . import profiles  # noqa: F401
