@@ -7,7 +7,7 @@ their facts. Then:
   ROUGE-L (:mod:`.facts_metrics`), asked with the portrait and by name;
 - cross-modal transfer: facts taught only by name asked with the portrait, and the reverse; the gap
   is taught-modality accuracy minus other-modality accuracy (Wen et al.);
-- positive condition: a probe per layer reads the job from the residual stream of trained profiles
+- positive condition: a probe per layer reads the job (4 classes) from the residual stream of trained profiles
   (folds by profile, Holm across layers); negative: the same on never-seen profiles and on the
   untrained base; membership inference (loss, Min-K%, Min-K%++) trained vs never-seen;
 - unlearning (GA, GD, KL, NPO beta 0.4; :mod:`.unlearning`) and steering (ablate a difference-of-means
@@ -21,6 +21,7 @@ their facts. Then:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from .unlearning import METHODS, unlearn
 __all__ = ["StudyConfig", "run_study", "STEERING"]
 
 STEERING = ("ablate", "leace", "orthogonalize")
-TEST_VIEWS = (100, 101)
+TEST_VIEWS = tuple(range(100, 106))  # transformed portraits: the test set, and the probe rows
 
 
 @dataclass
@@ -56,6 +57,8 @@ class StudyConfig:
     unlearn_steps: int = 20
     unlearn_lr: float = 1e-3
     n_eval_retain: int = 40  # retain profiles scored per method (all of them train the retain probe)
+    probe_cv: int = 5
+    probe_C: float = 0.1  # strong L2: few profiles per job, 64 dims
     n_boot: int = 300
     seed: int = 0
     verbose: bool = True
@@ -63,7 +66,7 @@ class StudyConfig:
 
     @classmethod
     def small(cls, **kw: Any) -> "StudyConfig":
-        base = dict(out="probekit-unlearning-small", n_profiles=24, n_unseen=16, n_transfer=0, steps=450, batch_size=16,
+        base = dict(out="probekit-unlearning-small", n_profiles=24, n_unseen=24, n_transfer=0, probe_cv=3, steps=450, batch_size=16,
                     splits=(15,), methods=("npo",), n_eval_retain=20, n_boot=200, verbose=False, rouge=False)
         base.update(kw)
         return cls(**base)
@@ -86,26 +89,51 @@ def _bios(world: P.World, pids: Sequence[int], modality: str) -> tuple[list, lis
 # ----------------------------------------------------------------------------------- probes
 
 
-def _job_acts(model, world: P.World, pids: Sequence[int]) -> tuple[Any, list, list]:
-    """Residual stream at the job question (two test portraits and by name), per profile."""
+def _job_acts(model, world: P.World, pids: Sequence[int]) -> tuple[dict, list, list]:
+    """Per feature kind, ``{point: Tensor[n, 2, d]}`` at the job question (test portraits and by name).
+
+    ``"residual"``: the raw residual stream; ``"lens"``: the same residual read through the model's
+    own final norm and unembedding (:class:`probekit.readout.lens.LogitLens`), log-softmax over the
+    job words: a fixed linear read-out of the stream, so few profiles suffice to fit a probe on it.
+    """
     from ..hooks.collect import collect
+    from ..readout.lens import LogitLens
 
     items = [s for v in TEST_VIEWS for s in _facts(world, pids, "image", v) if s.attribute == "job"]
     items += [s for s in _facts(world, pids, "text") if s.attribute == "job"]
     store = collect(model, [s.image for s in items], [s.question for s in items], points="lm.*.resid",
                     positions=("last", "image_mean"), batch_size=64, progress=False)
-    return store, [s.answer for s in items], [s.pid for s in items]
+    tok = getattr(model.processor, "tokenizer", model.processor)
+    ids = [tok(" " + j, add_special_tokens=False)["input_ids"][0] for j in P.JOBS]
+    lens = LogitLens(model)
+    feats: dict[str, dict] = {"residual": {}, "lens": {}}
+    with torch.no_grad():
+        for point in store.points:
+            x = store[point].float()
+            feats["residual"][point] = x
+            logits = lens.decode(x.reshape(-1, x.shape[-1]).to(model.dtype), point).float()[:, ids]
+            feats["lens"][point] = torch.log_softmax(logits, -1).reshape(x.shape[0], x.shape[1], -1)
+    return feats, [s.answer for s in items], [s.pid for s in items]
+
+
+def _holm(t: pd.DataFrame) -> pd.DataFrame:
+    t["p"] = [p_from_ci(a, lo, hi, c) for a, lo, hi, c in zip(t.accuracy, t.accuracy_lo, t.accuracy_hi, t.chance)]
+    t["detected"] = holm_detect(t.p.values)
+    return t
 
 
 def probe_job(net, world: P.World, pids: Sequence[int], cfg: StudyConfig, **tags) -> pd.DataFrame:
-    """Cross-validated probes for the job (folds by profile), Holm across all rows."""
+    """Cross-validated probes for the job (folds by profile) per layer and feature kind, Holm across all rows."""
     from ..readout import probe_layers
 
-    store, y, g = _job_acts(net, world, pids)
-    t = probe_layers(store, y, groups=g, cv=4, seed=cfg.seed, n_boot=cfg.n_boot, progress=False, control=False)
-    t = t[["point", "layer", "position", "n", "accuracy", "accuracy_lo", "accuracy_hi", "chance", "mi_bits"]].copy()
-    t["p"] = [p_from_ci(a, lo, hi, c) for a, lo, hi, c in zip(t.accuracy, t.accuracy_lo, t.accuracy_hi, t.chance)]
-    t["detected"] = holm_detect(t.p.values)
+    feats, y, g = _job_acts(net, world, pids)
+    parts = []
+    for kind, acts in feats.items():
+        t = probe_layers(acts, y, groups=g, cv=cfg.probe_cv, seed=cfg.seed, C=cfg.probe_C, n_boot=cfg.n_boot,
+                         positions=["last", "image_mean"], progress=False, control=False)
+        parts.append(t[["point", "layer", "position", "n", "accuracy", "accuracy_lo", "accuracy_hi", "chance",
+                        "mi_bits"]].assign(features=kind))
+    t = _holm(pd.concat(parts, ignore_index=True))
     for k, v in tags.items():
         t[k] = v
     return t
@@ -113,27 +141,28 @@ def probe_job(net, world: P.World, pids: Sequence[int], cfg: StudyConfig, **tags
 
 def probe_transfer(net, world: P.World, fit_pids: Sequence[int], test_pids: Sequence[int], cfg: StudyConfig,
                    **tags) -> pd.DataFrame:
-    """Probe fitted on ``fit_pids`` (retain) and scored on ``test_pids`` (forget); CI by profile bootstrap."""
+    """Probe fitted on ``fit_pids`` (retain) and scored on ``test_pids`` (forget); CI by profile bootstrap.
+
+    Chance: the best constant answer on the forget rows (the most frequent job among them).
+    """
     from ..readout import LinearProbe
 
-    sf, yf, _ = _job_acts(net, world, fit_pids)
-    st, yt, gt = _job_acts(net, world, test_pids)
+    ff, yf, _ = _job_acts(net, world, fit_pids)
+    ft, yt, gt = _job_acts(net, world, test_pids)
     yt, gt = np.array(yt), np.array(gt)
-    chance = max(np.mean(yt == c) for c in set(yf))  # the most frequent fitted class on the forget rows
+    chance = max(np.mean(yt == c) for c in set(yt))
     rows = []
-    for point in sf.points:
-        xf, xt = sf[point].float(), st[point].float()
-        for j, pos in enumerate(("last", "image_mean")):
-            pred = LinearProbe(C=1.0).fit(xf[:, j].numpy(), np.array(yf)).predict(xt[:, j].numpy())
-            ok = (pred == yt).astype(float)
-            per = [ok[gt == q].mean() for q in sorted(set(gt))]
-            m, lo, hi = boot_ci(per, cfg.seed, cfg.n_boot)
-            rows.append({"point": point, "position": pos, "accuracy": float(ok.mean()), "accuracy_lo": lo,
-                         "accuracy_hi": hi, "chance": float(chance), "n": len(ok), **tags})
-    t = pd.DataFrame(rows)
-    t["p"] = [p_from_ci(a, lo, hi, c) for a, lo, hi, c in zip(t.accuracy, t.accuracy_lo, t.accuracy_hi, t.chance)]
-    t["detected"] = holm_detect(t.p.values)
-    return t
+    for kind in ff:
+        for point in ff[kind]:
+            xf, xt = ff[kind][point], ft[kind][point]
+            for j, pos in enumerate(("last", "image_mean")):
+                pred = LinearProbe(C=cfg.probe_C).fit(xf[:, j].numpy(), np.array(yf)).predict(xt[:, j].numpy())
+                ok = (pred == yt).astype(float)
+                per = [ok[gt == q].mean() for q in sorted(set(gt))]
+                m, lo, hi = boot_ci(per, cfg.seed, cfg.n_boot)
+                rows.append({"features": kind, "point": point, "position": pos, "accuracy": float(ok.mean()),
+                             "accuracy_lo": lo, "accuracy_hi": hi, "chance": float(chance), "n": len(ok), **tags})
+    return _holm(pd.DataFrame(rows))
 
 
 # ----------------------------------------------------------------------------------- scores
@@ -161,15 +190,17 @@ def _mc(model, samples, cfg) -> dict:
 
 
 def utility(model, world: P.World, forget: Sequence[int], retain: Sequence[int], cfg: StudyConfig,
-            rouge: bool = False) -> dict:
-    """Multiple-choice accuracy per split and modality; cloze (and ROUGE-L) on forget and retain biographies."""
+            rouge: bool = False, unseen: bool = True) -> dict:
+    """Multiple-choice accuracy per split and modality (test portraits: 2 views); cloze (and ROUGE-L) on
+    forget and retain biographies."""
     row = {}
+    splits = (("forget", forget), ("retain", retain)) + ((("unseen", world.unseen),) if unseen else ())
     for mod in ("image", "text"):
-        for name, pids, view in (("forget", forget, 0), ("retain", retain, 0), ("unseen", world.unseen, 0)):
-            r = _mc(model, _facts(world, pids, mod, view), cfg)
+        for name, pids in splits:
+            r = _mc(model, _facts(world, pids, mod), cfg)
             row.update({f"{name}_{mod}": r["accuracy"], f"{name}_{mod}_lo": r["lo"], f"{name}_{mod}_hi": r["hi"]})
     for name, pids in (("forget_test", forget), ("retain_test", retain)):
-        r = _mc(model, [s for v in TEST_VIEWS for s in _facts(world, pids, "image", v)], cfg)
+        r = _mc(model, [s for v in TEST_VIEWS[:2] for s in _facts(world, pids, "image", v)], cfg)
         row.update({f"{name}_image": r["accuracy"], f"{name}_image_lo": r["lo"], f"{name}_image_hi": r["hi"]})
     for name, pids in (("forget", forget), ("retain", retain)):
         for mod in ("image", "text"):
@@ -243,8 +274,18 @@ def run_study(cfg: StudyConfig | None = None) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        tuned, losses = P.train(world, ckpt, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                num_layers=cfg.num_layers, seed=cfg.seed)
+        tuned_dir = out / (f"tuned-n{cfg.n_profiles}-u{cfg.n_unseen}-t{cfg.n_transfer}-st{cfg.steps}-b{cfg.batch_size}"
+                           f"-lr{cfg.lr:g}-L{cfg.num_layers}-s{cfg.seed}")
+        if (tuned_dir / "model.safetensors").exists():  # cached fine-tune (same settings, same seed)
+            tuned, losses = load(tuned_dir), json.loads((tuned_dir / "losses.json").read_text())
+        else:
+            tuned, losses = P.train(world, ckpt, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                                    num_layers=cfg.num_layers, seed=cfg.seed)
+            tmp = out / (tuned_dir.name + ".tmp")
+            tuned.hf.save_pretrained(tmp)
+            tuned.processor.save_pretrained(tmp)
+            (tmp / "losses.json").write_text(json.dumps(losses))
+            tmp.rename(tuned_dir)
         t_train = time.perf_counter() - t0
         _log(cfg, t0, f"fine-tuned {cfg.steps} steps, final loss {np.mean(losses[-20:]):.3f}")
         base = load(ckpt)
@@ -282,9 +323,10 @@ def run_study(cfg: StudyConfig | None = None) -> dict:
 
                 with ctx if ctx is not None else contextlib.nullcontext():
                     u = utility(tuned, world, forget, retain[:cfg.n_eval_retain], cfg,
-                                rouge=cfg.rouge and split == main_split)
+                                rouge=cfg.rouge and split == main_split, unseen=False)
                     mrows += _mia(tuned, world, forget, cfg, split=split, method=method)
-                    prows.append(probe_transfer(tuned, world, retain, forget, cfg, split=split, method=method))
+                    prows.append(probe_transfer(tuned, world, retain[:2 * cfg.n_eval_retain], forget, cfg, split=split,
+                                                method=method))
                 rows.append({"split": split, "method": method, "forget_profiles": len(forget),
                              "seconds": time.perf_counter() - t1, **u})
                 _log(cfg, t0, f"split {split}% {method}: forget {u['forget_image']:.2f}/{u['forget_text']:.2f}, "

@@ -38,7 +38,7 @@ __all__ = ["JOBS", "CITIES", "AGES", "ATTRIBUTES", "QUESTIONS", "Profile", "QA",
            "portrait", "blank", "qa", "bio_qa", "link_qa", "train"]
 
 # Answer words: single tokens of the tiny tokenizer (checked in the tests).
-JOBS = ("book", "phone", "car", "boat", "plane", "train", "cake", "clock")  # what the person works with
+JOBS = ("book", "cake", "car", "boat")  # what the person works with (few classes: many profiles per job to probe)
 CITIES = ("circle", "square", "triangle", "star", "hexagon", "diamond", "heart", "ring")  # towns of that name
 AGES = ("21", "28", "35", "42", "49", "56", "63", "70")
 ATTRIBUTES = {"job": JOBS, "city": CITIES, "age": AGES}
@@ -160,7 +160,8 @@ def _profiles(n: int, seed: int) -> list[Profile]:
     cols = {}
     for a, values in ATTRIBUTES.items():
         col = [values[i % len(values)] for i in range(n)]
-        rng.shuffle(col)
+        if a != "job":  # jobs cycle with pid, so every forget split (a prefix) has them balanced
+            rng.shuffle(col)
         cols[a] = col
     return [Profile(i, names[i], {a: cols[a][i] for a in ATTRIBUTES}) for i in range(n)]
 
