@@ -123,7 +123,8 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
         except Exception as exc:  # kaleido / chromium missing: the tables still get written
             print(f"could not export {path}: {exc}")
             continue
-        imgs[name], _ = path, written.append(path)
+        imgs[name] = path
+        written.append(path)
     rel = lambda p: Path(p).relative_to(md_path.parent) if Path(p).is_relative_to(md_path.parent) else p  # noqa: E731
     cfg = res["config"]
     L = [MARK[0], "\n# Results: memorised facts and unlearning (MLLMU-Bench and Wen et al. in miniature)\n",

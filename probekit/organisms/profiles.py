@@ -20,7 +20,7 @@ Example:
     >>> w = make_world(n_profiles=20, n_unseen=4, n_transfer=4, seed=0)
     >>> p = w.profiles[0]
     >>> len(w.train), p.facts["job"] in JOBS, portrait(p, 32).size
-    (176, True, (32, 32))
+    (272, True, (32, 32))
 """
 
 from __future__ import annotations
