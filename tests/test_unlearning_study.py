@@ -45,6 +45,16 @@ def test_world_rejects_bad_input():
         P.make_world(n_profiles=400)
 
 
+def test_study_rejects_bad_settings_before_work(tmp_path):
+    from probekit.experiments.unlearning_study import StudyConfig, run_study
+
+    for kw, what in ((dict(methods=("forget-it",)), "unknown unlearning"), (dict(splits=(0,)), "percentages"),
+                     (dict(n_unseen=4), "too few"), (dict(n_transfer=3), "n_transfer")):
+        with pytest.raises(InputError, match=what):
+            run_study(StudyConfig.small(out=str(tmp_path / "o"), **kw))
+        assert not (tmp_path / "o").exists()  # nothing written
+
+
 def test_holm_and_ci_p():
     assert FM.holm_detect([0.01, 0.04, 0.03]) == [True, False, False]  # 0.01 <= 0.05/3; 0.03 > 0.05/2
     assert FM.holm_detect([0.001, 0.02, 0.04]) == [True, True, True]

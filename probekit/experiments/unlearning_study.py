@@ -21,6 +21,7 @@ their facts. Then:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import InputError
 from ..organisms import profiles as P
 from .facts_metrics import boot_ci, cloze_accuracy, holm_detect, mc_accuracy, mia_scores, p_from_ci, rouge_l
 from .membership import mia_metrics
@@ -255,6 +257,19 @@ def _steering(model, world: P.World, forget: Sequence[int], method: str):
     return orthogonalize(model, d, point=sorted(store.points)[-1])
 
 
+def _check(cfg: StudyConfig) -> None:
+    """Bad settings fail here, before any file is written or any model trained."""
+    bad = [m for m in cfg.methods if m not in METHODS + STEERING]
+    if bad:
+        raise InputError(f"unknown unlearning method(s) {bad}", fix=f"choose from {METHODS + STEERING}")
+    if not cfg.splits or any(not 0 < s < 100 for s in cfg.splits):
+        raise InputError(f"forget splits must be percentages in (0, 100), got {cfg.splits}", fix="pass e.g. (5, 10, 15)")
+    if min(cfg.n_unseen, cfg.n_profiles) < 4 * cfg.probe_cv:
+        raise InputError(f"n_unseen={cfg.n_unseen} is too few for {cfg.probe_cv}-fold probes over 4 jobs",
+                         fix=f"use n_unseen >= {4 * cfg.probe_cv}")
+    P.make_world(cfg.n_profiles, cfg.n_unseen, cfg.n_transfer, seed=cfg.seed)  # validates the counts
+
+
 def run_study(cfg: StudyConfig | None = None) -> dict:
     """Fine-tune, measure, unlearn; returns tidy DataFrames (every number with a 95% CI).
 
@@ -266,6 +281,7 @@ def run_study(cfg: StudyConfig | None = None) -> dict:
     from ..models.loading import load
 
     cfg = cfg or StudyConfig()
+    _check(cfg)
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -319,8 +335,6 @@ def run_study(cfg: StudyConfig | None = None) -> dict:
                             seed=cfg.seed)
                 elif method in STEERING:
                     ctx = _steering(tuned, world, forget, method)
-                import contextlib
-
                 with ctx if ctx is not None else contextlib.nullcontext():
                     u = utility(tuned, world, forget, retain[:cfg.n_eval_retain], cfg,
                                 rouge=cfg.rouge and split == main_split, unseen=False)
