@@ -136,6 +136,8 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
          "(unimodal). Test set: 6 transformed portraits per profile (brightness, shift, noise). Model: tiny LLaVA "
          f"(`probekit.tiny`, {cfg['num_layers']} LM layers, hidden 64, 32 px images of 16 patches), full fine-tuning. "
          "Forget splits are nested prefixes of the trained profiles.\n",
+         "" if imgs else "(Figures not exported on this machine: plotly's PNG export needs `kaleido>=1`; "
+                         "rerun the command where it is installed.)\n",
          "## Before unlearning\n"] + _before(res)
     L.append("\n### Positive condition and negative controls: the job per layer (probes, folds by profile)\n")
     L.append("`detected` = the 95% CI-derived one-sided p-value survives Holm's correction across all rows of that "
