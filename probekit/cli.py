@@ -8,6 +8,7 @@
 ``probekit study ladder [--small] [--out DIR] [--docs DIR]``: Apple's leakage ladder on a yes/no organism;
 rewrites the ladder section of docs/results.md (``--small``: the CI version, printed only).
 ``probekit study watermark [--full]``: the same study on the reader organism (its section of docs/results.md).
+``probekit study unlearning [--small] [--out DIR]``: memorised facts and unlearning (its section of docs/results.md).
 
 Bad arguments exit with code 2 and a one-line message.
 """
@@ -69,9 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
 
     st = sub.add_parser("study", help="run a packaged study (memorization / watermark: the watermark memorisation "
-                                      "study; ladder: leakage from inputs, Apple's ladder)")
-    st.add_argument("name", choices=["memorization", "watermark", "ladder"], help="which study")
-    st.add_argument("--small", action="store_true", help="ladder: the quick CI version; prints, writes no docs")
+                                      "study; ladder: leakage from inputs, Apple's ladder; unlearning: memorised facts)")
+    st.add_argument("name", choices=["memorization", "watermark", "ladder", "unlearning"], help="which study")
+    st.add_argument("--small", action="store_true", help="ladder / unlearning: the quick CI version; prints, writes no docs")
     st.add_argument("--full", action="store_true", help="the full grid; writes docs/results.md and docs/img/results-*.png")
     st.add_argument("--out", default=None, help="folder for checkpoints (default probekit-memorization[-full])")
     st.add_argument("--docs", default="docs", help="where --full writes results.md and img/ (default docs)")
@@ -136,11 +137,35 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_unlearning(args: argparse.Namespace) -> int:
+    from probekit.experiments.unlearning_report import write_section
+    from probekit.experiments.unlearning_study import StudyConfig, run_study
+
+    cfg = StudyConfig.small() if args.small else StudyConfig()
+    if args.out:
+        cfg.out = args.out
+    res = run_study(cfg)
+    for name, value in res.items():  # raw tables next to the checkpoints (CSV; nothing is pickled)
+        if hasattr(value, "to_csv"):
+            value.to_csv(Path(cfg.out) / f"{name}.csv", index=False)
+    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20):
+        print(res["probes"].round(3).to_string(index=False))
+        print(res["mia"][["model", "attack", "auc", "auc_lo", "auc_hi", "tpr_at_1fpr"]].round(3).to_string(index=False))
+    if not args.small:
+        docs = Path(args.docs)
+        for path in write_section(res, docs / "results.md", docs / "img", command="probekit study unlearning"):
+            print(f"wrote {path}")
+    print(f"({res['seconds']:.0f} s)")
+    return 0
+
+
 def _study(args: argparse.Namespace) -> int:
     if args.name == "ladder":
         return _ladder(args)
     if args.name == "watermark":
         return _study_watermark(args)
+    if args.name == "unlearning":
+        return _study_unlearning(args)
     from probekit.experiments.memorization import MemorizationConfig, run_memorization, write_results
 
     cfg = MemorizationConfig.full() if args.full else MemorizationConfig()

@@ -1,0 +1,205 @@
+"""The unlearning section of ``docs/results.md`` (:func:`write_section`) and its figures.
+
+The section sits between ``<!-- study:unlearning -->`` and ``<!-- /study:unlearning -->``; the rest of
+the page is kept as it is (appended at the end the first time).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["figures", "write_section", "MARK"]
+
+MARK = ("<!-- study:unlearning -->", "<!-- /study:unlearning -->")
+
+
+def _f(v, lo=None, hi=None, d=2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
+        return f"{v:.{d}f}"
+    return f"{v:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
+
+
+def _md(df: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    for r in df.itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _ci(row, key: str) -> str:
+    return _f(row[key], row.get(f"{key}_lo"), row.get(f"{key}_hi"))
+
+
+def figures(res: dict) -> dict:
+    """``probes``: job probe per layer (before); ``after``: retain-fitted probe on forget profiles per method."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    figs = {}
+    pr = res["probes"]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("raw residual stream", "residual through the logit lens"),
+                        shared_yaxes=True)
+    for i, kind in enumerate(("residual", "lens"), 1):
+        for (model, prof, pos), d in pr[pr.features == kind].groupby(["model", "profiles", "position"], sort=False):
+            d = d.sort_values("layer")
+            fig.add_trace(go.Scatter(x=d.point, y=d.accuracy, mode="lines+markers", name=f"{model}, {prof}, {pos}",
+                                     legendgroup=f"{model}{prof}{pos}", showlegend=i == 1,
+                                     error_y=dict(type="data", symmetric=False, array=d.accuracy_hi - d.accuracy,
+                                                  arrayminus=d.accuracy - d.accuracy_lo)), row=1, col=i)
+        fig.add_hline(y=float(pr.chance.max()), line_dash="dot", row=1, col=i)
+    fig.update_yaxes(title="job probe accuracy (folds by profile)", row=1, col=1)
+    fig.update_layout(title="Can the job be read per layer? Trained vs never-seen profiles vs untrained base (95% CI)",
+                      height=450, width=1050)
+    figs["unlearning-probes"] = fig
+
+    up = res["unlearning_probes"]
+    split = max(up.split)
+    d0 = up[(up.split == split) & (up.position == "last")]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("raw residual", "logit lens"), shared_yaxes=True)
+    for i, kind in enumerate(("residual", "lens"), 1):
+        for method, d in d0[d0.features == kind].groupby("method", sort=False):
+            fig.add_trace(go.Scatter(x=d.point, y=d.accuracy, mode="lines+markers", name=method, legendgroup=method,
+                                     showlegend=i == 1,
+                                     error_y=dict(type="data", symmetric=False, array=d.accuracy_hi - d.accuracy,
+                                                  arrayminus=d.accuracy - d.accuracy_lo)), row=1, col=i)
+        fig.add_hline(y=float(d0.chance.max()), line_dash="dot", row=1, col=i)
+    fig.update_yaxes(title="forget-profile job, probe fitted on retain", row=1, col=1)
+    fig.update_layout(title=f"After unlearning ({split}% forget split, last token): is the fact still in the stream?",
+                      height=450, width=1050)
+    figs["unlearning-after"] = fig
+
+    u = res["unlearning"]
+    u = u[u.split == split]
+    fig = go.Figure()
+    for key, name in (("forget_image", "forget (portrait)"), ("forget_text", "forget (name)"),
+                      ("retain_image", "retain (portrait)"), ("retain_test_image", "retain test portraits")):
+        fig.add_trace(go.Bar(x=u.method, y=u[key], name=name,
+                             error_y=dict(type="data", symmetric=False, array=u[f"{key}_hi"] - u[key],
+                                          arrayminus=u[key] - u[f"{key}_lo"])))
+    fig.add_hline(y=0.25, line_dash="dot")
+    fig.update_layout(barmode="group", title=f"Multiple-choice accuracy after unlearning ({split}% split; chance 0.25)",
+                      height=420, width=1000, yaxis_title="accuracy")
+    figs["unlearning-utility"] = fig
+    return figs
+
+
+def _before(res: dict) -> list[str]:
+    cfg, tr, ut, ub = res["config"], res["train"], res["utility_tuned"], res["utility_base"]
+    L = [f"Fine-tune: {tr['samples']} QA samples, {cfg['steps']} steps of {cfg['batch_size']}, lr {cfg['lr']}, "
+         f"final loss {tr['final_loss']:.3f}, {tr['seconds']:.0f} s (one thread).\n",
+         "Multiple choice (4 options, chance 0.25), cloze (fact word in the teacher-forced biography) and ROUGE-L "
+         f"(greedy biography), {max(cfg['splits'])}% forget split; 95% CIs:\n"]
+    rows = []
+    for name, u in (("tuned", ut), ("base (untrained)", ub)):
+        rows.append({"model": name, "forget MC (portrait)": _ci(u, "forget_image"), "forget MC (name)": _ci(u, "forget_text"),
+                     "retain MC (portrait)": _ci(u, "retain_image"), "retain MC (name)": _ci(u, "retain_text"),
+                     "test portraits (retain)": _ci(u, "retain_test_image"),
+                     "never-seen MC (portrait)": _ci(u, "unseen_image"),
+                     "cloze forget (portrait/name)": f"{_ci(u, 'cloze_forget_image')} / {_ci(u, 'cloze_forget_text')}",
+                     "ROUGE-L forget (portrait/name)": (f"{_ci(u, 'rouge_forget_image')} / {_ci(u, 'rouge_forget_text')}"
+                                                        if "rouge_forget_image" in u else "–")})
+    L.append(_md(pd.DataFrame(rows)))
+    if "rouge_forget_text_example" in ut:
+        L.append(f"\nExample generation (tuned, by name): `{ut['rouge_forget_text_example']}`\n")
+    return L
+
+
+def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: str | Path = "docs/img",
+                  command: str = "probekit study unlearning") -> list[Path]:
+    """Write (or replace) the unlearning section of ``md_path`` and its PNG figures."""
+    md_path, img_dir = Path(md_path), Path(img_dir)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    written, imgs = [], {}
+    for name, fig in figures(res).items():
+        path = img_dir / f"results-{name}.png"
+        try:
+            fig.write_image(str(path), scale=1.5)
+        except Exception as exc:  # kaleido / chromium missing: the tables still get written
+            print(f"could not export {path}: {exc}")
+            continue
+        imgs[name] = path
+        written.append(path)
+    rel = lambda p: Path(p).relative_to(md_path.parent) if Path(p).is_relative_to(md_path.parent) else p  # noqa: E731
+    cfg = res["config"]
+    L = [MARK[0], "\n# Results: memorised facts and unlearning (MLLMU-Bench and Wen et al. in miniature)\n",
+         f"Generated by `{command}` on {platform.machine()} CPU (a 2-core machine shared with other jobs), "
+         f"study run time {res['seconds'] / 60:.1f} min. Every number below comes from that run.\n",
+         f"Organism (`probekit.organisms.profiles`): {cfg['n_profiles']} fictitious profiles trained (name, job, "
+         f"birthplace, age; a 4x4 mosaic portrait each; a biography), {cfg['n_transfer']} taught in one modality only, "
+         f"{cfg['n_unseen']} never seen. Questions with the portrait (multimodal) or by name with a blank image "
+         "(unimodal). Test set: 6 transformed portraits per profile (brightness, shift, noise). Model: tiny LLaVA "
+         f"(`probekit.tiny`, {cfg['num_layers']} LM layers, hidden 64, 32 px images of 16 patches), full fine-tuning. "
+         "Forget splits are nested prefixes of the trained profiles.\n",
+         "" if imgs else "(Figures not exported on this machine: plotly's PNG export needs `kaleido>=1`; "
+                         "rerun the command where it is installed.)\n",
+         "## Before unlearning\n"] + _before(res)
+    L.append("\n### Positive condition and negative controls: the job per layer (probes, folds by profile)\n")
+    L.append("`detected` = the 95% CI-derived one-sided p-value survives Holm's correction across all rows of that "
+             "model/profile set. `residual`: the raw stream; `lens`: the same stream read through the model's final "
+             "norm and unembedding, log-softmax over the job words (a fixed linear read-out).\n")
+    if "unlearning-probes" in imgs:
+        L.append(f"![probes]({rel(imgs['unlearning-probes'])})\n")
+    pr = res["probes"]
+    L.append(_md(pd.DataFrame({"model": pr.model, "profiles": pr.profiles, "features": pr.features, "point": pr.point,
+                               "position": pr.position, "accuracy": [_f(*r) for r in zip(pr.accuracy, pr.accuracy_lo, pr.accuracy_hi)],
+                               "chance": pr.chance.round(2), "Holm p": pr.p.map(lambda v: f"{v:.2g}"),
+                               "detected": pr.detected.map({True: "yes", False: "nothing detected"})})))
+    L.append("\n### Membership inference: trained vs never-seen profiles (fact and biography answers)\n")
+    m = res["mia"]
+    L.append(_md(pd.DataFrame({"model": m.model, "attack": m.attack, "AUC": [_f(*r) for r in zip(m.auc, m.auc_lo, m.auc_hi)],
+                               "TPR@1%FPR": [_f(*r) for r in zip(m.tpr_at_1fpr, m.tpr_lo, m.tpr_hi)],
+                               "n (members/non)": m.n_members.astype(str) + "/" + m.n_nonmembers.astype(str)})))
+    t = res["transfer"]
+    if len(t):
+        L.append("\n### Cross-modal transfer (Wen et al.): facts taught in one modality, asked in the other\n")
+        L.append(_md(pd.DataFrame({"group": t.group, "profiles": t.profiles,
+                                   "taught modality MC": [_f(*r) for r in zip(t.taught_acc, t.taught_lo, t.taught_hi)],
+                                   "other modality MC": [_f(*r) for r in zip(t.other_acc, t.other_lo, t.other_hi)],
+                                   "gap": [_f(*r) for r in zip(t.gap, t.gap_lo, t.gap_hi)], "chance": t.chance})))
+    L.append(f"\n## Unlearning (GA, GD, KL, NPO beta 0.4: {cfg['unlearn_steps']} steps, lr {cfg['unlearn_lr']}; "
+             "steering: the job subspace fitted on forget-profile activations — `ablate` difference of means at "
+             "every `lm.*.resid`, `leace` LEACE eraser, `orthogonalize` weight edit)\n")
+    for key in ("unlearning-utility", "unlearning-after"):
+        if key in imgs:
+            L.append(f"![{key}]({rel(imgs[key])})\n")
+    u, um, up = res["unlearning"], res["unlearning_mia"], res["unlearning_probes"]
+    rows = []
+    for r in u.to_dict("records"):
+        mm = um[(um.split == r["split"]) & (um.method == r["method"])].set_index("attack")
+        pp = up[(up.split == r["split"]) & (up.method == r["method"])]
+        best = pp.loc[pp.accuracy.idxmax()]
+        rows.append({"split": f"{r['split']}% ({r['forget_profiles']})", "method": r["method"],
+                     "forget MC portrait / name": f"{_ci(r, 'forget_image')} / {_ci(r, 'forget_text')}",
+                     "forget test portraits": _ci(r, "forget_test_image"),
+                     "retain MC portrait / name": f"{_ci(r, 'retain_image')} / {_ci(r, 'retain_text')}",
+                     "retain test": _ci(r, "retain_test_image"), "cloze forget (name)": _ci(r, "cloze_forget_text"),
+                     "MIA AUC loss / Min-K% / Min-K%++ (forget vs never seen)":
+                         " / ".join(f"{mm.loc[a, 'auc']:.2f}" for a in ("loss", "min_k", "min_k_pp")),
+                     "TPR@1%FPR (Min-K%++)": f"{mm.loc['min_k_pp', 'tpr_at_1fpr']:.2f}",
+                     "best probe on forget (retain-fitted)": f"{_f(best.accuracy, best.accuracy_lo, best.accuracy_hi)} "
+                                                             f"{best.features} {best.point}@{best.position}",
+                     "rows detected": f"{int(pp.detected.sum())}/{len(pp)}"})
+    L.append(_md(pd.DataFrame(rows)))
+    L.append("\nPer layer after unlearning (probe fitted on the retain profiles of the same model, scored on the "
+             f"forget profiles; CI: bootstrap over forget profiles; chance: the best constant answer):\n")
+    L.append(_md(pd.DataFrame({"split": up.split, "method": up.method, "features": up.features, "point": up.point,
+                               "position": up.position, "accuracy": [_f(*r) for r in zip(up.accuracy, up.accuracy_lo, up.accuracy_hi)],
+                               "chance": up.chance.round(2),
+                               "detected": up.detected.map({True: "yes", False: "nothing detected"})})))
+    L.append(MARK[1])
+    section = "\n".join(L) + "\n"
+    old = md_path.read_text() if md_path.exists() else ""
+    if MARK[0] in old and MARK[1] in old:
+        new = old[:old.index(MARK[0])] + section.rstrip("\n") + old[old.index(MARK[1]) + len(MARK[1]):]
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old else "") + section
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(new)
+    written.append(md_path)
+    return written
