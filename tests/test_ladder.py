@@ -135,7 +135,10 @@ def test_scan_ladder_rungs_and_json_round_trip(tiny_llava):
 def test_scan_ladder_bad_settings_fail_before_any_forward(tiny_llava, monkeypatch):
     import sys
 
-    monkeypatch.setattr(sys.modules["probekit.scan"], "collect", lambda *a, **k: pytest.fail("collected before checking"))
+    import probekit.hooks.collect  # noqa: F401  (lazily imported by probekit; load it to patch it)
+
+    # scan imports collect when called (probekit is imported lazily), so patch it where scan takes it from
+    monkeypatch.setattr(sys.modules["probekit.hooks.collect"], "collect", lambda *a, **k: pytest.fail("collected before checking"))
     imgs = [s.image for s in make_scenes(10)]
     with pytest.raises(InputError, match="single tokens|not one"):
         probekit.scan(tiny_llava, imgs, labels=[i % 2 for i in range(10)], cv=2, ladder=(2,), answer_tokens=("Yes", "metallic"))

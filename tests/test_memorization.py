@@ -124,3 +124,13 @@ def test_unlearning_methods_run_and_raise_forget_loss(ckpt, method):
     losses = unlearn(m, forget, retain, method, steps=3, batch_size=4, lr=1e-3)
     assert len(losses) == 3 and all(np.isfinite(losses))
     assert -loss_score(answer_logprobs(m, forget)).mean() > before
+
+
+def test_results_page_keeps_the_other_studies_sections():
+    from probekit.experiments.memorization import _other_sections
+
+    page = ("# memorisation\nold numbers\n\n<!-- ladder -->\nL\n<!-- /ladder -->\n"
+            "<!-- study:unlearning -->\nU\n<!-- /study:unlearning -->\n<!-- notes -->\nN\n<!-- /notes -->\n")
+    kept = [page[a:b] for a, b in _other_sections(page)]
+    assert kept == ["<!-- ladder -->\nL\n<!-- /ladder -->", "<!-- study:unlearning -->\nU\n<!-- /study:unlearning -->"]
+    assert _other_sections("# memorisation only\n") == []

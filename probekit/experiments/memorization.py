@@ -484,17 +484,29 @@ def figures(res: dict) -> dict:
     return figs
 
 
+_OTHER_STUDIES = ("ladder", "study:unlearning", "watermark-study")
+
+
+def _other_sections(text: str) -> list[tuple[int, int]]:
+    """Character spans of the other studies' ``<!-- name -->`` ... ``<!-- /name -->`` sections."""
+    spans = []
+    for name in _OTHER_STUDIES:
+        start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+        if start in text and end in text:
+            spans.append((text.index(start), text.index(end) + len(end)))
+    return sorted(spans)
+
+
 def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: str | Path = "docs/img",
                   command: str = "probekit study memorization --full") -> list[Path]:
     """Write the results page and its PNG figures; keeps the text between ``<!-- notes -->`` markers."""
     md_path, img_dir = Path(md_path), Path(img_dir)
     img_dir.mkdir(parents=True, exist_ok=True)
     notes = "<!-- notes -->\n(no reading written yet)\n<!-- /notes -->"
-    ladder = ""  # the ladder study's own section (probekit.organisms.ladder.write_section) is kept as it is
+    others = ""  # the other studies' own sections (ladder, unlearning, watermark) are kept as they are
     if md_path.exists():
         old = md_path.read_text()
-        if "<!-- ladder -->" in old and "<!-- /ladder -->" in old:
-            ladder = "\n\n" + old[old.index("<!-- ladder -->"):old.index("<!-- /ladder -->") + len("<!-- /ladder -->")] + "\n"
+        others = "".join("\n\n" + old[a:b] + "\n" for a, b in _other_sections(old))
         if "<!-- notes -->" in old and "<!-- /notes -->" in old:
             notes = old[old.index("<!-- notes -->"):old.index("<!-- /notes -->") + len("<!-- /notes -->")]
     written = []
@@ -633,6 +645,6 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
                                    "forget NLL": u.forget_nll.round(3),
                                    "forget-vs-fresh loss AUC": [_fmt(*r) for r in zip(u.forget_vs_fresh_auc, u.auc_lo, u.auc_hi)]})))
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text("\n".join(L) + ladder)
+    md_path.write_text("\n".join(L) + others)
     written.append(md_path)
     return written
