@@ -4,6 +4,7 @@ and a store that equals, shard for shard and bit for bit, the one a single proce
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -48,7 +49,8 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def _reports(out: str) -> dict[int, dict]:
-    rows = [json.loads(line) for line in out.splitlines() if line.startswith('{"rank"')]
+    # the ranks share one stdout pipe: two reports can land on one line, so find each object
+    rows = [json.loads(obj) for obj in re.findall(r'\{"rank"[^{}]*\}', out)]
     return {r["rank"]: r for r in rows}
 
 

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from typing import Any
@@ -73,7 +74,16 @@ def _group() -> Any:
     if not dist.is_initialized():
         # gloo: only barriers and one small broadcast travel, so no GPU backend is needed
         dist.init_process_group(backend="gloo", timeout=_TIMEOUT)
+        # a group left alive at interpreter exit can abort the process in gloo's destructor
+        # ("terminate called without an active exception"), failing a run that succeeded: the
+        # group probekit made, probekit destroys (a group the user made is theirs to destroy)
+        atexit.register(_destroy, dist)
     return dist
+
+
+def _destroy(dist: Any) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _agree(dist: Any, error: BaseException | None) -> None:
