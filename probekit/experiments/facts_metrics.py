@@ -148,12 +148,6 @@ def p_from_ci(value: float, lo: float, hi: float, chance: float) -> float:
 
 def holm_detect(pvalues: Sequence[float], alpha: float = 0.05) -> list[bool]:
     """Holm's step-down decision per p-value (family-wise error ``alpha`` over all of them)."""
-    p = np.asarray(pvalues, dtype=float)
-    order = np.argsort(p)
-    out = np.zeros(len(p), dtype=bool)
-    for rank, i in enumerate(order):
-        if p[i] <= alpha / (len(p) - rank):
-            out[i] = True
-        else:
-            break
-    return out.tolist()
+    from ..readout.significance import holm
+
+    return (holm(np.asarray(pvalues, dtype=float)) <= alpha).tolist()

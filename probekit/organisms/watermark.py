@@ -29,6 +29,7 @@ import pandas as pd
 
 from ..data.synthetic import Sample
 from ..errors import InputError
+from ..readout.significance import holm
 from .text import draw_text, random_string, scene
 
 __all__ = ["Condition", "username_pools", "task_samples", "eval_set", "decide", "run_condition", "direct_prompt",
@@ -139,12 +140,7 @@ def decide(table: pd.DataFrame, alpha: float = 0.05) -> dict:
     se = np.maximum((t.accuracy_hi - t.accuracy_lo).to_numpy(float) / (2 * 1.959964), 1e-9)
     pv = norm.sf((t.accuracy.to_numpy(float) - t.chance.to_numpy(float)) / se)
     m = len(pv)
-    order = np.argsort(pv)
-    adj = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):  # Holm step-down, monotone
-        running = max(running, min(1.0, (m - rank) * pv[i]))
-        adj[i] = running
+    adj = holm(pv)
     hits = t.assign(p_holm=adj)[adj < alpha]
     best = t.loc[t.accuracy.idxmax()]
     where = ", ".join(f"{r.point}@{r.position}" for r in hits.itertuples())

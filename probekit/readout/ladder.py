@@ -33,6 +33,7 @@ import torch
 from ..errors import InputError
 from .leakage import topk_features
 from .lens import lens_points
+from .significance import holm
 
 __all__ = ["ladder_features", "leakage_ladder", "holm", "holm_verdict", "check_ladder", "LADDER_K"]
 
@@ -201,17 +202,6 @@ def leakage_ladder(
     if position is not None:
         table["position"] = position
     return table.reset_index(drop=True)
-
-
-def holm(p: Sequence[float]) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
-    p = np.asarray(p, dtype=np.float64)
-    m = len(p)
-    order = np.argsort(p, kind="stable")
-    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out = np.empty(m)
-    out[order] = np.minimum(adj, 1.0)
-    return out
 
 
 def holm_verdict(table: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame, str]:
