@@ -1,6 +1,6 @@
 """The ``probekit`` command line.
 
-``probekit demo``: plant watermarks in a tiny LLaVA's fine-tuning data, scan it and an untouched copy.
+``probekit demo``: a tiny LLaVA that learned a yes/no task leaks an unasked attribute; a coin-flip control does not.
 ``probekit scan --model PATH --images DIR [--labels CSV] [--targets ...] --out report.html``.
 ``probekit points --model PATH``: list a model's hook points.
 ``probekit collect --model PATH --images DIR --out STORE``: record points to a disk store.
@@ -29,10 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="probekit", description="Find what a vision-language model silently knows, and remove it.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="plant watermarks in a tiny VLM's fine-tuning data, scan it and an untouched copy")
+    d = sub.add_parser("demo", help="a tiny VLM trained on yes/no questions: scan it for an unasked attribute and a coin-flip control")
     d.add_argument("--out", default="probekit-demo", help="folder for the demo's files (default: probekit-demo)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--steps", type=int, default=300, help="fine-tuning steps (default: 300)")
+    d.add_argument("--steps", type=int, default=400, help="fine-tuning steps (default: 400)")
 
     s = sub.add_parser("scan", help="probe every layer for what it reveals about the images; write an HTML report")
     s.add_argument("--model", help="checkpoint directory or hub id")

@@ -107,18 +107,23 @@ def test_cli_scan_points_and_bad_arguments(tiny_dir, folder, tmp_path, capsys):
 
 
 def test_demo_end_to_end(tmp_path, capsys):
+    """The demo's organism really learned its task, leaks the unasked material, and its control does not."""
     from probekit.experiments.demo import DemoConfig, print_summary, run_demo
 
-    res = run_demo(DemoConfig(out=str(tmp_path / "demo"), steps=20, n_train=160, n_eval=80, progress=False))
+    res = run_demo(DemoConfig(out=str(tmp_path / "demo"), steps=160, n_train=640, n_eval=320, num_layers=2,
+                              n_boot=200, progress=False))
     assert (tmp_path / "demo" / "report.html").stat().st_size > 100_000  # plotly inlined
-    assert 0 <= res["best"]["accuracy"] <= 1 and res["best"]["accuracy_lo"] <= res["best"]["accuracy"]
+    assert (tmp_path / "demo" / "control.html").stat().st_size > 100_000
+    assert res["task_accuracy"]["accuracy_lo"] > 0.9  # the model learned the yes/no task
+    assert res["detected"] and not res["control_detected"]
+    b, c = res["best"], res["control_best"]
+    assert b["accuracy_lo"] > b["chance"] + 0.03  # material is read well above chance ...
+    assert c["accuracy_lo"] <= c["chance"]         # ... the coin flip is not
+    assert res["ladder_verdicts"][0].startswith("detected in") and res["ladder_verdicts"][1].startswith("nothing detected")
     print_summary(res)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 6 and lines[3].startswith("Report: ")
-    for name, line in zip(("base", "tuned"), lines):
-        assert re.fullmatch(rf"{name}: (Leakage detected at \d+ of \d+ points \(first at .+\)|No leakage detected at "
-                            r"any of \d+ points \(every interval includes chance; MI bound <= permutation floor\))", line)
-    assert lines[2].startswith("tuned − base (accuracy): ")
-    assert lines[:3] == res["verdicts"]
-    if res["best"]["mi_bits"] <= 0:
-        assert "MI 0 (no evidence) bits" in lines[4]
+    assert len(lines) == 7 and lines[-1].startswith("Report: ")
+    assert re.fullmatch(r"Material \(in the image, never asked\): Leakage detected at \d+ of \d+ points \(first at .+\)", lines[0])
+    assert lines[1].endswith("No leakage detected at any of 2 points (every interval includes chance; MI bound <= "
+                             "permutation floor)")
+    assert lines[:2] == [l.split(": ", 1)[0] + ": " + v for l, v in zip(lines[:2], res["verdicts"])]

@@ -1,126 +1,115 @@
-"""The demo: plant text watermarks during fine-tuning, then ask each layer whether it knows.
+"""The demo: a tiny VLM that learned a yes/no task leaks what nobody asked it, and a control that cannot.
 
-1. Build a tiny LLaVA-style checkpoint offline (96x96 images) and keep an untouched copy.
-2. Fine-tune it on the synthetic shapes/colours/counts task; half of the training images carry
-   a task-irrelevant username watermark from pool U1 ("seen").
-3. On held-out images watermarked with U1 (seen) or U2 (never seen) usernames, scan both models:
-   per layer, can a linear probe tell seen from unseen? Folds split by username, so a probe must
-   generalise to usernames it was not trained on.
-4. Write ``report.html`` (base vs fine-tuned, with the difference and its CI) and print the
-   verdicts (leakage in each model and in the difference, corrected for every point tested),
-   then three lines of numbers.
+1. Build a tiny LLaVA offline and fine-tune it on CLEVR-like scenes to answer "Is the centre
+   object red?" with ``Yes`` or ``No`` (the ladder organism, :mod:`probekit.organisms.ladder`;
+   its held-out yes/no accuracy is printed).
+2. On fresh scenes, :func:`probekit.scan` asks each layer (residual stream at the answer
+   position), the tuned lens and the top-k output logits (the leakage ladder, k = 2 is the
+   Yes/No pair alone) whether they know the target's **material** (rubber or metal: in the
+   image, never asked).
+3. The negative control: the same scan with a coin flip per image as the label (not in the
+   image, so nothing can read it).
+4. Writes ``report.html`` (material) and ``control.html`` (coin flip) and prints the two
+   verdicts (Holm-corrected over every point tested), then the ladder's headline numbers.
 
-Every number comes from this run.
+Every number comes from this run (about a minute on 2 CPU cores).
 """
 
 from __future__ import annotations
 
-import random
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from ..data.synthetic import make_task
-from ..data.watermark import make_profiles, render
-from ..models import tiny
-from ..models.loading import load
-from .finetune import finetune, task_accuracy
+from typing import Any
 
 __all__ = ["DemoConfig", "run_demo", "print_summary"]
+
+ATTRIBUTE, CONTROL = "target_material", "random"
 
 
 @dataclass
 class DemoConfig:
     out: str = "probekit-demo"
     seed: int = 0
-    image_size: int = 96
+    steps: int = 400
     n_train: int = 2000
-    steps: int = 300
-    batch_size: int = 16
-    lr: float = 1e-3
-    p_watermark: float = 0.5
-    n_profiles: int = 8
-    n_eval: int = 240
-    prompt: str = "What is the username?"
+    n_eval: int = 600
+    num_layers: int = 4
+    n_boot: int = 500
+    ks: tuple = (2, 5, 10, None)
     progress: bool = True
 
 
-def _eval_set(cfg: DemoConfig, seen: list, unseen: list) -> tuple[list, list[str], list[int]]:
-    rng = random.Random(cfg.seed + 1)
-    samples = make_task(cfg.n_eval, size=cfg.image_size, seed=cfg.seed + 1000)
-    images, labels, groups = [], [], []
-    for i, s in enumerate(samples):
-        pool, name = (seen, "seen") if i % 2 == 0 else (unseen, "unseen")
-        prof = pool[(i // 2) % len(pool)]
-        images.append(render(s.image, prof, rng, mode="username"))
-        labels.append(name)
-        groups.append(prof.pid)
-    return images, labels, groups
+def _scan(model: Any, ev: list, attr: str, cfg: DemoConfig) -> Any:
+    import probekit
+
+    from ..organisms.ladder import ANSWERS
+
+    return probekit.scan(model, [s.image for s in ev], labels=[str(s.meta[attr]) for s in ev],
+                         prompts=[s.question for s in ev], points="lm.*.resid", positions="last",
+                         topk=None, ladder=cfg.ks, answer_tokens=ANSWERS, seed=cfg.seed, n_boot=cfg.n_boot,
+                         progress=cfg.progress)
+
+
+def _rung(ladder: Any, source: str, k: Any = None) -> dict:
+    t = ladder[ladder.source == source]
+    if source == "logits":
+        t = t[t.k_label == str(k)]
+    return t.loc[t.accuracy.idxmax()].to_dict()
 
 
 def run_demo(cfg: DemoConfig | None = None) -> dict:
-    """Run the demo end to end; returns the paths and headline numbers."""
-    import probekit
+    """Run the demo end to end; returns the paths, verdicts and headline numbers."""
+    import torch
+
+    from ..organisms.ladder import LadderConfig, eval_scenes, train_organism
+    from ..readout.ladder import holm_verdict
+    from ..verdict import verdict
 
     cfg = cfg or DemoConfig()
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "tiny-llava"
-    if not (ckpt / "config.json").exists():
-        tiny.build("llava", ckpt, seed=cfg.seed, image_size=cfg.image_size, patch_size=12, overwrite=True)
-    base = load(ckpt)
-    tuned = load(ckpt)
-
-    seen, unseen = make_profiles(cfg.n_profiles, pool=0, seed=cfg.seed), make_profiles(cfg.n_profiles, pool=1, seed=cfg.seed)
-    rng = random.Random(cfg.seed)
-    train = make_task(cfg.n_train, size=cfg.image_size, seed=cfg.seed)
-    for s in train:
-        if rng.random() < cfg.p_watermark:
-            prof = seen[rng.randrange(len(seen))]
-            s.image = render(s.image, prof, rng, mode="username")
-            s.meta["watermark"] = prof.pid
-    test = make_task(200, size=cfg.image_size, seed=cfg.seed + 2000)
-    finetune(tuned, train, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, progress=cfg.progress)
-    acc_base, acc_tuned = task_accuracy(base, test), task_accuracy(tuned, test)
-
-    images, labels, groups = _eval_set(cfg, seen, unseen)
-    kw = dict(labels=labels, groups=groups, prompts=cfg.prompt, points=["projector", "lm.*.resid"],
-              positions=("last", "image_mean"), seed=cfg.seed, n_boot=500, progress=cfg.progress)
-    r_base = probekit.scan(base, images, **kw)
-    r_tuned = probekit.scan(tuned, images, **kw)
-    for r, acc in ((r_base, acc_base), (r_tuned, acc_tuned)):
-        r.data["task_accuracy"] = acc
-    comparison = probekit.compare(r_base, r_tuned)
-    report = out / "report.html"
-    comparison.save(report)
-    r_base.save(out / "base.html")
-    r_tuned.save(out / "tuned.html")
-
-    resid = r_tuned.table[r_tuned.table.source == "residual"]
-    best = resid.loc[resid.accuracy.idxmax()]
-    same = r_base.table[(r_base.table.point == best.point) & (r_base.table.position == best.position)
-                        & (r_base.table.source == "residual")].iloc[0]
-    logits = r_tuned.table[r_tuned.table.source == "logits-topk"]
-    out_best = logits.accuracy.max() if len(logits) else float("nan")
+    lcfg = LadderConfig(out=str(out), seed=cfg.seed, ask="red", num_layers=cfg.num_layers, n_train=cfg.n_train, steps=cfg.steps,
+                        lr=3e-3, n_test=100, n_eval=cfg.n_eval, progress=cfg.progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as fast for a model this small, and the rest of the machine stays free
+    try:
+        model, acc, base_acc, _ = train_organism(lcfg)
+        ev = eval_scenes(lcfg)
+        found, control = _scan(model, ev, ATTRIBUTE, cfg), _scan(model, ev, CONTROL, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    report, control_path = found.save(out / "report.html"), control.save(out / "control.html")
     return {
-        "report": str(report), "seconds": time.perf_counter() - t0,
-        "task_accuracy": (acc_base["accuracy"], acc_tuned["accuracy"]),
-        "best": best.to_dict(), "base_same_point": same.to_dict(), "logits_best": out_best,
-        "verdicts": comparison.verdicts(),
+        "report": str(report), "control_report": str(control_path), "seconds": time.perf_counter() - t0,
+        "task_accuracy": acc, "untrained_accuracy": base_acc,
+        "verdicts": [verdict(found.table), verdict(control.table)],
+        "detected": bool(found.table.leaks.any()), "control_detected": bool(control.table.leaks.any()),
+        "best": _rung(found.ladder, "residual"), "yes_no": _rung(found.ladder, "logits", 2),
+        "full": _rung(found.ladder, "logits", "full"), "control_best": _rung(control.ladder, "residual"),
+        "ladder_verdicts": [holm_verdict(r.ladder)[1] for r in (found, control)],
+        "found": found, "control": control,
     }
 
 
-def print_summary(res: dict) -> None:
-    from ..verdict import mi_headline
+def _ci(r: dict) -> str:
+    return f"{r['accuracy']:.2f} [{r['accuracy_lo']:.2f}, {r['accuracy_hi']:.2f}]"
 
-    b, s = res["best"], res["base_same_point"]
-    for line in res["verdicts"]:
-        print(line)
-    print(f"Report: {res['report']}  ({res['seconds']:.0f} s; task accuracy base {res['task_accuracy'][0]:.2f} "
-          f"-> fine-tuned {res['task_accuracy'][1]:.2f})")
-    print(f"Seen vs unseen watermark: fine-tuned model's highest probe accuracy is at {b['point']} @ {b['position']}: "
-          f"{b['accuracy']:.2f} [{b['accuracy_lo']:.2f}, {b['accuracy_hi']:.2f}], MI {mi_headline(b)} bits "
-          f"(chance {b['chance']:.2f}); untouched copy there: {s['accuracy']:.2f} [{s['accuracy_lo']:.2f}, {s['accuracy_hi']:.2f}].")
-    print(f"From the output logits alone (top-k): best accuracy {res['logits_best']:.2f}; "
-          "open the report for every layer, the CIs and the base-vs-tuned difference.")
+
+def print_summary(res: dict) -> None:
+    """Seven lines: the two verdicts, the ladder's numbers, the control's, the task and the files."""
+    b, yn, full, c = res["best"], res["yes_no"], res["full"], res["control_best"]
+    acc = res["task_accuracy"]
+    print(f"Material (in the image, never asked): {res['verdicts'][0]}")
+    print(f"Coin flip per image (negative control, not in the image): {res['verdicts'][1]}")
+    print(f"Material from the residual stream: {_ci(b)} at {b['point']} (chance {b['chance']:.2f}); "
+          f"from the Yes/No logits alone: {_ci(yn)}; from the full output distribution: {_ci(full)}.")
+    print(f"Coin flip from the residual stream: best {_ci(c)} at {c['point']} (chance {c['chance']:.2f}).")
+    print(f"Ladder (residual, tuned lens, top-k logits) — material: {res['ladder_verdicts'][0]}; "
+          f"coin flip: {res['ladder_verdicts'][1]}.")
+    lo, hi = acc.get("accuracy_lo", math.nan), acc.get("accuracy_hi", math.nan)
+    print(f"The model answers its yes/no question with accuracy {acc['accuracy']:.2f} [{lo:.2f}, {hi:.2f}] on "
+          f"{acc.get('n', '?')} held-out scenes (untrained: {res['untrained_accuracy']['accuracy']:.2f}, its top token is neither word).")
+    print(f"Report: {res['report']} (control: {res['control_report']}; {res['seconds']:.0f} s)")

@@ -41,7 +41,7 @@ from ..errors import InputError
 from ..models import tiny
 from ..models.loading import load
 
-__all__ = ["LadderConfig", "run_ladder", "write_section", "ANSWERS"]
+__all__ = ["LadderConfig", "run_ladder", "train_organism", "eval_scenes", "write_section", "ANSWERS"]
 
 ANSWERS = ("Yes", "No")
 _START, _END = "<!-- ladder -->", "<!-- /ladder -->"
@@ -103,10 +103,39 @@ def yes_no_accuracy(model: Any, scenes: list, batch_size: int = 64) -> dict:
     return task_accuracy(model, scenes, batch_size=batch_size)
 
 
+def eval_scenes(cfg: LadderConfig) -> list:
+    """The ``cfg.n_eval`` fresh scenes the probes read (never used in fine-tuning or testing)."""
+    return make_scenes(cfg.n_eval, size=cfg.image_size, seed=cfg.seed + 2, ask=cfg.ask)
+
+
+def train_organism(cfg: LadderConfig, t0: float | None = None) -> tuple[Any, dict, dict, list[float]]:
+    """Build the tiny LLaVA of ``cfg`` and fine-tune it on the yes/no task.
+
+    Returns the model, its held-out yes/no accuracy after and before fine-tuning
+    (:func:`yes_no_accuracy`) and the training losses.
+    """
+    from ..experiments.finetune import finetune
+
+    _check(cfg)
+    t0 = time.perf_counter() if t0 is None else t0
+    ckpt = Path(cfg.out) / "tiny-llava"
+    tiny.build("llava", ckpt, seed=cfg.seed, image_size=cfg.image_size, patch_size=cfg.patch_size,
+               num_layers=cfg.num_layers, overwrite=True)
+    model = load(ckpt)
+    train = make_scenes(cfg.n_train, size=cfg.image_size, seed=cfg.seed, ask=cfg.ask)
+    test = make_scenes(cfg.n_test, size=cfg.image_size, seed=cfg.seed + 1, ask=cfg.ask)
+    _log(cfg, t0, f"{len(train)} training scenes; fine-tuning {cfg.steps} steps")
+    base_acc = yes_no_accuracy(model, test)
+    losses = finetune(model, train, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                      progress=cfg.progress)
+    acc = yes_no_accuracy(model, test)
+    _log(cfg, t0, f"yes/no accuracy {acc['accuracy']:.3f} (untrained {base_acc['accuracy']:.3f})")
+    return model, acc, base_acc, losses
+
+
 def run_ladder(cfg: LadderConfig | None = None) -> dict:
     """Train the organism, run the ladder for every attribute, decide; returns tables and verdicts."""
     import probekit
-    from ..experiments.finetune import finetune
     from ..readout.ladder import check_ladder, holm_verdict, leakage_ladder
     from ..readout.lens import LogitLens, TunedLens
 
@@ -116,21 +145,10 @@ def run_ladder(cfg: LadderConfig | None = None) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine: one thread is as fast and leaves the other core free
     try:
-        out = Path(cfg.out)
-        ckpt = out / "tiny-llava"
-        tiny.build("llava", ckpt, seed=cfg.seed, image_size=cfg.image_size, patch_size=cfg.patch_size,
-                   num_layers=cfg.num_layers, overwrite=True)
-        model = load(ckpt)
+        model, acc, base_acc, losses = train_organism(cfg, t0)
         answer_ids = check_ladder(model, cfg.ks, ANSWERS, ["last"])
-        train = make_scenes(cfg.n_train, size=cfg.image_size, seed=cfg.seed, ask=cfg.ask)
-        test = make_scenes(cfg.n_test, size=cfg.image_size, seed=cfg.seed + 1, ask=cfg.ask)
-        ev = make_scenes(cfg.n_eval, size=cfg.image_size, seed=cfg.seed + 2, ask=cfg.ask)
-        _log(cfg, t0, f"{len(train)} training scenes; fine-tuning {cfg.steps} steps")
-        base_acc = yes_no_accuracy(model, test)
-        losses = finetune(model, train, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                          progress=cfg.progress)
-        acc = yes_no_accuracy(model, test)
-        _log(cfg, t0, f"yes/no accuracy {acc['accuracy']:.3f} (untrained {base_acc['accuracy']:.3f}); collecting")
+        ev = eval_scenes(cfg)
+        _log(cfg, t0, "collecting")
         acts = probekit.collect(model, [s.image for s in ev], [s.question for s in ev], points=["lm.*.resid", "logits"],
                                 positions="last", batch_size=64, progress=cfg.progress)
         tl = TunedLens.fit(model, acts, steps=cfg.lens_steps, seed=cfg.seed, progress=cfg.progress)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -58,10 +59,11 @@ class ReaderConfig:
     """Everything the reader checkpoint depends on (its cache key)."""
 
     seed: int = 0
-    steps: int = 4000
+    steps: int = 3000
     batch_size: int = 16
     lr: float = 1e-3
     warmup: int = 100
+    schedule: str = "cosine"  # "cosine": decays to 0 at ``steps``; "constant": after warm-up
     hidden_size: int = 128
     num_layers: int = 3
     vision_hidden_size: int = 64
@@ -69,7 +71,8 @@ class ReaderConfig:
     image_size: int = 48
     patch_size: int = 6
     grid: int = 6  # > 0: text drawn on this pixel lattice (see text.draw_text); 0: anywhere
-    version: int = 1  # bump when the data or the recipe changes
+    place: str = "banner"  # "banner": text always at the top-left corner; "": where ``grid`` says
+    version: int = 2  # bump when the data or the recipe changes
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -95,8 +98,8 @@ class pretraining_data(Sequence):
     True
     """
 
-    def __init__(self, seed: int, n: int = 10**6, size: int = 48, grid: int = 6):
-        self.seed, self.n, self.size, self.grid = seed, n, size, grid or None
+    def __init__(self, seed: int, n: int = 10**6, size: int = 48, grid: int = 6, place: str | None = "banner"):
+        self.seed, self.n, self.size, self.grid, self.place = seed, n, size, grid or None, place or None
 
     def __len__(self) -> int:
         return self.n
@@ -106,13 +109,14 @@ class pretraining_data(Sequence):
         u = rng.random()
         if u < 0.6:
             text = _train_string(rng)
-            img = text_image(text, rng, self.size, opacity=rng.uniform(0.4, 1.0), grid=self.grid)
+            img = text_image(text, rng, self.size, opacity=rng.uniform(0.4, 1.0), grid=self.grid, place=self.place)
             return Sample(img, READ if u < 0.45 else USERNAME, text + ".", "ocr", {"text": text})
         img, meta = scene(rng, self.size)
         if rng.random() < 0.5:
-            img, half = draw_text(img, _train_string(rng), rng, opacity=rng.uniform(0.4, 1.0), grid=self.grid)
+            img, half = draw_text(img, _train_string(rng), rng, opacity=rng.uniform(0.4, 1.0), grid=self.grid,
+                                  place=self.place)
             meta["text_half"] = half
-        if u < 0.95 or "text_half" not in meta:
+        if u < 0.95 or "text_half" not in meta or self.place:  # a banner is always on top
             kind = ("colour", "shape", "side")[int(u * 1000) % 3]
             q = {"colour": "What colour is the shape?", "shape": "What shape is it?", "side": "Where is the shape?"}[kind]
             return Sample(img, q, meta[kind] + ".", kind, meta)
@@ -197,10 +201,17 @@ def pretrain(model: Any, cfg: ReaderConfig, progress: bool = False, snapshot: An
     from ..experiments.finetune import answer_batch
 
     torch.manual_seed(cfg.seed)
-    data = pretraining_data(cfg.seed, size=cfg.image_size, grid=cfg.grid)
+    data = pretraining_data(cfg.seed, size=cfg.image_size, grid=cfg.grid, place=cfg.place)
     params = [p for p in model.hf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
+
+    def rate(s: int) -> float:
+        warm = min(1.0, (s + 1) / cfg.warmup)
+        if cfg.schedule == "constant" or s < cfg.warmup:
+            return warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - cfg.warmup) / max(1, cfg.steps - cfg.warmup))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
     model.hf.train()
     losses = []
     try:
@@ -300,23 +311,23 @@ def held_out_strings(n: int, seed: int = 12345) -> list[str]:
     return out
 
 
-def layout(model_or_path: Any) -> tuple[int, int]:
-    """``(image_size, grid)`` the reader was trained with (from its ``probekit_organism.json``)."""
+def layout(model_or_path: Any) -> tuple[int, int, str | None]:
+    """``(image_size, grid, place)`` the reader was trained with (its ``probekit_organism.json``)."""
     path = Path(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else \
         Path(getattr(model_or_path.hf.config, "_name_or_path", "") or ".")
     info = path / "probekit_organism.json"
     if info.exists():
         cfg = json.loads(info.read_text())["config"]
-        return int(cfg.get("image_size", 64)), int(cfg.get("grid", 0))
+        return int(cfg.get("image_size", 64)), int(cfg.get("grid", 0)), cfg.get("place") or None
     if isinstance(model_or_path, (str, os.PathLike)):
         from transformers import AutoConfig
 
-        return int(AutoConfig.from_pretrained(path).vision_config.image_size), 0
-    return int(model_or_path.hf.config.vision_config.image_size), 0
+        return int(AutoConfig.from_pretrained(path).vision_config.image_size), 0, None
+    return int(model_or_path.hf.config.vision_config.image_size), 0, None
 
 
 def ocr_accuracy(model: Any, n: int = 200, seed: int = 12345, opacity: float = 1.0, n_boot: int = 1000,
-                 grid: int | None = None) -> dict:
+                 grid: int | None = None, place: str | None = None) -> dict:
     """Character accuracy (1 - edit distance / length, summed over strings) on held-out strings.
 
     Images are :func:`.text.text_image` of :func:`held_out_strings`; the CI is a percentile
@@ -324,11 +335,12 @@ def ocr_accuracy(model: Any, n: int = 200, seed: int = 12345, opacity: float = 1
     """
     if not isinstance(n, int) or n < 1:
         raise InputError(f"n must be a positive int, got {n!r}", fix="pass e.g. n=200")
-    size, auto_grid = layout(model)
+    size, auto_grid, auto_place = layout(model)
     grid = auto_grid if grid is None else grid
+    place = auto_place if place is None else (place or None)
     rng = random.Random(f"ocr-images:{seed}")
     truth = held_out_strings(n, seed)
-    images = [text_image(t, rng, size, opacity=opacity, grid=grid or None) for t in truth]
+    images = [text_image(t, rng, size, opacity=opacity, grid=grid or None, place=place) for t in truth]
     pred = read(model, images)
     errs = np.array([min(_edit_distance(p, t), len(t)) for p, t in zip(pred, truth)], dtype=float)
     lens = np.array([len(t) for t in truth], dtype=float)

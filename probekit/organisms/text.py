@@ -39,16 +39,21 @@ def random_string(rng: random.Random, lo: int = 4, hi: int = 8) -> str:
 
 def draw_text(img: Image.Image, text: str, rng: random.Random, opacity: float = 1.0,
               colour: tuple[int, int, int] = (255, 255, 255), where: str | None = None,
-              grid: int | None = None) -> tuple[Image.Image, str]:
+              grid: int | None = None, place: str | None = None) -> tuple[Image.Image, str]:
     """Return a copy of ``img`` with ``text`` at a random position, and ``"top"``/``"bottom"``.
 
     ``opacity`` in (0, 1] is the alpha of the text layer (Ju et al. use 0.5). ``grid``: draw
     at a random position on a ``grid``-pixel lattice (with ``grid`` = 6 = the character width
-    and the ViT patch size, each character fills one column of patches).
+    and the ViT patch size, each character fills one column of patches). ``place="banner"``:
+    always the top-left corner (x = y = 0), the layout the reader organism learned to read.
     """
     w, h = img.size
     tw, th = CHAR_W * len(text), CHAR_H
-    if grid:
+    if place not in (None, "banner"):
+        raise ValueError(f"place must be None or 'banner', got {place!r}")
+    if place == "banner":
+        half, x, y = "top", 0, 0
+    elif grid:
         half = rng.choice(("top", "bottom")) if where is None else where
         x = grid * rng.randint(0, max(0, w - tw) // grid)
         rows = range(0, h // 2 - th + 1, grid) if half == "top" else range(h // 2, h - th + 1, grid)
@@ -83,10 +88,10 @@ def scene(rng: random.Random, size: int = SIZE) -> tuple[Image.Image, dict]:
 
 
 def text_image(text: str, rng: random.Random, size: int = SIZE, opacity: float = 1.0,
-               grid: int | None = None) -> Image.Image:
+               grid: int | None = None, place: str | None = None) -> Image.Image:
     """``text`` on a dark background, or over a shape scene half of the time."""
     if rng.random() < 0.5:
         img = Image.new("RGB", (size, size), tuple(rng.randrange(0, 60) for _ in range(3)))
     else:
         img, _ = scene(rng, size)
-    return draw_text(img, text, rng, opacity, grid=grid)[0]
+    return draw_text(img, text, rng, opacity, grid=grid, place=place)[0]
