@@ -4,17 +4,22 @@ The published memorisation studies start from a model that can already read text
 :func:`reader` builds one from a seed: a tiny LLaVA (CLIP-style ViT on 48 x 48 images in 6 x 6
 patches, a 3-layer Llama with one token per character) trained from scratch on synthetic
 captioning / OCR (:mod:`.text`): "Read the text." / "What is the username?" on 4-8 character
-strings drawn on the patch lattice (one character per patch column), the colour, shape and
-side of a shape, the half of the image the text is in. Every answer ends with ``"."`` so that
-greedy decoding knows where to stop.
+strings in PIL's bitmap font written as a banner at the top-left corner (one character per
+patch column), and the colour, shape and side of a shape. Every answer ends with ``"."`` so
+that greedy decoding knows where to stop.
+
+Why a banner: with the text anywhere on the image the model must first find it, and a model
+this small had not learned to within 4,000 steps on 2 cores (char accuracy 0.03); at a fixed
+place reading is a copy from image token ``j`` to answer token ``j``, learned in a few hundred
+steps. Ju et al. place their profile text at random; the watermark organism puts it where the
+reader reads (say so when comparing).
 
 Training is deterministic (one thread, ``torch.use_deterministic_algorithms``, seeded data, a
-schedule that does not depend on the step count) and the result is cached under
+cosine schedule) and the seed-0 checkpoint ships with probekit (``checkpoints/reader-s0``,
+about 5 MB); other seeds and recipes are built on first use and cached under
 ``~/.cache/probekit/organisms/reader-<hash of the recipe>``. ``python -m
-probekit.organisms.reader --out DIR --snapshots SNAPS`` builds it and saves the weights every 250
-steps (to pick a step count). Status (see the issue note): the default recipe had not reached
-the OCR target within the CPU time available when it was written; :func:`ocr_accuracy` says
-where a checkpoint stands.
+probekit.organisms.reader --rebuild`` rebuilds the shipped one bit for bit and prints its
+OCR accuracy (:func:`ocr_accuracy`).
 
 Example:
     >>> import probekit
@@ -194,9 +199,9 @@ def pretrain(model: Any, cfg: ReaderConfig, progress: bool = False, snapshot: An
     """Train ``model`` on :class:`pretraining_data` for ``cfg.steps`` steps (answer-token loss).
 
     Step ``t`` uses samples ``t * batch_size ...`` of the stream, AdamW with a linear warm-up
-    and then a constant rate: the schedule does not depend on ``cfg.steps``, so the weights
-    after ``N`` steps are the same whatever the total (``snapshot(step, model)`` every 250
-    steps is how the shipped step count was chosen).
+    and then a cosine decay to 0 at ``cfg.steps`` (``schedule="constant"``: no decay, so the
+    weights after ``N`` steps are the same whatever the total). ``snapshot(step, model)`` is
+    called every 250 steps.
     """
     from ..experiments.finetune import answer_batch
 

@@ -56,6 +56,8 @@ class Condition:
     seed: int = 0
     size: int = 64  # image size and text lattice: run_condition takes both from the reader
     grid: int = 0
+    probe_prompt: str = "What is the username?"  # the prompt the probes read at (Ju et al.'s)
+    place: str = ""  # "banner": where the reader reads (top-left); run_condition takes it from the reader
 
     def label(self) -> str:
         kind = f"LoRA r={self.lora.get('r', 8)}" if self.lora else "full"
@@ -109,7 +111,8 @@ def task_samples(c: Condition, seen: list[str]) -> tuple[list[Sample], list[Any]
         clean.append(img)
         if rng.random() < c.p:
             meta["username"] = rng.choice(seen)
-            img = draw_text(img, meta["username"], rng, opacity=c.opacity, grid=c.grid or None)[0]
+            img = draw_text(img, meta["username"], rng, opacity=c.opacity, grid=c.grid or None,
+                            place=c.place or None)[0]
         out.append(Sample(img, QUESTION, answer, "describe", meta))
     return out, clean
 
@@ -122,7 +125,7 @@ def eval_set(c: Condition, seen: list[str], unseen: list[str]) -> dict:
         img, _, _ = _task(rng, c.size)
         pool, lab = (seen, "seen") if i % 2 == 0 else (unseen, "unseen")
         name = pool[(i // 2) % len(pool)]
-        images.append(draw_text(img, name, rng, opacity=c.opacity, grid=c.grid or None)[0])
+        images.append(draw_text(img, name, rng, opacity=c.opacity, grid=c.grid or None, place=c.place or None)[0])
         labels.append(lab)
         groups.append(name)
     return {"images": images, "labels": labels, "groups": groups}
@@ -168,10 +171,10 @@ def direct_prompt(model: Any, ev: dict) -> dict:
     return out
 
 
-def _scan(model: Any, ev: dict, seed: int, n_boot: int) -> Any:
+def _scan(model: Any, ev: dict, seed: int, n_boot: int, prompt: str = QUESTION) -> Any:
     import probekit
 
-    return probekit.scan(model, ev["images"], labels=ev["labels"], groups=ev["groups"], prompt=QUESTION,
+    return probekit.scan(model, ev["images"], labels=ev["labels"], groups=ev["groups"], prompt=prompt,
                          points=POINTS, positions=POSITIONS, seed=seed, n_boot=n_boot, topk=None, progress=False)
 
 
@@ -192,17 +195,17 @@ def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, n_bo
 
     _check(c)
     t0 = time.perf_counter()
-    size, grid = layout(base_path)
-    c = replace(c, size=size, grid=grid)
+    size, grid, place = layout(base_path)
+    c = replace(c, size=size, grid=grid, place=place or "")
     seen, unseen = username_pools(c.n_users, c.seed)
     train, clean = task_samples(c, seen)
     ev = eval_set(c, seen, unseen)
     if base_report is None:
-        base_report = _scan(load(base_path), ev, c.seed, n_boot)
+        base_report = _scan(load(base_path), ev, c.seed, n_boot, c.probe_prompt)
     tuned = load(base_path)
     losses = finetune(tuned, train, steps=c.steps, batch_size=c.batch_size, lr=c.lr, lora=c.lora, seed=c.seed,
                       progress=False, on_step=on_step)
-    rep = _scan(tuned, ev, c.seed, n_boot)
+    rep = _scan(tuned, ev, c.seed, n_boot, c.probe_prompt)
     test, _ = task_samples(Condition(**{**asdict(c), "seed": c.seed + 999, "n_train": 96, "p": 0.0}), seen)
     acc = task_accuracy(tuned, test)
     verdict, base_verdict = decide(rep.table), decide(base_report.table)
