@@ -36,10 +36,18 @@ from ..hooks.collect import check_prompts, collect
 from ..models.adapter import Model
 from ..models.compat import cache_kwarg, output_cache
 from .directions import Direction
-from .figures import tradeoff_figure
 from .heldout import distance_from_chance, plan
 
 __all__ = ["EvalReport", "evaluate", "sweep", "tradeoff_figure", "next_token_logprobs", "answer_scores"]
+
+
+def __getattr__(name: str) -> Any:
+    # tradeoff_figure lives in probekit.report now; resolved on first use so steering does not import plotly
+    if name == "tradeoff_figure":
+        from ..report.figures.tradeoff import tradeoff_figure
+
+        return tradeoff_figure
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 Z95 = 1.959963984540054
 

@@ -1,0 +1,103 @@
+"""The verdict line every report starts with, and how headlines show an MI bound.
+
+One function per sentence, used by :meth:`probekit.report.ScanReport.summary` (and so the
+HTML page, the notebook view and ``probekit scan``), :meth:`probekit.report.Comparison.summary`
+and the demo's printout, so all of them say the same thing. The statistics (p-values,
+Holm, ``leaks``) live in :mod:`probekit.readout.significance`; this module only words them.
+
+Example:
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"point": ["lm.0.resid", "lm.1.resid"], "position": "last",
+    ...     "accuracy": [0.52, 0.93], "accuracy_lo": [0.47, 0.90], "accuracy_hi": [0.57, 0.95], "chance": 0.5})
+    >>> verdict(t)
+    'Leakage detected at 1 of 2 points (first at lm.1.resid @ last)'
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..readout.significance import ALPHA, add_verdicts, difference_p_values, holm
+from .order import point_order
+from .tables import normalise
+from .text import ci_text, where
+
+__all__ = ["verdict", "difference_verdict", "mi_headline", "tested_rows"]
+
+
+_NO_LEAK = ("No leakage detected at any of {m} points "
+            "(every interval includes chance; MI bound <= permutation floor)")
+
+
+def tested_rows(table: pd.DataFrame | None) -> pd.DataFrame:
+    """Rows that were tested, with ``p_adjusted``/``leaks`` over exactly these rows (Holm)."""
+    if table is None or table.empty or "accuracy" not in table.columns:
+        return pd.DataFrame()
+    t = normalise(add_verdicts(table))
+    return t[t["p_value"].notna()]
+
+
+def _forward(t: pd.DataFrame) -> pd.DataFrame:
+    """Rows in forward order: residual points from the input on, output-logit rows last."""
+    order = {p: i for i, p in enumerate(point_order(t.point))}
+    return t.assign(_s=(t.source != "residual").astype(int), _o=[order[p] for p in t.point]).sort_values(
+        ["_s", "_o"], kind="stable").drop(columns=["_s", "_o"])
+
+
+def verdict(table: pd.DataFrame | None) -> str:
+    """The first line of every report: is there leakage, after correcting for all points tested?
+
+    ``"Leakage detected at N of M points (first at <point> @ <position>)"`` or ``"No leakage
+    detected at any of M points (every interval includes chance; MI bound <= permutation
+    floor)"``. M counts every row tested (each point × position × source); a row leaks when
+    its Holm-adjusted p-value is below 0.05 and its MI bound exceeds the permuted-label floor
+    (:mod:`probekit.readout.significance`). "First" is the earliest leaking point in the
+    forward pass.
+
+    Example:
+        >>> import pandas as pd
+        >>> t = pd.DataFrame({"point": ["lm.0.resid", "lm.1.resid"], "position": "last",
+        ...     "accuracy": [0.52, 0.55], "accuracy_lo": [0.45, 0.48], "accuracy_hi": [0.59, 0.62], "chance": 0.5})
+        >>> verdict(t)
+        'No leakage detected at any of 2 points (every interval includes chance; MI bound <= permutation floor)'
+    """
+    t = tested_rows(table)
+    if t.empty:
+        return "Nothing tested: the table has no probe accuracy."
+    hits = _forward(t[t["leaks"]])
+    if hits.empty:
+        return _NO_LEAK.format(m=len(t))
+    first = hits.iloc[0]
+    return f"Leakage detected at {len(hits)} of {len(t)} points (first at {where(first.point, first.position)})"
+
+
+def mi_headline(rec: dict) -> str:
+    """An MI bound for a headline: ``0.12 [0.08, 0.16]``, or ``0 (no evidence)`` when below 0.
+
+    A negative held-out bound is the estimator's own error, not negative information; the
+    table keeps the raw value.
+
+    >>> mi_headline({"mi_bits": -0.031, "mi_lo": -0.06, "mi_hi": 0.0}), mi_headline({"mi_bits": 0.2})
+    ('0 (no evidence)', '0.20')
+    """
+    v = rec.get("mi_bits")
+    if v is None or not np.isfinite(float(v)) or float(v) > 0:
+        return ci_text(rec, "mi_bits")
+    return "0 (no evidence)"
+
+
+def difference_verdict(table: pd.DataFrame, label: str) -> str:
+    """Verdict on tuned − base: Holm over the rows on the two-sided normal p-value of each difference."""
+    t = normalise(table)
+    p = difference_p_values(t["diff"], t["diff_lo"], t["diff_hi"])
+    t = t.assign(_p=holm(p))
+    t = t[np.isfinite(p)]
+    if t.empty:
+        return f"{label}: no difference with a CI to test"
+    hits = _forward(t[t._p < ALPHA])
+    if hits.empty:
+        return f"{label}: no change detected at any of {len(t)} points (every interval of the difference includes 0)"
+    first = hits.iloc[0]
+    return (f"{label}: change detected at {len(hits)} of {len(t)} points "
+            f"(first at {where(first.point, first.position)})")

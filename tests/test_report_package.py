@@ -1,0 +1,85 @@
+"""The probekit.report package: old import paths still work, the table is normalised once, modules stay small."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import probekit
+from probekit.report import ScanReport, compare
+
+REPORT = Path(probekit.__file__).parent / "report"
+
+
+def test_old_import_paths_name_the_same_objects():
+    from probekit import ladder_figure as old_ladder
+    from probekit import plots, verdict
+    from probekit import steering
+    from probekit.report import figures, order, tables, text
+    from probekit.report import verdicts as new_verdict
+    from probekit.steering import evaluation
+    from probekit.steering import figures as old_steering_figures
+
+    homes = {**{n: getattr(figures, n) for n in figures.__all__}, "paired_table": tables.paired_table,
+             "ci_columns": text.ci_columns, "fmt_ci": text.fmt_ci, "where": text.where, "point_order": order.point_order}
+    assert all(getattr(plots, n) is homes[n] for n in plots.__all__)
+    assert plots._normalise is tables.normalise and plots.NO_POSITION == "—"
+    assert old_ladder.ladder_figure is figures.ladder_figure and old_ladder.k_label is figures.k_label
+    assert steering.tradeoff_figure is figures.tradeoff_figure is evaluation.tradeoff_figure
+    assert old_steering_figures.tradeoff_figure is figures.tradeoff_figure
+    assert verdict.verdict is new_verdict.verdict and verdict.tested_rows is new_verdict.tested_rows
+    assert probekit.ScanReport is ScanReport and probekit.compare is compare
+    with pytest.raises(AttributeError):
+        steering.no_such_name  # noqa: B018
+
+
+def test_steering_import_stays_free_of_the_report_layer():
+    code = ("import sys, probekit.steering as s\nassert 'plotly' not in sys.modules and 'probekit.report' not in sys.modules\n"
+            "s.tradeoff_figure\nprint('plotly' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "True"
+
+
+def test_table_is_normalised_at_construction_and_assignment():
+    raw = pd.DataFrame({"point": ["projector", "lm.0.resid"], "position": [None, "last"], "accuracy": [0.7, 0.9],
+                        "accuracy_lo": [0.6, 0.85], "accuracy_hi": [0.8, 0.95], "chance": 0.5}, index=[5, 9])
+    r = ScanReport(raw)
+    assert r.table.position.tolist() == ["—", "last"] and r.table.source.tolist() == ["residual"] * 2
+    assert r.table.index.tolist() == [0, 1]
+    assert raw.position.isna().sum() == 1 and "source" not in raw  # the caller's table is not changed
+    assert ScanReport.from_json(r.to_json()) == r
+    r.table = raw.iloc[:1]
+    assert r.table.source.tolist() == ["residual"] and r.table.position.tolist() == ["—"]
+    r.table = None
+    assert r.table.empty and not r.has_leakage
+    with pytest.raises(probekit.errors.InputError, match="no 'point' column"):
+        ScanReport(pd.DataFrame({"accuracy": [0.5]}))
+    with pytest.raises(probekit.errors.InputError, match="must be a pandas DataFrame"):
+        ScanReport([1, 2])  # type: ignore[arg-type]
+
+
+def test_page_escapes_text_as_html_escape_does():
+    t = pd.DataFrame({"point": ["lm.0.resid"], "position": "last", "accuracy": [0.9], "accuracy_lo": [0.85],
+                      "accuracy_hi": [0.95], "chance": 0.5})
+    note = "<script>alert('x')</script> & \"quoted\""
+    r = ScanReport(t, settings={"model": "<m>"}, notes=[note])
+    page = r.to_html()
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;quoted&quot;" in page
+    assert "<title>probekit scan report</title>" in page and '<p class="sub">&lt;m&gt;</p>' in page
+    c = compare(ScanReport(t, notes=[note]), ScanReport(t.assign(accuracy=0.6, accuracy_lo=0.55, accuracy_hi=0.65)))
+    assert '<div class="notes">&lt;script&gt;' in c.to_html()
+    assert json.loads(r.to_json())["notes"] == [note]
+
+
+def test_report_modules_stay_small():
+    sizes = {p.relative_to(REPORT).as_posix(): len(p.read_text().splitlines()) for p in REPORT.rglob("*.py")}
+    assert {"scan_report.py", "comparison.py", "verdicts.py", "html.py", "pages.py", "serialise.py", "tables.py",
+            "figures/leakage.py", "figures/tradeoff.py", "figures/ladder.py"} <= set(sizes)
+    assert max(sizes.values()) <= 400, sizes
