@@ -106,7 +106,7 @@ def test_small_study_end_to_end_negative_control(tmp_path):
         assert (t[f"{col}_lo"] <= t[col]).all() and (t[col] <= t[f"{col}_hi"]).all()
     assert set(t.model) == {"base", "p=0", "p=1"}
     g = res["gradient_cosine"]
-    assert (g[g.p == 0].cos_mean == 1.0).all() and (g[g.p > 0].cos_mean < 1.0).all()
+    assert np.allclose(g[g.p == 0].cos_mean, 1.0, rtol=0, atol=1e-6) and (g[g.p > 0].cos_mean < 1.0 - 1e-6).all()  # p = 0: the same batch twice
     # negative control: nothing planted (p = 0), so seen vs unseen is at chance at every layer
     pr = res["probes"]
     neg = pr[(pr.model == "p=0") & (pr.source == "residual")]

@@ -98,5 +98,24 @@ def test_watermark_negative_control_detects_nothing(tmp_path, monkeypatch):
         assert not v["detected"] and v["line"].startswith("No leakage detected"), v["line"]
         assert v["m"] == 1 + 2 * 2  # projector@image_mean + 2 layers x 2 positions
     row = res["row"]
-    assert row["size"] == 48 and row["grid"] == 6  # the layout comes from the reader
+    assert row["size"] == 48 and row["grid"] == 6 and row["place"] == "banner"  # the layout comes from the reader
     assert 0 <= row["direct_seen_lo"] <= row["direct_seen"] <= row["direct_seen_hi"] <= 1
+
+
+def test_shipped_reader_reads_held_out_strings():
+    """The shipped reader is the default recipe's checkpoint, and it really learned to read."""
+    import json
+    from dataclasses import asdict
+
+    from probekit.models.loading import load
+    from probekit.organisms.reader import SHIPPED, ocr_accuracy
+
+    assert reader() == SHIPPED
+    info = json.loads((SHIPPED / "probekit_organism.json").read_text())
+    assert info["config"] == asdict(ReaderConfig())  # rebuilt bit for bit by `python -m probekit.organisms.reader`
+    torch.set_num_threads(1)
+    acc = ocr_accuracy(load(SHIPPED), n=100, n_boot=500)
+    # strings it never saw in pretraining; an untrained reader scores about 0.03
+    assert acc["char_accuracy_lo"] > 0.75 and acc["exact_match"] > 0.2, acc
+    blank = ocr_accuracy(load(SHIPPED), n=100, n_boot=200, opacity=0.05)  # text nearly invisible
+    assert blank["char_accuracy_hi"] < acc["char_accuracy_lo"] - 0.3, blank
