@@ -15,7 +15,6 @@ on a narrower panel to its left, in the order the image passes through them.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -26,6 +25,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .errors import InputError
+from .hooks.points import Point
 
 __all__ = [
     "leakage_curves",
@@ -168,7 +168,6 @@ def paired_table(base: pd.DataFrame, tuned: pd.DataFrame, metrics: Sequence[str]
 
 # ---------------------------------------------------------------- where a point goes
 
-_NUM = re.compile(r"^(vision|qformer|lm)\.(\d+)\.(\w+)$")
 _PRE_GROUP = {"vision": 0, "qformer": 1}
 
 
@@ -181,10 +180,10 @@ class _Place:
 
 
 def _place(point: str) -> _Place:
-    name = str(point).split("@")[0]
-    m = _NUM.match(name)
-    if m:
-        part, i, kind = m.group(1), int(m.group(2)), m.group(3)
+    pt = Point.parse(str(point))
+    name = pt.name
+    if pt.numbered:
+        part, i, kind = pt.side, pt.layer, pt.kind
         if part == "lm":
             return _Place("lm", (i, 0), str(i), "resid" if kind == "resid" else kind)
         label = {"vision": "", "qformer": "Q"}[part] + str(i)
@@ -259,7 +258,7 @@ class _Axes:
         return min(xs) - 0.5, max(xs) + 0.5
 
     def pre_title(self) -> str:
-        names = {p.split(".")[0] for p, (panel, _) in self.x.items() if panel == "pre"}
+        names = {Point.parse(p).side for p, (panel, _) in self.x.items() if panel == "pre"}
         parts = [w for k, w in (("vision", "vision-tower layer"), ("qformer", "Q-Former layer (Q)"),
                                ("projector", "projector")) if k in names]
         return " → ".join(parts) or "before the language model"
