@@ -85,6 +85,10 @@ class Family:
         """Width of the vision tower's hidden states (None when the config does not say)."""
         return getattr(getattr(hf.config, "vision_config", None), "hidden_size", None)
 
+    def xattn_width(self, hf: nn.Module) -> int | None:
+        """Width of a vision-side cross-attention's output (a Q-Former's), None when unknown."""
+        return None
+
     def hook_targets(self, hf: nn.Module, lay: Layout) -> dict[str, HookTarget]:
         """Every hook point of the model, in forward order, with its module and width."""
         d_model = int(get_module(hf, lay.unembed).weight.shape[1])
@@ -98,7 +102,7 @@ class Family:
             t["projector"] = HookTarget(lay.projector, side="vision", width=d_model)
         if lay.xattn_side == "vision":
             for i, path in sorted(lay.xattn.items()):
-                t[f"{lay.xattn_prefix}.{i}.xattn"] = HookTarget(path, side="vision")
+                t[f"{lay.xattn_prefix}.{i}.xattn"] = HookTarget(path, side="vision", width=self.xattn_width(hf))
         # lm.embed is the input of block 0: token embeddings with the image features already
         # merged in, which is what HF reports as hidden_states[0].
         t["lm.embed"] = HookTarget(f"{lay.lm_layers}.0", mode="input", width=d_model)

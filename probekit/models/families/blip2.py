@@ -42,3 +42,6 @@ class Blip2(Family):
             for i, layer in enumerate(get_module(hf, path)):
                 if getattr(layer, "has_cross_attention", False) or hasattr(layer, "crossattention"):
                     lay.xattn[i] = f"{path}.{i}.crossattention"
+
+    def xattn_width(self, hf: nn.Module) -> int | None:
+        return getattr(getattr(hf.config, "qformer_config", None), "hidden_size", None)
