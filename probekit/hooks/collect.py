@@ -16,6 +16,7 @@ from ..errors import InputError
 from ..models.adapter import Model
 from . import distributed
 from .backends import check_backend, run_backend
+from .points import Point
 from .positions import Position, PositionContext, normalize_positions, position_name, select, select_vision
 from .store import ActivationStore, StoreWriter
 
@@ -82,11 +83,9 @@ def _reducer(model: Model, positions: list[Position], many: bool, ctx: PositionC
 
     def reduce(point: str, h: torch.Tensor) -> torch.Tensor:
         if model.target(point).side == "vision":
-            flat = h.dim() == 2 or (h.dim() == 3 and h.shape[0] == 1)  # [N, d] or one sequence of all patches (Pixtral)
-            counts = model.vision_counts(inputs, point, h.shape[-2] if h.dim() == 3 else h.shape[0]) if flat else None
+            h, counts = model.vision_activation(inputs, point, h, batch)
             return select_vision(h, vision_pos, counts, batch)
-        if h.dim() == 2 and h.shape[0] == ctx.attention_mask.numel():
-            h = h.view(*ctx.attention_mask.shape, h.shape[-1])  # OPT's fc2 runs on [b*s, d]
+        h = model.lm_activation(point, h, ctx.attention_mask.shape[0])
         if not many:
             return select(h, positions[0], ctx)
         parts = [select(h, p, ctx) for p in positions]
@@ -225,7 +224,7 @@ def collect(
                     chunk[p].append(t.to(store_dtype) if store_dtype is not None else t)
                 if not point_info:
                     slots = _slot_labels(pos_list, ctx)
-                    point_info = {p: {"shape": list(out[p].shape[1:]), "dtype": str(chunk[p][0].dtype).replace("torch.", ""),
+                    point_info = {p: {**Point.of(model, p).info(), "shape": list(out[p].shape[1:]), "dtype": str(chunk[p][0].dtype).replace("torch.", ""),
                                       "positions": _labels(model, p, pos_list, out[p], slots)} for p in names}
                 bar.update(b1 - b0)
             tensors = {p: torch.cat(chunk[p]) for p in names}

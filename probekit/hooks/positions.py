@@ -208,8 +208,6 @@ def select_vision(h: torch.Tensor, p: Position, counts: list[int] | None, batch:
                 raise PositionError("'image' needs the same number of patches per sample", fix="use 'image_mean'")
             return torch.stack(chunks)
         return torch.stack([c.float().mean(0).to(h.dtype) for c in chunks])
-    if h.dim() > 3 and h.shape[0] == batch:
-        h = h.reshape(batch, -1, h.shape[-1])  # [b, images, tiles, patches, d] (Mllama)
     if h.dim() != 3:
         raise PositionError(f"vision activation of unexpected shape {tuple(h.shape)}",
                             fix="record this point with positions='image_mean', or open an issue with the model")

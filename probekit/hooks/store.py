@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from ..errors import StoreError, UnknownPointError
+from .points import Point, fill_point_info
 from .store_index import (FORMAT, INDEX, PART, VERSION, is_lock, lock_name, part_name, read_index, read_shard, shard_name,
                           tensor_hash)
 
@@ -71,7 +72,8 @@ class ActivationStore:
         if self.directory is not None:
             self._index = read_index(self.directory)
             self.meta = self._index["meta"]
-        self._point_info = point_info or (self._index["points"] if self._index else {})
+        self._point_info = fill_point_info(self.points, point_info or (self._index["points"] if self._index else {}),
+                                           self._tensors, self.meta.get("positions"))
         self.check_reads = True
 
     @classmethod
@@ -126,6 +128,11 @@ class ActivationStore:
         if info is None:
             self._check(point)
         return list(info["positions"])
+
+    def point(self, name: str) -> Point:
+        """The stored :class:`~probekit.hooks.points.Point` (side, layer, kind, width, module) of a point."""
+        self._check(name)
+        return Point.from_info(name, self._point_info[name])
 
     def _check(self, point: str) -> None:
         if point not in self.points:

@@ -10,7 +10,6 @@ import difflib
 import fnmatch
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -27,12 +26,14 @@ class HookTarget:
     """Where a point is read: a module and whether its output or its input is taken.
 
     ``side`` is ``"lm"`` for points on the language model's token sequence (positions apply)
-    and ``"vision"`` for points on image patches or query tokens (pooled per image).
+    and ``"vision"`` for points on image patches or query tokens (pooled per image). The
+    family builds these (:meth:`~probekit.models.families.base.Family.hook_targets`).
     """
 
     path: str
     mode: str = "output"  # "output" | "input"
     side: str = "lm"
+    width: int | None = None  # features per token, when known without a forward pass
 
 
 @dataclass
@@ -63,10 +64,6 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
     return mod
 
 
-def _natural_key(name: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
 class Model:
     """A Hugging Face VLM with probekit's map of it.
 
@@ -87,7 +84,7 @@ class Model:
         self.layout = layout
         self.family = layout.family
         self._impl = family_impl
-        self._targets = self._build_targets()
+        self._targets = family_impl.hook_targets(hf_model, layout)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -133,36 +130,6 @@ class Model:
     @property
     def image_token_id(self) -> int | None:
         return self.layout.image_token_id
-
-    def _build_targets(self) -> dict[str, HookTarget]:
-        lay = self.layout
-        t: dict[str, HookTarget] = {}
-        lists = [lay.vision_layers] if isinstance(lay.vision_layers, str) else (lay.vision_layers or [])
-        blocks = [f"{path}.{j}" for path in lists for j in range(len(get_module(self.hf, path)))]
-        for i, block in enumerate(blocks):  # numbered on through several lists (Mllama: local, then global)
-            t[f"vision.{i}.resid"] = HookTarget(block, side="vision")
-        if lay.projector:
-            t["projector"] = HookTarget(lay.projector, side="vision")
-        if lay.xattn_side == "vision":
-            for i, path in sorted(lay.xattn.items()):
-                t[f"{lay.xattn_prefix}.{i}.xattn"] = HookTarget(path, side="vision")
-        # lm.embed is the input of block 0: token embeddings with the image features already
-        # merged in, which is what HF reports as hidden_states[0].
-        t["lm.embed"] = HookTarget(f"{lay.lm_layers}.0", mode="input")
-        for i in range(self.n_layers):
-            block = f"{lay.lm_layers}.{i}"
-            t[f"lm.{i}.resid"] = HookTarget(block)
-            blk = get_module(self.hf, block)
-            if lay.attn_attr and hasattr(blk, lay.attn_attr):
-                t[f"lm.{i}.attn"] = HookTarget(f"{block}.{lay.attn_attr}")
-            if lay.xattn_side == "lm" and i in lay.xattn:
-                t[f"lm.{i}.xattn"] = HookTarget(lay.xattn[i])
-            if lay.mlp_attr and hasattr(blk, lay.mlp_attr):
-                t[f"lm.{i}.mlp"] = HookTarget(f"{block}.{lay.mlp_attr}")
-        if lay.final_norm:
-            t["lm.norm"] = HookTarget(lay.final_norm)
-        t["logits"] = HookTarget(lay.unembed)
-        return t
 
     def points(self, pattern: str | Sequence[str] | None = None) -> list[str]:
         """Hook points this model has, in forward order; optionally filtered by glob(s).
@@ -247,14 +214,28 @@ class Model:
 
     def image_mask(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Bool ``[b, s]``: which token positions hold image tokens."""
-        ids = inputs["input_ids"]
-        if self.layout.image_token_id is None:
-            return torch.zeros_like(ids, dtype=torch.bool)
-        return ids == self.layout.image_token_id
+        return self._impl.image_mask(self, inputs)
 
     def vision_counts(self, inputs: Mapping[str, torch.Tensor], point: str, first_dim: int) -> list[int] | None:
         """How many rows of a flattened vision tensor belong to each sample (Qwen2-VL), else None."""
-        return self._impl.vision_counts(self, inputs, point, first_dim) if hasattr(self._impl, "vision_counts") else None
+        return self._impl.vision_counts(self, inputs, point, first_dim)
+
+    def lm_activation(self, point: str, h: torch.Tensor, batch: int) -> torch.Tensor:
+        """An LM-side activation of ``batch`` samples as ``[b, s, d]`` (OPT's fc2 runs on ``[b*s, d]``)."""
+        return self._impl.lm_activation(point, h, batch)
+
+    def vision_activation(self, inputs: Mapping[str, torch.Tensor], point: str, h: torch.Tensor,
+                          batch: int) -> tuple[torch.Tensor, list[int] | None]:
+        """A vision-side activation and its rows per image, as ``select_vision`` takes them (Mllama's tiles folded)."""
+        return self._impl.vision_activation(self, inputs, point, h, batch)
+
+    def point_width(self, point: str) -> int | None:
+        """Width of a point's activation, known without a forward pass (None when it is not)."""
+        return self.target(point).width
+
+    def residual_writers(self) -> list[tuple[str, str]]:
+        """``(dotted path, kind)`` of every module writing into the residual stream (what ``orthogonalize`` edits)."""
+        return self._impl.residual_writers(self)
 
     def fingerprint(self) -> str:
         """A short hash of the architecture and the weights (for store checks and reports).

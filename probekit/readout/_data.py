@@ -6,7 +6,6 @@ Everything here is cheap and runs before any fitting, so bad inputs fail fast wi
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, LabelError
+from ..hooks.points import Point
 
 __all__ = [
     "Unit",
@@ -27,9 +27,6 @@ __all__ = [
     "parse_layer",
     "parse_kind",
 ]
-
-_KINDS = ("resid", "attn", "mlp", "xattn", "embed", "norm")
-
 
 @dataclass
 class Unit:
@@ -42,20 +39,12 @@ class Unit:
 
 def parse_layer(name: str) -> float:
     """Layer index from a hook-point name (``"lm.3.resid"`` -> 3.0), else NaN."""
-    m = re.search(r"(?:^|\.)(\d+)(?:\.|$)", name.split("@")[0])
-    return float(m.group(1)) if m else float("nan")
+    return float("nan") if (layer := Point.parse(name).layer) is None else float(layer)
 
 
 def parse_kind(name: str) -> str:
     """Kind of a hook point: resid/attn/mlp/xattn/embed/norm/vision/projector/logits/..."""
-    parts = name.split("@")[0].split(".")
-    if parts[0] in ("vision", "projector", "logits"):
-        return parts[0]
-    for part in reversed(parts):
-        if part in _KINDS:
-            return part
-    words = [p for p in parts if not p.isdigit()]
-    return words[-1] if words else ""
+    return "vision" if (point := Point.parse(name)).side == "vision" else point.kind
 
 
 def encode_labels(labels: Any, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:

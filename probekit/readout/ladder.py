@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from ..errors import InputError
+from ..hooks.points import Point
 from .leakage import topk_features
 from .lens import lens_points
 from .significance import holm
@@ -196,8 +197,7 @@ def leakage_ladder(
     vocab = _vocab(acts, logits_point, position)
     table["k_label"] = [_k_label(back[p][2], vocab) for p in table.point]
     table["point"] = [back[p][1] for p in table.point]
-    table["layer"] = [-1.0 if p == "lm.embed" else (float(p.split(".")[1]) if p.startswith("lm.") else math.nan)
-                      for p in table.point]
+    table["layer"] = [Point.parse(p).depth for p in table.point]
     table["kind"] = ["logits" if s == "logits" else ("lens" if s == "tuned-lens" else "resid") for s in table.source]
     if position is not None:
         table["position"] = position

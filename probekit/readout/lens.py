@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -23,22 +22,17 @@ from torch import nn
 
 from .._progress import progress_bar
 from ..errors import InputError, StoreError, UnknownPointError
+from ..hooks.points import Point
 
 __all__ = ["LogitLens", "TunedLens", "lens_points"]
 
-_RESID = re.compile(r"^lm\.(\d+)\.resid$")
-
-
 def _layer_of(point: str) -> float:
-    if point == "lm.embed":
-        return -1
-    m = _RESID.match(point)
-    return int(m.group(1)) if m else math.nan
+    return int(p.depth) if (p := Point.parse(point)).in_stream else math.nan
 
 
 def lens_points(points: Iterable[str]) -> list[str]:
     """The points a lens can read: ``lm.embed`` and ``lm.{i}.resid``, in layer order."""
-    return sorted((p for p in points if p == "lm.embed" or _RESID.match(p)), key=_layer_of)
+    return sorted((p for p in points if Point.parse(p).in_stream), key=_layer_of)
 
 
 def _acts(store: Any, point: str) -> torch.Tensor:

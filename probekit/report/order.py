@@ -10,13 +10,13 @@ narrower panel to its left, in the order the image passes through them.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from ..hooks.points import Point
+
 __all__ = ["Place", "place", "point_order"]
 
-_NUM = re.compile(r"^(vision|qformer|lm)\.(\d+)\.(\w+)$")
 _PRE_GROUP = {"vision": 0, "qformer": 1}
 
 
@@ -36,10 +36,10 @@ def place(point: str) -> Place:
     >>> place("lm.3.resid"), place("vision.1.attn").label
     (Place(panel='lm', key=(3, 0), label='3', stream='resid'), '1 attn')
     """
-    name = str(point).split("@")[0]
-    m = _NUM.match(name)
-    if m:
-        part, i, kind = m.group(1), int(m.group(2)), m.group(3)
+    pt = Point.parse(str(point))
+    name = pt.name
+    if pt.numbered:
+        part, i, kind = pt.side, pt.layer, pt.kind
         if part == "lm":
             return Place("lm", (i, 0), str(i), "resid" if kind == "resid" else kind)
         label = {"vision": "", "qformer": "Q"}[part] + str(i)

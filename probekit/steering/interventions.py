@@ -208,9 +208,7 @@ class Intervention:
         if self._tracker is None or side == "vision":
             return self.edit(point, h)
         shape = h.shape
-        if h.dim() == 2:  # OPT's fc2 runs on [b*s, d]; the tracker knows b from the prompt
-            b = self._tracker.prompt_mask.shape[0] if self._tracker.prompt_mask is not None else 1
-            h = h.view(b, -1, shape[-1])
+        h = self.model.lm_activation(point, h, self._tracker.prompt_mask.shape[0] if self._tracker.prompt_mask is not None else 1)
         m = self._tracker.mask(h.shape[0], h.shape[1], h.device)
         return torch.where(m[..., None], self.edit(point, h), h).view(shape)
 
@@ -271,10 +269,7 @@ def _check_positions_side(model: Model, names: list[str], positions: list | None
 
 def _point_width(model: Model, point: str) -> int | None:
     """Width of a point's activation, known without a forward pass (None when it is not)."""
-    if model.target(point).side == "lm" or point == "projector":
-        return model.d_model
-    vcfg = getattr(model.hf.config, "vision_config", None)
-    return getattr(vcfg, "hidden_size", None) if point.startswith("vision.") else None
+    return model.point_width(point)
 
 
 def _check_widths(model: Model, names: list[str], width: int, what: str) -> None:
@@ -391,72 +386,9 @@ def steer(model: Model, vector: Direction | Tensor, alpha: float = 1.0, points: 
 # ---------------------------------------------------------------------------- orthogonalize
 
 
-def _find_linear(module: nn.Module, names: Sequence[str], d: int, role: str, where: str) -> tuple[str, nn.Linear]:
-    if isinstance(module, nn.Linear):
-        if module.out_features != d:
-            raise UnsupportedModelError(f"{where} ({role}) writes {module.out_features} features, the stream has {d}")
-        return "", module
-    for n in names:
-        sub = getattr(module, n, None)
-        if isinstance(sub, nn.Linear) and sub.out_features == d:
-            return n, sub
-    linears = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear) and m.out_features == d]
-    if not linears:
-        raise UnsupportedModelError(f"found no linear layer writing the {role} output into the residual stream in {where}",
-                                    fix="orthogonalize supports models whose blocks end in a linear projection; use ablate instead")
-    return linears[-1]
-
-
-_ATTN_OUT = ("o_proj", "out_proj", "dense", "c_proj", "wo", "proj")
-_MLP_OUT = ("down_proj", "fc2", "c_proj", "w2", "dense_4h_to_h", "wo", "proj")
-_POST_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm", "post_attention_norm", "post_ffw_norm")
-
-
 def stream_writers(model: Model) -> list[tuple[str, str]]:
-    """``(dotted path, kind)`` of every module that writes into the language model's residual stream.
-
-    Kinds: ``"embedding"`` (rows are written: token and learned position embeddings) and
-    ``"linear"`` (the output side: the projector's last linear layer, each block's attention
-    and MLP output projections, Mllama's cross-attention output). Blocks with a norm *after*
-    their attention/MLP (Gemma-2/3 style), or post-LayerNorm blocks, raise
-    UnsupportedModelError: there the stream is not a plain sum of these outputs.
-    """
-    d = model.d_model
-    hf = model.hf
-    lay = model.layout
-    out: list[tuple[str, str]] = []
-    emb = hf.get_input_embeddings()
-    names = {m: n for n, m in hf.named_modules()}
-    if emb is None or emb not in names:
-        raise UnsupportedModelError("the model has no input embedding module", fix="use ablate instead")
-    if emb.weight.shape[1] != d:
-        raise UnsupportedModelError(f"token embeddings are {emb.weight.shape[1]} wide, the stream {d} (a projection in between)",
-                                    fix="use ablate instead")
-    out.append((names[emb], "embedding"))
-    base = get_module(hf, lay.lm_layers.rsplit(".", 1)[0])
-    for n, child in base.named_children():
-        if isinstance(child, nn.Embedding) and child is not emb and child.weight.shape[1] == d:
-            out.append((f"{names[base]}.{n}", "embedding"))  # learned positions (OPT)
-    cfg = getattr(hf.config, "text_config", hf.config)
-    if getattr(cfg, "do_layer_norm_before", True) is False:
-        raise UnsupportedModelError("post-LayerNorm blocks: the stream is normalised after each write",
-                                    fix="orthogonalize needs pre-norm blocks; use ablate instead")
-    # Images enter the stream through the projector's output (merged at the image tokens), except in
-    # Mllama, whose projector feeds cross-attention keys and values instead.
-    if lay.projector and model.family != "mllama":
-        proj = get_module(hf, lay.projector)
-        sub, _ = _find_linear(proj, ("linear_2", "proj", "linear", "fc2"), d, "projector", lay.projector)
-        out.append((f"{lay.projector}.{sub}".rstrip("."), "linear"))
-    for i, block in enumerate(model.lm_layers):
-        path = f"{lay.lm_layers}.{i}"
-        if any(hasattr(block, a) for a in _POST_NORMS):
-            raise UnsupportedModelError(f"block {path} normalises its attention/MLP output before adding it to the stream",
-                                        fix="orthogonalize cannot make such a stream orthogonal; use ablate instead")
-        for attr, names_ in ((lay.attn_attr, _ATTN_OUT), ("cross_attn", _ATTN_OUT), (lay.mlp_attr, _MLP_OUT)):
-            if attr and hasattr(block, attr):
-                sub, _ = _find_linear(getattr(block, attr), names_, d, attr, f"{path}.{attr}")
-                out.append((f"{path}.{attr}.{sub}".rstrip("."), "linear"))
-    return out
+    """``(dotted path, kind)`` of every module that writes into the language model's residual stream (its family knows them)."""
+    return model.residual_writers()
 
 
 class OrthogonalizeHandle:

@@ -62,21 +62,22 @@ __all__ = [
     "build_bridge",
     "clear_cache",
     "no_auto_install",
-    "POINT_HOOKS",
 ]
 
-#: probekit point -> TransformerBridge hook name (for models whose adapter uses the
-#: standard component names; ``tl_hook_names`` derives the names from the bridge itself).
-POINT_HOOKS: dict[str, str] = {
-    "lm.embed": "blocks.0.hook_in",
-    "lm.{i}.resid": "blocks.{i}.hook_out",
-    "lm.{i}.attn": "blocks.{i}.attn.hook_out",
-    "lm.{i}.mlp": "blocks.{i}.mlp.hook_out",
-    "lm.norm": "ln_final.hook_out",
-    "logits": "unembed.hook_out",
-    "projector": "vision_projector.hook_out",
-    "vision.{i}.resid": "vision_encoder.encoder_layers.{i}.hook_out",
-}
+def __getattr__(name: str) -> Any:
+    # POINT_HOOKS, a fixed point -> bridge-hook table, was never read (tl_hook_names derives the
+    # names from the bridge itself); kept importable for one release.
+    if name == "POINT_HOOKS":
+        import warnings
+
+        warnings.warn("transformer_lens_backend.POINT_HOOKS is deprecated and unused; use tl_hook_names(bridge, targets)",
+                      DeprecationWarning, stacklevel=2)
+        return {"lm.embed": "blocks.0.hook_in", "lm.{i}.resid": "blocks.{i}.hook_out",
+                "lm.{i}.attn": "blocks.{i}.attn.hook_out", "lm.{i}.mlp": "blocks.{i}.mlp.hook_out",
+                "lm.norm": "ln_final.hook_out", "logits": "unembed.hook_out",
+                "projector": "vision_projector.hook_out", "vision.{i}.resid": "vision_encoder.encoder_layers.{i}.hook_out"}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _HELPERS = "transformer_lens.model_bridge.sources.transformers.helpers"
 _SOURCE = "transformer_lens.model_bridge.sources.transformers.source"

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from ...hooks.points import Point
 from ..order import place, point_order
 
 __all__ = ["PALETTE", "GREY", "TEMPLATE", "Axes", "thin", "subplots", "legend_rows", "layout", "grid_height"]
@@ -71,7 +72,7 @@ class Axes:
         return min(xs) - 0.5, max(xs) + 0.5
 
     def pre_title(self) -> str:
-        names = {p.split(".")[0] for p, (panel, _) in self.x.items() if panel == "pre"}
+        names = {Point.parse(p).side for p, (panel, _) in self.x.items() if panel == "pre"}
         parts = [w for k, w in (("vision", "vision-tower layer"), ("qformer", "Q-Former layer (Q)"),
                                ("projector", "projector")) if k in names]
         return " → ".join(parts) or "before the language model"

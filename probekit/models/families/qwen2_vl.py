@@ -1,0 +1,38 @@
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL: a vision tower that runs on every patch of the batch at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .base import Family
+
+__all__ = ["Qwen2VL"]
+
+
+class Qwen2VL(Family):
+    name = "qwen2_vl"
+    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+    vision_layers = ("model.visual.blocks", "visual.blocks")
+    projector = ("model.visual.merger", "visual.merger")
+    lm_layers = ("model.language_model.layers", "model.layers")
+    final_norm = ("model.language_model.norm", "model.norm")
+    placeholder = "<|vision_start|><|image_pad|><|vision_end|>{prompt}"
+
+    def vision_width(self, hf: nn.Module) -> int | None:
+        # Qwen2-VL's vision hidden_size is the merger's output; its blocks are embed_dim wide
+        # (Qwen2.5-VL, Qwen3-VL, GLM-4V: hidden_size, with out_hidden_size for the merger)
+        vcfg = getattr(hf.config, "vision_config", None)
+        return getattr(vcfg, "embed_dim", None) or getattr(vcfg, "hidden_size", None)
+
+    def vision_counts(self, model: Any, inputs: Any, point: str, first_dim: int) -> list[int] | None:
+        # The vision tower runs on all patches of the batch flattened into one sequence.
+        thw = inputs.get("image_grid_thw")
+        if thw is None:
+            return None
+        per_image = [int(t * h * w) for t, h, w in thw.tolist()]
+        if sum(per_image) != first_dim:
+            merge = int(getattr(model.hf.config.vision_config, "spatial_merge_size", 2)) ** 2
+            per_image = [c // merge for c in per_image]
+        return per_image if sum(per_image) == first_dim else None
