@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._stats import holm, wilson
 from ..errors import InputError
 from .leakage import topk_features
 from .lens import lens_points
-from .significance import holm
 
 __all__ = ["ladder_features", "leakage_ladder", "holm", "holm_verdict", "check_ladder", "LADDER_K"]
 
@@ -219,8 +219,6 @@ def holm_verdict(table: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame
         'detected in 1 of 2 rows (Holm-corrected, alpha 0.05): residual lm.0.resid'
     """
     from scipy.stats import binom, norm
-
-    from .information import wilson
 
     if not 0 < alpha < 1:
         raise InputError(f"alpha must be in (0, 1), got {alpha!r}", fix="e.g. alpha=0.05")
