@@ -43,7 +43,8 @@ def wilson(k: Any, n: Any, z: float = Z95) -> tuple[Any, Any]:
 
     Scalars give a pair of floats, arrays a pair of arrays (``k`` and ``n`` broadcast). ``n = 0``
     gives NaN. Unlike the normal interval it stays inside [0, 1] and keeps its coverage near
-    0 and 1; the ends are clipped to [0, 1] only against rounding.
+    0 and 1; the ends are clipped to [0, 1] against rounding, and are exactly 0 at ``k = 0``
+    and 1 at ``k = n``.
     """
     k_arr, n_arr = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -51,7 +52,10 @@ def wilson(k: Any, n: Any, z: float = Z95) -> tuple[Any, Any]:
         den = 1 + z * z / n_arr
         centre = (p + z * z / (2 * n_arr)) / den
         half = z * np.sqrt(p * (1 - p) / n_arr + z * z / (4 * n_arr * n_arr)) / den
-    lo, hi = np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+    # At k = 0 (k = n) the lower (upper) end is exactly 0 (1); rounding would leave ~1e-17.
+    lo = np.where(k_arr == 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+    hi = np.where(k_arr == n_arr, 1.0, np.clip(centre + half, 0.0, 1.0))
+    lo, hi = np.where(np.isnan(p), np.nan, lo), np.where(np.isnan(p), np.nan, hi)
     if lo.ndim == 0:
         return float(lo), float(hi)
     return lo, hi

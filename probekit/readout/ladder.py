@@ -32,6 +32,7 @@ import torch
 
 from .._stats import holm, wilson
 from ..errors import InputError
+from .layers import probe_layers
 from .leakage import topk_features
 from .lens import lens_points
 
@@ -182,8 +183,6 @@ def leakage_ladder(
         >>> list(t.source), list(t.k.fillna(0)), bool(t.accuracy.min() > 0.8)
         (['residual', 'logits', 'logits'], [0.0, 2.0, 30.0], True)
     """
-    from .probes import probe_layers
-
     feats = ladder_features(acts, lens=lens, ks=ks, answer_ids=answer_ids, position=position, logits_point=logits_point)
     keys = list(feats)
     # probe_layers keys points by name; one synthetic name per rung, mapped back below
