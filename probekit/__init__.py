@@ -13,15 +13,12 @@ On top: :func:`scan` (collect + probe + report), :func:`compare`, plots, the ``p
 from __future__ import annotations
 
 import importlib
-import os as _os
 from typing import TYPE_CHECKING, Any
 
-# Busy-waiting OpenMP threads made small ops 10-20x slower on a shared CPU (seen while
-# benchmarking the probes). Only takes effect if torch is not imported yet.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from . import errors  # noqa: E402
-from .scan import scan  # noqa: E402  # eager: the function must shadow the module of the same name
+# No environment or thread settings here: importing a library must not change the process.
+# (The probe solver picks its thread count per call and restores it: readout/_solver.py.)
+from . import errors
+from .scan import scan  # eager: the function must shadow the module of the same name
 
 __version__ = "0.1.0"
 
@@ -40,7 +37,7 @@ _LAZY = {
     "TunedLens": ("probekit.readout.lens", "TunedLens"),
     "probe_layers": ("probekit.readout.probes", "probe_layers"),
     "LinearProbe": ("probekit.readout.probes", "LinearProbe"),
-    "mutual_information": ("probekit.readout.information", "mutual_information"),
+    "mutual_information": ("probekit.readout.layers", "mutual_information"),
     "leakage": ("probekit.readout.leakage", "leakage"),
     "Direction": ("probekit.steering", "Direction"),
     "ablate": ("probekit.steering", "ablate"),
@@ -53,7 +50,7 @@ if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the 
     from .hooks.store import ActivationStore
     from .models.adapter import Model
     from .models.loading import load, wrap
-    from .readout.information import mutual_information
+    from .readout.layers import mutual_information
     from .readout.leakage import leakage
     from .readout.lens import LogitLens, TunedLens
     from .readout.probes import LinearProbe, probe_layers

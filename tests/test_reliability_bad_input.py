@@ -60,12 +60,14 @@ def no_forward(llava, monkeypatch):
 @pytest.fixture
 def no_fit(monkeypatch):
     """Fails the test if the probe solver starts (the readout's heavy work)."""
-    import probekit.readout.information as information
+    import probekit.readout.scorers as scorers
 
     def forbidden(*a, **k):
         raise AssertionError("probes were fitted before the bad input was reported")
 
-    monkeypatch.setattr(information, "heldout_logits", forbidden)
+    # every held-out scorer is reached through the registry: no scorer may start
+    for name, cls in scorers.SCORERS.items():
+        monkeypatch.setattr(cls, "heldout", forbidden)
 
 
 def check(excinfo, cls, *words):

@@ -24,6 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .._stats import bootstrap_mean, holm
+from .._stats import p_from_ci as _p_from_ci
 from ..models.adapter import Model
 from .finetune import answer_batch, wilson
 
@@ -31,13 +33,8 @@ __all__ = ["mc_accuracy", "cloze_accuracy", "rouge_l", "mia_scores", "holm_detec
 
 
 def boot_ci(x: Sequence[float], seed: int = 0, n_boot: int = 1000) -> tuple[float, float, float]:
-    """Mean and percentile-bootstrap 95% CI."""
-    x = np.asarray(x, dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
-    return float(x.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+    """Mean and percentile-bootstrap 95% CI (:func:`probekit._stats.bootstrap_mean`)."""
+    return bootstrap_mean(x, seed, n_boot)
 
 
 def _token_id(model: Model, word: str) -> int:
@@ -140,14 +137,9 @@ def mia_scores(model: Model, samples: Sequence[Any], k: float = 0.2, batch_size:
 
 def p_from_ci(value: float, lo: float, hi: float, chance: float) -> float:
     """One-sided p-value of ``value > chance`` from a 95% CI (normal approximation, se = width / 3.92)."""
-    from scipy.stats import norm
-
-    se = max((hi - lo) / (2 * 1.959964), 1e-12)
-    return float(norm.sf((value - chance) / se))
+    return _p_from_ci(value, lo, hi, chance, min_se=1e-12)
 
 
 def holm_detect(pvalues: Sequence[float], alpha: float = 0.05) -> list[bool]:
     """Holm's step-down decision per p-value (family-wise error ``alpha`` over all of them)."""
-    from ..readout.significance import holm
-
     return (holm(np.asarray(pvalues, dtype=float)) <= alpha).tolist()

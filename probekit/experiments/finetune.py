@@ -14,22 +14,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .._progress import progress_bar
+from .._stats import wilson  # re-exported: experiments and organisms import it from here
 from ..data.images import to_pil
 from ..errors import InputError
 from ..models.adapter import Model
 
 __all__ = ["answer_batch", "finetune", "task_accuracy", "wilson"]
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a proportion k/n."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def answer_batch(model: Model, images: Sequence[Any], questions: Sequence[str], answers: Sequence[str],

@@ -34,13 +34,15 @@ BEGIN, END = "<!-- watermark-study -->", "<!-- /watermark-study -->"
 
 
 def grid(full: bool = False) -> list[W.Condition]:
-    """The regimes searched: the p = 0 control first, then the positive candidates."""
+    """The regimes searched: the p = 0 control first, then the positive candidates.
+
+    Full: full fine-tuning at lr 1e-3 (p = 1 and 0.5), at Ju et al.'s lr 2e-4 (p = 1), and LoRA
+    r = 8 (a short grid: each regime is about three minutes on a shared 2-core machine).
+    """
     pos = W.Condition(p=1.0, opacity=0.5, steps=300 if full else 150)
     out = [replace(pos, p=0.0), pos]
     if full:
-        out += [replace(pos, p=0.5), replace(pos, p=0.25), replace(pos, opacity=1.0), replace(pos, opacity=0.25),
-                replace(pos, steps=100), replace(pos, steps=600),
-                replace(pos, lora={"r": 8, "alpha": 16}, lr=5e-3)]
+        out += [replace(pos, p=0.5), replace(pos, lr=2e-4), replace(pos, lora={"r": 8, "alpha": 16}, lr=2e-3)]
     return out
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 
 from ..data.synthetic import Sample
 from ..errors import InputError
-from ..readout.significance import holm
+from .._stats import holm, p_from_ci
 from .text import draw_text, random_string, scene
 
 __all__ = ["Condition", "username_pools", "task_samples", "eval_set", "decide", "run_condition", "direct_prompt",
@@ -137,11 +137,9 @@ def decide(table: pd.DataFrame, alpha: float = 0.05) -> dict:
     One-sided p-values come from the 95% CI read as a normal interval (se = width / 3.92).
     Kept in one function so that a shared verdict helper can replace it.
     """
-    from scipy.stats import norm
-
     t = (table[table.source == "residual"] if "source" in table else table).reset_index(drop=True)
-    se = np.maximum((t.accuracy_hi - t.accuracy_lo).to_numpy(float) / (2 * 1.959964), 1e-9)
-    pv = norm.sf((t.accuracy.to_numpy(float) - t.chance.to_numpy(float)) / se)
+    pv = np.atleast_1d(p_from_ci(t.accuracy.to_numpy(float), t.accuracy_lo.to_numpy(float),
+                                 t.accuracy_hi.to_numpy(float), t.chance.to_numpy(float), min_se=1e-9))
     m = len(pv)
     adj = holm(pv)
     hits = t.assign(p_holm=adj)[adj < alpha]

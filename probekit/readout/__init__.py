@@ -5,11 +5,16 @@
 - :class:`LinearProbe`: the probe as a scikit-learn estimator; :func:`fit_batched`: many at once
 - :func:`ksg_mi`: Ross's k-NN estimate for low-dimensional cross-checks
 - :func:`make_folds`: the (group-aware) folds the probes use
+- :class:`ReadoutOptions`: every setting of a readout table, as one value
+- :class:`Scorer`, :func:`register_scorer`: the seam for a new readout (one held-out scorer class)
 """
 
 from ._data import make_folds
-from .information import ksg_mi, mutual_information
-from .probes import BatchedLogistic, LinearProbe, fit_batched, probe_layers
+from .information import ksg_mi
+from .layers import mutual_information, probe_layers
+from .options import ReadoutOptions
+from .probes import BatchedLogistic, LinearProbe, fit_batched
+from .scorers import HeldoutScores, Scorer, register_scorer
 
 __all__ = [
     "probe_layers",
@@ -19,4 +24,8 @@ __all__ = [
     "BatchedLogistic",
     "ksg_mi",
     "make_folds",
+    "ReadoutOptions",
+    "Scorer",
+    "HeldoutScores",
+    "register_scorer",
 ]

@@ -30,11 +30,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._stats import holm, wilson
 from ..errors import InputError
 from ..hooks.points import Point
+from .layers import probe_layers
 from .leakage import topk_features
 from .lens import lens_points
-from .significance import holm
 
 __all__ = ["ladder_features", "leakage_ladder", "holm", "holm_verdict", "check_ladder", "LADDER_K"]
 
@@ -183,8 +184,6 @@ def leakage_ladder(
         >>> list(t.source), list(t.k.fillna(0)), bool(t.accuracy.min() > 0.8)
         (['residual', 'logits', 'logits'], [0.0, 2.0, 30.0], True)
     """
-    from .probes import probe_layers
-
     feats = ladder_features(acts, lens=lens, ks=ks, answer_ids=answer_ids, position=position, logits_point=logits_point)
     keys = list(feats)
     # probe_layers keys points by name; one synthetic name per rung, mapped back below
@@ -219,8 +218,6 @@ def holm_verdict(table: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame
         'detected in 1 of 2 rows (Holm-corrected, alpha 0.05): residual lm.0.resid'
     """
     from scipy.stats import binom, norm
-
-    from .information import wilson
 
     if not 0 < alpha < 1:
         raise InputError(f"alpha must be in (0, 1), got {alpha!r}", fix="e.g. alpha=0.05")

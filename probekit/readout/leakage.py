@@ -14,7 +14,8 @@ import pandas as pd
 import torch
 
 from ..errors import InputError
-from ._data import encode_labels, make_folds
+from ._data import encode_groups, encode_labels, make_folds
+from .layers import probe_layers
 from .significance import add_verdicts
 
 __all__ = ["leakage", "topk_features", "check_labels"]
@@ -23,8 +24,6 @@ __all__ = ["leakage", "topk_features", "check_labels"]
 def check_labels(labels: Any, n: int, groups: Any = None, cv: int = 5, seed: int = 0) -> None:
     """Raise the probes' LabelError/InputError now, before any activation is computed."""
     codes, _ = encode_labels(labels, n)
-    from ._data import encode_groups
-
     make_folds(codes, encode_groups(groups, n) if groups is not None else None, cv=cv, seed=seed)
 
 
@@ -85,8 +84,6 @@ def leakage(
         >>> sorted(t.source.unique())
         ['logits-topk', 'residual']
     """
-    from .probes import probe_layers
-
     stored = list(acts.points) if hasattr(acts, "points") else list(acts)
     points = [p for p in stored if points is None or p in points]
     if not points:

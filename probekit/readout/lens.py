@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._progress import progress_bar
+from .._stats import Z95
 from ..errors import InputError, StoreError, UnknownPointError
 from ..hooks.points import Point
 
@@ -252,7 +253,7 @@ class LogitLens:
                     rank = (probs > pt[:, None]).sum(1) + 1
                     n = pt.shape[0]
                     mean = pt.mean().item()
-                    half = 1.96 * pt.std(unbiased=True).item() / math.sqrt(n) if n > 1 else math.nan
+                    half = Z95 * pt.std(unbiased=True).item() / math.sqrt(n) if n > 1 else math.nan
                     rows.append({"point": p, "layer": _layer_of(p), "position": pos, "target": t, "token_index": ti,
                                  "token_id": tid, "token": tok.decode([tid]), "n": n,
                                  "rank_median": float(rank.float().median()), "rank_mean": float(rank.float().mean()),
@@ -274,7 +275,7 @@ class LogitLens:
                 tp = torch.log_softmax(self.decode(fc, last), -1)
                 kls.append((tp.exp() * (tp - lp)).sum(-1).cpu())
             kl = torch.cat(kls).double()
-            half = 1.96 * kl.std().item() / math.sqrt(len(kl)) if len(kl) > 1 else math.nan
+            half = Z95 * kl.std().item() / math.sqrt(len(kl)) if len(kl) > 1 else math.nan
             rows.append({"point": p, "layer": _layer_of(p), "position": pos, "kl": kl.mean().item(),
                          "kl_lo": kl.mean().item() - half, "kl_hi": kl.mean().item() + half})
         return pd.DataFrame(rows)

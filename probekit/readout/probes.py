@@ -1,16 +1,17 @@
-"""Linear probes: a scikit-learn compatible estimator and a batched cross-validated solver.
+"""Linear probes: a scikit-learn compatible estimator and a batched solver of many at once.
 
 ``LinearProbe`` is L2-regularised logistic regression with scikit-learn's objective, so its
 accuracies match ``LogisticRegression(C=C)``. ``fit_batched`` fits many such problems at
-once in torch; ``probe_layers`` uses it to probe every layer, fold and control task of an
-activation store in one batched solve and returns a per-layer table.
+once in torch. ``probe_layers`` (defined in :mod:`probekit.readout.layers`, importable from
+here) probes every layer, fold and control task of an activation store with the same solver
+(:class:`~probekit.readout.scorers.BatchedProbeScorer`) and returns a per-layer table.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,26 +23,14 @@ from torch import Tensor
 
 from ..errors import InputError, LabelError
 from ._solver import solve
+from .layers import probe_layers
+from .options import check_device, check_dtype
+from .scorers import heldout_logits
 
 __all__ = ["LinearProbe", "BatchedLogistic", "fit_batched", "heldout_logits", "probe_layers"]
 
 
-def _dtype(dtype: Any) -> torch.dtype:
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None)
-    if dtype not in (torch.float32, torch.float64):
-        raise InputError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}", fix="use torch.float32")
-    return dtype
-
-
-def _device(device: Any) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"device {device!r} is not a torch device", fix="use e.g. 'cpu' or 'cuda'") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise InputError(f"device {device!r} is not available on this machine", fix="use device='cpu'")
-    return dev
+_dtype, _device = check_dtype, check_device  # old private names
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
@@ -247,99 +236,3 @@ def fit_batched(
     )
     coef, intercept = res.raw_coef()
     return BatchedLogistic(coef[:, 0], intercept[:, 0], res.n_iter[:, 0], res.converged[:, 0], res.loss[:, 0])
-
-
-def heldout_logits(
-    X: Tensor,
-    tasks: Tensor,
-    folds: Tensor,
-    n_classes: int,
-    C: float = 1.0,
-    *,
-    max_iter: int = 1000,
-    tol: float = 1e-4,
-    callback=None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Cross-validated logits for every point, task and sample in one batched solve.
-
-    ``X`` [P, n, d] (modified in place), ``tasks`` [T, n] label codes (real, control,
-    permuted, ...), ``folds`` [n] test-fold ids 0..cv-1. Returns held-out logits
-    [P, T, n, K'] (each sample scored by the probe of the fold that left it out),
-    iterations [P, T, cv] and convergence flags [P, T, cv].
-    """
-    T, n = tasks.shape
-    cv = int(folds.max()) + 1
-    train = (folds[None, :] != torch.arange(cv, device=folds.device)[:, None]).to(X.dtype)  # (cv, n)
-    labels = tasks[:, None, :].expand(T, cv, n).reshape(1, T * cv, n)
-    weights = train[None].expand(T, cv, n).reshape(1, T * cv, n)
-    res = solve(X, labels, weights, n_classes, C, max_iter=max_iter, tol=tol, callback=callback)
-    P, Kp = X.shape[0], res.logits.shape[-1]
-    Z = res.logits.view(P, T, cv, n, Kp)
-    pick = folds.view(1, 1, 1, n, 1).expand(P, T, 1, n, Kp)
-    return Z.gather(2, pick)[:, :, 0], res.n_iter.view(P, T, cv), res.converged.view(P, T, cv)
-
-
-def probe_layers(
-    acts: Any,
-    labels: Any,
-    groups: Any = None,
-    cv: int = 5,
-    seed: int = 0,
-    C: float = 1.0,
-    positions: Sequence[str] | None = None,
-    control: bool = True,
-    permutation: bool = True,
-    n_boot: int = 1000,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-    **kwargs: Any,
-):
-    """Probe every hook point (and position) with cross-validated linear probes.
-
-    All points, folds and tasks (real labels, control task, permuted labels) are fitted in
-    one batched L-BFGS solve per memory chunk (see :func:`fit_batched`); features are
-    standardised per fold on the training rows only. Folds are ``StratifiedKFold`` (shuffled
-    with ``seed``), or ``StratifiedGroupKFold`` when ``groups`` is given so no group is in
-    both train and test. Every sample gets exactly one held-out prediction.
-
-    ``acts``: ``{point: Tensor[n, d] | Tensor[n, p, d]}`` (each position its own row,
-    named from ``positions`` or by index), an ActivationStore (``.points`` and
-    ``store[point]``), or a Tensor ``[n, d]`` / ``[layers, n, d]``. ``labels``: n strings,
-    ints or bools.
-
-    Returns one row per point and position with the columns of
-    :func:`probekit.readout.information.mutual_information`: ``point, layer, kind, position,
-    n, n_classes, accuracy, accuracy_lo, accuracy_hi, chance, log_loss, entropy_bits, mi_bits,
-    mi_lo, mi_hi, mi_perm_bits, control_accuracy, control_mi_bits, selectivity, mi_estimator,
-    temperature, n_iter, converged, p_value, p_adjusted, leaks``. ``accuracy_lo/hi`` is a 95% Wilson interval on the
-    held-out correct count (a percentile group bootstrap when ``groups`` is given, as answers
-    within a group are not independent); ``mi_*`` are in bits (see ``mutual_information``);
-    ``log_loss`` is the held-out cross-entropy in nats of the calibrated probe that
-    ``mi_bits`` uses (``temperature`` = 1/beta of that calibration, ``calibrate=False`` for
-    the raw probe); ``chance`` is the majority-class rate; ``selectivity`` = accuracy -
-    control accuracy (Hewitt & Liang 2019 control task: each group, or each sample without
-    groups, gets a random label with the class proportions kept); ``n_iter``/``converged``:
-    the solver's most iterations over folds and tasks, and whether all met ``tol``;
-    ``p_value`` one-sided test of accuracy vs chance (exact binomial, or a cluster t-test
-    over groups), ``p_adjusted`` Holm over all rows returned, ``leaks`` = ``p_adjusted <
-    0.05`` and ``mi_bits > mi_perm_bits`` (:mod:`probekit.readout.significance`). Extra
-    keyword arguments (``calibrate``, ``max_iter``, ``tol``, ``dtype``, ``memory_limit``
-    in bytes per chunk of points) go to the engine.
-
-    Example:
-        >>> import torch
-        >>> y = torch.arange(200) % 2
-        >>> acts = {f"lm.{i}.resid": torch.randn(200, 16) + i * y[:, None] for i in range(3)}
-        >>> df = probe_layers(acts, y, n_boot=200, progress=False)
-        >>> df[["point", "layer", "kind"]].values.tolist()[0]
-        ['lm.0.resid', 0.0, 'resid']
-        >>> bool(df.accuracy.iloc[2] > 0.95), df.leaks.tolist()
-        (True, [False, True, True])
-    """
-    # information.py imports this module for the fits; import back lazily to avoid a cycle.
-    from .information import readout_table
-
-    return readout_table(
-        acts, labels, groups=groups, cv=cv, seed=seed, C=C, positions=positions, control=control,
-        permutation=permutation, n_boot=n_boot, device=device, progress=progress, **kwargs,
-    )

@@ -39,6 +39,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .._stats import holm, p_difference_from_ci, p_from_ci
+
 __all__ = ["ALPHA", "accuracy_p_values", "holm", "add_verdicts", "difference_p_values"]
 
 ALPHA = 0.05  # family-wise error rate over all points of a table
@@ -67,24 +69,9 @@ def accuracy_p_values(correct: np.ndarray, chance: float, units: np.ndarray | No
     return np.where(mean > 0, stats.t.sf(t, max(G - 1, 1)), 1.0)
 
 
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm-adjusted p-values (NaN stays NaN and does not count as a test)."""
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = len(ok)
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out[order] = np.minimum(adj, 1.0)
-    return out
-
-
 def _p_from_ci(table: pd.DataFrame) -> np.ndarray:
-    se = (table["accuracy_hi"] - table["accuracy_lo"]).to_numpy(float) / (2 * stats.norm.ppf(0.975))
-    z = (table["accuracy"] - table["chance"]).to_numpy(float) / np.where(se > 0, se, np.nan)
-    return stats.norm.sf(z)
+    return p_from_ci(table["accuracy"].to_numpy(float), table["accuracy_lo"].to_numpy(float),
+                     table["accuracy_hi"].to_numpy(float), table["chance"].to_numpy(float))
 
 
 def add_verdicts(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
@@ -108,9 +95,4 @@ def add_verdicts(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
 
 def difference_p_values(diff: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Two-sided normal p-values that a difference is 0, from its estimate and 95% CI."""
-    diff, lo, hi = (np.asarray(a, dtype=np.float64) for a in (diff, lo, hi))
-    se = (hi - lo) / (2 * stats.norm.ppf(0.975))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.abs(diff) / se
-    z = np.where(se > 0, z, np.where(diff != 0, np.inf, 0.0))
-    return np.where(np.isfinite(diff) & np.isfinite(se), 2 * stats.norm.sf(z), np.nan)
+    return p_difference_from_ci(diff, lo, hi)

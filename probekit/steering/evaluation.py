@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._stats import Z95, bootstrap_mean, wilson  # noqa: F401  (Z95 re-exported)
 from ..data.images import check_images, image_hashes, to_pil
 from ..errors import InputError, LabelError
 from ..hooks.collect import check_prompts, collect
@@ -49,30 +50,13 @@ def __getattr__(name: str) -> Any:
         return tradeoff_figure
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-Z95 = 1.959963984540054
 
-
-# ---------------------------------------------------------------------------- small statistics
-
-
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return math.nan, math.nan
-    p = k / n
-    den = 1 + Z95**2 / n
-    centre = (p + Z95**2 / (2 * n)) / den
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
+_wilson = wilson  # old private names, kept for callers outside this module
 
 
 def _boot_mean(x: np.ndarray, seed: int, n_boot: int = 2000) -> tuple[float, float, float]:
-    """Mean and 95% percentile-bootstrap interval (KL per sample is skewed; no normal assumption)."""
-    x = np.asarray(x, dtype=np.float64)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
-    return float(x.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+    """Mean and 95% percentile-bootstrap interval (:func:`probekit._stats.bootstrap_mean`)."""
+    return bootstrap_mean(x, seed, n_boot)
 
 
 # ---------------------------------------------------------------------------- model read-outs
