@@ -1,4 +1,4 @@
-"""Position selectors: which token positions of a ``[b, s, d]`` activation are kept.
+"""Position selectors: which token positions of a ``[b, s, d]`` activation are kept, or edited.
 
 Selectors work on the *real* tokens of each row, so left padding, right padding and prompts
 of different lengths give the same answer for the same sample:
@@ -11,6 +11,14 @@ of different lengths give the same answer for the same sample:
 - callable ``f(ctx) -> LongTensor[b] | LongTensor[b, k] | BoolTensor[b, s]`` on a :class:`PositionContext`
   (indices are into the padded sequence) -> ``[b, d]`` or ``[b, k, d]``
 
+Every selector is first a boolean mask over ``(batch, seq)`` (:func:`mask`): :func:`select`
+reduces an activation with it (recording), :func:`position_mask` takes the union of several
+(interventions, which edit in place). The named selectors live in one registry,
+:data:`NAMED_POSITIONS` (name -> :class:`NamedPosition`: a mask function and how a recording
+reduces the masked tokens); :func:`register_position` adds one, and both recording and
+editing then accept it. Means (``"image_mean"``) are recorded, never edited: a mean is not a
+position.
+
 Vision-side points (vision tower, projector, Q-Former) have no text positions: every selector
 except ``"image"`` (all patches) reduces them to the mean over the image's patches.
 """
@@ -18,16 +26,17 @@ except ``"image"`` (all patches) reduces them to the mean over the image's patch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Callable, Literal, Sequence, Union
 
 import torch
 
-from ..errors import PositionError
+from ..errors import InputError, PositionError
 
-__all__ = ["PositionContext", "Position", "normalize_positions", "position_name", "select", "select_vision"]
+__all__ = ["PositionContext", "Position", "NamedPosition", "NAMED_POSITIONS", "register_position",
+           "normalize_positions", "edit_positions", "editable_names", "position_name", "mask", "position_mask",
+           "select", "select_vision"]
 
 Position = Union[str, int, slice, Callable[["PositionContext"], torch.Tensor]]
-NAMED = ("last", "image_mean", "text_mean", "image", "text")
 
 
 @dataclass
@@ -52,6 +61,83 @@ class PositionContext:
         return torch.where(self.attention_mask, am.cumsum(1) - 1, torch.full_like(am, -1))
 
 
+# ---------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class NamedPosition:
+    """A named selector: ``mask(ctx) -> BoolTensor[b, s]`` and how :func:`select` reduces it.
+
+    ``reduce``: ``"one"`` (exactly one token per row -> ``[b, d]``), ``"tokens"`` (every masked
+    token -> ``[b, k, d]``, k equal across the batch) or ``"mean"`` (their mean -> ``[b, d]``;
+    not editable). ``label`` names the tokens in error messages.
+    """
+
+    mask: Callable[[PositionContext], torch.Tensor]
+    reduce: Literal["one", "tokens", "mean"]
+    label: str
+
+
+def _last(ctx: PositionContext) -> torch.Tensor:
+    # highest index with attention 1: the last real token for left and right padding alike
+    am = ctx.attention_mask
+    b, s = am.shape
+    idx = (am.long() * torch.arange(1, s + 1, device=am.device)).argmax(1)
+    out = torch.zeros(b, s, dtype=torch.bool, device=am.device)
+    out[torch.arange(b, device=am.device), idx] = True
+    return out
+
+
+def _image(ctx: PositionContext) -> torch.Tensor:
+    return ctx.image_mask
+
+
+def _text(ctx: PositionContext) -> torch.Tensor:
+    return ctx.attention_mask & ~ctx.image_mask
+
+
+NAMED_POSITIONS: dict[str, NamedPosition] = {
+    "last": NamedPosition(_last, "one", "last"),
+    "image_mean": NamedPosition(_image, "mean", "image"),
+    "text_mean": NamedPosition(_text, "mean", "text"),
+    "image": NamedPosition(_image, "tokens", "image"),
+    "text": NamedPosition(_text, "tokens", "text"),
+}
+NAMED = tuple(NAMED_POSITIONS)  # the built-in names (kept for callers that listed them)
+
+
+def register_position(name: str, mask: Callable[[PositionContext], torch.Tensor],
+                      reduce: Literal["one", "tokens", "mean"] = "tokens", label: str | None = None) -> None:
+    """Add a named selector, usable by :func:`probekit.collect` and by ``ablate`` / ``steer``.
+
+    Example:
+        >>> import torch
+        >>> register_position("first_image", lambda ctx: ctx.image_mask & (ctx.image_mask.cumsum(1) == 1), "one")
+        >>> ctx = PositionContext(torch.ones(1, 4, dtype=torch.bool), torch.tensor([[False, True, True, False]]),
+        ...                       torch.zeros(1, 4, dtype=torch.long))
+        >>> select(torch.arange(4.0).view(1, 4, 1), "first_image", ctx).tolist()
+        [[1.0]]
+        >>> del NAMED_POSITIONS["first_image"]
+    """
+    if not isinstance(name, str) or not name or name in NAMED_POSITIONS:
+        raise InputError(f"cannot register position name {name!r}",
+                         fix=f"use a new, non-empty string (taken: {sorted(NAMED_POSITIONS)})")
+    if not callable(mask):
+        raise InputError(f"mask for position {name!r} is a {type(mask).__name__}",
+                         fix="pass a callable(ctx) -> BoolTensor[b, s]")
+    if reduce not in ("one", "tokens", "mean"):
+        raise InputError(f"reduce={reduce!r} for position {name!r}", fix="use 'one', 'tokens' or 'mean'")
+    NAMED_POSITIONS[name] = NamedPosition(mask, reduce, label or name)
+
+
+def editable_names() -> tuple[str, ...]:
+    """Names an intervention can edit: every registered one except means."""
+    return tuple(n for n, e in NAMED_POSITIONS.items() if e.reduce != "mean")
+
+
+# ---------------------------------------------------------------------------- validation
+
+
 def position_name(p: Position) -> str:
     if isinstance(p, str):
         return p
@@ -65,32 +151,131 @@ def position_name(p: Position) -> str:
     return getattr(p, "__name__", "callable")
 
 
+def _check_selector(p: Position, names: Sequence[str], edit: bool) -> None:
+    """The checks recording and editing share: a selector's type, its name, its slice parts."""
+    if isinstance(p, bool) or not (isinstance(p, (str, int, slice)) or callable(p)):
+        what = "is not a selector" if edit else f"({type(p).__name__}) is not a selector"
+        raise PositionError(f"position {p!r} {what}",
+                            fix=f"use one of {tuple(names)}, an int, a slice, or a callable(ctx) -> indices or mask"
+                                + (", or None for every position" if edit else ""))
+    if isinstance(p, str) and p not in names:
+        if edit and p in NAMED_POSITIONS:
+            raise PositionError(f"position {p!r} cannot be edited (a mean is not a position)",
+                                fix=f"use one of {tuple(names)}, an int, a slice, a callable, or None for every position")
+        raise PositionError(f"unknown position name {p!r}", fix=f"use one of {tuple(names)}")
+    if isinstance(p, slice):
+        parts = (p.start, p.stop, p.step)
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in parts):
+            raise PositionError(f"position slice {p!r} has a part that is not an int",
+                                fix="use int (or None) start, stop and step, e.g. slice(0, 4)")
+
+
 def normalize_positions(positions: Position | Sequence[Position]) -> tuple[list[Position], bool]:
-    """Validate selectors up front; returns (list, whether several were asked for)."""
+    """Validate selectors for recording up front; returns (list, whether several were asked for)."""
     many = isinstance(positions, (list, tuple))
     items = list(positions) if many else [positions]
     if not items:
         raise PositionError("positions is empty", fix="pass e.g. positions='last' or positions=('last', 'image_mean')")
     for p in items:
-        if isinstance(p, bool) or not (isinstance(p, (str, int, slice)) or callable(p)):
-            raise PositionError(
-                f"position {p!r} ({type(p).__name__}) is not a selector",
-                fix=f"use one of {NAMED}, an int, a slice, or a callable(ctx) -> indices or mask",
-            )
-        if isinstance(p, str) and p not in NAMED:
-            raise PositionError(f"unknown position name {p!r}", fix=f"use one of {NAMED}")
-        if isinstance(p, slice):
-            parts = (p.start, p.stop, p.step)
-            if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in parts):
-                raise PositionError(f"position slice {p!r} has a part that is not an int",
-                                    fix="use int (or None) start, stop and step, e.g. slice(0, 4)")
-            if p.step is not None and p.step < 1:
-                raise PositionError(f"position slice {p!r} has step {p.step}; selected tokens keep their order",
-                                    fix="use a positive step (or None)")
+        _check_selector(p, tuple(NAMED_POSITIONS), edit=False)
+        if isinstance(p, slice) and p.step is not None and p.step < 1:
+            raise PositionError(f"position slice {p!r} has step {p.step}; selected tokens keep their order",
+                                fix="use a positive step (or None)")
     names = [position_name(p) for p in items]
     if len(set(names)) != len(names):
         raise PositionError(f"positions repeat: {names}", fix="list each position once")
     return items, many
+
+
+def edit_positions(positions: Position | Sequence[Position] | None) -> list[Position] | None:
+    """Validate selectors for an edit (their union is edited); None means every position."""
+    if positions is None:
+        return None
+    items = list(positions) if isinstance(positions, (list, tuple)) else [positions]
+    if not items:
+        raise PositionError("positions is empty", fix="pass None for every position, or e.g. positions='last'")
+    names = editable_names()
+    for p in items:
+        _check_selector(p, names, edit=True)
+    return items
+
+
+# ---------------------------------------------------------------------------- masks
+
+
+def _index_mask(p: int, ctx: PositionContext) -> torch.Tensor:
+    am = ctx.attention_mask
+    lengths = am.sum(1)
+    rank = torch.full_like(lengths, p) if p >= 0 else lengths + p
+    if bool(((rank < 0) | (rank >= lengths)).any()):
+        raise PositionError(f"position {p} is outside a prompt of {int(lengths.min())} real tokens",
+                            fix="use a smaller index or 'last'")
+    return (ctx.real_index() == rank[:, None]) & am
+
+
+def _slice_mask(p: slice, ctx: PositionContext) -> torch.Tensor:
+    am = ctx.attention_mask
+    lengths = am.sum(1)
+    out = torch.zeros_like(am, dtype=torch.bool)
+    for r in range(am.shape[0]):
+        keep = torch.zeros(int(lengths[r]), dtype=torch.bool, device=am.device)
+        keep[p] = True
+        out[r, am[r]] = keep
+    return out
+
+
+def _call(p: Callable, ctx: PositionContext) -> torch.Tensor:
+    """A callable selector's output, checked: a BoolTensor ``[b, s]`` or indices ``[b]`` / ``[b, k]``."""
+    am = ctx.attention_mask
+    b, s = am.shape
+    out = p(ctx)
+    if not isinstance(out, torch.Tensor):
+        raise PositionError(f"position callable {position_name(p)} returned {type(out).__name__}",
+                            fix="return a LongTensor [b] or [b, k] of indices, or a BoolTensor [b, s] mask")
+    out = out.to(am.device)
+    if out.dtype == torch.bool:
+        if out.shape != am.shape:
+            raise PositionError(f"position mask has shape {tuple(out.shape)}, the batch is {tuple(am.shape)}",
+                                fix="return a BoolTensor shaped like ctx.attention_mask")
+        return out
+    if out.shape[0] != b or out.dim() not in (1, 2):
+        raise PositionError(f"position callable returned indices of shape {tuple(out.shape)} for a batch of {b}",
+                            fix="return one index per sample ([b]) or k per sample ([b, k])")
+    if bool(((out < 0) | (out >= s)).any()):
+        raise PositionError(f"position callable returned an index outside 0..{s - 1}",
+                            fix="return indices into the padded sequence (see ctx.attention_mask)")
+    return out.long()
+
+
+def mask(p: Position, ctx: PositionContext) -> torch.Tensor:
+    """BoolTensor ``[b, s]``: the tokens one selector covers (rows may cover different numbers)."""
+    if isinstance(p, str):
+        if p not in NAMED_POSITIONS:
+            raise PositionError(f"unknown position name {p!r}", fix=f"use one of {tuple(NAMED_POSITIONS)}")
+        return NAMED_POSITIONS[p].mask(ctx).to(torch.bool)
+    if isinstance(p, int) and not isinstance(p, bool):
+        return _index_mask(p, ctx)
+    if isinstance(p, slice):
+        return _slice_mask(p, ctx)
+    out = _call(p, ctx)
+    if out.dtype == torch.bool:
+        return out
+    m = torch.zeros_like(ctx.attention_mask, dtype=torch.bool)
+    return m.scatter_(1, out.view(out.shape[0], -1), True)
+
+
+def position_mask(ctx: PositionContext, positions: Sequence[Position]) -> torch.Tensor:
+    """Bool ``[b, s]``: the union of the selectors' tokens (what an intervention edits).
+
+    Unlike :func:`select`, rows may choose different numbers of tokens.
+    """
+    out = torch.zeros_like(ctx.attention_mask, dtype=torch.bool)
+    for p in positions:
+        out |= mask(p, ctx)
+    return out
+
+
+# ---------------------------------------------------------------------------- reductions
 
 
 def _gather_rows(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -128,59 +313,35 @@ def _masked_mean(h: torch.Tensor, mask: torch.Tensor, what: str) -> torch.Tensor
     return ((h.float() * m.float()).sum(1) / counts.unsqueeze(-1).float()).to(h.dtype)
 
 
+def _one_index(m: torch.Tensor, what: str) -> torch.Tensor:
+    """``[b]``: the single token each row of ``m`` holds."""
+    counts = m.sum(1)
+    if bool((counts != 1).any()):
+        raise PositionError(f"position {what!r} must select exactly one token per sample, got {counts.tolist()}",
+                            fix=f"register {what!r} with reduce='tokens' (several) or fix its mask")
+    return m.long().argmax(1)
+
+
 def select(h: torch.Tensor, p: Position, ctx: PositionContext) -> torch.Tensor:
     """Apply one selector to ``h[b, s, d]`` of a language-model-side point."""
-    am = ctx.attention_mask
-    if p == "last":
-        # last real token: highest index with attention 1 (works for left and right padding)
-        s = am.shape[1]
-        idx = (am.long() * torch.arange(1, s + 1, device=am.device)).argmax(1)
-        return _gather_rows(h, idx)
-    if p == "image_mean":
-        return _masked_mean(h, ctx.image_mask, "image")
-    if p == "text_mean":
-        return _masked_mean(h, am & ~ctx.image_mask, "text")
-    if p == "image":
-        return _gather_rows(h, _mask_to_index(ctx.image_mask, "image"))
-    if p == "text":
-        return _gather_rows(h, _mask_to_index(am & ~ctx.image_mask, "text"))
-    if isinstance(p, int):
-        lengths = am.sum(1)
-        rank = torch.full_like(lengths, p) if p >= 0 else lengths + p
-        if bool(((rank < 0) | (rank >= lengths)).any()):
-            raise PositionError(f"position {p} is outside a prompt of {int(lengths.min())} real tokens",
-                                fix="use a smaller index or 'last'")
-        real = ctx.real_index()
-        idx = ((real == rank[:, None]) & am).long().argmax(1)
-        return _gather_rows(h, idx)
+    if isinstance(p, str):
+        if p not in NAMED_POSITIONS:
+            raise PositionError(f"unknown position name {p!r}", fix=f"use one of {tuple(NAMED_POSITIONS)}")
+        entry = NAMED_POSITIONS[p]
+        m = entry.mask(ctx).to(torch.bool)
+        if entry.reduce == "one":
+            return _gather_rows(h, _one_index(m, entry.label))
+        if entry.reduce == "mean":
+            return _masked_mean(h, m, entry.label)
+        return _gather_rows(h, _mask_to_index(m, entry.label))
+    if isinstance(p, int) and not isinstance(p, bool):
+        return _gather_rows(h, _index_mask(p, ctx).long().argmax(1))
     if isinstance(p, slice):
-        real = ctx.real_index()
-        lengths = am.sum(1)
-        masks = []
-        for r in range(h.shape[0]):
-            keep = torch.zeros(int(lengths[r]), dtype=torch.bool, device=h.device)
-            keep[p] = True
-            row = torch.zeros(am.shape[1], dtype=torch.bool, device=h.device)
-            row[am[r]] = keep
-            masks.append(row)
-        return _gather_rows(h, _mask_to_index(torch.stack(masks), position_name(p)))
-    out = p(ctx)
-    if not isinstance(out, torch.Tensor):
-        raise PositionError(f"position callable {position_name(p)} returned {type(out).__name__}",
-                            fix="return a LongTensor [b] or [b, k] of indices, or a BoolTensor [b, s] mask")
-    out = out.to(h.device)
+        return _gather_rows(h, _mask_to_index(_slice_mask(p, ctx), position_name(p)))
+    out = _call(p, ctx)
     if out.dtype == torch.bool:
-        if out.shape != am.shape:
-            raise PositionError(f"position mask has shape {tuple(out.shape)}, the batch is {tuple(am.shape)}",
-                                fix="return a BoolTensor shaped like ctx.attention_mask")
         return _gather_rows(h, _mask_to_index(out, position_name(p)))
-    if out.shape[0] != h.shape[0] or out.dim() not in (1, 2):
-        raise PositionError(f"position callable returned indices of shape {tuple(out.shape)} for a batch of {h.shape[0]}",
-                            fix="return one index per sample ([b]) or k per sample ([b, k])")
-    if bool(((out < 0) | (out >= h.shape[1])).any()):
-        raise PositionError(f"position callable returned an index outside 0..{h.shape[1] - 1}",
-                            fix="return indices into the padded sequence (see ctx.attention_mask)")
-    return _gather_rows(h, out.long())
+    return _gather_rows(h, out)
 
 
 def select_vision(h: torch.Tensor, p: Position, counts: list[int] | None, batch: int) -> torch.Tensor:

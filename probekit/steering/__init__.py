@@ -1,26 +1,48 @@
 """Steering: directions, interventions on the running model or its weights, and their evaluation.
 
-``Direction`` (difference of means, probe weights, PCA of paired differences, LEACE) ->
-``ablate`` / ``steer`` (context managers of hooks) or ``orthogonalize`` (a weight edit with an
-undo handle) -> ``evaluate`` / ``sweep`` (suppression next to cost) -> ``tradeoff_figure``.
+``Direction`` (a value: difference of means, probe weights, PCA of paired differences, LEACE;
+fitted in :mod:`~probekit.steering.fit`, or layer by layer with the model running by
+:func:`leace_sequential`) -> ``ablate`` / ``steer`` (context managers of hooks) or
+``orthogonalize`` (a weight edit with an undo handle) -> ``evaluate`` / ``sweep`` (suppression
+next to cost) -> ``tradeoff_figure``.
+
+Names load on first use, so ``import probekit.steering.directions`` (a value and its fitters)
+does not import the model, hook or evaluation modules.
 """
 
+from __future__ import annotations
+
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from .directions import Direction
-from .evaluation import EvalReport, evaluate, sweep
-from .interventions import ablate, orthogonalize, steer
+_LAZY = {
+    "Direction": "directions",
+    "leace_sequential": "sequential",
+    "ablate": "interventions",
+    "steer": "interventions",
+    "orthogonalize": "interventions",
+    "evaluate": "evaluation",
+    "sweep": "evaluation",
+    "tradeoff_figure": "evaluation",
+    "EvalReport": "evaluation",
+}
+if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the API docs
+    from .directions import Direction
+    from .evaluation import EvalReport, evaluate, sweep, tradeoff_figure
+    from .interventions import ablate, orthogonalize, steer
+    from .sequential import leace_sequential
 
-if TYPE_CHECKING:  # for type checkers and the API docs; resolved on first use below
-    from ..report.figures.tradeoff import tradeoff_figure
-
-__all__ = ["Direction", "ablate", "steer", "orthogonalize", "evaluate", "sweep", "tradeoff_figure", "EvalReport"]
+__all__ = ["Direction", "leace_sequential", "ablate", "steer", "orthogonalize", "evaluate", "sweep",
+           "tradeoff_figure", "EvalReport"]
 
 
 def __getattr__(name: str) -> Any:
-    # tradeoff_figure lives in probekit.report; loading it on first use keeps plotly out of `import probekit.steering`
-    if name == "tradeoff_figure":
-        from ..report.figures.tradeoff import tradeoff_figure
-
-        return tradeoff_figure
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | {k for k in globals() if not k.startswith("_")})

@@ -21,23 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ContextManager
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .._stats import Z95, bootstrap_mean, wilson  # noqa: F401  (Z95 re-exported)
-from ..data.images import check_images, image_hashes, to_pil
-from ..errors import InputError, LabelError
+from ..data.images import check_images
+from ..errors import InputError
 from ..hooks.collect import check_prompts, collect
 from ..models.adapter import Model
-from ..models.compat import cache_kwarg, output_cache
 from .directions import Direction
-from .heldout import distance_from_chance, plan
+from .heldout import plan
+from .outputs import _grouped_inputs, answer_scores, next_token_logprobs  # noqa: F401 (_grouped_inputs: experiments)
+from .tables import EvalReport, _data_numbers, _summary_numbers, build_report
 
 __all__ = ["EvalReport", "evaluate", "sweep", "tradeoff_figure", "next_token_logprobs", "answer_scores"]
 
@@ -57,153 +55,6 @@ _wilson = wilson  # old private names, kept for callers outside this module
 def _boot_mean(x: np.ndarray, seed: int, n_boot: int = 2000) -> tuple[float, float, float]:
     """Mean and 95% percentile-bootstrap interval (:func:`probekit._stats.bootstrap_mean`)."""
     return bootstrap_mean(x, seed, n_boot)
-
-
-# ---------------------------------------------------------------------------- model read-outs
-
-
-def _grouped_inputs(model: Model, images: list, prompts: list[str], batch_size: int):
-    """Yield (indices, inputs) with every batch made of prompts of one token length.
-
-    Equal lengths need no padding, so the last column is every row's last prompt token and
-    a continuation with the KV cache gets the positions an unbatched run would.
-    """
-    per = [model.prepare([to_pil(im)], [p]) for im, p in zip(images, prompts)]
-    by_len: dict[int, list[int]] = {}
-    for i, inp in enumerate(per):
-        by_len.setdefault(int(inp["input_ids"].shape[1]), []).append(i)
-    for idx in by_len.values():
-        for b in range(0, len(idx), batch_size):
-            chunk = idx[b:b + batch_size]
-            keys = per[chunk[0]].keys()
-            yield chunk, {k: torch.cat([per[i][k] for i in chunk]) if isinstance(per[chunk[0]][k], torch.Tensor)
-                          else per[chunk[0]][k] for k in keys}
-
-
-@torch.no_grad()
-def next_token_logprobs(model: Model, images: Sequence[Any], prompts: str | Sequence[str] | None = None,
-                        batch_size: int = 16) -> torch.Tensor:
-    """Log-probabilities ``[n, vocab]`` (float64) of the token after each prompt.
-
-    Example:
-        >>> import probekit, tempfile
-        >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
-        >>> next_token_logprobs(m, probekit.tiny.fixture_images(2, 32), "What colour?").shape[0]
-        2
-    """
-    items = check_images(images)
-    prompt_list = check_prompts(prompts, len(items))
-    out: list[torch.Tensor | None] = [None] * len(items)
-    for idx, inputs in _grouped_inputs(model, items, prompt_list, batch_size):
-        logits = model.hf(**inputs, use_cache=False).logits[:, -1]
-        lp = torch.log_softmax(logits.double(), -1).cpu()
-        for r, i in enumerate(idx):
-            out[i] = lp[r]
-    return torch.stack(out)
-
-
-@torch.no_grad()
-def answer_scores(model: Model, samples: Sequence[Any], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample: whether every answer token is the argmax (teacher forced) and the mean
-    answer-token NLL in nats.
-
-    The prompt runs first and the answer tokens continue its KV cache, so interventions that
-    choose positions see them on the prompt (as during ``generate``), not on prompt + answer.
-    """
-    tok = getattr(model.processor, "tokenizer", model.processor)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    images = [s.image for s in samples]
-    questions = [s.question for s in samples]
-    correct = np.zeros(len(samples), dtype=bool)
-    nll = np.zeros(len(samples))
-    for idx, inputs in _grouped_inputs(model, images, questions, batch_size):
-        answers = [tok(" " + samples[i].answer, add_special_tokens=False)["input_ids"] for i in idx]
-        if any(len(a) == 0 for a in answers):
-            raise InputError("an answer tokenizes to nothing", fix="use non-empty answers")
-        m = max(len(a) for a in answers)
-        ans = torch.full((len(idx), m), pad, dtype=torch.long)
-        for r, a in enumerate(answers):
-            ans[r, :len(a)] = torch.tensor(a)
-        ans = ans.to(model.device)
-        out = model.hf(**inputs, use_cache=True)
-        logits = [out.logits[:, -1:]]
-        if m > 1:
-            am = inputs.get("attention_mask")
-            kw = {"attention_mask": torch.cat([am, torch.ones_like(ans[:, :-1])], 1)} if am is not None else {}
-            kw[cache_kwarg(model.hf)] = output_cache(out)
-            more = model.hf(input_ids=ans[:, :-1], use_cache=True, **kw)
-            logits.append(more.logits)
-        lp = torch.log_softmax(torch.cat(logits, 1).double(), -1)
-        tok_lp = lp.gather(-1, ans[..., None]).squeeze(-1).cpu()
-        pred = lp.argmax(-1).cpu()
-        for r, i in enumerate(idx):
-            k = len(answers[r])
-            correct[i] = bool(torch.equal(pred[r, :k], ans[r, :k].cpu()))
-            nll[i] = float(-tok_lp[r, :k].mean())
-    return correct, nll
-
-
-# ---------------------------------------------------------------------------- report
-
-
-@dataclass
-class EvalReport:
-    """What :func:`evaluate` measured.
-
-    Attributes:
-        table: tidy DataFrame, one row per (section, metric, point, position) with ``before``,
-            ``before_lo``, ``before_hi``, ``after``, ``after_lo``, ``after_hi``, ``chance``, ``n``;
-            sections ``"suppression"`` (metrics ``probe_accuracy``, ``abs_excess`` =
-            ``|accuracy - chance|``, ``mi_bits``, per point) and ``"cost"`` (``kl_nats``,
-            ``task_accuracy``, ``answer_loss_nats``).
-        suppression: wide per-point table (``accuracy_before``, ``accuracy_after``,
-            ``abs_excess_before``, ``abs_excess_after`` with ``_lo`` / ``_hi``, ``mi_before``, ...,
-            ``below_chance_after``: the after-edit accuracy interval lies below chance, which is
-            leakage, not success; ``fit_overlap``).
-        cost: the cost numbers as a dict.
-        data: which images fitted and which evaluated (``split``, ``n_fit``, ``n_eval``,
-            ``fit_overlap``, ``fit_index``/``eval_index`` for a seeded split, ``seed``).
-        probes_before / probes_after: the full :func:`probekit.readout.probe_layers` tables.
-    """
-
-    table: pd.DataFrame
-    suppression: pd.DataFrame
-    cost: dict
-    probes_before: pd.DataFrame = field(repr=False)
-    probes_after: pd.DataFrame = field(repr=False)
-    data: dict = field(default_factory=dict, repr=False)
-
-    def summary(self, label: str = "intervention") -> pd.DataFrame:
-        """One row in :func:`sweep`'s format (worst case over points), for :func:`tradeoff_figure`."""
-        return pd.DataFrame([{"label": label, **_summary_numbers(self.suppression), **_data_numbers(self.data),
-                              **self.cost}])
-
-    def __repr__(self) -> str:
-        s = self.suppression
-        k = self.data.get("fit_overlap")
-        warn = f", FITTED ON {k} EVALUATION IMAGES" if k else ""
-        return (f"EvalReport(points={len(s)}, max |accuracy - chance| {s.abs_excess_before.max():.3f} -> "
-                f"{s.abs_excess_after.max():.3f} (accuracy {s.accuracy_before.max():.3f} -> "
-                f"{s.accuracy_after.max():.3f}, chance {s.chance.max():.3f}), KL {self.cost.get('kl_mean', math.nan):.4f} nats, "
-                f"{self.data.get('n_eval')} evaluation images ({self.data.get('split', 'unknown')} split){warn})")
-
-
-def _summary_numbers(sup: pd.DataFrame) -> dict:
-    return {
-        "accuracy_before_max": float(sup.accuracy_before.max()),
-        "accuracy_after_max": float(sup.accuracy_after.max()),
-        "accuracy_after_min": float(sup.accuracy_after.min()),
-        "abs_excess_before_max": float(sup.abs_excess_before.max()),
-        "abs_excess_after_max": float(sup.abs_excess_after.max()),
-        "abs_excess_after_hi_max": float(sup.abs_excess_after_hi.max()),
-        "mi_before_max": float(sup.mi_before.max()),
-        "mi_after_max": float(sup.mi_after.max()),
-        "chance": float(sup.chance.max()),
-    }
-
-
-def _data_numbers(data: dict) -> dict:
-    return {k: data.get(k) for k in ("split", "n_fit", "n_eval", "fit_overlap")}
 
 
 class _Evaluator:
@@ -271,63 +122,7 @@ class _Evaluator:
                 "task_n": nt, "answer_loss_before": float(l0.mean()), "answer_loss_after": float(l1.mean()),
                 "answer_loss_delta": d_mean, "answer_loss_delta_lo": d_lo, "answer_loss_delta_hi": d_hi,
             })
-        return self._report(after, cost)
-
-    def _report(self, after: pd.DataFrame, cost: dict) -> EvalReport:
-        keys = ["point", "layer", "kind", "position"]
-        label = self.positions if isinstance(self.positions, str) else str(self.positions)
-        b = self.probes_before.assign(position=self.probes_before.position.fillna(label)).set_index(keys)
-        a = after.assign(position=after.position.fillna(label)).set_index(keys)
-        # distance from chance in both directions, from the readout's accuracy and its interval
-        eb, eb_lo, eb_hi = distance_from_chance(b["accuracy"], b["accuracy_lo"], b["accuracy_hi"], b["chance"])
-        ea, ea_lo, ea_hi = distance_from_chance(a["accuracy"], a["accuracy_lo"], a["accuracy_hi"], a["chance"])
-        sup = pd.DataFrame({
-            "n": b["n"], "chance": b["chance"],
-            "accuracy_before": b["accuracy"], "accuracy_before_lo": b["accuracy_lo"], "accuracy_before_hi": b["accuracy_hi"],
-            "accuracy_after": a["accuracy"], "accuracy_after_lo": a["accuracy_lo"], "accuracy_after_hi": a["accuracy_hi"],
-            "abs_excess_before": eb, "abs_excess_before_lo": eb_lo, "abs_excess_before_hi": eb_hi,
-            "abs_excess_after": ea, "abs_excess_after_lo": ea_lo, "abs_excess_after_hi": ea_hi,
-            "below_chance_after": (a["accuracy_hi"] < a["chance"]).to_numpy(),
-            "mi_before": b["mi_bits"], "mi_before_lo": b["mi_lo"], "mi_before_hi": b["mi_hi"],
-            "mi_after": a["mi_bits"], "mi_after_lo": a["mi_lo"], "mi_after_hi": a["mi_hi"],
-            "mi_perm_after": a["mi_perm_bits"],
-        }).reset_index()
-        sup["fit_overlap"] = self.data.get("fit_overlap")
-        if bool(sup.below_chance_after.any()):
-            warnings.warn("after the intervention retrained probes score reliably *below* chance at "
-                          f"{sorted(set(sup.point[sup.below_chance_after]))}: that is not suppression (a probe "
-                          "reading the label inverted, or folds anti-correlated with the data as an eraser fitted "
-                          "on the evaluation images leaves them, does this); read abs_excess_after"
-                          + (" (the direction was fitted on the evaluation images)" if self.data.get("fit_overlap") else ""),
-                          stacklevel=3)
-        rows = []
-        for r in sup.itertuples(index=False):
-            common = {"section": "suppression", "point": r.point, "layer": r.layer, "position": r.position, "n": r.n}
-            rows.append({**common, "metric": "probe_accuracy", "before": r.accuracy_before, "before_lo": r.accuracy_before_lo,
-                         "before_hi": r.accuracy_before_hi, "after": r.accuracy_after, "after_lo": r.accuracy_after_lo,
-                         "after_hi": r.accuracy_after_hi, "chance": r.chance})
-            rows.append({**common, "metric": "abs_excess", "before": r.abs_excess_before, "before_lo": r.abs_excess_before_lo,
-                         "before_hi": r.abs_excess_before_hi, "after": r.abs_excess_after, "after_lo": r.abs_excess_after_lo,
-                         "after_hi": r.abs_excess_after_hi, "chance": 0.0})
-            rows.append({**common, "metric": "mi_bits", "before": r.mi_before, "before_lo": r.mi_before_lo,
-                         "before_hi": r.mi_before_hi, "after": r.mi_after, "after_lo": r.mi_after_lo,
-                         "after_hi": r.mi_after_hi, "chance": 0.0})
-        cost_common = {"section": "cost", "point": None, "layer": math.nan, "position": None}
-        rows.append({**cost_common, "metric": "kl_nats", "n": cost["kl_n"], "before": 0.0, "before_lo": 0.0, "before_hi": 0.0,
-                     "after": cost["kl_mean"], "after_lo": cost["kl_lo"], "after_hi": cost["kl_hi"], "chance": math.nan})
-        if "task_accuracy_before" in cost:
-            rows.append({**cost_common, "metric": "task_accuracy", "n": cost["task_n"],
-                         "before": cost["task_accuracy_before"], "before_lo": cost["task_accuracy_before_lo"],
-                         "before_hi": cost["task_accuracy_before_hi"], "after": cost["task_accuracy_after"],
-                         "after_lo": cost["task_accuracy_after_lo"], "after_hi": cost["task_accuracy_after_hi"], "chance": math.nan})
-            rows.append({**cost_common, "metric": "answer_loss_nats", "n": cost["task_n"], "before": cost["answer_loss_before"],
-                         "before_lo": math.nan, "before_hi": math.nan, "after": cost["answer_loss_after"],
-                         "after_lo": cost["answer_loss_before"] + cost["answer_loss_delta_lo"],
-                         "after_hi": cost["answer_loss_before"] + cost["answer_loss_delta_hi"], "chance": math.nan})
-        cols = ["section", "metric", "point", "layer", "position", "n", "before", "before_lo", "before_hi",
-                "after", "after_lo", "after_hi", "chance"]
-        return EvalReport(table=pd.DataFrame(rows, columns=cols), suppression=sup, cost=cost,
-                          probes_before=self.probes_before, probes_after=after, data=dict(self.data))
+        return build_report(self.probes_before, after, cost, self.positions, self.data)
 
 
 _DATA_KW = ("fit", "fit_images", "fit_labels", "eval_images", "eval_labels", "split", "direction", "allow_overlap")
@@ -369,7 +164,7 @@ def evaluate(model: Model, intervention: Callable[..., ContextManager], images: 
 
     - ``evaluate(model, lambda: ablate(model, d), images, labels)``: ``images`` are the
       evaluation images (``eval_images=`` / ``eval_labels=`` say the same). When the
-      direction records the images it was fitted on (``leace_sequential``, or any
+      direction records the images it was fitted on (:func:`leace_sequential`, or any
       constructor on a store from :func:`probekit.collect`) or ``fit_images=`` names them,
       an evaluation image among them raises :class:`~probekit.errors.InputError` before any
       forward pass: an eraser graded on its own fitting images drives retrained probes far
@@ -412,7 +207,8 @@ def evaluate(model: Model, intervention: Callable[..., ContextManager], images: 
         >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
         >>> imgs = probekit.tiny.fixture_images(40, 32)
         >>> y = [i % 2 for i in range(40)]
-        >>> fitter = lambda im, lab: Direction.leace_sequential(m, im, lab, "What colour?", points="lm.0.resid")
+        >>> from probekit.steering import leace_sequential
+        >>> fitter = lambda im, lab: leace_sequential(m, im, lab, "What colour?", points="lm.0.resid")
         >>> rep = evaluate(m, lambda d: ablate(m, d), imgs, y, fit=fitter, prompts="What colour?",
         ...                points="lm.0.resid", n_boot=100)
         >>> sorted(set(rep.table.metric)), rep.data["split"], rep.data["n_eval"], rep.data["fit_overlap"]

@@ -27,7 +27,7 @@ from ..errors import InputError, LabelError
 __all__ = ["OverlapWarning", "split_indices", "check_overlap", "distance_from_chance", "FIX"]
 
 FIX = ("pass held-out images: eval_images=... (with eval_labels=...), or let evaluate split: "
-       "evaluate(model, lambda d: ablate(model, d), images, labels, fit=lambda im, y: Direction.leace_sequential(model, im, y))")
+       "evaluate(model, lambda d: ablate(model, d), images, labels, fit=lambda im, y: probekit.steering.leace_sequential(model, im, y))")
 
 
 class OverlapWarning(UserWarning):
@@ -163,7 +163,7 @@ def plan(intervention: Any, images: Any, labels: Any, *, fit: Any, fit_images: A
     if fit is not None:
         if not callable(fit):
             raise InputError(f"fit is a {type(fit).__name__}",
-                             fix="pass fit=lambda images, labels: Direction.leace_sequential(model, images, labels, prompt)")
+                             fix="pass fit=lambda images, labels: probekit.steering.leace_sequential(model, images, labels, prompt)")
         if fit_images is None:  # one set: split it, deterministically by seed
             if prompts is not None and not isinstance(prompts, str):
                 raise InputError("evaluate cannot split images that have one prompt each",

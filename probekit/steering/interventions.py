@@ -1,16 +1,13 @@
-"""Interventions on a running model: `ablate` and `steer` (hooks), `orthogonalize` (weights).
+"""Interventions on a running model: `ablate` and `steer`, context managers of plain torch hooks.
 
-``ablate`` and ``steer`` are context managers made of plain torch hooks; the model's weights
-are never touched and every hook is removed on exit, also when the body raises. Positions
-are chosen on the *prompt*: a forward pre-hook on the whole model sees each call's
-``input_ids`` / ``attention_mask`` and the KV cache. A call with an empty (or no) cache is a
-new prompt and the selectors run on it; a call that continues a cache (``generate``'s decoding
-steps, where every hook sees a sequence of length 1) is placed at absolute positions
-``cache_length + 0..L-1``, so prompt positions stay the same positions as the cache grows and
-tokens past the prompt are "generated" (edited when ``generated=True``).
+The model's weights are never touched and every hook is removed on exit, also when the body
+raises. Positions are chosen on the *prompt* (:mod:`probekit.steering.tracker`, with the
+selectors of :mod:`probekit.hooks.positions`); tokens past the prompt are "generated" (edited
+when ``generated=True``). A new intervention is an ``edit(point, h) -> h'`` function handed
+to :class:`Intervention`.
 
-``orthogonalize`` removes a direction from every weight that writes into the residual stream,
-for good; it returns a handle that undoes the edit bit for bit.
+``orthogonalize`` (a weight edit with an undo handle) lives in
+:mod:`probekit.steering.weights` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -20,143 +17,21 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..errors import InputError, PositionError, UnsupportedModelError
-from ..hooks.positions import PositionContext
+from ..errors import InputError, PositionError
+from ..hooks.positions import edit_positions, position_mask
 from ..models.adapter import Model, get_module
-from ..models.compat import cache_from_kwargs
 from .directions import Direction
+from .inputs import _coerce
+from .weights import OrthogonalizeHandle, orthogonalize, stream_writers
+from .tracker import PromptTracker
 
 __all__ = ["ablate", "steer", "orthogonalize", "Intervention", "OrthogonalizeHandle", "position_mask",
            "stream_writers"]
 
 Positions = Any  # a selector of probekit.hooks.positions, a list/tuple of them, or None (every position)
-_EDIT_NAMES = ("last", "image", "text")
-
-
-# ---------------------------------------------------------------------------- positions
-
-
-def _check_positions(positions: Positions) -> list | None:
-    if positions is None:
-        return None
-    items = list(positions) if isinstance(positions, (list, tuple)) else [positions]
-    if not items:
-        raise PositionError("positions is empty", fix="pass None for every position, or e.g. positions='last'")
-    for p in items:
-        if isinstance(p, bool) or not (isinstance(p, (str, int, slice)) or callable(p)):
-            raise PositionError(f"position {p!r} is not a selector",
-                                fix=f"use one of {_EDIT_NAMES}, an int, a slice, a callable(ctx), or None")
-        if isinstance(p, str) and p not in _EDIT_NAMES:
-            raise PositionError(f"position {p!r} cannot be edited" + (" (a mean is not a position)" if p.endswith("_mean") else ""),
-                                fix=f"use one of {_EDIT_NAMES}, an int, a slice, a callable, or None for every position")
-    return items
-
-
-def position_mask(ctx: PositionContext, positions: Sequence[Any]) -> Tensor:
-    """Bool ``[b, s]``: the prompt positions the selectors choose (their union), real tokens only.
-
-    Unlike :func:`probekit.hooks.positions.select`, rows may choose different numbers of tokens.
-    """
-    am = ctx.attention_mask
-    b, s = am.shape
-    real = ctx.real_index()
-    lengths = am.sum(1)
-    out = torch.zeros(b, s, dtype=torch.bool, device=am.device)
-    for p in positions:
-        if p == "last":
-            idx = (am.long() * torch.arange(1, s + 1, device=am.device)).argmax(1)
-            m = torch.zeros_like(out)
-            m[torch.arange(b), idx] = True
-        elif p == "image":
-            m = ctx.image_mask.clone()
-        elif p == "text":
-            m = am & ~ctx.image_mask
-        elif isinstance(p, int):
-            rank = torch.full_like(lengths, p) if p >= 0 else lengths + p
-            if bool(((rank < 0) | (rank >= lengths)).any()):
-                raise PositionError(f"position {p} is outside a prompt of {int(lengths.min())} real tokens",
-                                    fix="use a smaller index or 'last'")
-            m = (real == rank[:, None]) & am
-        elif isinstance(p, slice):
-            m = torch.zeros_like(out)
-            for r in range(b):
-                keep = torch.zeros(int(lengths[r]), dtype=torch.bool, device=am.device)
-                keep[p] = True
-                m[r, am[r]] = keep
-        else:
-            got = p(ctx)
-            if not isinstance(got, Tensor):
-                raise PositionError(f"position callable returned {type(got).__name__}",
-                                    fix="return a BoolTensor [b, s] or a LongTensor [b] / [b, k] of indices")
-            got = got.to(am.device)
-            if got.dtype == torch.bool:
-                if got.shape != am.shape:
-                    raise PositionError(f"position mask has shape {tuple(got.shape)}, the prompt is {tuple(am.shape)}")
-                m = got
-            else:
-                if got.shape[0] != b or got.dim() not in (1, 2) or bool(((got < 0) | (got >= s)).any()):
-                    raise PositionError(f"position callable returned indices of shape {tuple(got.shape)} for a "
-                                        f"prompt of shape {(b, s)}", fix="return indices in 0..s-1, one row per sample")
-                m = torch.zeros_like(out)
-                m.scatter_(1, got.long().view(b, -1), True)
-        out |= m
-    return out
-
-
-def _cache_length(cache: Any) -> int:
-    if cache is None:
-        return 0
-    if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    if isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], (tuple, list)):
-        return int(cache[0][0].shape[-2])  # legacy tuple cache: [layers][k, v] of [b, heads, s, hd]
-    return 0
-
-
-class _PromptTracker:
-    """Pre-hook on the whole model: the prompt's edit mask and the absolute offset of each call."""
-
-    def __init__(self, model: Model, positions: list | None, generated: bool):
-        self.model = model
-        self.positions = positions
-        self.generated = generated
-        self.prompt_mask: Tensor | None = None
-        self.offset = 0
-
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        past = _cache_length(cache_from_kwargs(kwargs))
-        if past > 0:
-            if self.prompt_mask is None:
-                raise PositionError("a forward continues a KV cache whose prompt ran outside this intervention",
-                                    fix="enter the ablate/steer context before the prompt's forward (or generate)")
-            self.offset = past
-            return
-        ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], Tensor) else None)
-        if ids is None:
-            raise PositionError("positions need input_ids, but the model was called with inputs_embeds only",
-                                fix="call the model with input_ids, or use positions=None (every position)")
-        am = kwargs.get("attention_mask")
-        ctx = PositionContext.from_inputs({"input_ids": ids, "attention_mask": am}, self.model.image_mask({"input_ids": ids}))
-        self.prompt_mask = position_mask(ctx, self.positions)
-        self.offset = 0
-
-    def mask(self, b: int, length: int, device: torch.device) -> Tensor:
-        """Bool ``[b, length]``: which positions of the current call to edit."""
-        if self.prompt_mask is None:
-            raise PositionError("an edited module ran without the model's forward (no prompt seen)",
-                                fix="run the whole model (model.hf(...) or generate), or use positions=None")
-        pm = self.prompt_mask.to(device)
-        if pm.shape[0] != b:
-            if b % pm.shape[0]:
-                raise PositionError(f"batch of {b} rows but the prompt had {pm.shape[0]}")
-            pm = pm.repeat_interleave(b // pm.shape[0], 0)  # beams / samples expanded after the prompt
-        idx = torch.arange(self.offset, self.offset + length, device=device)
-        out = torch.full((b, length), self.generated, dtype=torch.bool, device=device)
-        inside = idx < pm.shape[1]
-        out[:, inside] = pm[:, idx[inside]]
-        return out
+_check_positions = edit_positions  # the name steering used before the registry moved to hooks/positions.py
 
 
 # ---------------------------------------------------------------------------- hooks
@@ -201,7 +76,7 @@ class Intervention:
         self.generated = generated
         self.direction: Direction | None = None  # set by ablate / steer
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._tracker = _PromptTracker(model, positions, generated) if positions is not None else None
+        self._tracker = PromptTracker(model, positions, generated) if positions is not None else None
 
     def _apply(self, point: str, h: Tensor) -> Tensor:
         side = self.model.target(point).side
@@ -252,12 +127,6 @@ def _resolve_points(model: Model, direction: Direction | None, points: str | Seq
     if points is None:
         points = "lm.*.resid" if direction is None or direction.shared else direction.points
     return model.resolve(points)
-
-
-def _check_width(model: Model, width: int, what: str) -> None:
-    if width != model.d_model:
-        raise InputError(f"{what} has width {width} but the model's d_model is {model.d_model}",
-                         fix="use a direction fitted on this model")
 
 
 def _check_positions_side(model: Model, names: list[str], positions: list | None) -> None:
@@ -358,10 +227,9 @@ def steer(model: Model, vector: Direction | Tensor, alpha: float = 1.0, points: 
     if isinstance(vector, Direction):
         direction = vector
     elif isinstance(vector, Tensor):
-        if vector.ndim != 1 or not bool(torch.isfinite(vector).all()):
-            raise InputError(f"steering vector has shape {tuple(vector.shape)} or non-finite values",
-                             fix="pass a finite Tensor[d_model] or a Direction")
-        direction = Direction({"*": vector.detach().to("cpu", torch.float64)}, method="vector")
+        vector = _coerce(vector, "steering vector", ndim=(1,), floating=False,
+                         fix="pass a finite Tensor[d_model] or a Direction")
+        direction = Direction({"*": vector}, method="vector")
     else:
         raise InputError(f"vector is a {type(vector).__name__}", fix="pass a Direction or a Tensor[d_model]")
     names = _resolve_points(model, direction, points)
@@ -381,129 +249,3 @@ def steer(model: Model, vector: Direction | Tensor, alpha: float = 1.0, points: 
     iv = Intervention(model, names, edit, pos, bool(generated))
     iv.direction = direction  # evaluate() reads which images it was fitted on
     return iv
-
-
-# ---------------------------------------------------------------------------- orthogonalize
-
-
-def stream_writers(model: Model) -> list[tuple[str, str]]:
-    """``(dotted path, kind)`` of every module that writes into the language model's residual stream (its family knows them)."""
-    return model.residual_writers()
-
-
-class OrthogonalizeHandle:
-    """Undo handle of :func:`orthogonalize`: ``undo()`` (or leaving a ``with`` block) restores the
-    original weights bit for bit, the embedding tie included."""
-
-    def __init__(self, model: Model, saved: dict[str, Tensor], untied: tuple | None, paths: list[str]):
-        self.model = model
-        self._saved = saved
-        self._untied = untied
-        self.edited = paths
-        self.active = True
-
-    def undo(self) -> None:
-        if not self.active:
-            return
-        params = dict(self.model.hf.named_parameters(remove_duplicate=False))
-        with torch.no_grad():
-            for name, value in self._saved.items():
-                params[name].copy_(value)
-        if self._untied is not None:
-            head, original, flags = self._untied
-            head.weight = original
-            for cfg, value in flags:
-                cfg.tie_word_embeddings = value
-        self._saved = {}
-        self.active = False
-
-    def __enter__(self) -> "OrthogonalizeHandle":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.undo()
-
-
-def orthogonalize(model: Model, direction: Direction | Tensor, point: str | None = None) -> OrthogonalizeHandle:
-    """Remove a direction (or subspace) from every weight that writes into the residual stream.
-
-    Embedding rows ``E <- E - E Q^T Q``; output projections (the projector's last linear layer,
-    every attention output and MLP down projection) ``W <- W - Q^T Q W`` and ``b <- b - Q^T Q b``.
-    Afterwards the residual stream has no component along ``Q`` at any layer, and the
-    logits equal those inside ``ablate(model, d, points=["lm.embed", "lm.*.attn", "lm.*.mlp"])``
-    (norms sit at block inputs, so the stream itself must be orthogonal; ablating at
-    ``lm.*.resid`` alone is not equivalent, as the MLP reads the stream after attention).
-
-    Tied embeddings (PaliGemma, BLIP-2's OPT): ``lm_head`` is given its own copy of the
-    original weights first, so unembedding is unchanged, and ``tie_word_embeddings`` is set
-    to False in the config so that ``save_pretrained`` / ``from_pretrained`` keep them apart;
-    ``undo()`` ties them again.
-
-    ``direction``: a Direction with one shared basis, or one for ``point``; or a ``Tensor[d]``.
-    LEACE erasers are affine and oblique, not a weight edit: they raise InputError.
-
-    Example:
-        >>> import probekit, tempfile, torch
-        >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
-        >>> before = {k: v.clone() for k, v in m.hf.state_dict().items()}
-        >>> with orthogonalize(m, torch.randn(m.d_model)):
-        ...     pass
-        >>> all(torch.equal(before[k], v) for k, v in m.hf.state_dict().items())
-        True
-    """
-    if isinstance(direction, Tensor):
-        direction = Direction.from_vectors(direction)
-    if not isinstance(direction, Direction):
-        raise InputError(f"direction is a {type(direction).__name__}", fix="pass a Direction or a Tensor[d_model]")
-    if direction.erasers:
-        raise InputError("a LEACE eraser is affine and oblique; it cannot be folded into the weights",
-                         fix="ablate with it, or orthogonalize an orthogonal direction (Direction.from_means)")
-    if point is None:
-        if not direction.shared and len(direction.points) != 1:
-            raise InputError(f"direction has {len(direction.points)} per-point vectors; orthogonalize uses one",
-                             fix="pass point='lm.12.resid' (which point's vector to remove everywhere)")
-        point = direction.points[0]
-    Q = direction.basis(point)
-    _check_width(model, Q.shape[1], "direction")
-    writers = stream_writers(model)  # raises on unsupported models before anything is edited
-    hf = model.hf
-    params = dict(hf.named_parameters(remove_duplicate=False))
-    targets = []  # (name, kind, parameter), all checked before anything is edited
-    for path, kind in writers:
-        mod = get_module(hf, path)
-        for pname in ("weight", "bias"):
-            if getattr(mod, pname, None) is None:
-                continue
-            full = f"{path}.{pname}"
-            if full not in params:
-                raise UnsupportedModelError(f"{full} is not a parameter of the model", fix="use ablate instead")
-            targets.append((full, kind, pname))
-    emb = hf.get_input_embeddings()
-    head = model.unembed
-    untied = None
-    saved: dict[str, Tensor] = {}
-    try:
-        if getattr(head, "weight", None) is not None and head.weight is emb.weight:
-            # lm_head shares the embedding matrix: give it its own copy so unembedding is unchanged
-            original = head.weight
-            head.weight = nn.Parameter(original.detach().clone(), requires_grad=original.requires_grad)
-            cfgs = [c for c in (hf.config, getattr(hf.config, "text_config", None)) if c is not None]
-            flags = [(c, getattr(c, "tie_word_embeddings", True)) for c in cfgs]
-            for c in cfgs:
-                c.tie_word_embeddings = False
-            untied = (head, original, flags)
-        with torch.no_grad():
-            for full, kind, pname in targets:
-                p = params[full]
-                saved[full] = p.detach().to("cpu", copy=True)
-                q = Q.to(p.device, torch.float64)
-                w = p.detach().to(torch.float64)
-                if kind == "embedding":  # rows live in the stream: E - (E Q^T) Q
-                    new = w - (w @ q.T) @ q
-                else:  # output side of a linear layer (weight [d, in], bias [d]): Q^T Q removed from the left
-                    new = w - q.T @ (q @ w)
-                p.copy_(new.to(p.dtype))
-    except BaseException:
-        OrthogonalizeHandle(model, saved, untied, []).undo()
-        raise
-    return OrthogonalizeHandle(model, saved, untied, [p for p, _ in writers])
