@@ -23,12 +23,13 @@ _LAZY = {
     "orthogonalize": "interventions",
     "evaluate": "evaluation",
     "sweep": "evaluation",
-    "tradeoff_figure": "evaluation",
+    "tradeoff_figure": "..report.figures.tradeoff",  # a figure: lives with the other figures
     "EvalReport": "evaluation",
 }
 if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the API docs
     from .directions import Direction
-    from .evaluation import EvalReport, evaluate, sweep, tradeoff_figure
+    from ..report.figures.tradeoff import tradeoff_figure
+    from .evaluation import EvalReport, evaluate, sweep
     from .interventions import ablate, orthogonalize, steer
     from .sequential import leace_sequential
 
@@ -38,7 +39,10 @@ __all__ = ["Direction", "leace_sequential", "ablate", "steer", "orthogonalize", 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        where = _LAZY[name]
+        mod = importlib.import_module(where, __name__) if where.startswith(".") else \
+            importlib.import_module(f"{__name__}.{where}")
+        value = getattr(mod, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
