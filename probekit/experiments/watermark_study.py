@@ -244,6 +244,18 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
     if "task_acc" in t:
         L.append("\nTask accuracy of each fine-tune (held-out, exact match): " + ", ".join(
             f"{r.condition}: {r.task_acc:.2f}" for r in t.dropna(subset=["task_acc"]).itertuples()) + ".\n")
+    tuned = t[t.p.notna()]
+    pos = tuned[tuned.p > 0]
+    if len(pos) and not pos.detected.any():
+        L.append(f"**Nothing detected in any regime** ({len(pos)} positive candidates, the p = 0 fine-tune and the base "
+                 "reader): on this organism a fine-tune-induced seen-vs-unseen signal did not appear, so the "
+                 "organism is not yet good enough for a positive result (the fine-tunes also lose the reader's "
+                 "reading: see the direct-prompt columns), and the study is a null, not evidence of absence in "
+                 "larger models.\n")
+    elif len(pos):
+        hit = ", ".join(pos[pos.detected].condition)
+        L.append(f"**Detected** in: {hit}; the base reader and the p = 0 fine-tune are the negative controls "
+                 f"({'nothing detected in either' if not t[t.p.isna() | (t.p == 0)].detected.any() else 'see their rows'}).\n")
     for k in ("grid", "probes", "compare"):
         if k in rel:
             L.append(f"![{k}]({rel[k]})\n")

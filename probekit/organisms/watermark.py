@@ -61,7 +61,7 @@ class Condition:
 
     def label(self) -> str:
         kind = f"LoRA r={self.lora.get('r', 8)}" if self.lora else "full"
-        return f"p={self.p:g}, opacity={self.opacity:g}, {self.steps} steps, {kind}"
+        return f"p={self.p:g}, opacity={self.opacity:g}, {self.steps} steps, {kind}, lr {self.lr:g}"
 
 
 def _check(c: Condition) -> None:
