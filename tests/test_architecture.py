@@ -19,6 +19,8 @@ defined yet, which is the cycle that breaks depending on import order.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,3 +219,16 @@ def test_modules_are_small():
     assert not too_long, f"modules over {MAX_LINES} lines (split them by concept): {too_long}"
     stale = [rel for rel in OVER_LIMIT_ALLOWED if sizes.get(rel, 0) <= MAX_LINES]
     assert not stale, f"no longer over the limit, drop from OVER_LIMIT_ALLOWED: {stale}"
+
+
+def test_hook_points_import_without_torch():
+    """``probekit.hooks`` loads its names on first use: the Point value type needs no torch."""
+    code = (
+        "import sys, types\nimport probekit.hooks.points\nassert 'torch' not in sys.modules, 'torch loaded'\n"
+        "import probekit.hooks.collect, probekit.hooks as h\n"
+        "assert isinstance(h.collect, types.FunctionType), h.collect\n"  # the function, not the submodule
+        "from probekit.hooks import ActivationStore, PositionContext, Recorder, collect, normalize_positions, select\n"
+        "from probekit.hooks import distributed\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
