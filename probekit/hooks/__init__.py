@@ -1,8 +1,58 @@
-"""Hook layer: hook points, position selectors, the recorder, the activation store, collect()."""
+"""Hook layer: hook points, position selectors, the recorder, the activation store, collect().
 
-from .collect import collect
-from .positions import PositionContext, normalize_positions, select
-from .recorder import Recorder
-from .store import ActivationStore
+The names below load on first use, so that ``import probekit.hooks.points`` (a value type, used
+by the readout and the report) does not import torch through the recorder and ``collect``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "collect": ("collect", "collect"),
+    "Recorder": ("recorder", "Recorder"),
+    "ActivationStore": ("store", "ActivationStore"),
+    "PositionContext": ("positions", "PositionContext"),
+    "normalize_positions": ("positions", "normalize_positions"),
+    "select": ("positions", "select"),
+}
+if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the API docs
+    from .collect import collect
+    from .positions import PositionContext, normalize_positions, select
+    from .recorder import Recorder
+    from .store import ActivationStore
 
 __all__ = ["collect", "Recorder", "ActivationStore", "PositionContext", "normalize_positions", "select"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """Keeps ``probekit.hooks.collect`` the function, as it was when this package imported it eagerly.
+
+    Loading a submodule binds it on its package (``setattr(probekit.hooks, "collect", <module>)``),
+    which would shadow the function of the same name; that one binding is skipped, and
+    ``__getattr__`` returns the function. The module stays in ``sys.modules["probekit.hooks.collect"]``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "collect" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -10,7 +10,7 @@ from typing import Any
 
 from probekit.models.processors import image_only, pixtral_processor
 from probekit.models.tiny_text import _LLAVA_TEMPLATE
-from probekit.models.tiny_zoo import _IMG, _text, _tok, _vision
+from probekit.models.tiny_zoo_parts import _IMG, _text, _tok, _vision
 
 __all__ = ["VARIANTS"]
 

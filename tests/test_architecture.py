@@ -1,0 +1,234 @@
+"""Architecture rules that hold for the whole package: no import cycle, small modules.
+
+**What counts as an import.** Only imports that run when a module is first imported: the
+module's top-level statements, including those nested in top-level ``if`` / ``try`` /
+``with`` blocks and class bodies. An import inside a function runs later, on call, and an
+import under ``if TYPE_CHECKING:`` never runs; neither counts. Relative imports are resolved
+against the importing module's package.
+
+**Edges.** ``import a.b.c`` and ``from a.b.c import x`` give an edge to ``a.b.c`` and, because
+Python initialises every package on the way, to ``a.b`` and ``a``; ``from a.b import c`` adds
+``a.b.c`` when ``c`` is a submodule. The one exception is a package that *contains* the
+importing module: Python has already started initialising it before the submodule runs (that
+is how ``pkg/__init__.py`` importing ``pkg.sub`` works), so ``pkg.sub`` importing
+``pkg.other`` is not an edge back to ``pkg``. An explicit ``from pkg import name`` in
+``pkg.sub`` *is* an edge to ``pkg``: it reads a name that ``pkg/__init__.py`` may not have
+defined yet, which is the cycle that breaks depending on import order.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_LINES = 400
+# Modules owned by another change in flight (the scan hot path); each entry names its reason.
+OVER_LIMIT_ALLOWED: dict[str, str] = {}
+
+
+def module_names(root: Path, package: str) -> dict[str, Path]:
+    """Every module of ``package`` (a directory under ``root``) by dotted name."""
+    names = {}
+    for path in sorted((root / package).rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names[".".join(parts)] = path
+    return names
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _import_time_imports(body: list[ast.stmt]):
+    """Import statements that run when the module is imported (see the module docstring)."""
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        elif isinstance(node, ast.If):
+            if not _is_type_checking(node.test):
+                yield from _import_time_imports(node.body)
+            yield from _import_time_imports(node.orelse)
+        elif isinstance(node, ast.ClassDef):
+            yield from _import_time_imports(node.body)
+        elif isinstance(node, (ast.Try, getattr(ast, "TryStar", ast.Try))):
+            for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
+                yield from _import_time_imports(block)
+        elif isinstance(node, (ast.With, ast.For, ast.While)):
+            yield from _import_time_imports(node.body)
+
+
+def import_graph(root: Path, package: str) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` that importing it imports first."""
+    modules = module_names(root, package)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        is_pkg = path.name == "__init__.py"
+        own_package = name if is_pkg else name.rpartition(".")[0]
+        containing = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        targets: set[str] = set()
+
+        def add(target: str) -> None:
+            parts = target.split(".")
+            for i in range(1, len(parts) + 1):
+                prefix = ".".join(parts[:i])
+                if prefix in modules and prefix not in containing:
+                    targets.add(prefix)
+
+        for node in _import_time_imports(ast.parse(path.read_text()).body):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    add(alias.name)
+                continue
+            if node.level:
+                base = own_package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            if not (source == package or source.startswith(package + ".")):
+                continue
+            add(source)
+            for alias in node.names:
+                if f"{source}.{alias.name}" in modules:
+                    add(f"{source}.{alias.name}")
+                elif source in containing and source in modules:
+                    # `from pkg import name` inside pkg: reads pkg's namespace mid-initialisation
+                    targets.add(source)
+        targets.discard(name)
+        graph[name] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a closed path ``[a, b, ..., a]``, or ``None``."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def test_checker_finds_a_planted_cycle(tmp_path):
+    _write(
+        tmp_path,
+        {
+            "fake/__init__.py": "from .a import f\n",
+            "fake/a.py": "from . import b\n\ndef f():\n    return b\n",
+            "fake/b.py": "from fake.sub.c import g\n",
+            "fake/sub/__init__.py": "",
+            "fake/sub/c.py": "import fake.a\n\ndef g():\n    pass\n",
+        },
+    )
+    cycle = find_cycle(import_graph(tmp_path, "fake"))
+    assert cycle is not None
+    assert cycle[0] == cycle[-1]
+    assert set(cycle) == {"fake.a", "fake.b", "fake.sub.c"}
+
+
+def test_checker_ignores_lazy_type_checking_and_own_package(tmp_path):
+    _write(
+        tmp_path,
+        {
+            # the package importing its submodules, which import each other through it
+            "fake/__init__.py": "from .a import f\nfrom .b import g\n",
+            "fake/a.py": (
+                "from typing import TYPE_CHECKING\nimport fake.b\n"
+                "if TYPE_CHECKING:\n    from fake.c import h\n"
+            ),
+            "fake/b.py": "def g():\n    from fake.a import f\n    return f\n",
+            "fake/c.py": "from .a import f\n",
+        },
+    )
+    graph = import_graph(tmp_path, "fake")
+    assert graph["fake"] == {"fake.a", "fake.b"}
+    assert graph["fake.a"] == {"fake.b"}  # fake itself is mid-initialisation; c is type-only
+    assert graph["fake.b"] == set()  # the import inside g runs on call
+    assert find_cycle(graph) is None
+
+
+def test_checker_counts_reading_names_from_own_package(tmp_path):
+    _write(
+        tmp_path,
+        {
+            "fake/__init__.py": "from .a import f\n",
+            "fake/a.py": "from fake import g\n\ndef f():\n    pass\n",
+        },
+    )
+    assert find_cycle(import_graph(tmp_path, "fake")) == ["fake", "fake.a", "fake"]
+
+
+def test_checker_counts_foreign_package_init(tmp_path):
+    # importing x.y runs x/__init__.py, which imports back into the importer
+    _write(
+        tmp_path,
+        {
+            "fake/__init__.py": "",
+            "fake/p/__init__.py": "from .m import f\n",
+            "fake/p/m.py": "from fake.q.n import g\n\ndef f():\n    pass\n",
+            "fake/q/__init__.py": "from .r import h\n",
+            "fake/q/n.py": "def g():\n    pass\n",
+            "fake/q/r.py": "from fake.p.m import f\nh = f\n",
+        },
+    )
+    cycle = find_cycle(import_graph(tmp_path, "fake"))
+    assert cycle is not None and {"fake.p.m", "fake.q", "fake.q.r"} <= set(cycle)
+
+
+def test_no_import_cycle_in_probekit():
+    graph = import_graph(ROOT, "probekit")
+    assert len(graph) > 50  # the walk found the package
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_modules_are_small():
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for path in module_names(ROOT, "probekit").values()
+    }
+    too_long = {rel: n for rel, n in sizes.items() if n > MAX_LINES and rel not in OVER_LIMIT_ALLOWED}
+    assert not too_long, f"modules over {MAX_LINES} lines (split them by concept): {too_long}"
+    stale = [rel for rel in OVER_LIMIT_ALLOWED if sizes.get(rel, 0) <= MAX_LINES]
+    assert not stale, f"no longer over the limit, drop from OVER_LIMIT_ALLOWED: {stale}"
+
+
+def test_hook_points_import_without_torch():
+    """``probekit.hooks`` loads its names on first use: the Point value type needs no torch."""
+    code = (
+        "import sys, types\nimport probekit.hooks.points\nassert 'torch' not in sys.modules, 'torch loaded'\n"
+        "import probekit.hooks.collect, probekit.hooks as h\n"
+        "assert isinstance(h.collect, types.FunctionType), h.collect\n"  # the function, not the submodule
+        "from probekit.hooks import ActivationStore, PositionContext, Recorder, collect, normalize_positions, select\n"
+        "from probekit.hooks import distributed\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
