@@ -370,7 +370,7 @@ def _main(argv: Sequence[str]) -> int:
     ap.add_argument("--free", action="store_true", help="64 px images, 8 px patches, text anywhere (harder to learn)")
     args = ap.parse_args(argv)
     if args.snapshots:
-        cfg = ReaderConfig(seed=args.seed, steps=args.steps, **(dict(image_size=64, patch_size=8, grid=0) if args.free else {}))
+        cfg = ReaderConfig(seed=args.seed, steps=args.steps, **(dict(image_size=64, patch_size=8, grid=0, place="") if args.free else {}))
         out = Path(args.out or "reader-build")
         _build(cfg, out, True, Path(args.snapshots))
         return 0
