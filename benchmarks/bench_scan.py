@@ -1,23 +1,29 @@
 """Scan end to end on CPU: images/s and peak RSS, this checkout against a baseline, side by side.
 
-    python benchmarks/bench_scan.py [--n 256] [--rounds 3] [--baseline main] [--disk-n 2000,5000,20000]
-                                    [--profile] [--store]
+    python benchmarks/bench_scan.py [--n 256] [--rounds 3] [--baseline main | --baseline-src DIR]
+                                    [--collect-n 4000] [--disk-n 2000,5000,20000] [--skip-scan]
+                                    [--profile] [--store | --store-only]
 
 1. ``probekit.scan`` of the demo's tiny LLaVA (96x96 images, patch 12) with labels, on ``--n``
-   images given as PIL images in memory and as PNG files; ``projector`` + ``lm.*.resid`` (+ the
-   ``logits`` the output probes read) at ``last`` and ``image_mean``.
-2. A disk scan (``store=DIR``) of the same model on PNG files, one point (``lm.1.resid``) plus the
-   output probes, at each ``--disk-n``: images/s and peak RSS, to show whether memory is flat in n.
+   images given as PIL images in memory, as 96x96 PNG files and as 640x480 JPEG files (a camera
+   image the processor shrinks); ``projector`` + ``lm.*.resid`` (+ the ``logits`` the output
+   probes read) at ``last`` and ``image_mean``.
+2. ``collect`` into memory of ``--collect-n`` PNG files, every ``lm.*.resid`` and the logits:
+   peak RSS against the bytes it stores (the copies of the activations on their way to the store).
+3. A disk scan (``store=DIR``) of the same model on PNG files, one point (``lm.1.resid``), with the
+   output probes (``topk=10``: the full-vocabulary ``logits`` point is recorded and read) and
+   without (``topk=None``), at each ``--disk-n``: images/s and peak RSS, to show whether memory is
+   flat in n.
+4. ``--profile``: cProfile of one in-memory scan of this checkout, time by stage.
+5. ``--store`` (``--store-only``: nothing else): disk store write/read GB/s with the content hashes
+   on and off, interleaved rounds, medians.
 
 Every measurement runs in a fresh process (peak RSS is ``getrusage(RUSAGE_SELF).ru_maxrss`` of that
 process: model, imports and all), one torch thread, the baseline and this checkout alternating
-round by round so that the load of a shared machine hits both alike; the tables print medians.
-The baseline is ``git archive BASELINE probekit`` unpacked into a temporary directory and put first
-on ``PYTHONPATH`` (``--baseline none`` skips it).
-
-3. ``--profile``: cProfile of one in-memory scan of this checkout, time by stage.
-4. ``--store`` (``--store-only``: nothing else): disk store write/read GB/s with the content hashes
-   on and off, interleaved rounds, medians.
+round by round so that the load of a shared machine hits both alike; the tables print medians and
+CPU milliseconds per image (less sensitive to that load than wall time). The baseline is ``git
+archive BASELINE probekit`` unpacked into a temporary directory (or ``--baseline-src``, an unpacked
+checkout) and put first on ``PYTHONPATH``, as this checkout is for its own runs.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ def _worker_scan(model_dir: str, n: int, files: str | None) -> dict:
     from probekit.models import tiny
 
     model = probekit.load(model_dir)
-    images = tiny.fixture_images(n, 96, seed=1) if files is None else sorted(Path(files).glob("*.png"))[:n]
+    images = tiny.fixture_images(n, 96, seed=1) if files is None else sorted(Path(files).iterdir())[:n]
     labels = [i % 2 for i in range(n)]
     probekit.scan(model, images[:16], labels=labels[:16], cv=2, **SCAN_KW)  # warm-up
     t0, c0 = time.perf_counter(), _cpu_s()
@@ -73,29 +79,45 @@ def _worker_scan(model_dir: str, n: int, files: str | None) -> dict:
     return {"seconds": dt, "images_per_s": n / dt, "cpu_s": _cpu_s() - c0, "peak_rss_mb": _peak_rss_mb()}
 
 
-def _worker_disk(model_dir: str, n: int, files: str) -> dict:
+def _worker_disk(model_dir: str, n: int, files: str, topk: int | None = 10) -> dict:
     import probekit
 
     model = probekit.load(model_dir)
-    images = sorted(Path(files).glob("*.png"))[:n]
+    images = sorted(Path(files).iterdir())[:n]
     labels = [i % 2 for i in range(n)]
     store = Path(tempfile.mkdtemp()) / "store"
     t0, c0 = time.perf_counter(), _cpu_s()
     try:
         probekit.scan(model, images, labels=labels, prompts="What is the username?", points=["lm.1.resid"],
-                      n_boot=100, cv=5, batch_size=32, store=str(store), progress=False)
+                      n_boot=100, cv=5, batch_size=32, store=str(store), topk=topk, progress=False)
     finally:
         dt, cpu = time.perf_counter() - t0, _cpu_s() - c0
         shutil.rmtree(store.parent, ignore_errors=True)
     return {"seconds": dt, "images_per_s": n / dt, "cpu_s": cpu, "peak_rss_mb": _peak_rss_mb()}
 
 
+def _worker_collect(model_dir: str, n: int, files: str) -> dict:
+    import probekit
+
+    model = probekit.load(model_dir)
+    images = sorted(Path(files).iterdir())[:n]
+    t0, c0 = time.perf_counter(), _cpu_s()
+    probekit.collect(model, images, "What is the username?", points=["lm.*.resid", "logits"],
+                     positions=("last", "image_mean"), batch_size=32, progress=False)
+    dt = time.perf_counter() - t0
+    return {"seconds": dt, "images_per_s": n / dt, "cpu_s": _cpu_s() - c0, "peak_rss_mb": _peak_rss_mb()}
+
+
 def _worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    fn = _worker_scan if args.worker == "scan" else _worker_disk
-    out = fn(args.model, args.n, args.files)
+    if args.worker == "scan":
+        out = _worker_scan(args.model, args.n, args.files)
+    elif args.worker == "collect":
+        out = _worker_collect(args.model, args.n, args.files)
+    else:
+        out = _worker_disk(args.model, args.n, args.files, topk=None if args.worker == "disk-notopk" else 10)
     print("RESULT " + json.dumps(out))
 
 
@@ -122,14 +144,19 @@ def _baseline_src(ref: str, tmp: Path) -> str:
     return str(dest)
 
 
-def _write_pngs(folder: Path, n: int) -> str:
+def _write_images(folder: Path, n: int, size: tuple[int, int] | None = None, fmt: str = "png") -> str:
+    """``n`` image files: the 96x96 fixtures as PNG, or (``size``) blown up to a photo-like size and
+    smoothed, as JPEG: a camera image the processor shrinks to 96x96."""
+    from PIL import Image
+
     from probekit.models import tiny
 
     folder.mkdir(parents=True, exist_ok=True)
-    have = len(list(folder.glob("*.png")))
-    for i in range(have, n, 500):  # in chunks: fixture_images holds its whole list in memory
+    for i in range(0, n, 500):  # in chunks: fixture_images holds its whole list in memory
         for j, im in enumerate(tiny.fixture_images(min(500, n - i), 96, seed=10_000 + i)):
-            im.save(folder / f"{i + j:06d}.png")
+            if size is not None:
+                im = im.resize(size, Image.BICUBIC)
+            im.save(folder / f"{i + j:06d}.{fmt}", quality=90) if fmt == "jpg" else im.save(folder / f"{i + j:06d}.{fmt}")
     return str(folder)
 
 
@@ -290,11 +317,12 @@ def main() -> None:
     ap.add_argument("--baseline", default="main", help="git ref to compare with ('none': this checkout only)")
     ap.add_argument("--baseline-src", default=None, help="an unpacked baseline checkout instead of --baseline")
     ap.add_argument("--disk-n", default="2000,5000,20000", help="sizes of the disk scans ('' skips them)")
-    ap.add_argument("--skip-scan", action="store_true", help="only the disk scans")
+    ap.add_argument("--skip-scan", action="store_true", help="no demo-model scans")
+    ap.add_argument("--collect-n", type=int, default=4000, help="size of the in-memory collect (0 skips it)")
     ap.add_argument("--profile", action="store_true", help="also profile one in-memory scan by stage")
     ap.add_argument("--store", action="store_true", help="also the raw disk-store throughput")
     ap.add_argument("--store-only", action="store_true", help="only the raw disk-store throughput")
-    ap.add_argument("--worker", choices=["scan", "disk"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["scan", "collect", "disk", "disk-notopk"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--files", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -319,15 +347,21 @@ def main() -> None:
             sources[f"before ({args.baseline})"] = _baseline_src(args.baseline, tmp)
         sources["after"] = str(ROOT)  # this checkout, first on PYTHONPATH like the baseline
         disk_n = [int(x) for x in args.disk_n.split(",") if x.strip()]
-        files = _write_pngs(tmp / "png", max([args.n, *disk_n]))
+        files = _write_images(tmp / "png", max([args.n, args.collect_n, *disk_n]))
         if not args.skip_scan:
+            photos = _write_images(tmp / "jpg", args.n, size=(640, 480), fmt="jpg")
             _table(f"scan, demo tiny LLaVA, n = {args.n}",
-                   [("PIL images in memory", "scan", args.n, None), ("PNG files", "scan", args.n, files)],
+                   [("PIL images in memory (96x96)", "scan", args.n, None), ("PNG files (96x96)", "scan", args.n, files),
+                    ("JPEG files (640x480)", "scan", args.n, photos)],
                    sources, model, args.rounds)
+        if args.collect_n:
+            _table("collect into memory, 96x96 PNG files, lm.*.resid + logits at last + image_mean, batch 32",
+                   [(f"n = {args.collect_n}", "collect", args.collect_n, files)], sources, model, args.rounds)
         if disk_n:
-            _table("disk scan (store=DIR), PNG files, lm.1.resid + output top-k",
-                   [(f"n = {k}", "disk", k, files) for k in disk_n], sources, model, max(1, args.rounds // 2 + 1)
-                   if max(disk_n) <= 5000 else 1)
+            _table("disk scan (store=DIR), 96x96 PNG files, lm.1.resid at last + image_mean",
+                   [(f"n = {k}, output probes (topk=10)", "disk", k, files) for k in disk_n]
+                   + [(f"n = {k}, no output probes (topk=None)", "disk-notopk", k, files) for k in disk_n],
+                   sources, model, max(1, args.rounds // 2 + 1) if max(disk_n) <= 5000 else 1)
         print(f"\nload average at end {os.getloadavg()[0]:.1f}")
         if args.profile:
             profile(model, args.n)

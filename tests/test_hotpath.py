@@ -284,3 +284,29 @@ def test_probes_on_a_disk_store_read_one_point_at_a_time_under_memory_limit(disk
     assert len(t) == 4  # 2 points x 2 positions
     # point 1 is read only once point 0's first position is fitted (one chunk ahead), never all up front
     assert [e[0] for e in events] == ["read", "fit", "read", "fit", "fit", "fit"]
+
+
+# ----------------------------------------------------------------------------- prefetch (accelerators)
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_prefetch_keeps_order_and_raises_at_the_failing_job(ahead):
+    import threading
+
+    from probekit.hooks.collect import _prefetch
+
+    threads = set()
+
+    def work(j):
+        threads.add(threading.current_thread().name)
+        if j == 3:
+            raise KeyError("job 3")
+        return j * 10
+
+    got = []
+    with pytest.raises(KeyError, match="job 3"):
+        for x in _prefetch(list(range(6)), work, ahead):
+            got.append(x)
+    assert got == [0, 10, 20]
+    assert any(t.startswith("probekit-prepare") for t in threads) == ahead
+    assert not [t for t in threading.enumerate() if t.name.startswith("probekit-prepare")]  # joined
+    assert list(_prefetch([], work, ahead)) == []

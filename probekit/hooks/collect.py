@@ -230,9 +230,12 @@ def collect(
     bar = progress_bar(total=sum(b - a for a, b in todo), desc=f"collect {len(names)} points" + (f" (rank {rank})" if world > 1 else ""),
                        unit="img", disable=not progress, leave=False)
     lm_side = any(model.target(p).side == "lm" for p in names)
-    # decoding and the processor of the next batch run in a worker thread while this one goes through
-    # the model (whose ops release the GIL); not across shards, so a shard is on disk before anything
-    # of the next one is touched
+    # on an accelerator, decoding and the processor of the next batch run in a worker thread while
+    # this one goes through the model; not on CPU, where it cost ~10% (bench_scan: a small forward is
+    # Python holding the GIL, a large one takes every core with its own threads). Never across
+    # shards, so a shard is on disk before anything of the next one is touched
+    ahead = torch.device(model.device).type != "cpu"
+
     def prepare(rows: tuple[int, int]) -> tuple[dict, list[str]]:
         pil = [decode(items[i], i) for i in range(*rows)]  # the one decode of each image
         inputs = model.prepare(pil, prompt_list[rows[0]:rows[1]], chat=chat, padding_side=padding_side)
@@ -244,7 +247,7 @@ def collect(
                 bar.update(stop - start)
                 continue
             rows = [(b0, min(b0 + batch_size, stop)) for b0 in range(start, stop, batch_size)]
-            with closing(_prefetch(rows, prepare)) as ready:
+            with closing(_prefetch(rows, prepare, ahead)) as ready:
                 for (b0, b1), (inputs, batch_hashes) in zip(rows, ready):
                     if world == 1:
                         hashes[b0:b1] = batch_hashes
@@ -319,9 +322,12 @@ def _put(buffer: torch.Tensor, row: int, t: torch.Tensor, point: str, first: int
     buffer[row:row + t.shape[0]].copy_(t)
 
 
-def _prefetch(jobs: list, work: Callable[[Any], Any]) -> Iterator[Any]:
-    """``work(job)`` for every job, in order, the next job's running in one worker thread while the
-    caller uses this one; an exception reaches the caller at the job that raised it, as without."""
+def _prefetch(jobs: list, work: Callable[[Any], Any], ahead: bool = True) -> Iterator[Any]:
+    """``work(job)`` for every job, in order; with ``ahead`` the next job's runs in one worker thread
+    while the caller uses this one, and an exception reaches the caller at the job that raised it."""
+    if not ahead:
+        yield from map(work, jobs)
+        return
     if not jobs:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="probekit-prepare") as pool:
