@@ -185,6 +185,8 @@ def collect(
     if logits_topk is not None and (isinstance(logits_topk, bool) or not isinstance(logits_topk, int) or logits_topk < 1):
         raise InputError(f"logits_topk must be a positive int or None, got {logits_topk!r}", fix="e.g. logits_topk=10")
     top = logits_topk if "logits" in names else None
+    # the stored points, in the order of names (the forward's), the top-k pair in place of logits
+    stored = [q for p in names for q in (TOP_POINTS if top is not None and p == "logits" else (p,))]
 
     # whole batches per shard: a disk store then holds exactly what an in-memory one would
     shard_size = -(-shard_size // batch_size) * batch_size
@@ -256,15 +258,17 @@ def collect(
                         out, vocab = _top_logits(out, top, store_dtype)
                     if not point_info:
                         slots = _slot_labels(pos_list, ctx)
-                        point_info = {p: {"shape": list(t.shape[1:]), "dtype": str(_dtype(p, t, store_dtype)).replace("torch.", ""),
-                                          "positions": _labels(model, p.split(".topk")[0], pos_list, t, slots)}
-                                      for p, t in out.items()}
+                        point_info = {p: {"shape": list(out[p].shape[1:]),
+                                          "dtype": str(_dtype(p, out[p], store_dtype)).replace("torch.", ""),
+                                          "positions": _labels(model, p.split(".topk")[0], pos_list, out[p], slots)}
+                                      for p in stored}
                         for p in TOP_POINTS if top is not None else ():
                             point_info[p]["vocab"] = vocab
                     if not buffers:
-                        buffers = {p: torch.empty((step, *t.shape[1:]), dtype=_dtype(p, t, store_dtype)) for p, t in out.items()}
-                    for p, t in out.items():
-                        _put(buffers[p], b0 - start, t, p, b0)
+                        buffers = {p: torch.empty((step, *out[p].shape[1:]), dtype=_dtype(p, out[p], store_dtype))
+                                   for p in stored}
+                    for p in stored:
+                        _put(buffers[p], b0 - start, out[p], p, b0)
                     bar.update(b1 - b0)
             if writer is not None:
                 writer.write_shard(start, stop, {p: b[:stop - start] for p, b in buffers.items()}, point_info)
