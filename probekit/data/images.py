@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError
 
-__all__ = ["check_images", "to_pil", "images_digest", "image_hashes"]
+__all__ = ["check_images", "CheckedImages", "to_pil", "decode", "images_digest", "image_hashes", "pixel_hash"]
 
 ImageLike = Any  # PIL.Image.Image | str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -32,6 +32,42 @@ def _check_pil(im: Image.Image, what: str) -> None:
                          fix="scale it to 8 bits first, e.g. Image.fromarray((np.asarray(im) / 257).astype(np.uint8))")
 
 
+def _check_file(p: Path, i: int) -> None:
+    """Check a file without decoding its pixels where the format allows (the scan decodes it once, later).
+
+    The header gives size and mode (and PIL's decompression-bomb check); a PNG's chunk structure and
+    checksums are read by ``verify()`` (a cut file has no IEND); a JPEG must end with its EOI marker,
+    which ``verify()`` does not look for. Anything else, or a JPEG with bytes after its end marker,
+    is decoded here as before, so nothing is let through that the old full decode refused.
+    """
+    if not p.is_file():
+        raise ImageError(f"image {i}: file {str(p)!r} does not exist", fix="check the path")
+    try:
+        with Image.open(p) as im:
+            _check_pil(im, f"image {i} ({str(p)!r})")
+            if im.format == "PNG":
+                im.verify()
+            elif im.format != "JPEG" or not _ends_with_eoi(p):
+                im.load()  # decodes: the only check that notices a truncated GIF, BMP, ... or JPEG
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image {i}: file {str(p)!r} declares more pixels than PIL will decode ({exc})",
+                         fix="downscale the file, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"image {i}: file {str(p)!r} is not a readable image ({exc})",
+                         fix="remove or replace that file") from exc
+
+
+def _ends_with_eoi(p: Path) -> bool:
+    with open(p, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < 4:
+            return False
+        f.seek(-2, os.SEEK_END)
+        return f.read(2) == b"\xff\xd9"
+
+
 def _check_one(x: ImageLike, i: int) -> None:
     if isinstance(x, Image.Image):
         try:
@@ -42,23 +78,7 @@ def _check_one(x: ImageLike, i: int) -> None:
         _check_pil(x, f"image {i}")
         return
     if isinstance(x, (str, os.PathLike)):
-        p = Path(x)
-        if not p.is_file():
-            raise ImageError(f"image {i}: file {str(p)!r} does not exist", fix="check the path")
-        try:
-            with Image.open(p) as im:
-                im.verify()  # checks the structure (PNG chunk checksums, ...)
-            with Image.open(p) as im:
-                im.load()  # decodes: verify() does not notice a truncated JPEG
-                _check_pil(im, f"image {i} ({str(p)!r})")
-        except ImageError:
-            raise
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"image {i}: file {str(p)!r} declares more pixels than PIL will decode ({exc})",
-                             fix="downscale the file, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it") from exc
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"image {i}: file {str(p)!r} is not a readable image ({exc})",
-                             fix="remove or replace that file") from exc
+        _check_file(Path(x), i)
         return
     if isinstance(x, (np.ndarray, torch.Tensor)):
         shape = tuple(x.shape)
@@ -82,8 +102,19 @@ def _check_one(x: ImageLike, i: int) -> None:
                      fix="pass PIL images, file paths, numpy arrays (HxWxC) or tensors (CxHxW)")
 
 
-def check_images(images: Any) -> list[ImageLike]:
-    """Validate a sequence of images up front; returns it as a list (nothing decoded yet)."""
+class CheckedImages(list):
+    """A list of images that :func:`check_images` has validated: checking it again returns it as is.
+
+    ``scan`` checks its images once (before any model work) and hands this list to ``collect``,
+    which would otherwise open every file a second time.
+    """
+
+
+def check_images(images: Any) -> CheckedImages:
+    """Validate a sequence of images up front; returns it as a list (files are not decoded where the
+    format allows a structural check, see :func:`_check_file`)."""
+    if isinstance(images, CheckedImages):
+        return images
     if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 3):
         raise ImageError("images must be a sequence of images, got a single image",
                          fix="wrap it in a list: [image]")
@@ -104,7 +135,7 @@ def check_images(images: Any) -> list[ImageLike]:
         raise ImageError("the image list is empty", fix="pass at least one image")
     for i, x in enumerate(items):
         _check_one(x, i)
-    return items
+    return CheckedImages(items)
 
 
 def to_pil(x: ImageLike) -> Image.Image:
@@ -125,6 +156,23 @@ def to_pil(x: ImageLike) -> Image.Image:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     return Image.fromarray(arr).convert("RGB")
+
+
+def decode(x: ImageLike, i: int) -> Image.Image:
+    """:func:`to_pil` for image ``i`` of a checked list; a file that passed the structural check but
+    does not decode (damaged compressed data) raises an :class:`ImageError` naming it."""
+    try:
+        return to_pil(x)
+    except (OSError, SyntaxError, ValueError) as exc:
+        what = f"file {os.fspath(x)!r}" if isinstance(x, (str, os.PathLike)) else "it"
+        raise ImageError(f"image {i}: {what} cannot be decoded ({exc})", fix="remove or replace that file") from exc
+
+
+def pixel_hash(im: Image.Image) -> str:
+    """Content hash of one decoded RGB image (see :func:`image_hashes`)."""
+    h = hashlib.sha256(f"{im.size}".encode())
+    h.update(im.tobytes())
+    return h.hexdigest()[:16]
 
 
 def images_digest(images: Sequence[ImageLike]) -> str:
@@ -158,10 +206,4 @@ def image_hashes(images: Sequence[ImageLike]) -> list[str]:
         >>> h[0] == h[1], h[0] == h[2], len(h[0])
         (True, False, 16)
     """
-    out = []
-    for x in images:
-        im = to_pil(x)
-        h = hashlib.sha256(f"{im.size}".encode())
-        h.update(im.tobytes())
-        out.append(h.hexdigest()[:16])
-    return out
+    return [pixel_hash(to_pil(x)) for x in images]

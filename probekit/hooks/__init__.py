@@ -15,17 +15,19 @@ _LAZY = {
     "collect": ("collect", "collect"),
     "Recorder": ("recorder", "Recorder"),
     "ActivationStore": ("store", "ActivationStore"),
+    "as_store": ("coerce", "as_store"),
     "PositionContext": ("positions", "PositionContext"),
     "normalize_positions": ("positions", "normalize_positions"),
     "select": ("positions", "select"),
 }
 if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the API docs
+    from .coerce import as_store
     from .collect import collect
     from .positions import PositionContext, normalize_positions, select
     from .recorder import Recorder
     from .store import ActivationStore
 
-__all__ = ["collect", "Recorder", "ActivationStore", "PositionContext", "normalize_positions", "select"]
+__all__ = ["collect", "Recorder", "ActivationStore", "as_store", "PositionContext", "normalize_positions", "select"]
 
 
 def __getattr__(name: str) -> Any:

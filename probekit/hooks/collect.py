@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from typing import Any, Callable, Sequence
 
 import torch
 
-from ..data.images import check_images, image_hashes, images_digest, to_pil
+from ..data.images import check_images, decode, image_hashes, images_digest, pixel_hash
 from .._progress import progress_bar
-from ..errors import InputError
+from ..errors import InputError, PositionError
 from ..models.adapter import Model
 from . import distributed
 from .backends import check_backend, run_backend
@@ -119,6 +121,7 @@ def collect(
     progress: bool = True,
     processor: Any = None,
     store_dtype: torch.dtype | None = None,
+    logits_topk: int | None = None,
 ) -> ActivationStore:
     """Record hook points at token positions for every image (+ prompt).
 
@@ -142,6 +145,12 @@ def collect(
         shard_size: samples per shard on disk, rounded up to whole batches (memory use grows with
             it, not with n).
         store_dtype: cast stored activations (e.g. ``torch.float32``); default keeps the model's dtype.
+        logits_topk: keep of the ``logits`` point only what output-only probes read: per position the
+            top-k next-token log-probabilities (``"logits.topk"``, float32, sorted) and their token ids
+            (``"logits.topk_ids"``, int64), ``[n, p, k]`` each, instead of ``[n, p, vocab]`` logits (a
+            Qwen-sized vocabulary at n = 10,000 is 6 GB). They are computed as the readout computes
+            them from stored logits (cast to the stored dtype, float32, log-softmax over the whole
+            vocabulary, ``topk``), so they are the same numbers.
 
     Returns:
         :class:`ActivationStore` with ``store[point]`` of shape ``[n, d]`` or ``[n, p, d]``.
@@ -172,6 +181,11 @@ def collect(
     if store_dtype is not None and not (isinstance(store_dtype, torch.dtype) and store_dtype.is_floating_point):
         raise InputError(f"store_dtype must be a floating torch.dtype or None, got {store_dtype!r}",
                          fix="e.g. store_dtype=torch.float32")
+    if logits_topk is not None and (isinstance(logits_topk, bool) or not isinstance(logits_topk, int) or logits_topk < 1):
+        raise InputError(f"logits_topk must be a positive int or None, got {logits_topk!r}", fix="e.g. logits_topk=10")
+    top = logits_topk if "logits" in names else None
+    # the stored points, in the order of names (the forward's), the top-k pair in place of logits
+    stored = [q for p in names for q in (TOP_POINTS if top is not None and p == "logits" else (p,))]
 
     # whole batches per shard: a disk store then holds exactly what an in-memory one would
     shard_size = -(-shard_size // batch_size) * batch_size
@@ -188,13 +202,19 @@ def collect(
         "padding_side": padding_side,
         "dtype": str(store_dtype or model.dtype).replace("torch.", ""),
     }
+    if top is not None:  # what is stored changes; without it the fingerprint of older stores stays
+        meta["logits_topk"] = top
     fingerprint = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     meta["prompts"] = list(dict.fromkeys(prompt_list))[:100]  # the distinct prompts, for the record
-    # per-image content hashes (outside the fingerprint, so older stores still resume): a Direction
-    # fitted on this store keeps them and evaluate() refuses to grade it on the same images
-    meta["image_hashes"] = image_hashes(items)
-
     rank, world = distributed.world() if store is not None else (0, 1)
+    # per-image content hashes (outside the fingerprint, so older stores still resume): a Direction
+    # fitted on this store keeps them and evaluate() refuses to grade it on the same images. One
+    # process hashes each image as it decodes it for the forward; ranks of a distributed run decode
+    # only their own shards, so there every rank hashes all images up front for index.json.
+    hashes: list[str | None] = image_hashes(items) if world > 1 else [None] * n
+    if world > 1:
+        meta["image_hashes"] = hashes
+
     main = None  # rank 0's writer of index.json in a distributed run
     if world > 1:
         writer, main = distributed.open_writer(store, meta, n, shard_size, fingerprint)
@@ -204,35 +224,54 @@ def collect(
     done = writer.done_ranges() if writer is not None else set()
     todo = distributed.owned_shards(rank, world, n, step)
     point_info: dict[str, dict] = dict(writer.index["points"]) if writer is not None else {}
-    memory: dict[str, list[torch.Tensor]] = {p: [] for p in names}
+    # one buffer per point, written batch by batch: all n rows in memory, or one shard reused for
+    # every shard on disk (save_file copies it out before the next shard overwrites it)
+    buffers: dict[str, torch.Tensor] = {}
 
     bar = progress_bar(total=sum(b - a for a, b in todo), desc=f"collect {len(names)} points" + (f" (rank {rank})" if world > 1 else ""),
                        unit="img", disable=not progress, leave=False)
     lm_side = any(model.target(p).side == "lm" for p in names)
+    # on an accelerator, decoding and the processor of the next batch run in a worker thread while
+    # this one goes through the model; not on CPU, where it cost ~10% (bench_scan: a small forward is
+    # Python holding the GIL, a large one takes every core with its own threads). Never across
+    # shards, so a shard is on disk before anything of the next one is touched
+    ahead = torch.device(model.device).type != "cpu"
+
+    def prepare(rows: tuple[int, int]) -> tuple[dict, list[str]]:
+        pil = [decode(items[i], i) for i in range(*rows)]  # the one decode of each image
+        inputs = model.prepare(pil, prompt_list[rows[0]:rows[1]], chat=chat, padding_side=padding_side)
+        return inputs, [pixel_hash(im) for im in pil] if world == 1 else []
+
     try:
         for start, stop in todo:
             if (start, stop) in done:
                 bar.update(stop - start)
                 continue
-            chunk: dict[str, list[torch.Tensor]] = {p: [] for p in names}
-            for b0 in range(start, stop, batch_size):
-                b1 = min(b0 + batch_size, stop)
-                out, ctx = _forward(model, items[b0:b1], prompt_list[b0:b1], names, pos_list, many,
-                                    backend, padding_side, chat, lm_side)
-                for p in names:
-                    t = out[p].to("cpu")
-                    chunk[p].append(t.to(store_dtype) if store_dtype is not None else t)
-                if not point_info:
-                    slots = _slot_labels(pos_list, ctx)
-                    point_info = {p: {**Point.of(model, p).info(), "shape": list(out[p].shape[1:]), "dtype": str(chunk[p][0].dtype).replace("torch.", ""),
-                                      "positions": _labels(model, p, pos_list, out[p], slots)} for p in names}
-                bar.update(b1 - b0)
-            tensors = {p: torch.cat(chunk[p]) for p in names}
+            rows = [(b0, min(b0 + batch_size, stop)) for b0 in range(start, stop, batch_size)]
+            with closing(_prefetch(rows, prepare, ahead)) as ready:
+                for (b0, b1), (inputs, batch_hashes) in zip(rows, ready):
+                    if world == 1:
+                        hashes[b0:b1] = batch_hashes
+                    out, ctx = _forward(model, inputs, b1 - b0, names, pos_list, many, backend, lm_side)
+                    if top is not None:
+                        out, vocab = _top_logits(out, top, store_dtype)
+                    if not point_info:
+                        slots = _slot_labels(pos_list, ctx)
+                        point_info = {p: {**(Point.parse(p) if p in TOP_POINTS else Point.of(model, p)).info(),
+                                          "shape": list(out[p].shape[1:]),
+                                          "dtype": str(_dtype(p, out[p], store_dtype)).replace("torch.", ""),
+                                          "positions": _labels(model, p.split(".topk")[0], pos_list, out[p], slots)}
+                                      for p in stored}
+                        for p in TOP_POINTS if top is not None else ():
+                            point_info[p]["vocab"] = vocab
+                    if not buffers:
+                        buffers = {p: torch.empty((step, *out[p].shape[1:]), dtype=_dtype(p, out[p], store_dtype))
+                                   for p in stored}
+                    for p in stored:
+                        _put(buffers[p], b0 - start, out[p], p, b0)
+                    bar.update(b1 - b0)
             if writer is not None:
-                writer.write_shard(start, stop, tensors, point_info)
-            else:
-                for p in names:
-                    memory[p].append(tensors[p])
+                writer.write_shard(start, stop, {p: b[:stop - start] for p, b in buffers.items()}, point_info)
     except BaseException:
         if writer is not None:
             writer.discard_if_empty()  # a failed first shard leaves no store behind
@@ -244,23 +283,71 @@ def collect(
         bar.close()
     if world > 1:
         return distributed.finish(writer, main)
+    known = writer.index["meta"].get("image_hashes") if writer is not None else None
+    for i in (i for i, h in enumerate(hashes) if h is None):  # rows of shards an earlier run finished
+        hashes[i] = known[i] if isinstance(known, list) and len(known) == n else pixel_hash(decode(items[i], i))
+    meta["image_hashes"] = hashes
     if writer is not None:
         try:
-            return writer.finish()
+            return writer.finish(meta={"image_hashes": hashes})
         finally:
             writer.close()
-    return ActivationStore({p: torch.cat(v) for p, v in memory.items()}, meta=meta, point_info=point_info)
+    return ActivationStore(buffers, meta=meta, point_info=point_info)
 
 
-def _forward(model: Model, batch_items: list, prompts: list[str], names: list[str], pos_list: list[Position],
-             many: bool, backend: str, padding_side: str | None, chat: bool | None, lm_side: bool = True
-             ) -> tuple[dict[str, torch.Tensor], PositionContext]:
-    pil = [to_pil(x) for x in batch_items]
-    inputs = model.prepare(pil, prompts, chat=chat, padding_side=padding_side)
+TOP_POINTS = ("logits.topk", "logits.topk_ids")
+"""What ``collect(..., logits_topk=k)`` stores in place of ``logits``."""
+
+
+def _top_logits(out: dict[str, torch.Tensor], k: int, store_dtype: torch.dtype | None
+                ) -> tuple[dict[str, torch.Tensor], int]:
+    """Replace the logits by their top-k log-probabilities and token ids, as the readout would compute
+    them from the stored logits (same casts, same log-softmax over the whole vocabulary)."""
+    out = dict(out)
+    x = out.pop("logits")
+    x = x.to(store_dtype) if store_dtype is not None else x
+    vals, ids = torch.log_softmax(x.float(), -1).topk(min(k, x.shape[-1]), dim=-1)
+    out[TOP_POINTS[0]], out[TOP_POINTS[1]] = vals, ids
+    return out, int(x.shape[-1])
+
+
+def _dtype(point: str, t: torch.Tensor, store_dtype: torch.dtype | None) -> torch.dtype:
+    """The stored dtype: ``store_dtype`` casts activations, never top-k log-probabilities or token ids."""
+    return t.dtype if point in TOP_POINTS else (store_dtype or t.dtype)
+
+
+def _put(buffer: torch.Tensor, row: int, t: torch.Tensor, point: str, first: int) -> None:
+    """Copy one batch into its rows of the buffer: the move to CPU and the cast to the stored dtype in one copy."""
+    if t.shape[1:] != buffer.shape[1:]:
+        raise PositionError(f"{point}: the batch from image {first} gives shape {list(t.shape[1:])}, the first batch "
+                            f"{list(buffer.shape[1:])}; a point must have the same shape for every image",
+                            fix='use positions that select the same number of tokens for every image (e.g. "last", '
+                                '"image_mean"), or batch_size=1 and one image size')
+    buffer[row:row + t.shape[0]].copy_(t)
+
+
+def _prefetch(jobs: list, work: Callable[[Any], Any], ahead: bool = True) -> Iterator[Any]:
+    """``work(job)`` for every job, in order; with ``ahead`` the next job's runs in one worker thread
+    while the caller uses this one, and an exception reaches the caller at the job that raised it."""
+    if not ahead:
+        yield from map(work, jobs)
+        return
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="probekit-prepare") as pool:
+        ahead = pool.submit(work, jobs[0])
+        for k in range(len(jobs)):
+            current = ahead.result()
+            ahead = pool.submit(work, jobs[k + 1]) if k + 1 < len(jobs) else None
+            yield current
+
+
+def _forward(model: Model, inputs: dict, batch: int, names: list[str], pos_list: list[Position], many: bool,
+             backend: str, lm_side: bool = True) -> tuple[dict[str, torch.Tensor], PositionContext]:
     ctx = PositionContext.from_inputs(inputs, model.image_mask(inputs))
     if lm_side:  # a selector that cannot apply to this batch (index past the end, ...) fails before the forward
         _slot_labels([p for p in pos_list if not callable(p)], ctx)
-    reduce = _reducer(model, pos_list, many, ctx, inputs, len(pil))
+    reduce = _reducer(model, pos_list, many, ctx, inputs, batch)
     with torch.inference_mode():
         out = run_backend(backend, model, inputs, names, reduce)
     return out, ctx

@@ -21,6 +21,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -28,12 +29,12 @@ from filelock import FileLock, Timeout
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from ..errors import StoreError, UnknownPointError
+from ..errors import PositionError, StoreError, UnknownPointError
 from .points import Point, fill_point_info
-from .store_index import (FORMAT, INDEX, PART, VERSION, is_lock, lock_name, part_name, read_index, read_shard, shard_name,
-                          tensor_hash)
+from .store_index import (FORMAT, INDEX, PART, VERSION, damaged_shards, is_lock, lock_name, part_name, read_index,
+                          read_point, read_shard, shard_name, tensor_hash)
 
-__all__ = ["ActivationStore", "StoreWriter", "FORMAT", "VERSION"]
+__all__ = ["ActivationStore", "StoreWriter", "damaged_shards", "FORMAT", "VERSION"]
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
@@ -72,6 +73,7 @@ class ActivationStore:
         if self.directory is not None:
             self._index = read_index(self.directory)
             self.meta = self._index["meta"]
+        self._only: list[str] | None = None  # the points of a view made by select()
         self._point_info = fill_point_info(self.points, point_info or (self._index["points"] if self._index else {}),
                                            self._tensors, self.meta.get("positions"))
         self.check_reads = True
@@ -110,9 +112,8 @@ class ActivationStore:
 
     @property
     def points(self) -> list[str]:
-        if self._index is not None:
-            return list(self._index["points"])
-        return list(self._tensors)
+        every = list(self._index["points"]) if self._index is not None else list(self._tensors)
+        return every if self._only is None else [p for p in every if p in self._only]
 
     def __len__(self) -> int:
         if self._index is not None:
@@ -122,12 +123,26 @@ class ActivationStore:
     def __contains__(self, point: object) -> bool:
         return point in self.points
 
+    def info(self, point: str) -> dict:
+        """``{"shape": per-sample shape, "dtype": ..., "positions": names along axis 1}`` of a point,
+        from the index (or the collection) without reading it; made up from the tensor for a store
+        built from a plain dict (positions from ``meta["positions"]`` when they fit, else ``"0"``,
+        ``"1"``, ...; none for a ``[n, d]`` point)."""
+        self._check(point)
+        if point not in self._point_info:
+            t = self._tensors[point]
+            names = [str(x) for x in self.meta.get("positions") or []]
+            if t.dim() == 3:
+                names = names if len(names) == t.shape[1] else [str(j) for j in range(t.shape[1])]
+            else:
+                names = names if len(names) == 1 else []
+            self._point_info[point] = {"shape": list(t.shape[1:]), "dtype": str(t.dtype).replace("torch.", ""),
+                                       "positions": names}
+        return self._point_info[point]
+
     def positions(self, point: str) -> list[str]:
-        """Names of the positions along axis 1 of a ``[n, p, d]`` point (one name for ``[n, d]``)."""
-        info = self._point_info.get(point)
-        if info is None:
-            self._check(point)
-        return list(info["positions"])
+        """Names of the positions along axis 1 of a ``[n, p, d]`` point (one name, or none, for ``[n, d]``)."""
+        return list(self.info(point)["positions"])
 
     def point(self, name: str) -> Point:
         """The stored :class:`~probekit.hooks.points.Point` (side, layer, kind, width, module) of a point."""
@@ -142,8 +157,24 @@ class ActivationStore:
         self._check(point)
         if self._index is None:
             return self._tensors[point]
-        parts = list(self.iter_shards(point))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return read_point(self.directory, self._index, point, None, self.check_reads)
+
+    def read(self, point: str, position: str | int | None = None) -> torch.Tensor:
+        """One point, or one position (a name from :meth:`positions` or an index) of a ``[n, p, d]`` point as
+        ``[n, d]``: on disk only that slice of each shard is kept, so the peak is the result plus one shard."""
+        info = self.info(point)
+        names = list(info["positions"])
+        if position is None or len(info["shape"]) < 2:
+            if position not in (None, 0, *names[:1]):
+                raise PositionError(f"{point} is [n, d] and has no position {position!r}", fix=f"read it whole: store[{point!r}]")
+            return self[point]
+        j = names.index(position) if position in names else position
+        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < info["shape"][0]:
+            raise PositionError(f"{point} has no position {position!r}",
+                                fix=f"use one of {names} or an index 0..{info['shape'][0] - 1}")
+        if self._index is None:
+            return self._tensors[point][:, j]
+        return read_point(self.directory, self._index, point, j, self.check_reads)
 
     def iter_shards(self, point: str) -> Iterator[torch.Tensor]:
         """Yield a point shard by shard (bounded memory for large stores on disk)."""
@@ -153,6 +184,17 @@ class ActivationStore:
             return
         for shard in self._index["shards"]:
             yield read_shard(self.directory, self._index, shard, [point], self.check_reads)[point]
+
+    def select(self, points: Sequence[str]) -> "ActivationStore":
+        """A view holding only ``points`` (same memory or files, nothing read): hand a reader the points it
+        should see and it loads them one by one, as it gets to each."""
+        points = [points] if isinstance(points, str) else list(points)
+        for p in points:
+            self._check(p)
+        view = ActivationStore.__new__(ActivationStore)
+        view.__dict__.update(self.__dict__)
+        view._only = list(points)
+        return view
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for p in self.points:
@@ -164,33 +206,20 @@ class ActivationStore:
     def save(self, directory: str | os.PathLike, shard_size: int = 4096) -> "ActivationStore":
         """Write an in-memory store to ``directory`` (must not exist or be empty)."""
         w = StoreWriter(directory, self.meta, len(self), shard_size, fingerprint=self.meta.get("fingerprint", "saved"))
-        if not self._point_info:
-            self._point_info = {p: {"shape": list(t.shape[1:]), "dtype": str(t.dtype).replace("torch.", ""),
-                                    "positions": list(self.meta.get("positions", []))} for p, t in self._tensors.items()}
+        info = {p: self.info(p) for p in self.points}
         try:
             for start in range(0, len(self), shard_size):
                 stop = min(start + shard_size, len(self))
-                w.write_shard(start, stop, {p: self[p][start:stop] for p in self.points}, self._point_info)
+                w.write_shard(start, stop, {p: self[p][start:stop] for p in self.points}, info)
             return w.finish()
         finally:
             w.close()
 
     def __repr__(self) -> str:
         where = f"disk:{self.directory}" if self.directory else "memory"
-        shapes = {p: tuple(self._point_info[p]["shape"]) if p in self._point_info else None for p in self.points[:3]}
+        shapes = {p: tuple(self.info(p)["shape"]) for p in self.points[:3]}
         more = f", ... ({len(self.points)} points)" if len(self.points) > 3 else ""
         return f"ActivationStore(n={len(self)}, {where}, {shapes}{more})"
-
-
-def damaged_shards(directory: Path, index: dict) -> list[tuple[dict, StoreError]]:
-    """Every listed shard that fails its checks, with the reason."""
-    bad = []
-    for entry in index["shards"]:
-        try:
-            read_shard(directory, index, entry, list(index["points"]))
-        except StoreError as exc:
-            bad.append((entry, exc))
-    return bad
 
 
 class StoreWriter:
@@ -382,11 +411,15 @@ class StoreWriter:
             raise StoreError(f"writing {name} to {self.directory} failed: {exc}",
                              fix="free disk space, then call collect again with the same store directory to resume") from exc
 
-    def finish(self) -> ActivationStore:
+    def finish(self, meta: Mapping[str, Any] | None = None) -> ActivationStore:
+        """Mark the store complete (every row is in a shard); ``meta`` adds entries known only now
+        (the per-image hashes ``collect`` computes as it decodes each image)."""
         covered = sum(s["stop"] - s["start"] for s in self.index["shards"])
         if covered != self.n:
             raise StoreError(f"store {self.directory} covers {covered} of {self.n} samples", fix="collect again to resume")
         self.index["complete"] = True
+        if meta:
+            self.index["meta"] = {**self.index["meta"], **meta}
         try:
             _atomic_write_json(self.directory / INDEX, self.index)
         except OSError as exc:

@@ -31,8 +31,8 @@ from safetensors import safe_open
 
 from ..errors import StoreError
 
-__all__ = ["FORMAT", "VERSION", "INDEX", "LOCK", "HASH", "read_index", "read_shard", "shard_name", "part_name",
-           "lock_name", "is_lock", "shard_fix", "tensor_hash", "validate_index"]
+__all__ = ["FORMAT", "VERSION", "INDEX", "LOCK", "HASH", "read_index", "read_shard", "read_point", "damaged_shards",
+           "shard_name", "part_name", "lock_name", "is_lock", "shard_fix", "tensor_hash", "validate_index"]
 
 FORMAT = "probekit.activations"
 VERSION = 2  # 2: per-shard rows and hashes, canonical shard names; 1 had neither
@@ -42,7 +42,8 @@ HASH = "xxh3_128"
 _SHARD = re.compile(r"shard-\d{5,}\.safetensors")
 PART = re.compile(r"index\.rank-\d{5}\.json")
 _RANK_LOCK = re.compile(r"write\.rank-\d{5}\.lock")
-_DTYPES = {str(t).replace("torch.", "") for t in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
+# int64: the token ids of collect(..., logits_topk=k)
+_DTYPES = {str(t).replace("torch.", "") for t in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64)}
 _REBUILD = "delete the directory and collect again"
 
 
@@ -199,3 +200,33 @@ def read_shard(directory: Path, index: dict, entry: dict, points: Iterable[str],
             raise StoreError(f"shard {path}: the {HASH} hash of {p} does not match the index (the file changed "
                              f"after it was written)", fix=fix)
     return out
+
+
+def read_point(directory: Path, index: dict, point: str, j: int | None = None, check_hash: bool = True) -> torch.Tensor:
+    """A point over all shards (``j``: only position ``j`` of a ``[n, p, d]`` point), checked shard by shard.
+
+    The result is allocated once and each shard copied into its rows and dropped: the peak is the
+    result plus one shard, not a list of every shard plus their concatenation.
+    """
+    shards = index["shards"]
+    if len(shards) == 1 and j is None:
+        return read_shard(directory, index, shards[0], [point], check_hash)[point]
+    info = index["points"][point]
+    shape = info["shape"] if j is None else info["shape"][1:]
+    out = torch.empty((int(index["n"]), *shape), dtype=getattr(torch, info["dtype"]))
+    for entry in shards:
+        t = read_shard(directory, index, entry, [point], check_hash)[point]
+        out[entry["start"]:entry["stop"]] = t if j is None else t[:, j]
+        del t
+    return out
+
+
+def damaged_shards(directory: Path, index: dict) -> list[tuple[dict, StoreError]]:
+    """Every listed shard that fails its checks, with the reason."""
+    bad = []
+    for entry in index["shards"]:
+        try:
+            read_shard(directory, index, entry, list(index["points"]))
+        except StoreError as exc:
+            bad.append((entry, exc))
+    return bad
