@@ -259,7 +259,7 @@ def test_a_position_is_read_shard_by_shard(disk_store, monkeypatch):
 def test_probes_on_a_disk_store_read_one_point_at_a_time_under_memory_limit(disk_store, monkeypatch):
     """A store (or a select() view of one) goes to the probes unread: each point is read when its
     chunk is fitted, so a memory_limit of one point holds one point at a time."""
-    from probekit.readout import information
+    from probekit.readout import scorers as information  # heldout_logits lives with the scorers
 
     events = []
     real_read, real_fit = store_index.read_point, information.heldout_logits

@@ -20,7 +20,8 @@ from . import distributed
 from .backends import check_backend, run_backend
 from .points import Point
 from .positions import Position, PositionContext, normalize_positions, position_name, select, select_vision
-from .store import ActivationStore, StoreWriter
+from .store import ActivationStore
+from .store_writer import StoreWriter
 
 __all__ = ["collect", "as_model", "check_prompts", "DEFAULT_PROMPT"]
 

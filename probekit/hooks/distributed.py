@@ -35,7 +35,8 @@ import os
 from typing import Any
 
 from ..errors import InputError, StoreError
-from .store import ActivationStore, StoreWriter
+from .store import ActivationStore
+from .store_writer import StoreWriter
 
 __all__ = ["world", "is_main", "owned_shards", "open_writer", "finish"]
 
