@@ -521,7 +521,7 @@ def _assert_consistent(store: Path, expected_ranges: list[tuple[int, int]]) -> N
 def test_full_disk_mid_collect_then_resume(llava, tmp_path, monkeypatch, where):
     import os
 
-    import probekit.hooks.store as store_mod
+    import probekit.hooks.store_writer as store_mod  # where shards and the index are written
 
     ims = images()
     ref = probekit.collect(llava, ims, "x", points="lm.*.resid", batch_size=2, progress=False)
@@ -566,7 +566,7 @@ def test_full_disk_mid_collect_then_resume(llava, tmp_path, monkeypatch, where):
 
 
 def test_full_disk_on_the_first_write_leaves_nothing(llava, tmp_path, monkeypatch):
-    import probekit.hooks.store as store_mod
+    import probekit.hooks.store_writer as store_mod  # where shards and the index are written
 
     monkeypatch.setattr(store_mod, "save_file", _enospc)
     store = tmp_path / "new" / "s"
@@ -577,7 +577,7 @@ def test_full_disk_on_the_first_write_leaves_nothing(llava, tmp_path, monkeypatc
 
 
 def test_full_disk_when_marking_the_store_complete(llava, tmp_path, monkeypatch):
-    import probekit.hooks.store as store_mod
+    import probekit.hooks.store_writer as store_mod  # where shards and the index are written
 
     real = store_mod._atomic_write_json
 

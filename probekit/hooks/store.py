@@ -16,7 +16,6 @@ hash against the index (see :mod:`.store_index`). One writer at a time: a second
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from collections.abc import Sequence
@@ -29,19 +28,6 @@ from .points import Point, fill_point_info
 from .store_index import FORMAT, VERSION, damaged_shards, read_index, read_point, read_shard
 
 __all__ = ["ActivationStore", "StoreWriter", "damaged_shards", "FORMAT", "VERSION"]
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class ActivationStore:

@@ -15,11 +15,24 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from ..errors import StoreError
-from .store import ActivationStore, _atomic_write_json
+from .store import ActivationStore
 from .store_index import (FORMAT, INDEX, PART, VERSION, damaged_shards, is_lock, lock_name, part_name, read_index,
                           shard_name, tensor_hash)
 
 __all__ = ["StoreWriter"]
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class StoreWriter:
