@@ -190,7 +190,7 @@ def test_crash_and_resume_equals_in_memory(tiny_model, monkeypatch, n, bs, shard
     crash_at = data.draw(st.integers(1, total + 1), label="crash on prepare call")  # total + 1: no crash
     kind = data.draw(st.sampled_from([Crash, KeyboardInterrupt]), label="exception")
 
-    import probekit.hooks.store as store_mod
+    import probekit.hooks.store_writer as store_mod  # where the index is written
 
     real_prepare = type(model).prepare
     real_write = store_mod._atomic_write_json
