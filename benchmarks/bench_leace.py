@@ -13,29 +13,16 @@ Usage: ``python benchmarks/bench_leace.py [--rounds 3] [--quick]``.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from probekit.steering import fit
 
-
-def closed_form(X: torch.Tensor, Z: torch.Tensor, tol: float = 1e-6):
-    """The previous probekit closed form (float64 X)."""
-    n = X.shape[0]
-    mean = X.mean(0)
-    Xc, Zc = X - mean, Z - Z.mean(0)
-    sigma = Xc.T @ Xc / max(n - 1, 1)
-    sxz = Xc.T @ Zc / max(n - 1, 1)
-    L, V = torch.linalg.eigh(sigma)
-    keep = L > L[-1].clamp_min(0) * sigma.shape[0] * torch.finfo(L.dtype).eps
-    L = L.clamp_min(0)
-    W = (V * torch.where(keep, L.rsqrt(), torch.zeros_like(L))) @ V.T
-    W_inv = (V * torch.where(keep, L.sqrt(), torch.zeros_like(L))) @ V.T
-    u, s, _ = torch.linalg.svd(W @ sxz, full_matrices=False)
-    u = u[:, s > tol * max(float(s.max()), 1e-300)]
-    left, right = W_inv @ u, u.T @ W
-    return (lambda x: x - ((x - mean) @ right.T) @ left.T), left.shape[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from leace_reference import closed_form  # noqa: E402  (the previous closed form, shared with the tests)
 
 
 def planted(n: int, d: int, K: int, P: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

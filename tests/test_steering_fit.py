@@ -13,6 +13,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 import probekit
+from leace_reference import closed_form as _closed_form  # tests/ is on sys.path under pytest
 from probekit.errors import InputError, PositionError
 from probekit.hooks import positions as hp
 from probekit.steering import Direction, ablate, leace_sequential
@@ -40,24 +41,6 @@ def test_importing_directions_loads_no_model_hook_or_intervention_module():
 
 
 # ----------------------------------------------------------------------------- LEACE
-
-
-def _closed_form(X: torch.Tensor, Z: torch.Tensor, tol: float = 1e-6):
-    """probekit's own LEACE closed form before it used LeaceFitter (the previous steering/directions.py:leace_fit)."""
-    n = X.shape[0]
-    mean = X.mean(0)
-    Xc, Zc = X - mean, Z - Z.mean(0)
-    sigma = Xc.T @ Xc / max(n - 1, 1)
-    sxz = Xc.T @ Zc / max(n - 1, 1)
-    L, V = torch.linalg.eigh(sigma)
-    keep = L > L[-1].clamp_min(0) * sigma.shape[0] * torch.finfo(L.dtype).eps
-    L = L.clamp_min(0)
-    W = (V * torch.where(keep, L.rsqrt(), torch.zeros_like(L))) @ V.T
-    W_inv = (V * torch.where(keep, L.sqrt(), torch.zeros_like(L))) @ V.T
-    u, s, _ = torch.linalg.svd(W @ sxz, full_matrices=False)
-    u = u[:, s > tol * max(float(s.max()), 1e-300)]
-    left, right = W_inv @ u, u.T @ W
-    return lambda x: x - ((x - mean) @ right.T) @ left.T, left.shape[1]
 
 
 def _planted(n: int, d: int, seed: int, K: int = 2, P: int = 1):

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import InputError
+from .synthetic import draw_shape
 
 __all__ = ["SCENE_COLOURS", "SCENE_SHAPES", "ATTRIBUTES", "Scene", "make_scenes", "draw_object"]
 
@@ -49,13 +50,7 @@ def draw_object(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, shape: s
     body = colour if material == "rubber" else tuple(int(c * 0.55) for c in colour)
 
     def fig(rr: float, x: float, y: float, fill: tuple) -> None:
-        box = [x - rr, y - rr, x + rr, y + rr]
-        if shape == "circle":
-            d.ellipse(box, fill=fill)
-        elif shape == "square":
-            d.rectangle(box, fill=fill)
-        else:
-            d.polygon([(x, y - rr), (x - rr, y + rr), (x + rr, y + rr)], fill=fill)
+        draw_shape(d, shape, x, y, rr, fill)
 
     fig(r, cx, cy, body)
     if material == "metal":

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import InputError
 
-__all__ = ["COLOURS", "SHAPES", "COUNTS", "QUESTIONS", "Sample", "make_task", "draw_scene"]
+__all__ = ["COLOURS", "SHAPES", "COUNTS", "QUESTIONS", "Sample", "make_task", "draw_scene", "draw_shape"]
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 220, 40)}
 SHAPES = ("circle", "square", "triangle")
@@ -50,15 +50,19 @@ def draw_scene(colour: str, shape: str, count: int, size: int, rng: random.Rando
     for i, j in spots:
         cx = (i + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
         cy = (j + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
-        box = [cx - r, cy - r, cx + r, cy + r]
-        fill = COLOURS[colour]
-        if shape == "circle":
-            d.ellipse(box, fill=fill)
-        elif shape == "square":
-            d.rectangle(box, fill=fill)
-        else:
-            d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+        draw_shape(d, shape, cx, cy, r, COLOURS[colour])
     return img
+
+
+def draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple) -> None:
+    """A filled circle, square or (any other name) upward triangle of half-size ``r`` centred at (cx, cy)."""
+    box = [cx - r, cy - r, cx + r, cy + r]
+    if shape == "circle":
+        d.ellipse(box, fill=fill)
+    elif shape == "square":
+        d.rectangle(box, fill=fill)
+    else:
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
 
 
 def make_task(n: int, size: int = 32, seed: int = 0, kinds: Sequence[str] = ("colour", "shape", "count")) -> list[Sample]:

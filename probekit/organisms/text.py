@@ -18,7 +18,7 @@ import random
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..data.synthetic import COLOURS, SHAPES
+from ..data.synthetic import COLOURS, SHAPES, draw_shape
 
 __all__ = ["CHARS", "SIZE", "random_string", "draw_text", "text_image", "scene"]
 
@@ -75,15 +75,7 @@ def scene(rng: random.Random, size: int = SIZE) -> tuple[Image.Image, dict]:
     colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
     r = rng.uniform(0.14, 0.22) * size
     cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
-    box = [cx - r, cy - r, cx + r, cy + r]
-    d = ImageDraw.Draw(img)
-    fill = COLOURS[colour]
-    if shape == "circle":
-        d.ellipse(box, fill=fill)
-    elif shape == "square":
-        d.rectangle(box, fill=fill)
-    else:
-        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, COLOURS[colour])
     return img, {"colour": colour, "shape": shape, "side": "left" if cx < size / 2 else "right"}
 
 
