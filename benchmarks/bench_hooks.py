@@ -56,7 +56,7 @@ def overhead(rounds: int, batch: int, device: str, sizes: dict) -> dict:
     names = model.resolve("lm.*.resid")
     pos, many = normalize_positions(("last", "image_mean"))
     ctx = PositionContext.from_inputs(inputs, model.image_mask(inputs))
-    reduce = _reducer(model, pos, many, ctx, inputs, batch)
+    reduce = _reducer(model, pos, many, {"lm": ctx}, inputs, batch)
 
     def plain():
         return model.hf(**inputs)

@@ -3,6 +3,11 @@
 One row per ``config.model_type`` in :data:`probekit.models.coverage.COVERED`; each check is a
 test of its own, so a failure names the architecture and the check. The table in
 ``docs/real-models.md`` is generated from the same lists (``test_docs_table_is_current``).
+
+An encoder-decoder (Florence-2) has two token sequences: the encoder's (image tokens and
+prompt, points ``encoder.*``) and the decoder's (points ``lm.*``). Each check runs on the
+sequence it is about; where one does not apply (:data:`probekit.models.coverage.NOT_APPLICABLE`)
+the test asserts what holds instead.
 """
 
 import warnings
@@ -11,7 +16,7 @@ import pytest
 import torch
 
 import probekit
-from probekit.hooks.positions import PositionContext
+from probekit.errors import PositionError
 from probekit.models import coverage, tiny, tiny_zoo
 from probekit.readout.lens import LogitLens
 
@@ -39,8 +44,39 @@ def _forward(model: probekit.Model, n: int = 2, seed: int = 3):
     with torch.no_grad():
         out = model.hf(**inputs, output_hidden_states=True)
     # BLIP-2 and InstructBLIP keep the language model's outputs one level down
-    lm_out = out if getattr(out, "hidden_states", None) is not None else out.language_model_outputs
+    mine = getattr(out, "hidden_states", None) is not None or getattr(out, "decoder_hidden_states", None) is not None
+    lm_out = out if mine else out.language_model_outputs
     return images, inputs, lm_out
+
+
+def _encoder_decoder(model: probekit.Model) -> bool:
+    return bool(getattr(model.hf.config, "is_encoder_decoder", False))
+
+
+def _last(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token."""
+    return (attention_mask.long() * torch.arange(1, attention_mask.shape[1] + 1)).argmax(1)
+
+
+def _decoder_mask(inputs: dict) -> torch.Tensor:
+    return inputs.get("decoder_attention_mask", torch.ones_like(inputs["decoder_input_ids"]))
+
+
+def _streams(model: probekit.Model, inputs: dict, out) -> list[tuple[str, tuple, torch.Tensor, torch.Tensor | None, bool]]:
+    """Each token sequence as (point prefix, HF hidden states, attention mask, image mask or None, ends in a final norm).
+
+    A decoder-only model has one, whose last hidden state HF reports after the final norm; an
+    encoder-decoder's BART encoder and decoder have no final norm and the decoder no image tokens.
+    """
+    if _encoder_decoder(model):
+        return [("encoder", out.encoder_hidden_states, inputs["attention_mask"], model.image_mask(inputs), False),
+                ("lm", out.decoder_hidden_states, _decoder_mask(inputs), None, False)]
+    return [("lm", out.hidden_states, inputs["attention_mask"], model.image_mask(inputs), True)]
+
+
+def _image_hidden(out):
+    """The hidden states of the sequence the image features go into (an encoder-decoder's: the encoder's)."""
+    return out.encoder_hidden_states if getattr(out, "encoder_hidden_states", None) is not None else out.hidden_states
 
 
 def test_matrix_lists_every_installed_architecture():
@@ -64,9 +100,17 @@ def test_wrap_maps_every_block(built, arch, tmp_path):
     n_lm = model.n_layers
     assert model.points("lm.*.resid") == [f"lm.{i}.resid" for i in range(n_lm)]
     assert n_lm == coverage.text_layers(model.hf.config)
+    n_enc = coverage.encoder_layers(model.hf.config)
+    assert model.points("encoder.*.resid") == [f"encoder.{i}.resid" for i in range(n_enc)] if n_enc else \
+        not any(p.startswith("encoder.") for p in model.points())
+    assert (n_enc > 0) == _encoder_decoder(model)
     vision = model.points("vision.*.resid")
     assert len(vision) == coverage.vision_layers(model.hf.config)
-    assert {"projector", "lm.embed", "lm.norm", "logits"} <= set(model.points())
+    if "lm.norm" in coverage.NOT_APPLICABLE.get(arch, {}):
+        assert "lm.norm" not in model.points() and model.final_norm is None
+        assert {"projector", "lm.embed", "logits"} <= set(model.points())
+    else:
+        assert {"projector", "lm.embed", "lm.norm", "logits"} <= set(model.points())
     assert model.d_model == coverage.text_width(model.hf.config)
     # the checkpoint round-trips: save_pretrained, then probekit.load gives the same map, inputs and logits
     model.hf.save_pretrained(tmp_path / "ckpt")
@@ -88,22 +132,35 @@ def test_wrap_maps_every_block(built, arch, tmp_path):
 def test_resid_equals_hf_hidden_states(built, arch):
     model = built(arch)
     images, inputs, out = _forward(model)
-    hs = out.hidden_states
-    assert len(hs) == model.n_layers + 1
-    ctx = PositionContext.from_inputs(inputs, model.image_mask(inputs))
-    last = (ctx.attention_mask.long() * torch.arange(1, ctx.attention_mask.shape[1] + 1)).argmax(1)
     rows = torch.arange(2)
-    store = probekit.collect(model, images, PROMPTS, points=["lm.embed", "lm.*.resid", "lm.norm"],
-                             positions=("last", "image"), batch_size=2, progress=False)
-    n_img = int(ctx.image_mask[0].sum())
-    image_idx = ctx.image_mask.nonzero()[:, 1].view(2, n_img)
-    for i in range(model.n_layers - 1):
-        got = store[f"lm.{i}.resid"]
-        assert torch.equal(got[:, 0], hs[i + 1][rows, last]), f"lm.{i}.resid at last"
-        assert torch.equal(got[:, 1:], hs[i + 1][rows[:, None], image_idx]), f"lm.{i}.resid at image"
-    assert torch.equal(store["lm.embed"][:, 0], hs[0][rows, last])
-    assert torch.equal(store["lm.embed"][:, 1:], hs[0][rows[:, None], image_idx])
-    assert torch.equal(store["lm.norm"][:, 0], hs[-1][rows, last])
+    streams = _streams(model, inputs, out)
+    assert len(streams[-1][1]) == model.n_layers + 1
+    for prefix, hs, attention_mask, image_mask, normed in streams:
+        n = len(hs) - 1
+        assert model.points(f"{prefix}.*.resid") == [f"{prefix}.{i}.resid" for i in range(n)]
+        positions = ("last", "image") if image_mask is not None else ("last",)
+        points = [f"{prefix}.embed", f"{prefix}.*.resid"] + (["lm.norm"] if normed else [])
+        store = probekit.collect(model, images, PROMPTS, points=points, positions=positions, batch_size=2, progress=False)
+        last = _last(attention_mask)
+        if image_mask is not None:
+            image_mask = image_mask & attention_mask.bool()
+            image_idx = image_mask.nonzero()[:, 1].view(2, int(image_mask[0].sum()))
+        # where the blocks end in a final norm, HF's last hidden state is after it (checked as lm.norm)
+        for i in range(n - 1 if normed else n):
+            got = store[f"{prefix}.{i}.resid"]
+            assert torch.equal(got[:, 0], hs[i + 1][rows, last]), f"{prefix}.{i}.resid at last"
+            if image_mask is not None:
+                assert torch.equal(got[:, 1:], hs[i + 1][rows[:, None], image_idx]), f"{prefix}.{i}.resid at image"
+        assert torch.equal(store[f"{prefix}.embed"][:, 0], hs[0][rows, last])
+        if image_mask is not None:
+            assert torch.equal(store[f"{prefix}.embed"][:, 1:], hs[0][rows[:, None], image_idx])
+        if normed:
+            assert torch.equal(store["lm.norm"][:, 0], hs[-1][rows, last])
+        else:
+            assert f"{prefix}.norm" not in model.points()
+    if "image positions on lm.*" in coverage.NOT_APPLICABLE.get(arch, {}):
+        with pytest.raises(PositionError, match="holds no image tokens"):
+            probekit.collect(model, images, PROMPTS, points="lm.0.resid", positions=("last", "image"), progress=False)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -115,7 +172,10 @@ def test_image_positions_are_where_the_image_goes_in(built, arch):
     assert torch.equal(inputs["input_ids"], inputs_b["input_ids"])
     mask = model.image_mask(inputs)
     assert mask.sum(1).tolist()[0] > 0 and mask.sum(1)[0] == mask.sum(1)[1]
-    changed = (out.hidden_states[0] != out_b.hidden_states[0]).any(-1) & inputs["attention_mask"].bool()
+    if _encoder_decoder(model):  # the decoder's input embeddings do not depend on the image at all
+        assert torch.equal(out.decoder_hidden_states[0], out_b.decoder_hidden_states[0])
+    hs0, hs0_b = _image_hidden(out)[0], _image_hidden(out_b)[0]
+    changed = (hs0 != hs0_b).any(-1) & inputs["attention_mask"].bool()
     if model.family == "mllama":  # the image enters through cross-attention; <|image|> stays a text token
         assert not changed.any() and mask.sum(1).tolist() == [1, 1]
         return
@@ -125,7 +185,6 @@ def test_image_positions_are_where_the_image_goes_in(built, arch):
     unchanged = (mask & ~changed).sum(1)
     newline = getattr(getattr(model.hf, "model", None), "image_newline", None)
     if newline is not None:
-        hs0 = out.hidden_states[0]
         assert torch.equal(hs0[mask & ~changed], newline.expand(int(unchanged.sum()), -1).to(hs0.dtype))
     else:
         assert unchanged.tolist() == [0, 0]
@@ -152,8 +211,8 @@ def test_logit_lens_on_last_block_is_the_model_output(built, arch):
     images, inputs, out = _forward(model)
     store = probekit.collect(model, images, PROMPTS, points=f"lm.{model.n_layers - 1}.resid", positions="last",
                              progress=False)
-    ctx = PositionContext.from_inputs(inputs, model.image_mask(inputs))
-    last = (ctx.attention_mask.long() * torch.arange(1, ctx.attention_mask.shape[1] + 1)).argmax(1)
+    # the logits' sequence: the decoder's for an encoder-decoder ("last" is its last token)
+    last = _last(_decoder_mask(inputs) if _encoder_decoder(model) else inputs["attention_mask"])
     with torch.no_grad():
         logits = model.hf(**inputs).logits[torch.arange(2), last].float()
     lens = LogitLens(model)
@@ -166,8 +225,13 @@ def test_logit_lens_on_last_block_is_the_model_output(built, arch):
 def test_store_saves_and_loads(built, arch, tmp_path):
     model = built(arch)
     images = tiny.fixture_images(2, 32, seed=3)
-    mem = probekit.collect(model, images, PROMPTS, points="*", positions=("last", "image_mean"), progress=False)
-    disk = probekit.collect(model, images, PROMPTS, points="*", positions=("last", "image_mean"), progress=False,
+    positions = ("last", "image_mean")
+    if "image positions on lm.*" in coverage.NOT_APPLICABLE.get(arch, {}):
+        with pytest.raises(PositionError, match="holds no image tokens"):  # lm.* are on the decoder sequence
+            probekit.collect(model, images, PROMPTS, points="*", positions=positions, progress=False)
+        positions = ("last", "text_mean")  # every point at once; vision points still pool their image
+    mem = probekit.collect(model, images, PROMPTS, points="*", positions=positions, progress=False)
+    disk = probekit.collect(model, images, PROMPTS, points="*", positions=positions, progress=False,
                             store=tmp_path / "acts")
     again = probekit.ActivationStore.open(tmp_path / "acts")
     saved = probekit.ActivationStore.open(mem.save(tmp_path / "saved").directory)

@@ -52,6 +52,8 @@ def test_parse_the_vocabulary_and_names_outside_it():
         "vision.4.resid": ("vision", 4, "resid", "vision"),
         "qformer.1.xattn": ("qformer", 1, "xattn", "vision"),
         "lm.3.xattn": ("lm", 3, "xattn", "lm"),
+        "encoder.2.mlp": ("encoder", 2, "mlp", "encoder"),  # an encoder-decoder's text encoder (Florence-2)
+        "encoder.embed": ("encoder", None, "embed", "encoder"),
         "layer.0": ("layer", 0, "layer", "lm"),
         "rung7": ("rung7", None, "rung7", "lm"),
     }
@@ -60,8 +62,9 @@ def test_parse_the_vocabulary_and_names_outside_it():
         assert (p.side, p.layer, p.kind, p.sequence) == want, name
     assert Point.parse("lm.embed").depth == -1 and Point.parse("lm.5.attn").depth == 5
     assert math.isnan(Point.parse("vision.2.resid").depth) and math.isnan(Point.parse("logits").depth)
-    assert [p for p in ("lm.embed", "lm.2.resid", "lm.2.attn", "vision.0.resid") if Point.parse(p).in_stream] == [
-        "lm.embed", "lm.2.resid"]
+    assert [p for p in ("lm.embed", "lm.2.resid", "lm.2.attn", "vision.0.resid", "encoder.0.resid")
+            if Point.parse(p).in_stream] == ["lm.embed", "lm.2.resid"]  # the lens reads the decoder's stream only
+    assert math.isnan(Point.parse("encoder.1.resid").depth) and Point.parse("encoder.1.resid").numbered
     # the readout's helpers are the same parse
     assert parse_layer("lm.12.mlp") == 12 and math.isnan(parse_layer("logits")) and parse_layer("layer.3") == 3
     assert parse_kind("vision.4.resid") == "vision" and parse_kind("lm.2.resid@last") == "resid"

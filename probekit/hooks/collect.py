@@ -19,7 +19,8 @@ from ..models.adapter import Model
 from . import distributed
 from .backends import check_backend, run_backend
 from .points import Point
-from .positions import Position, PositionContext, normalize_positions, position_name, select, select_vision
+from .positions import (NAMED_POSITIONS, Position, PositionContext, normalize_positions, position_name, select,
+                        select_vision)
 from .store import ActivationStore
 from .store_writer import StoreWriter
 
@@ -80,14 +81,16 @@ def _no_image_token(prompts: list[str], token: str | None) -> None:
                              fix=f"pass the question alone; probekit places {token!r} itself, once per image")
 
 
-def _reducer(model: Model, positions: list[Position], many: bool, ctx: PositionContext, inputs: dict,
+def _reducer(model: Model, positions: list[Position], many: bool, ctxs: dict[str, PositionContext], inputs: dict,
              batch: int) -> Callable[[str, torch.Tensor], torch.Tensor]:
     vision_pos = "image" if "image" in positions else "image_mean"
 
     def reduce(point: str, h: torch.Tensor) -> torch.Tensor:
-        if model.target(point).side == "vision":
+        side = model.target(point).side
+        if side == "vision":
             h, counts = model.vision_activation(inputs, point, h, batch)
             return select_vision(h, vision_pos, counts, batch)
+        ctx = ctxs[side]  # the token sequence the point lies on (an encoder-decoder has two)
         h = model.lm_activation(point, h, ctx.attention_mask.shape[0])
         if not many:
             return select(h, positions[0], ctx)
@@ -98,12 +101,13 @@ def _reducer(model: Model, positions: list[Position], many: bool, ctx: PositionC
 
 
 def _labels(model: Model, point: str, positions: list[Position], t: torch.Tensor,
-            slots: list[str]) -> list[str]:
+            slots: dict[str, list[str]]) -> list[str]:
     """Names along axis 1 of a stored point (one name for a [n, d] point)."""
-    if model.target(point).side == "vision":
+    side = model.target(point).side
+    if side == "vision":
         name = "image" if "image" in positions else "image_mean"
         return [name] if t.dim() == 2 else [f"{name}[{j}]" for j in range(t.shape[1])]
-    return slots
+    return slots[side]
 
 
 def collect(
@@ -231,7 +235,7 @@ def collect(
 
     bar = progress_bar(total=sum(b - a for a, b in todo), desc=f"collect {len(names)} points" + (f" (rank {rank})" if world > 1 else ""),
                        unit="img", disable=not progress, leave=False)
-    lm_side = any(model.target(p).side == "lm" for p in names)
+    sides = sorted({model.target(p).side for p in names} - {"vision"})  # token sequences positions apply to
     # on an accelerator, decoding and the processor of the next batch run in a worker thread while
     # this one goes through the model; not on CPU, where it cost ~10% (bench_scan: a small forward is
     # Python holding the GIL, a large one takes every core with its own threads). Never across
@@ -253,11 +257,11 @@ def collect(
                 for (b0, b1), (inputs, batch_hashes) in zip(rows, ready):
                     if world == 1:
                         hashes[b0:b1] = batch_hashes
-                    out, ctx = _forward(model, inputs, b1 - b0, names, pos_list, many, backend, lm_side)
+                    out, ctxs = _forward(model, inputs, b1 - b0, names, pos_list, many, backend, sides)
                     if top is not None:
                         out, vocab = _top_logits(out, top, store_dtype)
                     if not point_info:
-                        slots = _slot_labels(pos_list, ctx)
+                        slots = {side: _slot_labels(pos_list, ctxs[side]) for side in sides}
                         point_info = {p: {**(Point.parse(p) if p in TOP_POINTS else Point.of(model, p)).info(),
                                           "shape": list(out[p].shape[1:]),
                                           "dtype": str(_dtype(p, out[p], store_dtype)).replace("torch.", ""),
@@ -344,14 +348,38 @@ def _prefetch(jobs: list, work: Callable[[Any], Any], ahead: bool = True) -> Ite
 
 
 def _forward(model: Model, inputs: dict, batch: int, names: list[str], pos_list: list[Position], many: bool,
-             backend: str, lm_side: bool = True) -> tuple[dict[str, torch.Tensor], PositionContext]:
-    ctx = PositionContext.from_inputs(inputs, model.image_mask(inputs))
-    if lm_side:  # a selector that cannot apply to this batch (index past the end, ...) fails before the forward
-        _slot_labels([p for p in pos_list if not callable(p)], ctx)
-    reduce = _reducer(model, pos_list, many, ctx, inputs, batch)
+             backend: str, sides: Sequence[str] = ("lm",)) -> tuple[dict[str, torch.Tensor], dict[str, PositionContext]]:
+    ctxs = {side: PositionContext.from_inputs(ids, image) for side, (ids, image) in model.sequences(inputs).items()}
+    for side in sides:  # a selector that cannot apply to this batch (index past the end, ...) fails before the forward
+        _check_sequence(model, side, ctxs, [p for p in names if model.target(p).side == side],
+                        [p for p in pos_list if not callable(p)])
+    reduce = _reducer(model, pos_list, many, ctxs, inputs, batch)
     with torch.inference_mode():
         out = run_backend(backend, model, inputs, names, reduce)
-    return out, ctx
+    return out, ctxs
+
+
+def _check_sequence(model: Model, side: str, ctxs: dict[str, PositionContext], points: list[str],
+                    pos_list: list[Position]) -> None:
+    """Every selector applies to the token sequence ``points`` lie on; else a PositionError naming them."""
+    shown = ", ".join(points[:4]) + (f" and {len(points) - 4} more" if len(points) > 4 else "")
+    if side not in ctxs:
+        raise PositionError(f"points {shown} lie on {model.describe_sequence(side)}, whose token ids the inputs lack",
+                            fix="pass input_ids (and the decoder's, for an encoder-decoder) to the forward")
+    for p in pos_list:
+        try:
+            _slot_labels([p], ctxs[side])
+        except PositionError as exc:
+            if model.image_free(side) and isinstance(p, str) and NAMED_POSITIONS[p].label == "image":
+                raise PositionError(
+                    f"position {p!r} does not apply to points {shown}: they lie on {model.describe_sequence(side)}, "
+                    "which holds no image tokens",
+                    fix="record these points with 'last', 'text', 'text_mean', an int or a slice, and the image "
+                        "positions of the other points in a separate collect") from None
+            if len(ctxs) > 1:  # which of the sequences it failed on
+                raise PositionError(f"{exc.problem} (points {shown}, on {model.describe_sequence(side)})",
+                                    fix=exc.fix) from None
+            raise
 
 
 def _slot_labels(pos_list: list[Position], ctx: PositionContext) -> list[str]:

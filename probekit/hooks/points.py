@@ -2,11 +2,13 @@
 
 A point name is one word of the flat vocabulary of DESIGN.md (``vision.{i}.resid``,
 ``projector``, ``lm.embed``, ``lm.{i}.resid|attn|mlp|xattn``, ``qformer.{i}.xattn``,
-``lm.norm``, ``logits``). :meth:`Point.parse` turns a name into its parts; :meth:`Point.of`
-adds what only the model knows (the module read, the width); :meth:`Point.info` is what every
-store writes beside each point's shape, dtype and positions (:func:`fill_point_info`), so
-readers never parse names again. Names outside the vocabulary (``"layer.0"``, a user's dict
-keys) still parse, leniently, into the same fields.
+``lm.norm``, ``logits``; an encoder-decoder such as Florence-2 adds its encoder's
+``encoder.embed`` and ``encoder.{i}.resid|attn|mlp``, while ``lm.*`` are its decoder's).
+:meth:`Point.parse` turns a name into its parts; :meth:`Point.of` adds what only the model
+knows (the module read, the width); :meth:`Point.info` is what every store writes beside each
+point's shape, dtype and positions (:func:`fill_point_info`), so readers never parse names
+again. Names outside the vocabulary (``"layer.0"``, a user's dict keys) still parse,
+leniently, into the same fields.
 """
 
 from __future__ import annotations
@@ -19,17 +21,22 @@ from typing import Any
 
 __all__ = ["Point", "SIDES", "KINDS", "fill_point_info"]
 
-SIDES = ("vision", "projector", "lm", "qformer")
-"""Which part of the model a point is in (its name's first word; ``logits`` is on the LM side)."""
+SIDES = ("vision", "projector", "encoder", "lm", "qformer")
+"""Which part of the model a point is in (its name's first word; ``logits`` is on the LM side).
+
+``encoder`` is the text encoder of an encoder-decoder language model (Florence-2's BART
+encoder, which reads the image tokens and the prompt); ``lm`` is then its decoder."""
 
 KINDS = ("resid", "attn", "mlp", "xattn", "embed", "norm", "logits", "projector")
 """What a point records."""
 
-# the numbered points: part, block index, kind ("lm.3.resid", "vision.0.resid", "qformer.1.xattn")
-_NUMBERED = re.compile(r"(vision|qformer|lm)\.(\d+)\.(\w+)")
+# the numbered points: part, block index, kind ("lm.3.resid", "vision.0.resid", "qformer.1.xattn", "encoder.0.resid")
+_NUMBERED = re.compile(r"(vision|qformer|encoder|lm)\.(\d+)\.(\w+)")
 # names with no number; "lm.embed" is the input of block 0, "lm.norm" the final norm
 _NAMED = {"lm.embed": ("lm", "embed"), "lm.norm": ("lm", "norm"), "logits": ("lm", "logits"),
-          "projector": ("projector", "projector")}
+          "projector": ("projector", "projector"), "encoder.embed": ("encoder", "embed")}
+# the token sequence a point's side lies on when no model says otherwise
+_SEQUENCE = {"vision": "vision", "projector": "vision", "qformer": "vision", "encoder": "encoder"}
 _INFO = ("side", "layer", "kind", "width", "module", "mode", "sequence")
 
 
@@ -39,8 +46,8 @@ class Point:
 
     Attributes:
         name: the point name without a ``@position`` suffix (``"lm.3.resid"``).
-        side: ``"vision"``, ``"projector"``, ``"lm"``, ``"qformer"`` (for names outside the
-            vocabulary: the name's first word).
+        side: ``"vision"``, ``"projector"``, ``"encoder"``, ``"lm"``, ``"qformer"`` (for names
+            outside the vocabulary: the name's first word).
         layer: the block index (``3`` for ``lm.3.resid``), None for unnumbered points.
         kind: ``"resid"``, ``"attn"``, ``"mlp"``, ``"xattn"``, ``"embed"``, ``"norm"``,
             ``"logits"``, ``"projector"``.
@@ -48,8 +55,9 @@ class Point:
         module: dotted path of the module read (None without a model).
         mode: ``"output"`` or ``"input"`` of that module (``lm.embed`` reads block 0's input).
         sequence: ``"lm"`` when the point lies on the language model's token sequence (token
-            positions apply), ``"vision"`` when it lies on image patches or query tokens
-            (pooled per image).
+            positions apply; an encoder-decoder's decoder sequence), ``"encoder"`` when it lies
+            on an encoder-decoder's encoder sequence (image tokens and prompt; positions apply
+            there), ``"vision"`` when it lies on image patches or query tokens (pooled per image).
 
     Example:
         >>> p = Point.parse("lm.3.resid@last")
@@ -57,6 +65,8 @@ class Point:
         ('lm.3.resid', 'lm', 3, 'resid', 'lm')
         >>> Point.parse("qformer.1.xattn").sequence
         'vision'
+        >>> Point.parse("encoder.2.resid").sequence
+        'encoder'
     """
 
     name: str
@@ -84,7 +94,7 @@ class Point:
             words = [p for p in parts if not p.isdecimal()]
             known = [p for p in reversed(parts) if p in KINDS]
             kind = parts[0] if parts[0] in ("projector", "logits") else (known[0] if known else (words[-1] if words else ""))
-        return cls(base, side, layer, kind, sequence="vision" if side in ("vision", "projector", "qformer") else "lm")
+        return cls(base, side, layer, kind, sequence=_SEQUENCE.get(side, "lm"))
 
     @classmethod
     def of(cls, model: Any, name: str) -> "Point":

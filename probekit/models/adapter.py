@@ -25,14 +25,16 @@ __all__ = ["Layout", "Model", "HookTarget", "get_module"]
 class HookTarget:
     """Where a point is read: a module and whether its output or its input is taken.
 
-    ``side`` is ``"lm"`` for points on the language model's token sequence (positions apply)
-    and ``"vision"`` for points on image patches or query tokens (pooled per image). The
+    ``side`` is ``"lm"`` for points on the language model's token sequence (positions apply),
+    ``"encoder"`` for points on an encoder-decoder's encoder sequence (Florence-2: image tokens
+    and prompt; positions apply there, its ``lm`` side being the decoder's sequence) and
+    ``"vision"`` for points on image patches or query tokens (pooled per image). The
     family builds these (:meth:`~probekit.models.families.base.Family.hook_targets`).
     """
 
     path: str
     mode: str = "output"  # "output" | "input"
-    side: str = "lm"
+    side: str = "lm"  # "lm" | "encoder" | "vision"
     width: int | None = None  # features per token, when known without a forward pass
 
 
@@ -41,7 +43,7 @@ class Layout:
     """Module paths of one model, as found by its family module (all dotted paths)."""
 
     family: str
-    lm_layers: str
+    lm_layers: str  # an encoder-decoder's decoder blocks
     unembed: str
     vision_layers: str | list[str] | None = None
     projector: str | None = None
@@ -54,6 +56,7 @@ class Layout:
     xattn_side: str = "lm"
     image_token_id: int | None = None
     missing: list[str] = field(default_factory=list)
+    encoder_layers: str | None = None  # an encoder-decoder's encoder blocks (Florence-2)
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -213,8 +216,26 @@ class Model:
         return out
 
     def image_mask(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Bool ``[b, s]``: which token positions hold image tokens."""
+        """Bool ``[b, s]``: which token positions hold image tokens (an encoder-decoder's: in the encoder sequence)."""
         return self._impl.image_mask(self, inputs)
+
+    def sequences(self, inputs: Mapping[str, Any]) -> dict[str, tuple[dict, torch.Tensor]]:
+        """The token sequences of a batch by point side: ``{side: ({"input_ids", "attention_mask"}, image mask)}``.
+
+        A decoder-only model has one, ``"lm"``; an encoder-decoder (Florence-2) has ``"encoder"``
+        (image tokens and prompt) and ``"lm"`` (its decoder's tokens). Positions of a point are
+        chosen on the sequence of its side (:attr:`HookTarget.side`). A sequence whose token ids
+        the inputs lack (a call with ``inputs_embeds``) is left out.
+        """
+        return self._impl.sequences(self, inputs)
+
+    def describe_sequence(self, side: str) -> str:
+        """A phrase naming the token sequence of ``side`` (for error messages)."""
+        return self._impl.sequence_names.get(side, f"the {side} sequence")
+
+    def image_free(self, side: str) -> bool:
+        """Whether the sequence of ``side`` never holds image tokens (Florence-2's decoder)."""
+        return side in self._impl.image_free_sequences
 
     def vision_counts(self, inputs: Mapping[str, torch.Tensor], point: str, first_dim: int) -> list[int] | None:
         """How many rows of a flattened vision tensor belong to each sample (Qwen2-VL), else None."""

@@ -285,6 +285,27 @@ def _llama4() -> tuple[Any, Any]:
     return Llama4ForConditionalGeneration(cfg), proc
 
 
+def _florence2() -> tuple[Any, Any]:
+    from transformers import CLIPImageProcessorPil, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
+
+    tok = _tok(named={"image_token": "<image>"})
+    # two DaViT stages of different widths (strides 4 and 2: 32x32 pixels -> 4x4 patches), windows of 2x2
+    vis = {"depths": [1, 1], "patch_size": [7, 3], "patch_stride": [4, 2], "patch_padding": [3, 1],
+           "patch_prenorm": [False, True], "embed_dim": [16, 32], "num_heads": [2, 2], "num_groups": [2, 2],
+           "window_size": 2, "drop_path_rate": 0.0, "projection_dim": 32, "max_temporal_embeddings": 4,
+           "max_position_embeddings": 8}
+    # encoder and decoder of different depths, so that a mix-up of the two shows
+    text = {"model_type": "bart", "vocab_size": len(tok), "d_model": 32, "encoder_layers": 2, "decoder_layers": 3,
+            "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+            "max_position_embeddings": 128, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id, "decoder_start_token_id": tok.eos_token_id,
+            "forced_bos_token_id": tok.bos_token_id, "forced_eos_token_id": tok.eos_token_id}
+    cfg = Florence2Config(vision_config=vis, text_config=text, image_token_id=tok.image_token_id)
+    n_image = (_IMG // 8) ** 2 + 1  # the last stage's patches and one pooled token
+    ip = CLIPImageProcessorPil(size={"height": _IMG, "width": _IMG}, do_center_crop=False, image_seq_length=n_image)
+    return Florence2ForConditionalGeneration(cfg), Florence2Processor(image_processor=ip, tokenizer=tok)
+
+
 ARCHITECTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
     "llava": _family("llava"),
     "llava_next": _llava_next,
@@ -308,6 +329,7 @@ ARCHITECTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
     "qwen3_vl_moe": _qwen("qwen3_vl_moe"),
     "glm4v_moe": lambda: _glm4v("glm4v_moe"),
     "glm46v": lambda: _glm4v("glm46v"),
+    "florence2": _florence2,
     **VARIANTS,
 }
 """config.model_type -> builder of ``(hf_model, processor)`` for every architecture the matrix covers."""

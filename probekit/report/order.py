@@ -3,7 +3,8 @@
 Hook points are placed by their name, not by the ``layer`` column, because the readout
 numbers vision layers too (``vision.3.resid`` has layer 3): language-model points
 (``lm.embed``, ``lm.{i}.*``, ``lm.norm``, ``logits``) go on a numeric "LM layer" axis,
-points before the language model (``vision.{i}.*``, ``qformer.{i}.*``, ``projector``) on a
+points before the language model (``vision.{i}.*``, ``qformer.{i}.*``, ``projector``, and an
+encoder-decoder's ``encoder.embed`` / ``encoder.{i}.*``, whose ``lm.*`` are its decoder's) on a
 narrower panel to its left, in the order the image passes through them.
 """
 
@@ -17,7 +18,7 @@ from ..hooks.points import Point
 
 __all__ = ["Place", "place", "point_order"]
 
-_PRE_GROUP = {"vision": 0, "qformer": 1}
+_PRE_GROUP = {"vision": 0, "qformer": 1, "encoder": 3}  # the projector is group 2
 
 
 @dataclass
@@ -42,8 +43,8 @@ def place(point: str) -> Place:
         part, i, kind = pt.side, pt.layer, pt.kind
         if part == "lm":
             return Place("lm", (i, 0), str(i), "resid" if kind == "resid" else kind)
-        label = {"vision": "", "qformer": "Q"}[part] + str(i)
-        # the vision tower and the Q-Former are one path from pixels to the LM: one curve
+        label = {"vision": "", "qformer": "Q", "encoder": "E"}[part] + str(i)
+        # the vision tower, the Q-Former and a text encoder are one path from pixels to the LM: one curve
         return Place("pre", (_PRE_GROUP[part], i, kind), label if kind in ("resid", "xattn") else f"{label} {kind}",
                      "image")
     if name == "lm.embed":
@@ -54,7 +55,9 @@ def place(point: str) -> Place:
         return Place("lm", (math.inf, 1), "logits", "resid")
     if name == "projector":
         return Place("pre", (2, 0, ""), "proj", "image")
-    return Place("pre", (3, 0, name), name, "image")
+    if name == "encoder.embed":
+        return Place("pre", (3, -1, ""), "E embed", "image")
+    return Place("pre", (4, 0, name), name, "image")
 
 
 def point_order(points: Iterable[str]) -> list[str]:

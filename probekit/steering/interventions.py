@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, PositionError
-from ..hooks.positions import edit_positions, position_mask
+from ..hooks.positions import NAMED_POSITIONS, edit_positions, position_mask
 from ..models.adapter import Model, get_module
 from .directions import Direction
 from .inputs import _coerce
@@ -76,15 +76,16 @@ class Intervention:
         self.generated = generated
         self.direction: Direction | None = None  # set by ablate / steer
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._tracker = PromptTracker(model, positions, generated) if positions is not None else None
+        sides = sorted({model.target(p).side for p in points} - {"vision"})
+        self._tracker = PromptTracker(model, positions, generated, sides) if positions is not None else None
 
     def _apply(self, point: str, h: Tensor) -> Tensor:
         side = self.model.target(point).side
         if self._tracker is None or side == "vision":
             return self.edit(point, h)
         shape = h.shape
-        h = self.model.lm_activation(point, h, self._tracker.prompt_mask.shape[0] if self._tracker.prompt_mask is not None else 1)
-        m = self._tracker.mask(h.shape[0], h.shape[1], h.device)
+        h = self.model.lm_activation(point, h, self._tracker.batch(side))
+        m = self._tracker.mask(h.shape[0], h.shape[1], h.device, side, point)
         return torch.where(m[..., None], self.edit(point, h), h).view(shape)
 
     def __enter__(self) -> "Intervention":
@@ -117,7 +118,7 @@ class Intervention:
         while self._handles:
             self._handles.pop().remove()
         if self._tracker is not None:
-            self._tracker.prompt_mask = None
+            self._tracker.prompt_masks = {}
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
@@ -134,6 +135,14 @@ def _check_positions_side(model: Model, names: list[str], positions: list | None
     if vision and positions is not None:
         raise PositionError(f"points {vision} are on the image side, where token positions do not apply",
                             fix="intervene there with positions=None (every patch), in a separate call")
+    image = [p for p in positions or () if isinstance(p, str) and NAMED_POSITIONS[p].label == "image"]
+    free = [p for p in names if model.image_free(model.target(p).side)]
+    if image and free:
+        side = model.target(free[0]).side
+        raise PositionError(f"position {image[0]!r} does not apply to points {free[:4]}: they lie on "
+                            f"{model.describe_sequence(side)}, which holds no image tokens",
+                            fix="edit them at 'last', 'text', an int, a slice or every position (None); image "
+                                "positions apply to the points of the sequence that holds the image")
 
 
 def _point_width(model: Model, point: str) -> int | None:

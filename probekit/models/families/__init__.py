@@ -13,6 +13,7 @@ from torch import nn
 from ...errors import InputError
 from .base import Family
 from .blip2 import Blip2
+from .florence2 import Florence2
 from .gemma3 import Gemma3
 from .generic import GenericFamily
 from .glm4v import Glm4V
@@ -27,7 +28,8 @@ from .paligemma import PaliGemma
 from .qwen2_vl import Qwen2VL
 
 __all__ = ["FAMILIES", "family_for", "Family", "GenericFamily", "Llava", "PaliGemma", "Gemma3", "Qwen2VL", "Glm4V",
-           "Idefics3", "Mllama", "Blip2", "InstructBlip", "Mistral3", "LightOnOcr", "Llama4"]
+           "Idefics3", "Mllama", "Blip2", "InstructBlip", "Mistral3", "LightOnOcr", "Llama4",
+           "Florence2"]
 
 # Detection tries these in order (``config.model_type`` in ``model_types``); generic comes last.
 _REGISTRY: tuple[Family, ...] = (
@@ -43,6 +45,7 @@ _REGISTRY: tuple[Family, ...] = (
     Mistral3(),
     LightOnOcr(),
     Llama4(),
+    Florence2(),
     GenericFamily(),
 )
 

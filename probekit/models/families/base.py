@@ -2,12 +2,13 @@
 
 A family answers, for its models: where each hook point lives (:meth:`Family.layout`,
 :meth:`Family.hook_targets`), how wide each point is, which token positions hold the image
-(:meth:`Family.image_mask`), how a raw activation is brought to the shapes the position
-selectors and interventions expect (:meth:`Family.lm_activation`,
-:meth:`Family.vision_activation`), which modules write into the residual stream
-(:meth:`Family.residual_writers`) and how a prompt with an image is written
-(:meth:`Family.build_inputs`). Module paths are candidate lists so that checkpoints saved by
-older and newer transformers versions (``language_model.model.layers`` vs
+(:meth:`Family.image_mask`) on which token sequence (:meth:`Family.sequences`: one for a
+decoder-only model, the encoder's and the decoder's for an encoder-decoder), how a raw
+activation is brought to the shapes the position selectors and interventions expect
+(:meth:`Family.lm_activation`, :meth:`Family.vision_activation`), which modules write into
+the residual stream (:meth:`Family.residual_writers`) and how a prompt with an image is
+written (:meth:`Family.build_inputs`). Module paths are candidate lists so that checkpoints
+saved by older and newer transformers versions (``language_model.model.layers`` vs
 ``model.language_model.layers``) both resolve. A subclass overrides only what differs.
 """
 
@@ -61,6 +62,9 @@ class Family:
     mlp_out: Sequence[str] = MLP_OUT
     projector_out: Sequence[str] = PROJECTOR_OUT
     projector_writes_stream = True  # the projector's output is merged into the LM sequence at the image tokens
+    # the token sequences points lie on (HookTarget.side), as error messages name them
+    sequence_names: dict[str, str] = {"lm": "the language model's token sequence"}
+    image_free_sequences: frozenset[str] = frozenset()  # sequences that never hold image tokens
 
     # -------------------------------------------------------------- where things live
     def layout(self, hf: nn.Module, processor: Any) -> Layout:
@@ -131,6 +135,13 @@ class Family:
         if model.layout.image_token_id is None:
             return torch.zeros_like(ids, dtype=torch.bool)
         return ids == model.layout.image_token_id
+
+    def sequences(self, model: Any, inputs: Any) -> dict[str, tuple[dict, torch.Tensor]]:
+        """``{side: ({"input_ids", "attention_mask"}, image mask)}`` of a batch (see :meth:`probekit.Model.sequences`)."""
+        if inputs.get("input_ids") is None:
+            return {}
+        return {"lm": ({"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask")},
+                       self.image_mask(model, inputs))}
 
     def lm_activation(self, point: str, h: torch.Tensor, batch: int) -> torch.Tensor:
         """An LM-side activation as ``[b, s, d]``.
