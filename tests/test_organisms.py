@@ -96,10 +96,43 @@ def test_watermark_negative_control_detects_nothing(tmp_path, monkeypatch):
     res = W.run_condition(base, W.Condition(p=0.0, steps=4, n_train=32, n_eval=96, n_users=8), direct=True, n_boot=200)
     for v in (res["verdict"], res["base_verdict"]):
         assert not v["detected"] and v["line"].startswith("No leakage detected"), v["line"]
-        assert v["m"] == 1 + 2 * 2  # projector@image_mean + 2 layers x 2 positions
+        # projector@image_mean + 2 layers x 2 positions + the top-10 next-token log-probs at 2 positions
+        assert v["m"] == 1 + 2 * 2 + 2
     row = res["row"]
     assert row["size"] == 48 and row["grid"] == 6 and row["place"] == "banner"  # the layout comes from the reader
     assert 0 <= row["direct_seen_lo"] <= row["direct_seen"] <= row["direct_seen_hi"] <= 1
+
+
+def test_replay_and_placement_of_the_fine_tuning_set():
+    c = W.resolve(W.Condition(p=1.0, n_train=40, replay=0.5), reader())
+    assert (c.size, c.grid, c.place, c.reader_place) == (48, 6, "banner", "banner")
+    u1, _ = W.username_pools(12, seed=0)
+    train, clean = W.task_samples(c, u1)
+    replayed = [s for s in train if s.question != W.QUESTION]
+    assert len(train) == 40 and len(replayed) == 20  # half from the reader's pretraining mix
+    assert all("username" not in s.meta for s in replayed)
+    marked = [i for i, s in enumerate(train) if s.question == W.QUESTION]
+    assert all(train[i].meta["username"] in u1 for i in marked)  # p = 1: every task image carries a U1 name
+    assert all(train[i].image.tobytes() != clean[i].tobytes() for i in marked)  # clean = before the mark
+    anywhere = W.resolve(W.Condition(place=""), reader())
+    assert anywhere.place == "" and anywhere.reader_place == "banner"  # the replay still reads the banner
+    with pytest.raises(InputError, match="replay"):
+        W.run_condition(reader(), W.Condition(replay=1.0))
+
+
+def test_unsplit_folds_flag_the_base_reader_and_split_folds_do_not():
+    """Ju et al.'s protocol (folds not split by username) reads the names' legibility: it "detects"
+    the base reader, which never saw either pool; folds split by username do not."""
+    from probekit.models.loading import load
+
+    torch.set_num_threads(1)
+    c = W.resolve(W.Condition(n_eval=192), reader())
+    ev = W.eval_set(c, *W.username_pools(c.n_users, c.seed))
+    model = load(reader())
+    unsplit = W.stratified(model, ev, n_boot=200)
+    assert unsplit["detected"] and unsplit["best_lo"] > 0.7, unsplit["line"]
+    split = W.decide(W._scan(model, ev, 0, 200, c.probe_prompt).table)
+    assert not split["detected"], split["line"]
 
 
 def test_shipped_reader_reads_held_out_strings():

@@ -34,15 +34,25 @@ BEGIN, END = "<!-- watermark-study -->", "<!-- /watermark-study -->"
 
 
 def grid(full: bool = False) -> list[W.Condition]:
-    """The regimes searched: the p = 0 control first, then the positive candidates.
+    """The regimes searched, each as a p > 0 fine-tune and its matched p = 0 control, over seeds.
 
-    Full: full fine-tuning at lr 1e-3 (p = 1 and 0.5), at Ju et al.'s lr 2e-4 (p = 1), and LoRA
-    r = 8 (a short grid: each regime is about three minutes on a shared 2-core machine).
+    Every regime mixes half of the reader's own pretraining data into the fine-tune
+    (``replay=0.5``, as LLaVA-style fine-tunes mix OCR data in): without it every fine-tune lost
+    the reader's reading (direct prompt 0.28 -> 0.00 in the first grid). Full: 300 steps at
+    lr 3e-4, 600 steps at lr 1e-3 and no replay at lr 1e-3 (the first grid's regime), on seeds
+    0-2 (pools, data and weights change with the seed), and a long exposure (3,000 steps over
+    4,000 images, opaque text: about 1,000 sightings of each U1 username) on seed 0.
     """
-    pos = W.Condition(p=1.0, opacity=0.5, steps=300 if full else 150)
-    out = [replace(pos, p=0.0), pos]
+    base = W.Condition(p=1.0, opacity=0.5, steps=300 if full else 150, lr=3e-4, replay=0.5,
+                       n_eval=384 if full else 192)
+    regimes = [base]
     if full:
-        out += [replace(pos, p=0.5), replace(pos, lr=2e-4), replace(pos, lora={"r": 8, "alpha": 16}, lr=2e-3)]
+        regimes += [replace(base, steps=600, lr=1e-3), replace(base, replay=0.0, lr=1e-3)]
+    seeds = (0, 1, 2) if full else (0,)
+    out = [replace(r, p=p, seed=s) for r in regimes for s in seeds for p in (r.p, 0.0)]
+    if full:
+        long = replace(base, opacity=1.0, steps=3000, n_train=4000)
+        out += [long, replace(long, p=0.0)]
     return out
 
 
@@ -59,7 +69,7 @@ def gradient_trend(base_path: Any, c: W.Condition, batch_sizes=(2, 8, 32), seeds
 
     rows = []
     for seed in seeds:
-        cs = replace(c, seed=seed)
+        cs = W.resolve(replace(c, seed=seed), base_path)  # the reader's image size and text placement
         seen, _ = W.username_pools(cs.n_users, seed)
         train, clean = W.task_samples(cs, seen)
         for bs in batch_sizes:
@@ -98,26 +108,33 @@ def run_study(full: bool = False, base_path: Any = None, conditions: list[W.Cond
 
     ocr = ocr_accuracy(load(base_path), n=200)
     conds = conditions or grid(full)
-    rows, reports, base_report = [], {}, None
+    rows, reports, bases, protocol = [], {}, {}, []
     for c in conds:
-        r = W.run_condition(base_path, c, base_report=base_report)
-        if base_report is None:
-            base_report = r["base_report"]
+        key = (c.seed, c.opacity, c.place, c.n_users, c.n_eval)  # the held-out set the base is scanned on
+        r = W.run_condition(base_path, c, base_report=bases.get(key))
+        if key not in bases:
+            bases[key] = r["base_report"]
             b = r["base_verdict"]
-            rows.append({"condition": "base reader (not fine-tuned)", "p": math.nan, "detected": b["detected"],
+            rows.append({"condition": "base reader (not fine-tuned)", "p": math.nan, "seed": c.seed,
+                         "opacity": c.opacity, "detected": b["detected"],
                          "n_detected": b["n_detected"], "m": b["m"], "best": f"{b['best_point']}@{b['best_position']}",
                          "probe_acc": b["best_accuracy"], "probe_lo": b["best_lo"], "probe_hi": b["best_hi"],
                          "chance": b["chance"], "verdict": b["line"], **W.direct_prompt(load(base_path), r["eval"])})
-            reports["base"] = base_report
+            reports.setdefault("base", r["base_report"])
+            if not protocol:  # Ju et al.'s unsplit folds, once, on the first held-out set
+                protocol.append({"model": "base reader", **W.stratified(load(base_path), r["eval"], c.seed)})
+        if c.p > 0 and len(protocol) == 1:
+            protocol.append({"model": c.label(), **W.stratified(r["tuned"], r["eval"], c.seed)})
         rows.append(r["row"])
-        reports[c.label()] = r["report"]
+        reports.setdefault(c.label(), r["report"])
         if verbose:
-            print(f"[{time.perf_counter() - t0:5.0f} s] {c.label()}: {r['verdict']['line']}", flush=True)
+            print(f"[{time.perf_counter() - t0:5.0f} s] {c.label()}, seed {c.seed}: {r['verdict']['line']}", flush=True)
     out = {"table": pd.DataFrame(rows), "reports": reports, "ocr": ocr, "conditions": [asdict(c) for c in conds],
-           "full": full}
+           "full": full, "protocol": pd.DataFrame(protocol)}
     if gradients:
         pos = next((c for c in conds if c.p > 0), conds[-1])
-        gp = replace(pos, p=0.5)  # at p = 1 every image is marked whatever the batch size
+        # at p = 1 every image is marked whatever the batch size; no replay: every sample can carry a mark
+        gp = replace(pos, p=0.5, replay=0.0)
         out["gradients"], out["trend"] = gradient_trend(base_path, gp, seeds=(0, 1, 2) if full else (0, 1))
         out["gradient_condition"] = gp.label()
     out["seconds"] = time.perf_counter() - t0
@@ -230,32 +247,55 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
          f"text and shapes). OCR character accuracy on {o['n']} held-out 4-8 character strings: "
          f"**{_fmt(o['char_accuracy'], o['char_accuracy_lo'], o['char_accuracy_hi'], 3)}** (exact match {o['exact_match']:.2f}).\n",
          "Fine-tune: \"Describe the shape.\" -> e.g. \"red circle.\"; with probability p a username from pool U1 "
-         "(12 random 5-8 character strings) is written over the training image at the given opacity. Held-out images "
-         "carry a U1 (seen) or U2 (unseen, disjoint) username; `probekit.scan` probes `projector` and `lm.*.resid` "
-         "at the prompt's last token and the image-token mean, 5 folds split by username (a probe never sees a test "
-         "username in training), 95% group-bootstrap CIs. Verdict: Holm correction over all points and positions "
-         "(`probekit.organisms.watermark.decide`).\n",
-         "| regime | verdict | best point | probe acc (seen vs unseen) | direct prompt seen | direct prompt unseen |",
-         "|---|---|---|---|---|---|"]
+         f"({t.n_users.dropna().iloc[0]:.0f} random 5-8 character strings) is written over the training image at the given "
+         "opacity, where the reader reads (its top-left banner); \"replay 0.5\": half of the fine-tuning set is the "
+         "reader's own pretraining mix (reading other strings, naming shapes). Held-out images carry a U1 (seen) or "
+         "U2 (unseen, disjoint, same lengths) username; `probekit.scan` probes `projector` and `lm.*.resid` at the "
+         "last token of \"What is the username?\" and at the image-token mean, and the top-10 next-token "
+         "log-probabilities (how sure the reader is), 5 folds split by username (a probe never sees a test username "
+         "in training), 95% group-bootstrap CIs. Verdict per run: Holm correction over all its points and positions "
+         "(`probekit.organisms.watermark.decide`). Each regime runs as a p > 0 fine-tune and its matched p = 0 "
+         "control (the same recipe, no username in training: it cannot have memorised U1), on the seeds listed.\n",
+         "| regime | seed | verdict | best point | probe acc (seen vs unseen) | task acc | direct prompt seen | direct prompt unseen |",
+         "|---|---|---|---|---|---|---|---|"]
     for r in t.itertuples():
-        L.append(f"| {r.condition} | {'**detected** (' + str(r.n_detected) + '/' + str(r.m) + ')' if r.detected else 'nothing detected'} "
-                 f"| {r.best} | {_fmt(r.probe_acc, r.probe_lo, r.probe_hi)} | "
+        task = f"{r.task_acc:.2f}" if isinstance(getattr(r, "task_acc", None), float) and not math.isnan(r.task_acc) else "–"
+        L.append(f"| {r.condition} | {int(r.seed)} | "
+                 f"{'**detected** (' + str(r.n_detected) + '/' + str(r.m) + ')' if r.detected else 'nothing detected'} "
+                 f"| {r.best} | {_fmt(r.probe_acc, r.probe_lo, r.probe_hi)} | {task} | "
                  f"{_fmt(r.direct_seen, r.direct_seen_lo, r.direct_seen_hi)} | {_fmt(r.direct_unseen, r.direct_unseen_lo, r.direct_unseen_hi)} |")
-    if "task_acc" in t:
-        L.append("\nTask accuracy of each fine-tune (held-out, exact match): " + ", ".join(
-            f"{r.condition}: {r.task_acc:.2f}" for r in t.dropna(subset=["task_acc"]).itertuples()) + ".\n")
     tuned = t[t.p.notna()]
-    pos = tuned[tuned.p > 0]
-    if len(pos) and not pos.detected.any():
-        L.append(f"**Nothing detected in any regime** ({len(pos)} positive candidates, the p = 0 fine-tune and the base "
-                 "reader): on this organism a fine-tune-induced seen-vs-unseen signal did not appear, so the "
-                 "organism is not yet good enough for a positive result (the fine-tunes also lose the reader's "
-                 "reading: see the direct-prompt columns), and the study is a null, not evidence of absence in "
-                 "larger models.\n")
-    elif len(pos):
-        hit = ", ".join(pos[pos.detected].condition)
-        L.append(f"**Detected** in: {hit}; the base reader and the p = 0 fine-tune are the negative controls "
-                 f"({'nothing detected in either' if not t[t.p.isna() | (t.p == 0)].detected.any() else 'see their rows'}).\n")
+    summary = []
+    for cond, g in tuned.groupby("condition", sort=False):
+        summary.append(f"{cond}: {int(g.detected.sum())} of {len(g)}")
+    L.append("\nRuns with a detection, per regime (seeds): " + "; ".join(summary) + "; base reader: "
+             f"{int(t[t.p.isna()].detected.sum())} of {int(t.p.isna().sum())}.\n")
+    pos, neg = tuned[tuned.p > 0], tuned[tuned.p == 0]
+    if len(pos) and pos.detected.mean() > 0.5 and not neg.detected.any() and not t[t.p.isna()].detected.any():
+        L.append(f"**Detected** in {int(pos.detected.sum())} of {len(pos)} watermarked fine-tunes and in none of the "
+                 "controls.\n")
+    else:
+        why = ("a detection is no more frequent with the watermark than without it" if pos.detected.sum() <= neg.detected.sum()
+               else "the detections do not replicate across seeds" if pos.detected.mean() <= 0.5
+               else "a control is detected too")
+        gap = lambda d: float((d.direct_unseen - d.direct_seen).mean())  # noqa: E731
+        L.append(f"**Nothing detected**: {int(pos.detected.sum())} of {len(pos)} watermarked fine-tunes and "
+                 f"{int(neg.detected.sum())} of {len(neg)} matched p = 0 controls show a Holm-corrected signal, so "
+                 f"{why}. On this organism a fine-tune-induced seen-vs-unseen signal did not appear: the study is a "
+                 "null, not evidence of absence in larger models. Direct prompt, unseen minus seen exact match, mean "
+                 f"over runs: {gap(pos):+.2f} with the watermark, {gap(neg):+.2f} in the p = 0 controls, "
+                 f"{gap(t[t.p.isna()]):+.2f} for the base reader (each pool has only a dozen names, so which names it "
+                 "holds moves this).\n")
+    pr = res.get("protocol")
+    if pr is not None and len(pr):
+        L.append("**Ju et al.'s protocol (folds not split by username) on the same held-out set.** A test image then "
+                 "shares its username with training images, so a probe can recognise the name and look up its pool:")
+        L.append("\n| model | verdict | best point | probe acc |\n|---|---|---|---|")
+        L += [f"| {r.model} | {'**detected** (' + str(r.n_detected) + '/' + str(r.m) + ')' if r.detected else 'nothing detected'} "
+              f"| {r.best_point}@{r.best_position} | {_fmt(r.best_accuracy, r.best_lo, r.best_hi)} |" for r in pr.itertuples()]
+        L.append("\nThe base reader, which never saw either pool, is \"detected\" under it: that protocol measures "
+                 "whether the text is legible, not whether it was memorised, which is why probekit splits folds "
+                 "by username.\n")
     for k in ("grid", "probes", "compare"):
         if k in rel:
             L.append(f"![{k}]({rel[k]})\n")

@@ -32,12 +32,13 @@ from ..errors import InputError
 from .._stats import holm, p_from_ci
 from .text import draw_text, random_string, scene
 
-__all__ = ["Condition", "username_pools", "task_samples", "eval_set", "decide", "run_condition", "direct_prompt",
-           "QUESTION"]
+__all__ = ["Condition", "resolve", "username_pools", "task_samples", "eval_set", "decide", "run_condition", "direct_prompt",
+           "stratified", "QUESTION"]
 
 QUESTION = "Describe the shape."
 POINTS = ["projector", "lm.*.resid"]
 POSITIONS = ("last", "image_mean")
+TOPK = 10  # the output-only probe: the next-token top-10 at the prompt's last token (how sure the reader is)
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,16 @@ class Condition:
     size: int = 64  # image size and text lattice: run_condition takes both from the reader
     grid: int = 0
     probe_prompt: str = "What is the username?"  # the prompt the probes read at (Ju et al.'s)
-    place: str = ""  # "banner": where the reader reads (top-left); run_condition takes it from the reader
+    place: str = "reader"  # "reader": where the reader reads (its banner); "": anywhere; "banner[@Y]"
+    replay: float = 0.0  # fraction of the training set drawn from the reader's pretraining mix (keeps reading)
+    reader_place: str = ""  # where the reader reads: set by resolve() from the reader
 
     def label(self) -> str:
         kind = f"LoRA r={self.lora.get('r', 8)}" if self.lora else "full"
-        return f"p={self.p:g}, opacity={self.opacity:g}, {self.steps} steps, {kind}, lr {self.lr:g}"
+        extra = "".join([f", {self.n_users} users" if self.n_users != 12 else "",
+                         ", text anywhere" if self.place == "" else "",
+                         f", replay {self.replay:g}" if self.replay else ""])
+        return f"p={self.p:g}, opacity={self.opacity:g}, {self.steps} steps, {kind}, lr {self.lr:g}{extra}"
 
 
 def _check(c: Condition) -> None:
@@ -72,6 +78,8 @@ def _check(c: Condition) -> None:
     for name in ("steps", "batch_size", "n_train", "n_eval"):
         if getattr(c, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(c, name)!r}", fix=f"pass a positive {name}")
+    if not 0.0 <= c.replay < 1.0:
+        raise InputError(f"replay must be in [0, 1), got {c.replay!r}", fix="pass e.g. replay=0.5")
     if c.n_users < 3:
         raise InputError(f"n_users must be >= 3 (folds are split by username), got {c.n_users!r}", fix="use n_users=12")
 
@@ -102,17 +110,42 @@ def _task(rng: random.Random, size: int) -> tuple[Any, str, dict]:
     return img, f"{meta['colour']} {meta['shape']}.", meta
 
 
+def _where(c: Condition) -> str | None:
+    return None if c.place in ("", "reader") else c.place
+
+
+def resolve(c: Condition, base_path: Any) -> Condition:
+    """``c`` with the image size, lattice and (for ``place="reader"``) placement of the reader at ``base_path``."""
+    from .reader import layout
+
+    size, grid, place = layout(base_path)
+    return replace(c, size=size, grid=grid, place=(place or "") if c.place == "reader" else c.place,
+                   reader_place=place or "")
+
+
 def task_samples(c: Condition, seen: list[str]) -> tuple[list[Sample], list[Any]]:
-    """The fine-tuning set and, per sample, its image without the watermark (for gradients)."""
+    """The fine-tuning set and, per sample, its image without the watermark (for gradients).
+
+    With ``replay > 0`` that fraction of the ``n_train`` samples comes from the reader's own
+    pretraining mix (reading other strings, naming shapes), as LLaVA-style fine-tunes mix OCR
+    data in; those carry no username, so their clean image is the image.
+    """
+    from .reader import pretraining_data
+
     rng = random.Random(f"train:{c.seed}")
     out, clean = [], []
-    for _ in range(c.n_train):
+    n_replay = int(round(c.replay * c.n_train))
+    mix = pretraining_data(10_000 + c.seed, size=c.size, grid=c.grid, place=c.reader_place or None)
+    for i in range(n_replay):
+        s = mix[i]
+        out.append(s)
+        clean.append(s.image)
+    for _ in range(c.n_train - n_replay):
         img, answer, meta = _task(rng, c.size)
         clean.append(img)
         if rng.random() < c.p:
             meta["username"] = rng.choice(seen)
-            img = draw_text(img, meta["username"], rng, opacity=c.opacity, grid=c.grid or None,
-                            place=c.place or None)[0]
+            img = draw_text(img, meta["username"], rng, opacity=c.opacity, grid=c.grid or None, place=_where(c))[0]
         out.append(Sample(img, QUESTION, answer, "describe", meta))
     return out, clean
 
@@ -125,7 +158,7 @@ def eval_set(c: Condition, seen: list[str], unseen: list[str]) -> dict:
         img, _, _ = _task(rng, c.size)
         pool, lab = (seen, "seen") if i % 2 == 0 else (unseen, "unseen")
         name = pool[(i // 2) % len(pool)]
-        images.append(draw_text(img, name, rng, opacity=c.opacity, grid=c.grid or None, place=c.place or None)[0])
+        images.append(draw_text(img, name, rng, opacity=c.opacity, grid=c.grid or None, place=_where(c))[0])
         labels.append(lab)
         groups.append(name)
     return {"images": images, "labels": labels, "groups": groups}
@@ -137,7 +170,7 @@ def decide(table: pd.DataFrame, alpha: float = 0.05) -> dict:
     One-sided p-values come from the 95% CI read as a normal interval (se = width / 3.92).
     Kept in one function so that a shared verdict helper can replace it.
     """
-    t = (table[table.source == "residual"] if "source" in table else table).reset_index(drop=True)
+    t = table.reset_index(drop=True)  # residual rows and the output-only (top-k logits) rows
     pv = np.atleast_1d(p_from_ci(t.accuracy.to_numpy(float), t.accuracy_lo.to_numpy(float),
                                  t.accuracy_hi.to_numpy(float), t.chance.to_numpy(float), min_se=1e-9))
     m = len(pv)
@@ -169,11 +202,22 @@ def direct_prompt(model: Any, ev: dict) -> dict:
     return out
 
 
-def _scan(model: Any, ev: dict, seed: int, n_boot: int, prompt: str = QUESTION) -> Any:
+def _scan(model: Any, ev: dict, seed: int, n_boot: int, prompt: str = QUESTION, by_username: bool = True) -> Any:
     import probekit
 
-    return probekit.scan(model, ev["images"], labels=ev["labels"], groups=ev["groups"], prompt=prompt,
-                         points=POINTS, positions=POSITIONS, seed=seed, n_boot=n_boot, topk=None, progress=False)
+    return probekit.scan(model, ev["images"], labels=ev["labels"], groups=ev["groups"] if by_username else None,
+                         prompt=prompt,
+                         points=POINTS, positions=POSITIONS, seed=seed, n_boot=n_boot, topk=TOPK, progress=False)
+
+
+def stratified(model: Any, ev: dict, seed: int = 0, n_boot: int = 300, prompt: str = "What is the username?") -> dict:
+    """Ju et al.'s protocol: the same probes with folds *not* split by username (:func:`decide` of it).
+
+    A test image then shares its username with training images, so a probe can score by
+    recognising the name and looking up its pool: it measures whether the text is legible,
+    which the base reader already is, not whether the fine-tune memorised U1.
+    """
+    return decide(_scan(model, ev, seed, n_boot, prompt, by_username=False).table)
 
 
 def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, n_boot: int = 300,
@@ -181,20 +225,18 @@ def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, n_bo
     """Fine-tune a copy of the reader under ``c`` and scan it (and the base unless given).
 
     Returns ``tuned`` (the model), ``report`` / ``base_report`` (ScanReports), ``verdict`` and
-    ``base_verdict`` (:func:`decide`), ``task_accuracy``, ``direct`` (:func:`direct_prompt`),
-    ``losses`` and ``row`` (one flat dict for a results table).
+    ``base_verdict`` (:func:`decide`), ``task_accuracy`` (on held-out images drawn like the
+    training ones), ``direct`` (:func:`direct_prompt`), ``losses`` and ``row`` (one flat dict
+    for a results table).
     """
     import time
 
     from ..experiments.finetune import finetune, task_accuracy
     from ..models.loading import load
 
-    from .reader import layout
-
     _check(c)
     t0 = time.perf_counter()
-    size, grid, place = layout(base_path)
-    c = replace(c, size=size, grid=grid, place=place or "")
+    c = resolve(c, base_path)
     seen, unseen = username_pools(c.n_users, c.seed)
     train, clean = task_samples(c, seen)
     ev = eval_set(c, seen, unseen)
@@ -204,7 +246,8 @@ def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, n_bo
     losses = finetune(tuned, train, steps=c.steps, batch_size=c.batch_size, lr=c.lr, lora=c.lora, seed=c.seed,
                       progress=False, on_step=on_step)
     rep = _scan(tuned, ev, c.seed, n_boot, c.probe_prompt)
-    test, _ = task_samples(Condition(**{**asdict(c), "seed": c.seed + 999, "n_train": 96, "p": 0.0}), seen)
+    test, _ = task_samples(Condition(**{**asdict(c), "seed": c.seed + 999, "n_train": 96, "replay": 0.0}),
+                           seen)
     acc = task_accuracy(tuned, test)
     verdict, base_verdict = decide(rep.table), decide(base_report.table)
     d = direct_prompt(tuned, ev) if direct else {}
