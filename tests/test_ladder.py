@@ -191,6 +191,17 @@ def test_organism_docs_section_is_replaced_in_place(organism, tmp_path):
     assert text.startswith("# other study\n\nkept text\n") and text.count("<!-- ladder -->") == 1
     assert "Held-out yes/no accuracy" in text and "nothing detected" in text
     assert (tmp_path / "img" / "results-ladder.png").stat().st_size > 10_000
+    assert (tmp_path / "img" / "lens-grid.png").stat().st_size > 10_000  # the figure of docs/concepts.md
+
+
+def test_organism_logit_lens_says_the_answer_at_the_last_layer(organism):
+    g = organism["lens_grid"]
+    last = g[(g.position == "-1") & (g.layer == g.layer.max())].set_index("answer")
+    # the model answers each scene correctly (accuracy > 0.85), so the lens on its last block,
+    # averaged over the scenes of one true answer, puts that answer on top
+    assert last.loc["Yes", "token"].strip() == "Yes" and last.loc["No", "token"].strip() == "No", last
+    assert last.prob.min() > 0.6
+    assert set(g.input_token[g.position == "-1"]) == {":"}  # the column sits on "ASSISTANT:"'s colon
 
 
 def test_study_ladder_cli_prints_and_writes_the_docs_section(organism, tmp_path, monkeypatch, capsys):

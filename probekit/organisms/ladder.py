@@ -40,6 +40,7 @@ from ..data.scenes import ATTRIBUTES, make_scenes
 from ..errors import InputError
 from ..models import tiny
 from ..models.loading import load
+from .ladder_lens import save_png as save_lens_png
 
 __all__ = ["LadderConfig", "run_ladder", "train_organism", "eval_scenes", "write_section", "ANSWERS"]
 
@@ -138,6 +139,7 @@ def run_ladder(cfg: LadderConfig | None = None) -> dict:
     import probekit
     from ..readout.ladder import check_ladder, holm_verdict, leakage_ladder
     from ..readout.lens import LogitLens, TunedLens
+    from .ladder_lens import lens_grid
 
     cfg = cfg or LadderConfig()
     _check(cfg)
@@ -169,11 +171,12 @@ def run_ladder(cfg: LadderConfig | None = None) -> dict:
             frames.append(tab.assign(attribute=attr))
             _log(cfg, t0, f"{attr}: {overall}")
         table = pd.concat(frames, ignore_index=True)
+        grid = lens_grid(model, ev)
     finally:
         torch.set_num_threads(threads)
     return {"config": asdict(cfg), "task_accuracy": acc, "untrained_accuracy": base_acc, "final_loss": losses[-1],
             "table": table, "verdicts": verdicts, "lens_kl": kl, "seconds": time.perf_counter() - t0,
-            "vocab": int(acts["logits"].shape[-1])}
+            "vocab": int(acts["logits"].shape[-1]), "lens_grid": grid}
 
 
 # ---------------------------------------------------------------- docs/results.md
@@ -244,7 +247,10 @@ def _save_png(res: dict, path: Path) -> Path | None:
 
 
 def section(res: dict, img: str, command: str) -> str:
-    """The markdown of the ladder section (between the ``<!-- ladder -->`` markers)."""
+    """The markdown of the ladder section (between the ``<!-- ladder -->`` markers).
+
+    ``write_section`` also writes the logit-lens grid of ``docs/concepts.md`` (``lens-grid.png``).
+    """
     cfg, acc, un = res["config"], res["task_accuracy"], res["untrained_accuracy"]
     task = ("'Is the centre object red?' (one fixed question)" if cfg["ask"] else
             "'Is the centre object red/blue?' (the asked colour varies)")
@@ -282,6 +288,7 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
     """Write (or replace) the ladder section of ``md_path`` and its figure; the rest of the page is kept."""
     md_path, img_dir = Path(md_path), Path(img_dir)
     png = _save_png(res, img_dir / "results-ladder.png")
+    extra = [save_lens_png(res["lens_grid"], img_dir / "lens-grid.png")] if "lens_grid" in res else []
     rel = png.relative_to(md_path.parent) if png.is_relative_to(md_path.parent) else png
     text = section(res, str(rel), command)
     old = md_path.read_text() if md_path.exists() else ""
@@ -293,4 +300,4 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
     tmp = md_path.with_name(md_path.name + ".tmp")
     tmp.write_text(new)
     tmp.replace(md_path)
-    return [png, md_path]
+    return [png, *extra, md_path]
