@@ -173,7 +173,7 @@ def run_ladder(cfg: LadderConfig | None = None) -> dict:
         torch.set_num_threads(threads)
     return {"config": asdict(cfg), "task_accuracy": acc, "untrained_accuracy": base_acc, "final_loss": losses[-1],
             "table": table, "verdicts": verdicts, "lens_kl": kl, "seconds": time.perf_counter() - t0,
-            "vocab": int(acts["logits"].shape[-1])}
+            "vocab": int(acts.info("logits")["shape"][-1])}
 
 
 # ---------------------------------------------------------------- docs/results.md
