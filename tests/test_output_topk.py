@@ -27,11 +27,6 @@ PROBE = dict(cv=2, seed=0, n_boot=50, progress=False)
 
 
 @pytest.fixture(scope="module")
-def llava(tiny_model):
-    return tiny_model("llava")
-
-
-@pytest.fixture(scope="module")
 def images():
     return tiny.fixture_images(N, 32, seed=4)
 
