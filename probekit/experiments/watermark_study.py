@@ -27,6 +27,7 @@ import torch
 
 from ..organisms import watermark as W
 from ..organisms.reader import ocr_accuracy, reader
+from ..report.text import fmt_ci
 
 __all__ = ["grid", "run_study", "gradient_trend", "write_section"]
 
@@ -127,10 +128,6 @@ def run_study(full: bool = False, base_path: Any = None, conditions: list[W.Cond
 # ------------------------------------------------------------------------------------ docs
 
 
-def _fmt(v, lo, hi, d=2) -> str:
-    return f"{v:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
-
-
 def figures(res: dict, img_dir: Path) -> dict[str, Path]:
     """Matplotlib PNGs: probes per layer (base, p = 0, positive), the grid, gradient trend."""
     import matplotlib
@@ -211,7 +208,7 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
         ax.set_xlabel("batch size")
         ax.set_ylabel("1 - cos(g(B), g(B clean))")
         s = res["trend"]["slope"]
-        ax.set_title(f"slope per doubling (log10): {s[0]:.2f} [{s[1]:.2f}, {s[2]:.2f}]", fontsize=9)
+        ax.set_title(f"slope per doubling (log10): {fmt_ci(*s)}", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         paths["gradients"] = img_dir / "watermark-gradients.png"
@@ -228,7 +225,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
          f"a 2-core machine shared with other jobs) in {res['seconds'] / 60:.1f} min. Every number below is from that run.\n",
          f"Base model: the reader organism (`probekit.organisms.reader()`, a tiny LLaVA pretrained here on rendered "
          f"text and shapes). OCR character accuracy on {o['n']} held-out 4-8 character strings: "
-         f"**{_fmt(o['char_accuracy'], o['char_accuracy_lo'], o['char_accuracy_hi'], 3)}** (exact match {o['exact_match']:.2f}).\n",
+         f"**{fmt_ci(o['char_accuracy'], o['char_accuracy_lo'], o['char_accuracy_hi'], 3)}** (exact match {o['exact_match']:.2f}).\n",
          "Fine-tune: \"Describe the shape.\" -> e.g. \"red circle.\"; with probability p a username from pool U1 "
          "(12 random 5-8 character strings) is written over the training image at the given opacity. Held-out images "
          "carry a U1 (seen) or U2 (unseen, disjoint) username; `probekit.scan` probes `projector` and `lm.*.resid` "
@@ -239,8 +236,8 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
          "|---|---|---|---|---|---|"]
     for r in t.itertuples():
         L.append(f"| {r.condition} | {'**detected** (' + str(r.n_detected) + '/' + str(r.m) + ')' if r.detected else 'nothing detected'} "
-                 f"| {r.best} | {_fmt(r.probe_acc, r.probe_lo, r.probe_hi)} | "
-                 f"{_fmt(r.direct_seen, r.direct_seen_lo, r.direct_seen_hi)} | {_fmt(r.direct_unseen, r.direct_unseen_lo, r.direct_unseen_hi)} |")
+                 f"| {r.best} | {fmt_ci(r.probe_acc, r.probe_lo, r.probe_hi)} | "
+                 f"{fmt_ci(r.direct_seen, r.direct_seen_lo, r.direct_seen_hi)} | {fmt_ci(r.direct_unseen, r.direct_unseen_lo, r.direct_unseen_hi)} |")
     if "task_acc" in t:
         L.append("\nTask accuracy of each fine-tune (held-out, exact match): " + ", ".join(
             f"{r.condition}: {r.task_acc:.2f}" for r in t.dropna(subset=["task_acc"]).itertuples()) + ".\n")
@@ -264,7 +261,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
         L.append(f"### Gradient cosine vs batch size ({res['gradient_condition']}, {g.seed.nunique()} seeds)\n")
         L.append("1 - cos(g(B), g(B without watermarks)) over the first steps; the trend is the per-seed slope of "
                  "log10(1 - cos) per doubling of the batch, t-CI over seeds: "
-                 f"**{_fmt(*s)}**.\n")
+                 f"**{fmt_ci(*s)}**.\n")
         summ = g.groupby("batch_size").one_minus_cos.agg(["mean", "min", "max"]).reset_index()
         L.append("| batch size | 1 - cos, mean over seeds | min | max |\n|---|---|---|---|")
         L += [f"| {int(r.batch_size)} | {r.mean:.2e} | {r.min:.2e} | {r.max:.2e} |" for r in summ.itertuples()]
