@@ -11,9 +11,10 @@
 2. ``collect`` into memory of ``--collect-n`` PNG files, every ``lm.*.resid`` and the logits:
    peak RSS against the bytes it stores (the copies of the activations on their way to the store).
 3. A disk scan (``store=DIR``) of the same model on PNG files, one point (``lm.1.resid``), with the
-   output probes (``topk=10``: the full-vocabulary ``logits`` point is recorded and read) and
-   without (``topk=None``), at each ``--disk-n``: images/s and peak RSS, to show whether memory is
-   flat in n.
+   output probes (``topk=10``: since issue 13 ``scan`` records only the top 10 log-probabilities and
+   token ids per position, ``collect(logits_topk=10)``; a baseline before that records and reads the
+   full-vocabulary ``logits`` point) and without (``topk=None``), at each ``--disk-n``: images/s and
+   peak RSS, to show whether memory is flat in n.
 4. ``--profile``: cProfile of one in-memory scan of this checkout, time by stage.
 5. ``--store`` (``--store-only``: nothing else): disk store write/read GB/s with the content hashes
    on and off, interleaved rounds, medians.

@@ -206,8 +206,10 @@ def _ladder(args: argparse.Namespace) -> int:
     res["table"].to_csv(out / "ladder.csv", index=False)  # raw table next to the checkpoint (CSV; nothing is pickled)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(headline(res).to_string(index=False))
+    from probekit.report.text import ci_text
+
     acc = res["task_accuracy"]
-    print(f"yes/no accuracy {acc['accuracy']:.3f} [{acc['accuracy_lo']:.3f}, {acc['accuracy_hi']:.3f}] (n={acc['n']})")
+    print(f"yes/no accuracy {ci_text(acc, 'accuracy', 3)} (n={acc['n']})")
     for attr, v in res["verdicts"].items():
         print(f"{attr}: {v['all']}")
     if not args.small:
@@ -229,8 +231,10 @@ def _study_watermark(args: argparse.Namespace) -> int:
         res["gradients"].to_csv(out / "gradients.csv", index=False)
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
         print(res["table"][["condition", "detected", "best", "probe_acc", "probe_lo", "probe_hi"]].round(3).to_string(index=False))
+    from probekit.report.text import ci_text
+
     o = res["ocr"]
-    print(f"reader OCR character accuracy {o['char_accuracy']:.3f} [{o['char_accuracy_lo']:.3f}, {o['char_accuracy_hi']:.3f}]")
+    print(f"reader OCR character accuracy {ci_text(o, 'char_accuracy', 3)}")
     if args.full:
         docs = Path(args.docs)
         for path in write_section(res, docs / "results.md", docs / "img", command="probekit study watermark --full"):

@@ -60,7 +60,13 @@ def scan(
         targets: strings (e.g. a username) whose logit-lens rank and probability per layer are reported.
         points, positions: what to record (see :func:`probekit.collect`).
         groups: samples sharing a group (e.g. the same watermark string) never straddle train and test.
-        topk: k of the output-only probes (None: skip them).
+        topk: k of the output-only probes (None: skip them). Of the output distribution only the top
+            k per position is recorded (``collect(..., logits_topk=k)``, k the largest of ``topk`` and
+            the ladder's ks), not the full-vocabulary logits: the same numbers, a fraction of the
+            memory. The full logits are kept only when the ladder has a full rung (``None`` in its
+            ks, as in the default sweep) or an answer-token rung (``answer_tokens`` with
+            ``len(answer_tokens)`` in its ks): those read every token's, or fixed tokens',
+            log-probability.
         store: a directory to stream activations to (resumable), else memory. Under torchrun
             (``WORLD_SIZE`` > 1) it is required: the ranks split the images into its shards, and
             rank 0 alone fits the probes and returns the report (None on the other ranks).
@@ -87,6 +93,7 @@ def scan(
     from .data.sources import resolve_images
     from .hooks import distributed
     from .hooks.collect import as_model, check_prompts, collect
+    from .hooks.points import topk_points
     from .hooks.positions import normalize_positions, position_name
     from .readout.leakage import check_labels, leakage
     from .readout.lens import LogitLens, lens_points
@@ -139,6 +146,7 @@ def scan(
     record = list(names)
     if (src.labels is not None and (topk or ladder is not None)) and "logits" not in record:
         record.append("logits")
+    logits_topk = _logits_topk(topk, ladder, answer_ids) if src.labels is not None and "logits" in record else None
     lens_names = lens_points(record)
     want_lens = targets is not None or src.labels is None
     if want_lens and not lens_names:
@@ -146,7 +154,7 @@ def scan(
         lens_names = lens_points(record)
 
     acts = collect(model, src.images, prompts, points=record, positions=pos_list, batch_size=batch_size,
-                   store=store, progress=progress)
+                   store=store, progress=progress, logits_topk=logits_topk)
     if rank != 0:  # probes and report run once, on rank 0 (see probekit.hooks.distributed)
         return None
 
@@ -158,7 +166,7 @@ def scan(
     if targets is not None:
         target_table = lens.target_ranks(acts, targets, points=lens_names)
     if src.labels is not None:
-        keep = [p for p in acts.points if p in names or p == "logits"]
+        keep = [p for p in acts.points if p in names or p in ("logits", *topk_points("logits"))]
         table = leakage(acts, src.labels, groups, cv=cv, seed=seed, topk=topk, lens_targets=target_table,
                         points=keep, n_boot=n_boot, progress=progress)
     else:
@@ -190,6 +198,18 @@ def scan(
     }
     return ScanReport(table=table, lens=lens_table, targets=target_table, settings=settings, data=data, notes=notes,
                       ladder=ladder_table)
+
+
+def _logits_topk(topk: int | None, ladder: Sequence[int | None] | None, answer_ids: list[int] | None) -> int | None:
+    """How many of the output distribution's top tokens to keep per position (``collect(logits_topk=)``):
+    the largest k the output probes and the ladder read. None keeps the full logits, which only the
+    ladder's full rung (k None) and its answer-token rung (k == number of answer tokens) need."""
+    ks = [topk] if topk else []
+    if ladder is not None:
+        if None in ladder or (answer_ids is not None and len(answer_ids) in ladder):
+            return None
+        ks += [int(k) for k in ladder]
+    return max(ks) if ks else None
 
 
 def _one_keyword(prompts: Any, prompt: Any) -> Any:

@@ -51,3 +51,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def llava(tiny_model):
+    """The shared tiny LLaVA (files that edit its weights load their own copy and override this)."""
+    return tiny_model("llava")
+
+
+@pytest.fixture
+def no_forward(llava, monkeypatch):
+    """The tiny LLaVA, whose forward fails the test if it is ever called: bad input is reported first."""
+
+    def forbidden(*a, **k):
+        raise AssertionError("a forward pass ran before the bad input was reported")
+
+    monkeypatch.setattr(llava.hf, "forward", forbidden)
+    return llava

@@ -19,6 +19,8 @@ from probekit.hooks import ActivationStore
 from probekit.hooks.distributed import owned_shards, world
 from probekit.models import tiny
 
+from _stores import count_prepare  # tests/ is on sys.path
+
 WORKER = Path(__file__).with_name("dist_collect.py")
 N = 12  # shards of 2: six shards, three per rank
 
@@ -118,14 +120,7 @@ def test_one_process_resumes_what_the_ranks_left(tiny_model, tmp_path, monkeypat
         assert w1.done_ranges() == set()
         w1.write_shard(2, 4, {"lm.0.resid": ref["lm.0.resid"][2:4]}, index["points"])
     assert sorted(f.name for f in d.iterdir()) == ["index.json", "index.rank-00001.json", "shard-00001.safetensors"]
-    calls = {"n": 0}
-    real = type(model).prepare
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        return real(model, *a, **k)
-
-    monkeypatch.setattr(model, "prepare", counting)
+    calls = count_prepare(model, monkeypatch)
     again = probekit.collect(model, images, "x", store=d, **args)
     assert calls["n"] == 2  # shards 0 and 2; shard 1 came from the part index
     assert torch.equal(again["lm.0.resid"], ref["lm.0.resid"])

@@ -17,11 +17,6 @@ PROMPTS = ["What shape?", "What colour is the big square on the left of the pict
            "How many circles are there in this image?", "Is it red", "Name the user"]
 
 
-@pytest.fixture(scope="module")
-def llava(tiny_model):
-    return tiny_model("llava")
-
-
 def _hook_counts(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf.modules())
 
@@ -181,16 +176,7 @@ def test_store_has_no_pickle(llava, tmp_path):
         assert f.suffix in (".json", ".safetensors")
 
 
-# ----------------------------------------------------------------------------- bad input
-@pytest.fixture
-def no_forward(llava, monkeypatch):
-    """Fails the test if a forward pass starts."""
-    def forbidden(*a, **k):
-        raise AssertionError("a forward pass ran before the input was validated")
-    monkeypatch.setattr(llava.hf, "forward", forbidden)
-    return llava
-
-
+# ----------------------------------------------------------------------------- bad input (no_forward: conftest.py)
 @pytest.mark.parametrize("kwargs, error, words", [
     (dict(points="lm.99.resid"), UnknownPointError, "lm.99.resid"),
     (dict(points=["lm.0.resid", "decoder.*"]), UnknownPointError, "decoder.*"),

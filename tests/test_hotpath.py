@@ -22,12 +22,9 @@ from probekit.hooks import store_index
 from probekit.hooks.coerce import as_store
 from probekit.models import tiny
 
+from _stores import tiny_store  # tests/ is on sys.path
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def llava(tiny_model):
-    return tiny_model("llava")
 
 
 def _pngs(folder: Path, n: int) -> list[Path]:
@@ -236,8 +233,8 @@ def test_as_store_position_errors():
 
 @pytest.fixture
 def disk_store(llava, tmp_path):
-    probekit.collect(llava, tiny.fixture_images(40, 32, seed=5), "x", points="lm.*.resid",
-                     positions=("last", "image_mean"), store=tmp_path / "s", shard_size=16, batch_size=8, progress=False)
+    tiny_store(llava, tmp_path / "s", n=40, seed=5, points="lm.*.resid", positions=("last", "image_mean"),
+               shard_size=16, batch_size=8)
     return ActivationStore.open(tmp_path / "s")
 
 

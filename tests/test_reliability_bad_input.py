@@ -34,29 +34,15 @@ from probekit.errors import (
 from probekit.hooks import ActivationStore
 from probekit.models import tiny
 
+from _stores import copy_store, count_prepare, edit_index, snapshot, tiny_store  # tests/ is on sys.path
+
 N = 6
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# ----------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module")
-def llava(tiny_model):
-    return tiny_model("llava")
-
-
-@pytest.fixture
-def no_forward(llava, monkeypatch):
-    """The tiny LLaVA, whose forward fails the test if it is ever called."""
-
-    def forbidden(*a, **k):
-        raise AssertionError("a forward pass ran before the bad input was reported")
-
-    monkeypatch.setattr(llava.hf, "forward", forbidden)
-    return llava
-
-
+# ----------------------------------------------------------------------------- helpers (llava, no_forward: conftest.py)
 @pytest.fixture
 def no_fit(monkeypatch):
     """Fails the test if the probe solver starts (the readout's heavy work)."""
@@ -80,10 +66,6 @@ def check(excinfo, cls, *words):
         assert w in text, f"{w!r} not in message: {text}"
     assert "How to fix" in text and err.fix, f"no fix in: {text}"
     return text
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(f.relative_to(directory)): f.read_bytes() for f in sorted(directory.rglob("*")) if f.is_file()}
 
 
 def images(n=N):
@@ -388,14 +370,8 @@ def test_load_not_a_path():
 def finished_store(llava, tmp_path_factory):
     """A complete disk store of the tiny LLaVA (lm.0.resid, last) over 6 images."""
     d = tmp_path_factory.mktemp("stores") / "base"
-    probekit.collect(llava, images(), "x", points="lm.0.resid", store=d, batch_size=3, shard_size=3, progress=False)
+    tiny_store(llava, d, images())
     return d
-
-
-def _copy(src: Path, tmp: Path, name="s") -> Path:
-    dst = tmp / name
-    shutil.copytree(src, dst)
-    return dst
 
 
 def test_store_from_another_model_is_refused(no_forward, finished_store, tmp_path, tiny_dir):
@@ -415,7 +391,7 @@ def test_store_from_another_model_is_refused(no_forward, finished_store, tmp_pat
 
 @pytest.mark.parametrize("change", ["points", "positions", "prompts", "images", "shard_size"])
 def test_store_from_another_collection_is_refused(no_forward, finished_store, tmp_path, change):
-    store = _copy(finished_store, tmp_path)
+    store = copy_store(finished_store, tmp_path)
     before = snapshot(store)
     args = dict(images=images(), prompts="x", points="lm.0.resid", positions="last", shard_size=3)
     other = {"points": "lm.1.resid", "positions": "image_mean", "prompts": "y",
@@ -428,25 +404,19 @@ def test_store_from_another_collection_is_refused(no_forward, finished_store, tm
     assert snapshot(store) == before
 
 
-def _edit_index(store: Path, edit) -> None:
-    index = json.loads((store / "index.json").read_text())
-    edit(index)
-    (store / "index.json").write_text(json.dumps(index))
-
-
 @pytest.mark.parametrize("damage, words", [
-    (lambda s: _edit_index(s, lambda i: i.update(version=3)), ["format version 3", "reads up to 2", "upgrade"]),
-    (lambda s: _edit_index(s, lambda i: i.update(version="two")), ["version", "'two'"]),
+    (lambda s: edit_index(s, lambda i: i.update(version=3)), ["format version 3", "reads up to 2", "upgrade"]),
+    (lambda s: edit_index(s, lambda i: i.update(version="two")), ["version", "'two'"]),
     (lambda s: (s / "index.json").write_text('{"format": "probekit.activ'), ["index.json is corrupt"]),
     (lambda s: (s / "index.json").write_bytes(b"\xff\xfe\x00garbage"), ["index.json is corrupt"]),
     (lambda s: (s / "index.json").write_text("[1, 2, 3]"), ["not a probekit activation store"]),
-    (lambda s: _edit_index(s, lambda i: i.update(format="someone.else")), ["not a probekit activation store"]),
-    (lambda s: _edit_index(s, lambda i: i.pop("shards")), ["corrupt", "shards"]),
-    (lambda s: _edit_index(s, lambda i: i.update(n="six")), ["corrupt", "n"]),
+    (lambda s: edit_index(s, lambda i: i.update(format="someone.else")), ["not a probekit activation store"]),
+    (lambda s: edit_index(s, lambda i: i.pop("shards")), ["corrupt", "shards"]),
+    (lambda s: edit_index(s, lambda i: i.update(n="six")), ["corrupt", "n"]),
 ], ids=["newer-version", "version-str", "truncated-json", "binary", "json-list", "other-format", "no-shards",
         "n-not-int"])
 def test_damaged_store_index(no_forward, finished_store, tmp_path, damage, words):
-    store = _copy(finished_store, tmp_path)
+    store = copy_store(finished_store, tmp_path)
     damage(store)
     before = snapshot(store)
     with pytest.raises(StoreError) as info:
@@ -466,7 +436,7 @@ def test_damaged_store_index(no_forward, finished_store, tmp_path, damage, words
      ["shard-00000.safetensors"]),
 ], ids=["missing", "garbage", "truncated"])
 def test_damaged_shard_is_a_store_error(finished_store, tmp_path, damage, words):
-    store = _copy(finished_store, tmp_path)
+    store = copy_store(finished_store, tmp_path)
     damage(store)
     with pytest.raises(StoreError) as info:
         ActivationStore.open(store)["lm.0.resid"]
@@ -474,8 +444,8 @@ def test_damaged_shard_is_a_store_error(finished_store, tmp_path, damage, words)
 
 
 def test_incomplete_store_and_non_store_dirs(no_forward, finished_store, tmp_path):
-    store = _copy(finished_store, tmp_path)
-    _edit_index(store, lambda i: (i.update(complete=False), i["shards"].pop()))
+    store = copy_store(finished_store, tmp_path)
+    edit_index(store, lambda i: (i.update(complete=False), i["shards"].pop()))
     with pytest.raises(StoreError) as info:
         ActivationStore.open(store)
     check(info, StoreError, "incomplete", "3 of 6")
@@ -494,18 +464,6 @@ def test_incomplete_store_and_non_store_dirs(no_forward, finished_store, tmp_pat
 # ----------------------------------------------------------------------------- a full disk
 def _enospc(*_a, **_k):
     raise OSError(errno.ENOSPC, "No space left on device")
-
-
-def _count_prepare(model, monkeypatch) -> dict:
-    calls = {"n": 0}
-    real = type(model).prepare
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        return real(model, *a, **k)
-
-    monkeypatch.setattr(model, "prepare", counting)
-    return calls
 
 
 def _assert_consistent(store: Path, expected_ranges: list[tuple[int, int]]) -> None:
@@ -555,7 +513,7 @@ def test_full_disk_mid_collect_then_resume(llava, tmp_path, monkeypatch, where):
     _assert_consistent(store, [(0, 2)])  # shard 1 neither half-written nor left unlisted
 
     state["armed"] = False
-    calls = _count_prepare(llava, monkeypatch)
+    calls = count_prepare(llava, monkeypatch)
     resumed = probekit.collect(llava, ims, "x", points="lm.*.resid", batch_size=2, shard_size=2, store=store,
                                progress=False)
     assert calls["n"] == 2  # shards 1 and 2 only: shard 0 was kept
@@ -594,7 +552,7 @@ def test_full_disk_when_marking_the_store_complete(llava, tmp_path, monkeypatch)
     check(info, StoreError, "complete", "No space left")
     _assert_consistent(store, [(0, 2), (2, 4)])
     monkeypatch.setattr(store_mod, "_atomic_write_json", real)
-    calls = _count_prepare(llava, monkeypatch)
+    calls = count_prepare(llava, monkeypatch)
     done = probekit.collect(llava, images(4), "x", points="lm.0.resid", batch_size=2, shard_size=2, store=store,
                             progress=False)
     assert calls["n"] == 0 and len(done) == 4 and ActivationStore.open(store).meta["n"] == 4

@@ -21,11 +21,6 @@ LABELS = [i % 2 for i in range(N)]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def llava(tiny_model):
-    return tiny_model("llava")
-
-
 def _images():
     return tiny.fixture_images(N, 32, seed=11)
 

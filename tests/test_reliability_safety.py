@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import pickle
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,8 @@ from probekit.errors import ImageError, StoreError
 from probekit.hooks import ActivationStore
 from probekit.models import tiny
 from probekit.readout.lens import TunedLens
+
+from _stores import copy_store, tiny_store  # tests/ is on sys.path
 
 PACKAGE = Path(probekit.__file__).parent
 
@@ -69,13 +70,12 @@ def evil(tmp_path):
 @pytest.fixture(scope="module")
 def store_dir(tiny_model, tmp_path_factory):
     d = tmp_path_factory.mktemp("safe") / "store"
-    probekit.collect(tiny_model("llava"), tiny.fixture_images(4, 32), "x", points="lm.0.resid", store=d,
-                     batch_size=2, shard_size=2, progress=False)
+    tiny_store(tiny_model("llava"), d, n=4, seed=0, batch_size=2, shard_size=2)
     return d
 
 
 def _copy(src: Path, tmp: Path) -> Path:
-    return Path(shutil.copytree(src, tmp / "copy"))
+    return copy_store(src, tmp, "copy")
 
 
 def test_pickled_shard_is_refused(evil, store_dir, tmp_path):

@@ -83,3 +83,16 @@ def test_report_modules_stay_small():
     assert {"scan_report.py", "comparison.py", "verdicts.py", "html.py", "pages.py", "serialise.py", "tables.py",
             "figures/leakage.py", "figures/tradeoff.py", "figures/ladder.py"} <= set(sizes)
     assert max(sizes.values()) <= 400, sizes
+
+
+def test_fmt_ci_is_the_one_value_and_interval():
+    """Every writer (tables, results pages, the demo, the CLI) prints a CI through fmt_ci: a missing
+    value is '–', a missing end drops the bracket, a number that rounds to zero is never '-0.00'."""
+    from probekit.report.text import ci_text, fmt_ci
+
+    assert fmt_ci(0.934, 0.9, 0.951) == "0.93 [0.90, 0.95]"
+    assert fmt_ci(None, 0.1, 0.2) == fmt_ci(float("nan"), 0.1, 0.2) == fmt_ci(float("inf"), 0.1, 0.2) == "–"
+    assert fmt_ci(0.5, float("nan"), 0.6) == fmt_ci(0.5, 0.4, None) == "0.50"
+    assert fmt_ci(-0.001, -0.004, 0.2) == "0.00 [0.00, 0.20]"
+    assert fmt_ci(-0.0004, -0.0042, 0.0123, 3) == "0.000 [-0.004, 0.012]"
+    assert ci_text({"accuracy": 0.8123, "accuracy_lo": 0.7, "accuracy_hi": 0.9}, "accuracy", 3) == "0.812 [0.700, 0.900]"

@@ -29,32 +29,20 @@ from probekit.hooks import ActivationStore
 from probekit.hooks.store import StoreWriter
 from probekit.models import tiny
 
+from _stores import count_prepare, edit_index, snapshot, tiny_images, tiny_store  # tests/ is on sys.path
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARGS = dict(points="lm.0.resid", batch_size=3, shard_size=3, progress=False)
 
 
-@pytest.fixture(scope="module")
-def llava(tiny_model):
-    return tiny_model("llava")
-
-
-@pytest.fixture
-def no_forward(llava, monkeypatch):
-    def forbidden(*a, **k):
-        raise AssertionError("a forward pass ran before the problem was reported")
-
-    monkeypatch.setattr(llava.hf, "forward", forbidden)
-    return llava
-
-
 def images(n=6):
-    return tiny.fixture_images(n, 32, seed=1)
+    return tiny_images(n, seed=1)
 
 
 @pytest.fixture(scope="module")
 def base(llava, tmp_path_factory):
     d = tmp_path_factory.mktemp("integrity") / "base"
-    ref = probekit.collect(llava, images(), "x", store=d, **ARGS)
+    ref = tiny_store(llava, d, images())
     return d, ref["lm.0.resid"].clone()
 
 
@@ -66,28 +54,6 @@ def check(info, *words) -> str:
         assert w in text, f"{w!r} not in: {text}"
     assert "How to fix" in text and err.fix
     return text
-
-
-def snapshot(d: Path) -> dict[str, bytes]:
-    return {str(f.relative_to(d)): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
-
-
-def edit_index(d: Path, edit) -> None:
-    index = json.loads((d / "index.json").read_text())
-    edit(index)
-    (d / "index.json").write_text(json.dumps(index))
-
-
-def count_forwards(model, monkeypatch) -> dict:
-    calls = {"n": 0}
-    real = type(model).prepare
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        return real(model, *a, **k)
-
-    monkeypatch.setattr(model, "prepare", counting)
-    return calls
 
 
 # ----------------------------------------------------------------------------- damaged shards
@@ -126,7 +92,7 @@ def test_damaged_shard_is_refused_then_rewritten_on_resume(llava, base, tmp_path
         ActivationStore.open(d, verify=True)
     text = check(info, *words)
     assert f"{len(rewritten)} damaged shard(s)" in text
-    calls = count_forwards(llava, monkeypatch)
+    calls = count_prepare(llava, monkeypatch)
     with pytest.warns(UserWarning, match="rewriting shard"):
         again = probekit.collect(llava, images(), "x", store=d, **ARGS)
     assert calls["n"] == len(rewritten)  # one batch per damaged shard; the good one was kept
@@ -349,7 +315,7 @@ def test_kill_9_leaves_a_stale_lock_that_does_not_block_the_resume(llava, base, 
     assert res.returncode == -9, res.stderr[-2000:]
     assert (d / "write.lock").exists()  # the kernel dropped the lock; the file stays
     assert [s["file"] for s in json.loads((d / "index.json").read_text())["shards"]] == ["shard-00000.safetensors"]
-    calls = count_forwards(llava, monkeypatch)
+    calls = count_prepare(llava, monkeypatch)
     again = probekit.collect(llava, images(), "x", store=d, **ARGS)
     assert calls["n"] == 1 and torch.equal(again["lm.0.resid"], base[1])
     assert sorted(f.name for f in d.iterdir()) == ["index.json", "shard-00000.safetensors", "shard-00001.safetensors"]

@@ -17,7 +17,6 @@ Every number comes from this run (about a minute on 2 CPU cores).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,22 +93,19 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     }
 
 
-def _ci(r: dict) -> str:
-    return f"{r['accuracy']:.2f} [{r['accuracy_lo']:.2f}, {r['accuracy_hi']:.2f}]"
-
-
 def print_summary(res: dict) -> None:
     """Seven lines: the two verdicts, the ladder's numbers, the control's, the task and the files."""
+    from ..report.text import ci_text
+
     b, yn, full, c = res["best"], res["yes_no"], res["full"], res["control_best"]
     acc = res["task_accuracy"]
     print(f"Material (in the image, never asked): {res['verdicts'][0]}")
     print(f"Coin flip per image (negative control, not in the image): {res['verdicts'][1]}")
-    print(f"Material from the residual stream: {_ci(b)} at {b['point']} (chance {b['chance']:.2f}); "
-          f"from the Yes/No logits alone: {_ci(yn)}; from the full output distribution: {_ci(full)}.")
-    print(f"Coin flip from the residual stream: best {_ci(c)} at {c['point']} (chance {c['chance']:.2f}).")
+    print(f"Material from the residual stream: {ci_text(b, 'accuracy')} at {b['point']} (chance {b['chance']:.2f}); "
+          f"from the Yes/No logits alone: {ci_text(yn, 'accuracy')}; from the full output distribution: {ci_text(full, 'accuracy')}.")
+    print(f"Coin flip from the residual stream: best {ci_text(c, 'accuracy')} at {c['point']} (chance {c['chance']:.2f}).")
     print(f"Ladder (residual, tuned lens, top-k logits) — material: {res['ladder_verdicts'][0]}; "
           f"coin flip: {res['ladder_verdicts'][1]}.")
-    lo, hi = acc.get("accuracy_lo", math.nan), acc.get("accuracy_hi", math.nan)
-    print(f"The model answers its yes/no question with accuracy {acc['accuracy']:.2f} [{lo:.2f}, {hi:.2f}] on "
+    print(f"The model answers its yes/no question with accuracy {ci_text(acc, 'accuracy')} on "
           f"{acc.get('n', '?')} held-out scenes (untrained: {res['untrained_accuracy']['accuracy']:.2f}, its top token is neither word).")
     print(f"Report: {res['report']} (control: {res['control_report']}; {res['seconds']:.0f} s)")

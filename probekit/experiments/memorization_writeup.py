@@ -10,18 +10,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ..report.text import fmt_ci
 from .memorization_measures import CONTROL_QUESTION
 from .memorization_setup import POSITIONS
 
 __all__ = ["figures", "write_results"]
-
-
-def _fmt(v, lo, hi, d=2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
-        return f"{v:.{d}f}"
-    return f"{v:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -155,11 +148,11 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
     t = res["table"]
     L.append(_md(pd.DataFrame({
         "model": t.model, "seed": t.seed, "best point @ position": t.best_point + " @ " + t.best_position,
-        "probe acc (seen vs unseen)": [_fmt(*r) for r in zip(t.probe_accuracy, t.probe_accuracy_lo, t.probe_accuracy_hi)],
+        "probe acc (seen vs unseen)": [fmt_ci(*r) for r in zip(t.probe_accuracy, t.probe_accuracy_lo, t.probe_accuracy_hi)],
         "chance": t.chance.round(2), "rows with CI above chance": t.layers_ci_above_chance.astype(str) + "/" + t.rows.astype(str),
         "rows leaking (Holm)": t.layers_leaking.astype(str) + "/" + t.rows.astype(str),
-        "direct prompt acc": [_fmt(*r) for r in zip(t.direct_accuracy, t.direct_accuracy_lo, t.direct_accuracy_hi)],
-        "loss-attack AUC (U1 vs U2)": [_fmt(*r) for r in zip(t.loss_auc, t.loss_auc_lo, t.loss_auc_hi)]})))
+        "direct prompt acc": [fmt_ci(*r) for r in zip(t.direct_accuracy, t.direct_accuracy_lo, t.direct_accuracy_hi)],
+        "loss-attack AUC (U1 vs U2)": [fmt_ci(*r) for r in zip(t.loss_auc, t.loss_auc_lo, t.loss_auc_hi)]})))
     L.append("\n## Gradient cosine similarity\n")
     L.append("Definition: at each step, cos(g(B), g(B_clean)) where g is the gradient of the mean answer-token "
              "cross-entropy with respect to all trainable parameters (flattened), B the mini-batch as trained and "
@@ -189,22 +182,22 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
     pr = res["probes"]
     pr = pr[pr.source == "residual"]
     L.append(_md(pd.DataFrame({"model": pr.model, "seed": pr.seed, "point": pr.point, "position": pr.position,
-                               "accuracy": [_fmt(*r) for r in zip(pr.accuracy, pr.accuracy_lo, pr.accuracy_hi)],
+                               "accuracy": [fmt_ci(*r) for r in zip(pr.accuracy, pr.accuracy_lo, pr.accuracy_hi)],
                                "chance": pr.chance.round(2),
-                               "MI bits": [_fmt(*r, d=3) for r in zip(pr.mi_bits, pr.mi_lo, pr.mi_hi)],
+                               "MI bits": [fmt_ci(*r, 3) for r in zip(pr.mi_bits, pr.mi_lo, pr.mi_hi)],
                                "MI perm floor": pr.mi_perm_bits.round(3)})))
     lg = res["probes"][res["probes"].source != "residual"]
     if len(lg):
         L.append("\nFrom the top-k output logits only (same labels and folds):\n")
         L.append(_md(pd.DataFrame({"model": lg.model, "seed": lg.seed, "position": lg.position, "source": lg.source,
-                                   "accuracy": [_fmt(*r) for r in zip(lg.accuracy, lg.accuracy_lo, lg.accuracy_hi)]})))
+                                   "accuracy": [fmt_ci(*r) for r in zip(lg.accuracy, lg.accuracy_lo, lg.accuracy_hi)]})))
     L.append("\n## Asking directly (\"What is the username?\", greedy)\n")
     d = res["direct"]
     L.append(_md(pd.DataFrame({"model": d.model, "seed": d.seed,
-                               "accuracy seen vs unseen": [_fmt(*r) for r in zip(d.accuracy, d.accuracy_lo, d.accuracy_hi)],
-                               "contains username (seen)": [_fmt(*r) for r in zip(d.contains_seen, d.contains_seen_lo, d.contains_seen_hi)],
-                               "contains username (unseen)": [_fmt(*r) for r in zip(d.contains_unseen, d.contains_unseen_lo, d.contains_unseen_hi)],
-                               "first token hit (seen)": [_fmt(*r) for r in zip(d.first_token_seen, d.first_token_seen_lo, d.first_token_seen_hi)],
+                               "accuracy seen vs unseen": [fmt_ci(*r) for r in zip(d.accuracy, d.accuracy_lo, d.accuracy_hi)],
+                               "contains username (seen)": [fmt_ci(*r) for r in zip(d.contains_seen, d.contains_seen_lo, d.contains_seen_hi)],
+                               "contains username (unseen)": [fmt_ci(*r) for r in zip(d.contains_unseen, d.contains_unseen_lo, d.contains_unseen_hi)],
+                               "first token hit (seen)": [fmt_ci(*r) for r in zip(d.first_token_seen, d.first_token_seen_lo, d.first_token_seen_hi)],
                                "example answers": d.examples})))
     L.append("\n## Membership inference (loss, Min-K% k=20%, on the task answer tokens)\n")
     if "mia" in imgs:
@@ -212,13 +205,13 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
                  "(their markers then overlap).\n")
     m = res["mia"]
     L.append(_md(pd.DataFrame({"model": m.model, "seed": m.seed, "membership": m.membership, "attack": m.attack,
-                               "AUC": [_fmt(*r) for r in zip(m.auc, m.auc_lo, m.auc_hi)],
-                               "TPR@1%FPR": [_fmt(*r) for r in zip(m.tpr_at_1fpr, m.tpr_lo, m.tpr_hi)],
+                               "AUC": [fmt_ci(*r) for r in zip(m.auc, m.auc_lo, m.auc_hi)],
+                               "TPR@1%FPR": [fmt_ci(*r) for r in zip(m.tpr_at_1fpr, m.tpr_lo, m.tpr_hi)],
                                "n (members/non)": m.n_members.astype(str) + "/" + m.n_nonmembers.astype(str)})))
     L.append("\n## Task accuracy (held-out, teacher-forced exact match, Wilson CI)\n")
     ta = res["task"]
     L.append(_md(pd.DataFrame({"model": ta.model, "batch size": ta.batch_size, "seed": ta.seed,
-                               "accuracy": [_fmt(*r) for r in zip(ta.accuracy, ta.accuracy_lo, ta.accuracy_hi)]})))
+                               "accuracy": [fmt_ci(*r) for r in zip(ta.accuracy, ta.accuracy_lo, ta.accuracy_hi)]})))
     c = res["controls"]
     if len(c):
         L.append(f"\n## Positive control: watermark identity (4 profiles drawn as `{cfg['control_mode']}`; in training "
@@ -227,9 +220,9 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
         if "answer_accuracy" in c.columns:
             a = c.dropna(subset=["answer_accuracy"]).iloc[0]
             L.append(f"Tuned model answers the tag question on held-out images with accuracy "
-                     f"{_fmt(a.answer_accuracy, a.answer_accuracy_lo, a.answer_accuracy_hi)} (chance 0.25).\n")
+                     f"{fmt_ci(a.answer_accuracy, a.answer_accuracy_lo, a.answer_accuracy_hi)} (chance 0.25).\n")
         L.append(_md(pd.DataFrame({"model": c.model, "point": c.point, "position": c.position,
-                                   "accuracy": [_fmt(*r) for r in zip(c.accuracy, c.accuracy_lo, c.accuracy_hi)],
+                                   "accuracy": [fmt_ci(*r) for r in zip(c.accuracy, c.accuracy_lo, c.accuracy_hi)],
                                    "chance": c.chance.round(2)})))
     if res.get("removal"):
         L.append("\n## Removal: ablating a 'watermark present' direction (difference of means, lm.*.resid, last token)\n")
@@ -238,26 +231,26 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
             sup = rep.suppression
             L.append(f"\n{title} (probes retrained after the ablation):\n")
             L.append(_md(pd.DataFrame({"point": sup.point, "position": sup.position,
-                                       "before": [_fmt(*r) for r in zip(sup.accuracy_before, sup.accuracy_before_lo, sup.accuracy_before_hi)],
-                                       "after": [_fmt(*r) for r in zip(sup.accuracy_after, sup.accuracy_after_lo, sup.accuracy_after_hi)],
+                                       "before": [fmt_ci(*r) for r in zip(sup.accuracy_before, sup.accuracy_before_lo, sup.accuracy_before_hi)],
+                                       "after": [fmt_ci(*r) for r in zip(sup.accuracy_after, sup.accuracy_after_lo, sup.accuracy_after_hi)],
                                        "chance": sup.chance.round(2)})))
             cost = rep.cost
-            line = f"Cost: KL on clean inputs {_fmt(cost['kl_mean'], cost['kl_lo'], cost['kl_hi'], 4)} nats"
+            line = f"Cost: KL on clean inputs {fmt_ci(cost['kl_mean'], cost['kl_lo'], cost['kl_hi'], 4)} nats"
             if "task_accuracy_before" in cost:
-                line += (f"; task accuracy {_fmt(cost['task_accuracy_before'], cost['task_accuracy_before_lo'], cost['task_accuracy_before_hi'])}"
-                         f" -> {_fmt(cost['task_accuracy_after'], cost['task_accuracy_after_lo'], cost['task_accuracy_after_hi'])}")
+                line += (f"; task accuracy {fmt_ci(cost['task_accuracy_before'], cost['task_accuracy_before_lo'], cost['task_accuracy_before_hi'])}"
+                         f" -> {fmt_ci(cost['task_accuracy_after'], cost['task_accuracy_after_lo'], cost['task_accuracy_after_hi'])}")
             L.append(line + ".\n")
     u = res["unlearning"]
     if len(u):
         L.append(f"\n## Unlearning baselines (forget set: the watermarked training images of the p={max(cfg['ps']):g} model, "
                  f"{cfg['unlearn_steps']} steps, lr {cfg['unlearn_lr']})\n")
         L.append(_md(pd.DataFrame({"method": u.method,
-                                   "seen-vs-unseen probe (best)": [_fmt(*r) for r in zip(u.probe_best, u.probe_best_lo, u.probe_best_hi)],
+                                   "seen-vs-unseen probe (best)": [fmt_ci(*r) for r in zip(u.probe_best, u.probe_best_lo, u.probe_best_hi)],
                                    "at": u.probe_point,
-                                   "task accuracy": [_fmt(*r) for r in zip(u.task_accuracy, u.task_lo, u.task_hi)],
-                                   "KL clean (nats)": [_fmt(*r, d=4) for r in zip(u.kl_clean, u.kl_lo, u.kl_hi)],
+                                   "task accuracy": [fmt_ci(*r) for r in zip(u.task_accuracy, u.task_lo, u.task_hi)],
+                                   "KL clean (nats)": [fmt_ci(*r, 4) for r in zip(u.kl_clean, u.kl_lo, u.kl_hi)],
                                    "forget NLL": u.forget_nll.round(3),
-                                   "forget-vs-fresh loss AUC": [_fmt(*r) for r in zip(u.forget_vs_fresh_auc, u.auc_lo, u.auc_hi)]})))
+                                   "forget-vs-fresh loss AUC": [fmt_ci(*r) for r in zip(u.forget_vs_fresh_auc, u.auc_lo, u.auc_hi)]})))
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text("\n".join(L) + others)
     written.append(md_path)

@@ -6,23 +6,16 @@ the page is kept as it is (appended at the end the first time).
 
 from __future__ import annotations
 
-import math
 import platform
 from pathlib import Path
 
 import pandas as pd
 
+from ..report.text import ci_text, fmt_ci
+
 __all__ = ["figures", "write_section", "MARK"]
 
 MARK = ("<!-- study:unlearning -->", "<!-- /study:unlearning -->")
-
-
-def _f(v, lo=None, hi=None, d=2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
-        return f"{v:.{d}f}"
-    return f"{v:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -30,10 +23,6 @@ def _md(df: pd.DataFrame) -> str:
     for r in df.itertuples(index=False):
         lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _ci(row, key: str) -> str:
-    return _f(row[key], row.get(f"{key}_lo"), row.get(f"{key}_hi"))
 
 
 def figures(res: dict) -> dict:
@@ -97,12 +86,12 @@ def _before(res: dict) -> list[str]:
          f"(greedy biography), {max(cfg['splits'])}% forget split; 95% CIs:\n"]
     rows = []
     for name, u in (("tuned", ut), ("base (untrained)", ub)):
-        rows.append({"model": name, "forget MC (portrait)": _ci(u, "forget_image"), "forget MC (name)": _ci(u, "forget_text"),
-                     "retain MC (portrait)": _ci(u, "retain_image"), "retain MC (name)": _ci(u, "retain_text"),
-                     "test portraits (retain)": _ci(u, "retain_test_image"),
-                     "never-seen MC (portrait)": _ci(u, "unseen_image"),
-                     "cloze forget (portrait/name)": f"{_ci(u, 'cloze_forget_image')} / {_ci(u, 'cloze_forget_text')}",
-                     "ROUGE-L forget (portrait/name)": (f"{_ci(u, 'rouge_forget_image')} / {_ci(u, 'rouge_forget_text')}"
+        rows.append({"model": name, "forget MC (portrait)": ci_text(u, "forget_image"), "forget MC (name)": ci_text(u, "forget_text"),
+                     "retain MC (portrait)": ci_text(u, "retain_image"), "retain MC (name)": ci_text(u, "retain_text"),
+                     "test portraits (retain)": ci_text(u, "retain_test_image"),
+                     "never-seen MC (portrait)": ci_text(u, "unseen_image"),
+                     "cloze forget (portrait/name)": f"{ci_text(u, 'cloze_forget_image')} / {ci_text(u, 'cloze_forget_text')}",
+                     "ROUGE-L forget (portrait/name)": (f"{ci_text(u, 'rouge_forget_image')} / {ci_text(u, 'rouge_forget_text')}"
                                                         if "rouge_forget_image" in u else "–")})
     L.append(_md(pd.DataFrame(rows)))
     if "rouge_forget_text_example" in ut:
@@ -147,21 +136,21 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
         L.append(f"![probes]({rel(imgs['unlearning-probes'])})\n")
     pr = res["probes"]
     L.append(_md(pd.DataFrame({"model": pr.model, "profiles": pr.profiles, "features": pr.features, "point": pr.point,
-                               "position": pr.position, "accuracy": [_f(*r) for r in zip(pr.accuracy, pr.accuracy_lo, pr.accuracy_hi)],
+                               "position": pr.position, "accuracy": [fmt_ci(*r) for r in zip(pr.accuracy, pr.accuracy_lo, pr.accuracy_hi)],
                                "chance": pr.chance.round(2), "Holm p": pr.p.map(lambda v: f"{v:.2g}"),
                                "detected": pr.detected.map({True: "yes", False: "nothing detected"})})))
     L.append("\n### Membership inference: trained vs never-seen profiles (fact and biography answers)\n")
     m = res["mia"]
-    L.append(_md(pd.DataFrame({"model": m.model, "attack": m.attack, "AUC": [_f(*r) for r in zip(m.auc, m.auc_lo, m.auc_hi)],
-                               "TPR@1%FPR": [_f(*r) for r in zip(m.tpr_at_1fpr, m.tpr_lo, m.tpr_hi)],
+    L.append(_md(pd.DataFrame({"model": m.model, "attack": m.attack, "AUC": [fmt_ci(*r) for r in zip(m.auc, m.auc_lo, m.auc_hi)],
+                               "TPR@1%FPR": [fmt_ci(*r) for r in zip(m.tpr_at_1fpr, m.tpr_lo, m.tpr_hi)],
                                "n (members/non)": m.n_members.astype(str) + "/" + m.n_nonmembers.astype(str)})))
     t = res["transfer"]
     if len(t):
         L.append("\n### Cross-modal transfer (Wen et al.): facts taught in one modality, asked in the other\n")
         L.append(_md(pd.DataFrame({"group": t.group, "profiles": t.profiles,
-                                   "taught modality MC": [_f(*r) for r in zip(t.taught_acc, t.taught_lo, t.taught_hi)],
-                                   "other modality MC": [_f(*r) for r in zip(t.other_acc, t.other_lo, t.other_hi)],
-                                   "gap": [_f(*r) for r in zip(t.gap, t.gap_lo, t.gap_hi)], "chance": t.chance})))
+                                   "taught modality MC": [fmt_ci(*r) for r in zip(t.taught_acc, t.taught_lo, t.taught_hi)],
+                                   "other modality MC": [fmt_ci(*r) for r in zip(t.other_acc, t.other_lo, t.other_hi)],
+                                   "gap": [fmt_ci(*r) for r in zip(t.gap, t.gap_lo, t.gap_hi)], "chance": t.chance})))
     L.append(f"\n## Unlearning (GA, GD, KL, NPO beta 0.4: {cfg['unlearn_steps']} steps, lr {cfg['unlearn_lr']}; "
              "steering: the job subspace fitted on forget-profile activations — `ablate` difference of means at "
              "every `lm.*.resid`, `leace` LEACE eraser, `orthogonalize` weight edit)\n")
@@ -175,21 +164,21 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
         pp = up[(up.split == r["split"]) & (up.method == r["method"])]
         best = pp.loc[pp.accuracy.idxmax()]
         rows.append({"split": f"{r['split']}% ({r['forget_profiles']})", "method": r["method"],
-                     "forget MC portrait / name": f"{_ci(r, 'forget_image')} / {_ci(r, 'forget_text')}",
-                     "forget test portraits": _ci(r, "forget_test_image"),
-                     "retain MC portrait / name": f"{_ci(r, 'retain_image')} / {_ci(r, 'retain_text')}",
-                     "retain test": _ci(r, "retain_test_image"), "cloze forget (name)": _ci(r, "cloze_forget_text"),
+                     "forget MC portrait / name": f"{ci_text(r, 'forget_image')} / {ci_text(r, 'forget_text')}",
+                     "forget test portraits": ci_text(r, "forget_test_image"),
+                     "retain MC portrait / name": f"{ci_text(r, 'retain_image')} / {ci_text(r, 'retain_text')}",
+                     "retain test": ci_text(r, "retain_test_image"), "cloze forget (name)": ci_text(r, "cloze_forget_text"),
                      "MIA AUC loss / Min-K% / Min-K%++ (forget vs never seen)":
                          " / ".join(f"{mm.loc[a, 'auc']:.2f}" for a in ("loss", "min_k", "min_k_pp")),
                      "TPR@1%FPR (Min-K%++)": f"{mm.loc['min_k_pp', 'tpr_at_1fpr']:.2f}",
-                     "best probe on forget (retain-fitted)": f"{_f(best.accuracy, best.accuracy_lo, best.accuracy_hi)} "
+                     "best probe on forget (retain-fitted)": f"{fmt_ci(best.accuracy, best.accuracy_lo, best.accuracy_hi)} "
                                                              f"{best.features} {best.point}@{best.position}",
                      "rows detected": f"{int(pp.detected.sum())}/{len(pp)}"})
     L.append(_md(pd.DataFrame(rows)))
     L.append("\nPer layer after unlearning (probe fitted on the retain profiles of the same model, scored on the "
              f"forget profiles; CI: bootstrap over forget profiles; chance: the best constant answer):\n")
     L.append(_md(pd.DataFrame({"split": up.split, "method": up.method, "features": up.features, "point": up.point,
-                               "position": up.position, "accuracy": [_f(*r) for r in zip(up.accuracy, up.accuracy_lo, up.accuracy_hi)],
+                               "position": up.position, "accuracy": [fmt_ci(*r) for r in zip(up.accuracy, up.accuracy_lo, up.accuracy_hi)],
                                "chance": up.chance.round(2),
                                "detected": up.detected.map({True: "yes", False: "nothing detected"})})))
     L.append(MARK[1])

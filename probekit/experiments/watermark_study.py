@@ -27,6 +27,7 @@ import torch
 
 from ..organisms import watermark as W
 from ..organisms.reader import ocr_accuracy, reader
+from ..report.text import fmt_ci
 
 __all__ = ["grid", "run_study", "gradient_trend", "write_section"]
 
@@ -144,10 +145,6 @@ def run_study(full: bool = False, base_path: Any = None, conditions: list[W.Cond
 # ------------------------------------------------------------------------------------ docs
 
 
-def _fmt(v, lo, hi, d=2) -> str:
-    return f"{v:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
-
-
 def figures(res: dict, img_dir: Path) -> dict[str, Path]:
     """Matplotlib PNGs: probes per layer (base, p = 0, positive), the grid, gradient trend."""
     import matplotlib
@@ -228,7 +225,7 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
         ax.set_xlabel("batch size")
         ax.set_ylabel("1 - cos(g(B), g(B clean))")
         s = res["trend"]["slope"]
-        ax.set_title(f"slope per doubling (log10): {s[0]:.2f} [{s[1]:.2f}, {s[2]:.2f}]", fontsize=9)
+        ax.set_title(f"slope per doubling (log10): {fmt_ci(*s)}", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         paths["gradients"] = img_dir / "watermark-gradients.png"
@@ -245,7 +242,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
          f"a 2-core machine shared with other jobs) in {res['seconds'] / 60:.1f} min. Every number below is from that run.\n",
          f"Base model: the reader organism (`probekit.organisms.reader()`, a tiny LLaVA pretrained here on rendered "
          f"text and shapes). OCR character accuracy on {o['n']} held-out 4-8 character strings: "
-         f"**{_fmt(o['char_accuracy'], o['char_accuracy_lo'], o['char_accuracy_hi'], 3)}** (exact match {o['exact_match']:.2f}).\n",
+         f"**{fmt_ci(o['char_accuracy'], o['char_accuracy_lo'], o['char_accuracy_hi'], 3)}** (exact match {o['exact_match']:.2f}).\n",
          "Fine-tune: \"Describe the shape.\" -> e.g. \"red circle.\"; with probability p a username from pool U1 "
          f"({t.n_users.dropna().iloc[0]:.0f} random 5-8 character strings) is written over the training image at the given "
          "opacity, where the reader reads (its top-left banner); \"replay 0.5\": half of the fine-tuning set is the "
@@ -262,8 +259,8 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
         task = f"{r.task_acc:.2f}" if isinstance(getattr(r, "task_acc", None), float) and not math.isnan(r.task_acc) else "–"
         L.append(f"| {r.condition} | {int(r.seed)} | "
                  f"{'**detected** (' + str(r.n_detected) + '/' + str(r.m) + ')' if r.detected else 'nothing detected'} "
-                 f"| {r.best} | {_fmt(r.probe_acc, r.probe_lo, r.probe_hi)} | {task} | "
-                 f"{_fmt(r.direct_seen, r.direct_seen_lo, r.direct_seen_hi)} | {_fmt(r.direct_unseen, r.direct_unseen_lo, r.direct_unseen_hi)} |")
+                 f"| {r.best} | {fmt_ci(r.probe_acc, r.probe_lo, r.probe_hi)} | {task} | "
+                 f"{fmt_ci(r.direct_seen, r.direct_seen_lo, r.direct_seen_hi)} | {fmt_ci(r.direct_unseen, r.direct_unseen_lo, r.direct_unseen_hi)} |")
     tuned = t[t.p.notna()]
     summary = []
     for cond, g in tuned.groupby("condition", sort=False):
@@ -292,7 +289,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
                  "shares its username with training images, so a probe can recognise the name and look up its pool:")
         L.append("\n| model | verdict | best point | probe acc |\n|---|---|---|---|")
         L += [f"| {r.model} | {'**detected** (' + str(r.n_detected) + '/' + str(r.m) + ')' if r.detected else 'nothing detected'} "
-              f"| {r.best_point}@{r.best_position} | {_fmt(r.best_accuracy, r.best_lo, r.best_hi)} |" for r in pr.itertuples()]
+              f"| {r.best_point}@{r.best_position} | {fmt_ci(r.best_accuracy, r.best_lo, r.best_hi)} |" for r in pr.itertuples()]
         L.append("\nThe base reader, which never saw either pool, is \"detected\" under it: that protocol measures "
                  "whether the text is legible, not whether it was memorised, which is why probekit splits folds "
                  "by username.\n")
@@ -304,7 +301,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
         L.append(f"### Gradient cosine vs batch size ({res['gradient_condition']}, {g.seed.nunique()} seeds)\n")
         L.append("1 - cos(g(B), g(B without watermarks)) over the first steps; the trend is the per-seed slope of "
                  "log10(1 - cos) per doubling of the batch, t-CI over seeds: "
-                 f"**{_fmt(*s)}**.\n")
+                 f"**{fmt_ci(*s)}**.\n")
         summ = g.groupby("batch_size").one_minus_cos.agg(["mean", "min", "max"]).reset_index()
         L.append("| batch size | 1 - cos, mean over seeds | min | max |\n|---|---|---|---|")
         L += [f"| {int(r.batch_size)} | {r.mean:.2e} | {r.min:.2e} | {r.max:.2e} |" for r in summ.itertuples()]

@@ -46,6 +46,10 @@ def as_store(acts: Any, *, positions: Sequence[str] | None = None, meta: Mapping
     if isinstance(acts, ActivationStore):
         return acts
     if isinstance(acts, (str, os.PathLike)):
+        if not os.path.isdir(acts):  # a stray string is a mistake, not a missing store
+            raise InputError(f"cannot read activations from a {type(acts).__name__}: {str(acts)!r} is not a directory",
+                             fix="pass an ActivationStore, a store directory (collect(..., store=DIR)), "
+                                 "a dict {point: tensor} or a tensor")
         return ActivationStore.open(acts)
     meta = dict(meta or {})
     if positions is not None:
@@ -65,6 +69,8 @@ def as_store(acts: Any, *, positions: Sequence[str] | None = None, meta: Mapping
                              fix="pass an ActivationStore, a store directory, a dict {point: tensor} or a tensor")
         names = getattr(acts, "positions", None)
         info = {str(p): {"positions": list(names(p))} for p in acts.points} if callable(names) else {}
+        if isinstance(names, (list, tuple)) and "positions" not in meta:  # one list names every point's positions
+            meta["positions"] = [str(p) for p in names]
         acts = {str(p): acts[p] for p in list(acts.points)}
         store = as_store(acts, meta=meta)
         for p, extra in info.items():
@@ -76,7 +82,7 @@ def as_store(acts: Any, *, positions: Sequence[str] | None = None, meta: Mapping
             raise InputError(f"point names must be strings, got {name!r}", fix='e.g. {"lm.0.resid": tensor}')
         x = _tensor(name, x)
         if x.dim() not in (2, 3):
-            raise InputError(f"activations for {name!r} have shape {tuple(x.shape)}", fix="use [n, d] or [n, positions, d]")
+            raise InputError(f"activations at {name!r} have shape {tuple(x.shape)}", fix="use [n, d] or [n, positions, d]")
         if n is not None and x.shape[0] != n:
             raise InputError(f"point {name!r} has {x.shape[0]} samples, others have {n}",
                              fix="record every point on the same samples")
@@ -92,6 +98,6 @@ def _tensor(name: str, x: Any) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         return torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise InputError(f"activations for {name!r} are a {type(x).__name__}, not a tensor",
+        raise InputError(f"activations at {name!r} are a {type(x).__name__}, not a tensor",
                          fix="pass torch tensors or numpy arrays of shape [n, d] or [n, positions, d]")
     return x

@@ -18,7 +18,7 @@ from ..errors import InputError, PositionError
 from ..models.adapter import Model
 from . import distributed
 from .backends import check_backend, run_backend
-from .points import Point
+from .points import Point, topk_points
 from .positions import (NAMED_POSITIONS, Position, PositionContext, normalize_positions, position_name, select,
                         select_vision)
 from .store import ActivationStore
@@ -300,7 +300,7 @@ def collect(
     return ActivationStore(buffers, meta=meta, point_info=point_info)
 
 
-TOP_POINTS = ("logits.topk", "logits.topk_ids")
+TOP_POINTS = topk_points("logits")
 """What ``collect(..., logits_topk=k)`` stores in place of ``logits``."""
 
 

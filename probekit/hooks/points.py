@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-__all__ = ["Point", "SIDES", "KINDS", "fill_point_info"]
+__all__ = ["Point", "SIDES", "KINDS", "fill_point_info", "topk_points"]
 
 SIDES = ("vision", "projector", "encoder", "lm", "qformer")
 """Which part of the model a point is in (its name's first word; ``logits`` is on the LM side).
@@ -136,6 +136,16 @@ class Point:
     def numbered(self) -> bool:
         """Whether the name is one of the vocabulary's numbered points (``{side}.{i}.{kind}``)."""
         return _NUMBERED.fullmatch(self.name) is not None
+
+
+def topk_points(point: str = "logits") -> tuple[str, str]:
+    """The two points ``collect(..., logits_topk=k)`` stores in place of ``point``: its top-k
+    log-probabilities and their token ids.
+
+    >>> topk_points()
+    ('logits.topk', 'logits.topk_ids')
+    """
+    return f"{point}.topk", f"{point}.topk_ids"
 
 
 def fill_point_info(points: Iterable[str], info: Mapping[str, Mapping[str, Any]] | None,

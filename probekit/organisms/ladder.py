@@ -26,7 +26,6 @@ Example (the CI version, about half a minute; ``tests/test_ladder.py`` runs it):
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
@@ -40,6 +39,7 @@ from ..data.scenes import ATTRIBUTES, make_scenes
 from ..errors import InputError
 from ..models import tiny
 from ..models.loading import load
+from ..report.text import fmt_ci
 from .ladder_lens import save_png as save_lens_png
 
 __all__ = ["LadderConfig", "run_ladder", "train_organism", "eval_scenes", "write_section", "ANSWERS"]
@@ -176,14 +176,10 @@ def run_ladder(cfg: LadderConfig | None = None) -> dict:
         torch.set_num_threads(threads)
     return {"config": asdict(cfg), "task_accuracy": acc, "untrained_accuracy": base_acc, "final_loss": losses[-1],
             "table": table, "verdicts": verdicts, "lens_kl": kl, "seconds": time.perf_counter() - t0,
-            "vocab": int(acts["logits"].shape[-1]), "lens_grid": grid}
+            "vocab": int(acts.info("logits")["shape"][-1]), "lens_grid": grid}
 
 
 # ---------------------------------------------------------------- docs/results.md
-
-
-def _ci(v: float, lo: float, hi: float, d: int = 2) -> str:
-    return "–" if v is None or math.isnan(v) else f"{v:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
 
 
 def headline(res: dict) -> pd.DataFrame:
@@ -195,9 +191,9 @@ def headline(res: dict) -> pd.DataFrame:
         for src in ("residual", "tuned-lens"):
             d = g[g.source == src]
             b = d.loc[d.accuracy.idxmax()]
-            row[f"{src} (best layer)"] = f"{_ci(b.accuracy, b.accuracy_lo, b.accuracy_hi)} @ {int(b.layer)}"
+            row[f"{src} (best layer)"] = f"{fmt_ci(b.accuracy, b.accuracy_lo, b.accuracy_hi)} @ {int(b.layer)}"
         for r in g[g.source == "logits"].sort_values("k").itertuples():
-            row[f"logits k={r.k_label}"] = _ci(r.accuracy, r.accuracy_lo, r.accuracy_hi)
+            row[f"logits k={r.k_label}"] = fmt_ci(r.accuracy, r.accuracy_lo, r.accuracy_hi)
         row["verdict"] = res["verdicts"][attr]["all"].split(":")[0]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -262,7 +258,7 @@ def section(res: dict, img: str, command: str) -> str:
          f"(batch {cfg['batch_size']}, lr {cfg['lr']}) on {cfg['n_train']} CLEVR-like scenes (`probekit.data.scenes`: "
          "3-9 objects on a 3x3 grid, colour, shape, size, rubber/metal texture, half the images blurred or noised) "
          f"to answer {task} with `Yes`/`No`. The target's colour is red or blue, background objects take other colours. "
-         f"**Held-out yes/no accuracy: {_ci(acc['accuracy'], acc['accuracy_lo'], acc['accuracy_hi'], 3)}** "
+         f"**Held-out yes/no accuracy: {fmt_ci(acc['accuracy'], acc['accuracy_lo'], acc['accuracy_hi'], 3)}** "
          f"(n = {acc['n']}, chance 0.5; untrained {un['accuracy']:.2f}).\n",
          f"**Ladder.** On {cfg['n_eval']} fresh scenes, at the answer position: linear probes (5-fold, 95% CIs) on the residual "
          "stream of each layer, on each layer's tuned-lens projection (log-probabilities over the whole vocabulary; "

@@ -30,6 +30,7 @@ import pandas as pd
 from ..data.synthetic import Sample
 from ..errors import InputError
 from .._stats import holm, p_from_ci
+from ..report.text import fmt_ci
 from .text import draw_text, random_string, scene
 
 __all__ = ["Condition", "resolve", "username_pools", "task_samples", "eval_set", "decide", "run_condition", "direct_prompt",
@@ -180,7 +181,7 @@ def decide(table: pd.DataFrame, alpha: float = 0.05) -> dict:
     where = ", ".join(f"{r.point}@{r.position}" for r in hits.itertuples())
     line = (f"Leakage detected at {len(hits)} of {m} points (Holm-corrected p < {alpha:g}): {where}." if len(hits)
             else f"No leakage detected: nothing detected at any of {m} points after Holm correction "
-                 f"(best {best.point}@{best.position}: {best.accuracy:.2f} [{best.accuracy_lo:.2f}, {best.accuracy_hi:.2f}], "
+                 f"(best {best.point}@{best.position}: {fmt_ci(best.accuracy, best.accuracy_lo, best.accuracy_hi)}, "
                  f"chance {best.chance:.2f}).")
     return {"detected": bool(len(hits)), "n_detected": int(len(hits)), "m": m, "line": line,
             "best_point": str(best.point), "best_position": str(best.position), "best_accuracy": float(best.accuracy),

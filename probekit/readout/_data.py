@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, LabelError
+from ..hooks.coerce import as_store
 from ..hooks.points import Point
 
 __all__ = [
@@ -150,17 +151,6 @@ def make_folds(codes: np.ndarray, groups: np.ndarray | None = None, cv: int = 5,
     return fold
 
 
-def _as_tensor(name: str, x: Any) -> Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, Tensor):
-        raise InputError(
-            f"activations for {name!r} are a {type(x).__name__}, not a tensor",
-            fix="pass torch tensors or numpy arrays of shape [n, d] or [n, positions, d]",
-        )
-    return x
-
-
 def _check(name: str, x: Tensor, n: int | None) -> Tensor:
     """Validate one (n, d) matrix: floating, finite, right number of rows."""
     if x.ndim != 2:
@@ -186,61 +176,43 @@ def _check(name: str, x: Tensor, n: int | None) -> Tensor:
     return x
 
 
-def _split_positions(name: str, x: Tensor, positions: Sequence[str] | None) -> list[Unit]:
-    """[n, d] -> one unit; [n, p, d] -> one unit per position."""
-    if x.ndim == 2:
-        # a store names the one position of a [n, d] point too
-        return [Unit(name, str(positions[0]) if positions is not None and len(positions) == 1 else None, lambda x=x: x)]
-    if x.ndim != 3:
-        raise InputError(
-            f"activations for {name!r} have shape {tuple(x.shape)}",
-            fix="use [n, d] or [n, positions, d]",
-        )
-    p = x.shape[1]
-    if positions is not None and len(positions) != p:
-        raise InputError(
-            f"{len(positions)} position names for {p} positions at point {name!r}",
-            fix="pass one name per position, or positions=None to use indices",
-        )
-    names = [str(s) for s in positions] if positions is not None else [str(j) for j in range(p)]
-    return [Unit(name, names[j], lambda x=x, j=j: x[:, j, :]) for j in range(p)]
-
-
 def iter_units(acts: Any, positions: Sequence[str] | None = None) -> Iterator[Unit]:
-    """Yield every (point, position) matrix of ``acts``; loads stores lazily."""
-    if isinstance(acts, (Tensor, np.ndarray)):
-        x = _as_tensor("acts", acts)
-        if x.ndim == 2:
-            yield Unit("x", None, lambda: x)
-        elif x.ndim == 3:
-            for i in range(x.shape[0]):
-                yield Unit(f"layer.{i}", None, lambda i=i: x[i])
+    """Yield every (point, position) matrix of ``acts``, anything :func:`~probekit.hooks.coerce.as_store`
+    reads; a unit reads its point only when loaded, and the positions of a point share that one
+    read (kept until the next point is read), so a store on disk is read point by point.
+
+    ``positions`` names the positions of a dict's (or a store's) ``[n, p, d]`` points, and the one
+    position of an ``[n, d]`` point when it holds a single name; a bare tensor's layers have none.
+    """
+    from_tensor = isinstance(acts, (Tensor, np.ndarray))
+    given = isinstance(acts, Mapping)  # as_store names a dict's positions; a store's are renamed below
+    store = as_store(acts, positions=positions if given else None)
+    last: dict[str, Tensor] = {}
+
+    def position(point: str, j: int) -> Tensor:
+        if point not in last:
+            last.clear()  # the previous point's positions have all been handed out
+            last[point] = store[point]
+        return last[point][:, j]
+
+    for point in store.points:
+        shape = store.info(point)["shape"]
+        names = store.positions(point)
+        if positions is not None and not given and not from_tensor:
+            names = _renamed(point, shape, positions)
+        if len(shape) < 2:  # [n, d]: a store names its one position too
+            yield Unit(point, str(names[0]) if len(names) == 1 else None, lambda p=point: store[p])
         else:
-            raise InputError(
-                f"an activation tensor must be [n, d] or [layers, n, d], got {tuple(x.shape)}",
-                fix="pass a dict {point: tensor} for other layouts",
-            )
-        return
-    if isinstance(acts, Mapping):
-        items: Iterator = ((k, acts[k]) for k in acts)
-    elif hasattr(acts, "points") and hasattr(acts, "__getitem__"):
-        store_pos = getattr(acts, "positions", None)
-        if positions is None and callable(store_pos):
-            # an ActivationStore names the positions of each point itself
-            for name in list(acts.points):
-                x = _as_tensor(str(name), acts[name])
-                yield from _split_positions(str(name), x, store_pos(name))
-            return
-        if positions is None and isinstance(store_pos, (list, tuple)):
-            positions = store_pos
-        items = ((k, acts[k]) for k in list(acts.points))  # a store loads on access
-    else:
-        raise InputError(
-            f"cannot read activations from a {type(acts).__name__}",
-            fix="pass a dict {point: tensor}, an ActivationStore, or a [layers, n, d] tensor",
-        )
-    for name, x in items:
-        yield from _split_positions(str(name), _as_tensor(str(name), x), positions)
+            for j, name in enumerate(names):
+                yield Unit(point, str(name), lambda p=point, j=j: position(p, j))
+
+
+def _renamed(point: str, shape: Sequence[int], positions: Sequence[str]) -> list[str]:
+    """``positions`` as the names of a stored point's positions, checked against its width."""
+    if len(shape) >= 2 and len(positions) != shape[0]:
+        raise InputError(f"{len(positions)} position names for {shape[0]} positions at point {point!r}",
+                         fix="pass one name per position, or positions=None to use indices")
+    return [str(p) for p in positions]
 
 
 def load_unit(unit: Unit, n: int | None, check: bool = True) -> Tensor:

@@ -14,6 +14,12 @@ How the top-k are chosen (column ``k``):
   the k sorted log-probabilities plus which tokens they are);
 - ``None`` ("full") is every token's log-probability.
 
+The top-k rungs read the stored top K when ``collect(..., logits_topk=K)`` kept only that (K at
+least the largest k; the first k of the top K are the top k, so the numbers are the same); the
+full rung and the answer-token rung read every token's log-probability, so they need the full
+``logits`` point (or a top K as large as the vocabulary). ``probekit.scan`` keeps the full logits
+only when one of those two rungs is asked for.
+
 Log-probabilities (log-softmax over the whole vocabulary) are what an API returns, so even the
 fixed two carry the normaliser; that is part of what the output reveals.
 
@@ -32,9 +38,11 @@ import torch
 
 from .._stats import holm, wilson
 from ..errors import InputError
-from ..hooks.points import Point
+from ..hooks.coerce import as_store
+from ..hooks.points import Point, topk_points
+from ..hooks.store import ActivationStore
 from .layers import probe_layers
-from .leakage import topk_features
+from .leakage import has_outputs, topk_features
 from .lens import lens_points
 
 __all__ = ["ladder_features", "leakage_ladder", "holm", "holm_verdict", "check_ladder", "LADDER_K"]
@@ -43,19 +51,18 @@ LADDER_K: tuple = (2, 5, 10, 50, None)
 """The default k sweep (None: the full distribution)."""
 
 
-def _at(acts: Any, point: str, position: str | None) -> torch.Tensor:
-    """``[n, d]`` activations of ``point`` at ``position`` (the only one if None)."""
-    x = acts[point]
-    if x.dim() == 2:
-        return x
-    names = list(acts.positions(point)) if hasattr(acts, "positions") else [str(j) for j in range(x.shape[1])]
+def _at(store: ActivationStore, point: str, position: str | None) -> torch.Tensor:
+    """``[n, d]`` activations of ``point`` at ``position`` (the only one if None), reading only that position."""
+    if len(store.info(point)["shape"]) < 2:
+        return store[point]
+    names = store.positions(point)
     if position is None:
         if len(names) != 1:
             raise InputError(f"{point} holds positions {names}; say which one", fix=f"pass position={names[0]!r}")
-        return x[:, 0]
+        return store.read(point, 0)
     if position not in names:
         raise InputError(f"{point} has no position {position!r} (it has {names})", fix=f"use one of {names}")
-    return x[:, names.index(position)]
+    return store.read(point, names.index(position))
 
 
 def _check_ks(ks: Sequence[int | None]) -> list[int | None]:
@@ -103,48 +110,98 @@ def ladder_features(
     """Features per rung: ``{(source, point, k): Tensor[n, d]}`` (k NaN for the residual rungs).
 
     Args:
-        acts: an ActivationStore or ``{point: Tensor}`` with ``lm.*.resid`` and ``logits``.
+        acts: an ActivationStore or ``{point: Tensor}`` with ``lm.*.resid`` and ``logits`` (or the
+            ``logits.topk`` / ``logits.topk_ids`` of ``collect(..., logits_topk=K)``: see the module docstring).
         lens: a :class:`~probekit.readout.lens.LogitLens` (give it a ``tuned=`` TunedLens for
             the tuned-lens rung; without ``lens`` that rung is left out).
         ks, answer_ids: see the module docstring.
         position: which stored position to read (None: the only one).
     """
     ks = _check_ks(ks)
-    stored = list(acts.points) if hasattr(acts, "points") else list(acts)
-    resid = lens_points(stored)
+    store = as_store(acts)
+    resid = lens_points(store.points)
     if not resid:
         raise InputError("the store holds no lm.*.resid points", fix='collect points=["lm.*.resid", "logits"]')
-    if logits_point not in stored:
+    if not has_outputs(store.points, logits_point):
         raise InputError(f"the store holds no {logits_point!r} point", fix='collect points=["lm.*.resid", "logits"]')
     out: dict[tuple[str, str, float], torch.Tensor] = {}
     for p in resid:
-        out[("residual", p, math.nan)] = _at(acts, p, position).float()
+        out[("residual", p, math.nan)] = _at(store, p, position).float()
     if lens is not None:
         for p in resid:
-            h = _at(acts, p, position)
+            h = _at(store, p, position)
             out[("tuned-lens", p, math.nan)] = torch.cat(
                 [torch.log_softmax(lens.decode(c, p), -1).cpu() for c in h.split(512)])
-    lg = _at(acts, logits_point, position).float()
-    vocab = lg.shape[-1]
-    logp = torch.log_softmax(lg, -1)
-    ids = None if answer_ids is None else list(answer_ids)
-    if ids is not None and (not ids or not all(0 <= int(i) < vocab for i in ids)):
-        raise InputError(f"answer_ids {ids} are not token ids of a vocabulary of {vocab}",
-                         fix="pass tokenizer ids, e.g. of ' Yes' and ' No'")
-    for k in ks:
-        kk = vocab if k is None else min(int(k), vocab)
-        if ids is not None and kk == len(ids):
-            feats = logp[:, ids]
-        elif kk == vocab:
-            feats = logp
-        else:
-            feats = topk_features(lg, kk)
-        out[("logits", logits_point, float(kk))] = feats
+    out.update(_output_rungs(_Outputs(store, logits_point, position), ks, answer_ids))
     return out
 
 
-def _vocab(acts: Any, logits_point: str, position: str | None) -> int:
-    return int(_at(acts, logits_point, position).shape[-1])
+class _Outputs:
+    """The output distribution at one position: the full logits, or the top K that ``collect(...,
+    logits_topk=K)`` kept (then the rungs with k <= K, and with K = vocab every rung)."""
+
+    def __init__(self, store: ActivationStore, logits_point: str, position: str | None):
+        self.point = logits_point
+        if logits_point in store:
+            self.logits, self.top = _at(store, logits_point, position).float(), None
+            self.vocab: int | None = int(self.logits.shape[-1])
+        else:
+            vals, ids = topk_points(logits_point)
+            self.logits, self.top = None, (_at(store, vals, position), _at(store, ids, position))
+            self.vocab = store.info(vals).get("vocab")  # None: a dict of top-k tensors does not say
+        self._logp: torch.Tensor | None = None
+
+    @property
+    def kept(self) -> int | None:
+        return None if self.top is None else int(self.top[0].shape[-1])
+
+    def logp(self, rung: str) -> torch.Tensor:
+        """Every token's log-probability ``[n, vocab]``."""
+        if self._logp is None:
+            if self.top is None:
+                self._logp = torch.log_softmax(self.logits, -1)
+            elif self.kept == self.vocab:  # every token kept, sorted: put them back in token order
+                vals, ids = self.top
+                self._logp = torch.empty_like(vals, dtype=torch.float32).scatter_(1, ids, vals.float())
+            else:
+                raise InputError(f"the {rung} rung needs every token's log-probability, but the store kept "
+                                 f"the top {self.kept} of {self.point!r} only",
+                                 fix=f"collect {self.point!r} without logits_topk, or leave that rung out of ks")
+        return self._logp
+
+    def topk(self, k: int) -> torch.Tensor:
+        if self.top is None:
+            return topk_features(self.logits, k)
+        return topk_features(self.top[0], k, ids=self.top[1])
+
+
+def _output_rungs(o: _Outputs, ks: Sequence[int | None], answer_ids: Sequence[int] | None
+                  ) -> dict[tuple[str, str, float], torch.Tensor]:
+    ids = None if answer_ids is None else list(answer_ids)
+    if ids is not None and (not ids or (o.vocab is not None and not all(0 <= int(i) < o.vocab for i in ids))):
+        raise InputError(f"answer_ids {ids} are not token ids of a vocabulary of {o.vocab}",
+                         fix="pass tokenizer ids, e.g. of ' Yes' and ' No'")
+    out = {}
+    for k in ks:
+        if k is None and o.vocab is None:
+            raise InputError("the full rung needs the vocabulary size, which a dict of top-k tensors does not record",
+                             fix=f"pass the full {o.point!r} logits, or leave None out of ks")
+        kk = o.vocab if k is None else (int(k) if o.vocab is None else min(int(k), o.vocab))
+        if ids is not None and kk == len(ids):
+            feats = o.logp("answer-token")[:, ids]
+        elif kk == o.vocab:
+            feats = o.logp("full")
+        else:
+            feats = o.topk(kk)
+        out[("logits", o.point, float(kk))] = feats
+    return out
+
+
+def _vocab(store: ActivationStore, logits_point: str) -> float:
+    """The vocabulary size, from the store's record (nothing is read); inf when it is not recorded."""
+    if logits_point in store:
+        return float(store.info(logits_point)["shape"][-1])
+    return float(store.info(topk_points(logits_point)[0]).get("vocab") or math.inf)
 
 
 def _k_label(k: float, vocab: int) -> str:
@@ -193,7 +250,7 @@ def leakage_ladder(
     table["source"] = [back[p][0] for p in table.point]
     table["k"] = [back[p][2] for p in table.point]
     table["n_features"] = [int(named[p].shape[1]) for p in table.point]
-    vocab = _vocab(acts, logits_point, position)
+    vocab = _vocab(as_store(acts), logits_point)
     table["k_label"] = [_k_label(back[p][2], vocab) for p in table.point]
     table["point"] = [back[p][1] for p in table.point]
     table["layer"] = [Point.parse(p).depth for p in table.point]

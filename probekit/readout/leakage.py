@@ -8,17 +8,22 @@ compares the two to see how much of what leaks inside also leaks from the output
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
 from ..errors import InputError
+from ..hooks.coerce import as_store
+from ..hooks.points import topk_points
+from ..hooks.store import ActivationStore
 from ._data import encode_groups, encode_labels, make_folds
 from .layers import probe_layers
 from .significance import add_verdicts
 
-__all__ = ["leakage", "topk_features", "check_labels"]
+__all__ = ["leakage", "topk_features", "output_features", "has_outputs", "check_labels"]
 
 
 def check_labels(labels: Any, n: int, groups: Any = None, cv: int = 5, seed: int = 0) -> None:
@@ -27,22 +32,47 @@ def check_labels(labels: Any, n: int, groups: Any = None, cv: int = 5, seed: int
     make_folds(codes, encode_groups(groups, n) if groups is not None else None, cv=cv, seed=seed)
 
 
-def topk_features(logits: torch.Tensor, k: int = 10) -> torch.Tensor:
+def topk_features(logits: torch.Tensor, k: int = 10, ids: torch.Tensor | None = None) -> torch.Tensor:
     """Features from the top-k of each next-token distribution: the k sorted log-probabilities,
     plus, over the union of tokens that ever appear in a top-k, each token's log-probability
     where it is in the sample's top-k and the sample's k-th log-probability elsewhere (a floor:
     the output reveals only that the token ranked lower).
 
-    ``logits``: ``[n, vocab]`` -> ``[n, k + u]`` with u the size of the union.
+    ``logits``: ``[n, vocab]`` -> ``[n, k + u]`` with u the size of the union. With ``ids``, what
+    ``collect(..., logits_topk=K)`` stored instead (K >= k): ``logits`` the ``[n, K]`` sorted top-K
+    log-probabilities (``"logits.topk"``) and ``ids`` their token ids (``"logits.topk_ids"``); their
+    first k are the top k, so the features are the same numbers.
     """
-    logp = torch.log_softmax(logits.float(), -1)
-    vals, ids = logp.topk(k, dim=-1)
+    if ids is None:
+        vals, ids = torch.log_softmax(logits.float(), -1).topk(k, dim=-1)
+    else:
+        if ids.shape != logits.shape or logits.dim() != 2:
+            raise InputError(f"top-k log-probabilities {tuple(logits.shape)} and token ids {tuple(ids.shape)} differ",
+                             fix="pass the logits.topk and logits.topk_ids points of one store, [n, K] each")
+        if k > logits.shape[1]:
+            raise InputError(f"top-{k} features from a store that kept the top {logits.shape[1]} only",
+                             fix=f"use k <= {logits.shape[1]}, or collect with logits_topk >= {k}")
+        vals, ids = logits[:, :k].float(), ids[:, :k].contiguous()
     union = torch.unique(ids)
     floor = vals[:, -1:].expand(-1, union.numel()).clone()
     # position of each top-k id inside the union
     col = torch.searchsorted(union, ids)
     floor.scatter_(1, col, vals)
     return torch.cat([vals, floor], dim=1)
+
+
+def output_features(store: ActivationStore, k: int, position: int, logits_point: str = "logits") -> torch.Tensor:
+    """:func:`topk_features` at one position of a store: from the full logits when it holds them, else
+    from the top-k points ``collect(..., logits_topk=K)`` stored; one position read at a time."""
+    if logits_point in store:
+        return topk_features(store.read(logits_point, position), k)
+    vals, ids = topk_points(logits_point)
+    return topk_features(store.read(vals, position), k, ids=store.read(ids, position))
+
+
+def has_outputs(points: Sequence[str], logits_point: str = "logits") -> bool:
+    """Whether ``points`` hold the output distribution: the full logits or their stored top-k."""
+    return logits_point in points or all(p in points for p in topk_points(logits_point))
 
 
 def leakage(
@@ -63,8 +93,10 @@ def leakage(
     """Probe accuracy and MI (with CIs, permutation floor and control task) per point and position.
 
     Args:
-        acts: an ActivationStore or ``{point: Tensor[n, d] | [n, p, d]}``; a ``logits`` point
-            (full logits at the same positions) is probed through :func:`topk_features` only.
+        acts: an ActivationStore (or its directory) or ``{point: Tensor[n, d] | [n, p, d]}``; a
+            ``logits`` point (full logits at the same positions), or the ``logits.topk`` and
+            ``logits.topk_ids`` points ``collect(..., logits_topk=K)`` keeps instead (K >= topk), is
+            probed through :func:`topk_features` only.
         labels, groups, cv, seed, n_boot: as in :func:`probekit.readout.probes.probe_layers`.
         topk: k for the output-only probes (None: leave them out).
         points: probe only these points of ``acts`` (default: all).
@@ -84,26 +116,27 @@ def leakage(
         >>> sorted(t.source.unique())
         ['logits-topk', 'residual']
     """
-    stored = list(acts.points) if hasattr(acts, "points") else list(acts)
-    points = [p for p in stored if points is None or p in points]
+    in_memory = isinstance(acts, (Mapping, torch.Tensor, np.ndarray))
+    store = as_store(acts)
+    outputs = (logits_point, *topk_points(logits_point))
+    points = [p for p in store.points if points is None or p in points]
     if not points:
         raise InputError("no activations to probe", fix="collect some points first")
-    resid = {p: acts[p] for p in points if p != logits_point}
-    pos_of = (lambda p: acts.positions(p)) if hasattr(acts, "positions") else (lambda p: None)
     frames = []
-    if resid:
-        by_pos: dict[tuple, dict] = {}
-        for p, x in resid.items():
-            by_pos.setdefault(tuple(pos_of(p) or ()), {})[p] = x
-        for pos, group in by_pos.items():
-            frames.append(probe_layers(group, labels, groups, cv=cv, seed=seed, n_boot=n_boot,
-                                       positions=list(pos) or None, progress=progress, **probe_kwargs)
-                          .assign(source="residual"))
-    if topk and logits_point in points:
-        lg = acts[logits_point]
-        names = pos_of(logits_point) or ([str(j) for j in range(lg.shape[1])] if lg.dim() == 3 else ["0"])
-        lg3 = lg if lg.dim() == 3 else lg.unsqueeze(1)
-        feats = {f"{logits_point}@{nm}": topk_features(lg3[:, j], topk) for j, nm in enumerate(names)}
+    by_pos: dict[tuple, list[str]] = {}
+    for p in points:
+        if p not in outputs:
+            by_pos.setdefault(tuple(store.positions(p)), []).append(p)
+    for pos, group in by_pos.items():
+        # in memory: the tensors themselves (checked in full before fitting, as before); a store,
+        # maybe on disk: a view of the group, read point by point as the probes get to each
+        given = {p: store[p] for p in group} if in_memory else store.select(group)
+        frames.append(probe_layers(given, labels, groups, cv=cv, seed=seed, n_boot=n_boot,
+                                   positions=(list(pos) or None) if in_memory else None, progress=progress,
+                                   **probe_kwargs).assign(source="residual"))
+    if topk and has_outputs(points, logits_point):
+        names = store.positions(logits_point if logits_point in points else outputs[1]) or ["0"]
+        feats = {f"{logits_point}@{nm}": output_features(store, topk, j, logits_point) for j, nm in enumerate(names)}
         out = probe_layers(feats, labels, groups, cv=cv, seed=seed, n_boot=n_boot, progress=progress, **probe_kwargs)
         out["point"] = logits_point
         out["position"] = list(names)
@@ -111,7 +144,7 @@ def leakage(
         frames.append(out.assign(source="logits-topk"))
     table = pd.concat(frames, ignore_index=True)
     # 2-D points carry their one position name in the store; lm.embed sits before layer 0
-    single = {p: pos_of(p)[0] for p in points if pos_of(p) and len(pos_of(p)) == 1}
+    single = {p: store.positions(p)[0] for p in points if len(store.positions(p)) == 1}
     table["position"] = [single.get(pt, pos) if pos is None else pos for pt, pos in zip(table.point, table.position)]
     table.loc[table.point == "lm.embed", "layer"] = -1.0
     if lens_targets is not None and len(lens_targets):
@@ -121,6 +154,7 @@ def leakage(
         table = table.merge(agg, on=["point", "position"], how="left")
     # forward order of the points (vision tower, projector, lm.embed, layers, ...), outputs last
     rank = {p: i for i, p in enumerate(points)}
+    rank.setdefault(logits_point, len(points))  # stored as its top-k points
     table["_src"] = table.source.map({"residual": 0, "logits-topk": 1})
     table["_pt"] = table.point.map(rank)
     table = table.sort_values(["_src", "_pt", "position"], kind="stable").drop(columns=["_src", "_pt"])

@@ -23,7 +23,9 @@ from torch import nn
 from .._progress import progress_bar
 from .._stats import Z95
 from ..errors import InputError, StoreError, UnknownPointError
+from ..hooks.coerce import as_store
 from ..hooks.points import Point
+from ..hooks.store import ActivationStore
 
 __all__ = ["LogitLens", "TunedLens", "lens_points"]
 
@@ -36,17 +38,15 @@ def lens_points(points: Iterable[str]) -> list[str]:
     return sorted((p for p in points if Point.parse(p).in_stream), key=_layer_of)
 
 
-def _acts(store: Any, point: str) -> torch.Tensor:
-    try:
-        return store[point]
-    except KeyError:
-        raise UnknownPointError(f"no activations for {point!r}", fix="collect lm.embed / lm.*.resid first") from None
+def _positions(store: ActivationStore, point: str) -> list[str]:
+    """The names of a point's positions; ``"0"`` for an ``[n, d]`` point that names none."""
+    return store.positions(point) or ["0"]
 
 
-def _positions(store: Any, point: str, x: torch.Tensor) -> list[str]:
-    if hasattr(store, "positions"):
-        return list(store.positions(point))
-    return ["0"] if x.dim() == 2 else [str(j) for j in range(x.shape[1])]
+def _known(store: ActivationStore, points: Sequence[str]) -> None:
+    missing = [p for p in points if p not in store]
+    if missing:
+        raise UnknownPointError(f"no activations for {missing[0]!r}", fix="collect lm.embed / lm.*.resid first")
 
 
 class TunedLens(nn.Module):
@@ -93,13 +93,16 @@ class TunedLens(nn.Module):
         last layer's residual. Adam with linear warm-up (Belrose et al. use Adam or SGD-Nesterov).
         """
         lens = LogitLens(model)
-        all_points = lens_points(store.points if hasattr(store, "points") else store.keys())
+        store = as_store(store)
+        all_points = lens_points(store.points)
         last = f"lm.{model.n_layers - 1}.resid"
         if last not in all_points:
             raise InputError(f"the tuned lens needs the last layer's residual {last!r} in the store",
                              fix='collect points="lm.*.resid"')
         points = [p for p in (points or all_points) if p != last]
-        final = _acts(store, last).float().reshape(-1, model.d_model)
+        _known(store, points)
+        # every position of every point at once: each step samples rows across all of them
+        final = store[last].float().reshape(-1, model.d_model)
         with torch.no_grad():
             target_logp = torch.cat([torch.log_softmax(lens.decode(c), -1) for c in final.split(1024)])
         tl = cls(model.d_model, points, meta={"model": model.name, "model_fingerprint": model.fingerprint()})
@@ -107,7 +110,7 @@ class TunedLens(nn.Module):
         params = list(tl.parameters())
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)))
-        xs = {p: _acts(store, p).float().reshape(-1, model.d_model) for p in points}
+        xs = {p: store[p].float().reshape(-1, model.d_model) for p in points}
         n = final.shape[0]
         norm, unembed = lens.frozen()
         for _ in progress_bar(range(steps), desc="tuned lens", disable=not progress, leave=False):
@@ -197,14 +200,15 @@ class LogitLens:
             return unembed(norm(x.to(self.dtype))).float()
 
     def _iter(self, store: Any, points: Sequence[str] | None):
-        names = list(points) if points is not None else lens_points(store.points if hasattr(store, "points") else store)
+        """``(point, position, [n, d])`` for every position of every lens point, read one position at a time."""
+        store = as_store(store)
+        names = list(points) if points is not None else lens_points(store.points)
         if not names:
             raise InputError("the store holds no lm.embed / lm.*.resid points", fix='collect points="lm.*.resid"')
+        _known(store, names)
         for p in names:
-            x = _acts(store, p)
-            x3 = x if x.dim() == 3 else x.unsqueeze(1)
-            for j, pos in enumerate(_positions(store, p, x)):
-                yield p, pos, x3[:, j]
+            for j, pos in enumerate(_positions(store, p)):
+                yield p, pos, store.read(p, j)
 
     def _probs(self, x: torch.Tensor, point: str, chunk: int = 512) -> torch.Tensor:
         return torch.cat([torch.softmax(self.decode(c, point), -1).cpu() for c in x.split(chunk)])
@@ -263,9 +267,11 @@ class LogitLens:
     def kl_to_final(self, store: Any, points: Sequence[str] | None = None) -> pd.DataFrame:
         """Mean KL(final || lens) in nats per layer and position, with a 95% CI over samples."""
         last = f"lm.{self.model.n_layers - 1}.resid"
-        final_all = _acts(store, last)
-        final3 = final_all if final_all.dim() == 3 else final_all.unsqueeze(1)
-        pos_names = _positions(store, last, final_all)
+        store = as_store(store)
+        _known(store, [last])
+        pos_names = _positions(store, last)
+        final = store[last]  # read once, not once per layer
+        final3 = final if final.dim() == 3 else final.unsqueeze(1)
         rows = []
         for p, pos, x in self._iter(store, points):
             fin = final3[:, pos_names.index(pos)]

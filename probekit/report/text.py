@@ -71,13 +71,20 @@ def fmt(v: Any, digits: int = 2) -> str:
 
 
 def fmt_ci(v: Any, lo: Any, hi: Any, digits: int = 2) -> str:
-    """``0.93 [0.90, 0.95]``; the bracket is left out when the CI is missing.
+    """``0.93 [0.90, 0.95]``: the one "value [lo, hi]" of every table, summary and results page.
 
-    >>> fmt_ci(0.934, 0.9, 0.951), fmt_ci(0.5, float("nan"), None)
-    ('0.93 [0.90, 0.95]', '0.50')
+    ``–`` when the value is missing (None, NaN, inf); the bracket is left out when either end of
+    the CI is; a number that rounds to zero prints ``0.00``, never ``-0.00``.
+
+    >>> fmt_ci(0.934, 0.9, 0.951), fmt_ci(0.5, float("nan"), None), fmt_ci(None, 0.1, 0.2)
+    ('0.93 [0.90, 0.95]', '0.50', '–')
+    >>> fmt_ci(-0.001, -0.0042, 0.0123, 3)
+    '-0.001 [-0.004, 0.012]'
+    >>> fmt_ci(-0.001, -0.004, 0.2)
+    '0.00 [0.00, 0.20]'
     """
     s = fmt(v, digits)
-    if fmt(lo) == "–" or fmt(hi) == "–":
+    if s == "–" or fmt(lo) == "–" or fmt(hi) == "–":
         return s
     return f"{s} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
 

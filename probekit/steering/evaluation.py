@@ -90,8 +90,8 @@ class _Evaluator:
         with ctx:
             store = collect(self.model, self.items, self.prompts, points=self.names, positions=self.positions,
                             batch_size=self.batch_size, progress=self.progress)
-        first = store[self.names[0]]
-        names = store.positions(self.names[0]) if first.ndim == 3 else None  # label slots 'last', 'image_mean', ...
+        multi = len(store.info(self.names[0])["shape"]) == 2  # [n, p, d]: label slots 'last', 'image_mean', ...
+        names = store.positions(self.names[0]) if multi else None
         return probe_layers(store, self.labels, groups=self.groups, cv=self.cv, seed=self.seed, positions=names,
                             n_boot=self.n_boot, progress=self.progress)
 

@@ -72,7 +72,7 @@ def probe(acts: Any, labels: Any = None, points: str | Sequence[str] | None = No
             c_np, _ = codes(labels, x.shape[0])
             X, c, _ = rows(x, c_np)
             probes[p] = LinearProbe(C=C, dtype="float64").fit(X.numpy(), c.numpy())
-        n = next(iter(data.values())).shape[0]
+            n = x.shape[0]
         meta["fit_labels"] = labels_digest(labels)
     bases = {}
     for p, pr in probes.items():
@@ -88,17 +88,20 @@ def probe(acts: Any, labels: Any = None, points: str | Sequence[str] | None = No
 def pca(paired_differences: Any, negatives: Any = None, points: str | Sequence[str] | None = None) -> Fitted:
     """First principal axis of paired differences (see :meth:`probekit.steering.Direction.from_pca`)."""
     data, meta = as_activations(paired_differences, points)
+    neg = None
     if negatives is not None:
         neg, neg_meta = as_activations(negatives, list(data))
         if "fit_images" in meta or "fit_images" in neg_meta:  # both halves of the pairs were fitted on
             meta["fit_images"] = list(meta.get("fit_images", [])) + list(neg_meta.get("fit_images", []))
-        for p in data:
-            if neg[p].shape != data[p].shape:
-                raise InputError(f"positives {tuple(data[p].shape)} and negatives {tuple(neg[p].shape)} at {p!r} differ",
+    bases, n = {}, None
+    for p, x in data.items():  # one point (and its negatives) in memory at a time
+        if neg is not None:
+            y = neg[p]
+            if y.shape != x.shape:
+                raise InputError(f"positives {tuple(x.shape)} and negatives {tuple(y.shape)} at {p!r} differ",
                                  fix="pass paired activations of equal shape")
-            data[p] = data[p] - neg[p]
-    bases = {}
-    for p, x in data.items():
+            x = x - y
+        n = x.shape[0]
         X = x.reshape(-1, x.shape[-1])
         # the top right singular vector of the *uncentred* differences: centring would remove the shared shift
         _, _, vh = torch.linalg.svd(X, full_matrices=False)
@@ -106,7 +109,6 @@ def pca(paired_differences: Any, negatives: Any = None, points: str | Sequence[s
         if float((X @ v).mean()) < 0:
             v = -v
         bases[p] = v[None]
-    n = next(iter(data.values())).shape[0]
     return Fitted(bases, {}, "pca", {**meta, "n": n})
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..errors import InputError, LabelError, UnknownPointError
 
-__all__ = ["ANY", "as_activations", "labels_digest"]
+__all__ = ["ANY", "Activations", "as_activations", "labels_digest"]
 
 ANY = "*"  # the key of a basis shared by every point
 
@@ -43,40 +43,68 @@ def _coerce(x: Any, what: str, *, ndim: Sequence[int] = (2, 3), dtype: torch.dty
     return t.to("cpu", dtype) if dtype is not None else t.cpu()
 
 
+class Activations(Mapping):
+    """``{point: Tensor}`` over a store, read and coerced (:func:`_coerce`) when a fitter asks for a
+    point, so fitting a direction on a store on disk holds one point at a time, never the store."""
+
+    def __init__(self, store: Any, points: Sequence[str], dtype: torch.dtype | None):
+        self._store, self._points, self._dtype = store, list(points), dtype
+
+    def __getitem__(self, point: str) -> Tensor:
+        if point not in self._points:
+            raise UnknownPointError(f"activations have no point {point!r}", fix=f"available: {self._points}")
+        return _coerce(self._store[point], f"activations at {point!r}", dtype=self._dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._points)
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+
 def as_activations(acts: Any, points: str | Sequence[str] | None,
-                   dtype: torch.dtype | None = torch.float64) -> tuple[dict[str, Tensor], dict]:
-    """``({point: Tensor}, meta)`` from an ActivationStore, a mapping, or a bare tensor (key ``"*"``).
+                   dtype: torch.dtype | None = torch.float64) -> tuple[Activations, dict]:
+    """``({point: Tensor}, meta)`` from anything :func:`~probekit.hooks.coerce.as_store` reads, or a bare
+    tensor (key ``"*"``); each point is read and coerced only when the fitter gets to it.
 
     Only the points asked for are read. ``meta`` carries what a direction records of its
     fitting data: the model, the positions and, for a store made by :func:`probekit.collect`,
-    ``fit_images`` (the images' content hashes).
+    ``fit_images`` (the images' content hashes). ``dtype`` float64 (the default) is what the
+    means, probe and PCA fitters solve in: a direction is an orthonormalised float64 basis, and
+    class means or an SVD accumulated in float32 over many rows would lose the digits the
+    orthogonalisation and the tests (1e-10) rely on; LEACE passes None and streams chunks.
     """
+    # imported here: importing a Direction (a value) loads nothing of the hooks package
+    from ..hooks.coerce import as_store
+
     wanted = None if points is None else ([points] if isinstance(points, str) else list(points))
-    meta: dict = {}
     if isinstance(acts, (Tensor, np.ndarray)):
-        available: list = [ANY]
-        read = lambda p: acts  # noqa: E731
-    elif isinstance(acts, Mapping):
-        available, read = list(acts), acts.__getitem__
-    elif hasattr(acts, "points") and hasattr(acts, "__getitem__"):  # ActivationStore, without importing hooks
-        available, read = list(acts.points), acts.__getitem__
-        store_meta = dict(getattr(acts, "meta", {}) or {})
-        meta = ({"model": store_meta.get("model"), "positions": store_meta.get("positions")}
-                if "positions" in store_meta else store_meta)
-        if store_meta.get("image_hashes") is not None:  # the store's rows are these images: fitted on them
-            meta["fit_images"] = list(store_meta["image_hashes"])
-    else:
-        raise InputError(
-            f"activations are a {type(acts).__name__}",
-            fix="pass an ActivationStore from probekit.collect, a {point: Tensor[n, d]} dict, or a Tensor[n, d]",
-        )
+        acts = {ANY: acts}  # one tensor is one direction shared by every point, whatever its rank
+    elif isinstance(acts, Mapping):  # steering also takes nested lists of numbers; as_store wants tensors
+        acts = {p: v if isinstance(v, (Tensor, np.ndarray)) else _coerce(v, f"activations at {p!r}", dtype=None)
+                for p, v in acts.items()}
+    try:
+        store = as_store(acts)
+    except InputError as exc:
+        if not isinstance(acts, Mapping) and "cannot read activations" in exc.problem:
+            raise InputError(
+                f"activations are a {type(acts).__name__}",
+                fix="pass an ActivationStore from probekit.collect, a {point: Tensor[n, d]} dict, or a Tensor[n, d]",
+            ) from None
+        raise
+    available = list(store.points)
+    store_meta = dict(store.meta or {})
+    meta = ({"model": store_meta.get("model"), "positions": store_meta.get("positions")}
+            if "positions" in store_meta else store_meta)
+    if store_meta.get("image_hashes") is not None:  # the store's rows are these images: fitted on them
+        meta["fit_images"] = list(store_meta["image_hashes"])
     if not available:
         raise InputError("no activations given", fix="collect at least one point")
     if wanted is not None:
         missing = [p for p in wanted if p not in available]
         if missing:
             raise UnknownPointError(f"activations have no point(s) {missing}", fix=f"available: {available}")
-    return {p: _coerce(read(p), f"activations at {p!r}", dtype=dtype) for p in (wanted or available)}, meta
+    return Activations(store, wanted or available, dtype), meta
 
 
 def labels_digest(labels: Any) -> str:
