@@ -91,7 +91,7 @@ def figures(res: dict) -> dict:
     return figs
 
 
-_OTHER_STUDIES = ("ladder", "study:unlearning", "watermark-study")
+_OTHER_STUDIES = ("reader", "watermark-study", "watermark-notes", "ladder", "study:unlearning")
 
 
 def _other_sections(text: str) -> list[tuple[int, int]]:

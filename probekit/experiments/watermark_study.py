@@ -234,6 +234,17 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def _trend_text(s: tuple[float, float, float]) -> str:
+    if not (s[2] < 0 or s[1] > 0):
+        return "Nothing detected: the CI includes 0."
+    if s[2] < 0:
+        return ("**Detected**: the CI excludes 0, so the larger the batch, the less the watermarks turn the gradient "
+                "(Ju et al.'s direction). Averaging alone gives part of this: if each image's watermark moved the "
+                "gradient independently, 1 - cos would fall as 1/B (a slope of -0.30) once the mean gradient dominates the batch noise, and more slowly before; the watermark is in the "
+                "gradient of every batch size, diluted by the batch, not removed.")
+    return "**Detected**: the CI excludes 0, and the larger the batch, the more the watermarks turn the gradient."
+
+
 def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> str:
     rel = {k: v.relative_to(md_dir) if v.is_relative_to(md_dir) else v for k, v in paths.items()}
     o, t = res["ocr"], res["table"]
@@ -301,7 +312,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
         L.append(f"### Gradient cosine vs batch size ({res['gradient_condition']}, {g.seed.nunique()} seeds)\n")
         L.append("1 - cos(g(B), g(B without watermarks)) over the first steps; the trend is the per-seed slope of "
                  "log10(1 - cos) per doubling of the batch, t-CI over seeds: "
-                 f"**{fmt_ci(*s)}**.\n")
+                 f"**{fmt_ci(*s)}**. {_trend_text(s)}\n")
         summ = g.groupby("batch_size").one_minus_cos.agg(["mean", "min", "max"]).reset_index()
         L.append("| batch size | 1 - cos, mean over seeds | min | max |\n|---|---|---|---|")
         L += [f"| {int(r.batch_size)} | {r.mean:.2e} | {r.min:.2e} | {r.max:.2e} |" for r in summ.itertuples()]
