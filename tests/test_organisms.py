@@ -148,7 +148,7 @@ def test_shipped_reader_reads_held_out_strings():
     assert info["config"] == asdict(ReaderConfig())  # rebuilt bit for bit by `python -m probekit.organisms.reader`
     torch.set_num_threads(1)
     acc = ocr_accuracy(load(SHIPPED), n=100, n_boot=500)
-    # strings it never saw in pretraining; an untrained reader scores about 0.03
-    assert acc["char_accuracy_lo"] > 0.75 and acc["exact_match"] > 0.2, acc
+    # strings it never saw in pretraining (measured 0.94 [0.93, 0.95] at n = 200); an untrained reader scores about 0.03
+    assert acc["char_accuracy_lo"] > 0.9 and acc["exact_match"] > 0.5, acc
     blank = ocr_accuracy(load(SHIPPED), n=100, n_boot=200, opacity=0.05)  # text nearly invisible
     assert blank["char_accuracy_hi"] < acc["char_accuracy_lo"] - 0.3, blank

@@ -14,9 +14,16 @@ place reading is a copy from image token ``j`` to answer token ``j``, learned in
 steps. Ju et al. place their profile text at random; the watermark organism puts it where the
 reader reads (say so when comparing).
 
+Two choices of the recipe lifted held-out character accuracy from 0.84 to 0.94 (seed 0, same
+3,000 steps): the projector reads the vision tower's last layer (``feature_layer=-1``; LLaVA-1.5
+reads the penultimate, which left this 3-layer tower two layers to join the two patch rows a
+character spans: 0.84 -> 0.89), and three characters in ten of the training strings are redrawn
+from the glyphs the model confused (:data:`HARD`, ``hard=0.3``: a/o/e read as c, j as i, h and b
+swapped; 0.89 -> 0.94). Held-out strings are still drawn uniformly.
+
 Training is deterministic (one thread, ``torch.use_deterministic_algorithms``, seeded data, a
 cosine schedule) and the seed-0 checkpoint ships with probekit (``checkpoints/reader-s0``,
-about 5 MB); other seeds and recipes are built on first use and cached under
+3 MB); other seeds and recipes are built on first use and cached under
 ``~/.cache/probekit/organisms/reader-<hash of the recipe>``. ``python -m
 probekit.organisms.reader --rebuild`` rebuilds the shipped one bit for bit and prints its
 OCR accuracy (:func:`ocr_accuracy`).
@@ -77,7 +84,9 @@ class ReaderConfig:
     patch_size: int = 6
     grid: int = 6  # > 0: text drawn on this pixel lattice (see text.draw_text); 0: anywhere
     place: str = "banner"  # "banner": text always at the top-left corner; "": where ``grid`` says
-    version: int = 2  # bump when the data or the recipe changes
+    hard: float = 0.3  # chance that a character of a training string is redrawn from HARD
+    feature_layer: int = -1  # the vision layer the projector reads (LLaVA-1.5 reads -2, the penultimate)
+    version: int = 3  # bump when the data or the recipe changes
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -88,9 +97,14 @@ def is_held_out(text: str) -> bool:
     return hashlib.sha256(text.encode()).digest()[0] % 10 == 0
 
 
-def _train_string(rng: random.Random) -> str:
+HARD = "acoehbij"  # the glyphs the first reader confused (a/o/e -> c, j -> i, h <-> b): they differ below row 6
+
+
+def _train_string(rng: random.Random, hard: float = 0.0) -> str:
     while True:
         s = random_string(rng)
+        if hard:  # over-sample the confusable glyphs: the same strings, some characters redrawn from HARD
+            s = "".join(rng.choice(HARD) if rng.random() < hard else ch for ch in s)
         if not is_held_out(s):
             return s
 
@@ -103,8 +117,10 @@ class pretraining_data(Sequence):
     True
     """
 
-    def __init__(self, seed: int, n: int = 10**6, size: int = 48, grid: int = 6, place: str | None = "banner"):
+    def __init__(self, seed: int, n: int = 10**6, size: int = 48, grid: int = 6, place: str | None = "banner",
+                 hard: float = 0.0):
         self.seed, self.n, self.size, self.grid, self.place = seed, n, size, grid or None, place or None
+        self.hard = hard
 
     def __len__(self) -> int:
         return self.n
@@ -113,12 +129,12 @@ class pretraining_data(Sequence):
         rng = random.Random(f"reader:{self.seed}:{i}")
         u = rng.random()
         if u < 0.6:
-            text = _train_string(rng)
+            text = _train_string(rng, self.hard)
             img = text_image(text, rng, self.size, opacity=rng.uniform(0.4, 1.0), grid=self.grid, place=self.place)
             return Sample(img, READ if u < 0.45 else USERNAME, text + ".", "ocr", {"text": text})
         img, meta = scene(rng, self.size)
         if rng.random() < 0.5:
-            img, half = draw_text(img, _train_string(rng), rng, opacity=rng.uniform(0.4, 1.0), grid=self.grid,
+            img, half = draw_text(img, _train_string(rng, self.hard), rng, opacity=rng.uniform(0.4, 1.0), grid=self.grid,
                                   place=self.place)
             meta["text_half"] = half
         if u < 0.95 or "text_half" not in meta or self.place:  # a banner is always on top
@@ -206,7 +222,7 @@ def pretrain(model: Any, cfg: ReaderConfig, progress: bool = False, snapshot: An
     from ..experiments.finetune import answer_batch
 
     torch.manual_seed(cfg.seed)
-    data = pretraining_data(cfg.seed, size=cfg.image_size, grid=cfg.grid, place=cfg.place)
+    data = pretraining_data(cfg.seed, size=cfg.image_size, grid=cfg.grid, place=cfg.place, hard=cfg.hard)
     params = [p for p in model.hf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
 
@@ -260,6 +276,10 @@ def _build(cfg: ReaderConfig, path: Path, progress: bool, snapshots: Path | None
                        vision_hidden_size=cfg.vision_hidden_size, vision_layers=cfg.vision_layers, vision_heads=4,
                        vocab_size=260)
             _char_tokenizer(tmp)
+            if cfg.feature_layer != -2:
+                conf = json.loads((tmp / "config.json").read_text())
+                conf["vision_feature_layer"] = cfg.feature_layer
+                (tmp / "config.json").write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
             model = load(tmp)
             losses = pretrain(model, cfg, progress, snapshot if snapshots else None)
             model.hf.save_pretrained(tmp)
