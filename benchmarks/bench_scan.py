@@ -51,6 +51,12 @@ STAGES = {  # stage -> (file, function) whose cumulative time it is
     "forward with hooks": ("probekit/hooks/backends/__init__.py", "run_backend"),
     "probes + MI (leakage table)": ("probekit/readout/leakage.py", "leakage"),
     "input checks": ("probekit/data/sources.py", "resolve_images"),
+    "image hashes (meta image_hashes)": ("probekit/data/images.py", "pixel_hash"),
+}
+NESTED = {  # parts of the forward, shown on their own (not counted twice in the rest)
+    "  of which the unembedding (logits)": [("torch/nn/modules/linear.py", "forward")],  # hooked calls only
+    "  of which masked mean over the image tokens": [("probekit/hooks/reductions.py", "masked_mean"),
+                                                     ("probekit/hooks/positions.py", "_masked_mean")],  # before
 }
 SCAN_KW = dict(prompts="What is the username?", points=["projector", "lm.*.resid"], n_boot=500, progress=False)
 
@@ -203,17 +209,23 @@ def profile(model_dir: str, n: int) -> None:
     probekit.scan(model, images, labels=labels, **SCAN_KW)
     prof.disable()
     stats = pstats.Stats(prof)
-    cum, total = {}, 0.0
+    cum, nested, total = {}, {}, 0.0
     for (file, _, fn), v in stats.stats.items():
-        for stage, (f, name) in STAGES.items():
-            if file.endswith(f) and fn == name:
-                cum[stage] = cum.get(stage, 0.0) + v[3]
+        for table, stages in ((cum, {k: [v] for k, v in STAGES.items()}), (nested, NESTED)):
+            for stage, where in stages.items():
+                if (file, fn) in {(file, name) for f, name in where if file.endswith(f)}:
+                    if "unembedding" in stage:  # the one hooked Linear (called through torch's `inner`): lm_head
+                        v = (0, 0, 0, sum(c[3] for (cf, _, cfn), c in v[4].items() if cfn == "inner"))
+                    table[stage] = table.get(stage, 0.0) + v[3]
         if file.endswith("probekit/scan.py") and fn == "scan":
             total = v[3]
     print(f"\n## cProfile of one in-memory scan of {n} images (this checkout)\n")
     for k, v in sorted(cum.items(), key=lambda kv: -kv[1]):
-        print(f"  {k:<30}{v:>7.2f} s  {100 * v / total:5.1f}%")
-    print(f"  {'rest (report, lens, glue)':<30}{total - sum(cum.values()):>7.2f} s")
+        print(f"  {k:<46}{v:>7.3f} s  {100 * v / total:5.1f}%")
+    for k, v in nested.items():
+        print(f"  {k:<46}{v:>7.3f} s  {100 * v / total:5.1f}%")
+    print(f"  {'rest (report, lens, glue)':<46}{total - sum(cum.values()):>7.3f} s  "
+          f"{100 * (total - sum(cum.values())) / total:5.1f}%")
     stats.sort_stats("tottime").print_stats(8)
 
 

@@ -188,7 +188,8 @@ def scan(
     data = {**src.description, "n_images": n, "label_counts": counts,
             "groups": None if groups is None else int(len(set(map(str, groups))))}
     settings = {
-        "model": model.name, "family": model.family, "model_fingerprint": model.fingerprint(),
+        "model": model.name, "family": model.family,  # collect's fingerprint: the same weights, not hashed again
+        "model_fingerprint": acts.meta.get("model_fingerprint") or model.fingerprint(),
         "points": names, "positions": [position_name(p) for p in pos_list],
         "prompts": list(dict.fromkeys(prompts))[:10], "targets": targets, "cv": cv, "seed": seed, "topk": topk,
         "ladder": None if ladder is None else list(ladder), "answer_tokens": answer_tokens,

@@ -19,8 +19,8 @@ from ..models.adapter import Model
 from . import distributed
 from .backends import check_backend, run_backend
 from .points import Point, topk_points
-from .positions import (NAMED_POSITIONS, Position, PositionContext, normalize_positions, position_name, select,
-                        select_vision)
+from .positions import Position, PositionContext, normalize_positions, position_name, select, select_vision
+from .slots import check_sequence, slot_labels
 from .store import ActivationStore
 from .store_writer import StoreWriter
 
@@ -232,6 +232,7 @@ def collect(
     # one buffer per point, written batch by batch: all n rows in memory, or one shard reused for
     # every shard on disk (save_file copies it out before the next shard overwrites it)
     buffers: dict[str, torch.Tensor] = {}
+    scratch: dict[str, torch.Tensor] = {}  # the position reductions' working buffers, reused batch to batch
 
     bar = progress_bar(total=sum(b - a for a, b in todo), desc=f"collect {len(names)} points" + (f" (rank {rank})" if world > 1 else ""),
                        unit="img", disable=not progress, leave=False)
@@ -248,35 +249,36 @@ def collect(
         return inputs, [pixel_hash(im) for im in pil] if world == 1 else []
 
     try:
-        for start, stop in todo:
-            if (start, stop) in done:
-                bar.update(stop - start)
-                continue
-            rows = [(b0, min(b0 + batch_size, stop)) for b0 in range(start, stop, batch_size)]
-            with closing(_prefetch(rows, prepare, ahead)) as ready:
-                for (b0, b1), (inputs, batch_hashes) in zip(rows, ready):
-                    if world == 1:
-                        hashes[b0:b1] = batch_hashes
-                    out, ctxs = _forward(model, inputs, b1 - b0, names, pos_list, many, backend, sides)
-                    if top is not None:
-                        out, vocab = _top_logits(out, top, store_dtype)
-                    if not point_info:
-                        slots = {side: _slot_labels(pos_list, ctxs[side]) for side in sides}
-                        point_info = {p: {**(Point.parse(p) if p in TOP_POINTS else Point.of(model, p)).info(),
-                                          "shape": list(out[p].shape[1:]),
-                                          "dtype": str(_dtype(p, out[p], store_dtype)).replace("torch.", ""),
-                                          "positions": _labels(model, p.split(".topk")[0], pos_list, out[p], slots)}
-                                      for p in stored}
-                        for p in TOP_POINTS if top is not None else ():
-                            point_info[p]["vocab"] = vocab
-                    if not buffers:
-                        buffers = {p: torch.empty((step, *out[p].shape[1:]), dtype=_dtype(p, out[p], store_dtype))
-                                   for p in stored}
-                    for p in stored:
-                        _put(buffers[p], b0 - start, out[p], p, b0)
-                    bar.update(b1 - b0)
-            if writer is not None:
-                writer.write_shard(start, stop, {p: b[:stop - start] for p, b in buffers.items()}, point_info)
+        with model.input_cache():  # each prompt rendered and tokenised once per collect, not per image
+            for start, stop in todo:
+                if (start, stop) in done:
+                    bar.update(stop - start)
+                    continue
+                rows = [(b0, min(b0 + batch_size, stop)) for b0 in range(start, stop, batch_size)]
+                with closing(_prefetch(rows, prepare, ahead)) as ready:
+                    for (b0, b1), (inputs, batch_hashes) in zip(rows, ready):
+                        if world == 1:
+                            hashes[b0:b1] = batch_hashes
+                        out, ctxs = _forward(model, inputs, b1 - b0, names, pos_list, many, backend, sides, scratch)
+                        if top is not None:
+                            out, vocab = _top_logits(out, top, store_dtype)
+                        if not point_info:
+                            slots = {side: slot_labels(pos_list, ctxs[side]) for side in sides}
+                            point_info = {p: {**(Point.parse(p) if p in TOP_POINTS else Point.of(model, p)).info(),
+                                              "shape": list(out[p].shape[1:]),
+                                              "dtype": str(_dtype(p, out[p], store_dtype)).replace("torch.", ""),
+                                              "positions": _labels(model, p.split(".topk")[0], pos_list, out[p], slots)}
+                                          for p in stored}
+                            for p in TOP_POINTS if top is not None else ():
+                                point_info[p]["vocab"] = vocab
+                        if not buffers:
+                            buffers = {p: torch.empty((step, *out[p].shape[1:]), dtype=_dtype(p, out[p], store_dtype))
+                                       for p in stored}
+                        for p in stored:
+                            _put(buffers[p], b0 - start, out[p], p, b0)
+                        bar.update(b1 - b0)
+                if writer is not None:
+                    writer.write_shard(start, stop, {p: b[:stop - start] for p, b in buffers.items()}, point_info)
     except BaseException:
         if writer is not None:
             writer.discard_if_empty()  # a failed first shard leaves no store behind
@@ -348,45 +350,15 @@ def _prefetch(jobs: list, work: Callable[[Any], Any], ahead: bool = True) -> Ite
 
 
 def _forward(model: Model, inputs: dict, batch: int, names: list[str], pos_list: list[Position], many: bool,
-             backend: str, sides: Sequence[str] = ("lm",)) -> tuple[dict[str, torch.Tensor], dict[str, PositionContext]]:
+             backend: str, sides: Sequence[str] = ("lm",), scratch: dict | None = None
+             ) -> tuple[dict[str, torch.Tensor], dict[str, PositionContext]]:
     ctxs = {side: PositionContext.from_inputs(ids, image) for side, (ids, image) in model.sequences(inputs).items()}
+    for ctx in ctxs.values():
+        ctx.scratch = scratch  # buffers kept across the batches of one collect
     for side in sides:  # a selector that cannot apply to this batch (index past the end, ...) fails before the forward
-        _check_sequence(model, side, ctxs, [p for p in names if model.target(p).side == side],
+        check_sequence(model, side, ctxs, [p for p in names if model.target(p).side == side],
                         [p for p in pos_list if not callable(p)])
     reduce = _reducer(model, pos_list, many, ctxs, inputs, batch)
     with torch.inference_mode():
         out = run_backend(backend, model, inputs, names, reduce)
     return out, ctxs
-
-
-def _check_sequence(model: Model, side: str, ctxs: dict[str, PositionContext], points: list[str],
-                    pos_list: list[Position]) -> None:
-    """Every selector applies to the token sequence ``points`` lie on; else a PositionError naming them."""
-    shown = ", ".join(points[:4]) + (f" and {len(points) - 4} more" if len(points) > 4 else "")
-    if side not in ctxs:
-        raise PositionError(f"points {shown} lie on {model.describe_sequence(side)}, whose token ids the inputs lack",
-                            fix="pass input_ids (and the decoder's, for an encoder-decoder) to the forward")
-    for p in pos_list:
-        try:
-            _slot_labels([p], ctxs[side])
-        except PositionError as exc:
-            if model.image_free(side) and isinstance(p, str) and NAMED_POSITIONS[p].label == "image":
-                raise PositionError(
-                    f"position {p!r} does not apply to points {shown}: they lie on {model.describe_sequence(side)}, "
-                    "which holds no image tokens",
-                    fix="record these points with 'last', 'text', 'text_mean', an int or a slice, and the image "
-                        "positions of the other points in a separate collect") from None
-            if len(ctxs) > 1:  # which of the sequences it failed on
-                raise PositionError(f"{exc.problem} (points {shown}, on {model.describe_sequence(side)})",
-                                    fix=exc.fix) from None
-            raise
-
-
-def _slot_labels(pos_list: list[Position], ctx: PositionContext) -> list[str]:
-    """Label each slot along axis 1 of a multi-position point by the selector that produced it."""
-    probe = torch.zeros(*ctx.attention_mask.shape, 1)
-    labels: list[str] = []
-    for p in pos_list:
-        t = select(probe, p, ctx)
-        labels += [position_name(p)] if t.dim() == 2 else [f"{position_name(p)}[{j}]" for j in range(t.shape[1])]
-    return labels

@@ -25,12 +25,13 @@ except ``"image"`` (all patches) reduces them to the mean over the image's patch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence, Union
 
 import torch
 
 from ..errors import InputError, PositionError
+from .reductions import gather_rows, mask_to_index, masked_mean, mean_weights, one_index
 
 __all__ = ["PositionContext", "Position", "NamedPosition", "NAMED_POSITIONS", "register_position",
            "normalize_positions", "edit_positions", "editable_names", "position_name", "mask", "position_mask",
@@ -41,11 +42,17 @@ Position = Union[str, int, slice, Callable[["PositionContext"], torch.Tensor]]
 
 @dataclass
 class PositionContext:
-    """What a selector may look at: the batch's masks and ids (all ``[b, s]``)."""
+    """What a selector may look at: the batch's masks and ids (all ``[b, s]``).
+
+    A named selector's rows (or mean weights) are worked out once per context and shared by
+    every point of the batch; ``scratch`` (``collect`` sets it) holds buffers reused across batches.
+    """
 
     attention_mask: torch.Tensor
     image_mask: torch.Tensor
     input_ids: torch.Tensor
+    scratch: dict | None = field(default=None, repr=False, compare=False)
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_inputs(cls, inputs: dict, image_mask: torch.Tensor) -> "PositionContext":
@@ -278,70 +285,36 @@ def position_mask(ctx: PositionContext, positions: Sequence[Position]) -> torch.
 # ---------------------------------------------------------------------------- reductions
 
 
-def _gather_rows(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """h[b, s, d], idx[b] or idx[b, k] -> [b, d] or [b, k, d]."""
-    b = torch.arange(h.shape[0], device=h.device)
-    if idx.dim() == 1:
-        return h[b, idx]
-    return h[b[:, None], idx]
-
-
-def _mask_to_index(mask: torch.Tensor, what: str) -> torch.Tensor:
-    counts = mask.sum(1)
-    if counts.numel() and not bool((counts == counts[0]).all()):
-        raise PositionError(
-            f"position {what!r} selects a different number of tokens per sample ({counts.tolist()})",
-            fix=f"use {what}_mean (or a selector with a fixed count) for prompts of different lengths",
-        )
-    if counts.numel() and int(counts[0]) == 0:
-        raise PositionError(f"position {what!r} selects no token in this batch",
-                            fix="check that the prompt holds an image placeholder / text")
-    k = int(counts[0]) if counts.numel() else 0
-    # stable sort puts selected positions first, in order
-    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
-    return order[:, :k]
-
-
-def _masked_mean(h: torch.Tensor, mask: torch.Tensor, what: str) -> torch.Tensor:
-    counts = mask.sum(1)
-    if bool((counts == 0).any()):
-        bad = (counts == 0).nonzero().flatten().tolist()
-        raise PositionError(f"position {what!r}: samples {bad} of the batch have no such tokens",
-                            fix="check the prompts hold the image placeholder, or choose another position")
-    m = mask.to(h.dtype).unsqueeze(-1)
-    # sum in float32 so bf16 models do not lose precision over hundreds of image tokens
-    return ((h.float() * m.float()).sum(1) / counts.unsqueeze(-1).float()).to(h.dtype)
-
-
-def _one_index(m: torch.Tensor, what: str) -> torch.Tensor:
-    """``[b]``: the single token each row of ``m`` holds."""
-    counts = m.sum(1)
-    if bool((counts != 1).any()):
-        raise PositionError(f"position {what!r} must select exactly one token per sample, got {counts.tolist()}",
-                            fix=f"register {what!r} with reduce='tokens' (several) or fix its mask")
-    return m.long().argmax(1)
+def _named(p: str, ctx: PositionContext) -> tuple[NamedPosition, Any]:
+    """A named selector's row indices (``[b]`` / ``[b, k]``) or mean weights for this batch, once per context."""
+    if p not in NAMED_POSITIONS:
+        raise PositionError(f"unknown position name {p!r}", fix=f"use one of {tuple(NAMED_POSITIONS)}")
+    entry = NAMED_POSITIONS[p]
+    hit = ctx._memo.get(p)
+    if hit is not None and hit[0] is entry:
+        return hit
+    m = entry.mask(ctx).to(torch.bool)
+    how = (one_index(m, entry.label) if entry.reduce == "one" else mean_weights(m, entry.label)
+           if entry.reduce == "mean" else mask_to_index(m, entry.label))
+    ctx._memo[p] = (entry, how)
+    return entry, how
 
 
 def select(h: torch.Tensor, p: Position, ctx: PositionContext) -> torch.Tensor:
     """Apply one selector to ``h[b, s, d]`` of a language-model-side point."""
     if isinstance(p, str):
-        if p not in NAMED_POSITIONS:
-            raise PositionError(f"unknown position name {p!r}", fix=f"use one of {tuple(NAMED_POSITIONS)}")
-        entry = NAMED_POSITIONS[p]
-        m = entry.mask(ctx).to(torch.bool)
-        if entry.reduce == "one":
-            return _gather_rows(h, _one_index(m, entry.label))
+        entry, how = _named(p, ctx)
         if entry.reduce == "mean":
-            return _masked_mean(h, m, entry.label)
-        return _gather_rows(h, _mask_to_index(m, entry.label))
+            return masked_mean(h, *how, ctx.scratch)
+        return gather_rows(h, how)
     if isinstance(p, int) and not isinstance(p, bool):
-        return _gather_rows(h, _index_mask(p, ctx).long().argmax(1))
+        return gather_rows(h, _index_mask(p, ctx).long().argmax(1))
     if isinstance(p, slice):
-        return _gather_rows(h, _mask_to_index(_slice_mask(p, ctx), position_name(p)))
+        return gather_rows(h, mask_to_index(_slice_mask(p, ctx), position_name(p)))
     out = _call(p, ctx)
     if out.dtype == torch.bool:
-        return _gather_rows(h, _mask_to_index(out, position_name(p)))
-    return _gather_rows(h, out)
+        return gather_rows(h, mask_to_index(out, position_name(p)))
+    return gather_rows(h, out)
 
 
 def select_vision(h: torch.Tensor, p: Position, counts: list[int] | None, batch: int) -> torch.Tensor:

@@ -10,8 +10,9 @@ import difflib
 import fnmatch
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -88,6 +89,7 @@ class Model:
         self.family = layout.family
         self._impl = family_impl
         self._targets = family_impl.hook_targets(hf_model, layout)
+        self._input_cache: Any = None  # an InputCache inside `with model.input_cache():`
 
     # ------------------------------------------------------------------ structure
     @property
@@ -202,7 +204,10 @@ class Model:
                                  fix="pass padding_side='left' or 'right'")
             tok.padding_side = padding_side
         try:
-            inputs = self._impl.build_inputs(self, list(images), list(prompts), chat)
+            cache = self._input_cache
+            inputs = cache.build(self, self._impl, list(images), list(prompts), chat) if cache is not None else None
+            if inputs is None:
+                inputs = self._impl.build_inputs(self, list(images), list(prompts), chat)
         finally:
             if padding_side is not None:
                 tok.padding_side = old_side
@@ -214,6 +219,25 @@ class Model:
                 v = v.to(dev, dtype=dt) if v.is_floating_point() else v.to(dev)
             out[k] = v
         return out
+
+    @contextmanager
+    def input_cache(self) -> Iterator[None]:
+        """Within the block, :meth:`prepare` reuses across calls what does not change between batches.
+
+        Each distinct prompt is rendered once; a batch with one prompt for every image takes its
+        token rows from one stock processor call and, for transformers' plain PIL image
+        processors, its pixels from one batched pass (the same bits; see
+        :mod:`probekit.models.input_cache`). ``collect`` runs its batches inside it. Do not change
+        the processor inside the block. Nested blocks share the outer cache.
+        """
+        from .input_cache import InputCache
+
+        outer = self._input_cache
+        self._input_cache = outer if outer is not None else InputCache()
+        try:
+            yield
+        finally:
+            self._input_cache = outer
 
     def image_mask(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Bool ``[b, s]``: which token positions hold image tokens (an encoder-decoder's: in the encoder sequence)."""

@@ -94,7 +94,7 @@ def readout_table(acts: Any, labels: Any, groups: Any = None, options: ReadoutOp
             def cb(it: int, left: int) -> None:
                 bar.set_postfix(iter=it, unconverged=left, refresh=False)
 
-            scores = scorer.heldout(X, lab.tasks, lab.folds, lab.K, opts, callback=cb)
+            scores = scorer.heldout(X, lab.tasks, lab.folds, lab.K, opts, callback=None if bar.disable else cb)
             del X
             rows += _rows([u for u, _ in chunk], scores, scorer, lab, opts)
             bar.update(len(chunk))

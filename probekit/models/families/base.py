@@ -185,6 +185,10 @@ class Family:
         return self.placeholder.format(prompt=prompt, image=getattr(processor, "image_token", "<image>"))
 
     def build_inputs(self, model: Any, images: list, prompts: list[str], chat: bool | None) -> dict:
-        texts = [self.format_prompt(model.processor, p, chat) for p in prompts]
+        texts = {p: self.format_prompt(model.processor, p, chat) for p in dict.fromkeys(prompts)}  # each prompt once
+        return self.call_processor(model.processor, images, [texts[p] for p in prompts])
+
+    def call_processor(self, processor: Any, images: list, texts: list[str]) -> dict:
+        """The stock processor on images and their formatted prompts (the reference every fast path is checked against)."""
         imgs = [[im] for im in images] if self.nested_images else images
-        return dict(model.processor(images=imgs, text=texts, return_tensors="pt", padding=True))
+        return dict(processor(images=imgs, text=texts, return_tensors="pt", padding=True))
