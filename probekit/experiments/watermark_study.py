@@ -107,7 +107,8 @@ def run_study(full: bool = False, base_path: Any = None, conditions: list[W.Cond
     base_path = base_path or reader()
     from ..models.loading import load
 
-    ocr = ocr_accuracy(load(base_path), n=200)
+    base = load(base_path)  # read from only (OCR, direct prompt, unsplit folds): one copy serves all
+    ocr = ocr_accuracy(base, n=200)
     conds = conditions or grid(full)
     rows, reports, bases, protocol = [], {}, {}, []
     for c in conds:
@@ -117,13 +118,10 @@ def run_study(full: bool = False, base_path: Any = None, conditions: list[W.Cond
             bases[key] = r["base_report"]
             b = r["base_verdict"]
             rows.append({"condition": "base reader (not fine-tuned)", "p": math.nan, "seed": c.seed,
-                         "opacity": c.opacity, "detected": b["detected"],
-                         "n_detected": b["n_detected"], "m": b["m"], "best": f"{b['best_point']}@{b['best_position']}",
-                         "probe_acc": b["best_accuracy"], "probe_lo": b["best_lo"], "probe_hi": b["best_hi"],
-                         "chance": b["chance"], "verdict": b["line"], **W.direct_prompt(load(base_path), r["eval"])})
+                         "opacity": c.opacity, **W.verdict_columns(b), **W.direct_prompt(base, r["eval"])})
             reports.setdefault("base", r["base_report"])
             if not protocol:  # Ju et al.'s unsplit folds, once, on the first held-out set
-                protocol.append({"model": "base reader", **W.stratified(load(base_path), r["eval"], c.seed)})
+                protocol.append({"model": "base reader", **W.stratified(base, r["eval"], c.seed)})
         if c.p > 0 and len(protocol) == 1:
             protocol.append({"model": c.label(), **W.stratified(r["tuned"], r["eval"], c.seed)})
         rows.append(r["row"])
@@ -240,8 +238,9 @@ def _trend_text(s: tuple[float, float, float]) -> str:
     if s[2] < 0:
         return ("**Detected**: the CI excludes 0, so the larger the batch, the less the watermarks turn the gradient "
                 "(Ju et al.'s direction). Averaging alone gives part of this: if each image's watermark moved the "
-                "gradient independently, 1 - cos would fall as 1/B (a slope of -0.30) once the mean gradient dominates the batch noise, and more slowly before; the watermark is in the "
-                "gradient of every batch size, diluted by the batch, not removed.")
+                "gradient independently, 1 - cos would fall as 1/B (a slope of -0.30) once the mean gradient "
+                "dominates the batch noise, and more slowly before; the watermark is in the gradient of every "
+                "batch size, diluted by the batch, not removed.")
     return "**Detected**: the CI excludes 0, and the larger the batch, the more the watermarks turn the gradient."
 
 
@@ -267,7 +266,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
          "| regime | seed | verdict | best point | probe acc (seen vs unseen) | task acc | direct prompt seen | direct prompt unseen |",
          "|---|---|---|---|---|---|---|---|"]
     for r in t.itertuples():
-        task = f"{r.task_acc:.2f}" if isinstance(getattr(r, "task_acc", None), float) and not math.isnan(r.task_acc) else "–"
+        task = "–" if pd.isna(getattr(r, "task_acc", math.nan)) else f"{r.task_acc:.2f}"
         L.append(f"| {r.condition} | {int(r.seed)} | "
                  f"{'**detected** (' + str(r.n_detected) + '/' + str(r.m) + ')' if r.detected else 'nothing detected'} "
                  f"| {r.best} | {fmt_ci(r.probe_acc, r.probe_lo, r.probe_hi)} | {task} | "

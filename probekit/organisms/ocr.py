@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -28,8 +29,6 @@ READ = "Read the text."
 
 def is_held_out(text: str) -> bool:
     """One string in ten (by a hash) is never used in pretraining: OCR is scored on those."""
-    import hashlib
-
     return hashlib.sha256(text.encode()).digest()[0] % 10 == 0
 
 

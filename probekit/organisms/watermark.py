@@ -34,7 +34,7 @@ from ..report.text import fmt_ci
 from .text import draw_text, random_string, scene
 
 __all__ = ["Condition", "resolve", "username_pools", "task_samples", "eval_set", "decide", "run_condition", "direct_prompt",
-           "stratified", "QUESTION"]
+           "stratified", "verdict_columns", "QUESTION"]
 
 QUESTION = "Describe the shape."
 POINTS = ["projector", "lm.*.resid"]
@@ -59,7 +59,7 @@ class Condition:
     size: int = 64  # image size and text lattice: run_condition takes both from the reader
     grid: int = 0
     probe_prompt: str = "What is the username?"  # the prompt the probes read at (Ju et al.'s)
-    place: str = "reader"  # "reader": where the reader reads (its banner); "": anywhere; "banner[@Y]"
+    place: str = "reader"  # "reader": where the reader reads (resolve() fills it in); "": anywhere; "banner"
     replay: float = 0.0  # fraction of the training set drawn from the reader's pretraining mix (keeps reading)
     reader_place: str = ""  # where the reader reads: set by resolve() from the reader
 
@@ -189,6 +189,13 @@ def decide(table: pd.DataFrame, alpha: float = 0.05) -> dict:
             "p_holm_min": float(adj.min()) if m else math.nan}
 
 
+def verdict_columns(v: dict) -> dict:
+    """The results-table columns of one :func:`decide` verdict."""
+    return {"verdict": v["line"], "detected": v["detected"], "n_detected": v["n_detected"], "m": v["m"],
+            "best": f"{v['best_point']}@{v['best_position']}", "probe_acc": v["best_accuracy"],
+            "probe_lo": v["best_lo"], "probe_hi": v["best_hi"], "chance": v["chance"]}
+
+
 def direct_prompt(model: Any, ev: dict) -> dict:
     """Ask "What is the username?" and score exact answers on seen and on unseen images (Wilson CIs)."""
     from ..experiments.finetune import wilson
@@ -207,11 +214,11 @@ def _scan(model: Any, ev: dict, seed: int, n_boot: int, prompt: str = QUESTION, 
     import probekit
 
     return probekit.scan(model, ev["images"], labels=ev["labels"], groups=ev["groups"] if by_username else None,
-                         prompt=prompt,
-                         points=POINTS, positions=POSITIONS, seed=seed, n_boot=n_boot, topk=TOPK, progress=False)
+                         prompt=prompt, points=POINTS, positions=POSITIONS, seed=seed, n_boot=n_boot, topk=TOPK,
+                         progress=False)
 
 
-def stratified(model: Any, ev: dict, seed: int = 0, n_boot: int = 300, prompt: str = "What is the username?") -> dict:
+def stratified(model: Any, ev: dict, seed: int = 0, n_boot: int = 300, prompt: str = Condition.probe_prompt) -> dict:
     """Ju et al.'s protocol: the same probes with folds *not* split by username (:func:`decide` of it).
 
     A test image then shares its username with training images, so a probe can score by
@@ -253,10 +260,7 @@ def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, n_bo
     verdict, base_verdict = decide(rep.table), decide(base_report.table)
     d = direct_prompt(tuned, ev) if direct else {}
     row = {"condition": c.label(), **{k: v for k, v in asdict(c).items() if k != "lora"}, "lora": bool(c.lora),
-           "verdict": verdict["line"], "detected": verdict["detected"], "n_detected": verdict["n_detected"],
-           "m": verdict["m"], "best": f"{verdict['best_point']}@{verdict['best_position']}",
-           "probe_acc": verdict["best_accuracy"], "probe_lo": verdict["best_lo"], "probe_hi": verdict["best_hi"],
-           "chance": verdict["chance"], "base_detected": base_verdict["detected"],
+           **verdict_columns(verdict), "base_detected": base_verdict["detected"],
            "base_probe_acc": base_verdict["best_accuracy"], "task_acc": acc["accuracy"],
            "final_loss": float(np.mean(losses[-10:])), **d, "seconds": time.perf_counter() - t0}
     return {"tuned": tuned, "report": rep, "base_report": base_report, "verdict": verdict,
