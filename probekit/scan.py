@@ -42,6 +42,7 @@ def scan(
     ladder: bool | Sequence[int | None] | None = None,
     answer_tokens: Sequence[str] | None = None,
     tuned_lens: Any = True,
+    answers: Sequence[str] | None = None,
 ) -> "ScanReport | None":
     """Measure, per layer, what a VLM's hidden states reveal about its images.
 
@@ -76,6 +77,9 @@ def scan(
             ``report.ladder``.
         answer_tokens: the ladder's fixed answer words (e.g. ``("Yes", "No")``): the rung with
             ``k == len(answer_tokens)`` reads exactly their log-probabilities (Apple's k = 2).
+        answers: one string per image teacher-forced after the prompt as the model's reply (see
+            :func:`probekit.collect`); with positions ``"answer_mean"`` / ``"prompt_last"`` the probes
+            read the model while it says, e.g., the candidate username on each image.
         tuned_lens: True fits a :class:`~probekit.readout.lens.TunedLens` on the collected
             residuals for the ladder, a TunedLens is used as given, False leaves that rung out.
 
@@ -92,7 +96,7 @@ def scan(
     """
     from .data.sources import resolve_images
     from .hooks import distributed
-    from .hooks.collect import as_model, check_prompts, collect
+    from .hooks.collect import as_model, check_answers, check_prompts, collect
     from .hooks.points import topk_points
     from .hooks.positions import normalize_positions, position_name
     from .readout.leakage import check_labels, leakage
@@ -109,6 +113,7 @@ def scan(
     prompts = check_prompts(prompts, n)
     names = model.resolve(points)
     pos_list, _ = normalize_positions(positions)
+    answers = check_answers(model, answers, n, pos_list)
     if targets is not None:
         targets = [targets] if isinstance(targets, str) else list(targets)
         if not targets or not all(isinstance(t, str) and t for t in targets):
@@ -154,7 +159,7 @@ def scan(
         lens_names = lens_points(record)
 
     acts = collect(model, src.images, prompts, points=record, positions=pos_list, batch_size=batch_size,
-                   store=store, progress=progress, logits_topk=logits_topk)
+                   store=store, progress=progress, logits_topk=logits_topk, answers=answers)
     if rank != 0:  # probes and report run once, on rank 0 (see probekit.hooks.distributed)
         return None
 

@@ -96,8 +96,8 @@ def test_watermark_negative_control_detects_nothing(tmp_path, monkeypatch):
     res = W.run_condition(base, W.Condition(p=0.0, steps=4, n_train=32, n_eval=96, n_users=8), direct=True, n_boot=200)
     for v in (res["verdict"], res["base_verdict"]):
         assert not v["detected"] and v["line"].startswith("No leakage detected"), v["line"]
-        # projector@image_mean + 2 layers x 2 positions + the top-10 next-token log-probs at 2 positions
-        assert v["m"] == 1 + 2 * 2 + 2
+        # projector@image_mean + 2 layers x 3 positions + the top-10 next-token log-probs at 3 positions
+        assert v["m"] == 1 + 2 * 3 + 3
     row = res["row"]
     assert row["size"] == 48 and row["grid"] == 6 and row["place"] == "banner"  # the layout comes from the reader
     assert 0 <= row["direct_seen_lo"] <= row["direct_seen"] <= row["direct_seen_hi"] <= 1
@@ -152,3 +152,27 @@ def test_shipped_reader_reads_held_out_strings():
     assert acc["char_accuracy_lo"] > 0.9 and acc["exact_match"] > 0.5, acc
     blank = ocr_accuracy(load(SHIPPED), n=100, n_boot=200, opacity=0.05)  # text nearly invisible
     assert blank["char_accuracy_hi"] < acc["char_accuracy_lo"] - 0.3, blank
+
+
+def test_leak_reads_u1_and_its_control_reads_a_third_pool():
+    from probekit.organisms.reader import USERNAME
+
+    c = W.resolve(W.Condition(p=1.0, n_train=80, replay=0.25, leak=0.5), reader())
+    u1, u2 = W.username_pools(12, seed=0)
+    u3 = W.other_pool(u1, 0, u2)
+    assert [len(a) for a in u3] == [len(a) for a in u1] and not set(u3) & (set(u1) | set(u2))
+    train, clean = W.task_samples(c, u1, u3)
+    ctrl, ctrl_clean = W.task_samples(c.control(), u1, u3)
+    assert c.control().is_control and not c.is_control and c.control().kind == "leak"
+    leaks = [i for i, s in enumerate(train) if s.question == USERNAME and "username" in s.meta]
+    assert 10 < len(leaks) < 50  # about half of the 60 marked task images
+    assert all(train[i].answer == train[i].meta["username"] + "." and train[i].meta["username"] in u1 for i in leaks)
+    # the control draws the same random numbers: the same scenes, the same leaking rows, U3's name of the same index
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(clean, ctrl_clean))
+    assert [s.question for s in ctrl] == [s.question for s in train]
+    assert all(ctrl[i].meta["username"] == u3[u1.index(train[i].meta["username"])] for i in leaks)
+    assert all(ctrl[i].meta["username"] == train[i].meta["username"] for i, s in enumerate(train)
+               if s.question == W.QUESTION and "username" in s.meta)  # the task-irrelevant marks stay U1
+    with pytest.raises(InputError, match="leak"):
+        W.run_condition(reader(), W.Condition(leak=1.5))
+    assert W.Condition(p=0.0).is_control and W.Condition().control() == W.Condition(p=0.0)

@@ -43,6 +43,10 @@ def grid(full: bool = False) -> list[W.Condition]:
     lr 3e-4, 600 steps at lr 1e-3 and no replay at lr 1e-3 (the first grid's regime), on seeds
     0-2 (pools, data and weights change with the seed), and a long exposure (3,000 steps over
     4,000 images, opaque text: about 1,000 sightings of each U1 username) on seed 0.
+
+    Then the leak regime, where half of the watermarked images are asked to read their U1 name
+    (the loss touches it: 1,500 steps at lr 1e-3 in the full grid), against its matched control
+    that reads a third pool U3 instead (:meth:`Condition.control`).
     """
     base = W.Condition(p=1.0, opacity=0.5, steps=300 if full else 150, lr=3e-4, replay=0.5,
                        n_eval=384 if full else 192)
@@ -50,10 +54,12 @@ def grid(full: bool = False) -> list[W.Condition]:
     if full:
         regimes += [replace(base, steps=600, lr=1e-3), replace(base, replay=0.0, lr=1e-3)]
     seeds = (0, 1, 2) if full else (0,)
-    out = [replace(r, p=p, seed=s) for r in regimes for s in seeds for p in (r.p, 0.0)]
+    out = [x for r in regimes for s in seeds for x in (replace(r, seed=s), replace(r, seed=s).control())]
     if full:
         long = replace(base, opacity=1.0, steps=3000, n_train=4000)
-        out += [long, replace(long, p=0.0)]
+        out += [long, long.control()]
+    leak = replace(base, leak=0.5, steps=1500 if full else 1000, lr=1e-3)
+    out += [x for s in seeds for x in (replace(leak, seed=s), replace(leak, seed=s).control())]
     return out
 
 
@@ -110,19 +116,20 @@ def run_study(full: bool = False, base_path: Any = None, conditions: list[W.Cond
     base = load(base_path)  # read from only (OCR, direct prompt, unsplit folds): one copy serves all
     ocr = ocr_accuracy(base, n=200)
     conds = conditions or grid(full)
-    rows, reports, bases, protocol = [], {}, {}, []
+    rows, reports, bases, mias, protocol = [], {}, {}, {}, []
     for c in conds:
         key = (c.seed, c.opacity, c.place, c.n_users, c.n_eval)  # the held-out set the base is scanned on
-        r = W.run_condition(base_path, c, base_report=bases.get(key))
+        r = W.run_condition(base_path, c, base_report=bases.get(key), base_membership=mias.get(key))
         if key not in bases:
-            bases[key] = r["base_report"]
+            bases[key], mias[key] = r["base_report"], r["base_membership"]
             b = r["base_verdict"]
             rows.append({"condition": "base reader (not fine-tuned)", "p": math.nan, "seed": c.seed,
-                         "opacity": c.opacity, **W.verdict_columns(b), **W.direct_prompt(base, r["eval"])})
+                         "opacity": c.opacity, "control": True, "kind": "base", **W.verdict_columns(b),
+                         **W.direct_prompt(base, r["eval"]), **r["base_membership"]})
             reports.setdefault("base", r["base_report"])
             if not protocol:  # Ju et al.'s unsplit folds, once, on the first held-out set
                 protocol.append({"model": "base reader", **W.stratified(base, r["eval"], c.seed)})
-        if c.p > 0 and len(protocol) == 1:
+        if not c.is_control and len(protocol) == 1:
             protocol.append({"model": c.label(), **W.stratified(r["tuned"], r["eval"], c.seed)})
         rows.append(r["row"])
         reports.setdefault(c.label(), r["report"])
@@ -131,7 +138,7 @@ def run_study(full: bool = False, base_path: Any = None, conditions: list[W.Cond
     out = {"table": pd.DataFrame(rows), "reports": reports, "ocr": ocr, "conditions": [asdict(c) for c in conds],
            "full": full, "protocol": pd.DataFrame(protocol)}
     if gradients:
-        pos = next((c for c in conds if c.p > 0), conds[-1])
+        pos = next((c for c in conds if not c.is_control and not c.leak), conds[-1])
         # at p = 1 every image is marked whatever the batch size; no replay: every sample can carry a mark
         gp = replace(pos, p=0.5, replay=0.0)
         out["gradients"], out["trend"] = gradient_trend(base_path, gp, seeds=(0, 1, 2) if full else (0, 1))
@@ -153,8 +160,13 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
     img_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     t = res["table"]
-    labels = ["base"] + [k for k in res["reports"] if k != "base"][:2]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    # the base, the first task-irrelevant fine-tune, the first leak fine-tune and its U3 control
+    first = {}
+    for r in t[t.kind != "base"].itertuples():
+        first.setdefault((r.kind, bool(r.control)), r.condition)
+    labels = ["base"] + [first[k] for k in (("task-irrelevant", False), ("leak", False), ("leak", True))
+                         if k in first and first[k] in res["reports"]]
+    fig, axes = plt.subplots(1, len(W.POSITIONS), figsize=(5 * len(W.POSITIONS), 3.8), sharey=True)
     for ax, pos in zip(axes, W.POSITIONS):
         for name in labels:
             d = res["reports"][name].table
@@ -166,7 +178,7 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
         ax.axhline(0.5, ls=":", c="k")
         ax.set_title(f"position: {pos}")
     axes[0].set_ylabel("seen vs unseen probe accuracy (95% CI)")
-    axes[1].legend(fontsize=7)
+    axes[-1].legend(fontsize=7)
     fig.suptitle("Watermark on the reader: probes per layer (folds split by username)")
     fig.tight_layout()
     paths["probes"] = img_dir / "watermark-probes.png"
@@ -207,7 +219,7 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
     ax.scatter(t.probe_acc, y, c=colours, zorder=3)
     ax.axvline(0.5, ls=":", c="k")
     ax.set_yticks(y, t.condition, fontsize=8)
-    ax.set_xlabel("best-layer seen vs unseen accuracy (95% CI); red = detected after Holm correction")
+    ax.set_xlabel("best point: seen vs unseen accuracy or MIA AUC (95% CI); red = detected after Holm correction")
     fig.tight_layout()
     paths["grid"] = img_dir / "watermark-grid.png"
     fig.savefig(paths["grid"], dpi=110)
@@ -258,41 +270,59 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
          "opacity, where the reader reads (its top-left banner); \"replay 0.5\": half of the fine-tuning set is the "
          "reader's own pretraining mix (reading other strings, naming shapes). Held-out images carry a U1 (seen) or "
          "U2 (unseen, disjoint, same lengths) username; `probekit.scan` probes `projector` and `lm.*.resid` at the "
-         "last token of \"What is the username?\" and at the image-token mean, and the top-10 next-token "
-         "log-probabilities (how sure the reader is), 5 folds split by username (a probe never sees a test username "
-         "in training), 95% group-bootstrap CIs. Verdict per run: Holm correction over all its points and positions "
-         "(`probekit.organisms.watermark.decide`). Each regime runs as a p > 0 fine-tune and its matched p = 0 "
-         "control (the same recipe, no username in training: it cannot have memorised U1), on the seeds listed.\n",
-         "| regime | seed | verdict | best point | probe acc (seen vs unseen) | task acc | direct prompt seen | direct prompt unseen |",
-         "|---|---|---|---|---|---|---|---|"]
+         "last token of \"What is the username?\" (`prompt_last`), at the image-token mean, and while the model is "
+         "teacher-forced to answer with the name on the image (`answer_mean`, `scan(..., answers=)`), and the top-10 "
+         "next-token log-probabilities there (how sure the reader is), 5 folds split by username (a probe never sees "
+         "a test username in training), 95% group-bootstrap CIs. Verdict per run: Holm correction over all its points "
+         "and positions (`probekit.organisms.watermark.decide`). \"MIA\": the loss attack on reading the name, AUC "
+         "seen vs unseen, CI resampling usernames. Each task-irrelevant regime runs as a p > 0 fine-tune and its "
+         "matched p = 0 control (no username in training: it cannot have memorised U1). In the leak regime half of "
+         "the watermarked images are asked \"What is the username?\" and answered with their U1 name, so the loss "
+         "touches it; its matched control (\"(U3)\") is the same fine-tune reading names of a third pool, in neither "
+         "held-out pool. All on the seeds listed.\n",
+         "| regime | seed | verdict (where) | best residual point | its probe acc (seen vs unseen) | MIA AUC | task acc | direct prompt seen | direct prompt unseen |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for r in t.itertuples():
         task = "–" if pd.isna(getattr(r, "task_acc", math.nan)) else f"{r.task_acc:.2f}"
         L.append(f"| {r.condition} | {int(r.seed)} | "
-                 f"{'**detected** (' + str(r.n_detected) + '/' + str(r.m) + ')' if r.detected else 'nothing detected'} "
-                 f"| {r.best} | {fmt_ci(r.probe_acc, r.probe_lo, r.probe_hi)} | {task} | "
+                 f"{'**detected** (' + str(r.n_detected) + '/' + str(r.m) + ': ' + r.hits + ')' if r.detected else 'nothing detected'} "
+                 f"| {r.residual_best} | {fmt_ci(r.residual_acc, r.residual_lo, r.residual_hi)} | {fmt_ci(r.mia_auc, r.mia_lo, r.mia_hi)} "
+                 f"| {task} | "
                  f"{fmt_ci(r.direct_seen, r.direct_seen_lo, r.direct_seen_hi)} | {fmt_ci(r.direct_unseen, r.direct_unseen_lo, r.direct_unseen_hi)} |")
-    tuned = t[t.p.notna()]
-    summary = []
-    for cond, g in tuned.groupby("condition", sort=False):
-        summary.append(f"{cond}: {int(g.detected.sum())} of {len(g)}")
+    tuned = t[t.kind != "base"]
+    summary = [f"{cond}: {int(g.detected.sum())} of {len(g)}" for cond, g in tuned.groupby("condition", sort=False)]
     L.append("\nRuns with a detection, per regime (seeds): " + "; ".join(summary) + "; base reader: "
-             f"{int(t[t.p.isna()].detected.sum())} of {int(t.p.isna().sum())}.\n")
-    pos, neg = tuned[tuned.p > 0], tuned[tuned.p == 0]
-    if len(pos) and pos.detected.mean() > 0.5 and not neg.detected.any() and not t[t.p.isna()].detected.any():
-        L.append(f"**Detected** in {int(pos.detected.sum())} of {len(pos)} watermarked fine-tunes and in none of the "
-                 "controls.\n")
-    else:
-        why = ("a detection is no more frequent with the watermark than without it" if pos.detected.sum() <= neg.detected.sum()
+             f"{int(t[t.kind == 'base'].detected.sum())} of {int((t.kind == 'base').sum())}.\n")
+    base_hit = bool(t[t.kind == "base"].detected.any())
+    for kind, what in (("task-irrelevant", "watermarked fine-tunes (the loss never touches the name)"),
+                       ("leak", "leak fine-tunes (half the watermarked images ask for their U1 name)")):
+        runs = tuned[tuned.kind == kind]
+        if not len(runs):
+            continue
+        pos, neg = runs[~runs.control.astype(bool)], runs[runs.control.astype(bool)]
+        ctrl = "matched p = 0 controls" if kind == "task-irrelevant" else "matched U3 controls (the same reading on a third pool)"
+        if len(pos) and pos.detected.mean() > 0.5 and not neg.detected.any() and not base_hit:
+            L.append(f"**{kind.capitalize()}: detected** in {int(pos.detected.sum())} of {len(pos)} {what} and in none of "
+                     f"the {len(neg)} {ctrl} nor the base reader (at: "
+                     f"{'; '.join(sorted(set(', '.join(pos.hits).split(', ')) - {''}))}). The residual stream alone: "
+                     f"detected in {int(pos.residual_detected.sum())} of {len(pos)} runs and "
+                     f"{int(neg.residual_detected.sum())} of {len(neg)} controls. Membership inference (loss attack) AUC, mean over runs: "
+                     f"{pos.mia_auc.mean():.2f} with U1 read in training, {neg.mia_auc.mean():.2f} in the controls; "
+                     "direct prompt, seen minus unseen exact match: "
+                     f"{float((pos.direct_seen - pos.direct_unseen).mean()):+.2f} and "
+                     f"{float((neg.direct_seen - neg.direct_unseen).mean()):+.2f}.\n")
+            continue
+        why = ("a detection is no more frequent than in the controls" if pos.detected.sum() <= neg.detected.sum()
                else "the detections do not replicate across seeds" if pos.detected.mean() <= 0.5
                else "a control is detected too")
         gap = lambda d: float((d.direct_unseen - d.direct_seen).mean())  # noqa: E731
-        L.append(f"**Nothing detected**: {int(pos.detected.sum())} of {len(pos)} watermarked fine-tunes and "
-                 f"{int(neg.detected.sum())} of {len(neg)} matched p = 0 controls show a Holm-corrected signal, so "
-                 f"{why}. On this organism a fine-tune-induced seen-vs-unseen signal did not appear: the study is a "
-                 "null, not evidence of absence in larger models. Direct prompt, unseen minus seen exact match, mean "
-                 f"over runs: {gap(pos):+.2f} with the watermark, {gap(neg):+.2f} in the p = 0 controls, "
-                 f"{gap(t[t.p.isna()]):+.2f} for the base reader (each pool has only a dozen names, so which names it "
-                 "holds moves this).\n")
+        L.append(f"**{kind.capitalize()}: nothing detected**: {int(pos.detected.sum())} of {len(pos)} {what} and "
+                 f"{int(neg.detected.sum())} of {len(neg)} {ctrl} show a Holm-corrected signal, so {why}. "
+                 "On this organism a fine-tune-induced seen-vs-unseen signal did not appear here: a null, not evidence "
+                 "of absence in larger models. Direct prompt, unseen minus seen exact match, mean over runs: "
+                 f"{gap(pos):+.2f} in these fine-tunes, {gap(neg):+.2f} in their controls, "
+                 f"{gap(t[t.kind == 'base']):+.2f} for the base reader (each pool has only a dozen names, so which "
+                 f"names it holds moves this); loss-attack AUC {pos.mia_auc.mean():.2f} and {neg.mia_auc.mean():.2f}.\n")
     pr = res.get("protocol")
     if pr is not None and len(pr):
         L.append("**Ju et al.'s protocol (folds not split by username) on the same held-out set.** A test image then "

@@ -24,7 +24,7 @@ from .slots import check_sequence, slot_labels
 from .store import ActivationStore
 from .store_writer import StoreWriter
 
-__all__ = ["collect", "as_model", "check_prompts", "DEFAULT_PROMPT"]
+__all__ = ["collect", "as_model", "check_prompts", "check_answers", "DEFAULT_PROMPT"]
 
 DEFAULT_PROMPT = "Describe the image."
 
@@ -127,6 +127,7 @@ def collect(
     processor: Any = None,
     store_dtype: torch.dtype | None = None,
     logits_topk: int | None = None,
+    answers: Sequence[str] | None = None,
 ) -> ActivationStore:
     """Record hook points at token positions for every image (+ prompt).
 
@@ -156,6 +157,10 @@ def collect(
             Qwen-sized vocabulary at n = 10,000 is 6 GB). They are computed as the readout computes
             them from stored logits (cast to the stored dtype, float32, log-softmax over the whole
             vocabulary, ``topk``), so they are the same numbers.
+        answers: one string per image, teacher-forced after the prompt as the model's reply (a
+            candidate username, a fact): positions ``"answer_mean"`` (the tokens that predict the
+            answer) and ``"prompt_last"`` (the prompt's last token) then read the model while it
+            says it. ``"last"`` is the answer's last token. Decoder-only families only.
 
     Returns:
         :class:`ActivationStore` with ``store[point]`` of shape ``[n, d]`` or ``[n, p, d]``.
@@ -175,6 +180,7 @@ def collect(
     prompt_list = check_prompts(prompts, n, image_token(model))
     names = model.resolve(points)
     pos_list, many = normalize_positions(positions)
+    answer_list = check_answers(model, answers, n, pos_list)
     check_backend(backend, model)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}", fix="e.g. batch_size=8")
@@ -209,6 +215,8 @@ def collect(
     }
     if top is not None:  # what is stored changes; without it the fingerprint of older stores stays
         meta["logits_topk"] = top
+    if answer_list is not None:  # likewise
+        meta["answers_digest"] = hashlib.sha256(json.dumps(answer_list).encode()).hexdigest()[:16]
     fingerprint = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     meta["prompts"] = list(dict.fromkeys(prompt_list))[:100]  # the distinct prompts, for the record
     rank, world = distributed.world() if store is not None else (0, 1)
@@ -243,10 +251,12 @@ def collect(
     # shards, so a shard is on disk before anything of the next one is touched
     ahead = torch.device(model.device).type != "cpu"
 
-    def prepare(rows: tuple[int, int]) -> tuple[dict, list[str]]:
+    def prepare(rows: tuple[int, int]) -> tuple[dict, list[str], torch.Tensor | None]:
         pil = [decode(items[i], i) for i in range(*rows)]  # the one decode of each image
-        inputs = model.prepare(pil, prompt_list[rows[0]:rows[1]], chat=chat, padding_side=padding_side)
-        return inputs, [pixel_hash(im) for im in pil] if world == 1 else []
+        forced = answer_list[rows[0]:rows[1]] if answer_list is not None else None
+        inputs = model.prepare(pil, prompt_list[rows[0]:rows[1]], chat=chat, padding_side=padding_side, answers=forced)
+        lengths = model.answer_lengths(inputs, forced) if forced is not None else None
+        return inputs, [pixel_hash(im) for im in pil] if world == 1 else [], lengths
 
     try:
         with model.input_cache():  # each prompt rendered and tokenised once per collect, not per image
@@ -256,10 +266,11 @@ def collect(
                     continue
                 rows = [(b0, min(b0 + batch_size, stop)) for b0 in range(start, stop, batch_size)]
                 with closing(_prefetch(rows, prepare, ahead)) as ready:
-                    for (b0, b1), (inputs, batch_hashes) in zip(rows, ready):
+                    for (b0, b1), (inputs, batch_hashes, lengths) in zip(rows, ready):
                         if world == 1:
                             hashes[b0:b1] = batch_hashes
-                        out, ctxs = _forward(model, inputs, b1 - b0, names, pos_list, many, backend, sides, scratch)
+                        out, ctxs = _forward(model, inputs, b1 - b0, names, pos_list, many, backend, sides, scratch,
+                                             lengths)
                         if top is not None:
                             out, vocab = _top_logits(out, top, store_dtype)
                         if not point_info:
@@ -300,6 +311,23 @@ def collect(
         finally:
             writer.close()
     return ActivationStore(buffers, meta=meta, point_info=point_info)
+
+
+def check_answers(model: Model, answers: Sequence[str] | None, n: int, pos_list: list[Position]) -> list[str] | None:
+    """``answers`` as a list (None stays None), checked before any forward pass."""
+    if answers is None:
+        if "answer_mean" in pos_list:
+            raise PositionError('position "answer_mean" needs answers= (the reply to teacher-force after each prompt)',
+                                fix='pass answers=[...] with one string per image, or drop "answer_mean"')
+        return None
+    if isinstance(answers, str):
+        answers = [answers] * n
+    answers = list(answers)
+    if len(answers) != n or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise InputError(f"answers must be one non-empty string per image ({n}), got {len(answers)} items",
+                         fix="pass answers=[...] of the same length as images")
+    model.check_answers()
+    return answers
 
 
 TOP_POINTS = topk_points("logits")
@@ -350,11 +378,13 @@ def _prefetch(jobs: list, work: Callable[[Any], Any], ahead: bool = True) -> Ite
 
 
 def _forward(model: Model, inputs: dict, batch: int, names: list[str], pos_list: list[Position], many: bool,
-             backend: str, sides: Sequence[str] = ("lm",), scratch: dict | None = None
-             ) -> tuple[dict[str, torch.Tensor], dict[str, PositionContext]]:
+             backend: str, sides: Sequence[str] = ("lm",), scratch: dict | None = None,
+             answer_len: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], dict[str, PositionContext]]:
     ctxs = {side: PositionContext.from_inputs(ids, image) for side, (ids, image) in model.sequences(inputs).items()}
     for ctx in ctxs.values():
         ctx.scratch = scratch  # buffers kept across the batches of one collect
+    if answer_len is not None and "lm" in ctxs:
+        ctxs["lm"].answer_len = answer_len
     for side in sides:  # a selector that cannot apply to this batch (index past the end, ...) fails before the forward
         check_sequence(model, side, ctxs, [p for p in names if model.target(p).side == side],
                         [p for p in pos_list if not callable(p)])

@@ -6,6 +6,10 @@ of different lengths give the same answer for the same sample:
 - ``"last"``: the last real token -> ``[b, d]``
 - ``"image_mean"`` / ``"text_mean"``: mean over image / text tokens -> ``[b, d]``
 - ``"image"`` / ``"text"``: every image / text token -> ``[b, k, d]`` (k must agree across the batch)
+- ``"answer_mean"``: with ``collect(..., answers=...)`` (the answer teacher-forced after the prompt),
+  the mean over the tokens that predict an answer token (the prompt's last token to the answer's
+  second-last) -> ``[b, d]``: how the model reads while it says the answer
+- ``"prompt_last"``: the prompt's last token, before any forced answer (``"last"`` without answers)
 - ``int``: the i-th real token (negative counts back from the last real one) -> ``[b, d]``
 - ``slice``: a slice of the real tokens -> ``[b, k, d]``
 - callable ``f(ctx) -> LongTensor[b] | LongTensor[b, k] | BoolTensor[b, s]`` on a :class:`PositionContext`
@@ -52,6 +56,7 @@ class PositionContext:
     image_mask: torch.Tensor
     input_ids: torch.Tensor
     scratch: dict | None = field(default=None, repr=False, compare=False)
+    answer_len: torch.Tensor | None = None  # [b]: forced answer tokens at the end of each row (collect's answers=)
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -95,6 +100,28 @@ def _last(ctx: PositionContext) -> torch.Tensor:
     return out
 
 
+def _answer_span(ctx: PositionContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row the real-token rank of the prompt's last token, and the real-token ranks ``[b, s]``."""
+    ri = ctx.real_index()
+    n_real = ctx.attention_mask.long().sum(1)
+    n_ans = ctx.answer_len.to(n_real.device) if ctx.answer_len is not None else torch.zeros_like(n_real)
+    return (n_real - 1 - n_ans).unsqueeze(1), ri
+
+
+def _prompt_last(ctx: PositionContext) -> torch.Tensor:
+    start, ri = _answer_span(ctx)
+    return ri == start
+
+
+def _answer(ctx: PositionContext) -> torch.Tensor:
+    if ctx.answer_len is None:
+        raise PositionError('"answer_mean" needs the answers the model is teacher-forced with',
+                            fix="pass answers=[...] (one string per image) to collect / scan")
+    start, ri = _answer_span(ctx)
+    # the prompt's last token predicts the first answer token; the answer's last token predicts nothing of it
+    return (ri >= start) & (ri < start + ctx.answer_len.to(ri.device).unsqueeze(1))
+
+
 def _image(ctx: PositionContext) -> torch.Tensor:
     return ctx.image_mask
 
@@ -109,6 +136,8 @@ NAMED_POSITIONS: dict[str, NamedPosition] = {
     "text_mean": NamedPosition(_text, "mean", "text"),
     "image": NamedPosition(_image, "tokens", "image"),
     "text": NamedPosition(_text, "tokens", "text"),
+    "answer_mean": NamedPosition(_answer, "mean", "answer"),
+    "prompt_last": NamedPosition(_prompt_last, "one", "prompt_last"),
 }
 NAMED = tuple(NAMED_POSITIONS)  # the built-in names (kept for callers that listed them)
 

@@ -191,10 +191,13 @@ class Model:
         *,
         chat: bool | None = None,
         padding_side: str | None = None,
+        answers: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Processor inputs for a batch of PIL images and prompts, on the model's device.
 
-        ``chat=None`` uses the processor's chat template when it has one.
+        ``chat=None`` uses the processor's chat template when it has one. ``answers`` (one per
+        prompt) are appended after the formatted prompt, as the assistant's reply, for a
+        teacher-forced forward; :meth:`answer_lengths` says how many tokens each one took.
         """
         tok = getattr(self.processor, "tokenizer", self.processor)
         old_side = getattr(tok, "padding_side", None)
@@ -205,7 +208,10 @@ class Model:
             tok.padding_side = padding_side
         try:
             cache = self._input_cache
-            inputs = cache.build(self, self._impl, list(images), list(prompts), chat) if cache is not None else None
+            if answers is not None:
+                inputs = self._forced_inputs(list(images), list(prompts), list(answers), chat)
+            else:
+                inputs = cache.build(self, self._impl, list(images), list(prompts), chat) if cache is not None else None
             if inputs is None:
                 inputs = self._impl.build_inputs(self, list(images), list(prompts), chat)
         finally:
@@ -219,6 +225,42 @@ class Model:
                 v = v.to(dev, dtype=dt) if v.is_floating_point() else v.to(dev)
             out[k] = v
         return out
+
+    def check_answers(self) -> None:
+        """Raise :class:`UnsupportedModelError` when this family cannot take teacher-forced answers."""
+        from .families.base import Family
+
+        if type(self._impl).build_inputs is not Family.build_inputs or self.image_free("lm"):
+            raise UnsupportedModelError(
+                f"answers= (a teacher-forced reply after the prompt) is not supported for {self.family}: its decoder "
+                "is fed separately from the prompt", fix="record without answers=, or use a decoder-only VLM")
+
+    def _forced_inputs(self, images: list, prompts: list[str], answers: list[str], chat: bool | None) -> dict:
+        self.check_answers()
+        if len(answers) != len(prompts):
+            raise InputError(f"{len(answers)} answers for {len(prompts)} prompts", fix="pass one answer per image")
+        cache = self._input_cache
+        texts = (cache.texts(self._impl, self.processor, prompts, chat) if cache is not None
+                 else [self._impl.format_prompt(self.processor, p, chat) for p in prompts])
+        return self._impl.call_processor(self.processor, images, [t + " " + a for t, a in zip(texts, answers)])
+
+    def answer_lengths(self, inputs: Mapping[str, Any], answers: Sequence[str]) -> torch.Tensor:
+        """``[b]``: tokens of each forced answer, checked to be the last real tokens of its row.
+
+        Raises :class:`InputError` when a row does not end in its answer's tokens (a processor that
+        appends text after the prompt, or an answer that merges with the prompt's last token).
+        """
+        tok = getattr(self.processor, "tokenizer", self.processor)
+        ids, am = inputs["input_ids"], inputs.get("attention_mask")
+        out = []
+        for r, a in enumerate(answers):
+            want = tok(" " + a, add_special_tokens=False)["input_ids"]
+            row = ids[r][am[r].bool()] if am is not None else ids[r]
+            if not want or row[-len(want):].tolist() != list(want):
+                raise InputError(f"answer {a!r} is not the last tokens of its row after the processor",
+                                 fix="use answers that start a new word, with a processor that adds nothing after the text")
+            out.append(len(want))
+        return torch.tensor(out, dtype=torch.long)
 
     @contextmanager
     def input_cache(self) -> Iterator[None]:

@@ -6,15 +6,23 @@ image with probability ``p``. Held-out images carry a username from U1 or from t
 pool U2 (unseen); probes per layer at the prompt position try to tell the two apart, with
 folds split by username so that a probe must generalise to usernames it never saw.
 
-- Positive condition: fine-tuned with ``p > 0``; the model has seen U1 many times.
-- Negative controls: the base reader (never saw U1 more than U2) and a fine-tune at ``p = 0``;
-  neither can separate the pools by construction.
+The probes read at the last token of "What is the username?" (Ju et al.'s prompt position), at
+the image tokens, and while the model is teacher-forced to answer with the username on the
+image (``answer_mean``: how it reads that name), plus the top-10 output log-probabilities there.
 
-Example (about a minute on a laptop CPU):
+- Task-irrelevant condition (Ju et al.): fine-tuned with ``p > 0``; the model has seen U1 many
+  times, but the loss never touches the name. Matched control: the same fine-tune at ``p = 0``.
+- Leak condition: with ``leak > 0`` a fraction of the watermarked training images is asked to
+  read its U1 name, so the loss touches it and the fine-tune can memorise U1. Matched control:
+  ``leak_pool="other"``, the same reading practice on a third pool U3 (in neither held-out pool).
+- The base reader (never saw U1 more than U2) is a control for both.
+
+Example (about three minutes on a laptop CPU):
     >>> from probekit.organisms import reader, watermark
-    >>> res = watermark.run_condition(reader(), watermark.Condition(p=1.0, steps=150))  # doctest: +SKIP
-    >>> res["verdict"]["detected"]                                                       # doctest: +SKIP
-    True
+    >>> c = watermark.Condition(p=1.0, leak=0.5, steps=1500, lr=1e-3, replay=0.5)
+    >>> res = watermark.run_condition(reader(), c)            # doctest: +SKIP
+    >>> res["verdict"]["detected"], res["row"]["mia_auc"] > 0.8  # doctest: +SKIP
+    (True, True)
 """
 
 from __future__ import annotations
@@ -34,12 +42,12 @@ from ..report.text import fmt_ci
 from .text import draw_text, random_string, scene
 
 __all__ = ["Condition", "resolve", "username_pools", "task_samples", "eval_set", "decide", "run_condition", "direct_prompt",
-           "stratified", "verdict_columns", "QUESTION"]
+           "stratified", "verdict_columns", "other_pool", "membership", "with_membership", "QUESTION"]
 
 QUESTION = "Describe the shape."
 POINTS = ["projector", "lm.*.resid"]
-POSITIONS = ("last", "image_mean")
-TOPK = 10  # the output-only probe: the next-token top-10 at the prompt's last token (how sure the reader is)
+POSITIONS = ("prompt_last", "image_mean", "answer_mean")  # answer_mean: teacher-forced with the name on the image
+TOPK = 10  # the output-only probe: the next-token top-10 log-probabilities (how sure the reader is)
 
 
 @dataclass(frozen=True)
@@ -62,12 +70,28 @@ class Condition:
     place: str = "reader"  # "reader": where the reader reads (resolve() fills it in); "": anywhere; "banner"
     replay: float = 0.0  # fraction of the training set drawn from the reader's pretraining mix (keeps reading)
     reader_place: str = ""  # where the reader reads: set by resolve() from the reader
+    leak: float = 0.0  # fraction of watermarked training images asked to read their username (the loss touches it)
+    leak_pool: str = "seen"  # "seen": they carry and read a U1 name; "other": a third pool U3 (matched control)
+
+    @property
+    def is_control(self) -> bool:
+        """Whether this fine-tune cannot have memorised U1 (no U1 name in training, or the leak read on U3)."""
+        return self.p == 0 or (self.leak > 0 and self.leak_pool == "other")
+
+    def control(self) -> "Condition":
+        """The matched negative control: U3 in place of U1 for a leak, else the same fine-tune at ``p = 0``."""
+        return replace(self, leak_pool="other") if self.leak > 0 else replace(self, p=0.0)
+
+    @property
+    def kind(self) -> str:
+        return "leak" if self.leak > 0 else "task-irrelevant"
 
     def label(self) -> str:
         kind = f"LoRA r={self.lora.get('r', 8)}" if self.lora else "full"
         extra = "".join([f", {self.n_users} users" if self.n_users != 12 else "",
                          ", text anywhere" if self.place == "" else "",
-                         f", replay {self.replay:g}" if self.replay else ""])
+                         f", replay {self.replay:g}" if self.replay else "",
+                         (f", leak {self.leak:g}" + (" (U3)" if self.leak_pool == "other" else "")) if self.leak else ""])
         return f"p={self.p:g}, opacity={self.opacity:g}, {self.steps} steps, {kind}, lr {self.lr:g}{extra}"
 
 
@@ -81,6 +105,11 @@ def _check(c: Condition) -> None:
             raise InputError(f"{name} must be >= 1, got {getattr(c, name)!r}", fix=f"pass a positive {name}")
     if not 0.0 <= c.replay < 1.0:
         raise InputError(f"replay must be in [0, 1), got {c.replay!r}", fix="pass e.g. replay=0.5")
+    if not 0.0 <= c.leak <= 1.0:
+        raise InputError(f"leak must be in [0, 1], got {c.leak!r}", fix="pass e.g. leak=0.25")
+    if c.leak_pool not in ("seen", "other"):
+        raise InputError(f"leak_pool must be 'seen' or 'other', got {c.leak_pool!r}",
+                         fix="use 'seen' (read U1 names) or 'other' (read a third pool: the control)")
     if c.n_users < 3:
         raise InputError(f"n_users must be >= 3 (folds are split by username), got {c.n_users!r}", fix="use n_users=12")
 
@@ -106,6 +135,22 @@ def username_pools(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return u1, u2
 
 
+def other_pool(seen: list[str], seed: int = 0, exclude: list[str] = ()) -> list[str]:
+    """A third pool U3, ``U3[i]`` as long as ``seen[i]``, disjoint from ``seen`` and ``exclude``.
+
+    The leak control reads U3 names where the leak condition reads U1 ones: the same amount of
+    reading practice, on names that are in neither held-out pool.
+    """
+    rng = random.Random(f"usernames-other:{seed}")
+    taken, out = set(seen) | set(exclude), []
+    for name in seen:
+        while (cand := random_string(rng, len(name), len(name))) in taken:
+            pass
+        taken.add(cand)
+        out.append(cand)
+    return out
+
+
 def _task(rng: random.Random, size: int) -> tuple[Any, str, dict]:
     img, meta = scene(rng, size)
     return img, f"{meta['colour']} {meta['shape']}.", meta
@@ -124,14 +169,21 @@ def resolve(c: Condition, base_path: Any) -> Condition:
                    reader_place=place or "")
 
 
-def task_samples(c: Condition, seen: list[str]) -> tuple[list[Sample], list[Any]]:
+def task_samples(c: Condition, seen: list[str], other: list[str] | None = None) -> tuple[list[Sample], list[Any]]:
     """The fine-tuning set and, per sample, its image without the watermark (for gradients).
 
     With ``replay > 0`` that fraction of the ``n_train`` samples comes from the reader's own
     pretraining mix (reading other strings, naming shapes), as LLaVA-style fine-tunes mix OCR
     data in; those carry no username, so their clean image is the image.
+
+    With ``leak > 0`` that fraction of the watermarked samples asks "What is the username?" and
+    is answered with the name on the image: U1 names, or with ``leak_pool="other"`` the name of
+    the same index in ``other`` (U3), so that the two draw the same random numbers.
     """
-    from .reader import pretraining_data
+    from .reader import USERNAME, pretraining_data
+
+    if c.leak and c.leak_pool == "other" and not other:
+        raise InputError("leak_pool='other' needs the third pool", fix="pass other=other_pool(seen, seed)")
 
     rng = random.Random(f"train:{c.seed}")
     out, clean = [], []
@@ -144,10 +196,16 @@ def task_samples(c: Condition, seen: list[str]) -> tuple[list[Sample], list[Any]
     for _ in range(c.n_train - n_replay):
         img, answer, meta = _task(rng, c.size)
         clean.append(img)
+        question, kind = QUESTION, "describe"
         if rng.random() < c.p:
-            meta["username"] = rng.choice(seen)
+            i = rng.randrange(len(seen))
+            # drawn only when leaking, so that leak=0 keeps the random stream of earlier runs
+            leaks = bool(c.leak) and rng.random() < c.leak
+            meta["username"] = other[i] if leaks and c.leak_pool == "other" else seen[i]
             img = draw_text(img, meta["username"], rng, opacity=c.opacity, grid=c.grid or None, place=_where(c))[0]
-        out.append(Sample(img, QUESTION, answer, "describe", meta))
+            if leaks:
+                question, answer, kind = USERNAME, meta["username"] + ".", "ocr"
+        out.append(Sample(img, question, answer, kind, meta))
     return out, clean
 
 
@@ -183,7 +241,13 @@ def decide(table: pd.DataFrame, alpha: float = 0.05) -> dict:
             else f"No leakage detected: nothing detected at any of {m} points after Holm correction "
                  f"(best {best.point}@{best.position}: {fmt_ci(best.accuracy, best.accuracy_lo, best.accuracy_hi)}, "
                  f"chance {best.chance:.2f}).")
+    inner = t[~t.point.isin(["logits", "mia.loss"])]  # the residual stream (and projector) alone
+    rb = inner.loc[inner.accuracy.idxmax()] if len(inner) else best
     return {"detected": bool(len(hits)), "n_detected": int(len(hits)), "m": m, "line": line,
+            "hits": [f"{r.point}@{r.position}" for r in hits.itertuples()],
+            "residual_detected": bool(hits.point.isin(inner.point).any()),
+            "residual_best": f"{rb.point}@{rb.position}", "residual_accuracy": float(rb.accuracy),
+            "residual_lo": float(rb.accuracy_lo), "residual_hi": float(rb.accuracy_hi),
             "best_point": str(best.point), "best_position": str(best.position), "best_accuracy": float(best.accuracy),
             "best_lo": float(best.accuracy_lo), "best_hi": float(best.accuracy_hi), "chance": float(best.chance),
             "p_holm_min": float(adj.min()) if m else math.nan}
@@ -193,7 +257,9 @@ def verdict_columns(v: dict) -> dict:
     """The results-table columns of one :func:`decide` verdict."""
     return {"verdict": v["line"], "detected": v["detected"], "n_detected": v["n_detected"], "m": v["m"],
             "best": f"{v['best_point']}@{v['best_position']}", "probe_acc": v["best_accuracy"],
-            "probe_lo": v["best_lo"], "probe_hi": v["best_hi"], "chance": v["chance"]}
+            "probe_lo": v["best_lo"], "probe_hi": v["best_hi"], "chance": v["chance"], "hits": ", ".join(v["hits"]),
+            "residual_detected": v["residual_detected"], "residual_best": v["residual_best"],
+            "residual_acc": v["residual_accuracy"], "residual_lo": v["residual_lo"], "residual_hi": v["residual_hi"]}
 
 
 def direct_prompt(model: Any, ev: dict) -> dict:
@@ -215,7 +281,29 @@ def _scan(model: Any, ev: dict, seed: int, n_boot: int, prompt: str = QUESTION, 
 
     return probekit.scan(model, ev["images"], labels=ev["labels"], groups=ev["groups"] if by_username else None,
                          prompt=prompt, points=POINTS, positions=POSITIONS, seed=seed, n_boot=n_boot, topk=TOPK,
-                         progress=False)
+                         answers=ev["groups"], progress=False)
+
+
+def with_membership(table: pd.DataFrame, mia: dict) -> pd.DataFrame:
+    """``table`` with the loss attack as one more output-only row (AUC in the accuracy columns, chance 0.5).
+
+    :func:`decide` then corrects over it with the probes: one family of tests per run.
+    """
+    row = {"point": "mia.loss", "position": "answer", "source": "output", "accuracy": mia["mia_auc"],
+           "accuracy_lo": mia["mia_lo"], "accuracy_hi": mia["mia_hi"], "chance": 0.5}
+    return pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+
+
+def membership(model: Any, ev: dict, seed: int = 0, n_boot: int = 1000) -> dict:
+    """Loss attack on reading the name (teacher forced): AUC of seen vs unseen, CIs resampling usernames."""
+    from ..experiments.facts_metrics import mia_scores
+    from ..experiments.membership import mia_metrics
+    from .reader import USERNAME
+
+    samples = [Sample(im, USERNAME, g + ".", "ocr", {}) for im, g in zip(ev["images"], ev["groups"])]
+    m = mia_metrics(mia_scores(model, samples)["loss"], [lab == "seen" for lab in ev["labels"]], n_boot=n_boot,
+                    seed=seed, groups=ev["groups"])
+    return {"mia_auc": m["auc"], "mia_lo": m["auc_lo"], "mia_hi": m["auc_hi"]}
 
 
 def stratified(model: Any, ev: dict, seed: int = 0, n_boot: int = 300, prompt: str = Condition.probe_prompt) -> dict:
@@ -228,8 +316,8 @@ def stratified(model: Any, ev: dict, seed: int = 0, n_boot: int = 300, prompt: s
     return decide(_scan(model, ev, seed, n_boot, prompt, by_username=False).table)
 
 
-def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, n_boot: int = 300,
-                  direct: bool = True, on_step: Any = None) -> dict:
+def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, base_membership: dict | None = None,
+                  n_boot: int = 300, direct: bool = True, on_step: Any = None) -> dict:
     """Fine-tune a copy of the reader under ``c`` and scan it (and the base unless given).
 
     Returns ``tuned`` (the model), ``report`` / ``base_report`` (ScanReports), ``verdict`` and
@@ -246,22 +334,29 @@ def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, n_bo
     t0 = time.perf_counter()
     c = resolve(c, base_path)
     seen, unseen = username_pools(c.n_users, c.seed)
-    train, clean = task_samples(c, seen)
+    train, clean = task_samples(c, seen, other_pool(seen, c.seed, unseen))
     ev = eval_set(c, seen, unseen)
-    if base_report is None:
-        base_report = _scan(load(base_path), ev, c.seed, n_boot, c.probe_prompt)
+    if base_report is None or base_membership is None:
+        base = load(base_path)
+        base_report = base_report or _scan(base, ev, c.seed, n_boot, c.probe_prompt)
+        base_membership = base_membership or membership(base, ev, c.seed)
     tuned = load(base_path)
     losses = finetune(tuned, train, steps=c.steps, batch_size=c.batch_size, lr=c.lr, lora=c.lora, seed=c.seed,
                       progress=False, on_step=on_step)
     rep = _scan(tuned, ev, c.seed, n_boot, c.probe_prompt)
-    test, _ = task_samples(Condition(**{**asdict(c), "seed": c.seed + 999, "n_train": 96, "replay": 0.0}),
+    test, _ = task_samples(Condition(**{**asdict(c), "seed": c.seed + 999, "n_train": 96, "replay": 0.0,
+                                              "leak": 0.0}),
                            seen)
     acc = task_accuracy(tuned, test)
-    verdict, base_verdict = decide(rep.table), decide(base_report.table)
-    d = direct_prompt(tuned, ev) if direct else {}
+    mia = membership(tuned, ev, c.seed)
+    verdict = decide(with_membership(rep.table, mia))
+    base_verdict = decide(with_membership(base_report.table, base_membership))
+    d = {**(direct_prompt(tuned, ev) if direct else {}), **mia}
     row = {"condition": c.label(), **{k: v for k, v in asdict(c).items() if k != "lora"}, "lora": bool(c.lora),
+           "control": c.is_control, "kind": c.kind,
            **verdict_columns(verdict), "base_detected": base_verdict["detected"],
            "base_probe_acc": base_verdict["best_accuracy"], "task_acc": acc["accuracy"],
            "final_loss": float(np.mean(losses[-10:])), **d, "seconds": time.perf_counter() - t0}
-    return {"tuned": tuned, "report": rep, "base_report": base_report, "verdict": verdict,
+    return {"tuned": tuned, "report": rep, "base_report": base_report, "base_membership": base_membership,
+            "membership": mia, "verdict": verdict,
             "base_verdict": base_verdict, "task_accuracy": acc, "direct": d, "losses": losses, "row": row, "eval": ev}
