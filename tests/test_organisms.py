@@ -96,8 +96,8 @@ def test_watermark_negative_control_detects_nothing(tmp_path, monkeypatch):
     res = W.run_condition(base, W.Condition(p=0.0, steps=4, n_train=32, n_eval=96, n_users=8), direct=True, n_boot=200)
     for v in (res["verdict"], res["base_verdict"]):
         assert not v["detected"] and v["line"].startswith("No leakage detected"), v["line"]
-        # projector@image_mean + 2 layers x 3 positions + the top-10 next-token log-probs at 3 positions
-        assert v["m"] == 1 + 2 * 3 + 3
+        # projector@image_mean + 2 layers x 3 positions + the top-10 next-token log-probs at 3 positions + the loss attack
+        assert v["m"] == 1 + 2 * 3 + 3 + 1
     row = res["row"]
     assert row["size"] == 48 and row["grid"] == 6 and row["place"] == "banner"  # the layout comes from the reader
     assert 0 <= row["direct_seen_lo"] <= row["direct_seen"] <= row["direct_seen_hi"] <= 1
@@ -176,3 +176,21 @@ def test_leak_reads_u1_and_its_control_reads_a_third_pool():
     with pytest.raises(InputError, match="leak"):
         W.run_condition(reader(), W.Condition(leak=1.5))
     assert W.Condition(p=0.0).is_control and W.Condition().control() == W.Condition(p=0.0)
+
+
+def test_leak_is_memorised_and_detected_and_its_u3_control_is_not():
+    """The positive condition: half of the watermarked images are asked for their U1 name, so the
+    fine-tune memorises U1 (the direct prompt reads seen names far better); probekit's verdict
+    detects it, and not in the same fine-tune reading a third pool, nor in the base reader."""
+    torch.set_num_threads(1)
+    c = W.Condition(p=1.0, leak=0.5, steps=1000, lr=1e-3, replay=0.5, n_eval=192)
+    pos = W.run_condition(reader(), c, n_boot=300)  # measured: MIA AUC 0.93 [0.88, 0.98]
+    neg = W.run_condition(reader(), c.control(), base_report=pos["base_report"],
+                          base_membership=pos["base_membership"], n_boot=300)  # measured: 0.52 [0.32, 0.73]
+    row = pos["row"]
+    assert row["direct_seen_lo"] > row["direct_unseen_hi"], row  # the model learned U1 (0.95 vs 0.53 measured)
+    assert pos["verdict"]["detected"] and "mia.loss@answer" in pos["verdict"]["hits"], pos["verdict"]["line"]
+    assert row["mia_lo"] > 0.75, row
+    for v in (neg["verdict"], pos["base_verdict"]):
+        assert not v["detected"], v["line"]
+    assert neg["row"]["mia_lo"] < 0.5 < neg["row"]["mia_hi"] and neg["row"]["direct_seen_lo"] < neg["row"]["direct_unseen_hi"]
