@@ -26,39 +26,22 @@ def answer_batch(model: Model, images: Sequence[Any], questions: Sequence[str], 
                  chat: bool | None = None) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
     """Inputs for prompt + answer, with ``labels`` on the answer tokens only (-100 elsewhere).
 
+    The teacher-forced inputs of :meth:`probekit.Model.prepare` (``answers=``), right padded.
     Returns the inputs and, per row, the absolute positions of its answer tokens.
     """
-    tok = getattr(model.processor, "tokenizer", model.processor)
-    impl = model._impl
-    texts, n_ans = [], []
-    for q, a in zip(questions, answers):
-        prompt = impl.format_prompt(model.processor, q, chat)
-        ids = tok(" " + a, add_special_tokens=False)["input_ids"]
-        texts.append(prompt + " " + a)
-        n_ans.append(len(ids))
-    old = tok.padding_side
-    tok.padding_side = "right"
-    try:
-        imgs = [[to_pil(im)] for im in images] if impl.nested_images else [to_pil(im) for im in images]
-        enc = dict(model.processor(images=imgs, text=texts, return_tensors="pt", padding=True))
-    finally:
-        tok.padding_side = old
-    enc.pop("labels", None)
-    ids, am = enc["input_ids"], enc["attention_mask"]
+    inputs = model.prepare([to_pil(im) for im in images], list(questions), chat=chat, padding_side="right",
+                           answers=list(answers))
+    lengths = model.answer_lengths(inputs, answers).tolist()
+    ids, am = inputs["input_ids"], inputs["attention_mask"]
     labels = torch.full_like(ids, -100)
     positions = []
-    for r in range(ids.shape[0]):
-        end = int(am[r].nonzero().max()) + 1
-        pos = list(range(end - n_ans[r], end))
-        want = tok(" " + answers[r], add_special_tokens=False)["input_ids"]
-        if ids[r, pos].tolist() != want:
-            raise InputError(f"answer {answers[r]!r} does not tokenize the same after the prompt",
-                             fix="use answers that start a new word")
+    for r, n_ans in enumerate(lengths):
+        end = int(am[r].nonzero().max()) + 1  # right padded: the answer ends the row's real tokens
+        pos = list(range(end - n_ans, end))
         labels[r, pos] = ids[r, pos]
         positions.append(pos)
-    enc["labels"] = labels
-    dev, dt = model.device, model.dtype
-    return {k: (v.to(dev, dt) if v.is_floating_point() else v.to(dev)) for k, v in enc.items()}, positions
+    inputs["labels"] = labels
+    return inputs, positions
 
 
 def finetune(
