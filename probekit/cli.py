@@ -1,7 +1,7 @@
 """The ``probekit`` command line.
 
 ``probekit demo``: a tiny LLaVA that learned a yes/no task leaks an unasked attribute; a coin-flip control does not.
-``probekit scan --model PATH --images DIR [--labels CSV] [--targets ...] --out report.html``.
+``probekit scan --model PATH --images DIR [--labels CSV] [--answers CSV] [--targets ...] --out report.html``.
 ``probekit points --model PATH``: list a model's hook points.
 ``probekit collect --model PATH --images DIR --out STORE``: record points to a disk store.
 ``probekit study memorization [--full] [--out DIR]``: the watermark memorisation study (docs/results.md).
@@ -41,8 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--targets", nargs="*", default=None, help="strings whose logit-lens rank is reported per layer")
     s.add_argument("--prompts", "--prompt", dest="prompts", default=None,
                    help="prompt used with every image (--prompt is the older spelling)")
+    ans = s.add_mutually_exclusive_group()
+    ans.add_argument("--answer", default=None,
+                     help="reply teacher-forced after the prompt on every image (read it with --positions answer_mean)")
+    ans.add_argument("--answers", default=None,
+                     help="CSV with an 'answer' column (and 'image' matching file names): one forced reply per image")
     s.add_argument("--points", default="lm.*.resid", help='comma-separated globs (default "lm.*.resid")')
-    s.add_argument("--positions", default="last,image_mean", help='comma-separated positions (default "last,image_mean")')
+    s.add_argument("--positions", default="last,image_mean",
+                   help='comma-separated positions (default "last,image_mean"; with answers also answer_mean, prompt_last)')
     s.add_argument("--out", default="report.html", help="HTML report to write (default report.html)")
     s.add_argument("--json", default=None, help="also write the report as JSON here")
     s.add_argument("--store", default=None,
@@ -100,10 +106,15 @@ def _scan(args: argparse.Namespace) -> int:
         raise probekit.errors.InputError(f"--images {args.images} is not a folder", fix="pass a folder of image files")
     if args.labels is not None and not Path(args.labels).is_file():
         raise probekit.errors.InputError(f"--labels {args.labels} does not exist", fix="pass a CSV file")
+    answers = args.answer
+    if args.answers is not None:
+        from probekit.data.sources import csv_column_for_folder
+
+        answers = csv_column_for_folder(args.answers, args.images, "answer", "answer")
     model = probekit.load(args.model, device=args.device, dtype=args.dtype)
     report = probekit.scan(model, args.images, labels=args.labels, prompts=args.prompts, targets=args.targets,
                            points=[p.strip() for p in args.points.split(",")], positions=_positions(args.positions),
-                           cv=args.cv, seed=args.seed, batch_size=args.batch_size, store=args.store)
+                           cv=args.cv, seed=args.seed, batch_size=args.batch_size, store=args.store, answers=answers)
     if report is None:  # a rank other than 0 of a distributed scan: rank 0 writes the report
         return 0
     report.save(args.out)

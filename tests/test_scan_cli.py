@@ -106,6 +106,36 @@ def test_cli_scan_points_and_bad_arguments(tiny_dir, folder, tmp_path, capsys):
     assert "--model is missing" in capsys.readouterr().err
 
 
+def test_cli_scan_answers_csv_matches_the_python_call(tiny_dir, tiny_model, folder, tmp_path, capsys):
+    """--answers reads one forced reply per image by file name (rows in any order), exactly as scan(answers=)."""
+    names = sorted(str(f.relative_to(folder)) for f in folder.rglob("*.png"))
+    replies = {nm: ("yes" if i % 3 else "no") for i, nm in enumerate(names)}
+    rows = ["image,answer"] + [f"{nm},{replies[nm]}" for nm in reversed(names)]  # reversed: matched by name
+    (tmp_path / "answers.csv").write_text("\n".join(rows) + "\n")
+    js = tmp_path / "r.json"
+    assert main(["scan", "--model", tiny_dir("llava"), "--images", str(folder), "--out", str(tmp_path / "r.html"),
+                 "--positions", "answer_mean,prompt_last", "--answers", str(tmp_path / "answers.csv"),
+                 "--json", str(js)]) == 0
+    capsys.readouterr()
+    by_cli = probekit.report.ScanReport.from_json(js.read_text()).table
+    order = [str(f.relative_to(folder)) for d in sorted(folder.iterdir()) for f in sorted(d.glob("*.png"))]
+    by_api = probekit.scan(tiny_model("llava"), folder, positions=("answer_mean", "prompt_last"),
+                           answers=[replies[nm] for nm in order], progress=False).table
+    assert set(by_cli.position) == {"answer_mean", "prompt_last"}
+    cols = ["point", "position", "accuracy", "accuracy_lo", "accuracy_hi"]
+    assert by_cli[cols].reset_index(drop=True).equals(by_api[cols].reset_index(drop=True))
+    # a missing row, a missing column and both flags at once fail before the model loads
+    (tmp_path / "short.csv").write_text("\n".join(rows[:-1]) + "\n")
+    (tmp_path / "nocol.csv").write_text("image,reply\na.png,x\n")
+    base = ["scan", "--model", str(tmp_path / "no-model"), "--images", str(folder), "--positions", "answer_mean"]
+    assert main([*base, "--answers", str(tmp_path / "short.csv")]) == 2
+    assert "answers have no row for 1 images" in capsys.readouterr().err
+    assert main([*base, "--answers", str(tmp_path / "nocol.csv")]) == 2
+    assert "no 'answer' column" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--answer", "yes", "--answers", str(tmp_path / "answers.csv")])
+
+
 def test_demo_end_to_end(tmp_path, capsys):
     """The demo's organism really learned its task, leaks the unasked material, and its control does not."""
     from probekit.experiments.demo import DemoConfig, print_summary, run_demo

@@ -11,7 +11,8 @@ from typing import Any, Sequence
 from ..errors import ImageError, LabelError
 from .images import check_images
 
-__all__ = ["ImageSource", "resolve_images", "read_label_csv", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageSource", "resolve_images", "read_label_csv", "read_csv_column", "csv_column_for_folder",
+           "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -121,12 +122,39 @@ def _labels_from_frame(frame: Any, label_column: str | None, names: list[str] | 
     return _match_names(dict(zip(map(str, _column(frame, key)), values)), names)
 
 
-def _match_names(read: dict[str, Any], names: list[str]) -> list[Any]:
+def _match_names(read: dict[str, Any], names: list[str], what: str = "labels") -> list[Any]:
     missing = [nm for nm in names if nm not in read and Path(nm).name not in read]
     if missing:
-        raise LabelError(f"the labels have no row for {len(missing)} images, e.g. {missing[0]!r}",
+        raise LabelError(f"the {what} have no row for {len(missing)} images, e.g. {missing[0]!r}",
                          fix="add a row per image (column 'image' = path relative to the folder or file name)")
     return [read.get(nm, read.get(Path(nm).name)) for nm in names]
+
+
+_FILE_COLUMNS = ("image", "file", "filename", "path")
+
+
+def read_csv_column(path: str | os.PathLike, column: str = "label", what: str = "label"
+                    ) -> list[str] | dict[str, str]:
+    """Read one column of a CSV (and optionally an ``image``/``file``/``filename``/``path`` column).
+
+    With a file column the values are returned as ``{file name: value}``; without, as a list in
+    row order. ``what`` names the file in errors ("label", "answer").
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise LabelError(f"{what} file {str(p)!r} does not exist", fix="check the path")
+    with open(p, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise LabelError(f"{what} file {p} is empty", fix=f"write a header 'image,{column}' and one row per image")
+    cols = list(rows[0])
+    if column not in cols:
+        raise LabelError(f"{what} file {p} has no {column!r} column (columns: {cols})",
+                         fix=f"name the {what} column {column!r}")
+    key = next((c for c in _FILE_COLUMNS if c in cols), None)
+    if key is None:
+        return [r[column] for r in rows]
+    return {r[key]: r[column] for r in rows}
 
 
 def read_label_csv(path: str | os.PathLike, names: Sequence[str] | None = None) -> list[str] | dict[str, str]:
@@ -135,20 +163,30 @@ def read_label_csv(path: str | os.PathLike, names: Sequence[str] | None = None) 
     With a file column the labels are returned as ``{file name: label}``; without, as a list in
     row order.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise LabelError(f"label file {str(p)!r} does not exist", fix="check the path")
-    with open(p, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise LabelError(f"label file {p} is empty", fix="write a header 'image,label' and one row per image")
-    cols = list(rows[0])
-    if "label" not in cols:
-        raise LabelError(f"label file {p} has no 'label' column (columns: {cols})", fix="name the label column 'label'")
-    key = next((c for c in ("image", "file", "filename", "path") if c in cols), None)
-    if key is None:
-        return [r["label"] for r in rows]
-    return {r[key]: r["label"] for r in rows}
+    return read_csv_column(path, "label", "label")
+
+
+def csv_column_for_folder(path: str | os.PathLike, folder: str | os.PathLike, column: str, what: str) -> list[str]:
+    """One value per image of ``folder`` (in the order :func:`resolve_images` lists them) from a CSV.
+
+    Rows are matched by their file column (path relative to the folder, or file name), or taken
+    in row order when the CSV has none. Reads no image.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "imgs").mkdir()
+        >>> for n in ("b.png", "a.png"): _ = (d / "imgs" / n).write_bytes(b"")
+        >>> _ = (d / "ans.csv").write_text("image,answer\\na.png,alice\\nb.png,bob\\n")
+        >>> csv_column_for_folder(d / "ans.csv", d / "imgs", "answer", "answer")
+        ['alice', 'bob']
+    """
+    names = _folder(Path(folder)).names
+    read = read_csv_column(path, column, what)
+    values = _match_names(read, names, what + "s") if isinstance(read, dict) else read
+    if len(values) != len(names):
+        raise LabelError(f"{len(names)} images in {folder} but {len(values)} rows in {what} file {path}",
+                         fix="write one row per image, or add an 'image' column naming each file")
+    return values
 
 
 def resolve_images(images: Any, labels: Any = None, image_column: str | None = None,
