@@ -117,16 +117,20 @@ def test_npo_lowers_forget_accuracy(study):
     assert ((up.accuracy_lo <= up.accuracy + 1e-9) & (up.accuracy <= up.accuracy_hi + 1e-9)).all()
 
 
-def test_write_section_keeps_the_rest_of_the_page(study, tmp_path, monkeypatch):
+def test_write_section_keeps_the_rest_of_the_page(study, tmp_path):
     from probekit.experiments import unlearning_report as R
 
     figs = R.figures(study)
-    assert set(figs) == {"unlearning-probes", "unlearning-after", "unlearning-utility"}
-    monkeypatch.setattr(R, "figures", lambda res: {})  # no PNG export in CI (kaleido is slow)
+    names = {"unlearning-probes", "unlearning-after", "unlearning-utility"}
+    assert set(figs) == names
     md = tmp_path / "results.md"
     md.write_text("# Other study\n\nkeep me\n")
     R.write_section(study, md, tmp_path / "img")
-    R.write_section(study, md, tmp_path / "img")  # replaced, not appended twice
+    written = R.write_section(study, md, tmp_path / "img")  # replaced, not appended twice
     text = md.read_text()
     assert text.startswith("# Other study") and "keep me" in text
+    for name in names:  # the PNGs are drawn (matplotlib, offline) and the page shows them
+        png = tmp_path / "img" / f"results-{name}.png"
+        assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f"(img/results-{name}.png)" in text
     assert text.count(R.MARK[0]) == 1 and "nothing detected" in text and "| npo |" in text

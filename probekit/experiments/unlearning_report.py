@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..report.text import ci_text, fmt_ci
 
-__all__ = ["figures", "write_section", "MARK"]
+__all__ = ["figures", "save_pngs", "write_section", "MARK"]
 
 MARK = ("<!-- study:unlearning -->", "<!-- /study:unlearning -->")
 
@@ -78,6 +78,76 @@ def figures(res: dict) -> dict:
     return figs
 
 
+def _ci_style(d: pd.DataFrame) -> dict:
+    return dict(yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy], marker="o", ms=4, capsize=3)
+
+
+def save_pngs(res: dict, img_dir: str | Path) -> dict[str, Path]:
+    """The three :func:`figures` as matplotlib PNGs in ``img_dir`` (plotly's PNG export needs Chrome,
+    absent offline). Returns ``{name: path}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    img_dir = Path(img_dir)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        paths[name] = img_dir / f"results-{name}.png"
+        fig.savefig(paths[name], dpi=110)
+        plt.close(fig)
+
+    pr = res["probes"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, kind, title in zip(axes, ("residual", "lens"), ("raw residual stream", "residual through the logit lens")):
+        for (model, prof, pos), d in pr[pr.features == kind].groupby(["model", "profiles", "position"], sort=False):
+            d = d.sort_values("layer")
+            ax.errorbar(d.point, d.accuracy, label=f"{model}, {prof}, {pos}", **_ci_style(d))
+        ax.axhline(float(pr.chance.max()), ls=":", c="k", lw=1)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("job probe accuracy (folds by profile, 95% CI)")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Can the job be read per layer? Trained vs never-seen profiles vs untrained base")
+    save(fig, "unlearning-probes")
+
+    up = res["unlearning_probes"]
+    split = max(up.split)
+    d0 = up[(up.split == split) & (up.position == "last")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, kind, title in zip(axes, ("residual", "lens"), ("raw residual", "logit lens")):
+        for method, d in d0[d0.features == kind].groupby("method", sort=False):
+            ax.errorbar(d.point, d.accuracy, label=method, **_ci_style(d))
+        ax.axhline(float(d0.chance.max()), ls=":", c="k", lw=1)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("forget-profile job, probe fitted on retain (95% CI)")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"After unlearning ({split}% forget split, last token): is the fact still in the stream?")
+    save(fig, "unlearning-after")
+
+    u = res["unlearning"]
+    u = u[u.split == split]
+    bars = (("forget_image", "forget (portrait)"), ("forget_text", "forget (name)"),
+            ("retain_image", "retain (portrait)"), ("retain_test_image", "retain test portraits"))
+    fig, ax = plt.subplots(figsize=(11, 4))
+    x, w = np.arange(len(u)), 0.8 / len(bars)
+    for i, (key, name) in enumerate(bars):
+        ax.bar(x + (i - (len(bars) - 1) / 2) * w, u[key], w, label=name,
+               yerr=[u[key] - u[f"{key}_lo"], u[f"{key}_hi"] - u[key]], capsize=2)
+    ax.axhline(0.25, ls=":", c="k", lw=1)
+    ax.set_xticks(x, u.method)
+    ax.set_ylabel("multiple-choice accuracy (95% CI)")
+    ax.legend(fontsize=8, ncol=4)
+    ax.set_title(f"Multiple-choice accuracy after unlearning ({split}% split; chance 0.25)")
+    save(fig, "unlearning-utility")
+    return paths
+
+
 def _before(res: dict) -> list[str]:
     cfg, tr, ut, ub = res["config"], res["train"], res["utility_tuned"], res["utility_base"]
     L = [f"Fine-tune: {tr['samples']} QA samples, {cfg['steps']} steps of {cfg['batch_size']}, lr {cfg['lr']}, "
@@ -102,18 +172,9 @@ def _before(res: dict) -> list[str]:
 def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: str | Path = "docs/img",
                   command: str = "probekit study unlearning") -> list[Path]:
     """Write (or replace) the unlearning section of ``md_path`` and its PNG figures."""
-    md_path, img_dir = Path(md_path), Path(img_dir)
-    img_dir.mkdir(parents=True, exist_ok=True)
-    written, imgs = [], {}
-    for name, fig in figures(res).items():
-        path = img_dir / f"results-{name}.png"
-        try:
-            fig.write_image(str(path), scale=1.5)
-        except Exception as exc:  # kaleido / chromium missing: the tables still get written
-            print(f"could not export {path}: {exc}")
-            continue
-        imgs[name] = path
-        written.append(path)
+    md_path = Path(md_path)
+    imgs = save_pngs(res, img_dir)
+    written = list(imgs.values())
     rel = lambda p: Path(p).relative_to(md_path.parent) if Path(p).is_relative_to(md_path.parent) else p  # noqa: E731
     cfg = res["config"]
     L = [MARK[0], "\n# Results: memorised facts and unlearning (MLLMU-Bench and Wen et al. in miniature)\n",
@@ -125,15 +186,12 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
          "(unimodal). Test set: 6 transformed portraits per profile (brightness, shift, noise). Model: tiny LLaVA "
          f"(`probekit.tiny`, {cfg['num_layers']} LM layers, hidden 64, 32 px images of 16 patches), full fine-tuning. "
          "Forget splits are nested prefixes of the trained profiles.\n",
-         "" if imgs else "(Figures not exported on this machine: plotly's PNG export needs `kaleido>=1`; "
-                         "rerun the command where it is installed.)\n",
          "## Before unlearning\n"] + _before(res)
     L.append("\n### Positive condition and negative controls: the job per layer (probes, folds by profile)\n")
     L.append("`detected` = the 95% CI-derived one-sided p-value survives Holm's correction across all rows of that "
              "model/profile set. `residual`: the raw stream; `lens`: the same stream read through the model's final "
              "norm and unembedding, log-softmax over the job words (a fixed linear read-out).\n")
-    if "unlearning-probes" in imgs:
-        L.append(f"![probes]({rel(imgs['unlearning-probes'])})\n")
+    L.append(f"![probes]({rel(imgs['unlearning-probes'])})\n")
     pr = res["probes"]
     L.append(_md(pd.DataFrame({"model": pr.model, "profiles": pr.profiles, "features": pr.features, "point": pr.point,
                                "position": pr.position, "accuracy": [fmt_ci(*r) for r in zip(pr.accuracy, pr.accuracy_lo, pr.accuracy_hi)],
@@ -155,8 +213,7 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
              "steering: the job subspace fitted on forget-profile activations — `ablate` difference of means at "
              "every `lm.*.resid`, `leace` LEACE eraser, `orthogonalize` weight edit)\n")
     for key in ("unlearning-utility", "unlearning-after"):
-        if key in imgs:
-            L.append(f"![{key}]({rel(imgs[key])})\n")
+        L.append(f"![{key}]({rel(imgs[key])})\n")
     u, um, up = res["unlearning"], res["unlearning_mia"], res["unlearning_probes"]
     rows = []
     for r in u.to_dict("records"):
