@@ -157,3 +157,4 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert lines[1].endswith("No leakage detected at any of 2 points (every interval includes chance; MI bound <= "
                              "permutation floor)")
     assert lines[:2] == [l.split(": ", 1)[0] + ": " + v for l, v in zip(lines[:2], res["verdicts"])]
+    assert lines[3].startswith("Coin flip from the residual stream: best ") and lines[3].endswith("nothing detected after Holm).")

@@ -103,7 +103,9 @@ def print_summary(res: dict) -> None:
     print(f"Coin flip per image (negative control, not in the image): {res['verdicts'][1]}")
     print(f"Material from the residual stream: {ci_text(b, 'accuracy')} at {b['point']} (chance {b['chance']:.2f}); "
           f"from the Yes/No logits alone: {ci_text(yn, 'accuracy')}; from the full output distribution: {ci_text(full, 'accuracy')}.")
-    print(f"Coin flip from the residual stream: best {ci_text(c, 'accuracy')} at {c['point']} (chance {c['chance']:.2f}).")
+    tested = "detected" if res["control_detected"] else "nothing detected"  # the best of many rows is not a finding
+    print(f"Coin flip from the residual stream: best {ci_text(c, 'accuracy')} at {c['point']} (chance {c['chance']:.2f}; "
+          f"uncorrected, the best of every layer: {tested} after Holm).")
     print(f"Ladder (residual, tuned lens, top-k logits) — material: {res['ladder_verdicts'][0]}; "
           f"coin flip: {res['ladder_verdicts'][1]}.")
     print(f"The model answers its yes/no question with accuracy {ci_text(acc, 'accuracy')} on "
