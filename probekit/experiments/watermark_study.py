@@ -46,7 +46,8 @@ def grid(full: bool = False) -> list[W.Condition]:
 
     Then the leak regime, where half of the watermarked images are asked to read their U1 name
     (the loss touches it: 1,500 steps at lr 1e-3 in the full grid), against its matched control
-    that reads a third pool U3 instead (:meth:`Condition.control`).
+    that reads a third pool U3 instead (:meth:`Condition.control`); in the full grid also through
+    LoRA (r = 8 on q/k/v/o, lr 3e-3) in place of full fine-tuning.
     """
     base = W.Condition(p=1.0, opacity=0.5, steps=300 if full else 150, lr=3e-4, replay=0.5,
                        n_eval=384 if full else 192)
@@ -59,7 +60,10 @@ def grid(full: bool = False) -> list[W.Condition]:
         long = replace(base, opacity=1.0, steps=3000, n_train=4000)
         out += [long, long.control()]
     leak = replace(base, leak=0.5, steps=1500 if full else 1000, lr=1e-3)
-    out += [x for s in seeds for x in (replace(leak, seed=s), replace(leak, seed=s).control())]
+    leaks = [leak]
+    if full:  # LoRA vs full: the same leak through rank-8 adapters on q/k/v/o (adapters want a larger lr)
+        leaks.append(replace(leak, lora={"r": 8, "alpha": 16}, lr=3e-3))
+    out += [x for r in leaks for s in seeds for x in (replace(r, seed=s), replace(r, seed=s).control())]
     return out
 
 
@@ -279,7 +283,8 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
          "matched p = 0 control (no username in training: it cannot have memorised U1). In the leak regime half of "
          "the watermarked images are asked \"What is the username?\" and answered with their U1 name, so the loss "
          "touches it; its matched control (\"(U3)\") is the same fine-tune reading names of a third pool, in neither "
-         "held-out pool. All on the seeds listed.\n",
+         "held-out pool. The leak regime runs as a full fine-tune and through LoRA adapters (rank 8 on q/k/v/o). "
+         "All on the seeds listed.\n",
          "| regime | seed | verdict (where) | best residual point | its probe acc (seen vs unseen) | MIA AUC | task acc | direct prompt seen | direct prompt unseen |",
          "|---|---|---|---|---|---|---|---|---|"]
     for r in t.itertuples():
@@ -296,33 +301,34 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
     base_hit = bool(t[t.kind == "base"].detected.any())
     for kind, what in (("task-irrelevant", "watermarked fine-tunes (the loss never touches the name)"),
                        ("leak", "leak fine-tunes (half the watermarked images ask for their U1 name)")):
-        runs = tuned[tuned.kind == kind]
-        if not len(runs):
-            continue
-        pos, neg = runs[~runs.control.astype(bool)], runs[runs.control.astype(bool)]
-        ctrl = "matched p = 0 controls" if kind == "task-irrelevant" else "matched U3 controls (the same reading on a third pool)"
-        if len(pos) and pos.detected.mean() > 0.5 and not neg.detected.any() and not base_hit:
-            L.append(f"**{kind.capitalize()}: detected** in {int(pos.detected.sum())} of {len(pos)} {what} and in none of "
-                     f"the {len(neg)} {ctrl} nor the base reader (at: "
-                     f"{'; '.join(sorted(set(', '.join(pos.hits).split(', ')) - {''}))}). The residual stream alone: "
-                     f"detected in {int(pos.residual_detected.sum())} of {len(pos)} runs and "
-                     f"{int(neg.residual_detected.sum())} of {len(neg)} controls. Membership inference (loss attack) AUC, mean over runs: "
-                     f"{pos.mia_auc.mean():.2f} with U1 read in training, {neg.mia_auc.mean():.2f} in the controls; "
-                     "direct prompt, seen minus unseen exact match: "
-                     f"{float((pos.direct_seen - pos.direct_unseen).mean()):+.2f} and "
-                     f"{float((neg.direct_seen - neg.direct_unseen).mean()):+.2f}.\n")
-            continue
-        why = ("a detection is no more frequent than in the controls" if pos.detected.sum() <= neg.detected.sum()
-               else "the detections do not replicate across seeds" if pos.detected.mean() <= 0.5
-               else "a control is detected too")
-        gap = lambda d: float((d.direct_unseen - d.direct_seen).mean())  # noqa: E731
-        L.append(f"**{kind.capitalize()}: nothing detected**: {int(pos.detected.sum())} of {len(pos)} {what} and "
-                 f"{int(neg.detected.sum())} of {len(neg)} {ctrl} show a Holm-corrected signal, so {why}. "
-                 "On this organism a fine-tune-induced seen-vs-unseen signal did not appear here: a null, not evidence "
-                 "of absence in larger models. Direct prompt, unseen minus seen exact match, mean over runs: "
-                 f"{gap(pos):+.2f} in these fine-tunes, {gap(neg):+.2f} in their controls, "
-                 f"{gap(t[t.kind == 'base']):+.2f} for the base reader (each pool has only a dozen names, so which "
-                 f"names it holds moves this); loss-attack AUC {pos.mia_auc.mean():.2f} and {neg.mia_auc.mean():.2f}.\n")
+        of_kind = tuned[tuned.kind == kind]
+        by_lora = of_kind.lora.astype(bool)
+        for lora, runs in of_kind.groupby(by_lora, sort=False):  # LoRA and full fine-tunes are read apart
+            name = kind.capitalize() + ((" (LoRA)" if lora else " (full fine-tune)") if by_lora.nunique() > 1 else "")
+            pos, neg = runs[~runs.control.astype(bool)], runs[runs.control.astype(bool)]
+            ctrl = "matched p = 0 controls" if kind == "task-irrelevant" else "matched U3 controls (the same reading on a third pool)"
+            if len(pos) and pos.detected.mean() > 0.5 and not neg.detected.any() and not base_hit:
+                L.append(f"**{name}: detected** in {int(pos.detected.sum())} of {len(pos)} {what} and in none of "
+                         f"the {len(neg)} {ctrl} nor the base reader (at: "
+                         f"{'; '.join(sorted(set(', '.join(pos.hits).split(', ')) - {''}))}). The residual stream alone: "
+                         f"detected in {int(pos.residual_detected.sum())} of {len(pos)} runs and "
+                         f"{int(neg.residual_detected.sum())} of {len(neg)} controls. Membership inference (loss attack) AUC, mean over runs: "
+                         f"{pos.mia_auc.mean():.2f} with U1 read in training, {neg.mia_auc.mean():.2f} in the controls; "
+                         "direct prompt, seen minus unseen exact match: "
+                         f"{float((pos.direct_seen - pos.direct_unseen).mean()):+.2f} and "
+                         f"{float((neg.direct_seen - neg.direct_unseen).mean()):+.2f}.\n")
+                continue
+            why = ("a detection is no more frequent than in the controls" if pos.detected.sum() <= neg.detected.sum()
+                   else "the detections do not replicate across seeds" if pos.detected.mean() <= 0.5
+                   else "a control is detected too")
+            gap = lambda d: float((d.direct_unseen - d.direct_seen).mean())  # noqa: E731
+            L.append(f"**{name}: nothing detected**: {int(pos.detected.sum())} of {len(pos)} {what} and "
+                     f"{int(neg.detected.sum())} of {len(neg)} {ctrl} show a Holm-corrected signal, so {why}. "
+                     "On this organism a fine-tune-induced seen-vs-unseen signal did not appear here: a null, not evidence "
+                     "of absence in larger models. Direct prompt, unseen minus seen exact match, mean over runs: "
+                     f"{gap(pos):+.2f} in these fine-tunes, {gap(neg):+.2f} in their controls, "
+                     f"{gap(t[t.kind == 'base']):+.2f} for the base reader (each pool has only a dozen names, so which "
+                     f"names it holds moves this); loss-attack AUC {pos.mia_auc.mean():.2f} and {neg.mia_auc.mean():.2f}.\n")
     pr = res.get("protocol")
     if pr is not None and len(pr):
         L.append("**Ju et al.'s protocol (folds not split by username) on the same held-out set.** A test image then "
