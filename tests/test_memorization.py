@@ -14,7 +14,7 @@ from probekit.data.watermark import apply_watermarks, make_profiles
 from probekit.experiments.finetune import finetune
 from probekit.experiments.gradients import GradientCosine, batch_order, flat_cosine
 from probekit.experiments.membership import answer_logprobs, loss_score, mia_metrics, min_k_score, tpr_at_fpr
-from probekit.experiments.memorization import MemorizationConfig, positive_control, run_memorization
+from probekit.experiments.memorization import MemorizationConfig, positive_control, run_memorization, write_results
 from probekit.experiments.unlearning import METHODS, unlearn
 from probekit.models import tiny
 
@@ -113,6 +113,13 @@ def test_small_study_end_to_end_negative_control(tmp_path):
     assert len(neg) and ((neg.accuracy_lo <= neg.chance) & (neg.chance <= neg.accuracy_hi)).all(), neg
     assert not neg.leaks.any() and (t[t.model == "p=0"].layers_leaking == 0).all()
     assert not math.isnan(res["removal"]["presence"].cost["kl_mean"])
+    # the results page draws its figures offline (matplotlib) and shows every one of them
+    docs = tmp_path / "docs"
+    pngs = [p for p in write_results(res, docs / "results.md", docs / "img") if p.suffix == ".png"]
+    assert {"results-gradient-cosine.png", "results-probes.png", "results-compare.png"} <= {p.name for p in pngs}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in pngs)
+    page = (docs / "results.md").read_text()
+    assert all(f"(img/{p.name})" in page for p in pngs)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -14,7 +14,7 @@ from ..report.text import fmt_ci
 from .memorization_measures import CONTROL_QUESTION
 from .memorization_setup import POSITIONS
 
-__all__ = ["figures", "write_results"]
+__all__ = ["figures", "save_pngs", "write_results"]
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -91,6 +91,70 @@ def figures(res: dict) -> dict:
     return figs
 
 
+def save_pngs(res: dict, img_dir: str | Path) -> dict[str, Path]:
+    """The :func:`figures` as matplotlib PNGs ``results-<name>.png`` in ``img_dir`` (offline: no kaleido)."""
+    from ..report.figures.png import compare_png, pyplot, save_png
+    from ..report.order import point_order
+
+    plt, img_dir, paths = pyplot(), Path(img_dir), {}
+    s, g = res["gradient_cosine_summary"], res["gradient_cosine"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, title in zip(axes, ("cos_mean", "cos_var"), ("mean cos per run", "variance of cos over steps")):
+        for p, d in s.groupby("p"):
+            d = d.sort_values("batch_size")
+            line = ax.errorbar(d.batch_size, d[key], yerr=(d[f"{key}_hi"] - d[key]).fillna(0), marker="o", capsize=3,
+                               label=f"p={p:g}")
+            pts = g[g.p == p]
+            ax.scatter(pts.batch_size, pts[key], s=12, alpha=0.4, color=line[0].get_color())
+        ax.set_xscale("log", base=2)
+        ax.ticklabel_format(axis="y", useOffset=False)  # cos sits a hair below 1: show it as it is
+        ax.set_xlabel("batch size")
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Gradient cosine: batch as trained vs the same batch without watermarks (95% CI over seeds)", fontsize=10)
+    paths["gradient-cosine"] = save_png(fig, img_dir / "results-gradient-cosine.png")
+
+    pr = res["probes"]
+    pr = pr[(pr.source == "residual") & (pr.seed == pr.seed.min())]
+    order = point_order(pr.point.unique())
+    fig, axes = plt.subplots(1, len(POSITIONS), figsize=(10, 4), sharey=True)
+    for ax, pos in zip(axes, POSITIONS):
+        for model, d in pr[pr.position == pos].groupby("model", sort=False):
+            d = d.set_index("point").loc[[o for o in order if o in set(d.point)]]
+            ax.errorbar(list(d.index), d.accuracy, yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy],
+                        marker="o", capsize=3, label=model)
+        ax.axhline(float(pr.chance.max()), ls=":", c="k")
+        ax.set_title(pos, fontsize=10)
+        ax.tick_params(axis="x", rotation=30, labelsize=7)
+    axes[0].set_ylabel("seen vs unseen probe accuracy")
+    axes[-1].legend(fontsize=7)
+    fig.suptitle(f"Seen (U1) vs unseen (U2) watermark, probes per layer (folds by profile; seed {int(pr.seed.min())})",
+                 fontsize=10)
+    paths["probes"] = save_png(fig, img_dir / "results-probes.png")
+
+    comps = res["comparisons"]
+    if comps:
+        key = max(comps, key=lambda k: (float(k[0].split("=")[1]), -k[1]))
+        paths["compare"] = compare_png(comps[key].table, ("base", key[0]),
+                                       f"base vs fine-tuned ({key[0]}, seed {key[1]}): seen vs unseen",
+                                       img_dir / "results-compare.png")
+
+    m = res["mia"]
+    if len(m):
+        fig, ax = plt.subplots(figsize=(9, 3.8))
+        for (memb, attack), d in m.groupby(["membership", "attack"], sort=False):
+            d = d.groupby("model", sort=False).agg(auc=("auc", "mean"), lo=("auc_lo", "mean"), hi=("auc_hi", "mean"))
+            ax.errorbar(list(d.index), d.auc, yerr=[d.auc - d.lo, d.hi - d.auc], fmt="o", capsize=3,
+                        label=f"{memb}, {attack}")
+        ax.axhline(0.5, ls=":", c="k")
+        ax.set_ylabel("AUC")
+        ax.tick_params(axis="x", rotation=20, labelsize=7)
+        ax.legend(fontsize=7)
+        ax.set_title("Membership-inference AUC (mean over seeds of AUC and of its bootstrap CI ends)", fontsize=10)
+        paths["mia"] = save_png(fig, img_dir / "results-mia.png")
+    return paths
+
+
 _OTHER_STUDIES = ("reader", "watermark-study", "watermark-notes", "ladder", "study:unlearning")
 
 
@@ -116,17 +180,8 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
         others = "".join("\n\n" + old[a:b] + "\n" for a, b in _other_sections(old))
         if "<!-- notes -->" in old and "<!-- /notes -->" in old:
             notes = old[old.index("<!-- notes -->"):old.index("<!-- /notes -->") + len("<!-- /notes -->")]
-    written = []
-    imgs = {}
-    for name, fig in figures(res).items():
-        path = img_dir / f"results-{name}.png"
-        try:
-            fig.write_image(str(path), scale=1.5)
-        except Exception as exc:  # kaleido / chromium missing
-            print(f"could not export {path}: {exc}")
-            continue
-        imgs[name] = path
-        written.append(path)
+    imgs = save_pngs(res, img_dir)
+    written = list(imgs.values())
     cfg = res["config"]
     rel = lambda p: Path(p).relative_to(md_path.parent) if Path(p).is_relative_to(md_path.parent) else p  # noqa: E731
     L = ["# Results: the memorisation study in miniature\n",

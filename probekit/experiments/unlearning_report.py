@@ -85,21 +85,14 @@ def _ci_style(d: pd.DataFrame) -> dict:
 def save_pngs(res: dict, img_dir: str | Path) -> dict[str, Path]:
     """The three :func:`figures` as matplotlib PNGs in ``img_dir`` (plotly's PNG export needs Chrome,
     absent offline). Returns ``{name: path}``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    img_dir = Path(img_dir)
-    img_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    from ..report.figures.png import pyplot, save_png
+
+    plt, img_dir, paths = pyplot(), Path(img_dir), {}
 
     def save(fig, name: str) -> None:
-        fig.tight_layout()
-        paths[name] = img_dir / f"results-{name}.png"
-        fig.savefig(paths[name], dpi=110)
-        plt.close(fig)
+        paths[name] = save_png(fig, img_dir / f"results-{name}.png")
 
     pr = res["probes"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)

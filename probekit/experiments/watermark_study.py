@@ -27,6 +27,7 @@ import torch
 
 from ..organisms import watermark as W
 from ..organisms.reader import ocr_accuracy, reader
+from ..report.figures.png import compare_png
 from ..report.text import fmt_ci
 
 __all__ = ["grid", "run_study", "gradient_trend", "write_section"]
@@ -197,24 +198,8 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
         import probekit
 
         c = probekit.compare(res["reports"]["base"], res["reports"][pos_name], names=("base", pos_name)).table
-        fig, (top, bot) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-        names = [f"{p}@{q}" for p, q in zip(c.point, c.position)]
-        x = np.arange(len(c))
-        for suffix, lab in (("base", "base reader"), ("tuned", pos_name)):
-            a, lo, hi = c[f"accuracy_{suffix}"], c[f"accuracy_lo_{suffix}"], c[f"accuracy_hi_{suffix}"]
-            top.errorbar(x, a, yerr=[a - lo, hi - a], marker="o", capsize=3, label=lab)
-        top.axhline(0.5, ls=":", c="k")
-        top.set_ylabel("seen vs unseen accuracy")
-        top.legend(fontsize=7)
-        bot.errorbar(x, c["diff"], yerr=[c["diff"] - c.diff_lo, c.diff_hi - c["diff"]], marker="o", capsize=3, c="tab:red")
-        bot.axhline(0, ls=":", c="k")
-        bot.set_ylabel("tuned - base (95% CI)")
-        bot.set_xticks(x, names, rotation=30, fontsize=7)
-        fig.suptitle("Measured: base reader vs watermarked fine-tune (probekit study watermark)", fontsize=10)
-        fig.tight_layout()
-        paths["compare"] = img_dir / "watermark-compare.png"
-        fig.savefig(paths["compare"], dpi=110)
-        plt.close(fig)
+        paths["compare"] = compare_png(c, ("base reader", pos_name), "Measured: base reader vs watermarked fine-tune "
+                                       "(probekit study watermark)", img_dir / "watermark-compare.png")
 
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(t) + 1.2))
     y = np.arange(len(t))[::-1]
