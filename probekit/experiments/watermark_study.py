@@ -27,7 +27,7 @@ import torch
 
 from ..organisms import watermark as W
 from ..organisms.reader import ocr_accuracy, reader
-from ..report.figures.png import compare_png
+from ..report.figures.png import compare_png, pyplot, save_png
 from ..report.text import fmt_ci
 
 __all__ = ["grid", "run_study", "gradient_trend", "write_section"]
@@ -157,12 +157,7 @@ def run_study(full: bool = False, base_path: Any = None, conditions: list[W.Cond
 
 def figures(res: dict, img_dir: Path) -> dict[str, Path]:
     """Matplotlib PNGs: probes per layer (base, p = 0, positive), the grid, gradient trend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    img_dir.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     paths = {}
     t = res["table"]
     # the base, the first task-irrelevant fine-tune, the first leak fine-tune and its U3 control
@@ -185,10 +180,7 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
     axes[0].set_ylabel("seen vs unseen probe accuracy (95% CI)")
     axes[-1].legend(fontsize=7)
     fig.suptitle("Watermark on the reader: probes per layer (folds split by username)")
-    fig.tight_layout()
-    paths["probes"] = img_dir / "watermark-probes.png"
-    fig.savefig(paths["probes"], dpi=110)
-    plt.close(fig)
+    paths["probes"] = save_png(fig, img_dir / "watermark-probes.png")
 
     # the first regime with a detection (else the last one in the grid) against the base
     tuned_rows = t[t.condition.isin([k for k in res["reports"] if k != "base"])]
@@ -209,10 +201,7 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
     ax.axvline(0.5, ls=":", c="k")
     ax.set_yticks(y, t.condition, fontsize=8)
     ax.set_xlabel("best point: seen vs unseen accuracy or MIA AUC (95% CI); red = detected after Holm correction")
-    fig.tight_layout()
-    paths["grid"] = img_dir / "watermark-grid.png"
-    fig.savefig(paths["grid"], dpi=110)
-    plt.close(fig)
+    paths["grid"] = save_png(fig, img_dir / "watermark-grid.png")
 
     if "gradients" in res:
         g = res["gradients"]
@@ -226,10 +215,7 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
         s = res["trend"]["slope"]
         ax.set_title(f"slope per doubling (log10): {fmt_ci(*s)}", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths["gradients"] = img_dir / "watermark-gradients.png"
-        fig.savefig(paths["gradients"], dpi=110)
-        plt.close(fig)
+        paths["gradients"] = save_png(fig, img_dir / "watermark-gradients.png")
     return paths
 
 

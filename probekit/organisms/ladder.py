@@ -208,10 +208,9 @@ def _md(df: pd.DataFrame) -> str:
 
 def _save_png(res: dict, path: Path) -> Path | None:
     """The ladder figure as a PNG with matplotlib (plotly's PNG export needs Chrome, absent offline)."""
-    import matplotlib
+    from ..report.figures.png import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t = res["table"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True, gridspec_kw={"width_ratios": [1.2, 1]})
@@ -235,11 +234,7 @@ def _save_png(res: dict, path: Path) -> Path | None:
     b.set_title("output only: top-k log-probabilities", fontsize=10)
     b.legend(fontsize=8, loc="upper left")
     fig.suptitle("Leakage ladder on a tiny LLaVA fine-tuned to answer yes/no about the centre object")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def section(res: dict, img: str, command: str) -> str:
