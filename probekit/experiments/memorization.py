@@ -42,11 +42,11 @@ from .gradients import GradientCosine
 from .memorization_measures import CONTROL_ANSWERS, CONTROL_QUESTION, _direct, _mia, _removal, _unlearning, positive_control
 from .memorization_setup import POINTS, POSITIONS, MemorizationConfig, _eval_set, _rows, _scan, _train_set  # noqa: F401
 from ..report.text import fmt_ci as _fmt  # noqa: F401  (the one "value [lo, hi]"; it was a copy here)
-from .memorization_writeup import _md, _other_sections, figures, write_results  # noqa: F401
+from .memorization_writeup import _md, _other_sections, save_pngs, write_results  # noqa: F401
 
 # The study is four modules (setup, measures, this run, the write-up); every name, private ones
 # included (tests import _other_sections), stays importable from here.
-__all__ = ["MemorizationConfig", "run_memorization", "write_results", "positive_control", "figures",
+__all__ = ["MemorizationConfig", "run_memorization", "write_results", "positive_control", "save_pngs",
            "POINTS", "POSITIONS", "CONTROL_QUESTION", "CONTROL_ANSWERS"]
 
 

@@ -14,7 +14,7 @@ from ..report.text import fmt_ci
 from .memorization_measures import CONTROL_QUESTION
 from .memorization_setup import POSITIONS
 
-__all__ = ["figures", "save_pngs", "write_results"]
+__all__ = ["save_pngs", "write_results"]
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -27,72 +27,8 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures(res: dict) -> dict:
-    """Plotly figures of the study (name -> figure)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    from ..report.figures import compare_curves
-    from ..report.order import point_order
-
-    figs = {}
-    s, g = res["gradient_cosine_summary"], res["gradient_cosine"]
-    g = res["gradient_cosine"]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("mean cos per run", "variance of cos over steps"))
-    for p, d in s.groupby("p"):
-        d = d.sort_values("batch_size")
-        pts = g[g.p == p]
-        for col, key in ((1, "cos_mean"), (2, "cos_var")):
-            err = (d[f"{key}_hi"] - d[key]).fillna(0)
-            fig.add_trace(go.Scatter(x=d.batch_size, y=d[key], error_y=dict(array=err), mode="lines+markers",
-                                     name=f"p={p:g}", legendgroup=f"p{p}", showlegend=col == 1), row=1, col=col)
-            fig.add_trace(go.Scatter(x=pts.batch_size, y=pts[key], mode="markers", marker=dict(size=5, opacity=0.4),
-                                     name=f"p={p:g} seeds", legendgroup=f"p{p}", showlegend=False), row=1, col=col)
-    fig.update_xaxes(type="log", title="batch size")
-    fig.update_layout(title="Gradient cosine: batch as trained vs the same batch without watermarks (95% CI over seeds)",
-                      height=420, width=950)
-    figs["gradient-cosine"] = fig
-
-    pr = res["probes"]
-    pr = pr[(pr.source == "residual") & (pr.seed == pr.seed.min())]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=POSITIONS, shared_yaxes=True)
-    order = point_order(pr.point.unique())
-    for i, pos in enumerate(POSITIONS, 1):
-        for model, d in pr[pr.position == pos].groupby("model", sort=False):
-            d = d.set_index("point").loc[[o for o in order if o in set(d.point)]]
-            fig.add_trace(go.Scatter(x=list(d.index), y=d.accuracy, mode="lines+markers", name=model, legendgroup=model,
-                                     showlegend=i == 1, error_y=dict(type="data", symmetric=False,
-                                                                     array=d.accuracy_hi - d.accuracy,
-                                                                     arrayminus=d.accuracy - d.accuracy_lo)), row=1, col=i)
-        fig.add_hline(y=float(pr.chance.max()), line_dash="dot", row=1, col=i)
-    fig.update_yaxes(title="seen vs unseen probe accuracy", range=[0.2, 1.02], row=1, col=1)
-    fig.update_layout(title=f"Seen (U1) vs unseen (U2) watermark, probes per layer (folds by profile; seed {int(pr.seed.min())})",
-                      height=450, width=1000)
-    figs["probes"] = fig
-
-    comps = res["comparisons"]
-    if comps:
-        key = max(comps, key=lambda k: (float(k[0].split("=")[1]), -k[1]))
-        c = comps[key]
-        figs["compare"] = compare_curves(c.base.table, c.tuned.table, names=("base", key[0]),
-                                               title=f"base vs fine-tuned ({key[0]}, seed {key[1]}): seen vs unseen")
-
-    m = res["mia"]
-    if len(m):
-        fig = go.Figure()
-        for (memb, attack), d in m.groupby(["membership", "attack"], sort=False):
-            d = d.groupby("model", sort=False).agg(auc=("auc", "mean"), lo=("auc_lo", "mean"), hi=("auc_hi", "mean")).reset_index()
-            fig.add_trace(go.Scatter(x=d.model, y=d.auc, mode="markers", name=f"{memb}, {attack}", marker=dict(size=10),
-                                     error_y=dict(type="data", symmetric=False, array=d.hi - d.auc, arrayminus=d.auc - d.lo)))
-        fig.add_hline(y=0.5, line_dash="dot")
-        fig.update_layout(title="Membership-inference AUC (mean over seeds of AUC and of its bootstrap CI ends)",
-                          yaxis_title="AUC", height=420, width=950)
-        figs["mia"] = fig
-    return figs
-
-
 def save_pngs(res: dict, img_dir: str | Path) -> dict[str, Path]:
-    """The :func:`figures` as matplotlib PNGs ``results-<name>.png`` in ``img_dir`` (offline: no kaleido)."""
+    """The page's figures as matplotlib PNGs ``results-<name>.png`` in ``img_dir`` (offline: no kaleido)."""
     from ..report.figures.png import compare_png, pyplot, save_png
     from ..report.order import point_order
 

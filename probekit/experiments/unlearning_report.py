@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..report.text import ci_text, fmt_ci
 
-__all__ = ["figures", "save_pngs", "write_section", "MARK"]
+__all__ = ["save_pngs", "write_section", "MARK"]
 
 MARK = ("<!-- study:unlearning -->", "<!-- /study:unlearning -->")
 
@@ -25,65 +25,12 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures(res: dict) -> dict:
-    """``probes``: job probe per layer (before); ``after``: retain-fitted probe on forget profiles per method."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    figs = {}
-    pr = res["probes"]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("raw residual stream", "residual through the logit lens"),
-                        shared_yaxes=True)
-    for i, kind in enumerate(("residual", "lens"), 1):
-        for (model, prof, pos), d in pr[pr.features == kind].groupby(["model", "profiles", "position"], sort=False):
-            d = d.sort_values("layer")
-            fig.add_trace(go.Scatter(x=d.point, y=d.accuracy, mode="lines+markers", name=f"{model}, {prof}, {pos}",
-                                     legendgroup=f"{model}{prof}{pos}", showlegend=i == 1,
-                                     error_y=dict(type="data", symmetric=False, array=d.accuracy_hi - d.accuracy,
-                                                  arrayminus=d.accuracy - d.accuracy_lo)), row=1, col=i)
-        fig.add_hline(y=float(pr.chance.max()), line_dash="dot", row=1, col=i)
-    fig.update_yaxes(title="job probe accuracy (folds by profile)", row=1, col=1)
-    fig.update_layout(title="Can the job be read per layer? Trained vs never-seen profiles vs untrained base (95% CI)",
-                      height=450, width=1050)
-    figs["unlearning-probes"] = fig
-
-    up = res["unlearning_probes"]
-    split = max(up.split)
-    d0 = up[(up.split == split) & (up.position == "last")]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("raw residual", "logit lens"), shared_yaxes=True)
-    for i, kind in enumerate(("residual", "lens"), 1):
-        for method, d in d0[d0.features == kind].groupby("method", sort=False):
-            fig.add_trace(go.Scatter(x=d.point, y=d.accuracy, mode="lines+markers", name=method, legendgroup=method,
-                                     showlegend=i == 1,
-                                     error_y=dict(type="data", symmetric=False, array=d.accuracy_hi - d.accuracy,
-                                                  arrayminus=d.accuracy - d.accuracy_lo)), row=1, col=i)
-        fig.add_hline(y=float(d0.chance.max()), line_dash="dot", row=1, col=i)
-    fig.update_yaxes(title="forget-profile job, probe fitted on retain", row=1, col=1)
-    fig.update_layout(title=f"After unlearning ({split}% forget split, last token): is the fact still in the stream?",
-                      height=450, width=1050)
-    figs["unlearning-after"] = fig
-
-    u = res["unlearning"]
-    u = u[u.split == split]
-    fig = go.Figure()
-    for key, name in (("forget_image", "forget (portrait)"), ("forget_text", "forget (name)"),
-                      ("retain_image", "retain (portrait)"), ("retain_test_image", "retain test portraits")):
-        fig.add_trace(go.Bar(x=u.method, y=u[key], name=name,
-                             error_y=dict(type="data", symmetric=False, array=u[f"{key}_hi"] - u[key],
-                                          arrayminus=u[key] - u[f"{key}_lo"])))
-    fig.add_hline(y=0.25, line_dash="dot")
-    fig.update_layout(barmode="group", title=f"Multiple-choice accuracy after unlearning ({split}% split; chance 0.25)",
-                      height=420, width=1000, yaxis_title="accuracy")
-    figs["unlearning-utility"] = fig
-    return figs
-
-
 def _ci_style(d: pd.DataFrame) -> dict:
     return dict(yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy], marker="o", ms=4, capsize=3)
 
 
 def save_pngs(res: dict, img_dir: str | Path) -> dict[str, Path]:
-    """The three :func:`figures` as matplotlib PNGs in ``img_dir`` (plotly's PNG export needs Chrome,
+    """The section's three figures as matplotlib PNGs in ``img_dir`` (plotly's PNG export needs Chrome,
     absent offline). Returns ``{name: path}``."""
     import numpy as np
 
