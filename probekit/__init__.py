@@ -29,6 +29,7 @@ _LAZY = {
     "load": ("probekit.models.loading", "load"),
     "wrap": ("probekit.models.loading", "wrap"),
     "collect": ("probekit.hooks.collect", "collect"),
+    "store_layout": ("probekit.hooks.plan", "store_layout"),
     "ActivationStore": ("probekit.hooks.store", "ActivationStore"),
     "Recorder": ("probekit.hooks.recorder", "Recorder"),
     "ScanReport": ("probekit.report", "ScanReport"),
@@ -46,6 +47,7 @@ _LAZY = {
 }
 if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the API docs
     from .hooks.collect import collect
+    from .hooks.plan import store_layout
     from .hooks.recorder import Recorder
     from .hooks.store import ActivationStore
     from .models.adapter import Model

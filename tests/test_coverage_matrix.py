@@ -209,14 +209,16 @@ def test_vision_points_split_per_image(built, arch):
 def test_logit_lens_on_last_block_is_the_model_output(built, arch):
     model = built(arch)
     images, inputs, out = _forward(model)
-    store = probekit.collect(model, images, PROMPTS, points=f"lm.{model.n_layers - 1}.resid", positions="last",
-                             progress=False)
+    store = probekit.collect(model, images, PROMPTS, points=[f"lm.{model.n_layers - 1}.resid", "logits"],
+                             positions="last", progress=False)
     # the logits' sequence: the decoder's for an encoder-decoder ("last" is its last token)
     last = _last(_decoder_mask(inputs) if _encoder_decoder(model) else inputs["attention_mask"])
     with torch.no_grad():
         logits = model.hf(**inputs).logits[torch.arange(2), last].float()
     lens = LogitLens(model)
     torch.testing.assert_close(lens.decode(store[f"lm.{model.n_layers - 1}.resid"]), logits, atol=1e-4, rtol=1e-4)
+    # the logits point holds what the model returns (its output map after lm_head included)
+    torch.testing.assert_close(store["logits"].float(), logits, atol=1e-5, rtol=1e-5)
     table = lens.top_k(store, k=3)
     assert table["token_id"].iloc[0] == int(logits.softmax(-1).mean(0).argmax())
 
@@ -241,6 +243,24 @@ def test_store_saves_and_loads(built, arch, tmp_path):
         assert again.positions(p) == mem.positions(p)
         assert torch.isfinite(mem[p].float()).all(), p
     assert disk.points == mem.points
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_store_layout_is_the_store(built, arch):
+    """store_layout, worked out without a forward, gives every stored point's shape, dtype and bytes."""
+    model = built(arch)
+    images = tiny.fixture_images(2, 32, seed=3)
+    positions = ("last", "text_mean") if "image positions on lm.*" in coverage.NOT_APPLICABLE.get(arch, {}) \
+        else ("last", "image_mean")
+    points = [p for p in model.points() if model.point_width(p) is not None]
+    store = probekit.collect(model, images, PROMPTS, points=points, positions=positions, progress=False,
+                             logits_topk=5)
+    plan = probekit.store_layout(model, 2, points, positions, inputs=model.prepare(images, PROMPTS), logits_topk=5)
+    assert plan.table["point"].tolist() == store.points
+    for row in plan.table.itertuples():
+        t = store[row.point]
+        assert row.shape == list(t.shape[1:]) and row.dtype == str(t.dtype).replace("torch.", ""), row.point
+    assert plan.store_bytes == sum(store[p].numel() * store[p].element_size() for p in store.points)
 
 
 def test_docs_table_is_current():

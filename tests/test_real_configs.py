@@ -107,3 +107,62 @@ def test_mllama_cross_attention_layers(meta_model):
         assert all(_out_width(model.module(p)) == 4096 for p in xattn)
     else:
         assert xattn == []
+
+
+# ---------------------------------------------------------------- everything that needs no weight values
+
+def test_fingerprint_of_a_meta_model(meta_model):
+    """The fingerprint hashes names, shapes and config (no values to read on the meta device), never indexes past a tensor."""
+    name, model = meta_model
+    fp = model.fingerprint()
+    assert fp == model.fingerprint() and len(fp) == 16
+    assert fp not in _FINGERPRINTS.values(), name  # each headline model gets its own
+    _FINGERPRINTS[name] = fp
+
+
+_FINGERPRINTS: dict[str, str] = {}
+
+
+def test_point_widths_are_known_without_a_forward(meta_model):
+    name, model = meta_model
+    _, _, n_lm, d_lm, n_vis, d_vis = EXPECTED[name]
+    vocab = model.hf.config.get_text_config().vocab_size
+    for p in model.points():
+        w = model.point_width(p)
+        if p.startswith(("lm.", "projector")):
+            assert w == d_lm, p
+        elif p == "logits":
+            assert w == vocab
+        elif p.startswith("vision."):
+            assert w == d_vis, p
+
+
+def test_image_positions_on_the_token_sequence(meta_model):
+    """Where the image is in the language model's tokens: the config's image token id marks it."""
+    from probekit.hooks.plan import synthetic_inputs
+    from probekit.hooks.positions import PositionContext
+    from probekit.hooks.slots import slot_labels
+
+    _, model = meta_model
+    inputs = synthetic_inputs(model, text_tokens=10, image_tokens=7)
+    ((ids, image),) = model.sequences(inputs).values()
+    assert image.shape == (1, 17) and image[0, 1:8].all() and int(image.sum()) == 7
+    ctx = PositionContext.from_inputs(ids, image)
+    assert slot_labels(["last", "image_mean", "text_mean"], ctx) == ["last", "image_mean", "text_mean"]
+    assert slot_labels(["image"], ctx) == [f"image[{j}]" for j in range(7)]
+
+
+def test_store_layout_and_memory_of_a_real_collect(meta_model):
+    """What a collect of 100,000 images at two positions of every block stores, in bf16, before loading weights."""
+    name, model = meta_model
+    _, _, n_lm, d_lm, _, d_vis = EXPECTED[name]
+    plan = probekit.store_layout(model, 100_000, ["lm.*.resid", "vision.0.resid", "logits"], ("last", "image_mean"),
+                                 store_dtype=torch.bfloat16, logits_topk=10)
+    shapes = plan.table.set_index("point")["shape"].to_dict()
+    assert shapes[f"lm.{n_lm - 1}.resid"] == [2, d_lm] and shapes["vision.0.resid"] == [d_vis]
+    assert shapes["logits.topk"] == shapes["logits.topk_ids"] == [2, 10]
+    per_sample = n_lm * 2 * d_lm * 2 + d_vis * 2 + 2 * 10 * (4 + 8)
+    assert plan.bytes_per_sample == per_sample and plan.store_bytes == 100_000 * per_sample
+    assert plan.collect_bytes == 1024 * per_sample  # one shard of every point, whatever n
+    if name == "llava-1.5-7b":  # 32 blocks x 2 positions x 4,096 x bf16: 52 GB for the residual stream alone
+        assert plan.table[plan.table.point.str.startswith("lm.")]["bytes"].sum() == 52_428_800_000

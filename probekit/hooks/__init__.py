@@ -19,15 +19,18 @@ _LAZY = {
     "PositionContext": ("positions", "PositionContext"),
     "normalize_positions": ("positions", "normalize_positions"),
     "select": ("positions", "select"),
+    "store_layout": ("plan", "store_layout"),
 }
 if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the API docs
     from .coerce import as_store
     from .collect import collect
     from .positions import PositionContext, normalize_positions, select
+    from .plan import store_layout
     from .recorder import Recorder
     from .store import ActivationStore
 
-__all__ = ["collect", "Recorder", "ActivationStore", "as_store", "PositionContext", "normalize_positions", "select"]
+__all__ = ["collect", "Recorder", "ActivationStore", "as_store", "PositionContext", "normalize_positions", "select",
+           "store_layout"]
 
 
 def __getattr__(name: str) -> Any:

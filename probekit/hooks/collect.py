@@ -81,8 +81,10 @@ def _no_image_token(prompts: list[str], token: str | None) -> None:
                              fix=f"pass the question alone; probekit places {token!r} itself, once per image")
 
 
-def _reducer(model: Model, positions: list[Position], many: bool, ctxs: dict[str, PositionContext], inputs: dict,
+def reducer(model: Model, positions: list[Position], many: bool, ctxs: dict[str, PositionContext], inputs: dict,
              batch: int) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """``reduce(point, activation)``: the activation brought to what is stored of it, one batch at a time
+    (also run by :func:`~probekit.hooks.plan.store_layout` on stand-ins, so a plan has the store's shapes)."""
     vision_pos = "image" if "image" in positions else "image_mean"
 
     def reduce(point: str, h: torch.Tensor) -> torch.Tensor:
@@ -388,7 +390,7 @@ def _forward(model: Model, inputs: dict, batch: int, names: list[str], pos_list:
     for side in sides:  # a selector that cannot apply to this batch (index past the end, ...) fails before the forward
         check_sequence(model, side, ctxs, [p for p in names if model.target(p).side == side],
                         [p for p in pos_list if not callable(p)])
-    reduce = _reducer(model, pos_list, many, ctxs, inputs, batch)
+    reduce = reducer(model, pos_list, many, ctxs, inputs, batch)
     with torch.inference_mode():
         out = run_backend(backend, model, inputs, names, reduce)
     return out, ctxs

@@ -90,8 +90,9 @@ class Recorder:
                         self._store(_p, _input_hidden(args, kwargs))
                     self._handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
                 else:
-                    def post(module, args, output, _p=point):
-                        self._store(_p, first_tensor(output))
+                    def post(module, args, output, _p=point, _f=tgt.post):
+                        t = first_tensor(output)
+                        self._store(_p, t if _f is None else _f(t))
                     self._handles.append(mod.register_forward_hook(post))
         except BaseException:
             self.remove()

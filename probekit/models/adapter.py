@@ -12,12 +12,13 @@ import hashlib
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import InputError, UnknownPointError, UnsupportedModelError
+from .logit_output import LogitOutput, OutputHead
 
 __all__ = ["Layout", "Model", "HookTarget", "get_module"]
 
@@ -37,6 +38,9 @@ class HookTarget:
     mode: str = "output"  # "output" | "input"
     side: str = "lm"  # "lm" | "encoder" | "vision"
     width: int | None = None  # features per token, when known without a forward pass
+    # applied to the module's output before anything else (the ``logits`` point: the model's output map
+    # after lm_head, e.g. Aya Vision's logit_scale), so the point holds what the model returns
+    post: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -127,6 +131,12 @@ class Model:
     @property
     def unembed(self) -> nn.Module:
         return get_module(self.hf, self.layout.unembed)
+
+    @property
+    def head(self) -> nn.Module:
+        """The unembedding followed by the model's output map (:mod:`~probekit.models.logit_output`):
+        what turns the final-normed residual into the logits the model returns."""
+        return OutputHead(self.unembed, self.target("logits").post or LogitOutput())
 
     @property
     def d_model(self) -> int:
@@ -354,8 +364,7 @@ class Model:
                     continue
                 flat = p.detach().reshape(-1)
                 k = min(flat.numel(), _FINGERPRINT_SAMPLE)
-                idx = torch.linspace(0, flat.numel() - 1, k, device=flat.device).round().long()
-                samples.append(flat[idx].float().cpu())
+                samples.append(flat[_sample_index(flat.numel(), k, flat.device)].float().cpu())
         if samples:
             h.update(torch.cat(samples).numpy().tobytes())
         return h.hexdigest()[:16]
@@ -369,6 +378,20 @@ class Model:
 
 
 _FINGERPRINT_SAMPLE = 4096  # values per parameter that enter Model.fingerprint
+
+
+def _sample_index(numel: int, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``k`` evenly spaced indices into ``numel`` values, the first and the last included.
+
+    Above 2**24 values the indices are computed in integers (rounded half up): a float32
+    ``linspace(0, numel - 1)`` rounds ``numel - 1`` up to ``numel`` there (every 7B embedding and MLP
+    matrix), an index out of bounds. Up to 2**24 every index is exact in float32, and the float
+    ``linspace`` is kept so that fingerprints (hence the stores they guard) stay what they were.
+    """
+    if numel <= 2**24:
+        return torch.linspace(0, numel - 1, k, device=device).round().long()
+    i = torch.arange(k, dtype=torch.long, device=device)
+    return (2 * i * (numel - 1) + (k - 1)) // (2 * (k - 1))
 
 
 def _summary(names: list[str], k: int = 6) -> str:

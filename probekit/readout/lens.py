@@ -184,7 +184,7 @@ class LogitLens:
 
     def frozen(self) -> tuple[nn.Module, nn.Module]:
         norm = self.model.final_norm if self.model.final_norm is not None else nn.Identity()
-        return norm, self.model.unembed
+        return norm, self.model.head
 
     def decode(self, h: torch.Tensor, point: str | None = None) -> torch.Tensor:
         """Logits ``[..., vocab]`` (float32) for residual vectors ``h[..., d]``."""

@@ -58,4 +58,5 @@ def run_backend(backend: str, model: Model, inputs: dict, names: list[str],
         return rec.cache
     mod = _module(backend)
     raw = mod.record(model.hf, inputs, {p: (model.target(p).path, model.target(p).mode) for p in names})
-    return {p: reduce(p, raw[p]) for p in names}
+    posts = {p: model.target(p).post for p in names}
+    return {p: reduce(p, raw[p] if posts[p] is None else posts[p](raw[p])) for p in names}

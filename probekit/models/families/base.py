@@ -21,6 +21,7 @@ from torch import nn
 
 from ...errors import InputError
 from ..adapter import HookTarget, Layout, find_first, get_module, require
+from ..logit_output import LogitOutput, logit_output
 from ..writers import ATTN_OUT, MLP_OUT, PROJECTOR_OUT, residual_writers
 
 __all__ = ["Family", "config_image_token_id", "module_or_none"]
@@ -121,8 +122,14 @@ class Family:
                 t[f"lm.{i}.mlp"] = HookTarget(f"{block}.{lay.mlp_attr}", width=d_model)
         if lay.final_norm:
             t["lm.norm"] = HookTarget(lay.final_norm, width=d_model)
-        t["logits"] = HookTarget(lay.unembed, width=int(get_module(hf, lay.unembed).weight.shape[0]))
+        out = self.logit_output(hf, lay)
+        t["logits"] = HookTarget(lay.unembed, width=int(get_module(hf, lay.unembed).weight.shape[0]),
+                                 post=None if out.identity else out)
         return t
+
+    def logit_output(self, hf: nn.Module, lay: Layout) -> LogitOutput:
+        """What the forward does to lm_head's output before returning it (see :mod:`..logit_output`)."""
+        return logit_output(hf, lay.unembed)
 
     def residual_writers(self, model: Any) -> list[tuple[str, str]]:
         """``(dotted path, kind)`` of every module writing into the LM's residual stream (see :mod:`..writers`)."""
