@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COVERED", "UNSUPPORTED", "NOT_APPLICABLE", "OUTSIDE_MAPPING", "Row", "rows", "markdown_table", "write_docs",
+__all__ = ["COVERED", "UNSUPPORTED", "NOT_APPLICABLE", "OUTSIDE_MAPPING", "Row", "rows", "markdown_table", "checked_rows",
+           "write_docs",
            "installed_architectures", "text_layers", "encoder_layers", "text_width", "vision_layers"]
 
 COVERED: dict[str, str] = {
@@ -57,7 +58,7 @@ UNSUPPORTED: dict[str, str] = {
     "shieldgemma2": "its processor writes its own prompts, one row per image and safety policy "
     "(images x policies rows), so a batch no longer lines up with the given images and prompts (its model class, "
     "Gemma3ForConditionalGeneration, is covered as gemma3)",
-    "phi4_multimodal": "Phi4MultimodalForCausalLM is no image-text-to-text class in transformers 5.24 and its "
+    "phi4_multimodal": "Phi4MultimodalForCausalLM is no image-text-to-text class in transformers (5.9 to 5.25) and its "
     "image processor needs torchvision (no build matching torch 2.13.0+cpu loads here)",
 }
 """model_type -> why probekit does not support it (yet)."""
@@ -74,7 +75,8 @@ NOT_APPLICABLE: dict[str, dict[str, str]] = {
 }
 """model_type -> {check: why it does not apply}: the matrix asserts the stated alternative instead of skipping."""
 
-OUTSIDE_MAPPING: frozenset[str] = frozenset({"phi4_multimodal"})
+_OUTSIDE_CLASS = {"phi4_multimodal": "Phi4MultimodalForCausalLM"}
+OUTSIDE_MAPPING: frozenset[str] = frozenset(_OUTSIDE_CLASS)
 """Architectures named above that are not in transformers' image-text-to-text mapping."""
 
 
@@ -99,7 +101,7 @@ def rows() -> list[Row]:
     installed = installed_architectures()
     out = []
     for arch in sorted(set(installed) | set(UNSUPPORTED)):
-        cls = installed.get(arch, "Phi4MultimodalForCausalLM" if arch == "phi4_multimodal" else "")
+        cls = installed.get(arch, _OUTSIDE_CLASS.get(arch, ""))
         if arch in COVERED:
             out.append(Row(arch, cls, "works", COVERED[arch], ""))
         elif arch in UNSUPPORTED:
@@ -110,30 +112,37 @@ def rows() -> list[Row]:
 
 
 def markdown_table() -> str:
-    """The coverage section of ``docs/real-models.md`` (works and unsupported in full, untested counted)."""
+    """The coverage section of ``docs/real-models.md``: a header naming the transformers release it was
+    generated with and the counts, :func:`checked_rows` (works and unsupported in full), and the
+    untested architectures of that release."""
     rs = rows()
-    works = [r for r in rs if r.status == "works"]
-    bad = [r for r in rs if r.status == "unsupported"]
-    untested = [r for r in rs if r.status == "untested"]
-    lines = [
-        f"Checked on tiny random-weight builds of each architecture (transformers {_tf_version()}): "
-        f"**{len(works)} work**, {len(bad)} unsupported, {len(untested)} untested. "
-        "\"Works\" means every check of `tests/test_coverage_matrix.py` passes: wrap and checkpoint round trip, "
-        "every block mapped, `lm.*.resid` (and an encoder-decoder's `encoder.*.resid`) equal to the model's own "
-        "hidden states, image positions equal to the tokens the image features replace, vision points split per image, logit lens on the last block equal "
-        "to the model's logits, and the store saved and loaded bit for bit.",
-        "",
-        "| model_type | class | family |",
-        "|---|---|---|",
-    ]
-    lines += [f"| `{r.model_type}` | `{r.hf_class}` | {r.family} |" for r in works]
+    counts = {s: sum(r.status == s for r in rs) for s in ("works", "unsupported", "untested")}
+    head = (f"Checked on tiny random-weight builds of each architecture (table generated with transformers "
+            f"{_tf_version()}): **{counts['works']} work**, {counts['unsupported']} unsupported, "
+            f"{counts['untested']} untested. \"Works\" means every check of `tests/test_coverage_matrix.py` passes: "
+            "wrap and checkpoint round trip, every block mapped, `lm.*.resid` (and an encoder-decoder's `encoder.*.resid`) "
+            "equal to the model's own hidden states, image positions equal to the tokens the image features replace, "
+            "vision points split per image, logit lens on the last block and the `logits` point equal to the model's "
+            "logits, the store layout planned without a forward equal to the store, and the store saved and loaded "
+            "bit for bit.")
+    untested = [r.model_type for r in rs if r.status == "untested"]
+    tail = ("Untested (they may work through the generic adapter; nobody has checked; the list is the one of the "
+            "release named above): " + ", ".join(f"`{m}`" for m in untested) + ".")
+    return f"{head}\n\n{checked_rows()}\n{tail}\n"
+
+
+def checked_rows() -> str:
+    """The part of the table that does not depend on the installed release: every covered architecture with its
+    class and family, the checks that do not apply, and the unsupported ones with their reasons."""
+    installed = installed_architectures()
+    lines = ["| model_type | class | family |", "|---|---|---|"]
+    lines += [f"| `{arch}` | `{installed.get(arch, '?')}` | {COVERED[arch]} |" for arch in sorted(COVERED)]
     lines += ["", "Checks that do not apply (the matrix asserts what holds instead):", ""]
     lines += [f"- `{arch}`, {check}: {why}." for arch, checks in sorted(NOT_APPLICABLE.items())
               for check, why in checks.items()]
     lines += ["", "Unsupported:", ""]
-    lines += [f"- `{r.model_type}` (`{r.hf_class}`): {r.note}." for r in bad]
-    lines += ["", "Untested (they may work through the generic adapter; nobody has checked): "
-              + ", ".join(f"`{r.model_type}`" for r in untested) + "."]
+    lines += [f"- `{arch}` (`{installed.get(arch, _OUTSIDE_CLASS.get(arch, '?'))}`): {UNSUPPORTED[arch]}."
+              for arch in sorted(UNSUPPORTED)]
     return "\n".join(lines) + "\n"
 
 

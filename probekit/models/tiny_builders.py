@@ -169,12 +169,9 @@ def _qwen2_vl_processor(image_processor: Any, tok: Any) -> tuple[Any, Callable[[
 
 
 def _build_idefics3(s: dict[str, int], padding_side: str) -> _Built:
-    from transformers import (
-        Idefics3Config,
-        Idefics3ForConditionalGeneration,
-        Idefics3ImageProcessorPil,
-        Idefics3Processor,
-    )
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    # from its module: transformers 5.9's top-level name wrongly asks for torchvision (the class does not use it)
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     specials = ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>") + tuple(
         f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)

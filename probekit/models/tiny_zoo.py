@@ -127,7 +127,9 @@ def _qwen(version: str) -> Callable[[], tuple[Any, Any]]:
 
 
 def _idefics2() -> tuple[Any, Any]:
-    from transformers import Idefics2Config, Idefics2ForConditionalGeneration, Idefics2ImageProcessorPil, Idefics2Processor
+    from transformers import Idefics2Config, Idefics2ForConditionalGeneration, Idefics2Processor
+    # from its module: transformers 5.9's top-level name wrongly asks for torchvision (the class does not use it)
+    from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
 
     tok = _tok(["<fake_token_around_image>", "<image>", "<end_of_utterance>"])
     cfg = Idefics2Config(vision_config=_vision(), text_config=_text(tok, model_type="mistral"),
@@ -139,7 +141,8 @@ def _idefics2() -> tuple[Any, Any]:
 
 
 def _smolvlm() -> tuple[Any, Any]:
-    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil, SmolVLMProcessor
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMProcessor
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil  # as Idefics2's
 
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<video>"]
     tok = _tok(specials + [f"<row_{i}_col_{j}>" for i in range(1, 4) for j in range(1, 4)])

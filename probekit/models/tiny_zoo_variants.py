@@ -28,7 +28,8 @@ def _vipllava() -> tuple[Any, Any]:
     # VipLLaVA concatenates several vision layers' features (real checkpoints: [-2, -5, -8, -11, 6])
     cfg = VipLlavaConfig(vision_config=_vision(model_type="clip_vision_model", num_hidden_layers=2),
                          text_config=_text(tok, model_type="llama"), image_token_index=tok.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=[-2, -1], image_seq_length=16)
+                         vision_feature_layer=[-2, -1], image_seq_length=16,
+                         vision_feature_layers=[-2, -1])  # the key's name up to transformers 5.2x (real configs carry it)
     proc = LlavaProcessor(image_processor=_clip_processor(), tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
                           chat_template=_LLAVA_TEMPLATE, image_token="<image>", num_additional_image_tokens=1)
     return VipLlavaForConditionalGeneration(cfg), proc

@@ -189,7 +189,11 @@ class Family:
                 "chat=True but the processor has no chat template",
                 fix="pass chat=None (use the template when there is one) or chat=False",
             )
-        return self.placeholder.format(prompt=prompt, image=getattr(processor, "image_token", "<image>"))
+        return self.placeholder.format(prompt=prompt, image=self.image_marker(processor))
+
+    def image_marker(self, processor: Any) -> str:
+        """The text that marks where the image goes in a prompt written without a chat template."""
+        return getattr(processor, "image_token", "<image>")
 
     def build_inputs(self, model: Any, images: list, prompts: list[str], chat: bool | None) -> dict:
         texts = {p: self.format_prompt(model.processor, p, chat) for p in dict.fromkeys(prompts)}  # each prompt once
