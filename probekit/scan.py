@@ -53,7 +53,9 @@ def scan(
             column (names found automatically, or ``image_column=`` / ``label_column=``).
         labels: one per image (a list or a pandas Series), a DataFrame with a ``label`` column, the
             name of a column of ``images`` when that is a table, or a CSV with a ``label`` column
-            (and ``image`` column matching file names in the folder). With labels the report holds
+            (``label_column=``) and an ``image`` column (``image_column=``) matching file names in the
+            folder; CSV rows naming files not in the folder are skipped with a warning (see
+            :func:`probekit.data.sources.resolve_images`). With labels the report holds
             probe accuracy and mutual information per point and position (with CIs, permutation
             floor and control task), on the residual stream and on the top-k output logits.
         prompts: one prompt for all images or one per image (default ``"Describe the image."``);
