@@ -7,6 +7,8 @@ work (a forward pass, a file write) starts. All derive from :class:`ProbekitErro
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ProbekitError",
     "InputError",
@@ -17,6 +19,8 @@ __all__ = [
     "UnsupportedModelError",
     "StoreError",
     "BackendError",
+    "ProbekitWarning",
+    "plain",
 ]
 
 
@@ -65,3 +69,24 @@ class StoreError(ProbekitError, OSError):
 
 class BackendError(ProbekitError, RuntimeError):
     """A recording backend is unavailable for this model."""
+
+
+class ProbekitWarning(UserWarning):
+    """Something probekit went on despite (e.g. label rows skipped); the message names what and how many."""
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain Python for a message: numpy/torch scalars and arrays (also inside lists, tuples,
+    sets and dicts) become Python values, so a message shows ``'same'``, not ``np.str_('same')``.
+
+    >>> import numpy as np
+    >>> f"{plain(np.str_('same'))!r} {plain([np.int64(1), 2.5])} {plain(np.array([1, 2]))}"
+    "'same' [1, 2.5] [1, 2]"
+    """
+    if type(value).__module__.split(".")[0] in ("numpy", "torch") and callable(getattr(value, "tolist", None)):
+        return value.tolist()
+    if type(value) in (list, tuple, set, frozenset):
+        return type(value)(plain(v) for v in value)
+    if type(value) is dict:
+        return {plain(k): plain(v) for k, v in value.items()}
+    return value

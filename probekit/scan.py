@@ -8,7 +8,7 @@ from collections import Counter
 from numbers import Integral
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import InputError
+from .errors import InputError, plain
 
 if TYPE_CHECKING:  # the real imports wait for the first call: `import probekit` must not pull in torch
     from .hooks.positions import Position
@@ -53,7 +53,9 @@ def scan(
             column (names found automatically, or ``image_column=`` / ``label_column=``).
         labels: one per image (a list or a pandas Series), a DataFrame with a ``label`` column, the
             name of a column of ``images`` when that is a table, or a CSV with a ``label`` column
-            (and ``image`` column matching file names in the folder). With labels the report holds
+            (``label_column=``) and an ``image`` column (``image_column=``) matching file names in the
+            folder; CSV rows naming files not in the folder are skipped with a warning (see
+            :func:`probekit.data.sources.resolve_images`). With labels the report holds
             probe accuracy and mutual information per point and position (with CIs, permutation
             floor and control task), on the residual stream and on the top-k output logits.
         prompts: one prompt for all images or one per image (default ``"Describe the image."``);
@@ -117,13 +119,14 @@ def scan(
     if targets is not None:
         targets = [targets] if isinstance(targets, str) else list(targets)
         if not targets or not all(isinstance(t, str) and t for t in targets):
-            raise InputError(f"targets must be non-empty strings, got {targets!r}", fix='e.g. targets=["alice_1987"]')
+            raise InputError(f"targets must be non-empty strings, got {plain(targets)!r}",
+                             fix='e.g. targets=["alice_1987"]')
     for name, value, low, example in (("topk", topk, 1, 10), ("lens_k", lens_k, 1, 5), ("n_boot", n_boot, 0, 1000),
                                       ("seed", seed, 0, 0)):
         if name == "topk" and value is None:
             continue
         if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
-            raise InputError(f"{name} must be an int >= {low}, got {value!r}", fix=f"e.g. {name}={example}")
+            raise InputError(f"{name} must be an int >= {low}, got {plain(value)!r}", fix=f"e.g. {name}={example}")
     if src.labels is not None:
         check_labels(src.labels, n, groups, cv=cv, seed=seed)
     rank, world = distributed.world()

@@ -14,7 +14,7 @@ import torch
 
 from ..data.images import check_images, decode, image_hashes, images_digest, pixel_hash
 from .._progress import progress_bar
-from ..errors import InputError, PositionError
+from ..errors import InputError, PositionError, plain
 from ..models.adapter import Model
 from . import distributed
 from .backends import check_backend, run_backend
@@ -185,9 +185,9 @@ def collect(
     answer_list = check_answers(model, answers, n, pos_list)
     check_backend(backend, model)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive int, got {batch_size!r}", fix="e.g. batch_size=8")
+        raise InputError(f"batch_size must be a positive int, got {plain(batch_size)!r}", fix="e.g. batch_size=8")
     if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
-        raise InputError(f"shard_size must be a positive int, got {shard_size!r}", fix="e.g. shard_size=1024")
+        raise InputError(f"shard_size must be a positive int, got {plain(shard_size)!r}", fix="e.g. shard_size=1024")
     if padding_side not in (None, "left", "right"):
         raise InputError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}",
                          fix="pass padding_side='left', 'right', or None for the tokenizer's own")
@@ -195,7 +195,8 @@ def collect(
         raise InputError(f"store_dtype must be a floating torch.dtype or None, got {store_dtype!r}",
                          fix="e.g. store_dtype=torch.float32")
     if logits_topk is not None and (isinstance(logits_topk, bool) or not isinstance(logits_topk, int) or logits_topk < 1):
-        raise InputError(f"logits_topk must be a positive int or None, got {logits_topk!r}", fix="e.g. logits_topk=10")
+        raise InputError(f"logits_topk must be a positive int or None, got {plain(logits_topk)!r}",
+                         fix="e.g. logits_topk=10")
     top = logits_topk if "logits" in names else None
     # the stored points, in the order of names (the forward's), the top-k pair in place of logits
     stored = [q for p in names for q in (TOP_POINTS if top is not None and p == "logits" else (p,))]

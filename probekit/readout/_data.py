@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError, LabelError
+from ..errors import InputError, LabelError, plain
 from ..hooks.coerce import as_store
 from ..hooks.points import Point
 
@@ -79,7 +79,7 @@ def encode_labels(labels: Any, n: int | None = None) -> tuple[np.ndarray, np.nda
         ) from None
     if len(classes) < 2:
         raise LabelError(
-            f"labels have a single class ({classes[0]!r}); a probe needs at least two",
+            f"labels have a single class ({plain(classes[0])!r}); a probe needs at least two",
             fix="include samples of at least two classes",
         )
     return codes.astype(np.int64), classes
@@ -112,7 +112,7 @@ def make_folds(codes: np.ndarray, groups: np.ndarray | None = None, cv: int = 5,
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     if not isinstance(cv, (int, np.integer)) or cv < 2:
-        raise InputError(f"cv must be an integer >= 2, got {cv!r}", fix="use cv=5")
+        raise InputError(f"cv must be an integer >= 2, got {plain(cv)!r}", fix="use cv=5")
     n = len(codes)
     counts = np.bincount(codes)
     if groups is None:

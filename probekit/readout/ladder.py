@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from .._stats import holm, wilson
-from ..errors import InputError
+from ..errors import InputError, plain
 from ..hooks.coerce import as_store
 from ..hooks.points import Point, topk_points
 from ..hooks.store import ActivationStore
@@ -69,7 +69,7 @@ def _check_ks(ks: Sequence[int | None]) -> list[int | None]:
     ks = list(ks)
     bad = [k for k in ks if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1)]
     if not ks or bad:
-        raise InputError(f"ks must be ints >= 1 or None (full), got {ks!r}", fix="e.g. ks=(2, 5, 10, 50, None)")
+        raise InputError(f"ks must be ints >= 1 or None (full), got {plain(ks)!r}", fix="e.g. ks=(2, 5, 10, 50, None)")
     return ks
 
 
@@ -277,7 +277,7 @@ def holm_verdict(table: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame
     from scipy.stats import binom, norm
 
     if not 0 < alpha < 1:
-        raise InputError(f"alpha must be in (0, 1), got {alpha!r}", fix="e.g. alpha=0.05")
+        raise InputError(f"alpha must be in (0, 1), got {plain(alpha)!r}", fix="e.g. alpha=0.05")
     t = table.copy()
     hits = np.rint(t.accuracy.to_numpy() * t.n.to_numpy()).astype(np.int64)
     t["p_value"] = binom.sf(hits - 1, t.n.to_numpy().astype(np.int64), t.chance.to_numpy())

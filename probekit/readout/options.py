@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, plain
 
 __all__ = ["ReadoutOptions", "check_dtype", "check_device"]
 
@@ -74,9 +74,10 @@ class ReadoutOptions:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.n_boot, (int, np.integer)) and self.n_boot >= 0):
-            raise InputError(f"n_boot must be a non-negative integer, got {self.n_boot!r}", fix="use n_boot=1000")
+            raise InputError(f"n_boot must be a non-negative integer, got {plain(self.n_boot)!r}",
+                             fix="use n_boot=1000")
         if not self.C > 0:
-            raise InputError(f"C must be positive, got {self.C!r}", fix="use C=1.0")
+            raise InputError(f"C must be positive, got {plain(self.C)!r}", fix="use C=1.0")
         check_dtype(self.dtype)
         check_device(self.device)
 

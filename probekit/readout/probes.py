@@ -21,7 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 from torch import Tensor
 
-from ..errors import InputError, LabelError
+from ..errors import InputError, LabelError, plain
 from ._solver import solve
 from .layers import probe_layers
 from .options import check_device, check_dtype
@@ -83,11 +83,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
         if not self.C > 0:
-            raise InputError(f"C must be positive, got {self.C!r}", fix="use C=1.0")
+            raise InputError(f"C must be positive, got {plain(self.C)!r}", fix="use C=1.0")
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise LabelError(
-                f"only one class ({self.classes_[0]!r}) is present in y; a classifier needs two",
+                f"only one class ({plain(self.classes_[0])!r}) is present in y; a classifier needs two",
                 fix="include samples of at least two classes",
             )
         sw = _check_sample_weight(sample_weight, X, dtype=np.float64)

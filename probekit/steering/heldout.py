@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, LabelError
+from ..errors import InputError, LabelError, plain
 
 __all__ = ["OverlapWarning", "split_indices", "check_overlap", "distance_from_chance", "FIX"]
 
@@ -53,7 +53,8 @@ def split_indices(labels: Any, fraction: float = 0.5, seed: int = 0,
     if y.ndim != 1:
         raise LabelError(f"labels have shape {y.shape}", fix="pass one label per image")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise InputError(f"split must be a fraction in (0, 1), got {fraction!r}", fix="e.g. split=0.5 (half to fit)")
+        raise InputError(f"split must be a fraction in (0, 1), got {plain(fraction)!r}",
+                         fix="e.g. split=0.5 (half to fit)")
     _, counts = np.unique(y, return_counts=True)
     if len(counts) < 2 or counts.min() < 2:
         raise LabelError(f"cannot split {len(y)} images into fitting and evaluation halves: class sizes {counts.tolist()}",

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError, LabelError, UnknownPointError
+from ..errors import InputError, LabelError, UnknownPointError, plain
 
 __all__ = ["ANY", "Activations", "as_activations", "labels_digest"]
 
@@ -123,9 +123,14 @@ def codes(labels: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise LabelError(f"got labels of shape {arr.shape} for {n} samples", fix="pass one label per sample")
     if arr.dtype == object and any(v is None for v in arr):
         raise LabelError("labels contain None", fix="drop those samples or give them a label")
-    classes, idx = np.unique(arr, return_inverse=True)
+    try:
+        classes, idx = np.unique(arr, return_inverse=True)
+    except TypeError as exc:  # mixed types such as 1 and "a"
+        raise LabelError(f"labels mix types that cannot be compared ({exc})",
+                         fix="use labels of one type: all strings or all integers") from None
     if len(classes) < 2:
-        raise LabelError(f"labels have a single class ({classes[0]!r})", fix="include samples of at least two classes")
+        raise LabelError(f"labels have a single class ({plain(classes[0])!r})",
+                         fix="include samples of at least two classes")
     return idx.astype(np.int64), classes
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..errors import InputError, PositionError
+from ..errors import InputError, PositionError, plain
 from ..hooks.positions import NAMED_POSITIONS, edit_positions, position_mask
 from ..models.adapter import Model, get_module
 from .directions import Direction
@@ -232,7 +232,7 @@ def steer(model: Model, vector: Direction | Tensor, alpha: float = 1.0, points: 
         True
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(float(alpha)):
-        raise InputError(f"alpha must be a finite number, got {alpha!r}", fix="e.g. alpha=4.0")
+        raise InputError(f"alpha must be a finite number, got {plain(alpha)!r}", fix="e.g. alpha=4.0")
     if isinstance(vector, Direction):
         direction = vector
     elif isinstance(vector, Tensor):
