@@ -9,9 +9,10 @@ not in a Jupyter kernel, where ``tqdm.auto`` draws a widget), a bar redraws at m
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
-__all__ = ["progress_bar", "LOG_INTERVAL", "interactive"]
+__all__ = ["progress_bar", "LOG_INTERVAL", "interactive", "step_line", "say"]
 
 LOG_INTERVAL = 10.0  # seconds between two lines of one bar in a log
 
@@ -48,3 +49,18 @@ def progress_bar(iterable: Any = None, *, desc: str | None = None, total: int | 
         kwargs.setdefault("ncols", 100)
         leave = True  # a log keeps the final count; there is no line to clear
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, leave=leave, **kwargs)
+
+
+def step_line(msg: str, seconds: float) -> str:
+    """One progress line of a long run: the seconds since it began, then what it does, in words.
+
+    >>> step_line("Fine-tuning the tiny model to answer yes/no (400 steps)...", 3.2)
+    '[    3 s] Fine-tuning the tiny model to answer yes/no (400 steps)...'
+    """
+    return f"[{seconds:5.0f} s] {msg}"
+
+
+def say(msg: str, t0: float, enabled: bool = True) -> None:
+    """Print :func:`step_line` for a run that began at ``t0`` (``time.perf_counter()``), when enabled."""
+    if enabled:
+        print(step_line(msg, time.perf_counter() - t0), flush=True)

@@ -237,24 +237,21 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _study_unlearning(args: argparse.Namespace) -> int:
-    from probekit.experiments.unlearning_report import write_section
+    from probekit.experiments.printout import print_study, starting_line, write_tables
+    from probekit.experiments.unlearning_report import EMPTY, verdict_lines, write_section
     from probekit.experiments.unlearning_study import StudyConfig, run_study
 
     cfg = StudyConfig.small() if args.small else StudyConfig()
     if args.out:
         cfg.out = args.out
+    print(starting_line("unlearning", cfg.out), flush=True)
     res = run_study(cfg)
-    for name, value in res.items():  # raw tables next to the checkpoints (CSV; nothing is pickled)
-        if hasattr(value, "to_csv"):
-            value.to_csv(Path(cfg.out) / f"{name}.csv", index=False)
-    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20):
-        print(res["probes"].round(3).to_string(index=False))
-        print(res["mia"][["model", "attack", "auc", "auc_lo", "auc_hi", "tpr_at_1fpr"]].round(3).to_string(index=False))
+    # raw tables next to the checkpoints (CSV; nothing is pickled)
+    written, notes = write_tables(res, cfg.out, EMPTY)
     if not args.small:
         docs = Path(args.docs)
-        for path in write_section(res, docs / "results.md", docs / "img", command="probekit study unlearning"):
-            print(f"wrote {path}")
-    print(f"({res['seconds']:.0f} s)")
+        written += write_section(res, docs / "results.md", docs / "img", command="probekit study unlearning")
+    print_study(verdict_lines(res), written, notes, res["seconds"], cfg.out)
     return 0
 
 
@@ -266,79 +263,54 @@ def _study(args: argparse.Namespace) -> int:
     if args.name == "unlearning":
         return _study_unlearning(args)
     from probekit.experiments.memorization import MemorizationConfig, run_memorization, write_results
+    from probekit.experiments.memorization_writeup import EMPTY, verdict_lines
+    from probekit.experiments.printout import print_study, starting_line, write_tables
 
     cfg = MemorizationConfig.full() if args.full else MemorizationConfig()
     if args.out:
         cfg.out = args.out
     cfg.progress = cfg.verbose = True  # a study runs for minutes: say what it is doing
-    out = Path(cfg.out).resolve()
-    print(f"probekit study {args.name}: checkpoints and tables go to {out}", flush=True)
+    print(starting_line(args.name, cfg.out), flush=True)
     res = run_memorization(cfg)
     # keep the raw tables next to the checkpoints (CSV; nothing is pickled)
-    written = []
-    for name, value in res.items():
-        if hasattr(value, "to_csv"):
-            value.to_csv(out / f"{name}.csv", index=False)
-            written.append(out / f"{name}.csv")
-    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20):
-        print(res["table"].round(3).to_string(index=False))
-        print(res["gradient_cosine_summary"].round(4).to_string(index=False))
+    written, notes = write_tables(res, cfg.out, EMPTY)
     if args.full:
         docs = Path(args.docs)
         written += write_results(res, docs / "results.md", docs / "img", command="probekit study memorization --full")
-    for path in written:
-        print(f"wrote {path}")
-    print(f"({res['seconds']:.0f} s; checkpoints and tables in {out})")
+    print_study(verdict_lines(res), written, notes, res["seconds"], cfg.out)
     return 0
 
 
 def _ladder(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from probekit.organisms.ladder import LadderConfig, headline, run_ladder, write_section
+    from probekit.experiments.printout import print_study, starting_line, write_tables
+    from probekit.organisms.ladder import LadderConfig, headline, run_ladder, verdict_lines, write_section
 
     cfg = LadderConfig.small(progress=True) if args.small else LadderConfig()
     if args.out:
         cfg.out = args.out
+    print(starting_line("ladder", cfg.out), flush=True)
     res = run_ladder(cfg)
-    out = Path(cfg.out)
-    res["table"].to_csv(out / "ladder.csv", index=False)  # raw table next to the checkpoint (CSV; nothing is pickled)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(headline(res).to_string(index=False))
-    from probekit.report.text import ci_text
-
-    acc = res["task_accuracy"]
-    print(f"yes/no accuracy {ci_text(acc, 'accuracy', 3)} (n={acc['n']})")
-    for attr, v in res["verdicts"].items():
-        print(f"{attr}: {v['all']}")
+    written, notes = write_tables({"ladder": res["table"]}, cfg.out)  # raw table next to the checkpoint
     if not args.small:
         docs = Path(args.docs)
-        for path in write_section(res, docs / "results.md", docs / "img", command="probekit study ladder"):
-            print(f"wrote {path}")
-    print(f"({res['seconds']:.0f} s)")
+        written += write_section(res, docs / "results.md", docs / "img", command="probekit study ladder")
+    # the headline's verdict column repeats the verdict lines above it: left out here
+    print_study(verdict_lines(res), written, notes, res["seconds"], cfg.out, table=headline(res).drop(columns="verdict"))
     return 0
 
 
 def _study_watermark(args: argparse.Namespace) -> int:
-    from probekit.experiments.watermark_study import run_study, write_section
+    from probekit.experiments.printout import print_study, starting_line, write_tables
+    from probekit.experiments.watermark_study import run_study, verdict_lines, write_section
 
-    res = run_study(full=args.full)
     out = Path(args.out or ("probekit-watermark-full" if args.full else "probekit-watermark"))
-    out.mkdir(parents=True, exist_ok=True)
-    res["table"].to_csv(out / "table.csv", index=False)
-    if "gradients" in res:
-        res["gradients"].to_csv(out / "gradients.csv", index=False)
-    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
-        print(res["table"][["condition", "detected", "best", "probe_acc", "probe_lo", "probe_hi"]].round(3).to_string(index=False))
-    from probekit.report.text import ci_text
-
-    o = res["ocr"]
-    print(f"reader OCR character accuracy {ci_text(o, 'char_accuracy', 3)}")
+    print(starting_line("watermark", out, "tables"), flush=True)
+    res = run_study(full=args.full)
+    written, notes = write_tables({k: res[k] for k in ("table", "gradients") if k in res}, out)
     if args.full:
         docs = Path(args.docs)
-        for path in write_section(res, docs / "results.md", docs / "img", command="probekit study watermark --full"):
-            print(f"wrote {path}")
-    print(f"({res['seconds']:.0f} s)")
+        written += write_section(res, docs / "results.md", docs / "img", command="probekit study watermark --full")
+    print_study(verdict_lines(res), written, notes, res["seconds"], out, what="tables")
     return 0
 
 

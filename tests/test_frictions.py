@@ -273,8 +273,10 @@ def test_study_shows_progress_and_says_where_it_wrote(monkeypatch, tmp_path, cap
         seen.update(progress=cfg.progress, verbose=cfg.verbose, out=cfg.out)
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         table = pd.DataFrame({"model": ["base"], "probe_acc": [0.5]})
+        scan = pd.DataFrame({"point": ["lm.0.resid"], "position": "last", "accuracy": [0.5], "accuracy_lo": [0.4],
+                             "accuracy_hi": [0.6], "chance": 0.5})  # the verdict lines read the scans
         return {"table": table, "gradient_cosine_summary": pd.DataFrame({"p": [0.0], "cos_mean": [0.1]}),
-                "seconds": 1.0}
+                "reports": {("base", 0): probekit.ScanReport(scan)}, "seconds": 1.0}
 
     monkeypatch.setattr(mem, "run_memorization", fake)
     assert main(["study", "memorization", "--out", str(tmp_path / "study")]) == 0

@@ -192,7 +192,7 @@ def test_compare_diff_numbers():
                      "tuned: Leakage detected at 2 of 2 points (first at lm.1.resid @ last)",
                      "tuned − base (accuracy): change detected at 1 of 2 points (first at lm.1.resid @ last)"]
     assert len(s) == 6 and s[3].startswith("Largest change: lm.1.resid @ last") and "-0.30 [-0.35, -0.25]" in s[3]
-    assert "1 of 2 rows" in s[4]
+    assert "1 of 2 points" in s[4]
     assert compare(*hand_pair(), metric="mi_bits").table["diff"].tolist() == pytest.approx([-0.5, -0.05])
 
 

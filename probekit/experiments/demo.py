@@ -62,6 +62,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     """Run the demo end to end; returns the paths, verdicts and headline numbers."""
     import torch
 
+    from .._progress import say
     from ..organisms.ladder import LadderConfig, eval_scenes, train_organism
     from ..readout.ladder import holm_verdict
     from ..verdict import verdict
@@ -75,11 +76,17 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as fast for a model this small, and the rest of the machine stays free
     try:
-        model, acc, base_acc, _ = train_organism(lcfg)
+        model, acc, base_acc, _ = train_organism(lcfg, t0)  # says what it does, on the demo's clock
         ev = eval_scenes(lcfg)
-        found, control = _scan(model, ev, ATTRIBUTE, cfg), _scan(model, ev, CONTROL, cfg)
+        say(f"Scanning {len(ev)} fresh scenes for the material of the centre object (in the image, never asked): "
+            "every layer, the tuned lens and the top-k output logits...", t0, cfg.progress)
+        found = _scan(model, ev, ATTRIBUTE, cfg)
+        say("Scanning the same scenes for a coin flip per image (the negative control: not in the image)...",
+            t0, cfg.progress)
+        control = _scan(model, ev, CONTROL, cfg)
     finally:
         torch.set_num_threads(threads)
+    say(f"Writing the two HTML reports to {out.resolve()}...", t0, cfg.progress)
     report, control_path = found.save(out / "report.html"), control.save(out / "control.html")
     return {
         "report": str(report), "control_report": str(control_path), "seconds": time.perf_counter() - t0,

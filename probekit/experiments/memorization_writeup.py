@@ -14,7 +14,11 @@ from ..report.text import fmt_ci
 from .memorization_measures import CONTROL_QUESTION
 from .memorization_setup import POSITIONS
 
-__all__ = ["save_pngs", "write_results"]
+__all__ = ["save_pngs", "write_results", "verdict_lines", "EMPTY"]
+
+#: why a table of :func:`probekit.experiments.memorization.run_memorization` can be empty (not written then)
+EMPTY = {"unlearning": "this configuration runs no unlearning method (--full runs them)",
+         "controls": "this configuration runs no positive control"}
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -25,6 +29,22 @@ def _md(df: pd.DataFrame) -> str:
     for r in df.itertuples(index=False):
         lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _who(name: str) -> str:
+    if name == "base":
+        return "base model (not fine-tuned)"
+    if name.startswith("p="):
+        return f"fine-tuned, watermark on a fraction {name[2:]} of training images"
+    return name.replace("-", " ")
+
+
+def verdict_lines(res: dict) -> list[str]:
+    """One line per scanned model and seed: the scan's own verdict (:func:`probekit.verdict.verdict`,
+    Holm over every point, position and source of its table)."""
+    from ..report.verdicts import verdict
+
+    return [f"{_who(name)}, seed {seed}: {verdict(rep.table)}" for (name, seed), rep in res["reports"].items()]
 
 
 def save_pngs(res: dict, img_dir: str | Path) -> dict[str, Path]:

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..report.text import ci_text, fmt_ci
+from ..report.text import ci_text, fmt_ci, where
 
-__all__ = ["save_pngs", "write_section", "MARK"]
+__all__ = ["save_pngs", "write_section", "verdict_lines", "EMPTY", "MARK"]
+
+#: why a table of :func:`probekit.experiments.unlearning_study.run_study` can be empty (not written then)
+EMPTY = {"transfer": "this configuration teaches no profile in one modality only (n_transfer=0; the quick "
+                     "--small run skips them), so there is no cross-modal transfer to measure"}
 
 MARK = ("<!-- study:unlearning -->", "<!-- /study:unlearning -->")
 
@@ -86,6 +90,50 @@ def save_pngs(res: dict, img_dir: str | Path) -> dict[str, Path]:
     ax.set_title(f"Multiple-choice accuracy after unlearning ({split}% split; chance 0.25)")
     save(fig, "unlearning-utility")
     return paths
+
+
+def _detected(g: pd.DataFrame) -> str:
+    n = int(g.detected.sum())
+    return f"detected at {n} of {len(g)} rows" if n else f"nothing detected at any of {len(g)} rows"
+
+
+def verdict_lines(res: dict) -> list[str]:
+    """What the study found, one line per question; every count is of the rows of the table it names.
+
+    Facts learned (multiple choice), the job read per layer (positive condition and the two
+    controls; ``detected`` of ``probes``, Holm within each model/profile set), membership
+    inference (``mia``), each unlearning method against no unlearning at the same split
+    (``unlearning``; ``unlearning_probes``: the job still read from the forget profiles), and
+    cross-modal transfer when the run measured it.
+    """
+    ut, ub = res["utility_tuned"], res["utility_base"]
+    L = [f"Facts learned (multiple choice on trained profiles, chance 0.25): {ci_text(ut, 'retain_image')} with "
+         f"the portrait, {ci_text(ut, 'retain_text')} by name; the untrained base {ci_text(ub, 'retain_image')} "
+         f"and {ci_text(ub, 'retain_text')}."]
+    for (model, profiles), g in res["probes"].groupby(["model", "profiles"], sort=False):
+        role = "the finding" if (model, profiles) == ("tuned", "trained") else "a control"
+        b = g.loc[g.accuracy.idxmax()]
+        L.append(f"The job read from the {model} model on {profiles} profiles ({role}): {_detected(g)} "
+                 f"(Holm; best {b.features} {where(b.point, b.position)} "
+                 f"{fmt_ci(b.accuracy, b.accuracy_lo, b.accuracy_hi)}, chance {b.chance:.2f}).")
+    for model, g in res["mia"].groupby("model", sort=False):
+        L.append(f"Membership inference on the {model} model (trained vs never-seen profiles), AUC: "
+                 + ", ".join(f"{r.attack} {fmt_ci(r.auc, r.auc_lo, r.auc_hi)}" for r in g.itertuples()) + ".")
+    u, up = res["unlearning"], res["unlearning_probes"]
+    for r in u[u.method != "none"].to_dict("records"):
+        before = u[(u.split == r["split"]) & (u.method == "none")].iloc[0]
+        pp = up[(up.split == r["split"]) & (up.method == r["method"])]
+        p0 = up[(up.split == r["split"]) & (up.method == "none")]
+        L.append(f"{r['method']} at the {r['split']}% split ({r['forget_profiles']} forget profiles): forget multiple "
+                 f"choice {before['forget_image']:.2f} → {ci_text(r, 'forget_image')} with the portrait, "
+                 f"{before['forget_text']:.2f} → {ci_text(r, 'forget_text')} by name; retain "
+                 f"{before['retain_image']:.2f} → {ci_text(r, 'retain_image')}; the job read from the forget "
+                 f"profiles: {_detected(pp)} (before: {_detected(p0)}).")
+    for r in res["transfer"].itertuples():
+        L.append(f"Cross-modal transfer, {r.group} ({r.profiles} profiles): {fmt_ci(r.taught_acc, r.taught_lo, r.taught_hi)} "
+                 f"in the taught modality, {fmt_ci(r.other_acc, r.other_lo, r.other_hi)} in the other "
+                 f"(gap {fmt_ci(r.gap, r.gap_lo, r.gap_hi)}).")
+    return L
 
 
 def _before(res: dict) -> list[str]:

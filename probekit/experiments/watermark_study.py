@@ -7,7 +7,7 @@ gradient cosine vs batch size (2, 8, 32) over seeds, and writes the study's sect
 
 Example::
 
-    probekit study watermark            # the small grid, prints the table
+    probekit study watermark            # the small grid: prints one verdict line per run, writes table.csv
     probekit study watermark --full     # the grid of docs/results.md, rewrites its section
 """
 
@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._progress import say
 from ..organisms import watermark as W
 from ..organisms.reader import ocr_accuracy, reader
 from ..report.figures.png import compare_png, pyplot, save_png
 from ..report.text import fmt_ci
 
-__all__ = ["grid", "run_study", "gradient_trend", "write_section"]
+__all__ = ["grid", "run_study", "gradient_trend", "write_section", "verdict_lines"]
 
 BEGIN, END = "<!-- watermark-study -->", "<!-- /watermark-study -->"
 
@@ -138,8 +139,7 @@ def run_study(full: bool = False, base_path: Any = None, conditions: list[W.Cond
             protocol.append({"model": c.label(), **W.stratified(r["tuned"], r["eval"], c.seed)})
         rows.append(r["row"])
         reports.setdefault(c.label(), r["report"])
-        if verbose:
-            print(f"[{time.perf_counter() - t0:5.0f} s] {c.label()}, seed {c.seed}: {r['verdict']['line']}", flush=True)
+        say(f"Finished {c.label()}, seed {c.seed} (its verdict is printed at the end).", t0, verbose)
     out = {"table": pd.DataFrame(rows), "reports": reports, "ocr": ocr, "conditions": [asdict(c) for c in conds],
            "full": full, "protocol": pd.DataFrame(protocol)}
     if gradients:
@@ -229,6 +229,15 @@ def _trend_text(s: tuple[float, float, float]) -> str:
                 "dominates the batch noise, and more slowly before; the watermark is in the gradient of every "
                 "batch size, diluted by the batch, not removed.")
     return "**Detected**: the CI excludes 0, and the larger the batch, the more the watermarks turn the gradient."
+
+
+def verdict_lines(res: dict) -> list[str]:
+    """One line per run of the grid, base readers included (Holm over all its points and positions,
+    :func:`probekit.organisms.watermark.decide`), then the reader's OCR accuracy."""
+    from ..report.text import ci_text
+
+    return ([f"{r.condition}, seed {int(r.seed)}: {r.verdict}" for r in res["table"].itertuples()]
+            + [f"reader OCR character accuracy {ci_text(res['ocr'], 'char_accuracy', 3)}"])
 
 
 def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> str:

@@ -39,10 +39,10 @@ from ..data.scenes import ATTRIBUTES, make_scenes
 from ..errors import InputError
 from ..models import tiny
 from ..models.loading import load
-from ..report.text import fmt_ci
+from ..report.text import ci_text, fmt_ci
 from .ladder_lens import save_png as save_lens_png
 
-__all__ = ["LadderConfig", "run_ladder", "train_organism", "eval_scenes", "write_section", "ANSWERS"]
+__all__ = ["LadderConfig", "run_ladder", "train_organism", "eval_scenes", "write_section", "verdict_lines", "ANSWERS"]
 
 ANSWERS = ("Yes", "No")
 _START, _END = "<!-- ladder -->", "<!-- /ladder -->"
@@ -91,8 +91,10 @@ def _check(cfg: LadderConfig) -> None:
 
 
 def _log(cfg: LadderConfig, t0: float, msg: str) -> None:
-    if cfg.progress:
-        print(f"[ladder {time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
+    """A progress line in words (:func:`probekit._progress.say`); the verdicts are printed once, by the caller."""
+    from .._progress import say
+
+    say(msg, t0, cfg.progress)
 
 
 @torch.no_grad()
@@ -120,17 +122,20 @@ def train_organism(cfg: LadderConfig, t0: float | None = None) -> tuple[Any, dic
     _check(cfg)
     t0 = time.perf_counter() if t0 is None else t0
     ckpt = Path(cfg.out) / "tiny-llava"
+    _log(cfg, t0, f"Building a tiny LLaVA offline ({cfg.num_layers} language layers, {cfg.image_size}-pixel images)...")
     tiny.build("llava", ckpt, seed=cfg.seed, image_size=cfg.image_size, patch_size=cfg.patch_size,
                num_layers=cfg.num_layers, overwrite=True)
     model = load(ckpt)
     train = make_scenes(cfg.n_train, size=cfg.image_size, seed=cfg.seed, ask=cfg.ask)
     test = make_scenes(cfg.n_test, size=cfg.image_size, seed=cfg.seed + 1, ask=cfg.ask)
-    _log(cfg, t0, f"{len(train)} training scenes; fine-tuning {cfg.steps} steps")
+    _log(cfg, t0, f"Fine-tuning the tiny model to answer yes/no about the centre object "
+                  f"({cfg.steps} steps on {len(train)} scenes)...")
     base_acc = yes_no_accuracy(model, test)
     losses = finetune(model, train, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                       progress=cfg.progress)
     acc = yes_no_accuracy(model, test)
-    _log(cfg, t0, f"yes/no accuracy {acc['accuracy']:.3f} (untrained {base_acc['accuracy']:.3f})")
+    _log(cfg, t0, f"Fine-tuned: it answers {acc['accuracy']:.0%} of {acc['n']} held-out questions correctly "
+                  f"(untrained {base_acc['accuracy']:.0%}).")
     return model, acc, base_acc, losses
 
 
@@ -150,15 +155,17 @@ def run_ladder(cfg: LadderConfig | None = None) -> dict:
         model, acc, base_acc, losses = train_organism(cfg, t0)
         answer_ids = check_ladder(model, cfg.ks, ANSWERS, ["last"])
         ev = eval_scenes(cfg)
-        _log(cfg, t0, "collecting")
+        _log(cfg, t0, f"Recording every layer and the output logits on {len(ev)} fresh scenes...")
         acts = probekit.collect(model, [s.image for s in ev], [s.question for s in ev], points=["lm.*.resid", "logits"],
                                 positions="last", batch_size=64, progress=cfg.progress)
+        _log(cfg, t0, f"Fitting a tuned lens to read each layer as an output ({cfg.lens_steps} steps)...")
         tl = TunedLens.fit(model, acts, steps=cfg.lens_steps, seed=cfg.seed, progress=cfg.progress)
         kl = LogitLens(model, tuned=tl).kl_to_final(acts).assign(lens="tuned")
         kl = pd.concat([LogitLens(model).kl_to_final(acts).assign(lens="logit"), kl], ignore_index=True)
         lens = LogitLens(model, tuned=tl)
         frames, verdicts = [], {}
         for attr in cfg.attributes:
+            _log(cfg, t0, f"Probing {attr}: every layer, the tuned lens and the top-k output logits...")
             labels = [str(s.meta[attr]) for s in ev]
             tab = leakage_ladder(acts, labels, lens=lens, ks=cfg.ks, answer_ids=answer_ids, position="last",
                                  seed=cfg.seed, n_boot=cfg.n_boot, progress=False)
@@ -169,7 +176,6 @@ def run_ladder(cfg: LadderConfig | None = None) -> dict:
             k2 = tab[(tab.source == "logits") & (tab.k == len(ANSWERS))]
             verdicts[attr]["yes/no logits"] = holm_verdict(k2, alpha=cfg.alpha)[1]
             frames.append(tab.assign(attribute=attr))
-            _log(cfg, t0, f"{attr}: {overall}")
         table = pd.concat(frames, ignore_index=True)
         grid = lens_grid(model, ev)
     finally:
@@ -197,6 +203,14 @@ def headline(res: dict) -> pd.DataFrame:
         row["verdict"] = res["verdicts"][attr]["all"].split(":")[0]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def verdict_lines(res: dict) -> list[str]:
+    """One line per attribute (Holm over every row of its ladder; rows named as in :func:`headline`,
+    ``logits k=full`` for the whole vocabulary), then the organism's yes/no accuracy."""
+    acc = res["task_accuracy"]
+    return ([f"{attr}: {v['all']}" for attr, v in res["verdicts"].items()]
+            + [f"yes/no accuracy {ci_text(acc, 'accuracy', 3)} (n={acc['n']})"])
 
 
 def _md(df: pd.DataFrame) -> str:

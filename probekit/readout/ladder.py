@@ -293,6 +293,9 @@ def holm_verdict(table: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame
 
 
 def _rung(r: Any) -> str:
+    """A row's name in a verdict: ``residual lm.1.resid``, ``logits k=2``, ``logits k=full`` (the
+    ``k_label`` of :func:`leakage_ladder`, as in its tables; the full vocabulary is never named by its size)."""
     if r.source == "logits":
-        return f"logits k={int(r.k)}"
+        label = getattr(r, "k_label", None)
+        return f"logits k={label if isinstance(label, str) and label else int(r.k)}"
     return f"{r.source} {r.point}"

@@ -22,7 +22,7 @@ from .scan_report import ScanReport
 from .serialise import atomic_write
 from .tables import best_row, paired_table
 from .text import SHORT, ci_columns, ci_text, fmt, fmt_ci, where
-from .verdicts import difference_verdict, mi_headline, verdict
+from .verdicts import difference_rows, difference_verdict, mi_headline, verdict
 
 __all__ = ["Comparison", "compare"]
 
@@ -34,7 +34,9 @@ class Comparison:
     ``table`` has every numeric column of both as ``<column>_base`` / ``<column>_tuned``, and
     for accuracy and MI ``<metric>_diff`` (tuned − base) with a 95% CI ``<metric>_diff_lo`` /
     ``_hi`` (half-widths combined as sqrt(hw1² + hw2²), assuming independent estimates);
-    ``diff``, ``diff_lo``, ``diff_hi`` repeat those of ``metric``.
+    ``diff``, ``diff_lo``, ``diff_hi`` repeat those of ``metric``; ``diff_p``, ``diff_p_holm``,
+    ``changed`` and ``excludes_0`` test each difference (:func:`~probekit.report.verdicts.difference_rows`).
+    Every count in :meth:`summary` is a count of these rows.
     """
 
     base: ScanReport
@@ -52,6 +54,7 @@ class Comparison:
         self.table["diff"] = self.table[f"{m}_diff"]
         self.table["diff_lo"] = self.table.get(f"{m}_diff_lo", np.nan)
         self.table["diff_hi"] = self.table.get(f"{m}_diff_hi", np.nan)
+        self.table = difference_rows(self.table)  # the one test of each row that the summary counts
 
     def figure(self, metric: str | None = None) -> Any:
         """Both curves with CIs and, below, the difference (tuned − base) with its CI."""
@@ -64,34 +67,42 @@ class Comparison:
                 difference_verdict(self.table, f"{nt} − {nb} ({SHORT.get(self.metric, self.metric)})")]
 
     def summary(self) -> str:
-        """Six lines: the three :meth:`verdicts`, then the largest change, how many rows'
-        uncorrected CIs of the difference exclude 0, the peaks."""
+        """The three :meth:`verdicts`, then the largest change, how many rows' uncorrected CIs of
+        the difference exclude 0, the peaks.
+
+        Every count is of the rows of :attr:`table` whose difference has a CI (``diff_p`` not
+        NaN), every source and position included, so the lines cannot disagree; rows without one
+        are said to be left out.
+        """
         return "\n".join(self.verdicts() + self._change_lines().splitlines())
 
     def _change_lines(self) -> str:
         m, (nb, nt) = self.metric, self.names
-        t = self.table  # paired_table's rows are normalised already
-        res = t[t.source == "residual"] if (t.source == "residual").any() else t
+        t = self.table
+        tested = t[np.isfinite(t["diff_p"].to_numpy(float))]
         label = SHORT.get(m, m)
-        if not res["diff"].notna().any():
-            return f"No {label} values to compare."
-        if float(res["diff"].abs().max()) == 0.0:
-            return (f"No change: {label} is the same in {nb} and {nt} at all {len(res)} rows.\n"
+        left = len(t) - len(tested)
+        left_out = (f" ({left} of the table's {len(t)} rows have no CI of the difference and are not counted)"
+                    if left else "")
+        peaks = [f"{name} {self._peak(rep, m)}" for name, rep in ((nb, self.base), (nt, self.tuned))]
+        chance = tested.get("chance_base")
+        line3 = "Peaks: " + "; ".join(peaks) + (f" (chance {fmt(chance.max())})." if m == "accuracy"
+                                                 and chance is not None and len(tested) else ".")
+        if tested.empty:
+            return f"No {label} difference with a CI to compare in any of the {len(t)} rows.\n{line3}"
+        if float(tested["diff"].abs().max()) == 0.0:
+            return (f"No change: {label} is the same in {nb} and {nt} at all {len(tested)} points{left_out}.\n"
                     f"Rows matched on hook point, position and source.\n"
                     f"Peak: {self._peak(self.base, m)}.")
-        big = res.loc[res["diff"].abs().idxmax()].to_dict()
+        big = tested.loc[tested["diff"].abs().idxmax()].to_dict()
         lo, hi = ci_columns(m)
         val = lambda rec, s: fmt_ci(rec.get(f"{m}_{s}"), rec.get(f"{lo}_{s}"), rec.get(f"{hi}_{s}"))  # noqa: E731
         line1 = (f"Largest change: {where(big['point'], big['position'])}, {label} {val(big, 'base')} ({nb}) → "
                  f"{val(big, 'tuned')} ({nt}), difference {fmt_ci(big['diff'], big['diff_lo'], big['diff_hi'])}.")
-        ok = res["diff_lo"].notna() & res["diff_hi"].notna()
-        down, up = int((ok & (res.diff_hi < 0)).sum()), int((ok & (res.diff_lo > 0)).sum())
-        line2 = (f"The uncorrected 95% CI of the difference excludes 0 at {down + up} of {int(ok.sum())} rows "
-                 f"({down} lower in {nt}, {up} higher).")
-        peaks = [f"{name} {self._peak(rep, m)}" for name, rep in ((nb, self.base), (nt, self.tuned))]
-        chance = res.get("chance_base")
-        line3 = "Peaks: " + "; ".join(peaks) + (f" (chance {fmt(chance.max())})." if m == "accuracy"
-                                                 and chance is not None else ".")
+        out = tested[tested["excludes_0"]]
+        down, up = int((out["diff"] < 0).sum()), int((out["diff"] > 0).sum())
+        line2 = (f"The uncorrected 95% CI of the difference excludes 0 at {len(out)} of {len(tested)} points "
+                 f"({down} lower in {nt}, {up} higher){left_out}.")
         return "\n".join([line1, line2, line3])
 
     @staticmethod

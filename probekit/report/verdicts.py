@@ -23,7 +23,7 @@ from .order import point_order
 from .tables import normalise
 from .text import ci_text, where
 
-__all__ = ["verdict", "difference_verdict", "mi_headline", "tested_rows"]
+__all__ = ["verdict", "difference_verdict", "difference_rows", "mi_headline", "tested_rows"]
 
 
 _NO_LEAK = ("No leakage detected at any of {m} points "
@@ -87,15 +87,39 @@ def mi_headline(rec: dict) -> str:
     return "0 (no evidence)"
 
 
-def difference_verdict(table: pd.DataFrame, label: str) -> str:
-    """Verdict on tuned − base: Holm over the rows on the two-sided normal p-value of each difference."""
+def difference_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """A paired table with the test of each difference: everything a comparison's summary counts.
+
+    Adds ``diff_p`` (two-sided normal p-value that tuned − base is 0, from ``diff`` and its
+    95% CI; NaN where the row has no difference or no CI: not tested), ``diff_p_holm`` (Holm
+    over the tested rows), ``changed`` (``diff_p_holm`` < 0.05) and ``excludes_0`` (``diff_p``
+    < 0.05, i.e. the uncorrected CI excludes 0; every changed row is one). Idempotent.
+
+    >>> t = pd.DataFrame({"point": ["lm.0.resid", "lm.1.resid", "lm.2.resid"], "diff": [-0.3, 0.02, float("nan")],
+    ...                   "diff_lo": [-0.35, -0.04, float("nan")], "diff_hi": [-0.25, 0.08, float("nan")]})
+    >>> difference_rows(t)[["changed", "excludes_0"]].values.tolist()
+    [[True, True], [False, False], [False, False]]
+    """
     t = normalise(table)
     p = difference_p_values(t["diff"], t["diff_lo"], t["diff_hi"])
-    t = t.assign(_p=holm(p))
-    t = t[np.isfinite(p)]
+    t["diff_p"] = p
+    t["diff_p_holm"] = holm(p)
+    t["changed"] = (t["diff_p_holm"] < ALPHA).to_numpy(bool)
+    t["excludes_0"] = (t["diff_p"] < ALPHA).to_numpy(bool)
+    return t
+
+
+def difference_verdict(table: pd.DataFrame, label: str) -> str:
+    """Verdict on tuned − base: Holm over the rows on the two-sided normal p-value of each difference.
+
+    Counts the rows of :func:`difference_rows` (computed here unless ``table`` has them): M
+    rows with a tested difference (every source and position), N of them changed.
+    """
+    t = table if "changed" in table.columns else difference_rows(table)
+    t = t[np.isfinite(t["diff_p"].to_numpy(float))]
     if t.empty:
         return f"{label}: no difference with a CI to test"
-    hits = _forward(t[t._p < ALPHA])
+    hits = _forward(t[t["changed"]])
     if hits.empty:
         return f"{label}: no change detected at any of {len(t)} points (every interval of the difference includes 0)"
     first = hits.iloc[0]
