@@ -10,9 +10,28 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
+def _texts(nb) -> list[list[str]]:
+    """Per code cell, what it printed and returned as text (stdout and text/plain), figures and stderr aside."""
+    out = []
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        texts = []
+        for o in c.get("outputs", []):
+            if o.output_type == "stream" and o.name == "stdout":
+                texts.append(o.text)
+            elif o.output_type in ("execute_result", "display_data"):
+                data = o.get("data", {})
+                if set(data) == {"text/plain"}:  # a value's repr; a figure's text/plain stand-in is left out
+                    texts.append(data["text/plain"])
+        out.append(texts)
+    return out
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
+    committed = _texts(nb)
     os.environ["HF_HUB_OFFLINE"] = "1"
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
@@ -21,6 +40,11 @@ def test_notebook_runs(path, tmp_path):
     assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code")
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) or "text/html" in o.get("data", {}) for o in outputs)
+    # the committed outputs are what the notebook prints today: re-run notebooks/execute.py after a change
+    fresh = _texts(nb)
+    for i, (was, now) in enumerate(zip(committed, fresh)):
+        assert was == now, f"code cell {i} of {path.name} prints something else now: run python notebooks/execute.py"
+    assert len(committed) == len(fresh)
 
 
 def test_there_are_two_notebooks():
