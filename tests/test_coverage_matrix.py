@@ -205,6 +205,27 @@ def test_vision_points_split_per_image(built, arch):
         assert not torch.allclose(pair[p][0], pair[p][1]), p  # two different images give two different rows
 
 
+# towers that run the batch's patches as one flattened sequence, split by the processor's image_grid_thw
+GRID_TOWERS = [a for a in ARCHS if a in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe",
+                                         "glm46v", "llava_onevision1_5", "ovis2_5")]
+
+
+@pytest.mark.parametrize("arch", GRID_TOWERS)
+def test_vision_points_split_images_of_different_sizes(built, arch):
+    """A square and a wide image in one batch: each one's vision-side rows are the same as alone."""
+    model = built(arch)
+    images = [tiny.fixture_images(1, 32, seed=3)[0], tiny.fixture_images(1, (64, 32), seed=4)[0]]
+    grid = model.prepare(images, PROMPTS)["image_grid_thw"]
+    assert grid[0].prod() != grid[1].prod()  # two patch counts: an even split of the rows would mix the images
+    points = ["vision.*.resid", "projector"]
+    pair = probekit.collect(model, images, PROMPTS, points=points, positions="image_mean", batch_size=2, progress=False)
+    for i in range(2):
+        alone = probekit.collect(model, images[i:i + 1], PROMPTS[i:i + 1], points=points, positions="image_mean",
+                                 progress=False)
+        for p in pair.points:
+            torch.testing.assert_close(pair[p][i:i + 1], alone[p], atol=1e-5, rtol=1e-4, msg=f"{p}, image {i}")
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_logit_lens_on_last_block_is_the_model_output(built, arch):
     model = built(arch)

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Family
+from .base import Family, grid_counts
 
 __all__ = ["Qwen2VL"]
 
@@ -28,11 +28,4 @@ class Qwen2VL(Family):
 
     def vision_counts(self, model: Any, inputs: Any, point: str, first_dim: int) -> list[int] | None:
         # The vision tower runs on all patches of the batch flattened into one sequence.
-        thw = inputs.get("image_grid_thw")
-        if thw is None:
-            return None
-        per_image = [int(t * h * w) for t, h, w in thw.tolist()]
-        if sum(per_image) != first_dim:
-            merge = int(getattr(model.hf.config.vision_config, "spatial_merge_size", 2)) ** 2
-            per_image = [c // merge for c in per_image]
-        return per_image if sum(per_image) == first_dim else None
+        return grid_counts(model, inputs, first_dim)
