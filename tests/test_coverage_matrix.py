@@ -1,8 +1,10 @@
 """The coverage matrix: every architecture probekit supports, checked end to end on a tiny build.
 
-One row per ``config.model_type`` in :data:`probekit.models.coverage.COVERED`; each check is a
-test of its own, so a failure names the architecture and the check. The table in
-``docs/real-models.md`` is generated from the same lists (``test_docs_table_is_current``).
+One row per ``config.model_type`` in :data:`probekit.models.coverage.COVERED` that the running
+transformers has (:func:`probekit.models.coverage.covered`: an architecture newer than it, named
+in :data:`probekit.models.coverage.SINCE`, is left out); each check is a test of its own, so a
+failure names the architecture and the check. The table in ``docs/real-models.md`` is generated
+from the same lists (``test_docs_table_is_current``).
 
 An encoder-decoder (Florence-2) has two token sequences: the encoder's (image tokens and
 prompt, points ``encoder.*``) and the decoder's (points ``lm.*``). Each check runs on the
@@ -16,11 +18,11 @@ import pytest
 import torch
 
 import probekit
-from probekit.errors import PositionError
+from probekit.errors import InputError, PositionError
 from probekit.models import coverage, tiny, tiny_zoo
 from probekit.readout.lens import LogitLens
 
-ARCHS = list(coverage.COVERED)
+ARCHS = list(coverage.covered())
 PROMPTS = ["What shape is it?", "What colour is the big square on the left?"]
 
 
@@ -83,12 +85,19 @@ def test_matrix_lists_every_installed_architecture():
     """Each image-text-to-text architecture of the installed transformers is covered, unsupported or untested, once."""
     installed = coverage.installed_architectures()
     for arch in list(coverage.COVERED) + list(coverage.UNSUPPORTED):
-        assert arch in installed or arch in coverage.OUTSIDE_MAPPING, arch
+        if arch not in coverage.OUTSIDE_MAPPING:  # installed, or named in SINCE with a release newer than this one
+            assert (arch in installed) is not coverage.newer_than_installed(arch), arch
+    assert set(coverage.SINCE) <= set(coverage.COVERED) | set(coverage.UNSUPPORTED)
     assert not set(coverage.COVERED) & set(coverage.UNSUPPORTED)
     assert set(tiny_zoo.ARCHITECTURES) == set(coverage.COVERED)
+    assert set(ARCHS) == set(coverage.COVERED) & set(installed)
     rows = coverage.rows()
-    assert sorted(r.model_type for r in rows) == sorted(set(installed) | set(coverage.UNSUPPORTED))
-    assert {r.model_type for r in rows if r.status == "works"} == set(coverage.COVERED)
+    unsupported = {a for a in coverage.UNSUPPORTED if not coverage.newer_than_installed(a)}
+    assert sorted(r.model_type for r in rows) == sorted(set(installed) | unsupported)
+    assert {r.model_type for r in rows if r.status == "works"} == set(ARCHS)
+    for arch in set(coverage.COVERED) - set(ARCHS):  # its builder is not reached: it says which release it needs
+        with pytest.raises(InputError, match=f"needs transformers>={coverage.SINCE[arch]}"):
+            tiny_zoo.build(arch)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -291,4 +300,4 @@ def test_docs_table_is_current():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "real-models.md").read_text()
     block = doc.split(coverage.START, 1)[1].split(coverage.END, 1)[0]
     assert block == "\n" + coverage.markdown_table(), "run: python -m probekit.models.coverage docs/real-models.md"
-    assert f"**{len(coverage.COVERED)} work**" in block
+    assert f"**{len(coverage.covered())} work**" in block

@@ -1,4 +1,4 @@
-"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL: a vision tower that runs on every patch of the batch at once."""
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision-1.5: a vision tower that runs on every patch of the batch at once."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ __all__ = ["Qwen2VL"]
 
 class Qwen2VL(Family):
     name = "qwen2_vl"
-    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+    # LLaVA-OneVision-1.5 (transformers >= 5.25): Qwen2.5-VL's module layout, a class token per image in the tower
+    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava_onevision1_5")
     vision_layers = ("model.visual.blocks", "visual.blocks")
     projector = ("model.visual.merger", "visual.merger")
     lm_layers = ("model.language_model.layers", "model.layers")
