@@ -1,8 +1,10 @@
 """The coverage matrix: every architecture probekit supports, checked end to end on a tiny build.
 
-One row per ``config.model_type`` in :data:`probekit.models.coverage.COVERED`; each check is a
-test of its own, so a failure names the architecture and the check. The table in
-``docs/real-models.md`` is generated from the same lists (``test_docs_table_is_current``).
+One row per ``config.model_type`` in :data:`probekit.models.coverage.COVERED` that the running
+transformers has (:func:`probekit.models.coverage.covered`: an architecture newer than it, named
+in :data:`probekit.models.coverage.SINCE`, is left out); each check is a test of its own, so a
+failure names the architecture and the check. The table in ``docs/real-models.md`` is generated
+from the same lists (``test_docs_table_is_current``).
 
 An encoder-decoder (Florence-2) has two token sequences: the encoder's (image tokens and
 prompt, points ``encoder.*``) and the decoder's (points ``lm.*``). Each check runs on the
@@ -16,11 +18,11 @@ import pytest
 import torch
 
 import probekit
-from probekit.errors import PositionError
+from probekit.errors import InputError, PositionError
 from probekit.models import coverage, tiny, tiny_zoo
 from probekit.readout.lens import LogitLens
 
-ARCHS = list(coverage.COVERED)
+ARCHS = list(coverage.covered())
 PROMPTS = ["What shape is it?", "What colour is the big square on the left?"]
 
 
@@ -83,12 +85,19 @@ def test_matrix_lists_every_installed_architecture():
     """Each image-text-to-text architecture of the installed transformers is covered, unsupported or untested, once."""
     installed = coverage.installed_architectures()
     for arch in list(coverage.COVERED) + list(coverage.UNSUPPORTED):
-        assert arch in installed or arch in coverage.OUTSIDE_MAPPING, arch
+        if arch not in coverage.OUTSIDE_MAPPING:  # installed, or named in SINCE with a release newer than this one
+            assert (arch in installed) is not coverage.newer_than_installed(arch), arch
+    assert set(coverage.SINCE) <= set(coverage.COVERED) | set(coverage.UNSUPPORTED)
     assert not set(coverage.COVERED) & set(coverage.UNSUPPORTED)
     assert set(tiny_zoo.ARCHITECTURES) == set(coverage.COVERED)
+    assert set(ARCHS) == set(coverage.COVERED) & set(installed)
     rows = coverage.rows()
-    assert sorted(r.model_type for r in rows) == sorted(set(installed) | set(coverage.UNSUPPORTED))
-    assert {r.model_type for r in rows if r.status == "works"} == set(coverage.COVERED)
+    unsupported = {a for a in coverage.UNSUPPORTED if not coverage.newer_than_installed(a)}
+    assert sorted(r.model_type for r in rows) == sorted(set(installed) | unsupported)
+    assert {r.model_type for r in rows if r.status == "works"} == set(ARCHS)
+    for arch in set(coverage.COVERED) - set(ARCHS):  # its builder is not reached: it says which release it needs
+        with pytest.raises(InputError, match=f"needs transformers>={coverage.SINCE[arch]}"):
+            tiny_zoo.build(arch)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -203,6 +212,27 @@ def test_vision_points_split_per_image(built, arch):
         assert pair[p].shape[0] == 2
         torch.testing.assert_close(pair[p][1:], alone[p], atol=1e-5, rtol=1e-4, msg=p)
         assert not torch.allclose(pair[p][0], pair[p][1]), p  # two different images give two different rows
+
+
+# towers that run the batch's patches as one flattened sequence, split by the processor's image_grid_thw
+GRID_TOWERS = [a for a in ARCHS if a in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe",
+                                         "glm46v", "llava_onevision1_5", "ovis2_5")]
+
+
+@pytest.mark.parametrize("arch", GRID_TOWERS)
+def test_vision_points_split_images_of_different_sizes(built, arch):
+    """A square and a wide image in one batch: each one's vision-side rows are the same as alone."""
+    model = built(arch)
+    images = [tiny.fixture_images(1, 32, seed=3)[0], tiny.fixture_images(1, (64, 32), seed=4)[0]]
+    grid = model.prepare(images, PROMPTS)["image_grid_thw"]
+    assert grid[0].prod() != grid[1].prod()  # two patch counts: an even split of the rows would mix the images
+    points = ["vision.*.resid", "projector"]
+    pair = probekit.collect(model, images, PROMPTS, points=points, positions="image_mean", batch_size=2, progress=False)
+    for i in range(2):
+        alone = probekit.collect(model, images[i:i + 1], PROMPTS[i:i + 1], points=points, positions="image_mean",
+                                 progress=False)
+        for p in pair.points:
+            torch.testing.assert_close(pair[p][i:i + 1], alone[p], atol=1e-5, rtol=1e-4, msg=f"{p}, image {i}")
 
 
 @pytest.mark.parametrize("arch", ARCHS)

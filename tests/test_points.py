@@ -134,7 +134,7 @@ def test_no_module_but_hooks_points_has_a_regex_over_point_names():
     assert not hits, "point names are parsed outside hooks/points.py (use Point.parse):\n" + "\n".join(hits)
 
 
-@pytest.mark.parametrize("arch", sorted(coverage.COVERED))
+@pytest.mark.parametrize("arch", sorted(coverage.covered()))
 def test_point_widths_are_the_recorded_widths(arch):
     """Every width a family states without a forward pass is the width collect records."""
     with warnings.catch_warnings():

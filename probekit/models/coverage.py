@@ -6,6 +6,9 @@ known not to work, with the reason. Every other image-text-to-text architecture 
 installed transformers is *untested*: it may work through the generic adapter, nobody has
 checked. :func:`markdown_table` writes the table of ``docs/real-models.md`` from these lists.
 
+An architecture newer than the lowest supported transformers is named in :data:`SINCE`; under
+an older release it is not installed, and :func:`covered` and :func:`rows` leave it out.
+
 Example:
     >>> from probekit.models import coverage
     >>> coverage.COVERED["gemma3"]
@@ -19,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COVERED", "UNSUPPORTED", "NOT_APPLICABLE", "OUTSIDE_MAPPING", "Row", "rows", "markdown_table", "checked_rows",
-           "write_docs",
-           "installed_architectures", "text_layers", "encoder_layers", "text_width", "vision_layers"]
+__all__ = ["COVERED", "UNSUPPORTED", "NOT_APPLICABLE", "OUTSIDE_MAPPING", "SINCE", "Row", "rows", "markdown_table",
+           "write_docs", "installed_architectures", "covered", "newer_than_installed", "checked_rows",
+           "text_layers", "encoder_layers", "text_width", "vision_layers"]
 
 COVERED: dict[str, str] = {
     "llava": "llava",
@@ -51,6 +54,8 @@ COVERED: dict[str, str] = {
     "video_llava": "generic",
     "lighton_ocr": "lighton_ocr",
     "florence2": "florence2",
+    "llava_onevision1_5": "qwen2_vl",
+    "ovis2_5": "generic",
 }
 """model_type -> the probekit family that maps it (``generic`` = found by shape, no family module)."""
 
@@ -60,6 +65,13 @@ UNSUPPORTED: dict[str, str] = {
     "Gemma3ForConditionalGeneration, is covered as gemma3)",
     "phi4_multimodal": "Phi4MultimodalForCausalLM is no image-text-to-text class in transformers (5.9 to 5.25) and its "
     "image processor needs torchvision (no build matching torch 2.13.0+cpu loads here)",
+    "pi05": "PI05ForConditionalGeneration is a robot action model (pi0.5): besides input_ids, pixel_values and "
+    "pixel_attention_mask (one slot per camera) its forward takes noise, a diffusion timestep and actions, drawing "
+    "the noise and timestep at random when not given (two identical calls differ), and returns as `logits` the "
+    "flow-matching velocity of an action chunk (batch x chunk_size x max_action_dim), with `hidden_states` of the "
+    "action expert's chunk only (the PaliGemma prefix runs bidirectionally into the cache); it has no output "
+    "embedding, so there is no token distribution for a logit lens, and its image processor (PI0ImageProcessor) "
+    "needs torchvision",
 }
 """model_type -> why probekit does not support it (yet)."""
 
@@ -79,6 +91,13 @@ _OUTSIDE_CLASS = {"phi4_multimodal": "Phi4MultimodalForCausalLM"}
 OUTSIDE_MAPPING: frozenset[str] = frozenset(_OUTSIDE_CLASS)
 """Architectures named above that are not in transformers' image-text-to-text mapping."""
 
+SINCE: dict[str, str] = {
+    "llava_onevision1_5": "5.25.0",
+    "ovis2_5": "5.25.0",
+    "pi05": "5.25.0",
+}
+"""model_type -> the first transformers release that has it, for those newer than setup.cfg's lowest (5.9.0)."""
+
 
 @dataclass(frozen=True)
 class Row:
@@ -96,11 +115,25 @@ def installed_architectures() -> dict[str, str]:
     return dict(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
 
 
+def newer_than_installed(model_type: str) -> bool:
+    """Whether ``model_type`` first came with a transformers release newer than the installed one (:data:`SINCE`)."""
+    if model_type not in SINCE:
+        return False
+    from packaging.version import Version
+
+    return Version(_tf_version()) < Version(SINCE[model_type])
+
+
+def covered() -> dict[str, str]:
+    """The entries of :data:`COVERED` that the installed transformers has (what the matrix runs)."""
+    return {arch: fam for arch, fam in COVERED.items() if not newer_than_installed(arch)}
+
+
 def rows() -> list[Row]:
     """One row per installed (or explicitly unsupported) architecture, sorted by model_type."""
     installed = installed_architectures()
     out = []
-    for arch in sorted(set(installed) | set(UNSUPPORTED)):
+    for arch in sorted(set(installed) | {a for a in UNSUPPORTED if not newer_than_installed(a)}):
         cls = installed.get(arch, _OUTSIDE_CLASS.get(arch, ""))
         if arch in COVERED:
             out.append(Row(arch, cls, "works", COVERED[arch], ""))

@@ -189,6 +189,9 @@ _QWEN2_VL_TEMPLATE = (
     "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Ovis2.5's processor writes the image's start and end marks around its placeholders itself:
+# the prompt holds the bare image token.
+_OVIS2_5_TEMPLATE = _QWEN2_VL_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n")
 # The real template starts with <|begin_of_text|>, which the tokenizer then adds a second
 # time; leaving it to the tokenizer gives one BOS.
 _IDEFICS3_TEMPLATE = (

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from probekit.errors import InputError
+from probekit.models.coverage import SINCE, newer_than_installed
 from probekit.models.processors import image_only
 from probekit.models.tiny_builders import _BUILDERS
 from probekit.models.tiny_zoo_parts import _IMG, _S, _text, _tok, _vision
@@ -342,6 +343,9 @@ def build(model_type: str, seed: int = 0) -> tuple[Any, Any]:
     """A random-weight ``(hf_model, processor)`` of ``model_type`` (eval mode, seeded, caller's RNG kept)."""
     if model_type not in ARCHITECTURES:
         raise InputError(f"no tiny build of {model_type!r}", fix=f"use one of {', '.join(ARCHITECTURES)}")
+    if newer_than_installed(model_type):
+        raise InputError(f"{model_type!r} needs transformers>={SINCE[model_type]}",
+                         fix=f"pip install 'transformers>={SINCE[model_type]}'")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         hf, proc = ARCHITECTURES[model_type]()

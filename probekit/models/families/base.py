@@ -24,7 +24,7 @@ from ..adapter import HookTarget, Layout, find_first, get_module, require
 from ..logit_output import LogitOutput, logit_output
 from ..writers import ATTN_OUT, MLP_OUT, PROJECTOR_OUT, residual_writers
 
-__all__ = ["Family", "config_image_token_id", "module_or_none"]
+__all__ = ["Family", "config_image_token_id", "grid_counts", "module_or_none"]
 
 
 def config_image_token_id(hf: nn.Module) -> int | None:
@@ -34,6 +34,25 @@ def config_image_token_id(hf: nn.Module) -> int | None:
         v = getattr(cfg, attr, None)
         if isinstance(v, int):
             return v
+    return None
+
+
+def grid_counts(model: Any, inputs: Any, first_dim: int) -> list[int] | None:
+    """Rows per image of a vision tower that runs the batch's patches flattened into one sequence.
+
+    Read off the processor's ``image_grid_thw`` (Qwen2-VL and the towers built like it): one row
+    per patch (the blocks), one per ``spatial_merge_size``² patches (the merger's output), or one
+    per patch plus a class token per frame (LLaVA-OneVision-1.5's RICE blocks), whichever adds up
+    to ``first_dim``; None when there is no grid or none does.
+    """
+    thw = inputs.get("image_grid_thw")
+    if thw is None:
+        return None
+    frames = [(int(t), int(t * h * w)) for t, h, w in thw.tolist()]
+    merge = int(getattr(getattr(model.hf.config, "vision_config", None), "spatial_merge_size", 2)) ** 2
+    for per_image in ([n for _, n in frames], [n // merge for _, n in frames], [n + t for t, n in frames]):
+        if sum(per_image) == first_dim:
+            return per_image
     return None
 
 

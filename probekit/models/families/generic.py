@@ -9,7 +9,7 @@ from torch import nn
 
 from ...errors import UnsupportedModelError
 from ..adapter import Layout, find_first, get_module
-from .base import Family, config_image_token_id, module_or_none
+from .base import Family, config_image_token_id, grid_counts, module_or_none
 
 __all__ = ["GenericFamily"]
 
@@ -67,3 +67,7 @@ class GenericFamily(Family):
                 stacklevel=3,
             )
         return lay
+
+    def vision_counts(self, model: Any, inputs: Any, point: str, first_dim: int) -> list[int] | None:
+        # a tower on the batch's patches flattened into one sequence (Ovis2.5): split by the processor's patch grid
+        return grid_counts(model, inputs, first_dim)

@@ -1,4 +1,4 @@
-"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL: a vision tower that runs on every patch of the batch at once."""
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision-1.5: a vision tower that runs on every patch of the batch at once."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ from typing import Any
 
 from torch import nn
 
-from .base import Family
+from .base import Family, grid_counts
 
 __all__ = ["Qwen2VL"]
 
 
 class Qwen2VL(Family):
     name = "qwen2_vl"
-    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+    # LLaVA-OneVision-1.5 (transformers >= 5.25): Qwen2.5-VL's module layout, a class token per image in the tower
+    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava_onevision1_5")
     vision_layers = ("model.visual.blocks", "visual.blocks")
     projector = ("model.visual.merger", "visual.merger")
     lm_layers = ("model.language_model.layers", "model.layers")
@@ -28,11 +29,4 @@ class Qwen2VL(Family):
 
     def vision_counts(self, model: Any, inputs: Any, point: str, first_dim: int) -> list[int] | None:
         # The vision tower runs on all patches of the batch flattened into one sequence.
-        thw = inputs.get("image_grid_thw")
-        if thw is None:
-            return None
-        per_image = [int(t * h * w) for t, h, w in thw.tolist()]
-        if sum(per_image) != first_dim:
-            merge = int(getattr(model.hf.config.vision_config, "spatial_merge_size", 2)) ** 2
-            per_image = [c // merge for c in per_image]
-        return per_image if sum(per_image) == first_dim else None
+        return grid_counts(model, inputs, first_dim)
