@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import hashlib
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -18,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, UnknownPointError, UnsupportedModelError
+from .fingerprint import fingerprint
 from .logit_output import LogitOutput, OutputHead
 
 __all__ = ["Layout", "Model", "HookTarget", "get_module"]
@@ -339,7 +338,7 @@ class Model:
 
         It changes when any weight changes: besides the config and every parameter's name and
         shape it hashes a strided sample of each parameter's values (at most
-        ``_FINGERPRINT_SAMPLE`` per tensor, always the first and last), so a fine-tuned copy of a
+        ``FINGERPRINT_SAMPLE`` per tensor, always the first and last), so a fine-tuned copy of a
         model gets its own fingerprint while a 7B model is still fingerprinted in milliseconds
         (the whole weights are never read).
 
@@ -352,22 +351,7 @@ class Model:
             >>> m.fingerprint() != before
             True
         """
-        cfg = self.hf.config.to_dict() if hasattr(self.hf.config, "to_dict") else {}
-        cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("transformers_version",)}
-        h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
-        h.update(self.name.encode())
-        samples: list[torch.Tensor] = []
-        with torch.no_grad():
-            for n, p in self.hf.named_parameters():
-                h.update(f"{n}:{tuple(p.shape)}:{p.dtype}".encode())
-                if p.device.type == "meta" or p.numel() == 0:  # offloaded by device_map: nothing to read
-                    continue
-                flat = p.detach().reshape(-1)
-                k = min(flat.numel(), _FINGERPRINT_SAMPLE)
-                samples.append(flat[_sample_index(flat.numel(), k, flat.device)].float().cpu())
-        if samples:
-            h.update(torch.cat(samples).numpy().tobytes())
-        return h.hexdigest()[:16]
+        return fingerprint(self.hf, self.name)
 
     def __repr__(self) -> str:
         n_params = sum(p.numel() for p in self.hf.parameters())
@@ -377,21 +361,6 @@ class Model:
         )
 
 
-_FINGERPRINT_SAMPLE = 4096  # values per parameter that enter Model.fingerprint
-
-
-def _sample_index(numel: int, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``k`` evenly spaced indices into ``numel`` values, the first and the last included.
-
-    Above 2**24 values the indices are computed in integers (rounded half up): a float32
-    ``linspace(0, numel - 1)`` rounds ``numel - 1`` up to ``numel`` there (every 7B embedding and MLP
-    matrix), an index out of bounds. Up to 2**24 every index is exact in float32, and the float
-    ``linspace`` is kept so that fingerprints (hence the stores they guard) stay what they were.
-    """
-    if numel <= 2**24:
-        return torch.linspace(0, numel - 1, k, device=device).round().long()
-    i = torch.arange(k, dtype=torch.long, device=device)
-    return (2 * i * (numel - 1) + (k - 1)) // (2 * (k - 1))
 
 
 def _summary(names: list[str], k: int = 6) -> str:
@@ -419,4 +388,3 @@ def require(root: nn.Module, family: str, role: str, candidates: Sequence[str]) 
             fix="pass family='generic' to probekit.wrap/load, or open an issue with print(model)",
         )
     return path
-
