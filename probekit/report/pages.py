@@ -25,8 +25,9 @@ TITLES = {"leakage": "Probe accuracy per layer", "mi": "Mutual information per l
           "ladder": "Leakage ladder"}
 CAPTIONS = {
     "leakage": "Held-out accuracy of a linear probe per layer, 95% CI as a band. Grey dotted: chance "
-               "(majority class). Dashed: the same probe on the output's top-k logits only. Filled markers: points that "
-               "leak after Holm's correction over all points (MI bound above the floor); open: not significant.",
+               "(majority class). Right panel, output (top-k logits): the same probe on the output's top-k logits "
+               "only. Filled markers: points that leak after Holm's correction over all points (MI bound above the "
+               "floor); open: not significant.",
     "mi": "Mutual information between hidden state and label, as a held-out probe lower bound "
           "H(Y) − CE in bits, 95% bootstrap CI. Grey dotted: the same estimate on permuted labels "
           "(the estimator's floor); dash-dotted: H(Y), the most any estimate can reach. Filled markers: points "
