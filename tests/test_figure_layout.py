@@ -147,3 +147,31 @@ def test_a_table_of_output_rows_only_still_draws():
     t = leakage_table()
     fig = plots.leakage_curves(t[t.source == "logits-topk"])
     assert [tr.mode for tr in output_traces(fig)] == ["markers", "markers"]
+
+
+# ---------------------------------------------------------------- 2. the words for the chance line
+
+
+DASH_WORDS = {"dashed": "dash", "dotted": "dot", "dash-dotted": "dashdot", "solid": "solid"}
+
+
+def chance_dash(text: str) -> str:
+    """The plotly dash that ``text`` gives the chance line ("the dotted grey line is chance")."""
+    found = re.findall(r"\b(dash-dotted|dashed|dotted|solid)\b[^.]{0,30}?\bchance\b", text, flags=re.I)
+    assert found, f"no line style named for chance in {text[:200]!r}"
+    assert len({f.lower() for f in found}) == 1, found
+    return DASH_WORDS[found[0].lower()]
+
+
+def test_notebook_caption_and_docstring_name_the_chance_line_as_it_is_drawn():
+    fig = plots.leakage_curves(leakage_table())
+    drawn = {tr.line.dash for tr in fig.data if tr.name == "chance (majority class)"}
+    assert len(drawn) == 1
+    dash = drawn.pop()
+    nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
+    said = [c.source for c in nb.cells if c.cell_type == "markdown" and re.search(r"line is chance", c.source)]
+    assert said, "the quickstart no longer says how chance is drawn"
+    for text in [*said, CAPTIONS["leakage"], plots.leakage_curves.__doc__]:
+        assert chance_dash(text) == dash
+    ladder = ladder_figure(ladder_table())
+    assert {s.line.dash for s in ladder.layout.shapes} == {chance_dash(CAPTIONS["ladder"])}
