@@ -175,3 +175,89 @@ def test_notebook_caption_and_docstring_name_the_chance_line_as_it_is_drawn():
         assert chance_dash(text) == dash
     ladder = ladder_figure(ladder_table())
     assert {s.line.dash for s in ladder.layout.shapes} == {chance_dash(CAPTIONS["ladder"])}
+
+
+# ---------------------------------------------------------------- 3. the leakage table fits the page
+
+
+def css_value(selector: str, prop: str) -> str | None:
+    """``prop`` of the last CSS rule whose selector list has ``selector`` (the one that wins)."""
+    value = None
+    for sel, body in re.findall(r"([^{}]+)\{([^}]*)\}", CSS):
+        if selector in [s.strip() for s in sel.split(",")]:
+            m = re.search(rf"(?:^|;)\s*{re.escape(prop)}\s*:\s*([^;]+)", body)
+            value = m.group(1).strip() if m else value
+    return value
+
+
+def em(v: str) -> float:
+    return float(v.removesuffix("em"))
+
+
+def wide_table() -> pd.DataFrame:
+    """Long names a real model has: a Q-Former, two-digit layers, long position names."""
+    t = leakage_table(pre=("vision.23.resid", "qformer.11.xattn", "projector"),
+                      positions=("answer_mean", "prompt_last"), layers=40)
+    t.loc[0, "mi_perm_bits"] = -0.0123  # a 3-decimal negative floor, as the table prints it
+    return t
+
+
+def text_em(text: str, bold: bool = False) -> float:
+    """Width of ``text`` in em, per character as in DejaVu Sans (the widest common sans-serif):
+    digits 0.64, capitals 0.7, other letters 0.62, spaces and punctuation 0.36; bold 10% wider."""
+    w = sum(0.64 if c.isdigit() else 0.36 if c in " .,:;()[]/-'<>" else 0.7 if c.isupper() else 0.62 for c in text)
+    return w * (1.1 if bold else 1.0)
+
+
+def test_leakage_table_fits_a_1400px_window():
+    """At most 10 columns, and their narrowest widths add up to less than the page's text width.
+
+    A column can be no narrower than its longest unbreakable text: a numeric cell never wraps,
+    a text cell and a heading wrap at spaces and hyphens. Widths come from :func:`text_em` with
+    the table's own font size and cell padding from the page's CSS. At 1400 px the page's text
+    is ``max-width`` wide (1000 px).
+    """
+    r = ScanReport(wide_table(), settings={"model": "m"})
+    html = r.to_html()
+    block = html.split("<h2>Leakage table</h2>", 1)[1]
+    table_tag = re.search(r"<table[^>]*>", block).group(0)
+    cls = re.search(r'class="([^"]+)"', table_tag)
+    sel = f"table.{cls.group(1)}" if cls else "table"
+    rows, cols, numeric = leakage_rows(normalise(r.table))
+    assert len(cols) <= 10
+    assert ("p_adjusted", "p (Holm)") in cols and ("leaks", "leaks") in cols  # the verdict stays in view
+    font = 16 * em(css_value(sel, "font-size") or css_value("table", "font-size"))
+    pad = (css_value(f"{sel} td", "padding") or css_value("td", "padding")).split()
+    pad_px = 2 * font * em(pad[1 if len(pad) > 1 else 0]) + 1
+    wraps = (css_value(f"{sel} th", "white-space") or "normal") != "nowrap"
+
+    def unbreakable(text: str, nowrap: bool, bold: bool = False) -> float:
+        words = [text] if nowrap else re.split(r"(?<=[ \-])", text)
+        return max(text_em(w.strip(), bold) for w in words)
+
+    total = 0.0
+    for key, heading in cols:
+        cells = [unbreakable(str(row.get(key, "")), key in numeric) for row in rows]
+        total += font * max(cells + [unbreakable(heading, not wraps, bold=True)]) + pad_px
+    page = int(re.search(r"body\{[^}]*max-width:(\d+)px", CSS).group(1))
+    assert total <= page, f"the leakage table needs about {total:.0f} px, the page has {page}"
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="no headless chromium here to measure the page")
+def test_leakage_table_has_no_horizontal_scrollbar_in_chromium_at_1400px(tmp_path):
+    page = ScanReport(wide_table(), settings={"model": "m"}).to_html()
+    probe = ("<script>window.addEventListener('load', () => {"
+             "const h = [...document.querySelectorAll('h2')].find(e => e.textContent === 'Leakage table');"
+             "const box = h.nextElementSibling;"
+             "document.title = 'measured ' + box.scrollWidth + ' ' + box.clientWidth;});</script></body>")
+    path = tmp_path / "page.html"
+    path.write_text(page.replace("</body>", probe))
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    dom = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+                          "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r"<title>measured (\d+) (\d+)</title>", dom)
+    assert m, dom[:300]
+    scroll, client = int(m.group(1)), int(m.group(2))
+    assert scroll <= client, f"the leakage table is {scroll} px wide in a {client} px box"

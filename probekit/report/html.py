@@ -32,6 +32,7 @@ h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;margin-top:2em;border
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 th,td{border-bottom:1px solid #e3e3e3;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#fafafa} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+table.fit{font-size:.8em;width:100%} table.fit th,table.fit td{padding:.2em .4em} table.fit th{white-space:normal}
 .scroll{overflow-x:auto;max-width:100%} details{margin:1em 0} summary{cursor:pointer;color:#1f77b4} code{font-size:.92em}
 footer{color:#888;font-size:.8em;margin-top:3em}
 """
@@ -69,16 +70,19 @@ def page(title: str, subtitle: str, body: str) -> str:
                       written=_dt.datetime.now().isoformat(timespec="seconds")))
 
 
-def html_table(rows: list[dict], columns: Sequence[tuple[str, str]], numeric: Sequence[str] = ()) -> Markup:
+def html_table(rows: list[dict], columns: Sequence[tuple[str, str]], numeric: Sequence[str] = (),
+               cls: str | None = None) -> Markup:
     """A scrolling table of ``rows`` (dicts of cell text); ``columns`` are (key, heading) pairs,
-    ``numeric`` keys are right-aligned."""
+    ``numeric`` keys are right-aligned; ``cls="fit"`` sets a smaller font, tighter cells and
+    headings that wrap (a wide table that must fit the page)."""
     head = "".join(f"<th>{escape(label)}</th>" for _, label in columns)
     body = []
     for rec in rows:
         cells = "".join(f'<td class="num">{escape(rec.get(k, ""))}</td>' if k in numeric
                         else f"<td>{escape(rec.get(k, ''))}</td>" for k, _ in columns)
         body.append(f"<tr>{cells}</tr>")
-    return Markup(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+    attr = f' class="{escape(cls)}"' if cls else ""
+    return Markup(f'<div class="scroll"><table{attr}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
                   "</table></div>")
 
 

@@ -78,13 +78,20 @@ its CI combines the two CIs assuming independent estimates.</p>
 def leakage_rows(table: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str]], list[str]]:
     """The rows of a normalised leakage table as cell text (each estimate with its CI in one
     cell: ``0.93 [0.90, 0.95]``), with the verdict per row; returns rows, (key, heading)
-    columns present, and the numeric keys."""
+    columns present, and the numeric keys.
+
+    Ten columns at most, so that the table fits a page 1000 px wide: the source is written
+    beside the hook point (``logits (logits-topk)``), the permuted-label floor beside H(Y)
+    (``-0.010 / 1.00``) and the selectivity beside the control accuracy (``0.52 (0.41)``);
+    each row keeps every value under its own key as well.
+    """
     t = add_verdicts(table) if "accuracy" in table.columns else table
     t = t.iloc[np.argsort([point_order(t.point).index(p) for p in t.point], kind="stable")]
     rows = []
     for rec in t.to_dict("records"):
-        rows.append({
+        row = {
             "point": rec["point"], "position": rec["position"], "source": rec["source"],
+            "hook": rec["point"] if rec["source"] == "residual" else f"{rec['point']} ({rec['source']})",
             "n": "" if pd.isna(rec.get("n", np.nan)) else int(rec["n"]),
             "accuracy": ci_text(rec, "accuracy") if "accuracy" in rec else "",
             "chance": fmt(rec.get("chance")),
@@ -95,16 +102,20 @@ def leakage_rows(table: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str]]
             "selectivity": fmt(rec.get("selectivity")),
             "p_adjusted": fmt_p(rec.get("p_adjusted")),
             "leaks": "yes" if rec.get("leaks") is True or rec.get("leaks") == 1 else "",
-        })
-    columns = [("point", "hook point"), ("position", "position"), ("source", "source"), ("n", "n"),
+        }
+        row["floor_entropy"] = " / ".join(row[k] for k in ("mi_perm_bits", "entropy_bits") if k in rec)
+        row["control"] = row["control_accuracy"] + (f" ({row['selectivity']})" if "selectivity" in rec else "")
+        rows.append(row)
+    floor = [w for k, w in (("mi_perm_bits", "permuted floor"), ("entropy_bits", "H(Y)")) if k in t.columns]
+    control = "control acc. (selectivity)" if "selectivity" in t.columns else "control acc."
+    columns = [("hook", "hook point"), ("position", "position"), ("n", "n"),
                ("accuracy", "accuracy [95% CI]"), ("chance", "chance"), ("mi_bits", "MI bits [95% CI]"),
-               ("entropy_bits", "H(Y) bits"), ("mi_perm_bits", "floor (permuted) bits"),
-               ("control_accuracy", "control acc."), ("selectivity", "selectivity"),
+               ("floor_entropy", " / ".join(floor) + " bits"), ("control", control),
                ("p_adjusted", "p (Holm)"), ("leaks", "leaks")]
-    present = [c for c in columns if c[0] in ("point", "position") or c[0] in t.columns]
-    if set(t.source) == {"residual"}:
-        present = [c for c in present if c[0] != "source"]
-    return rows, present, [c for c, _ in present if c not in ("point", "position", "source")]
+    needs = {"hook": "point", "position": "position", "floor_entropy": ("mi_perm_bits", "entropy_bits"),
+             "control": "control_accuracy"}
+    present = [c for c in columns if any(k in t.columns for k in np.atleast_1d(needs.get(c[0], c[0])))]
+    return rows, present, [c for c, _ in present if c not in ("hook", "position")]
 
 
 def paired_rows(table: pd.DataFrame, metric: str, names: tuple[str, str]
@@ -132,7 +143,7 @@ def scan_page(report: Any) -> str:
     model = report.settings.get("model", "model")
     leakage = everything = None
     if report.has_leakage:
-        leakage = html_table(*leakage_rows(report.table))
+        leakage = html_table(*leakage_rows(report.table), cls="fit")
         everything = raw_table(report.table)
     body = render(
         _SCAN_BODY, summary=summary_div(report.summary()), notes=report.notes,
