@@ -261,3 +261,16 @@ def test_leakage_table_has_no_horizontal_scrollbar_in_chromium_at_1400px(tmp_pat
     assert m, dom[:300]
     scroll, client = int(m.group(1)), int(m.group(2))
     assert scroll <= client, f"the leakage table is {scroll} px wide in a {client} px box"
+
+
+# ---------------------------------------------------------------- 4. one template
+
+
+def test_ladder_figure_uses_the_template_of_every_other_figure():
+    others = [plots.leakage_curves(leakage_table()), plots.leakage_heatmap(leakage_table()),
+              plots.compare_curves(leakage_table(), leakage_table(shift=0.2))]
+    template = others[0].layout.template
+    assert all(o.layout.template == template for o in others[1:])
+    lad = ladder_figure(ladder_table())
+    assert lad.layout.template == template
+    assert lad.layout.template.layout.plot_bgcolor == pio.templates["plotly_white"].layout.plot_bgcolor
