@@ -274,3 +274,43 @@ def test_ladder_figure_uses_the_template_of_every_other_figure():
     lad = ladder_figure(ladder_table())
     assert lad.layout.template == template
     assert lad.layout.template.layout.plot_bgcolor == pio.templates["plotly_white"].layout.plot_bgcolor
+
+
+# ---------------------------------------------------------------- 5. titles that say what a page is
+
+
+def small_report(acc: float) -> ScanReport:
+    lo, hi = wilson(acc)
+    t = pd.DataFrame({"point": ["lm.0.resid", "lm.1.resid"], "position": "last", "accuracy": [0.5, acc],
+                      "accuracy_lo": [0.43, lo], "accuracy_hi": [0.57, hi], "chance": 0.5})
+    return ScanReport(t, settings={"model": "tiny"})
+
+
+def heading(page: str) -> tuple[str, str, str]:
+    title = re.search(r"<title>(.*?)</title>", page).group(1)
+    h1 = re.search(r"<h1>(.*?)</h1>", page).group(1)
+    intro = re.search(r'<p class="intro">(.*?)</p>', page)
+    return title, h1, intro.group(1) if intro else ""
+
+
+def test_save_takes_a_title_and_an_intro(tmp_path):
+    r = small_report(0.9)
+    assert heading(r.to_html())[:2] == ("probekit scan report", "probekit scan report")
+    page = r.save(tmp_path / "a.html", title="My <scan>", intro="What & why.").read_text()
+    assert heading(page) == ("My &lt;scan&gt;", "My &lt;scan&gt;", "What &amp; why.")
+    c = compare(small_report(0.9), small_report(0.6))
+    assert heading(c.save(tmp_path / "c.html", title="Before and after").read_text())[:2] == ("Before and after",) * 2
+
+
+def test_demo_pages_say_which_is_the_scan_and_which_the_coin_flip_control(tmp_path):
+    from probekit.experiments.demo import write_reports
+
+    found, control = write_reports(small_report(0.9), small_report(0.55), tmp_path)
+    assert (found.name, control.name) == ("report.html", "control.html")
+    ft, fh, fi = heading(found.read_text())
+    ct, ch, ci = heading(control.read_text())
+    assert ft == fh and ct == ch and ft != ct
+    assert "material" in ft and "control" not in ft.lower()
+    assert "coin-flip" in ct and "control" in ct
+    assert "coin flip" in ci and "not in the image" in ci and "false positive" in ci
+    assert "material" in fi

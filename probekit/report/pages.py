@@ -17,8 +17,8 @@ from .html import Markup, escape, figure_div, html_table, kv_table, notebook_js,
 from .order import point_order
 from .text import SHORT, ci_columns, ci_text, fmt, fmt_ci, fmt_p, role_names
 
-__all__ = ["CAPTIONS", "TITLES", "leakage_rows", "paired_rows", "scan_page", "scan_notebook", "comparison_page",
-           "comparison_notebook"]
+__all__ = ["CAPTIONS", "TITLES", "SCAN_TITLE", "leakage_rows", "paired_rows", "scan_page", "scan_notebook",
+           "comparison_page", "comparison_notebook"]
 
 TITLES = {"leakage": "Probe accuracy per layer", "mi": "Mutual information per layer",
           "heatmap": "Accuracy per point and position", "lens": "Logit lens", "targets": "Target tokens",
@@ -138,8 +138,12 @@ def paired_rows(table: pd.DataFrame, metric: str, names: tuple[str, str]
     return rows, cols, ["base", "tuned", "diff"]
 
 
-def scan_page(report: Any) -> str:
-    """The self-contained page of a scan report."""
+SCAN_TITLE = "probekit scan report"
+
+
+def scan_page(report: Any, title: str | None = None, intro: str | None = None) -> str:
+    """The self-contained page of a scan report, titled ``title`` (default :data:`SCAN_TITLE`),
+    with an ``intro`` paragraph under the title when given."""
     model = report.settings.get("model", "model")
     leakage = everything = None
     if report.has_leakage:
@@ -155,7 +159,7 @@ def scan_page(report: Any) -> str:
         tables=[{"name": name, "n": len(df), "html": raw_table(df)} for name in ("lens", "targets", "ladder")
                 if (df := getattr(report, name)) is not None and not df.empty],
         settings=kv_table(report.settings))
-    return page("probekit scan report", f"{model}", body)
+    return page(title or SCAN_TITLE, f"{model}", body, intro=intro)
 
 
 def scan_notebook(report: Any, kind: str | None) -> str:
@@ -175,8 +179,9 @@ def scan_notebook(report: Any, kind: str | None) -> str:
     return "<div>" + "\n".join(parts) + "</div>"
 
 
-def comparison_page(c: Any) -> str:
-    """The self-contained page of a :class:`~probekit.report.Comparison`."""
+def comparison_page(c: Any, title: str | None = None, intro: str | None = None) -> str:
+    """The self-contained page of a :class:`~probekit.report.Comparison`, titled ``title``
+    (default ``probekit comparison: base vs tuned``), with an ``intro`` paragraph when given."""
     nb, nt = c.names
     metrics = [c.metric] + [m for m in ("accuracy", "mi_bits") if m != c.metric and f"{m}_diff" in c.table.columns]
     headings = {"accuracy": "Probe accuracy", "mi_bits": "Mutual information (bits)"}
@@ -191,7 +196,7 @@ def comparison_page(c: Any) -> str:
     sub = " vs ".join(f"{role}: {rep.settings.get('model', name)}"
                       + (f" (fingerprint {rep.settings['model_fingerprint']})" if rep.settings.get("model_fingerprint") else "")
                       for role, name, rep in ((roles[0], nb, c.base), (roles[1], nt, c.tuned)))
-    return page(f"probekit comparison: {roles[0]} vs {roles[1]}", sub, body)
+    return page(title or f"probekit comparison: {roles[0]} vs {roles[1]}", sub, body, intro=intro)
 
 
 def comparison_notebook(c: Any) -> str:
