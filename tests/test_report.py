@@ -93,16 +93,18 @@ def axis_titles(fig: go.Figure) -> dict[str, str | None]:
 def test_leakage_curves_structure():
     fig = plots.leakage_curves(make_table())
     # image_mean: pre-LM panel + LM panel (band + line each); last: LM (band + line);
-    # last logits-topk: one point (line with error bar) + a level band and line; chance: 2 panels
-    assert len(fig.data) == 11
-    assert len(curves(fig)) == 4
-    assert len(bands(fig)) == 4 and all("rgba" in b.fillcolor for b in bands(fig))
+    # last logits-topk: one marker with its error bar in the output panel; chance: 3 panels
+    assert len(fig.data) == 10
+    assert len(curves(fig)) == 3
+    assert len(bands(fig)) == 3 and all("rgba" in b.fillcolor for b in bands(fig))
     names = {tr.name for tr in fig.data if tr.showlegend is not False}
-    assert names == {"last", "image_mean", "last · output top-k logits", "chance (majority class)"}
-    topk = next(tr for tr in curves(fig) if "top-k" in tr.name)
-    assert topk.line.dash == "dash" and topk.error_y.array is not None
+    assert names == {"last", "image_mean", "chance (majority class)"}
+    topk = next(tr for tr in fig.data if tr.mode == "markers")
+    assert topk.xaxis == "x3" and list(topk.x) == [0.0] and topk.error_y.array is not None
+    assert topk.marker.color == next(tr for tr in curves(fig) if tr.name == "last").line.color
     titles = axis_titles(fig)
     assert titles["xaxis"].startswith("vision-tower layer") and titles["xaxis2"].startswith("language-model layer")
+    assert titles["xaxis3"].startswith("output")
     assert "accuracy" in titles["yaxis"] and "95% CI" in titles["yaxis"]
     assert fig.layout.title.text
     # the LM panel's x is the layer number, lm.embed at -1
@@ -153,9 +155,10 @@ def test_compare_curves_and_paired_table():
     legend = {tr.name for tr in fig.data if tr.showlegend is not False}
     assert {"before", "after", "after − before"} <= legend
     diff = [tr for tr in curves(fig) if tr.name == "after − before"]
-    assert diff and all(tr.yaxis in ("y3", "y4") for tr in diff)
+    # bottom row: pre-LM, LM and output panels (y4, y5, y6)
+    assert diff and all(tr.yaxis in ("y4", "y5", "y6") for tr in diff)
     assert len(bands(fig)) >= 6
-    assert "difference" in axis_titles(fig)["yaxis3"]
+    assert "difference" in axis_titles(fig)["yaxis4"]  # the bottom row's first panel
 
 
 # ---------------------------------------------------------------- compare

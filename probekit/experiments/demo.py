@@ -22,9 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoConfig", "run_demo", "print_summary"]
+__all__ = ["DemoConfig", "run_demo", "write_reports", "print_summary"]
 
 ATTRIBUTE, CONTROL = "target_material", "random"
+PAGES = {
+    "report": ("probekit demo: target material scan",
+               "A tiny LLaVA fine-tuned to answer \"Is the centre object red?\" with Yes or No, scanned for the "
+               "target object's material (rubber or metal): it is in the image but never asked. Each layer's "
+               "residual stream, the tuned lens and the top-k output logits are probed for it."),
+    "control": ("probekit demo: coin-flip negative control",
+                "The negative control: the same model, scenes and scan as the target-material report, but the "
+                "label is a coin flip per image. It is not in the image, so nothing can read it: every probe "
+                "should stay at chance, and any leak reported here would be a false positive."),
+}
 
 
 @dataclass
@@ -87,7 +97,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     finally:
         torch.set_num_threads(threads)
     say(f"Writing the two HTML reports to {out.resolve()}...", t0, cfg.progress)
-    report, control_path = found.save(out / "report.html"), control.save(out / "control.html")
+    report, control_path = write_reports(found, control, out)
     return {
         "report": str(report), "control_report": str(control_path), "seconds": time.perf_counter() - t0,
         "task_accuracy": acc, "untrained_accuracy": base_acc,
@@ -98,6 +108,15 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
         "ladder_verdicts": [holm_verdict(r.ladder)[1] for r in (found, control)],
         "found": found, "control": control,
     }
+
+
+def write_reports(found: Any, control: Any, out: str | Path) -> tuple[Path, Path]:
+    """Write ``report.html`` (the target-material scan) and ``control.html`` (the coin-flip
+    control), each titled and introduced as what it is; returns their paths."""
+    out = Path(out)
+    found_path = found.save(out / "report.html", title=PAGES["report"][0], intro=PAGES["report"][1])
+    control_path = control.save(out / "control.html", title=PAGES["control"][0], intro=PAGES["control"][1])
+    return found_path, control_path
 
 
 def print_summary(res: dict) -> None:

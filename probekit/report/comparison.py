@@ -112,13 +112,17 @@ class Comparison:
             return "–"
         return f"{where(b['point'], b['position'])} {mi_headline(b) if metric == 'mi_bits' else ci_text(b, metric)}"
 
-    def to_html(self) -> str:
+    def to_html(self, title: str | None = None, intro: str | None = None) -> str:
         """The page :meth:`save` writes, as a string."""
-        return comparison_page(self)
+        return comparison_page(self, title=title, intro=intro)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ONE self-contained HTML file (atomic; the directory is created); returns its path."""
-        return atomic_write(path, self.to_html())
+    def save(self, path: str | os.PathLike, title: str | None = None, intro: str | None = None) -> Path:
+        """Write ONE self-contained HTML file (atomic; the directory is created); returns its path.
+
+        ``title`` heads the page (default ``"probekit comparison: base vs tuned"``), ``intro``
+        is a paragraph under it, as in :meth:`ScanReport.save`.
+        """
+        return atomic_write(path, self.to_html(title=title, intro=intro))
 
     def _repr_html_(self) -> str:
         return comparison_notebook(self)

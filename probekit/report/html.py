@@ -26,12 +26,14 @@ CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#222;
      max-width:1000px;margin:2em auto;padding:0 1em;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}
-.sub{color:#666;margin-top:0} .summary{background:#f4f8fb;border-left:4px solid #1f77b4;padding:.6em 1em}
+.sub{color:#666;margin-top:0} .intro{font-size:1.05em}
+.summary{background:#f4f8fb;border-left:4px solid #1f77b4;padding:.6em 1em}
 .notes{background:#fff8e6;border-left:4px solid #e6a700;padding:.6em 1em}
 .caption{color:#555;font-size:.92em;margin:.2em 0 1.5em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 th,td{border-bottom:1px solid #e3e3e3;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#fafafa} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+table.fit{font-size:.8em;width:100%} table.fit th,table.fit td{padding:.2em .4em} table.fit th{white-space:normal}
 .scroll{overflow-x:auto;max-width:100%} details{margin:1em 0} summary{cursor:pointer;color:#1f77b4} code{font-size:.92em}
 footer{color:#888;font-size:.8em;margin-top:3em}
 """
@@ -40,7 +42,8 @@ PAGE = (
     '<!DOCTYPE html>\n'
     '<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
     '<title>{{ title }}</title><style>{{ css }}</style><script type="text/javascript">{{ plotlyjs }}</script>'
-    '</head><body><h1>{{ title }}</h1><p class="sub">{{ subtitle }}</p>{{ body }}'
+    '</head><body><h1>{{ title }}</h1><p class="sub">{{ subtitle }}</p>'
+    '{% if intro %}<p class="intro">{{ intro }}</p>{% endif %}{{ body }}'
     '<footer>Written by probekit {{ version }} on {{ written }}.</footer></body></html>\n'
 )
 
@@ -62,23 +65,27 @@ def render(template: str, **values: Any) -> Markup:
     return Markup(_ENV.from_string(template).render(**values))
 
 
-def page(title: str, subtitle: str, body: str) -> str:
-    """A whole self-contained page: CSS and plotly.js inside, ``body`` (HTML) under the title."""
-    return str(render(PAGE, title=title, subtitle=subtitle, body=Markup(body), css=Markup(CSS),
+def page(title: str, subtitle: str, body: str, intro: str | None = None) -> str:
+    """A whole self-contained page: CSS and plotly.js inside, ``body`` (HTML) under the title
+    and, when given, the ``intro`` paragraph (text: what the page is)."""
+    return str(render(PAGE, title=title, subtitle=subtitle, intro=intro, body=Markup(body), css=Markup(CSS),
                       plotlyjs=Markup(_plotlyjs()), version=_version(),
                       written=_dt.datetime.now().isoformat(timespec="seconds")))
 
 
-def html_table(rows: list[dict], columns: Sequence[tuple[str, str]], numeric: Sequence[str] = ()) -> Markup:
+def html_table(rows: list[dict], columns: Sequence[tuple[str, str]], numeric: Sequence[str] = (),
+               cls: str | None = None) -> Markup:
     """A scrolling table of ``rows`` (dicts of cell text); ``columns`` are (key, heading) pairs,
-    ``numeric`` keys are right-aligned."""
+    ``numeric`` keys are right-aligned; ``cls="fit"`` sets a smaller font, tighter cells and
+    headings that wrap (a wide table that must fit the page)."""
     head = "".join(f"<th>{escape(label)}</th>" for _, label in columns)
     body = []
     for rec in rows:
         cells = "".join(f'<td class="num">{escape(rec.get(k, ""))}</td>' if k in numeric
                         else f"<td>{escape(rec.get(k, ''))}</td>" for k, _ in columns)
         body.append(f"<tr>{cells}</tr>")
-    return Markup(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+    attr = f' class="{escape(cls)}"' if cls else ""
+    return Markup(f'<div class="scroll"><table{attr}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
                   "</table></div>")
 
 

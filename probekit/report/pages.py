@@ -17,16 +17,17 @@ from .html import Markup, escape, figure_div, html_table, kv_table, notebook_js,
 from .order import point_order
 from .text import SHORT, ci_columns, ci_text, fmt, fmt_ci, fmt_p, role_names
 
-__all__ = ["CAPTIONS", "TITLES", "leakage_rows", "paired_rows", "scan_page", "scan_notebook", "comparison_page",
-           "comparison_notebook"]
+__all__ = ["CAPTIONS", "TITLES", "SCAN_TITLE", "leakage_rows", "paired_rows", "scan_page", "scan_notebook",
+           "comparison_page", "comparison_notebook"]
 
 TITLES = {"leakage": "Probe accuracy per layer", "mi": "Mutual information per layer",
           "heatmap": "Accuracy per point and position", "lens": "Logit lens", "targets": "Target tokens",
           "ladder": "Leakage ladder"}
 CAPTIONS = {
     "leakage": "Held-out accuracy of a linear probe per layer, 95% CI as a band. Grey dotted: chance "
-               "(majority class). Dashed: the same probe on the output's top-k logits only. Filled markers: points that "
-               "leak after Holm's correction over all points (MI bound above the floor); open: not significant.",
+               "(majority class). Right panel, output (top-k logits): the same probe on the output's top-k logits "
+               "only. Filled markers: points that leak after Holm's correction over all points (MI bound above the "
+               "floor); open: not significant.",
     "mi": "Mutual information between hidden state and label, as a held-out probe lower bound "
           "H(Y) − CE in bits, 95% bootstrap CI. Grey dotted: the same estimate on permuted labels "
           "(the estimator's floor); dash-dotted: H(Y), the most any estimate can reach. Filled markers: points "
@@ -77,13 +78,20 @@ its CI combines the two CIs assuming independent estimates.</p>
 def leakage_rows(table: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str]], list[str]]:
     """The rows of a normalised leakage table as cell text (each estimate with its CI in one
     cell: ``0.93 [0.90, 0.95]``), with the verdict per row; returns rows, (key, heading)
-    columns present, and the numeric keys."""
+    columns present, and the numeric keys.
+
+    Ten columns at most, so that the table fits a page 1000 px wide: the source is written
+    beside the hook point (``logits (logits-topk)``), the permuted-label floor beside H(Y)
+    (``-0.010 / 1.00``) and the selectivity beside the control accuracy (``0.52 (0.41)``);
+    each row keeps every value under its own key as well.
+    """
     t = add_verdicts(table) if "accuracy" in table.columns else table
     t = t.iloc[np.argsort([point_order(t.point).index(p) for p in t.point], kind="stable")]
     rows = []
     for rec in t.to_dict("records"):
-        rows.append({
+        row = {
             "point": rec["point"], "position": rec["position"], "source": rec["source"],
+            "hook": rec["point"] if rec["source"] == "residual" else f"{rec['point']} ({rec['source']})",
             "n": "" if pd.isna(rec.get("n", np.nan)) else int(rec["n"]),
             "accuracy": ci_text(rec, "accuracy") if "accuracy" in rec else "",
             "chance": fmt(rec.get("chance")),
@@ -94,16 +102,20 @@ def leakage_rows(table: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str]]
             "selectivity": fmt(rec.get("selectivity")),
             "p_adjusted": fmt_p(rec.get("p_adjusted")),
             "leaks": "yes" if rec.get("leaks") is True or rec.get("leaks") == 1 else "",
-        })
-    columns = [("point", "hook point"), ("position", "position"), ("source", "source"), ("n", "n"),
+        }
+        row["floor_entropy"] = " / ".join(row[k] for k in ("mi_perm_bits", "entropy_bits") if k in rec)
+        row["control"] = row["control_accuracy"] + (f" ({row['selectivity']})" if "selectivity" in rec else "")
+        rows.append(row)
+    floor = [w for k, w in (("mi_perm_bits", "permuted floor"), ("entropy_bits", "H(Y)")) if k in t.columns]
+    control = "control acc. (selectivity)" if "selectivity" in t.columns else "control acc."
+    columns = [("hook", "hook point"), ("position", "position"), ("n", "n"),
                ("accuracy", "accuracy [95% CI]"), ("chance", "chance"), ("mi_bits", "MI bits [95% CI]"),
-               ("entropy_bits", "H(Y) bits"), ("mi_perm_bits", "floor (permuted) bits"),
-               ("control_accuracy", "control acc."), ("selectivity", "selectivity"),
+               ("floor_entropy", " / ".join(floor) + " bits"), ("control", control),
                ("p_adjusted", "p (Holm)"), ("leaks", "leaks")]
-    present = [c for c in columns if c[0] in ("point", "position") or c[0] in t.columns]
-    if set(t.source) == {"residual"}:
-        present = [c for c in present if c[0] != "source"]
-    return rows, present, [c for c, _ in present if c not in ("point", "position", "source")]
+    needs = {"hook": "point", "position": "position", "floor_entropy": ("mi_perm_bits", "entropy_bits"),
+             "control": "control_accuracy"}
+    present = [c for c in columns if any(k in t.columns for k in np.atleast_1d(needs.get(c[0], c[0])))]
+    return rows, present, [c for c, _ in present if c not in ("hook", "position")]
 
 
 def paired_rows(table: pd.DataFrame, metric: str, names: tuple[str, str]
@@ -126,12 +138,16 @@ def paired_rows(table: pd.DataFrame, metric: str, names: tuple[str, str]
     return rows, cols, ["base", "tuned", "diff"]
 
 
-def scan_page(report: Any) -> str:
-    """The self-contained page of a scan report."""
+SCAN_TITLE = "probekit scan report"
+
+
+def scan_page(report: Any, title: str | None = None, intro: str | None = None) -> str:
+    """The self-contained page of a scan report, titled ``title`` (default :data:`SCAN_TITLE`),
+    with an ``intro`` paragraph under the title when given."""
     model = report.settings.get("model", "model")
     leakage = everything = None
     if report.has_leakage:
-        leakage = html_table(*leakage_rows(report.table))
+        leakage = html_table(*leakage_rows(report.table), cls="fit")
         everything = raw_table(report.table)
     body = render(
         _SCAN_BODY, summary=summary_div(report.summary()), notes=report.notes,
@@ -143,7 +159,7 @@ def scan_page(report: Any) -> str:
         tables=[{"name": name, "n": len(df), "html": raw_table(df)} for name in ("lens", "targets", "ladder")
                 if (df := getattr(report, name)) is not None and not df.empty],
         settings=kv_table(report.settings))
-    return page("probekit scan report", f"{model}", body)
+    return page(title or SCAN_TITLE, f"{model}", body, intro=intro)
 
 
 def scan_notebook(report: Any, kind: str | None) -> str:
@@ -163,8 +179,9 @@ def scan_notebook(report: Any, kind: str | None) -> str:
     return "<div>" + "\n".join(parts) + "</div>"
 
 
-def comparison_page(c: Any) -> str:
-    """The self-contained page of a :class:`~probekit.report.Comparison`."""
+def comparison_page(c: Any, title: str | None = None, intro: str | None = None) -> str:
+    """The self-contained page of a :class:`~probekit.report.Comparison`, titled ``title``
+    (default ``probekit comparison: base vs tuned``), with an ``intro`` paragraph when given."""
     nb, nt = c.names
     metrics = [c.metric] + [m for m in ("accuracy", "mi_bits") if m != c.metric and f"{m}_diff" in c.table.columns]
     headings = {"accuracy": "Probe accuracy", "mi_bits": "Mutual information (bits)"}
@@ -179,7 +196,7 @@ def comparison_page(c: Any) -> str:
     sub = " vs ".join(f"{role}: {rep.settings.get('model', name)}"
                       + (f" (fingerprint {rep.settings['model_fingerprint']})" if rep.settings.get("model_fingerprint") else "")
                       for role, name, rep in ((roles[0], nb, c.base), (roles[1], nt, c.tuned)))
-    return page(f"probekit comparison: {roles[0]} vs {roles[1]}", sub, body)
+    return page(title or f"probekit comparison: {roles[0]} vs {roles[1]}", sub, body, intro=intro)
 
 
 def comparison_notebook(c: Any) -> str:

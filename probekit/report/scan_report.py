@@ -233,17 +233,19 @@ class ScanReport:
                    ladder=tables.get("ladder"), settings=obj.get("settings") or {}, data=obj.get("data") or {},
                    notes=obj.get("notes") or [])
 
-    def to_html(self) -> str:
+    def to_html(self, title: str | None = None, intro: str | None = None) -> str:
         """The page :meth:`save` writes, as a string."""
-        return scan_page(self)
+        return scan_page(self, title=title, intro=intro)
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, title: str | None = None, intro: str | None = None) -> Path:
         """Write ONE self-contained HTML file (plotly.js inside, works offline); returns its path.
 
-        The directory is created; the file is written to a temporary name and renamed, so
-        an interrupted save never leaves a half-written report.
+        ``title`` heads the page and names its browser tab (default ``"probekit scan report"``);
+        ``intro`` is a paragraph under it saying what was scanned (e.g. that this is a negative
+        control). The directory is created; the file is written to a temporary name and
+        renamed, so an interrupted save never leaves a half-written report.
         """
-        return atomic_write(path, self.to_html())
+        return atomic_write(path, self.to_html(title=title, intro=intro))
 
     def _repr_html_(self) -> str:
         return scan_notebook(self, next((k for k in FIGURE_KINDS if self._has(k)), None))

@@ -11,7 +11,7 @@ from ...errors import InputError
 from ..tables import check_metric, normalise, paired_table
 from ..text import LABELS, ci_columns, role_names
 from .frame import GREY, PALETTE, Axes, layout, subplots
-from .traces import curve, groups, reference, source_name, styles
+from .traces import curve, groups, offsets, reference, styles
 
 __all__ = ["compare_curves"]
 
@@ -22,7 +22,8 @@ def compare_curves(base_table: pd.DataFrame, tuned_table: pd.DataFrame, metric: 
 
     The difference is ``tuned - base``; its 95% CI combines the two CIs assuming independence
     (half-width ``sqrt(hw1² + hw2²)``). Only (point, position, source) rows present in both
-    tables are drawn. One colour per model, one dash per position.
+    tables are drawn. One colour per model, one dash and marker per position; rows from the
+    output's top-k logits are markers in a narrow panel at the right, "output (top-k logits)".
 
     Example:
         >>> import pandas as pd
@@ -40,16 +41,22 @@ def compare_curves(base_table: pd.DataFrame, tuned_table: pd.DataFrame, metric: 
     paired = paired_table(base_table, tuned_table, [metric], names)
     ci = ci_columns(metric)
     has_ci = f"{ci[0]}_base" in paired.columns and f"{ci[0]}_tuned" in paired.columns
-    axes = Axes.of(paired.point)
+    axes = Axes.of_table(paired)
     paired["_stream"] = [axes.streams[p] for p in paired.point]
     fig, cols = subplots(axes, rows=2, row_heights=[0.58, 0.42])
-    # colour = model, line style = position; "dash" is kept for the output-logits source
-    dashes = styles(list(dict.fromkeys(paired.position)), ["solid", "dot", "dashdot", "longdashdot"])
+    # colour = model, line style and marker = position
+    positions = list(dict.fromkeys(paired.position))
+    dashes = styles(positions, ["solid", "dot", "dashdot", "longdashdot"])
+    symbols = styles(positions, ["circle", "square", "diamond", "triangle-up"])
     colors = {names[0]: PALETTE[0], names[1]: PALETTE[1], "diff": "#333333"}
     labels = {names[0]: names[0], names[1]: names[1], "diff": f"{names[1]} − {names[0]}"}
     seen: set[str] = set()
-    for (position, source, stream), part in groups(paired, ["position", "source", "_stream"]):
-        dash = "dash" if source != "residual" else dashes[position]
+    parts = groups(paired, ["position", "source", "_stream"])
+    outs = [k for k, _ in parts if k[1] != "residual"]
+    # in the output panel: base and tuned side by side per position (top), the differences (bottom)
+    shift = {**offsets([(k, m) for k in outs for m in names]), **offsets([(k, "diff") for k in outs], 0.5)}
+    for (position, source, stream), part in parts:
+        dash = dashes[position]
         for key, s in ((names[0], "base"), (names[1], "tuned"), ("diff", "diff")):
             if s == "diff":
                 cur, row = part.rename(columns={f"{metric}_diff": "_y", f"{metric}_diff_lo": "_lo",
@@ -57,16 +64,16 @@ def compare_curves(base_table: pd.DataFrame, tuned_table: pd.DataFrame, metric: 
             else:
                 cur, row = part.rename(columns={f"{metric}_{s}": "_y", f"{ci[0]}_{s}": "_lo", f"{ci[1]}_{s}": "_hi"}), 1
             curve(fig, axes, cols, row, cur, "_y", ("_lo", "_hi") if has_ci else None, name=labels[key],
-                   color=colors[key], dash=dash, group=labels[key], showlegend=labels[key] not in seen,
-                   hover=labels[key], span=source != "residual")
+                  color=colors[key], dash=dash, symbol=symbols[position], group=labels[key],
+                  showlegend=labels[key] not in seen, hover=labels[key],
+                  dx=shift.get(((position, source, stream), key), 0.0))
             seen.add(labels[key])
-    keys = {f"@ {p}": d for p, d in dashes.items()}
-    if (paired.source != "residual").any():
-        keys.update({source_name(s): "dash" for s in set(paired.source) - {"residual"}})
-    if len(keys) > 1:  # a grey key per line style; the colours are already in the legend
-        for label, d in keys.items():
-            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=label, legendgroup=f"style {label}",
-                                     line=dict(color=GREY, dash=d, width=2), hoverinfo="skip"), row=1, col=1)
+    if len(positions) > 1:  # a grey key per line style and marker; the colours are already in the legend
+        for p in positions:
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines+markers", name=f"@ {p}",
+                                     legendgroup=f"style {p}", line=dict(color=GREY, dash=dashes[p], width=2),
+                                     marker=dict(color=GREY, symbol=symbols[p], size=7), hoverinfo="skip"),
+                          row=1, col=1)
     for c in cols.values():
         fig.add_hline(y=0, line=dict(color=GREY, width=1), row=2, col=c)
     if metric == "accuracy" and "chance_base" in paired.columns:

@@ -9,10 +9,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ...errors import InputError
+from .frame import GREY, PALETTE, TEMPLATE
 
 __all__ = ["ladder_figure", "k_label"]
 
-_COLOURS = {"residual": "#1f77b4", "tuned-lens": "#ff7f0e", "logits": "#2ca02c"}
+_COLOURS = {"residual": PALETTE[0], "tuned-lens": PALETTE[1], "logits": PALETTE[2]}
 
 
 def k_label(k: float, vocab: int | None = None) -> str:
@@ -26,7 +27,8 @@ def ladder_figure(table: pd.DataFrame, metric: str = "accuracy", title: str | No
     """Left: ``metric`` per layer on the residual stream and the tuned lens; right: on the top-k
     output log-probabilities vs k. One colour per label when ``table`` has an ``attribute``
     column (several labels, each with its own chance: then the accuracy above chance is drawn),
-    else per source. Error bars: the table's 95% CIs.
+    else per source. Error bars: the table's 95% CIs. The template, palette and title place are
+    those of every other report figure (:mod:`.frame`).
 
     Example:
         >>> t = pd.DataFrame({"source": ["residual", "tuned-lens", "logits", "logits"], "layer": [0, 0, None, None],
@@ -63,10 +65,11 @@ def ladder_figure(table: pd.DataFrame, metric: str = "accuracy", title: str | No
                                      marker=dict(symbol="diamond" if src == "logits" else "circle")), row=1, col=col)
     chance = 0.0 if relative else float(table.chance.max())
     for col in (1, 2):
-        fig.add_hline(y=chance, line_dash="dot", line_color="grey", row=1, col=col)
+        fig.add_hline(y=chance, line_dash="dot", line_color=GREY, row=1, col=col)
     fig.update_xaxes(title="layer (lm.{i}.resid)", dtick=1, row=1, col=1)
     fig.update_xaxes(title="k (2 = the answer tokens' log-probabilities)", type="category", row=1, col=2)
     fig.update_yaxes(title=f"probe {metric}" + (" minus chance" if relative else "") + " (95% CI)", row=1, col=1)
-    fig.update_layout(title=title or "Leakage ladder: what a probe reads from each level of access",
-                      height=460, width=1000, legend=dict(font=dict(size=10)))
+    fig.update_layout(template=TEMPLATE, title=dict(text=title or "Leakage ladder: what a probe reads from each level "
+                      "of access", x=0.0, xanchor="left", font=dict(size=16)),
+                      height=460, width=1000, font=dict(size=12), legend=dict(font=dict(size=10)))
     return fig

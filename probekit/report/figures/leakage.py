@@ -17,7 +17,7 @@ from ..order import point_order
 from ..tables import check_metric, normalise
 from ..text import LABELS, SHORT, ci_columns, fmt, fmt_ci, where
 from .frame import PALETTE, Axes, grid_height, layout, subplots
-from .traces import curve, groups, reference, source_name, styles
+from .traces import curve, groups, offsets, reference, styles
 
 __all__ = ["leakage_curves", "leakage_heatmap"]
 
@@ -27,10 +27,12 @@ def leakage_curves(table: pd.DataFrame, metric: str = "accuracy", by: str = "pos
     """Leakage per layer: one curve per ``by`` value (and source), 95% CI bands, a reference line.
 
     x is the LM layer; points before the language model (vision tower, Q-Former, projector)
-    get their own panel on the left. Curves from ``source == "logits-topk"`` (probes on the
-    output's top-k logits) are dashed. For ``metric="accuracy"`` the grey dotted line is
-    chance (the majority-class rate); for ``"mi_bits"`` it is the permuted-label floor of the
-    estimator and the dash-dotted line H(Y), the most any estimate can reach.
+    get their own panel on the left. Rows from ``source == "logits-topk"`` (probes on the
+    output's top-k logits) are markers with error bars in a narrow panel at the right,
+    "output (top-k logits)", in the colour of their position. For ``metric="accuracy"`` the
+    grey dotted line is chance (the majority-class rate); for ``"mi_bits"`` it is the
+    permuted-label floor of the estimator and the dash-dotted line H(Y), the most any estimate
+    can reach.
 
     Args:
         table: a leakage table (:func:`probekit.readout.probes.probe_layers`, ``scan``).
@@ -54,7 +56,7 @@ def leakage_curves(table: pd.DataFrame, metric: str = "accuracy", by: str = "pos
     if t.empty:
         raise InputError("the leakage table is empty", fix="scan with labels to get a leakage table")
     ci = ci_columns(metric, t.columns)
-    axes = Axes.of(t.point)
+    axes = Axes.of_table(t)
     t["_stream"] = [axes.streams[p] for p in t.point]
     fig, cols = subplots(axes)
     # the image path (vision tower -> projector) continues the residual stream: same name and colour
@@ -64,11 +66,12 @@ def leakage_curves(table: pd.DataFrame, metric: str = "accuracy", by: str = "pos
     colors = styles(list(dict.fromkeys(t["_by"])), PALETTE)
     lm_streams = sorted(set(t._named))
     symbols = styles(["resid"] + [s for s in lm_streams if s != "resid"], ["circle", "square", "diamond", "x"])
-    # "dash" is kept for the output-logits source; when colour is not position, style is
+    # when colour is not position, line style is
     pos_dash = styles(list(dict.fromkeys(t.position)), ["solid", "dot", "dashdot", "longdashdot"])
     seen: set[str] = set()
     parts = groups(t, ["position", "source", "_stream"])
-    singles = [k for k, part in parts if k[1] != "residual" and len(part) == 1]
+    # output-only rows share their position's name and colour: the panel they sit in says what they are
+    shift = offsets([k for k, _ in parts if k[1] != "residual"])
     for (position, source, stream), part in parts:
         named = part._named.iloc[0]
         label = [part._by.iloc[0]]
@@ -76,23 +79,17 @@ def leakage_curves(table: pd.DataFrame, metric: str = "accuracy", by: str = "pos
             label.append(str(position))
         if len(lm_streams) > 1 and by != "kind":
             label.append(named)
-        if source != "residual" and by != "source":
-            label.append(source_name(source))
         name = " · ".join(label)
         curve(fig, axes, cols, 1, part, metric, ci, name=name, color=colors[part._by.iloc[0]],
-               dash="dash" if source != "residual" else "solid" if by == "position" else pos_dash[position],
-               symbol=symbols[named],
-               group=name, showlegend=name not in seen, hover=SHORT.get(metric, metric),
-               span=source != "residual",
-               dx=0.12 * (singles.index((position, source, stream)) - (len(singles) - 1) / 2)
-               if (position, source, stream) in singles else 0.0)
+              dash="solid" if by == "position" else pos_dash[position], symbol=symbols[named],
+              group=name, showlegend=name not in seen, hover=SHORT.get(metric, metric),
+              dx=shift.get((position, source, stream), 0.0))
         seen.add(name)
-    res = t[t.source == "residual"] if (t.source == "residual").any() else t
     if metric == "accuracy":
-        reference(fig, axes, cols, 1, res, "chance", name="chance (majority class)", dash="dot")
+        reference(fig, axes, cols, 1, t, "chance", name="chance (majority class)", dash="dot")
     elif metric == "mi_bits":
-        reference(fig, axes, cols, 1, res, "mi_perm_bits", name="permuted-label floor", dash="dot")
-        reference(fig, axes, cols, 1, res, "entropy_bits", name="H(Y): the most it can be", dash="dashdot")
+        reference(fig, axes, cols, 1, t, "mi_perm_bits", name="permuted-label floor", dash="dot")
+        reference(fig, axes, cols, 1, t, "entropy_bits", name="H(Y): the most it can be", dash="dashdot")
     fig.update_yaxes(title_text=LABELS.get(metric, metric) + (", 95% CI" if ci else ""), row=1, col=1)
     if metric == "accuracy":
         vals = np.r_[t[ci[0]] if ci else t[metric], t["chance"] if "chance" in t else []].astype(float)
