@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 # No environment or thread settings here: importing a library must not change the process.
 # (The probe solver picks its thread count per call and restores it: readout/_solver.py.)
 from . import errors
+from .membership import membership  # eager, as scan: the function shadows its module
 from .scan import scan  # eager: the function must shadow the module of the same name
 
 __version__ = "0.1.0"
@@ -62,7 +63,7 @@ if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the 
 # subpackages reachable as attributes (`probekit.tiny.build(...)`) without importing them up front
 _SUBMODULES = {"tiny", "models", "hooks", "readout", "steering", "data", "experiments", "report", "plots", "cli"}
 
-__all__ = ["errors", "tiny", "scan", "__version__", *_LAZY]
+__all__ = ["errors", "tiny", "scan", "membership", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

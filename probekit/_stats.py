@@ -12,6 +12,11 @@ the experiments and the organisms. Numpy and scipy only; nothing here knows abou
 - :func:`p_from_ci`, :func:`p_difference_from_ci`: normal-approximation p-values read off a
   95% interval (se = width / (2 * Z95)).
 - :func:`holm`: Holm's step-down adjustment.
+- :func:`permutations`: label permutations that respect groups (whole groups trade labels).
+- :func:`permutation_p`, :func:`maxt_adjust`: permutation p-values and Westfall-Young step-down
+  maxT adjustment over a family of tests sharing one set of permutations (the verdict).
+- :func:`min_detectable_accuracy`: the accuracy a family-wise test at that n, group count and
+  family size detects with 80% power (the power shown beside every "nothing detected").
 
 Example:
     >>> lo, hi = wilson(8, 10)
@@ -30,7 +35,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["Z95", "wilson", "bootstrap_mean", "cluster_bootstrap", "p_from_ci", "p_difference_from_ci", "holm"]
+__all__ = ["Z95", "wilson", "bootstrap_mean", "cluster_bootstrap", "p_from_ci", "p_difference_from_ci", "holm",
+           "permutations", "permutation_p", "maxt_adjust", "min_detectable_accuracy"]
 
 Z95 = 1.959963984540054  # scipy.stats.norm.ppf(0.975), spelled out so importing costs nothing
 
@@ -152,3 +158,136 @@ def holm(p: Any) -> np.ndarray:
     adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
     out[order] = np.minimum(adj, 1.0)
     return out
+
+
+def permutations(codes: np.ndarray, groups: np.ndarray | None, n_perm: int, seed: int) -> np.ndarray:
+    """``[n_perm + 1, n]`` indices: row 0 the identity, then label permutations ``codes[idx[b]]``.
+
+    Without groups every permutation of the samples. With groups (samples sharing a source) the
+    labels move with their group, as the null hypothesis allows: when each group has one label,
+    the groups' labels are permuted among the groups; otherwise a group's labels go, as a block,
+    to a group of the same size (in random order inside it), so every group keeps its mix of
+    labels. A permutation of groups keeps the dependence between samples of one group, which a
+    permutation of samples would break (and with it the test's level).
+    """
+    n = len(codes)
+    rng = np.random.default_rng([seed, 7])
+    out = np.empty((n_perm + 1, n), dtype=np.int64)
+    out[0] = np.arange(n)
+    if groups is None:
+        for b in range(1, n_perm + 1):
+            out[b] = rng.permutation(n)
+        return out
+    groups = np.asarray(groups)
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    constant = all(len(np.unique(codes[m])) == 1 for m in members)
+    if constant:  # one label per group: group g takes the label of group perm[g]
+        first = np.array([m[0] for m in members])
+        for b in range(1, n_perm + 1):
+            perm = rng.permutation(len(members))
+            for g, m in enumerate(members):
+                out[b, m] = first[perm[g]]
+        return out
+    by_size: dict[int, list[int]] = {}
+    for g, m in enumerate(members):
+        by_size.setdefault(len(m), []).append(g)
+    for b in range(1, n_perm + 1):
+        for same in by_size.values():
+            perm = rng.permutation(len(same))
+            for g, h in zip(same, perm):
+                out[b, members[g]] = rng.permutation(members[same[h]])
+    return out
+
+
+def permutation_p(null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Permutation p-values from ``null`` ``[M, B + 1]`` (column 0 the observed statistic; large = effect).
+
+    Every one of the B + 1 labellings (the observed one included) gets the same p-value, its rank
+    from the top among all of them, ties counted against it: ``#{T_j' >= T_j} / (B + 1)``. For the
+    observed labelling that is ``(1 + #{T_b >= T_0}) / (B + 1)`` (Phipson & Smyth 2010: never 0, an
+    exact level); the permutations' own p-values ``[M, B]``, computed the same way (ties against them too).
+    Returns ``(p_obs [M], p_perm [M, B])``; a row with a NaN is not a test (NaN p-values).
+    """
+    null = np.asarray(null, dtype=np.float64)
+    M, B1 = null.shape
+    order = np.sort(null, axis=1)
+    p_all = np.empty((M, B1))
+    for i in range(M):
+        p_all[i] = (B1 - np.searchsorted(order[i], null[i], side="left")) / B1
+    bad = ~np.isfinite(null).all(1)
+    p_all[bad] = np.nan
+    return p_all[:, 0], p_all[:, 1:]
+
+
+def maxt_adjust(null: np.ndarray) -> np.ndarray:
+    """Westfall-Young step-down maxT adjusted p-values over a family of ``M`` tests.
+
+    ``null`` ``[M, B + 1]``: each test's statistic on the observed labels (column 0) and on the same
+    B permutations of them, so the dependence between tests (layers of one model are strongly
+    dependent) is kept. Each row is standardised by the mean and spread of its own B + 1 values
+    (the same map for every column, so the columns stay exchangeable), and a row's adjusted p is
+    the share of labellings whose largest standardised statistic, over the rows not yet rejected,
+    reaches its own (Westfall & Young 1993). The family-wise error rate is held at the nominal
+    level whatever the dependence; unlike Holm or min-p on permutation p-values, which need
+    ``B >= M / alpha`` permutations before they can reject anything, a row far above every
+    permutation gets ``1 / (B + 1)`` whatever the family size. NaN rows are not tests.
+    """
+    null = np.asarray(null, dtype=np.float64)
+    M = null.shape[0]
+    out = np.full(M, np.nan)
+    ok = np.flatnonzero(np.isfinite(null).all(1)) if M else np.array([], dtype=np.int64)
+    if len(ok) == 0:
+        return out
+    z = null[ok]
+    sd = z.std(1, keepdims=True)
+    z = (z - z.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+    obs, perm = z[:, 0], z[:, 1:]
+    B = perm.shape[1]
+    order = np.argsort(-obs, kind="stable")  # most significant first
+    running = np.full(B, -np.inf)
+    adj = np.empty(len(order))
+    for j in range(len(order) - 1, -1, -1):  # successive maxima over the less significant rows
+        running = np.maximum(running, perm[order[j]])
+        adj[j] = (1.0 + (running >= obs[order[j]]).sum()) / (B + 1.0)
+    adj = np.maximum.accumulate(adj)  # step-down: never below a more significant row's
+    res = np.empty(len(ok))
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
+    return out
+
+
+def min_detectable_accuracy(n_eff: Any, chance: Any, n_tests: Any, alpha: float = 0.05,
+                            power: float = 0.8) -> np.ndarray:
+    """The smallest held-out accuracy a family-wise test would detect with ``power``.
+
+    A binomial model of ``n_eff`` independent held-out answers (the number of samples, or of
+    groups when the samples of a group share their label), tested at ``alpha / n_tests``
+    (Bonferroni: the maxT adjustment rejects at least as often when the rows are alike, so the
+    figure is on the safe side). Returns an array; 1.0 where even a perfect probe would not be detected, NaN where
+    there is no test. Vectorised over all arguments.
+
+    >>> round(float(min_detectable_accuracy(24, 0.5, 14)), 2)  # 12 + 12 names, 14 rows
+    0.83
+    """
+    n_eff, chance, n_tests = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (n_eff, chance, n_tests)))
+    out = np.full(n_eff.shape, np.nan)
+    grid = np.linspace(0.0, 1.0, 2001)
+    done: dict[tuple, float] = {}  # the rows of a table share their design: each one computed once
+    for idx in np.ndindex(n_eff.shape):
+        n, c, m = n_eff[idx], chance[idx], n_tests[idx]
+        if not (np.isfinite(n) and np.isfinite(c) and np.isfinite(m)) or n < 1 or m < 1:
+            continue
+        key = (int(round(n)), round(float(c), 12), float(m))
+        if key not in done:
+            done[key] = _mde(key[0], key[1], alpha / key[2], power, grid)
+        out[idx] = done[key]
+    return out
+
+
+def _mde(n: int, chance: float, level: float, power: float, grid: np.ndarray) -> float:
+    ks = np.arange(n + 1)
+    crit = ks[stats.binom.sf(ks - 1, n, chance) <= level]  # counts significant at this level
+    if len(crit) == 0:  # none at this n and family size
+        return 1.0
+    hit = stats.binom.sf(int(crit[0]) - 1, n, grid) >= power
+    return float(grid[np.argmax(hit)]) if hit.any() else 1.0

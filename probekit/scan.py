@@ -34,6 +34,7 @@ def scan(
     topk: int | None = 10,
     lens_k: int = 5,
     n_boot: int = 1000,
+    n_perm: int = 1000,
     processor: Any = None,
     image_column: str | None = None,
     label_column: str | None = None,
@@ -73,6 +74,8 @@ def scan(
         store: a directory to stream activations to (resumable), else memory. Under torchrun
             (``WORLD_SIZE`` > 1) it is required: the ranks split the images into its shards, and
             rank 0 alone fits the probes and returns the report (None on the other ranks).
+        n_perm: label permutations of the verdict's permutation test (across groups when given; every
+            row of the table on the same ones): the smallest adjusted p-value is ``1 / (n_perm + 1)``.
         ladder: a k sweep, e.g. ``(2, 5, 10, 50, None)`` (True: that one): with labels, also the leakage ladder
             of :func:`probekit.readout.ladder.leakage_ladder` at the ``"last"`` position
             (residual and tuned lens per layer, top-k output log-probabilities per k) in
@@ -122,7 +125,7 @@ def scan(
             raise InputError(f"targets must be non-empty strings, got {plain(targets)!r}",
                              fix='e.g. targets=["alice_1987"]')
     for name, value, low, example in (("topk", topk, 1, 10), ("lens_k", lens_k, 1, 5), ("n_boot", n_boot, 0, 1000),
-                                      ("seed", seed, 0, 0)):
+                                      ("n_perm", n_perm, 19, 1000), ("seed", seed, 0, 0)):
         if name == "topk" and value is None:
             continue
         if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
@@ -176,7 +179,7 @@ def scan(
     if src.labels is not None:
         keep = [p for p in acts.points if p in names or p in ("logits", *topk_points("logits"))]
         table = leakage(acts, src.labels, groups, cv=cv, seed=seed, topk=topk, lens_targets=target_table,
-                        points=keep, n_boot=n_boot, progress=progress)
+                        points=keep, n_boot=n_boot, n_perm=n_perm, progress=progress)
     else:
         import pandas as pd
 
@@ -191,7 +194,7 @@ def scan(
         tl = TunedLens.fit(model, acts, seed=seed, progress=progress) if tuned_lens is True else (tuned_lens or None)
         ladder_table = leakage_ladder(acts, src.labels, groups, lens=LogitLens(model, tuned=tl) if tl is not None else None,
                                       ks=ladder, answer_ids=answer_ids, position="last", cv=cv, seed=seed,
-                                      n_boot=n_boot, progress=progress)
+                                      n_boot=n_boot, n_perm=n_perm, progress=progress)
     counts = dict(Counter(map(str, src.labels))) if src.labels is not None else None
     data = {**src.description, "n_images": n, "label_counts": counts,
             "groups": None if groups is None else int(len(set(map(str, groups))))}
@@ -201,7 +204,7 @@ def scan(
         "points": names, "positions": [position_name(p) for p in pos_list],
         "prompts": list(dict.fromkeys(prompts))[:10], "targets": targets, "cv": cv, "seed": seed, "topk": topk,
         "ladder": None if ladder is None else list(ladder), "answer_tokens": answer_tokens,
-        "n_boot": n_boot, "batch_size": batch_size, "dtype": str(model.dtype).replace("torch.", ""),
+        "n_boot": n_boot, "n_perm": n_perm, "batch_size": batch_size, "dtype": str(model.dtype).replace("torch.", ""),
         "device": str(model.device), "probekit_version": _version(), "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 2),
     }

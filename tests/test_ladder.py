@@ -13,7 +13,8 @@ import probekit
 from probekit.data.scenes import ATTRIBUTES, make_scenes
 from probekit.errors import InputError
 from probekit.ladder_figure import ladder_figure
-from probekit.readout.ladder import holm, holm_verdict, ladder_features, leakage_ladder
+from probekit._stats import min_detectable_accuracy
+from probekit.readout.ladder import ladder_features, ladder_verdict, leakage_ladder
 
 
 # ---------------------------------------------------------------- scenes
@@ -44,22 +45,27 @@ def test_scenes_bad_input(kw, word):
         make_scenes(**{"n": 4, **kw})
 
 
-# ---------------------------------------------------------------- Holm and the readout ladder
+# ---------------------------------------------------------------- the verdict and the readout ladder
 
 
-def test_holm_matches_hand_computation():
-    # sorted 0.01, 0.03, 0.04 -> 3*0.01, 2*0.03, max(0.06, 1*0.04)
-    np.testing.assert_allclose(holm([0.04, 0.01, 0.03]), [0.06, 0.03, 0.06])
-    np.testing.assert_allclose(holm([0.5, 0.9]), [1.0, 1.0])
-    t = pd.DataFrame({"source": "residual", "point": ["a", "b"], "k": np.nan, "accuracy": [0.60, 0.55],
-                      "chance": 0.5, "n": 400})
-    out, verdict = holm_verdict(t)
-    # P(Binomial(400, 0.5) >= 240) ~ 3.2e-5; >= 220 ~ 0.027, times 1 after Holm's step-down
-    assert out.p_value[0] < 1e-4 and 0.02 < out.p_value[1] < 0.03
-    assert list(out.detected) == [True, True] and verdict.startswith("detected in 2 of 2")
-    # Bonferroni-corrected Wilson CI (level 1 - 0.05/2): excludes chance at 0.60, not at 0.55 (Holm is less strict)
-    assert out.accuracy_lo_corrected[0] > 0.53 and 0.48 < out.accuracy_lo_corrected[1] < 0.5
-    assert holm_verdict(t.assign(accuracy=0.52))[1].startswith("nothing detected")
+def test_ladder_verdict_is_the_one_verdict_with_its_power():
+    """Rows far above their permutations are detected (adjusted p 1/(B+1)); rows inside them are not, and the
+    null line gives the accuracy the test would have detected."""
+    rng = np.random.default_rng(0)
+    null = rng.normal(size=(2, 401))
+    null[0, 0] = 10.0
+    t = pd.DataFrame({"source": "residual", "point": ["a", "b"], "k": np.nan, "accuracy": [0.70, 0.51],
+                      "chance": 0.5, "n": 400, "n_units": 400, "perm_null": list(null)})
+    out, verdict = ladder_verdict(t)
+    assert out.p_adjusted[0] == 1 / 401 and out.p_adjusted[1] > 0.05
+    assert list(out.detected) == [True, False] and verdict.startswith("detected in 1 of 2 rows (permutation test")
+    nothing = ladder_verdict(t.assign(perm_null=list(rng.normal(size=(2, 401)))))[1]
+    mde = float(min_detectable_accuracy(400, 0.5, 2))
+    assert nothing == f"nothing detected (would have detected accuracy >= {mde:.2f} at 80% power) in 2 rows " \
+                      "(permutation test, family-wise alpha 0.05)"
+    assert 0.55 < mde < 0.6
+    with pytest.raises(InputError, match="alpha"):
+        ladder_verdict(t, alpha=1.5)
 
 
 def _toy(n=300, seed=0):
@@ -91,9 +97,9 @@ def test_leakage_ladder_finds_the_planted_label_and_not_a_random_one():
     assert list(t.source) == ["residual", "residual", "logits", "logits", "logits"]
     k2 = t[(t.source == "logits") & (t.k == 2)].iloc[0]
     assert k2.accuracy_lo > 0.65 and k2.n_features == 2
-    assert holm_verdict(t[t.point == "lm.1.resid"])[1].startswith("nothing detected")
+    assert ladder_verdict(t[t.point == "lm.1.resid"])[1].startswith("nothing detected")
     coin = np.random.default_rng(1).integers(0, 2, len(y))
-    t0, verdict = holm_verdict(leakage_ladder(acts, coin, ks=(2, 10, None), answer_ids=[7, 3], n_boot=100, progress=False))
+    t0, verdict = ladder_verdict(leakage_ladder(acts, coin, ks=(2, 10, None), answer_ids=[7, 3], n_boot=100, progress=False))
     assert verdict.startswith("nothing detected") and t0.accuracy.max() < 0.6
     fig = ladder_figure(t)
     assert [tr.name for tr in fig.data] == ["residual", "logits"]
@@ -174,10 +180,10 @@ def test_organism_learns_yes_no_and_leaks_material_but_not_a_coin_flip(organism)
     assert resid.accuracy.max() > chance + 0.10 and organism["verdicts"]["target_material"]["residual"].startswith("detected")
     # ... and from the output alone: the top-5 log-probabilities (measured 0.68)
     top5 = mat[(mat.source == "logits") & (mat.k == 5)].iloc[0]
-    assert top5.detected and top5.accuracy_lo_corrected > chance
+    assert top5.detected and top5.p_adjusted < 0.05
     coin = t[t.attribute == "random"]
     assert organism["verdicts"]["random"]["all"].startswith("nothing detected")
-    assert coin.accuracy.max() < coin.chance.iloc[0] + 0.05 and bool((coin.p_holm > 0.5).all())
+    assert coin.accuracy.max() < coin.chance.iloc[0] + 0.05 and bool((coin.p_adjusted > 0.5).all())
 
 
 def test_organism_docs_section_is_replaced_in_place(organism, tmp_path):

@@ -279,47 +279,47 @@ def test_linear_probe_rejects_one_class():
         LinearProbe().fit(np.random.rand(10, 3), np.ones(10))
 
 
-def test_leaks_column_planted_signal_and_holm():
+def test_leaks_column_planted_signal_and_the_permutation_verdict():
     """The instrument: planted label information at two of five points is found there and only there;
-    p-values are the exact one-sided binomial tail, adjusted by Holm over all five."""
-    from scipy import stats
-
-    from probekit.readout.significance import holm
+    p-values are the permutation p-values of each row's statistics, adjusted by step-down maxT over all five."""
+    from probekit._stats import maxt_adjust, permutation_p
 
     g = torch.Generator().manual_seed(3)
     y = torch.randint(0, 2, (240,), generator=g)
     acts = {f"lm.{i}.resid": torch.randn(240, 8, generator=g) for i in range(5)}
     for i in (2, 3):
         acts[f"lm.{i}.resid"][:, 0] += 1.5 * (2 * y - 1)
-    df = probe_layers(acts, y, n_boot=100, progress=False)
+    df = probe_layers(acts, y, n_boot=100, progress=False, n_perm=500)
     assert df.leaks.tolist() == [False, False, True, True, False]
-    k = np.round(df.accuracy * 240).astype(int)
-    expect = [stats.binomtest(int(kk), 240, df.chance[0], alternative="greater").pvalue for kk in k]
-    assert df.p_value.tolist() == pytest.approx(expect, rel=1e-6)
-    assert df.p_adjusted.tolist() == pytest.approx(holm(df.p_value.to_numpy()).tolist())
-    assert (df.p_adjusted[[2, 3]] < 1e-10).all() and (df.p_adjusted[[0, 1, 4]] > 0.05).all()
+    null = np.stack(df.perm_null)
+    assert null.shape == (5, 501)
+    assert df.p_value.tolist() == pytest.approx(permutation_p(null)[0].tolist())
+    assert df.p_adjusted.tolist() == pytest.approx(maxt_adjust(null).tolist())
+    assert (df.p_adjusted[[2, 3]] == 1 / 501).all() and (df.p_adjusted[[0, 1, 4]] > 0.05).all()
+    assert (df.test == "permutation").all() and (df.n_units == 240).all()
 
 
-def test_group_p_value_counts_groups_not_samples():
-    """20 groups of 15 answered all right or all wrong: 180/300 correct is p < 0.001 for 300
-    independent samples, but only 12 of 20 groups: the cluster t-test says so."""
-    from scipy import stats
-
-    from probekit.readout.significance import accuracy_p_values
-
-    units = np.repeat(np.arange(20), 15)
-    right = np.isin(units, np.arange(12)).astype(float)[None]
-    p_samples = accuracy_p_values(right, 0.5)[0]
-    p_groups = accuracy_p_values(right, 0.5, units)[0]
-    excess = np.where(np.arange(20) < 12, 7.5, -7.5)
-    assert p_samples < 0.001 and p_groups > 0.1
-    assert p_groups == pytest.approx(stats.ttest_1samp(excess, 0.0, alternative="greater").pvalue)
+def test_group_verdict_counts_groups_not_samples():
+    """20 groups of 15 alike samples, one label per group, no feature carrying the label: with the
+    groups the permutation test moves whole groups' labels and keeps its level; treated as 300
+    independent samples the same data look significant far more often than 5%."""
+    rng = np.random.default_rng(0)
+    hits_groups = hits_samples = 0
+    for draw in range(40):
+        groups = np.repeat(np.arange(20), 15)
+        y = np.repeat(rng.permutation(np.arange(20) % 2), 15)
+        x = torch.from_numpy((rng.normal(size=(20, 6)) * 3)[groups] + rng.normal(size=(300, 6))).float()
+        kw = dict(n_boot=0, progress=False, n_perm=200, seed=draw, control=False, permutation=False)
+        hits_groups += bool(probe_layers({"lm.0.resid": x}, y, groups, **kw).p_value[0] < 0.05)
+        hits_samples += bool(probe_layers({"lm.0.resid": x}, y, **kw).p_value[0] < 0.05)
+    assert hits_groups <= 6 and hits_samples >= 12, (hits_groups, hits_samples)
 
 
 def test_leakage_table_corrects_over_all_rows():
-    """Residual and output-logit rows come from separate probe calls; Holm runs over all of them."""
+    """Residual and output-logit rows come from separate probe calls on the same permutations; the
+    maxT correction runs over all of them."""
+    from probekit._stats import maxt_adjust
     from probekit.readout.leakage import leakage
-    from probekit.readout.significance import holm
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(160) % 2
@@ -327,8 +327,10 @@ def test_leakage_table_corrects_over_all_rows():
     acts["lm.0.resid"][:, 1, 0] += 2.0 * (2 * y - 1)
     t = leakage(acts, y, n_boot=50, progress=False, topk=5)
     assert len(t) == 3 and sorted(t.source.unique()) == ["logits-topk", "residual"]
-    assert t.p_adjusted.tolist() == pytest.approx(holm(t.p_value.to_numpy()).tolist())
+    assert t.p_adjusted.tolist() == pytest.approx(maxt_adjust(np.stack(t.perm_null)).tolist())
     assert t.leaks[1] and not t.leaks[2]  # the planted position leaks, the output carries nothing
     alone = probe_layers({"lm.0.resid": acts["lm.0.resid"]}, y, n_boot=50, progress=False)
     assert alone.p_value.tolist() == pytest.approx(t.p_value[:2].tolist())
-    assert (t.p_adjusted[:2].to_numpy() > alone.p_adjusted.to_numpy()).all()  # 3 tests, not 2
+    # 3 tests, not 2: a larger family never lowers an adjusted p, and raises the one not far above its permutations
+    assert (t.p_adjusted[:2].to_numpy() >= alone.p_adjusted.to_numpy()).all() and t.p_adjusted[0] > alone.p_adjusted[0]
+    assert t.p_adjusted[1] == alone.p_adjusted[1] == 1 / 1001  # far above every permutation: 1 / (B + 1) in any family

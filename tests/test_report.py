@@ -332,7 +332,17 @@ def test_real_probe_table():
 
 # ---------------------------------------------------------------- verdicts
 
-NO_LEAK = "No leakage detected at any of {} points (every interval includes chance; MI bound <= permutation floor)"
+class _NoLeak:
+    """The null line of a table of n = 200 samples at chance 0.5, with the power of its m tests."""
+
+    def format(self, m: int, n: int = 200) -> str:
+        from probekit._stats import min_detectable_accuracy
+
+        mde = float(min_detectable_accuracy(n, 0.5, m))
+        return f"No leakage detected at any of {m} points (family-wise test; would have detected accuracy >= {mde:.2f} at 80% power)"
+
+
+NO_LEAK = _NoLeak()
 
 
 def null_table(n_points: int = 20) -> pd.DataFrame:
@@ -369,11 +379,11 @@ def test_null_reads_as_null():
     assert (r.table.mi_bits == -0.031).all()  # the raw bound stays in the table
     html = r.to_html()
     body = html.split('<p class="sub">')[1].split("</p>", 1)[1]
-    assert body.startswith(f'<div class="summary"><b>{NO_LEAK.format(20).replace("<=", "&lt;=")}</b>')
+    assert body.startswith(f'<div class="summary"><b>{NO_LEAK.format(20).replace(">=", "&gt;=")}</b>')
     assert "-0.031" in html  # raw value in the full table
     markers = [tr.marker.symbol for tr in r.figure("leakage").data if tr.mode == "lines+markers"]
     assert markers == [("circle-open",) * 20]  # open: not significant after correction
-    assert r._repr_html_().startswith(f"<div><p><b>{NO_LEAK.format(20).replace('<=', '&lt;=')}</b>")
+    assert r._repr_html_().startswith(f"<div><p><b>{NO_LEAK.format(20).replace('>=', '&gt;=')}</b>")
 
 
 def test_verdict_corrects_for_points_and_needs_the_floor():
@@ -399,7 +409,7 @@ def test_verdict_corrects_for_points_and_needs_the_floor():
     assert [i for i, sym in enumerate(symbols) if sym == "circle"] == [15]  # filled: the one leaking point
 
     rows, cols, _ = _leakage_rows(t)  # the HTML leakage table shows the verdict per row
-    assert ("p_adjusted", "p (Holm)") in cols and [r["point"] for r in rows if r["leaks"] == "yes"] == ["lm.15.resid"]
+    assert ("p_adjusted", "p (family-wise)") in cols and [r["point"] for r in rows if r["leaks"] == "yes"] == ["lm.15.resid"]
     assert rows[15]["p_adjusted"] == "<1e-6" and float(rows[7]["p_adjusted"]) > 0.05
     assert holm(np.array([0.01, 0.04, 0.03, np.nan])).tolist()[:3] == pytest.approx([0.03, 0.06, 0.06])
 

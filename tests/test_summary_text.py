@@ -288,12 +288,15 @@ def test_study_ladder_prints_each_verdict_once_and_names_the_full_row_one_way(mo
     assert set(pd.read_csv(tmp_path / "l" / "ladder.csv").k_label.dropna().astype(str)) == {"2", "full"}
 
 
-def test_holm_verdict_names_the_full_row_full():
-    from probekit.readout.ladder import holm_verdict
+def test_ladder_verdict_names_the_full_row_full():
+    from probekit.readout.ladder import ladder_verdict
 
+    null = np.random.default_rng(0).normal(size=(2, 201))
+    null[:, 0] = 9.0  # both far above their permutations
     t = pd.DataFrame({"source": ["logits", "logits"], "point": ["logits", "logits"], "k": [2.0, 2053.0],
-                      "k_label": ["2", "full"], "accuracy": [0.9, 0.95], "chance": 0.5, "n": 200})
-    line = holm_verdict(t)[1]
+                      "k_label": ["2", "full"], "accuracy": [0.9, 0.95], "chance": 0.5, "n": 200, "n_units": 200,
+                      "perm_null": list(null)})
+    line = ladder_verdict(t)[1]
     assert line.endswith(": logits k=2, logits k=full") and "2053" not in line
 
 

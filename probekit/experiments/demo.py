@@ -74,7 +74,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
 
     from .._progress import say
     from ..organisms.ladder import LadderConfig, eval_scenes, train_organism
-    from ..readout.ladder import holm_verdict
+    from ..readout.ladder import ladder_verdict
     from ..verdict import verdict
 
     cfg = cfg or DemoConfig()
@@ -105,7 +105,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
         "detected": bool(found.table.leaks.any()), "control_detected": bool(control.table.leaks.any()),
         "best": _rung(found.ladder, "residual"), "yes_no": _rung(found.ladder, "logits", 2),
         "full": _rung(found.ladder, "logits", "full"), "control_best": _rung(control.ladder, "residual"),
-        "ladder_verdicts": [holm_verdict(r.ladder)[1] for r in (found, control)],
+        "ladder_verdicts": [ladder_verdict(r.ladder)[1] for r in (found, control)],
         "found": found, "control": control,
     }
 

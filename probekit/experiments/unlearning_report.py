@@ -176,15 +176,18 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
          "Forget splits are nested prefixes of the trained profiles.\n",
          "## Before unlearning\n"] + _before(res)
     L.append("\n### Positive condition and negative controls: the job per layer (probes, folds by profile)\n")
-    L.append("`detected` = the 95% CI-derived one-sided p-value survives Holm's correction across all rows of that "
-             "model/profile set. `residual`: the raw stream; `lens`: the same stream read through the model's final "
+    L.append("`detected` = probekit's one verdict: a permutation test of every row (jobs permuted across profiles, the "
+             "cross-validation re-run on each permutation), family-wise corrected (step-down maxT) over all rows of that "
+             "model/profile set, and the MI bound above its permuted-label floor; `p (family-wise)` is that corrected "
+             "p-value and `would detect` the accuracy the test would have detected with 80% power. `residual`: the raw stream; `lens`: the same stream read through the model's final "
              "norm and unembedding, log-softmax over the job words (a fixed linear read-out).\n")
     L.append(f"![probes]({rel(imgs['unlearning-probes'])})\n")
     pr = res["probes"]
     L.append(_md(pd.DataFrame({"model": pr.model, "profiles": pr.profiles, "features": pr.features, "point": pr.point,
                                "position": pr.position, "accuracy": [fmt_ci(*r) for r in zip(pr.accuracy, pr.accuracy_lo, pr.accuracy_hi)],
-                               "chance": pr.chance.round(2), "Holm p": pr.p.map(lambda v: f"{v:.2g}"),
-                               "detected": pr.detected.map({True: "yes", False: "nothing detected"})})))
+                               "chance": pr.chance.round(2), "p (family-wise)": pr.p_adjusted.map(lambda v: f"{v:.2g}"),
+                               "detected": pr.detected.map({True: "yes", False: "nothing detected"}),
+                               "would detect": pr.mde_accuracy.map(lambda v: "–" if v != v else ("nothing" if v >= 1 else f">= {v:.2f}"))})))
     L.append("\n### Membership inference: trained vs never-seen profiles (fact and biography answers)\n")
     m = res["mia"]
     L.append(_md(pd.DataFrame({"model": m.model, "attack": m.attack, "AUC": [fmt_ci(*r) for r in zip(m.auc, m.auc_lo, m.auc_hi)],

@@ -34,7 +34,10 @@ import torch
 
 from ..errors import InputError
 from ..organisms import profiles as P
-from .facts_metrics import boot_ci, cloze_accuracy, holm_detect, mc_accuracy, mia_scores, p_from_ci, rouge_l
+from .._stats import permutations
+from ..readout._data import encode_groups, encode_labels
+from ..readout.significance import add_verdicts, drop_nulls
+from .facts_metrics import boot_ci, cloze_accuracy, mc_accuracy, mia_scores, rouge_l
 from .membership import mia_metrics
 from .unlearning import METHODS, unlearn
 
@@ -118,14 +121,15 @@ def _job_acts(model, world: P.World, pids: Sequence[int]) -> tuple[dict, list, l
     return feats, [s.answer for s in items], [s.pid for s in items]
 
 
-def _holm(t: pd.DataFrame) -> pd.DataFrame:
-    t["p"] = [p_from_ci(a, lo, hi, c) for a, lo, hi, c in zip(t.accuracy, t.accuracy_lo, t.accuracy_hi, t.chance)]
-    t["detected"] = holm_detect(t.p.values)
-    return t
+def _verdicts(t: pd.DataFrame) -> pd.DataFrame:
+    """probekit's one verdict over every row (all feature kinds, layers and positions: one family)."""
+    t = add_verdicts(t)
+    t["detected"] = t["leaks"]
+    return drop_nulls(t)
 
 
 def probe_job(net, world: P.World, pids: Sequence[int], cfg: StudyConfig, **tags) -> pd.DataFrame:
-    """Cross-validated probes for the job (folds by profile) per layer and feature kind, Holm across all rows."""
+    """Cross-validated probes for the job (folds by profile) per layer and feature kind, one verdict over all rows."""
     from ..readout import probe_layers
 
     feats, y, g = _job_acts(net, world, pids)
@@ -133,9 +137,9 @@ def probe_job(net, world: P.World, pids: Sequence[int], cfg: StudyConfig, **tags
     for kind, acts in feats.items():
         t = probe_layers(acts, y, groups=g, cv=cfg.probe_cv, seed=cfg.seed, C=cfg.probe_C, n_boot=cfg.n_boot,
                          positions=["last", "image_mean"], progress=False, control=False)
-        parts.append(t[["point", "layer", "position", "n", "accuracy", "accuracy_lo", "accuracy_hi", "chance",
-                        "mi_bits"]].assign(features=kind))
-    t = _holm(pd.concat(parts, ignore_index=True))
+        parts.append(t[["point", "layer", "position", "n", "n_units", "accuracy", "accuracy_lo", "accuracy_hi", "chance",
+                        "mi_bits", "mi_perm_bits", "perm_null"]].assign(features=kind))
+    t = _verdicts(pd.concat(parts, ignore_index=True))
     for k, v in tags.items():
         t[k] = v
     return t
@@ -153,6 +157,8 @@ def probe_transfer(net, world: P.World, fit_pids: Sequence[int], test_pids: Sequ
     ft, yt, gt = _job_acts(net, world, test_pids)
     yt, gt = np.array(yt), np.array(gt)
     chance = max(np.mean(yt == c) for c in set(yt))
+    # the verdict's null: the forget profiles' jobs permuted across profiles, the fitted probe's answers fixed
+    perm = permutations(encode_labels(yt)[0], encode_groups(gt, len(gt)), 1000, cfg.seed)
     rows = []
     for kind in ff:
         for point in ff[kind]:
@@ -163,8 +169,9 @@ def probe_transfer(net, world: P.World, fit_pids: Sequence[int], test_pids: Sequ
                 per = [ok[gt == q].mean() for q in sorted(set(gt))]
                 m, lo, hi = boot_ci(per, cfg.seed, cfg.n_boot)
                 rows.append({"features": kind, "point": point, "position": pos, "accuracy": float(ok.mean()),
-                             "accuracy_lo": lo, "accuracy_hi": hi, "chance": float(chance), "n": len(ok), **tags})
-    return _holm(pd.DataFrame(rows))
+                             "accuracy_lo": lo, "accuracy_hi": hi, "chance": float(chance), "n": len(ok),
+                             "n_units": len(set(gt)), "perm_null": (pred[None, :] == yt[perm]).mean(1), **tags})
+    return _verdicts(pd.DataFrame(rows))
 
 
 # ----------------------------------------------------------------------------------- scores

@@ -10,7 +10,7 @@
    flip per image, not in the image), run :func:`probekit.readout.ladder.leakage_ladder`:
    the same probes on the residual stream and the tuned lens per layer and on the top-k output
    log-probabilities for k = 2 (the Yes/No tokens), 5, 10, 50 and the full vocabulary.
-4. Decide with :func:`probekit.readout.ladder.holm_verdict` (Holm over every rung tested).
+4. Decide with :func:`probekit.readout.ladder.ladder_verdict` (the one verdict, over every rung tested).
 
 ``run_ladder(LadderConfig())`` is the study of ``docs/results.md`` (a few minutes on 2 cores);
 ``LadderConfig.small()`` the CI version (one fixed question colour, fewer steps and scenes).
@@ -142,7 +142,7 @@ def train_organism(cfg: LadderConfig, t0: float | None = None) -> tuple[Any, dic
 def run_ladder(cfg: LadderConfig | None = None) -> dict:
     """Train the organism, run the ladder for every attribute, decide; returns tables and verdicts."""
     import probekit
-    from ..readout.ladder import check_ladder, holm_verdict, leakage_ladder
+    from ..readout.ladder import check_ladder, ladder_verdict, leakage_ladder
     from ..readout.lens import LogitLens, TunedLens
     from .ladder_lens import lens_grid
 
@@ -169,12 +169,12 @@ def run_ladder(cfg: LadderConfig | None = None) -> dict:
             labels = [str(s.meta[attr]) for s in ev]
             tab = leakage_ladder(acts, labels, lens=lens, ks=cfg.ks, answer_ids=answer_ids, position="last",
                                  seed=cfg.seed, n_boot=cfg.n_boot, progress=False)
-            tab, overall = holm_verdict(tab, alpha=cfg.alpha)
+            tab, overall = ladder_verdict(tab, alpha=cfg.alpha)
             verdicts[attr] = {"all": overall}
             for src in ("residual", "tuned-lens", "logits"):
-                verdicts[attr][src] = holm_verdict(tab[tab.source == src], alpha=cfg.alpha)[1]
+                verdicts[attr][src] = ladder_verdict(tab[tab.source == src], alpha=cfg.alpha)[1]
             k2 = tab[(tab.source == "logits") & (tab.k == len(ANSWERS))]
-            verdicts[attr]["yes/no logits"] = holm_verdict(k2, alpha=cfg.alpha)[1]
+            verdicts[attr]["yes/no logits"] = ladder_verdict(k2, alpha=cfg.alpha)[1]
             frames.append(tab.assign(attribute=attr))
         table = pd.concat(frames, ignore_index=True)
         grid = lens_grid(model, ev)
@@ -273,12 +273,14 @@ def section(res: dict, img: str, command: str) -> str:
          "stream of each layer, on each layer's tuned-lens projection (log-probabilities over the whole vocabulary; "
          f"`TunedLens.fit`, {cfg['lens_steps']} steps), and on the output log-probabilities cut to the top k: k = 2 are the "
          "fixed `Yes`/`No` tokens (Apple's Yes/No logits), larger k the model's own top k per sample (values and token "
-         f"identities), `full` all {res['vocab']} tokens. Verdict: one-sided exact binomial test of each row's accuracy "
-         "against chance, Holm-corrected over every row of that attribute (`probekit.readout.ladder.holm_verdict`). "
+         f"identities), `full` all {res['vocab']} tokens. Verdict: probekit's one verdict, a permutation test of every row "
+         "(labels permuted, the cross-validation re-run on each permutation), family-wise corrected (step-down maxT) over "
+         "every row of that attribute (`probekit.readout.ladder.ladder_verdict`), with the accuracy it would have "
+         "detected (80% power) beside every null. "
          "`random` is a coin flip per image that is not in the image: the negative control. The last layer needs no "
          "translator, so its tuned-lens row is the model's own output (the same numbers as k = full).\n",
          f"![leakage ladder]({img})\n", "### Headline (accuracy [95% CI]; best layer after @)\n", _md(headline(res)),
-         "\n### Verdicts per rung (Holm within the rung)\n"]
+         "\n### Verdicts per rung (family-wise within the rung)\n"]
     v = res["verdicts"]
     L.append(_md(pd.DataFrame([{"attribute": a, **{k: s for k, s in d.items() if k != "all"}} for a, d in v.items()])))
     kl = res["lens_kl"]

@@ -37,7 +37,8 @@ import pandas as pd
 
 from ..data.synthetic import Sample
 from ..errors import InputError
-from .._stats import holm, p_from_ci
+from ..readout.score_test import score_row
+from ..readout.significance import add_verdicts, null_phrase
 from ..report.text import fmt_ci
 from .text import draw_text, random_string, scene
 
@@ -224,23 +225,18 @@ def eval_set(c: Condition, seen: list[str], unseen: list[str]) -> dict:
 
 
 def decide(table: pd.DataFrame, alpha: float = 0.05) -> dict:
-    """Holm-corrected "accuracy above chance" decision over every row (point x position).
-
-    One-sided p-values come from the 95% CI read as a normal interval (se = width / 3.92).
-    Kept in one function so that a shared verdict helper can replace it.
-    """
-    t = table.reset_index(drop=True)  # residual rows and the output-only (top-k logits) rows
-    pv = np.atleast_1d(p_from_ci(t.accuracy.to_numpy(float), t.accuracy_lo.to_numpy(float),
-                                 t.accuracy_hi.to_numpy(float), t.chance.to_numpy(float), min_se=1e-9))
-    m = len(pv)
-    adj = holm(pv)
-    hits = t.assign(p_holm=adj)[adj < alpha]
+    """probekit's one verdict (:func:`probekit.readout.significance.add_verdicts`) over every row of a run's
+    table (points x positions, the output-only rows and the loss attack), as the study's results need it."""
+    t = add_verdicts(table.reset_index(drop=True), alpha=alpha)  # residual, output-only and loss-attack rows
+    m = int(t.p_value.notna().sum())
+    hits = t[t.leaks]
     best = t.loc[t.accuracy.idxmax()]
     where = ", ".join(f"{r.point}@{r.position}" for r in hits.itertuples())
-    line = (f"Leakage detected at {len(hits)} of {m} points (Holm-corrected p < {alpha:g}): {where}." if len(hits)
-            else f"No leakage detected: nothing detected at any of {m} points after Holm correction "
-                 f"(best {best.point}@{best.position}: {fmt_ci(best.accuracy, best.accuracy_lo, best.accuracy_hi)}, "
-                 f"chance {best.chance:.2f}).")
+    line = (f"Leakage detected at {len(hits)} of {m} points (permutation test, family-wise p < {alpha:g}): {where}."
+            if len(hits) else
+            f"No leakage detected: {null_phrase(t)} at any of {m} points "
+            f"(best {best.point}@{best.position}: {fmt_ci(best.accuracy, best.accuracy_lo, best.accuracy_hi)}, "
+            f"chance {best.chance:.2f}).")
     inner = t[~t.point.isin(["logits", "mia.loss"])]  # the residual stream (and projector) alone
     rb = inner.loc[inner.accuracy.idxmax()] if len(inner) else best
     return {"detected": bool(len(hits)), "n_detected": int(len(hits)), "m": m, "line": line,
@@ -250,7 +246,8 @@ def decide(table: pd.DataFrame, alpha: float = 0.05) -> dict:
             "residual_lo": float(rb.accuracy_lo), "residual_hi": float(rb.accuracy_hi),
             "best_point": str(best.point), "best_position": str(best.position), "best_accuracy": float(best.accuracy),
             "best_lo": float(best.accuracy_lo), "best_hi": float(best.accuracy_hi), "chance": float(best.chance),
-            "p_holm_min": float(adj.min()) if m else math.nan}
+            "p_adjusted_min": float(t.p_adjusted.min()) if m else math.nan,
+            "mde_accuracy": float(t.mde_accuracy.max()) if m else math.nan}
 
 
 def verdict_columns(v: dict) -> dict:
@@ -285,25 +282,22 @@ def _scan(model: Any, ev: dict, seed: int, n_boot: int, prompt: str = QUESTION, 
 
 
 def with_membership(table: pd.DataFrame, mia: dict) -> pd.DataFrame:
-    """``table`` with the loss attack as one more output-only row (AUC in the accuracy columns, chance 0.5).
-
-    :func:`decide` then corrects over it with the probes: one family of tests per run.
-    """
-    row = {"point": "mia.loss", "position": "answer", "source": "output", "accuracy": mia["mia_auc"],
-           "accuracy_lo": mia["mia_lo"], "accuracy_hi": mia["mia_hi"], "chance": 0.5}
-    return pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+    """``table`` with the loss attack as one more output-only row (AUC in the accuracy columns, chance 0.5,
+    its permutation null on the scan's own permutations): :func:`decide` then corrects over it with the
+    probes, one family of tests per run."""
+    return pd.concat([table, pd.DataFrame([mia["row"]])], ignore_index=True)
 
 
 def membership(model: Any, ev: dict, seed: int = 0, n_boot: int = 1000) -> dict:
     """Loss attack on reading the name (teacher forced): AUC of seen vs unseen, CIs resampling usernames."""
     from ..experiments.facts_metrics import mia_scores
-    from ..experiments.membership import mia_metrics
     from .reader import USERNAME
 
     samples = [Sample(im, USERNAME, g + ".", "ocr", {}) for im, g in zip(ev["images"], ev["groups"])]
-    m = mia_metrics(mia_scores(model, samples)["loss"], [lab == "seen" for lab in ev["labels"]], n_boot=n_boot,
-                    seed=seed, groups=ev["groups"])
-    return {"mia_auc": m["auc"], "mia_lo": m["auc_lo"], "mia_hi": m["auc_hi"]}
+    # the scan's labels, groups and seed: the row's permutations are the probes' (one family per run)
+    row = score_row(mia_scores(model, samples)["loss"], ev["labels"], "seen", ev["groups"], point="mia.loss",
+                    position="answer", source="output", n_boot=n_boot, seed=seed)
+    return {"mia_auc": row["accuracy"], "mia_lo": row["accuracy_lo"], "mia_hi": row["accuracy_hi"], "row": row}
 
 
 def stratified(model: Any, ev: dict, seed: int = 0, n_boot: int = 300, prompt: str = Condition.probe_prompt) -> dict:
@@ -351,7 +345,7 @@ def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, base
     mia = membership(tuned, ev, c.seed)
     verdict = decide(with_membership(rep.table, mia))
     base_verdict = decide(with_membership(base_report.table, base_membership))
-    d = {**(direct_prompt(tuned, ev) if direct else {}), **mia}
+    d = {**(direct_prompt(tuned, ev) if direct else {}), **{k: v for k, v in mia.items() if k != "row"}}
     row = {"condition": c.label(), **{k: v for k, v in asdict(c).items() if k != "lora"}, "lora": bool(c.lora),
            "control": c.is_control, "kind": c.kind,
            **verdict_columns(verdict), "base_detected": base_verdict["detected"],

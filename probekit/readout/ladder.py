@@ -23,8 +23,8 @@ only when one of those two rungs is asked for.
 Log-probabilities (log-softmax over the whole vocabulary) are what an API returns, so even the
 fixed two carry the normaliser; that is part of what the output reveals.
 
-:func:`holm_verdict` turns the table into a decision: a one-sided exact binomial p-value of
-each row's held-out accuracy against chance, Holm-corrected over every row tested.
+:func:`ladder_verdict` turns the table into a decision with probekit's one verdict (a permutation
+test over every row tested, family-wise corrected; :mod:`probekit.readout.significance`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._stats import holm, wilson
 from ..errors import InputError, plain
 from ..hooks.coerce import as_store
 from ..hooks.points import Point, topk_points
@@ -44,8 +43,9 @@ from ..hooks.store import ActivationStore
 from .layers import probe_layers
 from .leakage import has_outputs, topk_features
 from .lens import lens_points
+from .significance import ALPHA, add_verdicts, null_phrase
 
-__all__ = ["ladder_features", "leakage_ladder", "holm", "holm_verdict", "check_ladder", "LADDER_K"]
+__all__ = ["ladder_features", "leakage_ladder", "ladder_verdict", "check_ladder", "LADDER_K"]
 
 LADDER_K: tuple = (2, 5, 10, 50, None)
 """The default k sweep (None: the full distribution)."""
@@ -260,36 +260,30 @@ def leakage_ladder(
     return table.reset_index(drop=True)
 
 
-def holm_verdict(table: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame, str]:
-    """Add ``p_value`` (one-sided exact binomial of held-out accuracy vs chance), ``p_holm``
-    (Holm over every row of ``table``), ``detected`` (``p_holm < alpha``) and
-    ``accuracy_lo_corrected`` / ``accuracy_hi_corrected`` (Wilson interval at level
-    ``1 - alpha / m`` for the m rows: Bonferroni-corrected CIs, so a row whose corrected CI
-    excludes chance is detected too); return it with a verdict line: where the label is
-    detected, or "nothing detected".
+def ladder_verdict(table: pd.DataFrame, alpha: float = ALPHA) -> tuple[pd.DataFrame, str]:
+    """The one verdict (:func:`probekit.readout.significance.add_verdicts`) over every row of
+    ``table``, with ``detected`` (= ``leaks``), and a line: where the label is detected, or
+    "nothing detected" with the accuracy the test would have detected (80% power), or
+    "inconclusive" when it could have detected nothing.
 
     Example:
+        >>> import numpy as np
+        >>> null = np.random.default_rng(0).normal(size=(2, 201)); null[0, 0] = 9.0
         >>> t = pd.DataFrame({"source": ["residual", "logits"], "point": ["lm.0.resid", "logits"], "k": [float("nan"), 2.0],
-        ...                   "accuracy": [0.9, 0.52], "chance": 0.5, "n": 200})
-        >>> holm_verdict(t)[1]
-        'detected in 1 of 2 rows (Holm-corrected, alpha 0.05): residual lm.0.resid'
+        ...                   "accuracy": [0.9, 0.52], "chance": 0.5, "n": 200, "n_units": 200, "perm_null": list(null)})
+        >>> ladder_verdict(t)[1]
+        'detected in 1 of 2 rows (permutation test, family-wise alpha 0.05): residual lm.0.resid'
     """
-    from scipy.stats import binom, norm
-
     if not 0 < alpha < 1:
         raise InputError(f"alpha must be in (0, 1), got {plain(alpha)!r}", fix="e.g. alpha=0.05")
-    t = table.copy()
-    hits = np.rint(t.accuracy.to_numpy() * t.n.to_numpy()).astype(np.int64)
-    t["p_value"] = binom.sf(hits - 1, t.n.to_numpy().astype(np.int64), t.chance.to_numpy())
-    t["p_holm"] = holm(t.p_value.to_numpy())
-    t["detected"] = t.p_holm < alpha
-    z = float(norm.ppf(1 - alpha / (2 * max(1, len(t)))))
-    t["accuracy_lo_corrected"], t["accuracy_hi_corrected"] = wilson(hits, t.n.to_numpy(), z)
+    t = add_verdicts(table, alpha=alpha)
+    t["detected"] = t["leaks"]
+    how = f"{'permutation test' if (t.get('test') == 'permutation').all() else 'corrected'}, family-wise alpha {alpha:g}"
     found = t[t.detected]
     if found.empty:
-        return t, f"nothing detected in {len(t)} rows (Holm-corrected, alpha {alpha:g})"
+        return t, f"{null_phrase(t)} in {len(t)} rows ({how})"
     where = ", ".join(_rung(r) for r in found.itertuples())
-    return t, f"detected in {len(found)} of {len(t)} rows (Holm-corrected, alpha {alpha:g}): {where}"
+    return t, f"detected in {len(found)} of {len(t)} rows ({how}): {where}"
 
 
 def _rung(r: Any) -> str:

@@ -52,6 +52,8 @@ class ReadoutOptions:
     ``max_iter``, ``tol``, ``dtype``, ``device``, ``memory_limit`` (bytes of activations per
     chunk of points). ``calibrate``: shrink held-out scores towards the fold prior
     (:func:`~probekit.readout.information.calibrate_heldout`). k-NN MI: ``k``, ``n_components``.
+    Verdict: ``n_perm`` label permutations (across groups) of the permutation test, whose statistic
+    reads at most ``test_components`` principal directions of a point (:mod:`probekit.readout.permutation`).
     """
 
     cv: int = 5
@@ -71,11 +73,20 @@ class ReadoutOptions:
     tol: float = 1e-4
     dtype: Any = field(default=torch.float32)
     memory_limit: int = 2**30
+    n_perm: int = 1000
+    test_components: int = 128
 
     def __post_init__(self) -> None:
         if not (isinstance(self.n_boot, (int, np.integer)) and self.n_boot >= 0):
             raise InputError(f"n_boot must be a non-negative integer, got {plain(self.n_boot)!r}",
                              fix="use n_boot=1000")
+        if isinstance(self.n_perm, bool) or not (isinstance(self.n_perm, (int, np.integer)) and self.n_perm >= 19):
+            raise InputError(f"n_perm must be an integer >= 19 (the smallest p-value is 1 / (n_perm + 1)), got "
+                             f"{plain(self.n_perm)!r}", fix="use n_perm=1000 (the default), or at least 200")
+        if isinstance(self.test_components, bool) or not (isinstance(self.test_components, (int, np.integer))
+                                                          and self.test_components >= 1):
+            raise InputError(f"test_components must be a positive integer, got {plain(self.test_components)!r}",
+                             fix="use test_components=128")
         if not self.C > 0:
             raise InputError(f"C must be positive, got {plain(self.C)!r}", fix="use C=1.0")
         check_dtype(self.dtype)

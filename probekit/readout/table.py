@@ -5,7 +5,8 @@
 scores and turns them into the same columns for every scorer: accuracy with a Wilson (or group
 bootstrap) CI, the MI bound ``H(Y) - CE`` after calibration with its bootstrap CI, the
 permuted-label floor, the control task and selectivity, the solver's iterations, and the
-p-values and verdicts of :mod:`probekit.readout.significance`.
+permutation test of :mod:`probekit.readout.permutation` with the verdicts of
+:mod:`probekit.readout.significance`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._stats import cluster_bootstrap, wilson
+from .._stats import cluster_bootstrap, permutation_p, wilson
 from ..errors import InputError
 from ._data import Unit, encode_groups, encode_labels, iter_units, load_unit, make_folds, parse_kind, parse_layer
 from .controls import label_tasks
 from .information import LN2, calibrate_heldout, entropy_bits, log_probs
 from .options import ReadoutOptions
 from .scorers import HeldoutScores, Scorer, get_scorer
-from .significance import accuracy_p_values, add_verdicts
+from .permutation import PermutationDesign, permutation_statistic
+from .significance import add_verdicts
 
 __all__ = ["readout_table", "COLUMNS"]
 
@@ -35,7 +37,7 @@ COLUMNS = [
     "mi_bits", "mi_lo", "mi_hi", "mi_perm_bits",
     "control_accuracy", "control_mi_bits", "selectivity",
     "mi_estimator", "temperature", "n_iter", "converged",
-    "p_value", "p_adjusted", "leaks",
+    "n_units", "p_value", "p_adjusted", "leaks", "mde_accuracy", "perm_null",
 ]
 
 
@@ -51,6 +53,11 @@ class _Labels:
         self.units = self.groups if self.groups is not None else np.arange(n)  # what the bootstrap resamples
         self.H = float(entropy_bits(np.bincount(self.codes, minlength=self.K)))
         self.chance = float(np.bincount(self.codes).max() / n)
+        # the verdict's permutation test: the same permutations for every point of the table
+        self.design = PermutationDesign.make(self.codes, self.groups, self.K, opts.cv, opts.n_perm, opts.seed,
+                                             dtype=opts.torch_dtype)
+        # independent units a test can count on: samples, or groups (the samples of a group share their label)
+        self.n_units = n if self.groups is None else int(len(np.unique(self.groups)))
 
     def task(self, name: str) -> int | None:
         return self.names.index(name) if name in self.names else None
@@ -90,13 +97,14 @@ def readout_table(acts: Any, labels: Any, groups: Any = None, options: ReadoutOp
     try:
         for chunk in _chunks(units, n, opts.memory_limit, check=not in_memory):
             X = torch.stack([x.to(device=dev, dtype=dt) for _, x in chunk])
+            null = permutation_statistic(X, lab.design, opts.test_components, opts.seed, opts.C)  # before the solver edits X
 
             def cb(it: int, left: int) -> None:
                 bar.set_postfix(iter=it, unconverged=left, refresh=False)
 
             scores = scorer.heldout(X, lab.tasks, lab.folds, lab.K, opts, callback=None if bar.disable else cb)
             del X
-            rows += _rows([u for u, _ in chunk], scores, scorer, lab, opts)
+            rows += _rows([u for u, _ in chunk], scores, scorer, lab, opts, null)
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -141,8 +149,9 @@ def _mi_bootstrap(ce_bits: np.ndarray, correct: np.ndarray, lab: _Labels, n_boot
     return lo[:P], hi[:P], lo[P:], hi[P:]
 
 
-def _rows(chunk: list[Unit], scores: HeldoutScores, scorer: Scorer, lab: _Labels, opts: ReadoutOptions) -> list[dict]:
-    """The table rows of one chunk of points from their held-out scores."""
+def _rows(chunk: list[Unit], scores: HeldoutScores, scorer: Scorer, lab: _Labels, opts: ReadoutOptions,
+          null: np.ndarray) -> list[dict]:
+    """The table rows of one chunk of points from their held-out scores and their permutation statistics."""
     Z, tasks, n = scores.logits, lab.tasks, lab.n
     P, T = Z.shape[:2]
     # Accuracy is the scorer's own (calibration can move a prediction across the boundary).
@@ -167,7 +176,7 @@ def _rows(chunk: list[Unit], scores: HeldoutScores, scorer: Scorer, lab: _Labels
         acc_lo, acc_hi = acc_lo_b, acc_hi_b  # answers within a group are not independent
     else:
         acc_lo, acc_hi = wilson(correct[:, 0].sum(-1), n)
-    p_value = accuracy_p_values(correct[:, 0], lab.chance, lab.groups)
+    p_value = permutation_p(null)[0]
     other = scorer.mutual_information(scores, Z, tasks, opts)
     if other is not None:
         mi, mi_lo, mi_hi = np.asarray(other, dtype=np.float64), np.full(P, np.nan), np.full(P, np.nan)
@@ -200,5 +209,7 @@ def _rows(chunk: list[Unit], scores: HeldoutScores, scorer: Scorer, lab: _Labels
         "temperature": temperature[p],
         "n_iter": int(n_iter[p].max()),
         "converged": bool(conv[p].all()),
+        "n_units": lab.n_units,
         "p_value": p_value[p],
+        "perm_null": null[p].astype(np.float32),
     } for p, u in enumerate(chunk)]

@@ -91,6 +91,7 @@ def html_table(rows: list[dict], columns: Sequence[tuple[str, str]], numeric: Se
 
 def raw_table(df: pd.DataFrame) -> Markup:
     """Every column, 4 significant digits, blanks for NaN; wide tables scroll."""
+    df = df.drop(columns=["perm_null"], errors="ignore")  # each row's permutation statistics: data, not a cell
     inner = df.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0)
     return Markup(f'<div class="scroll">{inner}</div>')
 

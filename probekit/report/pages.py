@@ -26,7 +26,7 @@ TITLES = {"leakage": "Probe accuracy per layer", "mi": "Mutual information per l
 CAPTIONS = {
     "leakage": "Held-out accuracy of a linear probe per layer, 95% CI as a band. Grey dotted: chance "
                "(majority class). Right panel, output (top-k logits): the same probe on the output's top-k logits "
-               "only. Filled markers: points that leak after Holm's correction over all points (MI bound above the "
+               "only. Filled markers: points that leak after the family-wise correction over all points (MI bound above the "
                "floor); open: not significant.",
     "mi": "Mutual information between hidden state and label, as a held-out probe lower bound "
           "H(Y) − CE in bits, 95% bootstrap CI. Grey dotted: the same estimate on permuted labels "
@@ -101,7 +101,7 @@ def leakage_rows(table: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str]]
             "control_accuracy": fmt(rec.get("control_accuracy")),
             "selectivity": fmt(rec.get("selectivity")),
             "p_adjusted": fmt_p(rec.get("p_adjusted")),
-            "leaks": "yes" if rec.get("leaks") is True or rec.get("leaks") == 1 else "",
+            "leaks": "yes" if rec.get("leaks") is True or rec.get("leaks") == 1 else _power(rec.get("mde_accuracy")),
         }
         row["floor_entropy"] = " / ".join(row[k] for k in ("mi_perm_bits", "entropy_bits") if k in rec)
         row["control"] = row["control_accuracy"] + (f" ({row['selectivity']})" if "selectivity" in rec else "")
@@ -111,11 +111,18 @@ def leakage_rows(table: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str]]
     columns = [("hook", "hook point"), ("position", "position"), ("n", "n"),
                ("accuracy", "accuracy [95% CI]"), ("chance", "chance"), ("mi_bits", "MI bits [95% CI]"),
                ("floor_entropy", " / ".join(floor) + " bits"), ("control", control),
-               ("p_adjusted", "p (Holm)"), ("leaks", "leaks")]
+               ("p_adjusted", "p (family-wise)"), ("leaks", "leaks (else: would detect)")]
     needs = {"hook": "point", "position": "position", "floor_entropy": ("mi_perm_bits", "entropy_bits"),
              "control": "control_accuracy"}
     present = [c for c in columns if any(k in t.columns for k in np.atleast_1d(needs.get(c[0], c[0])))]
     return rows, present, [c for c, _ in present if c not in ("hook", "position")]
+
+
+def _power(mde: Any) -> str:
+    """The cell of a row that does not leak: the accuracy its test would have detected (80% power)."""
+    if mde is None or pd.isna(mde):
+        return ""
+    return "no (could detect nothing)" if float(mde) >= 1 else f"no (≥ {float(mde):.2f})"
 
 
 def paired_rows(table: pd.DataFrame, metric: str, names: tuple[str, str]

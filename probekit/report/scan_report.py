@@ -251,6 +251,18 @@ class ScanReport:
         return scan_notebook(self, next((k for k in FIGURE_KINDS if self._has(k)), None))
 
 
+def _test_text(tested: pd.DataFrame) -> str:
+    """What the verdict's test was, as the table records it (``test``, ``n_units``)."""
+    m = len(tested)
+    if "test" in tested.columns and (tested["test"] == "permutation").all():
+        grouped = "n_units" in tested.columns and "n" in tested.columns and bool((tested.n_units < tested.n).any())
+        return (f"permutation test per point (labels permuted{' across groups' if grouped else ''}, the cross-validated "
+                f"statistic recomputed on each), family-wise corrected (step-down maxT) over {m} points at {ALPHA:g}")
+    if "test" in tested.columns and (tested["test"] == "from CI").all():
+        return f"one-sided test read off each accuracy CI, Holm-corrected over {m} points at {ALPHA:g}"
+    return f"family-wise corrected over {m} points at {ALPHA:g}"
+
+
 def _context_line(best: dict, tested: pd.DataFrame, leaking: pd.DataFrame) -> str:
     """The summary's last line: permutation floor, control task, the test and what it corrected for."""
     ctx = []
@@ -259,7 +271,7 @@ def _context_line(best: dict, tested: pd.DataFrame, leaking: pd.DataFrame) -> st
     if pd.notna(best.get("control_accuracy", np.nan)):
         ctx.append(f"control-task accuracy {fmt(best['control_accuracy'])} (selectivity {fmt(best.get('selectivity'))})")
     if not tested.empty:
-        ctx.append(f"one-sided test per point vs chance, Holm-corrected over {len(tested)} points at {ALPHA:g}")
+        ctx.append(_test_text(tested))
         raw = int((tested.accuracy_lo > tested.chance).sum()) if "accuracy_lo" in tested else 0
         if not len(leaking) and raw:
             ctx.append(f"{raw} of {len(tested)} uncorrected 95% intervals clear chance, as chance alone "

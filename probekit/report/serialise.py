@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError, StoreError
+from ..readout.significance import drop_nulls
 
 __all__ = ["FORMAT", "jsonable", "frame_to_json", "frame_from_json", "frames_equal", "dump_report",
            "load_report", "atomic_write"]
@@ -59,6 +60,7 @@ def frame_to_json(df: pd.DataFrame | None) -> dict | None:
     """A table as ``{"columns", "dtypes", "records"}`` (NaN as null); None stays None."""
     if df is None:
         return None
+    df = drop_nulls(df)  # the permutation statistics stay in memory: a file keeps the verdicts made from them
     records = [{str(k): jsonable(v) for k, v in rec.items()} for rec in df.to_dict("records")]
     return {"columns": [str(c) for c in df.columns], "dtypes": {str(c): str(t) for c, t in df.dtypes.items()},
             "records": records}
@@ -79,10 +81,11 @@ def frame_from_json(obj: dict | None) -> pd.DataFrame | None:
 
 
 def frames_equal(a: pd.DataFrame | None, b: pd.DataFrame | None) -> bool:
-    """Same values and columns, whatever the index; two Nones are equal."""
+    """Same values and columns, whatever the index; two Nones are equal. The permutation statistics a table
+    carries in memory (not in its file: its verdicts are) are not compared."""
     if a is None or b is None:
         return a is None and b is None
-    return a.reset_index(drop=True).equals(b.reset_index(drop=True))
+    return drop_nulls(a).reset_index(drop=True).equals(drop_nulls(b).reset_index(drop=True))
 
 
 def dump_report(kind: str, tables: dict[str, pd.DataFrame | None], settings: dict, data: dict,

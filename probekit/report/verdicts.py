@@ -3,7 +3,8 @@
 One function per sentence, used by :meth:`probekit.report.ScanReport.summary` (and so the
 HTML page, the notebook view and ``probekit scan``), :meth:`probekit.report.Comparison.summary`
 and the demo's printout, so all of them say the same thing. The statistics (p-values,
-Holm, ``leaks``) live in :mod:`probekit.readout.significance`; this module only words them.
+the family-wise correction, ``leaks``, the power) live in :mod:`probekit.readout.significance`;
+this module only words them.
 
 Example:
     >>> import pandas as pd
@@ -26,12 +27,24 @@ from .text import ci_text, where
 __all__ = ["verdict", "difference_verdict", "difference_rows", "mi_headline", "tested_rows"]
 
 
-_NO_LEAK = ("No leakage detected at any of {m} points "
-            "(every interval includes chance; MI bound <= permutation floor)")
+def _no_leak(t: pd.DataFrame) -> str:
+    """The null line, with its power: the accuracy the test would have detected, or "inconclusive"."""
+    m = len(t)
+    mde = t["mde_accuracy"].dropna() if "mde_accuracy" in t.columns else pd.Series(dtype=float)
+    if not mde.empty and float(mde.max()) >= 1.0:
+        return (f"Inconclusive: no leakage detected at any of {m} points, but with {_units(t)} for {m} tests not "
+                "even a perfect probe would have been detected")
+    power = f"; would have detected accuracy >= {float(mde.max()):.2f} at 80% power" if not mde.empty else ""
+    return f"No leakage detected at any of {m} points (family-wise test{power})"
+
+
+def _units(t: pd.DataFrame) -> str:
+    n = t["n_units"].dropna() if "n_units" in t.columns else pd.Series(dtype=float)
+    return f"{int(n.min())} independent samples or groups" if not n.empty else "this few samples"
 
 
 def tested_rows(table: pd.DataFrame | None) -> pd.DataFrame:
-    """Rows that were tested, with ``p_adjusted``/``leaks`` over exactly these rows (Holm)."""
+    """Rows that were tested, with ``p_adjusted``/``leaks`` over exactly these rows (the one verdict)."""
     if table is None or table.empty or "accuracy" not in table.columns:
         return pd.DataFrame()
     t = normalise(add_verdicts(table))
@@ -48,10 +61,11 @@ def _forward(t: pd.DataFrame) -> pd.DataFrame:
 def verdict(table: pd.DataFrame | None) -> str:
     """The first line of every report: is there leakage, after correcting for all points tested?
 
-    ``"Leakage detected at N of M points (first at <point> @ <position>)"`` or ``"No leakage
-    detected at any of M points (every interval includes chance; MI bound <= permutation
-    floor)"``. M counts every row tested (each point × position × source); a row leaks when
-    its Holm-adjusted p-value is below 0.05 and its MI bound exceeds the permuted-label floor
+    ``"Leakage detected at N of M points (first at <point> @ <position>)"``, ``"No leakage
+    detected at any of M points (family-wise test; would have detected accuracy >= A at 80%
+    power)"``, or ``"Inconclusive: ..."`` when the test could have detected nothing. M counts
+    every row tested (each point × position × source); a row leaks when its family-wise
+    adjusted p-value is below 0.05 and its MI bound exceeds the permuted-label floor
     (:mod:`probekit.readout.significance`). "First" is the earliest leaking point in the
     forward pass.
 
@@ -59,15 +73,15 @@ def verdict(table: pd.DataFrame | None) -> str:
         >>> import pandas as pd
         >>> t = pd.DataFrame({"point": ["lm.0.resid", "lm.1.resid"], "position": "last",
         ...     "accuracy": [0.52, 0.55], "accuracy_lo": [0.45, 0.48], "accuracy_hi": [0.59, 0.62], "chance": 0.5})
-        >>> verdict(t)
-        'No leakage detected at any of 2 points (every interval includes chance; MI bound <= permutation floor)'
+        >>> verdict(t.assign(n_units=200))
+        'No leakage detected at any of 2 points (family-wise test; would have detected accuracy >= 0.60 at 80% power)'
     """
     t = tested_rows(table)
     if t.empty:
         return "Nothing tested: the table has no probe accuracy."
     hits = _forward(t[t["leaks"]])
     if hits.empty:
-        return _NO_LEAK.format(m=len(t))
+        return _no_leak(t)
     first = hits.iloc[0]
     return f"Leakage detected at {len(hits)} of {len(t)} points (first at {where(first.point, first.position)})"
 

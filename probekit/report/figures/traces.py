@@ -41,10 +41,10 @@ def curve(fig: go.Figure, axes: Axes, cols: dict[str, int], row: int, df: pd.Dat
                 f"{hover or y}: {fmt_ci(v, a, b) if ci else fmt(v, 3)}"
                 for p, pos, s, v, a, b in zip(part.point, part.position, part.get("source", part.point), yv,
                                               lo if ci else yv, hi if ci else yv)]
-        if "leaks" in part.columns:  # the verdict per point: filled = leaks after Holm, open = not significant
+        if "leaks" in part.columns:  # the verdict per point: filled = leaks (family-wise), open = not significant
             flag = part["leaks"].fillna(False).astype(bool).to_numpy()
             marker_symbol = [symbol if f else f"{symbol}-open" for f in flag]
-            text = [f"{tx}<br>{'leaks (Holm-corrected)' if f else 'not significant after correction'}"
+            text = [f"{tx}<br>{'leaks (family-wise corrected)' if f else 'not significant after correction'}"
                     for tx, f in zip(text, flag)]
         else:
             marker_symbol = symbol

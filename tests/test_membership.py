@@ -1,0 +1,86 @@
+"""Membership readouts per layer on a small organism that really memorised its members, beside a matched
+control that cannot reveal them, and the distribution-shift guard on a deliberately shifted split.
+
+The organism: a tiny LLaVA (4 layers) fine-tuned to answer "What is the name?" with one name per image on
+the 16 member images. The non-members are 16 other images with the same 16 names (same answers: the
+outputs alone do not differ between the sets). The control is the same base fine-tuned the same way on
+16 third images: neither set was seen, so nothing may be detected.
+"""
+
+import numpy as np
+import pytest
+
+import probekit
+from probekit.data.synthetic import Sample
+from probekit.errors import InputError
+from probekit.experiments.finetune import finetune
+
+NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar",
+         "peggy", "rupert", "sybil", "trent"]
+Q = "What is the name?"
+
+
+def _rows(images, names):
+    return [{"image": im, "prompt": Q, "answer": a} for im, a in zip(images, names)]
+
+
+@pytest.fixture(scope="module")
+def organism(tmp_path_factory):
+    path = probekit.tiny.build("llava", tmp_path_factory.mktemp("m") / "base", num_layers=4)
+    images = probekit.tiny.fixture_images(48, 32, seed=5)
+    members, nonmembers, third = _rows(images[:16], NAMES), _rows(images[16:32], NAMES), _rows(images[32:], NAMES)
+    models = {}
+    for name, train in (("tuned", members), ("control", third)):
+        m = probekit.load(path)
+        finetune(m, [Sample(r["image"], Q, r["answer"], "name") for r in train], steps=100, batch_size=8, lr=3e-3,
+                 seed=0, progress=False)
+        models[name] = m
+    return probekit.load(path), models, members, nonmembers
+
+
+def test_memorised_members_are_detected_at_the_output_and_layer_by_layer_and_the_control_is_not(organism):
+    base, models, members, nonmembers = organism
+    kw = dict(cv=4, n_perm=200, n_boot=100, progress=False)
+    rep = probekit.membership(models["tuned"], members, nonmembers, base=base, **kw)
+    t = rep.table
+    out = t[(t.source == "output") & (t.score == "loss")].iloc[0]
+    assert out.detected and out.auc_lo > 0.5 and out.auc > 0.85
+    lens = t[(t.source == "logit-lens") & (t.score == "loss")]
+    assert lens.detected.any() and (lens[lens.detected].auc_lo > 0.5).all()
+    assert not rep.confounded and rep.summary().startswith("Membership detected")
+    # the causal attribution: patching the base's residual in removes a measured share of the gap at some layer
+    assert rep.attribution is not None and rep.attribution.share_tuned.max() > 0.3
+    ctl = probekit.membership(models["control"], members, nonmembers, base=base, **kw)
+    assert not ctl.table.detected.any(), ctl.table[ctl.table.detected]
+    assert ctl.summary().startswith("No membership detected") and "would have detected AUC >=" in ctl.summary()
+    c = ctl.table[(ctl.table.source == "output") & (ctl.table.score == "loss")].iloc[0]
+    assert c.auc_lo < 0.5 < c.auc_hi
+
+
+def test_a_shifted_split_is_called_confounded_first(organism):
+    """Members bright, non-members dark, an untrained model: the blind baseline separates them from the pixels."""
+    base, _, _, _ = organism
+    bright = [im.point(lambda v: min(255, v // 2 + 128)) for im in probekit.tiny.fixture_images(16, 32, seed=8)]
+    dark = [im.point(lambda v: v // 2) for im in probekit.tiny.fixture_images(16, 32, seed=9)]
+    rep = probekit.membership(base, _rows(bright, NAMES), _rows(dark, NAMES), cv=4, n_perm=200, n_boot=100,
+                              progress=False)
+    assert rep.confounded and rep.summary().startswith("Confounded:")
+    g = rep.guard[rep.guard.point == "inputs"].iloc[0]
+    assert g.detected and g.auc > 0.9
+
+
+def test_report_files_and_bad_input(organism, tmp_path):
+    base, models, members, nonmembers = organism
+    rep = probekit.membership(models["tuned"], members[:8], nonmembers[:8], cv=2, n_perm=99, n_boot=50,
+                              progress=False)
+    html = rep.save(tmp_path / "m.html").read_text()
+    assert rep.summary().splitlines()[0] in html.replace("&gt;", ">")
+    assert "Blind baseline" in html and "plotly" in html
+    assert '"kind": "membership"' in rep.save(tmp_path / "m.json").read_text()
+    with pytest.raises(InputError, match="answer"):
+        probekit.membership(base, [{"image": members[0]["image"], "prompt": Q}], nonmembers)
+    with pytest.raises(InputError, match="members and non-members"):
+        probekit.membership(base, [dict(r, group="g") for r in members[:4]], [dict(r, group="g") for r in nonmembers[:4]])
+    with pytest.raises(InputError, match="k must be"):
+        probekit.membership(base, members, nonmembers, k=2)
+    assert np.isfinite(rep.table.auc).all()
