@@ -4,6 +4,7 @@
 ``probekit scan --model PATH --images DIR [--labels CSV] [--answers CSV] [--targets ...] --out report.html``.
 ``probekit points --model PATH``: list a model's hook points.
 ``probekit collect --model PATH --images DIR --out STORE``: record points to a disk store.
+``probekit membership --model PATH --members DIR --nonmembers DIR --answers CSV [--base PATH]``: membership per layer.
 ``probekit study memorization [--full] [--out DIR]``: the watermark memorisation study (docs/results.md).
 ``probekit study ladder [--small] [--out DIR] [--docs DIR]``: Apple's leakage ladder on a yes/no organism;
 rewrites the ladder section of docs/results.md (``--small``: the CI version, printed only).
@@ -116,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda or cuda:1 (default: cpu)")
     c.add_argument("--dtype", default=None,
                    help="float32, bfloat16, float16 or auto (the checkpoint's own dtype; default: float32)")
+
+    from probekit.cli_membership import add_parser as _membership_parser
+
+    _membership_parser(sub, _MODEL_HELP)
 
     st = sub.add_parser("study", help="run a packaged study (memorization / watermark: the watermark memorisation "
                                       "study; ladder: leakage from inputs, Apple's ladder; unlearning: memorised facts)")
@@ -325,8 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"probekit {missing.command}: error: {exc.problem} ({exc.fix})", file=sys.stderr)
         return 2
     try:
-        if args.command in ("scan", "points", "collect") and not args.model:  # --model ""
+        if args.command in ("scan", "points", "collect", "membership") and not args.model:  # --model ""
             raise _model_missing(args.command)
+        if args.command == "membership":
+            from probekit.cli_membership import run
+
+            return run(args)
         return {"demo": _demo, "scan": _scan, "points": _points, "collect": _collect,
                 "study": _study}[args.command](args)
     except ProbekitError as exc:

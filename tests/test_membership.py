@@ -25,7 +25,7 @@ def _rows(images, names):
 
 
 @pytest.fixture(scope="module")
-def organism(tmp_path_factory):
+def organism(tmp_path_factory, one_thread):
     path = probekit.tiny.build("llava", tmp_path_factory.mktemp("m") / "base", num_layers=4)
     images = probekit.tiny.fixture_images(48, 32, seed=5)
     members, nonmembers, third = _rows(images[:16], NAMES), _rows(images[16:32], NAMES), _rows(images[32:], NAMES)
@@ -84,3 +84,26 @@ def test_report_files_and_bad_input(organism, tmp_path):
     with pytest.raises(InputError, match="k must be"):
         probekit.membership(base, members, nonmembers, k=2)
     assert np.isfinite(rep.table.auc).all()
+
+
+def test_cli_checks_every_input_before_loading_then_writes_the_report(tmp_path, monkeypatch, capsys):
+    from probekit.cli import main
+
+    base = probekit.tiny.build("llava", tmp_path / "base")
+    for folder, seed in (("mem", 1), ("non", 2)):
+        (tmp_path / folder).mkdir()
+        for i, im in enumerate(probekit.tiny.fixture_images(6, 32, seed=seed)):
+            im.save(tmp_path / folder / f"{folder}{i}.png")
+    rows = [f"{f}{i}.png,{NAMES[i]}" for f in ("mem", "non") for i in range(6)]
+    (tmp_path / "answers.csv").write_text("image,answer\n" + "\n".join(rows[:-1]) + "\n")  # non5 has no row
+    loads = []
+    real = probekit.load
+    monkeypatch.setattr(probekit, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
+    args = ["membership", "--model", str(base), "--members", str(tmp_path / "mem"), "--nonmembers", str(tmp_path / "non"),
+            "--answers", str(tmp_path / "answers.csv"), "--prompts", Q, "--cv", "2", "--out", str(tmp_path / "m.html")]
+    assert main(args) == 2 and not loads
+    assert "non5.png" in capsys.readouterr().err
+    (tmp_path / "answers.csv").write_text("image,answer\n" + "\n".join(rows) + "\n")
+    assert main(args) == 0 and len(loads) == 1
+    out = capsys.readouterr().out
+    assert (tmp_path / "m.html").is_file() and out.splitlines()[0].startswith(("No membership", "Inconclusive", "Confounded"))

@@ -17,6 +17,8 @@ from probekit._stats import min_detectable_accuracy, maxt_adjust, permutation_p
 from probekit.readout import probe_layers
 from probekit.readout.leakage import leakage
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small solves: one thread each is fastest on 2 cores
+
 DRAWS = 200
 LEVEL = 0.07  # the largest rate accepted at nominal 0.05 over 200 draws
 
