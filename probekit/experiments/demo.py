@@ -10,7 +10,7 @@
 3. The negative control: the same scan with a coin flip per image as the label (not in the
    image, so nothing can read it).
 4. Writes ``report.html`` (material) and ``control.html`` (coin flip) and prints the two
-   verdicts (Holm-corrected over every point tested), then the ladder's headline numbers.
+   verdicts (family-wise corrected over every point tested), then the ladder's headline numbers.
 
 Every number comes from this run (about a minute on 2 CPU cores).
 """
@@ -131,7 +131,7 @@ def print_summary(res: dict) -> None:
           f"from the Yes/No logits alone: {ci_text(yn, 'accuracy')}; from the full output distribution: {ci_text(full, 'accuracy')}.")
     tested = "detected" if res["control_detected"] else "nothing detected"  # the best of many rows is not a finding
     print(f"Coin flip from the residual stream: best {ci_text(c, 'accuracy')} at {c['point']} (chance {c['chance']:.2f}; "
-          f"uncorrected, the best of every layer: {tested} after Holm).")
+          f"uncorrected, the best of every layer: {tested} after the family-wise correction).")
     print(f"Ladder (residual, tuned lens, top-k logits) — material: {res['ladder_verdicts'][0]}; "
           f"coin flip: {res['ladder_verdicts'][1]}.")
     print(f"The model answers its yes/no question with accuracy {ci_text(acc, 'accuracy')} on "

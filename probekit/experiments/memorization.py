@@ -173,7 +173,7 @@ def _headline(res: dict) -> pd.DataFrame:
         rows.append({"model": model, "seed": seed, "best_point": best.point, "best_position": best.position,
                      "probe_accuracy": best.accuracy, "probe_accuracy_lo": best.accuracy_lo, "probe_accuracy_hi": best.accuracy_hi,
                      "chance": best.chance, "layers_ci_above_chance": int((g.accuracy_lo > g.chance).sum()), "rows": len(g),
-                     # the corrected count (Holm over the scan's rows, MI above the floor): the finding
+                     # the corrected count (family-wise over the scan's rows, MI above the floor): the finding
                      "layers_leaking": int(g.leaks.sum()) if "leaks" in g.columns else -1,
                      "direct_accuracy": d.accuracy, "direct_accuracy_lo": d.accuracy_lo, "direct_accuracy_hi": d.accuracy_hi,
                      "loss_auc": m.auc, "loss_auc_lo": m.auc_lo, "loss_auc_hi": m.auc_hi})

@@ -41,7 +41,7 @@ def _who(name: str) -> str:
 
 def verdict_lines(res: dict) -> list[str]:
     """One line per scanned model and seed: the scan's own verdict (:func:`probekit.verdict.verdict`,
-    Holm over every point, position and source of its table)."""
+    family-wise over every point, position and source of its table)."""
     from ..report.verdicts import verdict
 
     return [f"{_who(name)}, seed {seed}: {verdict(rep.table)}" for (name, seed), rep in res["reports"].items()]
@@ -161,7 +161,7 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
         "model": t.model, "seed": t.seed, "best point @ position": t.best_point + " @ " + t.best_position,
         "probe acc (seen vs unseen)": [fmt_ci(*r) for r in zip(t.probe_accuracy, t.probe_accuracy_lo, t.probe_accuracy_hi)],
         "chance": t.chance.round(2), "rows with CI above chance": t.layers_ci_above_chance.astype(str) + "/" + t.rows.astype(str),
-        "rows leaking (Holm)": t.layers_leaking.astype(str) + "/" + t.rows.astype(str),
+        "rows leaking (family-wise)": t.layers_leaking.astype(str) + "/" + t.rows.astype(str),
         "direct prompt acc": [fmt_ci(*r) for r in zip(t.direct_accuracy, t.direct_accuracy_lo, t.direct_accuracy_hi)],
         "loss-attack AUC (U1 vs U2)": [fmt_ci(*r) for r in zip(t.loss_auc, t.loss_auc_lo, t.loss_auc_hi)]})))
     L.append("\n## Gradient cosine similarity\n")

@@ -101,7 +101,7 @@ def verdict_lines(res: dict) -> list[str]:
     """What the study found, one line per question; every count is of the rows of the table it names.
 
     Facts learned (multiple choice), the job read per layer (positive condition and the two
-    controls; ``detected`` of ``probes``, Holm within each model/profile set), membership
+    controls; ``detected`` of ``probes``, the one verdict within each model/profile set), membership
     inference (``mia``), each unlearning method against no unlearning at the same split
     (``unlearning``; ``unlearning_probes``: the job still read from the forget profiles), and
     cross-modal transfer when the run measured it.
@@ -114,7 +114,7 @@ def verdict_lines(res: dict) -> list[str]:
         role = "the finding" if (model, profiles) == ("tuned", "trained") else "a control"
         b = g.loc[g.accuracy.idxmax()]
         L.append(f"The job read from the {model} model on {profiles} profiles ({role}): {_detected(g)} "
-                 f"(Holm; best {b.features} {where(b.point, b.position)} "
+                 f"(family-wise; best {b.features} {where(b.point, b.position)} "
                  f"{fmt_ci(b.accuracy, b.accuracy_lo, b.accuracy_hi)}, chance {b.chance:.2f}).")
     for model, g in res["mia"].groupby("model", sort=False):
         L.append(f"Membership inference on the {model} model (trained vs never-seen profiles), AUC: "

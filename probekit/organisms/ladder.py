@@ -19,8 +19,8 @@ Example (the CI version, about half a minute; ``tests/test_ladder.py`` runs it):
 
     res = run_ladder(LadderConfig.small(out=tempfile.mkdtemp()))
     res["task_accuracy"]["accuracy"]                 # 0.99 on 100 held-out scenes
-    res["verdicts"]["target_material"]["residual"]   # 'detected in 2 of 2 rows (Holm-corrected, alpha 0.05): ...'
-    res["verdicts"]["random"]["all"]                 # 'nothing detected in 9 rows (Holm-corrected, alpha 0.05)'
+    res["verdicts"]["target_material"]["residual"]   # 'detected in 2 of 2 rows (permutation test, family-wise alpha 0.05): ...'
+    res["verdicts"]["random"]["all"]                 # 'nothing detected (would have detected accuracy >= 0.62 ...) in 9 rows ...'
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def headline(res: dict) -> pd.DataFrame:
 
 
 def verdict_lines(res: dict) -> list[str]:
-    """One line per attribute (Holm over every row of its ladder; rows named as in :func:`headline`,
+    """One line per attribute (the one verdict over every row of its ladder; rows named as in :func:`headline`,
     ``logits k=full`` for the whole vocabulary), then the organism's yes/no accuracy."""
     acc = res["task_accuracy"]
     return ([f"{attr}: {v['all']}" for attr, v in res["verdicts"].items()]

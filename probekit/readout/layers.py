@@ -59,9 +59,12 @@ def probe_layers(
     control accuracy (Hewitt & Liang 2019 control task: each group, or each sample without
     groups, gets a random label with the class proportions kept); ``n_iter``/``converged``:
     the solver's most iterations over folds and tasks, and whether all met ``tol``;
-    ``p_value`` one-sided test of accuracy vs chance (exact binomial, or a cluster t-test
-    over groups), ``p_adjusted`` Holm over all rows returned, ``leaks`` = ``p_adjusted <
-    0.05`` and ``mi_bits > mi_perm_bits`` (:mod:`probekit.readout.significance`). Extra
+    ``p_value`` the permutation test of the row (labels permuted, across groups when given; every
+    row on the same ``n_perm`` permutations), ``p_adjusted`` step-down maxT over all rows returned,
+    ``leaks`` = ``p_adjusted < 0.05`` and ``mi_bits > mi_perm_bits``, ``mde_accuracy`` the accuracy the
+    test would detect with 80% power, ``n_units`` the independent samples or groups, ``perm_null``
+    each row's statistic on the observed labels and every permutation
+    (:mod:`probekit.readout.significance`). Extra
     keyword arguments (``estimator``, ``calibrate``, ``max_iter``, ``tol``, ``dtype``,
     ``memory_limit`` in bytes per chunk of points; any field of
     :class:`~probekit.readout.options.ReadoutOptions`, or ``options=ReadoutOptions(...)``
