@@ -77,8 +77,8 @@ def test_null_mi_interval_is_calibrated():
     """Held-out null calibration: n=300, labels independent of X, 60 draws (6 label sets x 10
     points of independent noise). The 95% MI interval must contain 0 in >= 90% of draws: it
     does in 98% of these (96% of 300 draws); it did in 83% (79% of 300) when the bootstrap
-    recomputed H(Y) on each resample, the rest lying entirely below 0. Independent labels
-    also never leak after Holm."""
+    recomputed H(Y) on each resample, the rest lying entirely below 0. Independent labels leak in
+    no more tables than the family-wise level allows."""
     draws = []
     for r in range(6):
         g = torch.Generator().manual_seed(100 + r)
@@ -89,7 +89,10 @@ def test_null_mi_interval_is_calibrated():
     inside = (df.mi_lo <= 0) & (0 <= df.mi_hi)
     assert len(df) == 60 and inside.mean() >= 0.9, inside.mean()
     assert (df.mi_hi > df.mi_lo).all() and (df.mi_lo <= df.mi_bits).all() and (df.mi_bits <= df.mi_hi).all()
-    assert not df.leaks.any() and (df.p_adjusted >= df.p_value).all()
+    # six null tables, each family-wise at 0.05 (the verdict's own calibration: tests/test_verdict_calibration.py):
+    # two or more leaking tables would happen in 3% of runs
+    tables_leaking = sum(bool(d.leaks.any()) for d in draws)
+    assert tables_leaking <= 1 and (df.p_adjusted >= df.p_value).all(), tables_leaking
 
 
 def test_ksg_matches_probe_bound_and_sklearn_in_1d():
