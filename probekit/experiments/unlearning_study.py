@@ -34,7 +34,8 @@ import torch
 
 from ..errors import InputError
 from ..organisms import profiles as P
-from .facts_metrics import boot_ci, cloze_accuracy, holm_detect, mc_accuracy, mia_scores, p_from_ci, rouge_l
+from .facts_metrics import boot_ci, cloze_accuracy, mc_accuracy, mia_scores, p_from_ci
+from .mllmu_protocol import rouge_l
 from .membership import mia_metrics
 from .unlearning import METHODS, unlearn
 
@@ -120,7 +121,9 @@ def _job_acts(model, world: P.World, pids: Sequence[int]) -> tuple[dict, list, l
 
 def _holm(t: pd.DataFrame) -> pd.DataFrame:
     t["p"] = [p_from_ci(a, lo, hi, c) for a, lo, hi, c in zip(t.accuracy, t.accuracy_lo, t.accuracy_hi, t.chance)]
-    t["detected"] = holm_detect(t.p.values)
+    from ..readout.significance import add_verdicts
+
+    t["detected"] = add_verdicts(t.assign(p_value=t.p))["leaks"].to_numpy()
     return t
 
 
