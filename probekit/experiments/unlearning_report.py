@@ -72,14 +72,17 @@ def _method_line(r: dict, u: pd.DataFrame, up: pd.DataFrame) -> str:
         L += (f"; distance from the retrained reference: forget {r['d_forget_image']:+.2f} (portrait) / "
               f"{r['d_forget_text']:+.2f} (name), membership AUC {r['d_mia_auc']:+.2f}")
     L += f"; forget vs never-seen loss-attack AUC {_ci(r, 'mia_auc')}"
-    if r.get("mia_below_half"):
+    if r.get("mia_below_half") and r["method"] == "retrain":
+        L += " — below 0.5 for the reference too: read the methods' AUCs against it, not against 0.5"
+    elif r.get("mia_below_half"):
         L += (" — below 0.5: the forget profiles now look *less* familiar than profiles never seen, so \"this was "
               "unlearned\" is itself detectable")
     L += f"; the job read from the forget profiles: {_detected(pp)} (before: {_detected(p0)})"
     if not pd.isna(r.get("relearn_forget_image", math.nan)):
         rec = r.get("relearn_recovered_image", math.nan)
         L += (f"; after {r.get('relearn_steps', '')}relearning on retain data forget {_ci(r, 'relearn_forget_image')} "
-              f"(portrait)" + (f", {rec:.0%} of what unlearning removed came back" if not pd.isna(rec) else ""))
+              f"(portrait, {r.get('relearn_delta_image', math.nan):+.2f})"
+              + (f", {rec:.0%} of what unlearning removed came back" if not pd.isna(rec) else ""))
     return L + "."
 
 
@@ -156,8 +159,9 @@ def _unlearning_table(res: dict) -> str:
                      "job probe rows detected (retain-fit / forget-fit)": " / ".join(
                          f"{int(g.detected.sum())}/{len(g)}" for _, g in pp.groupby("fit", sort=False)),
                      "layer membership (best acc)": fmt(r.get("member_acc")),
-                     "after relearning: forget MC (portrait) / recovered": (
-                         f"{_ci(r, 'relearn_forget_image')} / {fmt(r.get('relearn_recovered_image'))}"
+                     "after relearning: forget MC (portrait) / Δ / recovered": (
+                         f"{_ci(r, 'relearn_forget_image')} / {r.get('relearn_delta_image', math.nan):+.2f} / "
+                         f"{fmt(r.get('relearn_recovered_image'))}"
                          if not pd.isna(r.get("relearn_forget_image", math.nan)) else "not run (steering: a hook)")})
     return _md(pd.DataFrame(rows))
 
@@ -204,8 +208,9 @@ def _tables(res: dict) -> list[str]:
     L.append("`utility destroyed`: retain multiple choice is not above chance in either modality (the shared verdict), "
              "so a low forget score there says nothing about forgetting. Δ: method minus the retrained reference. "
              "Relearning: "
-             f"{cfg['relearn_steps']} steps of fine-tuning on retain data (lr {cfg['relearn_lr']}); `recovered`: the share "
-             "of the forget accuracy that unlearning removed and relearning brought back.\n")
+             f"{cfg['relearn_steps']} steps of fine-tuning on retain data (lr {cfg['relearn_lr']}); Δ: the change in forget "
+             "accuracy; `recovered`: the share of the forget accuracy that unlearning removed and relearning brought back "
+             "(where unlearning removed at least 0.2).\n")
     return L
 
 

@@ -101,7 +101,11 @@ def _check(cfg: StudyConfig) -> None:
     if min(cfg.n_unseen, cfg.n_profiles) < 4 * cfg.probe_cv:
         raise InputError(f"n_unseen={cfg.n_unseen} is too few for {cfg.probe_cv}-fold probes over 4 jobs",
                          fix=f"use n_unseen >= {4 * cfg.probe_cv}")
-    P.make_world(cfg.n_profiles, cfg.n_unseen, cfg.n_transfer, seed=cfg.seed, n_practice=cfg.n_practice)  # validates
+    w = P.make_world(cfg.n_profiles, cfg.n_unseen, cfg.n_transfer, seed=cfg.seed, n_practice=cfg.n_practice)  # validates
+    few = [s for s in cfg.splits if len(w.forget(s)) < 2]
+    if few:
+        raise InputError(f"forget split(s) {few}% of {cfg.n_profiles} profiles leave fewer than 2 forget profiles",
+                         fix="use larger splits or more profiles (probes and steering folds need 2 forget profiles)")
 
 
 def _tuned(cfg: StudyConfig, world: P.World, ckpt: Path, samples: Sequence[Any], name: str) -> tuple[Any, list]:
