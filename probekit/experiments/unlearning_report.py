@@ -188,10 +188,12 @@ def _tables(res: dict) -> list[str]:
         L.append("\n### Cross-modal transfer (Wen et al.): facts taught in one modality, asked in the other\n")
         L.append("Multiple choice by likelihood; CIs resample profiles; `transfer` is the shared verdict on the other "
                  "modality's accuracy against chance (Holm over the two groups); for a null, `MDE` is the excess over "
-                 "chance the test detects with 80% power. Departures from Wen et al.: they fine-tune pretrained VLMs on "
-                 "synthetic personas with photographic faces; here a randomly initialised 2-layer model learns portraits, "
-                 "names and three single-token facts from scratch, and the only bridge between a portrait and a name is "
-                 "the organism's \"Who is this?\" link samples (no shared pretraining).\n")
+                 "chance the test detects with 80% power. Departures from Wen et al. (arXiv 2506.05198): they fine-tune "
+                 "pretrained VLMs on a synthetic persona dataset (generated person images and textual descriptions) and "
+                 "score recall of the facts; here a randomly initialised 2-layer model learns mosaic portraits, names and "
+                 "three single-token facts from scratch, the only bridge between a portrait and a name is the organism's "
+                 "\"Who is this?\" link samples (no shared pretraining), and recall is scored by likelihood multiple "
+                 "choice.\n")
         L.append(_md(pd.DataFrame({"group": t.group, "profiles": t.profiles,
                                    "taught modality MC": [fmt_ci(*r) for r in zip(t.taught_acc, t.taught_lo, t.taught_hi)],
                                    "other modality MC": [fmt_ci(*r) for r in zip(t.other_acc, t.other_lo, t.other_hi)],
