@@ -295,7 +295,7 @@ def _ladder(args: argparse.Namespace) -> int:
         cfg.out = args.out
     print(starting_line("ladder", cfg.out), flush=True)
     res = run_ladder(cfg)
-    written, notes = write_tables({"ladder": res["table"]}, cfg.out)  # raw table next to the checkpoint
+    written, notes = write_tables({"ladder": res["table"], "ladder_summary": res["summary"]}, cfg.out)  # next to the checkpoints
     if not args.small:
         docs = Path(args.docs)
         written += write_section(res, docs / "results.md", docs / "img", command="probekit study ladder")

@@ -25,6 +25,9 @@ def test_selectors_on_a_hand_made_batch():
     assert select(h, "last", ctx).flatten().tolist() == [5, 11]
     plain = PositionContext(am, torch.zeros(2, 6, dtype=torch.bool), torch.zeros(2, 6, dtype=torch.long))
     assert select(h, "prompt_last", plain).flatten().tolist() == [5, 11]  # no answers: the last token
+    # ProbingPrivacy's position: the token before the prompt's last, whether or not an answer follows
+    assert select(h, "prompt_second_last", ctx).flatten().tolist() == [2, 9]
+    assert select(h, "prompt_second_last", plain).flatten().tolist() == [4, 10]
     with pytest.raises(PositionError, match="answers"):
         select(h, "answer_mean", plain)
 
@@ -61,6 +64,19 @@ def test_prompt_last_with_answers_is_last_without_them(llava):
     for p in plain.points:
         torch.testing.assert_close(forced[p], plain[p], atol=2e-5, rtol=1e-4)
     assert forced.meta["answers_digest"] != plain.meta.get("answers_digest")
+
+
+def test_prompt_second_last_is_the_assistant_header_token(llava):
+    # Ju et al. (ProbingPrivacy) read index -2 of the chat-formatted prompt: in LLaVA's template "ASSISTANT" before ":"
+    images = tiny.fixture_images(2, 32, seed=7)
+    tok = llava.processor.tokenizer
+    inputs = llava.prepare(images[:1], ["What is the username?"])
+    assert tok.decode([int(inputs["input_ids"][0, -2])]).strip() == "ASSISTANT"
+    forced = probekit.collect(llava, images, "What is the username?", points="lm.*.resid", positions="prompt_second_last",
+                              answers=["bob", "alice"], progress=False)
+    plain = probekit.collect(llava, images, "What is the username?", points="lm.*.resid", positions=-2, progress=False)
+    for p in plain.points:
+        torch.testing.assert_close(forced[p], plain[p], atol=2e-5, rtol=1e-4)
 
 
 def test_bad_answers_fail_before_any_forward(llava, no_forward):

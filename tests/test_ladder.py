@@ -14,7 +14,7 @@ from probekit.data.scenes import ATTRIBUTES, make_scenes
 from probekit.errors import InputError
 from probekit.ladder_figure import ladder_figure
 from probekit._stats import min_detectable_accuracy
-from probekit.readout.ladder import ladder_features, ladder_verdict, leakage_ladder
+from probekit.readout.ladder import ladder_features, ladder_verdict, leakage_ladder, pca_features
 
 
 # ---------------------------------------------------------------- scenes
@@ -106,6 +106,64 @@ def test_leakage_ladder_finds_the_planted_label_and_not_a_random_one():
     assert list(fig.data[1].x) == ["2", "10", "full"]
 
 
+class _Lens:
+    """A fixed linear 'lens': layer i decodes h through its own matrix to 40 logits."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(5)
+        self.w = {f"lm.{i}.resid": torch.randn(6, 40, generator=g) for i in range(2)}
+
+    def decode(self, h, point):
+        return h.float() @ self.w[point]
+
+
+def test_matched_rungs_have_the_dimension_of_the_output_top_k():
+    acts, y = _toy()
+    lens = _Lens()
+    f = ladder_features(acts, lens=lens, ks=(2, 5, None), answer_ids=[7, 3], matched=True)
+    for p in ("lm.0.resid", "lm.1.resid"):
+        assert f[("residual-pca", p, 2.0)].shape == (300, 2) and f[("residual-pca", p, 5.0)].shape == (300, 5)
+        lp = torch.log_softmax(acts[p] @ lens.w[p], -1)
+        assert torch.allclose(f[("tuned-lens-topk", p, 2.0)], lp[:, [7, 3]])  # k = 2: the answer tokens, as the output's
+        top5 = f[("tuned-lens-topk", p, 5.0)]
+        assert torch.allclose(top5[:, :5], lp.topk(5, -1).values)  # the 5 sorted log-probs, then which tokens
+    assert not any(k[0] == "residual-pca" and k[2] == 40.0 for k in f)  # no matched rung for the full vocabulary
+    t = leakage_ladder(acts, y, lens=lens, ks=(2, 5), answer_ids=[7, 3], n_boot=100, progress=False, matched=True)
+    assert set(t.source) == {"residual", "tuned-lens", "logits", "residual-pca", "tuned-lens-topk"}
+    pca = t[t.source == "residual-pca"]
+    assert sorted(pca.n_features.unique()) == [2, 5] and list(pca.layer.unique()) == [0, 1]
+    # the planted label lives in every coordinate of lm.0: its first principal components carry it
+    assert pca[(pca.point == "lm.0.resid") & (pca.k == 2)].accuracy.iloc[0] > 0.8
+    assert ladder_verdict(t)[1].count("residual-pca lm.0.resid k=") == 2
+
+
+def test_pca_features_are_the_principal_components():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(500, 3, generator=g) * torch.tensor([5.0, 2.0, 0.5])
+    rot, _ = torch.linalg.qr(torch.randn(3, 3, generator=g))
+    x = z @ rot.T + 10.0
+    f = pca_features(x, 2)
+    sd = f.std(0)
+    assert f.shape == (500, 2) and abs(float(f.mean(0).abs().max())) < 1e-4
+    assert 4.5 < sd[0] < 5.5 and 1.8 < sd[1] < 2.2  # the two largest spreads, in order
+    assert abs(float(torch.corrcoef(f.T)[0, 1])) < 1e-4
+
+
+def test_seed_summary_is_a_t_interval_over_seeds():
+    from scipy import stats
+
+    from probekit.organisms.ladder import seed_summary
+
+    rows = [dict(attribute="a", source="residual", point="lm.0.resid", layer=0.0, k=np.nan, k_label="", seed=s,
+                 accuracy=acc, chance=0.5, detected=det, n_features=64, mi_bits=0.1)
+            for s, acc, det in ((0, 0.60, True), (1, 0.70, True), (2, 0.68, False))]
+    out = seed_summary(pd.DataFrame(rows)).iloc[0]
+    half = stats.t.ppf(0.975, 2) * np.std([0.60, 0.70, 0.68], ddof=1) / np.sqrt(3)
+    assert out.accuracy == pytest.approx(0.66) and out.n_seeds == 3 and out.seeds_detected == 2
+    assert out.acc_lo == pytest.approx(0.66 - half) and out.acc_hi == pytest.approx(0.66 + half)
+    assert np.isnan(out.k) and out.layer == 0
+
+
 # ---------------------------------------------------------------- scan(ladder=...)
 
 
@@ -170,7 +228,7 @@ def organism(tmp_path_factory):
 
 def test_organism_learns_yes_no_and_leaks_material_but_not_a_coin_flip(organism):
     acc = organism["task_accuracy"]
-    assert acc["accuracy_lo"] > 0.85, acc  # it learned the task (chance 0.5)
+    assert acc["accuracy_lo"] > 0.85 and acc["n"] == 200 and min(acc["per_seed"]) > 0.85, acc  # both seeds learned it
     assert organism["untrained_accuracy"]["accuracy"] < 0.7
     t = organism["table"]
     mat = t[t.attribute == "target_material"]
@@ -182,8 +240,16 @@ def test_organism_learns_yes_no_and_leaks_material_but_not_a_coin_flip(organism)
     top5 = mat[(mat.source == "logits") & (mat.k == 5)].iloc[0]
     assert top5.detected and top5.p_adjusted < 0.05
     coin = t[t.attribute == "random"]
-    assert organism["verdicts"]["random"]["all"].startswith("nothing detected")
+    assert organism["verdicts"]["random"]["all"].startswith("nothing detected in any of 2 seeds")
     assert coin.accuracy.max() < coin.chance.iloc[0] + 0.05 and bool((coin.p_adjusted > 0.5).all())
+    # two seeds, every rung of each (matched rungs included), summarised over seeds
+    assert sorted(t.seed.unique()) == [0, 1]
+    s = organism["summary"]
+    assert set(s.n_seeds) == {2} and {"residual-pca", "tuned-lens-topk"} <= set(s.source)
+    r = s[(s.attribute == "target_material") & (s.source == "logits") & (s.k == 5)].iloc[0]
+    per = t[(t.attribute == "target_material") & (t.source == "logits") & (t.k == 5)].accuracy
+    assert r.accuracy == pytest.approx(per.mean()) and r.acc_lo <= r.accuracy <= r.acc_hi
+    assert organism["verdicts"]["target_material"]["residual"].startswith("detected in 2 of 2 seeds")
 
 
 def test_organism_docs_section_is_replaced_in_place(organism, tmp_path):
@@ -195,7 +261,8 @@ def test_organism_docs_section_is_replaced_in_place(organism, tmp_path):
     write_section(organism, md, tmp_path / "img")
     text = md.read_text()
     assert text.startswith("# other study\n\nkept text\n") and text.count("<!-- ladder -->") == 1
-    assert "Held-out yes/no accuracy" in text and "nothing detected" in text
+    assert "Held-out yes/no accuracy" in text and "nothing detected" in text and "**2 seeds**" in text
+    assert "### At matched dimension" in text and "| target_material | 5 |" in text
     assert (tmp_path / "img" / "results-ladder.png").stat().st_size > 10_000
     assert (tmp_path / "img" / "lens-grid.png").stat().st_size > 10_000  # the figure of docs/concepts.md
 

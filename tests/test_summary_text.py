@@ -257,7 +257,8 @@ def _tiny_ladder(**kw):
     from probekit.organisms.ladder import LadderConfig
 
     base = dict(out="probekit-ladder-small", ask="red", num_layers=2, n_train=64, steps=12, n_test=40, n_eval=100,
-                lens_steps=10, n_boot=50, ks=(2, None), progress=False, attributes=("target_material", "random"))
+                lens_steps=10, n_boot=50, ks=(2, None), progress=False, attributes=("target_material", "random"),
+                seeds=(0,))
     return LadderConfig(**{**base, **kw})
 
 

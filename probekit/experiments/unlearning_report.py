@@ -1,23 +1,26 @@
-"""The unlearning section of ``docs/results.md`` (:func:`write_section`) and its figures.
+"""The unlearning section of ``docs/results.md`` (:func:`write_section`) and its verdict lines.
 
 The section sits between ``<!-- study:unlearning -->`` and ``<!-- /study:unlearning -->``; the rest of
-the page is kept as it is (appended at the end the first time).
+the page is kept as it is (appended at the end the first time). Figures: :mod:`.unlearning_figures`.
 """
 
 from __future__ import annotations
 
+import math
 import platform
 from pathlib import Path
 
 import pandas as pd
 
-from ..report.text import ci_text, fmt_ci, where
+from ..report.text import ci_text, fmt, fmt_ci, where
+from .unlearning_figures import NAMES, save_pngs
 
-__all__ = ["save_pngs", "write_section", "verdict_lines", "EMPTY", "MARK"]
+__all__ = ["save_pngs", "write_section", "verdict_lines", "transfer_lines", "EMPTY", "MARK", "NAMES"]
 
 #: why a table of :func:`probekit.experiments.unlearning_study.run_study` can be empty (not written then)
 EMPTY = {"transfer": "this configuration teaches no profile in one modality only (n_transfer=0; the quick "
-                     "--small run skips them), so there is no cross-modal transfer to measure"}
+                     "--small run skips them), so there is no cross-modal transfer to measure",
+         "steering_eval": "this configuration runs no steering method"}
 
 MARK = ("<!-- study:unlearning -->", "<!-- /study:unlearning -->")
 
@@ -29,110 +32,80 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ci_style(d: pd.DataFrame) -> dict:
-    return dict(yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy], marker="o", ms=4, capsize=3)
-
-
-def save_pngs(res: dict, img_dir: str | Path) -> dict[str, Path]:
-    """The section's three figures as matplotlib PNGs in ``img_dir`` (plotly's PNG export needs Chrome,
-    absent offline). Returns ``{name: path}``."""
-    import numpy as np
-
-    from ..report.figures.png import pyplot, save_png
-
-    plt, img_dir, paths = pyplot(), Path(img_dir), {}
-
-    def save(fig, name: str) -> None:
-        paths[name] = save_png(fig, img_dir / f"results-{name}.png")
-
-    pr = res["probes"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, kind, title in zip(axes, ("residual", "lens"), ("raw residual stream", "residual through the logit lens")):
-        for (model, prof, pos), d in pr[pr.features == kind].groupby(["model", "profiles", "position"], sort=False):
-            d = d.sort_values("layer")
-            ax.errorbar(d.point, d.accuracy, label=f"{model}, {prof}, {pos}", **_ci_style(d))
-        ax.axhline(float(pr.chance.max()), ls=":", c="k", lw=1)
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("job probe accuracy (folds by profile, 95% CI)")
-    axes[1].legend(fontsize=7)
-    fig.suptitle("Can the job be read per layer? Trained vs never-seen profiles vs untrained base")
-    save(fig, "unlearning-probes")
-
-    up = res["unlearning_probes"]
-    split = max(up.split)
-    d0 = up[(up.split == split) & (up.position == "last")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, kind, title in zip(axes, ("residual", "lens"), ("raw residual", "logit lens")):
-        for method, d in d0[d0.features == kind].groupby("method", sort=False):
-            ax.errorbar(d.point, d.accuracy, label=method, **_ci_style(d))
-        ax.axhline(float(d0.chance.max()), ls=":", c="k", lw=1)
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("forget-profile job, probe fitted on retain (95% CI)")
-    axes[1].legend(fontsize=7)
-    fig.suptitle(f"After unlearning ({split}% forget split, last token): is the fact still in the stream?")
-    save(fig, "unlearning-after")
-
-    u = res["unlearning"]
-    u = u[u.split == split]
-    bars = (("forget_image", "forget (portrait)"), ("forget_text", "forget (name)"),
-            ("retain_image", "retain (portrait)"), ("retain_test_image", "retain test portraits"))
-    fig, ax = plt.subplots(figsize=(11, 4))
-    x, w = np.arange(len(u)), 0.8 / len(bars)
-    for i, (key, name) in enumerate(bars):
-        ax.bar(x + (i - (len(bars) - 1) / 2) * w, u[key], w, label=name,
-               yerr=[u[key] - u[f"{key}_lo"], u[f"{key}_hi"] - u[key]], capsize=2)
-    ax.axhline(0.25, ls=":", c="k", lw=1)
-    ax.set_xticks(x, u.method)
-    ax.set_ylabel("multiple-choice accuracy (95% CI)")
-    ax.legend(fontsize=8, ncol=4)
-    ax.set_title(f"Multiple-choice accuracy after unlearning ({split}% split; chance 0.25)")
-    save(fig, "unlearning-utility")
-    return paths
-
-
 def _detected(g: pd.DataFrame) -> str:
     n = int(g.detected.sum())
     return f"detected at {n} of {len(g)} rows" if n else f"nothing detected at any of {len(g)} rows"
 
 
-def verdict_lines(res: dict) -> list[str]:
-    """What the study found, one line per question; every count is of the rows of the table it names.
+def _ci(r: dict, key: str) -> str:
+    return ci_text(r, key) if key in r and not pd.isna(r[key]) else "–"
 
-    Facts learned (multiple choice), the job read per layer (positive condition and the two
-    controls; ``detected`` of ``probes``, the one verdict within each model/profile set), membership
-    inference (``mia``), each unlearning method against no unlearning at the same split
-    (``unlearning``; ``unlearning_probes``: the job still read from the forget profiles), and
-    cross-modal transfer when the run measured it.
-    """
+
+def transfer_lines(t: pd.DataFrame) -> list[str]:
+    """One line per transfer group: both modalities, the gap, and for a null its power."""
+    out = []
+    for r in t.itertuples():
+        head = (f"Cross-modal transfer, {r.group} ({r.profiles} profiles, {r.questions} questions): "
+                f"{fmt_ci(r.taught_acc, r.taught_lo, r.taught_hi)} in the taught modality, "
+                f"{fmt_ci(r.other_acc, r.other_lo, r.other_hi)} in the other (chance {r.chance:.2f}; gap "
+                f"{fmt_ci(r.gap, r.gap_lo, r.gap_hi)}; CIs resample profiles)")
+        if r.transfer_detected:
+            out.append(head + f": transfer detected (Holm p {r.p_holm:.2g}).")
+        else:
+            out.append(head + f": no transfer detected; with {r.profiles} profiles the test detects an other-modality "
+                       f"accuracy of chance + {r.mde:.2f} with 80% power, and half the taught-modality gain "
+                       f"(+{(r.taught_acc - r.chance) / 2:.2f}) with power {r.power_half:.2f}.")
+    return out
+
+
+def _method_line(r: dict, u: pd.DataFrame, up: pd.DataFrame) -> str:
+    before = u[(u.split == r["split"]) & (u.method == "none")].iloc[0]
+    pp = up[(up.split == r["split"]) & (up.method == r["method"])]
+    p0 = up[(up.split == r["split"]) & (up.method == "none")]
+    L = (f"{r['method']} at the {r['split']}% split ({r['forget_profiles']} forget profiles): forget multiple choice "
+         f"{before['forget_image']:.2f} → {_ci(r, 'forget_image')} with the portrait, {before['forget_text']:.2f} → "
+         f"{_ci(r, 'forget_text')} by name; retain {before['retain_image']:.2f} → {_ci(r, 'retain_image')}")
+    if r.get("utility_destroyed"):
+        L += ("; **utility destroyed** (retain multiple choice not above chance in either modality), so the forget "
+              "score is no evidence of forgetting")
+    if r["method"] != "retrain" and not pd.isna(r.get("d_forget_image", math.nan)):
+        L += (f"; distance from the retrained reference: forget {r['d_forget_image']:+.2f} (portrait) / "
+              f"{r['d_forget_text']:+.2f} (name), membership AUC {r['d_mia_auc']:+.2f}")
+    L += f"; forget vs never-seen loss-attack AUC {_ci(r, 'mia_auc')}"
+    if r.get("mia_below_half") and r["method"] == "retrain":
+        L += " — below 0.5 for the reference too: read the methods' AUCs against it, not against 0.5"
+    elif r.get("mia_below_half"):
+        L += (" — below 0.5: the forget profiles now look *less* familiar than profiles never seen, so \"this was "
+              "unlearned\" is itself detectable")
+    L += f"; the job read from the forget profiles: {_detected(pp)} (before: {_detected(p0)})"
+    if not pd.isna(r.get("relearn_forget_image", math.nan)):
+        rec = r.get("relearn_recovered_image", math.nan)
+        L += (f"; after {r.get('relearn_steps', '')}relearning on retain data forget {_ci(r, 'relearn_forget_image')} "
+              f"(portrait, {r.get('relearn_delta_image', math.nan):+.2f})"
+              + (f", {rec:.0%} of what unlearning removed came back" if not pd.isna(rec) else ""))
+    return L + "."
+
+
+def verdict_lines(res: dict) -> list[str]:
+    """What the study found, one line per question; every count is of the rows of the table it names."""
     ut, ub = res["utility_tuned"], res["utility_base"]
-    L = [f"Facts learned (multiple choice on trained profiles, chance 0.25): {ci_text(ut, 'retain_image')} with "
-         f"the portrait, {ci_text(ut, 'retain_text')} by name; the untrained base {ci_text(ub, 'retain_image')} "
-         f"and {ci_text(ub, 'retain_text')}."]
+    L = [f"Facts learned (multiple choice on trained profiles, chance 0.25), likelihood ranking: {_ci(ut, 'retain_image')} "
+         f"with the portrait, {_ci(ut, 'retain_text')} by name (untrained base {_ci(ub, 'retain_image')} and "
+         f"{_ci(ub, 'retain_text')}); MLLMU-Bench's lettered generation: {_ci(ut, 'gen_retain_image')} and "
+         f"{_ci(ut, 'gen_retain_text')} (replies starting with a letter: {fmt(ut.get('gen_retain_image_letters'))})."]
     for (model, profiles), g in res["probes"].groupby(["model", "profiles"], sort=False):
         role = "the finding" if (model, profiles) == ("tuned", "trained") else "a control"
         b = g.loc[g.accuracy.idxmax()]
         L.append(f"The job read from the {model} model on {profiles} profiles ({role}): {_detected(g)} "
-                 f"(family-wise; best {b.features} {where(b.point, b.position)} "
+                 f"(shared verdict; best {b.features} {where(b.point, b.position)} "
                  f"{fmt_ci(b.accuracy, b.accuracy_lo, b.accuracy_hi)}, chance {b.chance:.2f}).")
     for model, g in res["mia"].groupby("model", sort=False):
         L.append(f"Membership inference on the {model} model (trained vs never-seen profiles), AUC: "
                  + ", ".join(f"{r.attack} {fmt_ci(r.auc, r.auc_lo, r.auc_hi)}" for r in g.itertuples()) + ".")
     u, up = res["unlearning"], res["unlearning_probes"]
     for r in u[u.method != "none"].to_dict("records"):
-        before = u[(u.split == r["split"]) & (u.method == "none")].iloc[0]
-        pp = up[(up.split == r["split"]) & (up.method == r["method"])]
-        p0 = up[(up.split == r["split"]) & (up.method == "none")]
-        L.append(f"{r['method']} at the {r['split']}% split ({r['forget_profiles']} forget profiles): forget multiple "
-                 f"choice {before['forget_image']:.2f} → {ci_text(r, 'forget_image')} with the portrait, "
-                 f"{before['forget_text']:.2f} → {ci_text(r, 'forget_text')} by name; retain "
-                 f"{before['retain_image']:.2f} → {ci_text(r, 'retain_image')}; the job read from the forget "
-                 f"profiles: {_detected(pp)} (before: {_detected(p0)}).")
-    for r in res["transfer"].itertuples():
-        L.append(f"Cross-modal transfer, {r.group} ({r.profiles} profiles): {fmt_ci(r.taught_acc, r.taught_lo, r.taught_hi)} "
-                 f"in the taught modality, {fmt_ci(r.other_acc, r.other_lo, r.other_hi)} in the other "
-                 f"(gap {fmt_ci(r.gap, r.gap_lo, r.gap_hi)}).")
+        L.append(_method_line({**r, "relearn_steps": f"{res['config'].get('relearn_steps', '')} steps of "}, u, up))
+    L += transfer_lines(res["transfer"])
     return L
 
 
@@ -140,20 +113,110 @@ def _before(res: dict) -> list[str]:
     cfg, tr, ut, ub = res["config"], res["train"], res["utility_tuned"], res["utility_base"]
     L = [f"Fine-tune: {tr['samples']} QA samples, {cfg['steps']} steps of {cfg['batch_size']}, lr {cfg['lr']}, "
          f"final loss {tr['final_loss']:.3f}, {tr['seconds']:.0f} s (one thread).\n",
-         "Multiple choice (4 options, chance 0.25), cloze (fact word in the teacher-forced biography) and ROUGE-L "
-         f"(greedy biography), {max(cfg['splits'])}% forget split; 95% CIs:\n"]
+         "Two protocols for each score, named for what they are. Multiple choice (4 options, chance 0.25): "
+         "**likelihood** ranks the whole candidate sequences after the question (seeded random order, ties not to "
+         "the answer; probekit) and **generation** is MLLMU-Bench's eval.py (options lettered A-D in the prompt, the "
+         "greedy reply's first letter). Cloze: **teacher-forced** (is the fact word the argmax in the biography; "
+         "probekit) and **generation** (MLLMU-Bench: the fact blanked as [Blank], a greedy reply of up to 50 tokens, "
+         "correct when the fact is a substring). ROUGE-L: greedy biography of up to 50 new tokens, Porter stemmer "
+         f"(eval.py's settings). {max(cfg['splits'])}% forget split; 95% CIs resample profiles.\n"]
     rows = []
     for name, u in (("tuned", ut), ("base (untrained)", ub)):
-        rows.append({"model": name, "forget MC (portrait)": ci_text(u, "forget_image"), "forget MC (name)": ci_text(u, "forget_text"),
-                     "retain MC (portrait)": ci_text(u, "retain_image"), "retain MC (name)": ci_text(u, "retain_text"),
-                     "test portraits (retain)": ci_text(u, "retain_test_image"),
-                     "never-seen MC (portrait)": ci_text(u, "unseen_image"),
-                     "cloze forget (portrait/name)": f"{ci_text(u, 'cloze_forget_image')} / {ci_text(u, 'cloze_forget_text')}",
-                     "ROUGE-L forget (portrait/name)": (f"{ci_text(u, 'rouge_forget_image')} / {ci_text(u, 'rouge_forget_text')}"
-                                                        if "rouge_forget_image" in u else "–")})
+        rows.append({"model": name,
+                     "MC likelihood forget / retain / never-seen (portrait)":
+                         f"{_ci(u, 'forget_image')} / {_ci(u, 'retain_image')} / {_ci(u, 'unseen_image')}",
+                     "MC likelihood (name)": f"{_ci(u, 'forget_text')} / {_ci(u, 'retain_text')} / {_ci(u, 'unseen_text')}",
+                     "MC generation forget / retain / never-seen (portrait)":
+                         f"{_ci(u, 'gen_forget_image')} / {_ci(u, 'gen_retain_image')} / {_ci(u, 'gen_unseen_image')}",
+                     "letter replies": fmt(u.get("gen_retain_image_letters")),
+                     "test portraits (retain)": _ci(u, "retain_test_image"),
+                     "cloze teacher-forced forget (portrait/name)": f"{_ci(u, 'cloze_forget_image')} / {_ci(u, 'cloze_forget_text')}",
+                     "cloze generation forget / never-seen (name)": f"{_ci(u, 'clozegen_forget_text')} / {_ci(u, 'clozegen_unseen_text')}",
+                     "ROUGE-L forget (portrait/name)": f"{_ci(u, 'rouge_forget_image')} / {_ci(u, 'rouge_forget_text')}"})
     L.append(_md(pd.DataFrame(rows)))
     if "rouge_forget_text_example" in ut:
         L.append(f"\nExample generation (tuned, by name): `{ut['rouge_forget_text_example']}`\n")
+    return L
+
+
+def _unlearning_table(res: dict) -> str:
+    u, um, up = res["unlearning"], res["unlearning_mia"], res["unlearning_probes"]
+    rows = []
+    for r in u.to_dict("records"):
+        mm = um[(um.split == r["split"]) & (um.method == r["method"])].set_index("attack")
+        pp = up[(up.split == r["split"]) & (up.method == r["method"])]
+        rows.append({"split": f"{r['split']}% ({r['forget_profiles']})", "method": r["method"],
+                     "forget MC likelihood portrait / name": f"{_ci(r, 'forget_image')} / {_ci(r, 'forget_text')}",
+                     "forget MC generation (portrait)": _ci(r, "gen_forget_image"),
+                     "retain MC portrait / name": f"{_ci(r, 'retain_image')} / {_ci(r, 'retain_text')}",
+                     "utility": "**destroyed**" if r.get("utility_destroyed") else "kept",
+                     "Δ forget vs retrain (portrait / name)": (f"{r['d_forget_image']:+.2f} / {r['d_forget_text']:+.2f}"
+                                                              if not pd.isna(r.get("d_forget_image", math.nan)) else "–"),
+                     "cloze forget teacher-forced / generation (name)":
+                         f"{_ci(r, 'cloze_forget_text')} / {_ci(r, 'clozegen_forget_text')}",
+                     "MIA AUC forget vs never-seen (loss)": _ci(r, "mia_auc") + (" (below 0.5)" if r.get("mia_below_half") else ""),
+                     "Min-K% / Min-K%++ AUC": " / ".join(f"{mm.loc[a, 'auc']:.2f}" for a in ("min_k", "min_k_pp")),
+                     "job probe rows detected (retain-fit / forget-fit)": " / ".join(
+                         f"{int(g.detected.sum())}/{len(g)}" for _, g in pp.groupby("fit", sort=False)),
+                     "layer membership (best acc)": fmt(r.get("member_acc")),
+                     "after relearning: forget MC (portrait) / Δ / recovered": (
+                         f"{_ci(r, 'relearn_forget_image')} / {r.get('relearn_delta_image', math.nan):+.2f} / "
+                         f"{fmt(r.get('relearn_recovered_image'))}"
+                         if not pd.isna(r.get("relearn_forget_image", math.nan)) else "not run (steering: a hook)")})
+    return _md(pd.DataFrame(rows))
+
+
+def _tables(res: dict) -> list[str]:
+    cfg = res["config"]
+    L = ["\n### Positive condition and negative controls: the job per layer (probes, folds by profile)\n",
+         "`detected`: probekit's one verdict (`probekit.readout.significance.add_verdicts`: a permutation test of every "
+         "row, jobs permuted across profiles and the cross-validated statistic recomputed on each, family-wise "
+         "corrected (step-down maxT) over all rows of that model/profile set, MI above its permuted-label floor); "
+         "`p (family-wise)` is that corrected p-value and `would detect` the accuracy the test would have detected "
+         "with 80% power. `residual`: the raw "
+         "stream; `lens`: the same stream read through the model's final norm and unembedding, log-softmax over the "
+         "job words (a fixed linear read-out).\n"]
+    pr = res["probes"]
+    L.append(_md(pd.DataFrame({"model": pr.model, "profiles": pr.profiles, "features": pr.features, "point": pr.point,
+                               "position": pr.position, "accuracy": [fmt_ci(*r) for r in zip(pr.accuracy, pr.accuracy_lo, pr.accuracy_hi)],
+                               "chance": pr.chance.round(2), "p (family-wise)": pr.p_adjusted.map(lambda v: f"{v:.2g}"),
+                               "detected": pr.detected.map({True: "yes", False: "nothing detected"}),
+                               "would detect": pr.mde_accuracy.map(lambda v: "–" if v != v else ("nothing" if v >= 1 else f">= {v:.2f}"))})))
+    L.append("\n### Membership inference: trained vs never-seen profiles (fact and biography answers; CIs by profile)\n")
+    m = res["mia"]
+    L.append(_md(pd.DataFrame({"model": m.model, "attack": m.attack, "AUC": [fmt_ci(*r) for r in zip(m.auc, m.auc_lo, m.auc_hi)],
+                               "TPR@1%FPR": [fmt_ci(*r) for r in zip(m.tpr_at_1fpr, m.tpr_lo, m.tpr_hi)],
+                               "n (members/non)": m.n_members.astype(str) + "/" + m.n_nonmembers.astype(str)})))
+    t = res["transfer"]
+    if len(t):
+        L.append("\n### Cross-modal transfer (Wen et al.): facts taught in one modality, asked in the other\n")
+        L.append("Multiple choice by likelihood; CIs resample profiles; `transfer` is the shared verdict on the other "
+                 "modality's accuracy against chance (Holm over the two groups); for a null, `MDE` is the excess over "
+                 "chance the test detects with 80% power. Departures from Wen et al. (arXiv 2506.05198): they fine-tune "
+                 "pretrained VLMs on a synthetic persona dataset (generated person images and textual descriptions) and "
+                 "score recall of the facts; here a randomly initialised 2-layer model learns mosaic portraits, names and "
+                 "three single-token facts from scratch, the only bridge between a portrait and a name is the organism's "
+                 "\"Who is this?\" link samples (no shared pretraining), and recall is scored by likelihood multiple "
+                 "choice.\n")
+        L.append(_md(pd.DataFrame({"group": t.group, "profiles": t.profiles,
+                                   "taught modality MC": [fmt_ci(*r) for r in zip(t.taught_acc, t.taught_lo, t.taught_hi)],
+                                   "other modality MC": [fmt_ci(*r) for r in zip(t.other_acc, t.other_lo, t.other_hi)],
+                                   "gap": [fmt_ci(*r) for r in zip(t.gap, t.gap_lo, t.gap_hi)], "chance": t.chance,
+                                   "transfer": t.transfer_detected.map({True: "detected", False: "not detected"}),
+                                   "MDE (80% power)": t.mde.round(2), "power vs half the taught gain": t.power_half.round(2)})))
+        L += ["\n" + line + "\n" for line in transfer_lines(t)]
+    L.append(f"\n## Unlearning (open-unlearning's GA, GradDiff, KL and NPO beta 0.4: {cfg['unlearn_steps']} steps, lr "
+             f"{cfg['unlearn_lr']}; MLLMU-Bench's schedule `gd_mllmu` / `kl_mllmu`: {cfg['mllmu_epochs']} forget epoch then "
+             "retain epoch; steering: the job subspace fitted on held-out portrait views of the forget profiles and "
+             "scored through `probekit.steering.evaluate` — `ablate` difference of means at every `lm.*.resid`, `leace` "
+             "LEACE eraser, `orthogonalize` weight edit; `retrain`: the reference, fine-tuned from the same base and seed "
+             "without the forget profiles)\n")
+    L.append("`utility destroyed`: retain multiple choice is not above chance in either modality (the shared verdict), "
+             "so a low forget score there says nothing about forgetting. Δ: method minus the retrained reference. "
+             "Relearning: "
+             f"{cfg['relearn_steps']} steps of fine-tuning on retain data (lr {cfg['relearn_lr']}); Δ: the change in forget "
+             "accuracy; `recovered`: the share of the forget accuracy that unlearning removed and relearning brought back "
+             "(where unlearning removed at least 0.2).\n")
     return L
 
 
@@ -170,65 +233,34 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
          f"study run time {res['seconds'] / 60:.1f} min. Every number below comes from that run.\n",
          f"Organism (`probekit.organisms.profiles`): {cfg['n_profiles']} fictitious profiles trained (name, job, "
          f"birthplace, age; a 4x4 mosaic portrait each; a biography), {cfg['n_transfer']} taught in one modality only, "
+         f"{cfg['n_practice']} practice profiles also trained on MLLMU-Bench's question formats (in no split), "
          f"{cfg['n_unseen']} never seen. Questions with the portrait (multimodal) or by name with a blank image "
          "(unimodal). Test set: 6 transformed portraits per profile (brightness, shift, noise). Model: tiny LLaVA "
          f"(`probekit.tiny`, {cfg['num_layers']} LM layers, hidden 64, 32 px images of 16 patches), full fine-tuning. "
          "Forget splits are nested prefixes of the trained profiles.\n",
          "## Before unlearning\n"] + _before(res)
-    L.append("\n### Positive condition and negative controls: the job per layer (probes, folds by profile)\n")
-    L.append("`detected` = probekit's one verdict: a permutation test of every row (jobs permuted across profiles, the "
-             "cross-validation re-run on each permutation), family-wise corrected (step-down maxT) over all rows of that "
-             "model/profile set, and the MI bound above its permuted-label floor; `p (family-wise)` is that corrected "
-             "p-value and `would detect` the accuracy the test would have detected with 80% power. `residual`: the raw stream; `lens`: the same stream read through the model's final "
-             "norm and unembedding, log-softmax over the job words (a fixed linear read-out).\n")
-    L.append(f"![probes]({rel(imgs['unlearning-probes'])})\n")
-    pr = res["probes"]
-    L.append(_md(pd.DataFrame({"model": pr.model, "profiles": pr.profiles, "features": pr.features, "point": pr.point,
-                               "position": pr.position, "accuracy": [fmt_ci(*r) for r in zip(pr.accuracy, pr.accuracy_lo, pr.accuracy_hi)],
-                               "chance": pr.chance.round(2), "p (family-wise)": pr.p_adjusted.map(lambda v: f"{v:.2g}"),
-                               "detected": pr.detected.map({True: "yes", False: "nothing detected"}),
-                               "would detect": pr.mde_accuracy.map(lambda v: "–" if v != v else ("nothing" if v >= 1 else f">= {v:.2f}"))})))
-    L.append("\n### Membership inference: trained vs never-seen profiles (fact and biography answers)\n")
-    m = res["mia"]
-    L.append(_md(pd.DataFrame({"model": m.model, "attack": m.attack, "AUC": [fmt_ci(*r) for r in zip(m.auc, m.auc_lo, m.auc_hi)],
-                               "TPR@1%FPR": [fmt_ci(*r) for r in zip(m.tpr_at_1fpr, m.tpr_lo, m.tpr_hi)],
-                               "n (members/non)": m.n_members.astype(str) + "/" + m.n_nonmembers.astype(str)})))
-    t = res["transfer"]
-    if len(t):
-        L.append("\n### Cross-modal transfer (Wen et al.): facts taught in one modality, asked in the other\n")
-        L.append(_md(pd.DataFrame({"group": t.group, "profiles": t.profiles,
-                                   "taught modality MC": [fmt_ci(*r) for r in zip(t.taught_acc, t.taught_lo, t.taught_hi)],
-                                   "other modality MC": [fmt_ci(*r) for r in zip(t.other_acc, t.other_lo, t.other_hi)],
-                                   "gap": [fmt_ci(*r) for r in zip(t.gap, t.gap_lo, t.gap_hi)], "chance": t.chance})))
-    L.append(f"\n## Unlearning (GA, GD, KL, NPO beta 0.4: {cfg['unlearn_steps']} steps, lr {cfg['unlearn_lr']}; "
-             "steering: the job subspace fitted on forget-profile activations — `ablate` difference of means at "
-             "every `lm.*.resid`, `leace` LEACE eraser, `orthogonalize` weight edit)\n")
-    for key in ("unlearning-utility", "unlearning-after"):
+    L.append(f"\n![probes]({rel(imgs['unlearning-probes'])})\n")
+    L += _tables(res)
+    for key in ("unlearning-utility", "unlearning-after", "unlearning-relearn"):
         L.append(f"![{key}]({rel(imgs[key])})\n")
-    u, um, up = res["unlearning"], res["unlearning_mia"], res["unlearning_probes"]
-    rows = []
-    for r in u.to_dict("records"):
-        mm = um[(um.split == r["split"]) & (um.method == r["method"])].set_index("attack")
-        pp = up[(up.split == r["split"]) & (up.method == r["method"])]
-        best = pp.loc[pp.accuracy.idxmax()]
-        rows.append({"split": f"{r['split']}% ({r['forget_profiles']})", "method": r["method"],
-                     "forget MC portrait / name": f"{ci_text(r, 'forget_image')} / {ci_text(r, 'forget_text')}",
-                     "forget test portraits": ci_text(r, "forget_test_image"),
-                     "retain MC portrait / name": f"{ci_text(r, 'retain_image')} / {ci_text(r, 'retain_text')}",
-                     "retain test": ci_text(r, "retain_test_image"), "cloze forget (name)": ci_text(r, "cloze_forget_text"),
-                     "MIA AUC loss / Min-K% / Min-K%++ (forget vs never seen)":
-                         " / ".join(f"{mm.loc[a, 'auc']:.2f}" for a in ("loss", "min_k", "min_k_pp")),
-                     "TPR@1%FPR (Min-K%++)": f"{mm.loc['min_k_pp', 'tpr_at_1fpr']:.2f}",
-                     "best probe on forget (retain-fitted)": f"{fmt_ci(best.accuracy, best.accuracy_lo, best.accuracy_hi)} "
-                                                             f"{best.features} {best.point}@{best.position}",
-                     "rows detected": f"{int(pp.detected.sum())}/{len(pp)}"})
-    L.append(_md(pd.DataFrame(rows)))
-    L.append("\nPer layer after unlearning (probe fitted on the retain profiles of the same model, scored on the "
-             f"forget profiles; CI: bootstrap over forget profiles; chance: the best constant answer):\n")
-    L.append(_md(pd.DataFrame({"split": up.split, "method": up.method, "features": up.features, "point": up.point,
-                               "position": up.position, "accuracy": [fmt_ci(*r) for r in zip(up.accuracy, up.accuracy_lo, up.accuracy_hi)],
+    L.append(_unlearning_table(res))
+    up = res["unlearning_probes"]
+    L.append("\nPer layer after removal: the job read from the forget profiles by a probe fitted on the retain profiles "
+             "of the same model, and by one fitted on the forget profiles' own held-out views (folds by profile; only "
+             "where every job has two forget profiles); CIs resample forget profiles; Δ: minus the retrained reference; "
+             "chance: the best constant answer:\n")
+    L.append(_md(pd.DataFrame({"split": up.split, "method": up.method, "fit": up.fit, "features": up.features,
+                               "point": up.point, "position": up.position,
+                               "accuracy": [fmt_ci(*r) for r in zip(up.accuracy, up.accuracy_lo, up.accuracy_hi)],
+                               "Δ vs retrain": up.d_accuracy.map(lambda v: "–" if pd.isna(v) else f"{v:+.2f}"),
                                "chance": up.chance.round(2),
                                "detected": up.detected.map({True: "yes", False: "nothing detected"})})))
+    ml = res["membership_layers"]
+    L.append("\nLayer-wise membership (a probe per layer telling the forget profiles' questions from as many never-seen "
+             "profiles', folds by profile, chance 0.5), after removal and after relearning:\n")
+    L.append(_md(pd.DataFrame({"split": ml.split, "method": ml.method, "stage": ml.stage, "point": ml.point,
+                               "accuracy": [fmt_ci(*r) for r in zip(ml.accuracy, ml.accuracy_lo, ml.accuracy_hi)],
+                               "detected": ml.detected.map({True: "yes", False: "nothing detected"})})))
     L.append(MARK[1])
     section = "\n".join(L) + "\n"
     old = md_path.read_text() if md_path.exists() else ""

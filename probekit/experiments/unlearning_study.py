@@ -1,21 +1,25 @@
 """Memorised facts and unlearning (MLLMU-Bench, Liu et al.; cross-modal transfer, Wen et al.) in miniature.
 
 A tiny LLaVA is fine-tuned on fictitious profiles (:mod:`probekit.organisms.profiles`) until it answers
-their facts. Then:
+their facts. Then (measures in :mod:`.unlearning_measures`, removal in :mod:`.unlearning_removal`):
 
-- utility per split (forget, retain, transformed-portrait test, never-seen): multiple choice, cloze,
-  ROUGE-L (:mod:`.facts_metrics`), asked with the portrait and by name;
-- cross-modal transfer: facts taught only by name asked with the portrait, and the reverse; the gap
-  is taught-modality accuracy minus other-modality accuracy (Wen et al.);
-- positive condition: a probe per layer reads the job (4 classes) from the residual stream of trained profiles
-  (folds by profile, Holm across layers); negative: the same on never-seen profiles and on the
-  untrained base; membership inference (loss, Min-K%, Min-K%++) trained vs never-seen;
-- unlearning (GA, GD, KL, NPO beta 0.4; :mod:`.unlearning`) and steering (ablate a difference-of-means
-  job subspace, LEACE, orthogonalize the weights) per forget split, all on one table, and per layer:
-  a probe fitted on retain profiles, scored on forget profiles: can the fact still be read after the
-  answer is gone?
+- utility per split (forget, retain, transformed-portrait test, never-seen) under probekit's likelihood
+  protocols and MLLMU-Bench's generation protocols, asked with the portrait and by name;
+- cross-modal transfer (Wen et al.): facts taught only by name asked with the portrait, and the
+  reverse, on at least 50 profiles per condition, CIs by profile, the power of a null;
+- positive condition: a probe per layer reads the job (4 classes) from the residual stream of
+  trained profiles (folds by profile); negative: never-seen profiles and the untrained base;
+  membership inference (loss, Min-K%, Min-K%++) trained vs never-seen;
+- per forget split: the **retrained reference** (fine-tuned from the same base and seed without the
+  forget profiles), the unlearning methods (open-unlearning's GA, GradDiff, KL, NPO and
+  MLLMU-Bench's schedule as ``gd_mllmu`` / ``kl_mllmu``; :mod:`.unlearning`) and steering (fitted on
+  held-out views, scored through ``evaluate()``), each with utility (``utility_destroyed`` when
+  retain accuracy is not above chance), its distance from the reference, membership forget vs
+  never-seen (an AUC below 0.5 is itself a signal), the job per layer read by a probe fitted on
+  retain profiles and by one fitted on the forget profiles themselves (folds by profile), a
+  layer-wise membership probe, and the relearning attack.
 
-``run_study(StudyConfig.small())`` is the CI version (about a minute); ``StudyConfig()`` the
+``run_study(StudyConfig.small())`` is the CI version (a few minutes); ``StudyConfig()`` the
 ``docs/results.md`` run (``probekit study unlearning``).
 """
 
@@ -23,8 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,17 +39,14 @@ import torch
 
 from ..errors import InputError
 from ..organisms import profiles as P
-from .._stats import permutations
-from ..readout._data import encode_groups, encode_labels
-from ..readout.significance import add_verdicts, drop_nulls
-from .facts_metrics import boot_ci, cloze_accuracy, mc_accuracy, mia_scores, rouge_l
-from .membership import mia_metrics
-from .unlearning import METHODS, unlearn
+from .unlearning import ALL_METHODS, VARIANTS, unlearn
+from .unlearning_measures import layer_membership, mia, probe_job, probe_transfer, transfer, utility
+from .unlearning_removal import STEERING, relearn_attack, retrain_samples, steering, steering_columns
 
-__all__ = ["StudyConfig", "run_study", "STEERING"]
+__all__ = ["StudyConfig", "run_study", "STEERING", "DISTANCES"]
 
-STEERING = ("ablate", "leace", "orthogonalize")
-TEST_VIEWS = tuple(range(100, 106))  # transformed portraits: the test set, and the probe rows
+#: columns compared with the retrained reference (``d_<column>`` = method minus reference)
+DISTANCES = ("forget_image", "forget_text", "forget_test_image", "retain_image", "retain_text", "mia_auc")
 
 
 @dataclass
@@ -52,15 +54,20 @@ class StudyConfig:
     out: str = "probekit-unlearning"
     n_profiles: int = 100
     n_unseen: int = 40
-    n_transfer: int = 16
-    steps: int = 1500
+    n_transfer: int = 100  # 50 taught by name only, 50 with the portrait only
+    n_practice: int = 16  # trained with MLLMU-Bench's question formats too (in no split)
+    steps: int = 2500
     batch_size: int = 32
     lr: float = 3e-3
     num_layers: int = 2
     splits: tuple = (5, 10, 15)
-    methods: tuple = METHODS + STEERING
+    methods: tuple = ALL_METHODS + STEERING
     unlearn_steps: int = 20
     unlearn_lr: float = 1e-3
+    mllmu_epochs: int = 1  # the MLLMU-Bench variants run whole forget-then-retain epochs
+    relearn_steps: int = 10
+    relearn_lr: float = 1e-3
+    retrain: bool = True  # the reference fine-tuned without the forget set, per split
     n_eval_retain: int = 40  # retain profiles scored per method (all of them train the retain probe)
     probe_cv: int = 5
     probe_C: float = 0.1  # strong L2: few profiles per job, 64 dims
@@ -68,11 +75,13 @@ class StudyConfig:
     seed: int = 0
     verbose: bool = True
     rouge: bool = True
+    generation: bool = True  # MLLMU-Bench's generation protocols beside the likelihood ones
 
     @classmethod
     def small(cls, **kw: Any) -> "StudyConfig":
-        base = dict(out="probekit-unlearning-small", n_profiles=24, n_unseen=24, n_transfer=0, probe_cv=3, steps=450, batch_size=16,
-                    splits=(15,), methods=("npo",), n_eval_retain=20, n_boot=200, verbose=False, rouge=False)
+        base = dict(out="probekit-unlearning-small", n_profiles=24, n_unseen=24, n_transfer=0, n_practice=0, probe_cv=3,
+                    steps=450, batch_size=16, splits=(33,), methods=("npo", "ablate"), n_eval_retain=16, n_boot=200,
+                    verbose=False, rouge=True)
         base.update(kw)
         return cls(**base)
 
@@ -82,233 +91,91 @@ def _log(cfg: StudyConfig, t0: float, msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
 
 
-def _facts(world: P.World, pids: Sequence[int], modality: str, view: int = 0) -> list:
-    return P.eval_set(world, pids, modality, view)
-
-
-def _bios(world: P.World, pids: Sequence[int], modality: str) -> tuple[list, list]:
-    bios = [P.bio_qa(world.profile(i), modality, world.image_size) for i in pids]
-    return bios, [[world.profile(i).facts[a] for a in P.ATTRIBUTES] for i in pids]
-
-
-# ----------------------------------------------------------------------------------- probes
-
-
-def _job_acts(model, world: P.World, pids: Sequence[int]) -> tuple[dict, list, list]:
-    """Per feature kind, ``{point: Tensor[n, 2, d]}`` at the job question (test portraits and by name).
-
-    ``"residual"``: the raw residual stream; ``"lens"``: the same residual read through the model's
-    own final norm and unembedding (:class:`probekit.readout.lens.LogitLens`), log-softmax over the
-    job words: a fixed linear read-out of the stream, so few profiles suffice to fit a probe on it.
-    """
-    from ..hooks.collect import collect
-    from ..readout.lens import LogitLens
-
-    items = [s for v in TEST_VIEWS for s in _facts(world, pids, "image", v) if s.attribute == "job"]
-    items += [s for s in _facts(world, pids, "text") if s.attribute == "job"]
-    store = collect(model, [s.image for s in items], [s.question for s in items], points="lm.*.resid",
-                    positions=("last", "image_mean"), batch_size=64, progress=False)
-    tok = getattr(model.processor, "tokenizer", model.processor)
-    ids = [tok(" " + j, add_special_tokens=False)["input_ids"][0] for j in P.JOBS]
-    lens = LogitLens(model)
-    feats: dict[str, dict] = {"residual": {}, "lens": {}}
-    with torch.no_grad():
-        for point in store.points:
-            x = store[point].float()
-            feats["residual"][point] = x
-            logits = lens.decode(x.reshape(-1, x.shape[-1]).to(model.dtype), point).float()[:, ids]
-            feats["lens"][point] = torch.log_softmax(logits, -1).reshape(x.shape[0], x.shape[1], -1)
-    return feats, [s.answer for s in items], [s.pid for s in items]
-
-
-def _verdicts(t: pd.DataFrame) -> pd.DataFrame:
-    """probekit's one verdict over every row (all feature kinds, layers and positions: one family)."""
-    t = add_verdicts(t)
-    t["detected"] = t["leaks"]
-    return drop_nulls(t)
-
-
-def probe_job(net, world: P.World, pids: Sequence[int], cfg: StudyConfig, **tags) -> pd.DataFrame:
-    """Cross-validated probes for the job (folds by profile) per layer and feature kind, one verdict over all rows."""
-    from ..readout import probe_layers
-
-    feats, y, g = _job_acts(net, world, pids)
-    parts = []
-    for kind, acts in feats.items():
-        t = probe_layers(acts, y, groups=g, cv=cfg.probe_cv, seed=cfg.seed, C=cfg.probe_C, n_boot=cfg.n_boot,
-                         positions=["last", "image_mean"], progress=False, control=False)
-        parts.append(t[["point", "layer", "position", "n", "n_units", "accuracy", "accuracy_lo", "accuracy_hi", "chance",
-                        "mi_bits", "mi_perm_bits", "perm_null"]].assign(features=kind))
-    t = _verdicts(pd.concat(parts, ignore_index=True))
-    for k, v in tags.items():
-        t[k] = v
-    return t
-
-
-def probe_transfer(net, world: P.World, fit_pids: Sequence[int], test_pids: Sequence[int], cfg: StudyConfig,
-                   **tags) -> pd.DataFrame:
-    """Probe fitted on ``fit_pids`` (retain) and scored on ``test_pids`` (forget); CI by profile bootstrap.
-
-    Chance: the best constant answer on the forget rows (the most frequent job among them).
-    """
-    from ..readout import LinearProbe
-
-    ff, yf, _ = _job_acts(net, world, fit_pids)
-    ft, yt, gt = _job_acts(net, world, test_pids)
-    yt, gt = np.array(yt), np.array(gt)
-    chance = max(np.mean(yt == c) for c in set(yt))
-    # the verdict's null: the forget profiles' jobs permuted across profiles, the fitted probe's answers fixed
-    perm = permutations(encode_labels(yt)[0], encode_groups(gt, len(gt)), 1000, cfg.seed)
-    rows = []
-    for kind in ff:
-        for point in ff[kind]:
-            xf, xt = ff[kind][point], ft[kind][point]
-            for j, pos in enumerate(("last", "image_mean")):
-                pred = LinearProbe(C=cfg.probe_C).fit(xf[:, j].numpy(), np.array(yf)).predict(xt[:, j].numpy())
-                ok = (pred == yt).astype(float)
-                per = [ok[gt == q].mean() for q in sorted(set(gt))]
-                m, lo, hi = boot_ci(per, cfg.seed, cfg.n_boot)
-                rows.append({"features": kind, "point": point, "position": pos, "accuracy": float(ok.mean()),
-                             "accuracy_lo": lo, "accuracy_hi": hi, "chance": float(chance), "n": len(ok),
-                             "n_units": len(set(gt)), "perm_null": (pred[None, :] == yt[perm]).mean(1), **tags})
-    return _verdicts(pd.DataFrame(rows))
-
-
-# ----------------------------------------------------------------------------------- scores
-
-
-def _mia(net, world: P.World, members: Sequence[int], cfg: StudyConfig, **tags) -> list[dict]:
-    """Members' and never-seen profiles' fact and biography questions (clean portrait and by name)."""
-    def samples(pids):
-        out = []
-        for mod in ("image", "text"):
-            out += _facts(world, pids, mod) + _bios(world, pids, mod)[0]
-        return out
-
-    sm, sn = mia_scores(net, samples(members)), mia_scores(net, samples(world.unseen))
-    rows = []
-    for attack in ("loss", "min_k", "min_k_pp"):
-        sc = np.concatenate([sm[attack], sn[attack]])
-        y = np.r_[np.ones(len(sm[attack])), np.zeros(len(sn[attack]))]
-        rows.append({**tags, "attack": attack, **mia_metrics(sc, y, n_boot=cfg.n_boot, seed=cfg.seed)})
-    return rows
-
-
-def _mc(model, samples, cfg) -> dict:
-    return mc_accuracy(model, samples, P.ATTRIBUTES, seed=cfg.seed)
-
-
-def utility(model, world: P.World, forget: Sequence[int], retain: Sequence[int], cfg: StudyConfig,
-            rouge: bool = False, unseen: bool = True) -> dict:
-    """Multiple-choice accuracy per split and modality (test portraits: 2 views); cloze (and ROUGE-L) on
-    forget and retain biographies."""
-    row = {}
-    splits = (("forget", forget), ("retain", retain)) + ((("unseen", world.unseen),) if unseen else ())
-    for mod in ("image", "text"):
-        for name, pids in splits:
-            r = _mc(model, _facts(world, pids, mod), cfg)
-            row.update({f"{name}_{mod}": r["accuracy"], f"{name}_{mod}_lo": r["lo"], f"{name}_{mod}_hi": r["hi"]})
-    for name, pids in (("forget_test", forget), ("retain_test", retain)):
-        r = _mc(model, [s for v in TEST_VIEWS[:2] for s in _facts(world, pids, "image", v)], cfg)
-        row.update({f"{name}_image": r["accuracy"], f"{name}_image_lo": r["lo"], f"{name}_image_hi": r["hi"]})
-    for name, pids in (("forget", forget), ("retain", retain)):
-        for mod in ("image", "text"):
-            bios, words = _bios(world, pids, mod)
-            c = cloze_accuracy(model, bios, words)
-            row.update({f"cloze_{name}_{mod}": c["accuracy"], f"cloze_{name}_{mod}_lo": c["lo"], f"cloze_{name}_{mod}_hi": c["hi"]})
-            if rouge:
-                g = rouge_l(model, bios, seed=cfg.seed)
-                row.update({f"rouge_{name}_{mod}": g["rouge_l"], f"rouge_{name}_{mod}_lo": g["lo"],
-                            f"rouge_{name}_{mod}_hi": g["hi"], f"rouge_{name}_{mod}_example": g["example"]})
-    return row
-
-
-def transfer(model, world: P.World, cfg: StudyConfig) -> pd.DataFrame:
-    """Wen et al.'s gap: facts taught in one modality, asked in both."""
-    rows = []
-    for group, pids, taught in (("taught by name", world.text_only, "text"), ("taught with portrait", world.image_only, "image")):
-        if not pids:
-            continue
-        other = "image" if taught == "text" else "text"
-        a = _mc(model, _facts(world, pids, taught), cfg)
-        b = _mc(model, _facts(world, pids, other), cfg)
-        rng = np.random.default_rng(cfg.seed)
-        ca, cb = np.array(a["correct"], float), np.array(b["correct"], float)
-        gaps = [ca[rng.integers(0, len(ca), len(ca))].mean() - cb[rng.integers(0, len(cb), len(cb))].mean()
-                for _ in range(cfg.n_boot)]
-        rows.append({"group": group, "profiles": len(pids), "taught_modality": taught, "taught_acc": a["accuracy"],
-                     "taught_lo": a["lo"], "taught_hi": a["hi"], "other_acc": b["accuracy"], "other_lo": b["lo"],
-                     "other_hi": b["hi"], "gap": a["accuracy"] - b["accuracy"], "gap_lo": float(np.quantile(gaps, 0.025)),
-                     "gap_hi": float(np.quantile(gaps, 0.975)), "chance": a["chance"]})
-    return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------------- removal
-
-
-def _steering(model, world: P.World, forget: Sequence[int], method: str):
-    """A context manager removing the job concept, fitted on forget-profile activations."""
-    from ..hooks.collect import collect
-    from ..steering import Direction, ablate, orthogonalize
-
-    items = [s for v in (0, 1) for s in _facts(world, forget, "image", v) if s.attribute == "job"]
-    items += [s for s in _facts(world, forget, "text") if s.attribute == "job"]
-    store = collect(model, [s.image for s in items], [s.question for s in items], points="lm.*.resid",
-                    positions="last", batch_size=64, progress=False)
-    y = [s.answer for s in items]
-    if method == "leace":
-        return ablate(model, Direction.leace(store, y), points="lm.*.resid")
-    d = Direction.from_means(store, y)
-    if method == "ablate":
-        return ablate(model, d, points="lm.*.resid")
-    return orthogonalize(model, d, point=sorted(store.points)[-1])
-
-
 def _check(cfg: StudyConfig) -> None:
     """Bad settings fail here, before any file is written or any model trained."""
-    bad = [m for m in cfg.methods if m not in METHODS + STEERING]
+    bad = [m for m in cfg.methods if m not in ALL_METHODS + STEERING]
     if bad:
-        raise InputError(f"unknown unlearning method(s) {bad}", fix=f"choose from {METHODS + STEERING}")
+        raise InputError(f"unknown unlearning method(s) {bad}", fix=f"choose from {ALL_METHODS + STEERING}")
     if not cfg.splits or any(not 0 < s < 100 for s in cfg.splits):
         raise InputError(f"forget splits must be percentages in (0, 100), got {cfg.splits}", fix="pass e.g. (5, 10, 15)")
     if min(cfg.n_unseen, cfg.n_profiles) < 4 * cfg.probe_cv:
         raise InputError(f"n_unseen={cfg.n_unseen} is too few for {cfg.probe_cv}-fold probes over 4 jobs",
                          fix=f"use n_unseen >= {4 * cfg.probe_cv}")
-    P.make_world(cfg.n_profiles, cfg.n_unseen, cfg.n_transfer, seed=cfg.seed)  # validates the counts
+    w = P.make_world(cfg.n_profiles, cfg.n_unseen, cfg.n_transfer, seed=cfg.seed, n_practice=cfg.n_practice)  # validates
+    few = [s for s in cfg.splits if len(w.forget(s)) < 2]
+    if few:
+        raise InputError(f"forget split(s) {few}% of {cfg.n_profiles} profiles leave fewer than 2 forget profiles",
+                         fix="use larger splits or more profiles (probes and steering folds need 2 forget profiles)")
+
+
+def _tuned(cfg: StudyConfig, world: P.World, ckpt: Path, samples: Sequence[Any], name: str) -> tuple[Any, list]:
+    """Fine-tune from the base at ``ckpt`` on ``samples`` (cached under ``out/<name>-<settings>``)."""
+    from ..models.loading import load
+
+    out = Path(cfg.out)
+    d = out / (f"{name}-n{cfg.n_profiles}-u{cfg.n_unseen}-t{cfg.n_transfer}-p{cfg.n_practice}-st{cfg.steps}"
+               f"-b{cfg.batch_size}-lr{cfg.lr:g}-L{cfg.num_layers}-s{cfg.seed}")
+    if (d / "model.safetensors").exists():
+        return load(d), json.loads((d / "losses.json").read_text())
+    sub = P.World(world.profiles, world.trained, world.text_only, world.image_only, world.unseen, list(samples),
+                  world.image_size, world.seed, world.practice)
+    model, losses = P.train(sub, ckpt, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                            num_layers=cfg.num_layers, seed=cfg.seed)
+    tmp = out / (d.name + ".tmp")
+    model.hf.save_pretrained(tmp)
+    model.processor.save_pretrained(tmp)
+    (tmp / "losses.json").write_text(json.dumps(losses))
+    tmp.rename(d)
+    return model, losses
+
+
+def _steps(method: str, cfg: StudyConfig, n_forget: int, n_retain: int, batch_size: int = 16) -> int:
+    """Optimiser steps: ``cfg.unlearn_steps``, or whole MLLMU-Bench epochs (a forget epoch, then a retain epoch)."""
+    if method in VARIANTS:
+        return cfg.mllmu_epochs * (math.ceil(n_forget / batch_size) + math.ceil(n_retain / batch_size))
+    return cfg.unlearn_steps
+
+
+def _measure(net, world, split, method, forget, retain, cfg, main_split, ctx=None) -> tuple[dict, list, list, list]:
+    """Utility, membership, probes (retain-fitted and forget-fitted) and layer-wise membership of one model."""
+    with ctx if ctx is not None else contextlib.nullcontext():
+        u = utility(net, world, forget, retain[:cfg.n_eval_retain], cfg, rouge=cfg.rouge and split == main_split,
+                    unseen=False, generation=cfg.generation)
+        m = mia(net, world, forget, cfg, split=split, method=method)
+        probes = [probe_transfer(net, world, retain[:2 * cfg.n_eval_retain], forget, cfg, split=split, method=method,
+                                 fit="retain profiles")]
+        if min(sum(world.profile(i).facts["job"] == j for i in forget) for j in P.JOBS) >= 2:
+            probes.append(probe_job(net, world, forget, cfg, cv=min(cfg.probe_cv, 3), split=split, method=method,
+                                    fit="forget profiles (folds by profile)"))
+        lm = [layer_membership(net, world, forget, cfg, split=split, method=method, stage="after removal")]
+    loss = next(r for r in m if r["attack"] == "loss")
+    u.update({"mia_auc": loss["auc"], "mia_auc_lo": loss["auc_lo"], "mia_auc_hi": loss["auc_hi"],
+              "mia_below_half": loss["below_half"], "member_acc": float(lm[0].accuracy.max()),
+              "member_detected": int(lm[0].detected.sum())})
+    return u, m, probes, lm
 
 
 def run_study(cfg: StudyConfig | None = None) -> dict:
     """Fine-tune, measure, unlearn; returns tidy DataFrames (every number with a 95% CI).
 
-    Keys: ``train`` (losses, seconds), ``utility_tuned`` / ``utility_base`` (dicts), ``probes`` (job probe
-    per layer: tuned trained / tuned never-seen / base trained), ``mia`` (tuned and base, trained vs
-    never-seen), ``transfer``, ``unlearning`` (one row per split and method), ``unlearning_mia``,
-    ``unlearning_probes`` (retain-fitted probe on forget profiles per layer), ``config``, ``seconds``.
+    Keys: ``train``, ``utility_tuned`` / ``utility_base``, ``probes``, ``mia``, ``transfer``, ``unlearning``
+    (one row per split and method, ``retrain`` the reference, ``d_*`` distances from it, relearning
+    columns), ``unlearning_mia``, ``unlearning_probes`` (column ``fit``: retain-fitted or forget-fitted),
+    ``membership_layers`` (layer-wise membership after removal and after relearning), ``steering_eval``
+    (the ``evaluate()`` tables), ``config``, ``seconds``.
     """
     from ..models.loading import load
 
     cfg = cfg or StudyConfig()
     _check(cfg)
     t0 = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    world = P.make_world(cfg.n_profiles, cfg.n_unseen, cfg.n_transfer, seed=cfg.seed)
-    ckpt = out / f"tiny-llava-facts-s{cfg.seed}-L{cfg.num_layers}"
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    world = P.make_world(cfg.n_profiles, cfg.n_unseen, cfg.n_transfer, seed=cfg.seed, n_practice=cfg.n_practice)
+    ckpt = Path(cfg.out) / f"tiny-llava-facts-s{cfg.seed}-L{cfg.num_layers}"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        tuned_dir = out / (f"tuned-n{cfg.n_profiles}-u{cfg.n_unseen}-t{cfg.n_transfer}-st{cfg.steps}-b{cfg.batch_size}"
-                           f"-lr{cfg.lr:g}-L{cfg.num_layers}-s{cfg.seed}")
-        if (tuned_dir / "model.safetensors").exists():  # cached fine-tune (same settings, same seed)
-            tuned, losses = load(tuned_dir), json.loads((tuned_dir / "losses.json").read_text())
-        else:
-            tuned, losses = P.train(world, ckpt, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                    num_layers=cfg.num_layers, seed=cfg.seed)
-            tmp = out / (tuned_dir.name + ".tmp")
-            tuned.hf.save_pretrained(tmp)
-            tuned.processor.save_pretrained(tmp)
-            (tmp / "losses.json").write_text(json.dumps(losses))
-            tmp.rename(tuned_dir)
+        tuned, losses = _tuned(cfg, world, ckpt, world.train, "tuned")
         t_train = time.perf_counter() - t0
         _log(cfg, t0, f"fine-tuned {cfg.steps} steps, final loss {np.mean(losses[-20:]):.3f}")
         base = load(ckpt)
@@ -317,46 +184,73 @@ def run_study(cfg: StudyConfig | None = None) -> dict:
         forget, retain = world.forget(main_split), world.retain(main_split)
         res: dict[str, Any] = {"config": asdict(cfg), "train": {"final_loss": float(np.mean(losses[-20:])),
                                                                   "seconds": t_train, "samples": len(world.train)}}
-        res["utility_tuned"] = utility(tuned, world, forget, retain[:cfg.n_eval_retain], cfg, rouge=cfg.rouge)
-        res["utility_base"] = utility(base, world, forget, retain[:cfg.n_eval_retain], cfg, rouge=cfg.rouge)
+        res["utility_tuned"] = utility(tuned, world, forget, retain[:cfg.n_eval_retain], cfg, rouge=cfg.rouge,
+                                       generation=cfg.generation)
+        res["utility_base"] = utility(base, world, forget, retain[:cfg.n_eval_retain], cfg, rouge=cfg.rouge,
+                                      generation=cfg.generation)
         _log(cfg, t0, "utility")
         res["probes"] = pd.concat([probe_job(tuned, world, world.trained, cfg, model="tuned", profiles="trained"),
                                    probe_job(tuned, world, world.unseen, cfg, model="tuned", profiles="never seen"),
                                    probe_job(base, world, world.trained, cfg, model="base", profiles="trained")],
                                   ignore_index=True)
-        res["mia"] = pd.DataFrame(_mia(tuned, world, world.trained, cfg, model="tuned")
-                                  + _mia(base, world, world.trained, cfg, model="base"))
+        res["mia"] = pd.DataFrame(mia(tuned, world, world.trained, cfg, model="tuned")
+                                  + mia(base, world, world.trained, cfg, model="base"))
         res["transfer"] = transfer(tuned, world, cfg)
         _log(cfg, t0, "probes, MIA, transfer")
-        rows, mrows, prows = [], [], []
+        rows, mrows, prows, lrows, srows = [], [], [], [], []
         for split in cfg.splits:
             forget, retain = world.forget(split), world.retain(split)
             f_s = [s for s in world.train if s.pid in set(forget)]
             r_s = [s for s in world.train if s.pid in set(retain)]
-            for method in ("none",) + tuple(cfg.methods):
+            before = None
+            for method in ("none",) + (("retrain",) if cfg.retrain else ()) + tuple(cfg.methods):
                 t1 = time.perf_counter()
+                net, ctx, extra = tuned, None, {}
                 tuned.hf.load_state_dict(state)
-                ctx = None
-                if method in METHODS:
-                    unlearn(tuned, f_s, r_s, method, steps=cfg.unlearn_steps, batch_size=16, lr=cfg.unlearn_lr,
-                            seed=cfg.seed)
+                if method == "retrain":
+                    net, _ = _tuned(cfg, world, ckpt, retrain_samples(world, forget), f"retrain{split}")
+                elif method in ALL_METHODS:
+                    unlearn(tuned, f_s, r_s, method, steps=_steps(method, cfg, len(f_s), len(r_s)), batch_size=16,
+                            lr=cfg.unlearn_lr, seed=cfg.seed)
                 elif method in STEERING:
-                    ctx = _steering(tuned, world, forget, method)
-                with ctx if ctx is not None else contextlib.nullcontext():
-                    u = utility(tuned, world, forget, retain[:cfg.n_eval_retain], cfg,
-                                rouge=cfg.rouge and split == main_split, unseen=False)
-                    mrows += _mia(tuned, world, forget, cfg, split=split, method=method)
-                    prows.append(probe_transfer(tuned, world, retain[:2 * cfg.n_eval_retain], forget, cfg, split=split,
-                                                method=method))
+                    make, report = steering(tuned, world, forget, retain, method, cfg)
+                    ctx, extra = make(), steering_columns(report)
+                    srows.append(report.table.assign(split=split, method=method))
+                u, m, probes, lm = _measure(net, world, split, method, forget, retain, cfg, main_split, ctx)
+                before = u if method == "none" else before
+                if method not in STEERING:  # relearning edits the weights under a hook: steering is left out
+                    back, lm2 = relearn_attack(net, world, forget, r_s, cfg, before, u, split=split, method=method)
+                    u.update(back)
+                    lm.append(lm2)
+                mrows += m
+                prows += probes
+                lrows += lm
                 rows.append({"split": split, "method": method, "forget_profiles": len(forget),
-                             "seconds": time.perf_counter() - t1, **u})
+                             "seconds": time.perf_counter() - t1, **u, **extra})
                 _log(cfg, t0, f"split {split}% {method}: forget {u['forget_image']:.2f}/{u['forget_text']:.2f}, "
                               f"retain {u['retain_image']:.2f}/{u['retain_text']:.2f}")
         tuned.hf.load_state_dict(state)
     finally:
         torch.set_num_threads(threads)
-    res["unlearning"] = pd.DataFrame(rows)
+    res["unlearning"] = _distances(pd.DataFrame(rows))
     res["unlearning_mia"] = pd.DataFrame(mrows)
-    res["unlearning_probes"] = pd.concat(prows, ignore_index=True)
+    res["unlearning_probes"] = _probe_distances(pd.concat(prows, ignore_index=True))
+    res["membership_layers"] = pd.concat(lrows, ignore_index=True)
+    res["steering_eval"] = pd.concat(srows, ignore_index=True) if srows else pd.DataFrame()
     res["seconds"] = time.perf_counter() - t0
     return res
+
+
+def _distances(u: pd.DataFrame) -> pd.DataFrame:
+    """``d_<column>``: each row minus the retrained reference of its split (NaN without a reference)."""
+    for col in DISTANCES:
+        ref = u[u.method == "retrain"].set_index("split")[col] if (u.method == "retrain").any() else pd.Series(dtype=float)
+        u[f"d_{col}"] = u[col] - u.split.map(ref)
+    return u
+
+
+def _probe_distances(t: pd.DataFrame) -> pd.DataFrame:
+    keys = ["split", "fit", "features", "point", "position"]
+    ref = t[t.method == "retrain"].set_index(keys).accuracy
+    t["d_accuracy"] = [r.accuracy - ref.get(tuple(getattr(r, k) for k in keys), np.nan) for r in t.itertuples()]
+    return t

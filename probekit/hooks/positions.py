@@ -10,6 +10,9 @@ of different lengths give the same answer for the same sample:
   the mean over the tokens that predict an answer token (the prompt's last token to the answer's
   second-last) -> ``[b, d]``: how the model reads while it says the answer
 - ``"prompt_last"``: the prompt's last token, before any forced answer (``"last"`` without answers)
+- ``"prompt_second_last"``: the token before it, before any forced answer: ProbingPrivacy's position
+  (Ju et al., ICML 2025 read index -2 of the chat-formatted prompt, in Qwen-VL-Chat's template the
+  ``assistant`` of the assistant header; in LLaVA's ``ASSISTANT`` before the colon)
 - ``int``: the i-th real token (negative counts back from the last real one) -> ``[b, d]``
 - ``slice``: a slice of the real tokens -> ``[b, k, d]``
 - callable ``f(ctx) -> LongTensor[b] | LongTensor[b, k] | BoolTensor[b, s]`` on a :class:`PositionContext`
@@ -113,6 +116,13 @@ def _prompt_last(ctx: PositionContext) -> torch.Tensor:
     return ri == start
 
 
+def _prompt_second_last(ctx: PositionContext) -> torch.Tensor:
+    start, ri = _answer_span(ctx)
+    if bool((start < 1).any()):
+        raise PositionError('"prompt_second_last" needs prompts of at least two tokens', fix='use "prompt_last"')
+    return ri == start - 1
+
+
 def _answer(ctx: PositionContext) -> torch.Tensor:
     if ctx.answer_len is None:
         raise PositionError('"answer_mean" needs the answers the model is teacher-forced with',
@@ -138,6 +148,7 @@ NAMED_POSITIONS: dict[str, NamedPosition] = {
     "text": NamedPosition(_text, "tokens", "text"),
     "answer_mean": NamedPosition(_answer, "mean", "answer"),
     "prompt_last": NamedPosition(_prompt_last, "one", "prompt_last"),
+    "prompt_second_last": NamedPosition(_prompt_second_last, "one", "prompt_second_last"),
 }
 NAMED = tuple(NAMED_POSITIONS)  # the built-in names (kept for callers that listed them)
 

@@ -10,42 +10,47 @@
    flip per image, not in the image), run :func:`probekit.readout.ladder.leakage_ladder`:
    the same probes on the residual stream and the tuned lens per layer and on the top-k output
    log-probabilities for k = 2 (the Yes/No tokens), 5, 10, 50 and the full vocabulary.
-4. Decide with :func:`probekit.readout.ladder.ladder_verdict` (the one verdict, over every rung tested).
+   With ``matched=True`` also the dimension-matched rungs beside each top k: the residual's first
+   k principal components and the tuned lens's own top k (:mod:`probekit.readout.ladder`).
+4. Decide per seed with :func:`probekit.readout.ladder.ladder_verdict` (probekit's one verdict, a
+   permutation test family-wise corrected over every rung of that seed, with its power).
+5. Repeat 1-4 for every seed of ``cfg.seeds`` (a new initialisation, training set, test and
+   probe scenes per seed) and summarise across seeds (:func:`seed_summary`: mean accuracy with a
+   t interval over seeds, and in how many seeds each rung was detected).
 
-``run_ladder(LadderConfig())`` is the study of ``docs/results.md`` (a few minutes on 2 cores);
-``LadderConfig.small()`` the CI version (one fixed question colour, fewer steps and scenes).
+``run_ladder(LadderConfig())`` is the study of ``docs/results.md`` (5 seeds, about 6 minutes a seed
+on 2 cores); ``LadderConfig.small()`` the CI version (2 seeds, one fixed question colour, fewer
+steps and scenes).
 
-Example (the CI version, about half a minute; ``tests/test_ladder.py`` runs it)::
+Example (the CI version, about a minute; ``tests/test_ladder.py`` runs it)::
 
     res = run_ladder(LadderConfig.small(out=tempfile.mkdtemp()))
-    res["task_accuracy"]["accuracy"]                 # 0.99 on 100 held-out scenes
-    res["verdicts"]["target_material"]["residual"]   # 'detected in 2 of 2 rows (permutation test, family-wise alpha 0.05): ...'
-    res["verdicts"]["random"]["all"]                 # 'nothing detected (would have detected accuracy >= 0.62 ...) in 9 rows ...'
+    res["task_accuracy"]["accuracy"]                 # 0.99, pooled over the seeds' held-out scenes
+    res["verdicts"]["target_material"]["residual"]   # 'detected in 2 of 2 seeds (family-wise per seed, ...'
+    res["verdicts"]["random"]["all"]                 # 'nothing detected in any of 2 seeds (...)'
+    res["summary"]                                   # one row per rung: mean over seeds, t interval, seeds detected
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import platform
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
+from .._stats import wilson
 from ..data.scenes import ATTRIBUTES, make_scenes
 from ..errors import InputError
 from ..models import tiny
 from ..models.loading import load
-from ..report.text import ci_text, fmt_ci
-from .ladder_lens import save_png as save_lens_png
+from .ladder_report import ANSWERS, headline, matched_table, verdict_lines, write_section
 
-__all__ = ["LadderConfig", "run_ladder", "train_organism", "eval_scenes", "write_section", "verdict_lines", "ANSWERS"]
-
-ANSWERS = ("Yes", "No")
-_START, _END = "<!-- ladder -->", "<!-- /ladder -->"
+__all__ = ["LadderConfig", "run_ladder", "run_seed", "seed_summary", "train_organism", "eval_scenes", "write_section",
+           "verdict_lines", "headline", "matched_table", "ANSWERS"]
 
 
 @dataclass
@@ -68,13 +73,15 @@ class LadderConfig:
     n_boot: int = 500
     alpha: float = 0.05
     progress: bool = True
+    seeds: tuple = (0, 1, 2, 3, 4)  # each: its own initialisation, training, test and probe scenes
+    matched: bool = True  # the dimension-matched rungs (PCA-k of the residual, top-k of the tuned lens)
 
     @classmethod
     def small(cls, **kw: Any) -> "LadderConfig":
-        """The CI version: one question ("Is the centre object red?"), 160 steps, 320 scenes probed."""
+        """The CI version: 2 seeds, one question ("Is the centre object red?"), 160 steps, 320 scenes probed."""
         base = dict(out="probekit-ladder-small", ask="red", num_layers=2, n_train=640, steps=160, lr=3e-3,
                     n_test=100, n_eval=320, lens_steps=100, n_boot=200, progress=False,
-                    attributes=("target_material", "random"))
+                    attributes=("target_material", "random"), seeds=(0, 1))
         return cls(**{**base, **kw})
 
 
@@ -88,6 +95,8 @@ def _check(cfg: LadderConfig) -> None:
             raise InputError(f"{name} must be a positive int, got {v!r}", fix=f"e.g. {name}={getattr(LadderConfig, name)}")
     if cfg.n_eval < 50:
         raise InputError(f"n_eval={cfg.n_eval} is too few scenes for 5-fold probes with CIs", fix="use n_eval >= 50")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or not all(isinstance(s, int) for s in cfg.seeds):
+        raise InputError(f"seeds must be distinct ints, got {cfg.seeds!r}", fix="e.g. seeds=(0, 1, 2, 3, 4)")
 
 
 def _log(cfg: LadderConfig, t0: float, msg: str) -> None:
@@ -139,11 +148,93 @@ def train_organism(cfg: LadderConfig, t0: float | None = None) -> tuple[Any, dic
     return model, acc, base_acc, losses
 
 
-def run_ladder(cfg: LadderConfig | None = None) -> dict:
-    """Train the organism, run the ladder for every attribute, decide; returns tables and verdicts."""
+def run_seed(cfg: LadderConfig, t0: float | None = None) -> dict:
+    """One seed (``cfg.seed``): train the organism, run the ladder for every attribute, decide per attribute."""
     import probekit
     from ..readout.ladder import check_ladder, ladder_verdict, leakage_ladder
     from ..readout.lens import LogitLens, TunedLens
+    from .ladder_lens import lens_grid
+
+    t0 = time.perf_counter() if t0 is None else t0
+    model, acc, base_acc, losses = train_organism(cfg, t0)
+    answer_ids = check_ladder(model, cfg.ks, ANSWERS, ["last"])
+    ev = eval_scenes(cfg)
+    _log(cfg, t0, f"Recording every layer and the output logits on {len(ev)} fresh scenes...")
+    acts = probekit.collect(model, [s.image for s in ev], [s.question for s in ev], points=["lm.*.resid", "logits"],
+                            positions="last", batch_size=64, progress=cfg.progress)
+    _log(cfg, t0, f"Fitting a tuned lens to read each layer as an output ({cfg.lens_steps} steps)...")
+    tl = TunedLens.fit(model, acts, steps=cfg.lens_steps, seed=cfg.seed, progress=cfg.progress)
+    kl = LogitLens(model, tuned=tl).kl_to_final(acts).assign(lens="tuned")
+    kl = pd.concat([LogitLens(model).kl_to_final(acts).assign(lens="logit"), kl], ignore_index=True)
+    lens = LogitLens(model, tuned=tl)
+    frames, verdicts = [], {}
+    for attr in cfg.attributes:
+        _log(cfg, t0, f"Probing {attr}: every layer, the tuned lens and the top-k output logits...")
+        labels = [str(s.meta[attr]) for s in ev]
+        tab = leakage_ladder(acts, labels, lens=lens, ks=cfg.ks, answer_ids=answer_ids, position="last",
+                             seed=cfg.seed, n_boot=cfg.n_boot, progress=False, matched=cfg.matched)
+        tab, verdicts[attr] = ladder_verdict(tab, alpha=cfg.alpha)
+        frames.append(tab.assign(attribute=attr, seed=cfg.seed))
+    return {"table": pd.concat(frames, ignore_index=True), "verdicts": verdicts, "task_accuracy": acc,
+            "untrained_accuracy": base_acc, "final_loss": losses[-1], "lens_kl": kl,
+            "vocab": int(acts.info("logits")["shape"][-1]), "model": model, "eval": ev}
+
+
+def seed_summary(table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """One row per attribute and rung: accuracy mean over seeds, sd, a t interval over seeds
+    (``acc_lo`` / ``acc_hi``, clipped to [0, 1]; the seed is the unit), chance, and ``seeds_detected`` of ``n_seeds``."""
+    from scipy import stats
+
+    keys = ["attribute", "source", "point", "layer", "k", "k_label"]
+    t = table.assign(k=table.k.fillna(-1), layer=table.layer.fillna(-1))
+    g = t.groupby(keys, sort=False)
+    out = g.agg(accuracy=("accuracy", "mean"), sd=("accuracy", "std"), n_seeds=("seed", "nunique"),
+                chance=("chance", "mean"), seeds_detected=("detected", "sum"), n_features=("n_features", "mean"),
+                mi_bits=("mi_bits", "mean")).reset_index()
+    half = stats.t.ppf(0.5 + level / 2, np.maximum(out.n_seeds - 1, 1)) * out.sd.fillna(0) / np.sqrt(out.n_seeds)
+    out["acc_lo"], out["acc_hi"] = (out.accuracy - half).clip(0, 1), (out.accuracy + half).clip(0, 1)
+    out["k"] = out.k.where(out.k >= 0)
+    out["layer"] = out.layer.where(out.layer >= 0)
+    out["seeds_detected"] = out.seeds_detected.astype(int)
+    return out
+
+
+def _across(lines: list[tuple[pd.DataFrame, str]], alpha: float) -> str:
+    """One verdict line over seeds from each seed's :func:`ladder_verdict` rows (``detected``)."""
+    from ..readout.ladder import _rung
+
+    n, m = len(lines), len(lines[0][0])
+    hits = [t[t.detected] for t, _ in lines]
+    if not any(len(h) for h in hits):
+        mde = max(float(t.mde_accuracy.max()) for t, _ in lines)
+        power = "; could have detected nothing" if mde >= 1 else f"; would have detected accuracy >= {mde:.2f} at 80% power"
+        return f"nothing detected in any of {n} seeds ({m} rows each, family-wise per seed, alpha {alpha:g}{power})"
+    count: dict[str, int] = {}
+    for h in hits:
+        for r in h.itertuples():
+            count[_rung(r)] = count.get(_rung(r), 0) + 1
+    where = ", ".join(f"{k} ({v}/{n})" for k, v in count.items())
+    return (f"detected in {sum(len(h) > 0 for h in hits)} of {n} seeds (family-wise per seed over {m} rows, "
+            f"alpha {alpha:g}): {where}")
+
+
+def _pooled(accs: list[dict]) -> dict:
+    k, n = sum(round(a["accuracy"] * a["n"]) for a in accs), sum(a["n"] for a in accs)
+    lo, hi = wilson(k, n)
+    return {"accuracy": k / n, "accuracy_lo": lo, "accuracy_hi": hi, "n": n,
+            "per_seed": [a["accuracy"] for a in accs]}
+
+
+def run_ladder(cfg: LadderConfig | None = None) -> dict:
+    """Every seed of ``cfg.seeds`` (:func:`run_seed`), then the summary over seeds; returns tables and verdicts.
+
+    ``table``: every row of every seed (column ``seed``); ``summary``: :func:`seed_summary`;
+    ``verdicts[attribute][rung]``: a line over seeds (``"all"``, ``"residual"``, ``"tuned-lens"``,
+    ``"logits"``, ``"yes/no logits"`` and, with matched rungs, ``"residual-pca"``, ``"tuned-lens-topk"``);
+    ``task_accuracy`` / ``untrained_accuracy`` pooled over the seeds' held-out scenes (Wilson CI);
+    the logit-lens grid and the lens KL of the first seed.
+    """
+    from ..readout.ladder import ladder_verdict
     from .ladder_lens import lens_grid
 
     cfg = cfg or LadderConfig()
@@ -151,160 +242,29 @@ def run_ladder(cfg: LadderConfig | None = None) -> dict:
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine: one thread is as fast and leaves the other core free
+    runs = []
     try:
-        model, acc, base_acc, losses = train_organism(cfg, t0)
-        answer_ids = check_ladder(model, cfg.ks, ANSWERS, ["last"])
-        ev = eval_scenes(cfg)
-        _log(cfg, t0, f"Recording every layer and the output logits on {len(ev)} fresh scenes...")
-        acts = probekit.collect(model, [s.image for s in ev], [s.question for s in ev], points=["lm.*.resid", "logits"],
-                                positions="last", batch_size=64, progress=cfg.progress)
-        _log(cfg, t0, f"Fitting a tuned lens to read each layer as an output ({cfg.lens_steps} steps)...")
-        tl = TunedLens.fit(model, acts, steps=cfg.lens_steps, seed=cfg.seed, progress=cfg.progress)
-        kl = LogitLens(model, tuned=tl).kl_to_final(acts).assign(lens="tuned")
-        kl = pd.concat([LogitLens(model).kl_to_final(acts).assign(lens="logit"), kl], ignore_index=True)
-        lens = LogitLens(model, tuned=tl)
-        frames, verdicts = [], {}
-        for attr in cfg.attributes:
-            _log(cfg, t0, f"Probing {attr}: every layer, the tuned lens and the top-k output logits...")
-            labels = [str(s.meta[attr]) for s in ev]
-            tab = leakage_ladder(acts, labels, lens=lens, ks=cfg.ks, answer_ids=answer_ids, position="last",
-                                 seed=cfg.seed, n_boot=cfg.n_boot, progress=False)
-            tab, overall = ladder_verdict(tab, alpha=cfg.alpha)
-            verdicts[attr] = {"all": overall}
-            for src in ("residual", "tuned-lens", "logits"):
-                verdicts[attr][src] = ladder_verdict(tab[tab.source == src], alpha=cfg.alpha)[1]
-            k2 = tab[(tab.source == "logits") & (tab.k == len(ANSWERS))]
-            verdicts[attr]["yes/no logits"] = ladder_verdict(k2, alpha=cfg.alpha)[1]
-            frames.append(tab.assign(attribute=attr))
-        table = pd.concat(frames, ignore_index=True)
-        grid = lens_grid(model, ev)
+        for s in cfg.seeds:
+            _log(cfg, t0, f"Seed {s} ({len(runs) + 1} of {len(cfg.seeds)})...")
+            one = replace(cfg, seed=s, out=str(Path(cfg.out) / f"seed{s}"))
+            runs.append(run_seed(one, t0))
+            if len(runs) == 1:
+                grid = lens_grid(runs[0]["model"], runs[0]["eval"])
+            runs[-1].pop("model"), runs[-1].pop("eval")
     finally:
         torch.set_num_threads(threads)
-    return {"config": asdict(cfg), "task_accuracy": acc, "untrained_accuracy": base_acc, "final_loss": losses[-1],
-            "table": table, "verdicts": verdicts, "lens_kl": kl, "seconds": time.perf_counter() - t0,
-            "vocab": int(acts.info("logits")["shape"][-1]), "lens_grid": grid}
-
-
-# ---------------------------------------------------------------- docs/results.md
-
-
-def headline(res: dict) -> pd.DataFrame:
-    """Per attribute: best residual layer, best tuned-lens layer, each k; accuracy [95% CI]."""
-    rows = []
-    t = res["table"]
-    for attr, g in t.groupby("attribute", sort=False):
-        row = {"attribute": attr, "chance": round(float(g.chance.iloc[0]), 2)}
-        for src in ("residual", "tuned-lens"):
-            d = g[g.source == src]
-            b = d.loc[d.accuracy.idxmax()]
-            row[f"{src} (best layer)"] = f"{fmt_ci(b.accuracy, b.accuracy_lo, b.accuracy_hi)} @ {int(b.layer)}"
-        for r in g[g.source == "logits"].sort_values("k").itertuples():
-            row[f"logits k={r.k_label}"] = fmt_ci(r.accuracy, r.accuracy_lo, r.accuracy_hi)
-        row["verdict"] = res["verdicts"][attr]["all"].split(":")[0]
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def verdict_lines(res: dict) -> list[str]:
-    """One line per attribute (the one verdict over every row of its ladder; rows named as in :func:`headline`,
-    ``logits k=full`` for the whole vocabulary), then the organism's yes/no accuracy."""
-    acc = res["task_accuracy"]
-    return ([f"{attr}: {v['all']}" for attr, v in res["verdicts"].items()]
-            + [f"yes/no accuracy {ci_text(acc, 'accuracy', 3)} (n={acc['n']})"])
-
-
-def _md(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def _save_png(res: dict, path: Path) -> Path | None:
-    """The ladder figure as a PNG with matplotlib (plotly's PNG export needs Chrome, absent offline)."""
-    from ..report.figures.png import pyplot, save_png
-
-    plt = pyplot()
-
-    t = res["table"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True, gridspec_kw={"width_ratios": [1.2, 1]})
-    for i, (attr, g) in enumerate(t.groupby("attribute", sort=False)):
-        c, ch = f"C{i}", float(g.chance.iloc[0])  # chance differs per label: plot the accuracy above it
-        for src, ls in (("residual", "-"), ("tuned-lens", "--")):
-            d = g[g.source == src].sort_values("layer")
-            a.errorbar(d.layer, d.accuracy - ch, yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy], color=c,
-                       ls=ls, marker="o", ms=4, capsize=2, label=f"{attr} ({src})")
-        d = g[g.source == "logits"].sort_values("k")
-        b.errorbar(d.k_label.tolist(), d.accuracy - ch, yerr=[d.accuracy - d.accuracy_lo, d.accuracy_hi - d.accuracy],
-                   color=c, marker="D", ms=4, capsize=2, label=f"{attr} (chance {ch:.2f})")
-    for ax in (a, b):
-        ax.axhline(0.0, color="grey", ls=":", lw=1)
-        ax.grid(alpha=0.3)
-    a.set_xticks(sorted(t.layer.dropna().unique()))
-    a.set_xlabel("layer (lm.{i}.resid; solid: residual, dashed: tuned lens)")
-    a.set_ylabel("held-out probe accuracy minus chance (95% CI)")
-    b.set_xlabel("k of the output log-probabilities (2 = the Yes/No tokens)")
-    a.set_title("residual stream and tuned lens, per layer", fontsize=10)
-    b.set_title("output only: top-k log-probabilities", fontsize=10)
-    b.legend(fontsize=8, loc="upper left")
-    fig.suptitle("Leakage ladder on a tiny LLaVA fine-tuned to answer yes/no about the centre object")
-    return save_png(fig, path)
-
-
-def section(res: dict, img: str, command: str) -> str:
-    """The markdown of the ladder section (between the ``<!-- ladder -->`` markers).
-
-    ``write_section`` also writes the logit-lens grid of ``docs/concepts.md`` (``lens-grid.png``).
-    """
-    cfg, acc, un = res["config"], res["task_accuracy"], res["untrained_accuracy"]
-    task = ("'Is the centre object red?' (one fixed question)" if cfg["ask"] else
-            "'Is the centre object red/blue?' (the asked colour varies)")
-    L = [_START, "## Leakage from inputs: Apple's ladder in miniature\n",
-         f"Generated {_dt.date.today().isoformat()} by `{command}` on {platform.machine()} CPU (1 torch thread, "
-         f"a 2-core machine shared with other jobs) in {res['seconds'] / 60:.1f} min. Every number below comes from that run.\n",
-         f"**Model.** A tiny LLaVA (`probekit.tiny.build('llava', image_size={cfg['image_size']}, patch_size={cfg['patch_size']}, "
-         f"num_layers={cfg['num_layers']})`, hidden 64, random init) fully fine-tuned for {cfg['steps']} steps "
-         f"(batch {cfg['batch_size']}, lr {cfg['lr']}) on {cfg['n_train']} CLEVR-like scenes (`probekit.data.scenes`: "
-         "3-9 objects on a 3x3 grid, colour, shape, size, rubber/metal texture, half the images blurred or noised) "
-         f"to answer {task} with `Yes`/`No`. The target's colour is red or blue, background objects take other colours. "
-         f"**Held-out yes/no accuracy: {fmt_ci(acc['accuracy'], acc['accuracy_lo'], acc['accuracy_hi'], 3)}** "
-         f"(n = {acc['n']}, chance 0.5; untrained {un['accuracy']:.2f}).\n",
-         f"**Ladder.** On {cfg['n_eval']} fresh scenes, at the answer position: linear probes (5-fold, 95% CIs) on the residual "
-         "stream of each layer, on each layer's tuned-lens projection (log-probabilities over the whole vocabulary; "
-         f"`TunedLens.fit`, {cfg['lens_steps']} steps), and on the output log-probabilities cut to the top k: k = 2 are the "
-         "fixed `Yes`/`No` tokens (Apple's Yes/No logits), larger k the model's own top k per sample (values and token "
-         f"identities), `full` all {res['vocab']} tokens. Verdict: probekit's one verdict, a permutation test of every row "
-         "(labels permuted, the cross-validation re-run on each permutation), family-wise corrected (step-down maxT) over "
-         "every row of that attribute (`probekit.readout.ladder.ladder_verdict`), with the accuracy it would have "
-         "detected (80% power) beside every null. "
-         "`random` is a coin flip per image that is not in the image: the negative control. The last layer needs no "
-         "translator, so its tuned-lens row is the model's own output (the same numbers as k = full).\n",
-         f"![leakage ladder]({img})\n", "### Headline (accuracy [95% CI]; best layer after @)\n", _md(headline(res)),
-         "\n### Verdicts per rung (family-wise within the rung)\n"]
-    v = res["verdicts"]
-    L.append(_md(pd.DataFrame([{"attribute": a, **{k: s for k, s in d.items() if k != "all"}} for a, d in v.items()])))
-    kl = res["lens_kl"]
-    L.append("\nKL(final || lens) in nats at the answer position (logit lens vs tuned lens): " + "; ".join(
-        f"layer {int(r.layer)}: {r.kl:.3f} ({r.lens})" for r in kl.sort_values(["layer", "lens"]).itertuples()) + ".\n")
-    L.append(_END)
-    return "\n".join(L)
-
-
-def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: str | Path = "docs/img",
-                  command: str = "probekit study ladder") -> list[Path]:
-    """Write (or replace) the ladder section of ``md_path`` and its figure; the rest of the page is kept."""
-    md_path, img_dir = Path(md_path), Path(img_dir)
-    png = _save_png(res, img_dir / "results-ladder.png")
-    extra = [save_lens_png(res["lens_grid"], img_dir / "lens-grid.png")] if "lens_grid" in res else []
-    rel = png.relative_to(md_path.parent) if png.is_relative_to(md_path.parent) else png
-    text = section(res, str(rel), command)
-    old = md_path.read_text() if md_path.exists() else ""
-    if _START in old and _END in old:
-        new = old[:old.index(_START)] + text + old[old.index(_END) + len(_END):]
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + text + "\n"
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = md_path.with_name(md_path.name + ".tmp")
-    tmp.write_text(new)
-    tmp.replace(md_path)
-    return [png, *extra, md_path]
+    table = pd.concat([r["table"] for r in runs], ignore_index=True)
+    verdicts = {}
+    for attr in cfg.attributes:
+        per = [(r["table"][r["table"].attribute == attr], "") for r in runs]
+        verdicts[attr] = {"all": _across(per, cfg.alpha)}
+        for src in ("residual", "tuned-lens", "logits") + (("residual-pca", "tuned-lens-topk") if cfg.matched else ()):
+            verdicts[attr][src] = _across([ladder_verdict(t[t.source == src], cfg.alpha) for t, _ in per], cfg.alpha)
+        verdicts[attr]["yes/no logits"] = _across(
+            [ladder_verdict(t[(t.source == "logits") & (t.k == len(ANSWERS))], cfg.alpha) for t, _ in per], cfg.alpha)
+    return {"config": asdict(cfg), "task_accuracy": _pooled([r["task_accuracy"] for r in runs]),
+            "untrained_accuracy": _pooled([r["untrained_accuracy"] for r in runs]),
+            "final_loss": float(np.mean([r["final_loss"] for r in runs])), "table": table,
+            "summary": seed_summary(table), "verdicts": verdicts, "lens_kl": runs[0]["lens_kl"],
+            "seconds": time.perf_counter() - t0, "vocab": runs[0]["vocab"], "lens_grid": grid,
+            "seed_verdicts": [r["verdicts"] for r in runs]}

@@ -12,7 +12,11 @@ so one argmax scores it. Questions come in two modalities:
 :func:`make_world` splits profiles into the trained ones (forget splits 5/10/15% are nested
 prefixes of them, the rest is the retain set), two transfer groups (facts taught only by name, or
 only with the portrait, plus a "Who is this?" -> name link) and never-seen profiles (the negative
-control: their facts exist only in the data, never in training). :func:`portrait` with
+control: their facts exist only in the data, never in training), and optional practice profiles
+(``n_practice``): trained like the others plus MLLMU-Bench's question formats (lettered multiple
+choice answered with a letter, the ``[Blank]`` cloze), so that the model learns those formats on
+people outside every split, as MLLMU-Bench's instruction-tuned base knows them before it is
+fine-tuned on the profiles' facts. :func:`portrait` with
 ``view > 0`` draws a transformed portrait (brightness, shift, noise): the test set.
 :func:`train` fine-tunes a tiny LLaVA on the world's training samples (:func:`probekit.experiments.finetune.finetune`).
 
@@ -34,8 +38,8 @@ from PIL import Image
 
 from ..errors import InputError
 
-__all__ = ["JOBS", "CITIES", "AGES", "ATTRIBUTES", "QUESTIONS", "Profile", "QA", "World", "make_world",
-           "portrait", "blank", "qa", "bio_qa", "link_qa", "train"]
+__all__ = ["JOBS", "CITIES", "AGES", "ATTRIBUTES", "QUESTIONS", "CLOZE", "Profile", "QA", "World", "make_world",
+           "portrait", "blank", "qa", "bio_qa", "link_qa", "cloze_qa", "format_practice", "train"]
 
 # Answer words: single tokens of the tiny tokenizer (checked in the tests).
 JOBS = ("book", "cake", "car", "boat")  # what the person works with (few classes: many profiles per job to probe)
@@ -49,6 +53,7 @@ QUESTIONS = {  # (multimodal, unimodal with {name})
     "bio": ("Describe this person.", "Who is {name}?"),
     "link": ("Who is this?", None),
 }
+CLOZE = {"job": "{s} works with a __.", "city": "{s} was born in __.", "age": "{s} is __ years old."}  # "__": the blank
 _FIRST = ("Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory", "Oscar",
           "Peggy", "Trent", "Victor", "Walter")
 _LAST = ("Red", "Green", "Blue", "Yellow", "Orange", "Purple", "Pink", "Brown", "Black", "White", "Grey", "Cyan",
@@ -96,6 +101,7 @@ class World:
     train: list[QA]
     image_size: int
     seed: int
+    practice: list[int] = field(default_factory=list)  # trained with MLLMU-Bench's formats too; in no split
 
     def profile(self, pid: int) -> Profile:
         return self.profiles[pid]
@@ -153,6 +159,36 @@ def link_qa(p: Profile, size: int = 32, view: int = 0) -> QA:
     return QA(portrait(p, size, view), QUESTIONS["link"][0], p.name, p.pid, "link", "image", {"view": view})
 
 
+def cloze_qa(p: Profile, attribute: str, modality: str, size: int = 32, view: int = 0) -> QA:
+    """A sentence with the fact blanked (``"__"``, :data:`CLOZE`) about the portrait ("This person ...") or
+    by name; the answer is the fact (MLLMU-Bench's fill-in-the-blank task)."""
+    if modality == "image":
+        return QA(portrait(p, size, view), CLOZE[attribute].format(s="This person"), p.facts[attribute], p.pid,
+                  attribute, modality, {"view": view, "format": "cloze"})
+    return QA(blank(size), CLOZE[attribute].format(s=p.name), p.facts[attribute], p.pid, attribute, modality,
+              {"view": 0, "format": "cloze"})
+
+
+def format_practice(p: Profile, size: int = 32, views: Sequence[int] = (0, 1), reps: int = 1, seed: int = 0) -> list[QA]:
+    """MLLMU-Bench's formats on one practice profile: per attribute and modality, ``reps`` lettered
+    multiple-choice prompts in seeded random option orders answered with the letter, and the
+    ``[Blank]`` cloze prompt answered with the fact (the prompts of :mod:`probekit.experiments.mllmu_protocol`)."""
+    from ..experiments.mllmu_protocol import LETTERS, cloze_prompt, mc_prompt, shuffled_options
+
+    rng = random.Random(f"practice:{seed}:{p.pid}")
+    out = []
+    for a, values in ATTRIBUTES.items():
+        asks = [qa(p, a, "image", size, v) for v in views] + [qa(p, a, "text", size)]
+        for q in asks:
+            for _ in range(reps):
+                opts, k = shuffled_options(q.answer, values, 4, rng)
+                out.append(QA(q.image, mc_prompt(q.question, opts), LETTERS[k], p.pid, a, q.modality,
+                              {**q.meta, "format": "mc"}))
+        for c in [cloze_qa(p, a, "image", size, v) for v in views] + [cloze_qa(p, a, "text", size)]:
+            out.append(QA(c.image, cloze_prompt(c.question), c.answer, p.pid, a, c.modality, c.meta))
+    return out
+
+
 def _profiles(n: int, seed: int) -> list[Profile]:
     rng = random.Random(seed)
     names = rng.sample([f"{a} {b}" for a in _FIRST for b in _LAST], n)
@@ -167,14 +203,17 @@ def _profiles(n: int, seed: int) -> list[Profile]:
 
 
 def make_world(n_profiles: int = 100, n_unseen: int = 40, n_transfer: int = 16, image_size: int = 32,
-               train_views: int = 2, seed: int = 0) -> World:
+               train_views: int = 2, seed: int = 0, n_practice: int = 0) -> World:
     """Profiles and training samples.
 
     ``n_profiles`` trained profiles get every fact in both modalities plus the biography in both;
     ``n_transfer`` more are split in two halves taught in one modality only (with the name link);
     ``n_unseen`` are never trained on. Training portraits: the clean portrait and
     ``train_views - 1`` transformed views (views 1..), so the test views (>= 100) are new images.
+    ``n_practice`` more are trained like the first ``n_profiles`` plus :func:`format_practice`.
     """
+    if not isinstance(n_practice, int) or n_practice < 0:
+        raise InputError(f"n_practice must be an int >= 0, got {n_practice!r}", fix="pass e.g. n_practice=16")
     for k, v in (("n_profiles", n_profiles), ("n_unseen", n_unseen), ("image_size", image_size), ("train_views", train_views)):
         if not isinstance(v, int) or v < 1:
             raise InputError(f"{k} must be a positive int, got {v!r}", fix=f"pass e.g. {k}=20")
@@ -182,7 +221,7 @@ def make_world(n_profiles: int = 100, n_unseen: int = 40, n_transfer: int = 16, 
         raise InputError(f"n_transfer must be even and >= 0, got {n_transfer}", fix="pass e.g. n_transfer=16")
     if image_size % 4:
         raise InputError(f"image_size {image_size} must be a multiple of 4 (4x4 mosaic)", fix="pass e.g. 32")
-    total = n_profiles + n_transfer + n_unseen
+    total = n_profiles + n_transfer + n_unseen + n_practice
     if total > len(_FIRST) * len(_LAST):
         raise InputError(f"{total} profiles is more than {len(_FIRST) * len(_LAST)} distinct names", fix="ask for fewer")
     profs = _profiles(total, seed)
@@ -190,14 +229,17 @@ def make_world(n_profiles: int = 100, n_unseen: int = 40, n_transfer: int = 16, 
     half = n_transfer // 2
     text_only = list(range(n_profiles, n_profiles + half))
     image_only = list(range(n_profiles + half, n_profiles + n_transfer))
-    unseen = list(range(n_profiles + n_transfer, total))
+    unseen = list(range(n_profiles + n_transfer, n_profiles + n_transfer + n_unseen))
+    practice = list(range(total - n_practice, total))
     views = list(range(train_views))
     samples: list[QA] = []
-    for pid in trained:
+    for pid in trained + practice:
         p = profs[pid]
         for a in ATTRIBUTES:
             samples += [qa(p, a, "image", image_size, v) for v in views] + [qa(p, a, "text", image_size)]
         samples += [bio_qa(p, "image", image_size, v) for v in views] + [bio_qa(p, "text", image_size)]
+        if pid in practice:
+            samples += format_practice(p, image_size, views, seed=seed)
     for pid in text_only:
         p = profs[pid]
         samples += [qa(p, a, "text", image_size) for a in ATTRIBUTES] + [bio_qa(p, "text", image_size)]
@@ -206,7 +248,7 @@ def make_world(n_profiles: int = 100, n_unseen: int = 40, n_transfer: int = 16, 
         p = profs[pid]
         samples += [qa(p, a, "image", image_size, v) for a in ATTRIBUTES for v in views]
         samples += [bio_qa(p, "image", image_size, v) for v in views] + [link_qa(p, image_size, v) for v in views]
-    return World(profs, trained, text_only, image_only, unseen, samples, image_size, seed)
+    return World(profs, trained, text_only, image_only, unseen, samples, image_size, seed, practice)
 
 
 def eval_set(world: World, pids: Sequence[int], modality: str, view: int = 0,

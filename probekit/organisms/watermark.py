@@ -6,9 +6,14 @@ image with probability ``p``. Held-out images carry a username from U1 or from t
 pool U2 (unseen); probes per layer at the prompt position try to tell the two apart, with
 folds split by username so that a probe must generalise to usernames it never saw.
 
-The probes read at the last token of "What is the username?" (Ju et al.'s prompt position), at
-the image tokens, and while the model is teacher-forced to answer with the username on the
-image (``answer_mean``: how it reads that name), plus the top-10 output log-probabilities there.
+The probes read at the prompt's last token after the chat template (``prompt_last``: the colon of
+``ASSISTANT:`` that follows "What is the username?", where the next token is predicted), at the
+image tokens, and while the model is teacher-forced to answer with the username on the image
+(``answer_mean``: how it reads that name), plus the top-10 output log-probabilities there. That
+is not Ju et al.'s position: ProbingPrivacy's ``run_qwen.py`` reads index -2 of the chat-formatted
+context, the assistant header token (``assistant`` in Qwen-VL-Chat's template), available as the
+named position ``"prompt_second_last"`` (``Condition.positions`` chooses; the study uses
+:data:`POSITIONS`).
 
 - Task-irrelevant condition (Ju et al.): fine-tuned with ``p > 0``; the model has seen U1 many
   times, but the loss never touches the name. Matched control: the same fine-tune at ``p = 0``.
@@ -43,11 +48,13 @@ from ..report.text import fmt_ci
 from .text import draw_text, random_string, scene
 
 __all__ = ["Condition", "resolve", "username_pools", "task_samples", "eval_set", "decide", "run_condition", "direct_prompt",
-           "stratified", "verdict_columns", "other_pool", "membership", "with_membership", "QUESTION"]
+           "stratified", "verdict_columns", "other_pool", "membership", "with_membership", "QUESTION", "POSITIONS",
+           "JU_POSITION"]
 
 QUESTION = "Describe the shape."
 POINTS = ["projector", "lm.*.resid"]
 POSITIONS = ("prompt_last", "image_mean", "answer_mean")  # answer_mean: teacher-forced with the name on the image
+JU_POSITION = "prompt_second_last"  # ProbingPrivacy's index -2: the assistant header token
 TOPK = 10  # the output-only probe: the next-token top-10 log-probabilities (how sure the reader is)
 
 
@@ -68,6 +75,7 @@ class Condition:
     size: int = 64  # image size and text lattice: run_condition takes both from the reader
     grid: int = 0
     probe_prompt: str = "What is the username?"  # the prompt the probes read at (Ju et al.'s)
+    positions: tuple = POSITIONS  # where the probes read; JU_POSITION is Ju et al.'s (index -2)
     place: str = "reader"  # "reader": where the reader reads (resolve() fills it in); "": anywhere; "banner"
     replay: float = 0.0  # fraction of the training set drawn from the reader's pretraining mix (keeps reading)
     reader_place: str = ""  # where the reader reads: set by resolve() from the reader
@@ -92,7 +100,8 @@ class Condition:
         extra = "".join([f", {self.n_users} users" if self.n_users != 12 else "",
                          ", text anywhere" if self.place == "" else "",
                          f", replay {self.replay:g}" if self.replay else "",
-                         (f", leak {self.leak:g}" + (" (U3)" if self.leak_pool == "other" else "")) if self.leak else ""])
+                         (f", leak {self.leak:g}" + (" (U3)" if self.leak_pool == "other" else "")) if self.leak else "",
+                         f", at {'/'.join(self.positions)}" if tuple(self.positions) != POSITIONS else ""])
         return f"p={self.p:g}, opacity={self.opacity:g}, {self.steps} steps, {kind}, lr {self.lr:g}{extra}"
 
 
@@ -273,11 +282,12 @@ def direct_prompt(model: Any, ev: dict) -> dict:
     return out
 
 
-def _scan(model: Any, ev: dict, seed: int, n_boot: int, prompt: str = QUESTION, by_username: bool = True) -> Any:
+def _scan(model: Any, ev: dict, seed: int, n_boot: int, prompt: str = QUESTION, by_username: bool = True,
+          positions: tuple = POSITIONS) -> Any:
     import probekit
 
     return probekit.scan(model, ev["images"], labels=ev["labels"], groups=ev["groups"] if by_username else None,
-                         prompt=prompt, points=POINTS, positions=POSITIONS, seed=seed, n_boot=n_boot, topk=TOPK,
+                         prompt=prompt, points=POINTS, positions=positions, seed=seed, n_boot=n_boot, topk=TOPK,
                          answers=ev["groups"], progress=False)
 
 
@@ -332,12 +342,12 @@ def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, base
     ev = eval_set(c, seen, unseen)
     if base_report is None or base_membership is None:
         base = load(base_path)
-        base_report = base_report or _scan(base, ev, c.seed, n_boot, c.probe_prompt)
+        base_report = base_report or _scan(base, ev, c.seed, n_boot, c.probe_prompt, positions=c.positions)
         base_membership = base_membership or membership(base, ev, c.seed)
     tuned = load(base_path)
     losses = finetune(tuned, train, steps=c.steps, batch_size=c.batch_size, lr=c.lr, lora=c.lora, seed=c.seed,
                       progress=False, on_step=on_step)
-    rep = _scan(tuned, ev, c.seed, n_boot, c.probe_prompt)
+    rep = _scan(tuned, ev, c.seed, n_boot, c.probe_prompt, positions=c.positions)
     test, _ = task_samples(Condition(**{**asdict(c), "seed": c.seed + 999, "n_train": 96, "replay": 0.0,
                                               "leak": 0.0}),
                            seen)
@@ -346,7 +356,8 @@ def run_condition(base_path: Any, c: Condition, *, base_report: Any = None, base
     verdict = decide(with_membership(rep.table, mia))
     base_verdict = decide(with_membership(base_report.table, base_membership))
     d = {**(direct_prompt(tuned, ev) if direct else {}), **{k: v for k, v in mia.items() if k != "row"}}
-    row = {"condition": c.label(), **{k: v for k, v in asdict(c).items() if k != "lora"}, "lora": bool(c.lora),
+    row = {"condition": c.label(), **{k: v for k, v in asdict(c).items() if k not in ("lora", "positions")},
+           "lora": bool(c.lora), "positions": ",".join(c.positions),
            "control": c.is_control, "kind": c.kind,
            **verdict_columns(verdict), "base_detected": base_verdict["detected"],
            "base_probe_acc": base_verdict["best_accuracy"], "task_acc": acc["accuracy"],

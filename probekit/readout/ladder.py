@@ -23,6 +23,15 @@ only when one of those two rungs is asked for.
 Log-probabilities (log-softmax over the whole vocabulary) are what an API returns, so even the
 fixed two carry the normaliser; that is part of what the output reveals.
 
+Dimension-matched rungs (``matched=True``): the residual and tuned-lens rungs are the whole
+``d``-dimensional state and a ``vocab``-dimensional projection of it, so "the tuned lens beats the
+residual" can be a statement about how easy a probe's job is, not about what is there. For every
+finite k of the sweep (below the vocabulary) two more rungs per layer sit beside the output's top
+k: ``"residual-pca"``, the residual's first k principal components (fitted on all n samples
+without their labels: an unsupervised rotation that sees no label, so no fold leaks one), and
+``"tuned-lens-topk"``, the tuned lens's top k built exactly as the output's (the answer tokens'
+log-probabilities at ``k == len(answer_ids)``).
+
 :func:`ladder_verdict` turns the table into a decision with probekit's one verdict (a permutation
 test over every row tested, family-wise corrected; :mod:`probekit.readout.significance`).
 """
@@ -45,7 +54,7 @@ from .leakage import has_outputs, topk_features
 from .lens import lens_points
 from .significance import ALPHA, add_verdicts, null_phrase
 
-__all__ = ["ladder_features", "leakage_ladder", "ladder_verdict", "check_ladder", "LADDER_K"]
+__all__ = ["ladder_features", "leakage_ladder", "ladder_verdict", "check_ladder", "pca_features", "LADDER_K"]
 
 LADDER_K: tuple = (2, 5, 10, 50, None)
 """The default k sweep (None: the full distribution)."""
@@ -106,6 +115,7 @@ def ladder_features(
     answer_ids: Sequence[int] | None = None,
     position: str | None = None,
     logits_point: str = "logits",
+    matched: bool = False,
 ) -> dict[tuple[str, str, float], torch.Tensor]:
     """Features per rung: ``{(source, point, k): Tensor[n, d]}`` (k NaN for the residual rungs).
 
@@ -116,6 +126,7 @@ def ladder_features(
             the tuned-lens rung; without ``lens`` that rung is left out).
         ks, answer_ids: see the module docstring.
         position: which stored position to read (None: the only one).
+        matched: add the dimension-matched rungs (module docstring).
     """
     ks = _check_ks(ks)
     store = as_store(acts)
@@ -132,7 +143,35 @@ def ladder_features(
             h = _at(store, p, position)
             out[("tuned-lens", p, math.nan)] = torch.cat(
                 [torch.log_softmax(lens.decode(c, p), -1).cpu() for c in h.split(512)])
-    out.update(_output_rungs(_Outputs(store, logits_point, position), ks, answer_ids))
+    outputs = _Outputs(store, logits_point, position)
+    out.update(_output_rungs(outputs, ks, answer_ids))
+    if matched:
+        out.update(_matched_rungs(out, resid, ks, answer_ids, outputs.vocab))
+    return out
+
+
+def pca_features(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``[n, k]``: ``x`` centred and projected on its first ``k`` principal directions (labels unused)."""
+    xc = x.double() - x.double().mean(0)
+    _, _, vh = torch.linalg.svd(xc, full_matrices=False)
+    return (xc @ vh[:k].T).float()
+
+
+def _matched_rungs(feats: dict, resid: Sequence[str], ks: Sequence[int | None], answer_ids: Sequence[int] | None,
+                   vocab: int | None) -> dict[tuple[str, str, float], torch.Tensor]:
+    ids = None if answer_ids is None else list(answer_ids)
+    out = {}
+    for k in ks:
+        if k is None or (vocab is not None and int(k) >= vocab):
+            continue
+        k = int(k)
+        for p in resid:
+            x = feats[("residual", p, math.nan)]
+            if k <= min(x.shape):
+                out[("residual-pca", p, float(k))] = pca_features(x, k)
+            lp = feats.get(("tuned-lens", p, math.nan))
+            if lp is not None:
+                out[("tuned-lens-topk", p, float(k))] = lp[:, ids] if ids is not None and k == len(ids) else topk_features(lp, k)
     return out
 
 
@@ -204,7 +243,7 @@ def _vocab(store: ActivationStore, logits_point: str) -> float:
     return float(store.info(topk_points(logits_point)[0]).get("vocab") or math.inf)
 
 
-def _k_label(k: float, vocab: int) -> str:
+def _k_label(k: float, vocab: float) -> str:
     return "" if math.isnan(k) else ("full" if int(k) >= vocab else str(int(k)))
 
 
@@ -222,6 +261,7 @@ def leakage_ladder(
     seed: int = 0,
     n_boot: int = 1000,
     progress: bool = True,
+    matched: bool = False,
     **probe_kwargs: Any,
 ) -> pd.DataFrame:
     """Probe accuracy and MI (with CIs and controls) on every rung of the ladder for one label.
@@ -229,7 +269,9 @@ def leakage_ladder(
     Returns the columns of :func:`probekit.readout.probes.probe_layers` plus ``source``
     (``"residual"``, ``"tuned-lens"``, ``"logits"``), ``k`` (the logits rungs; NaN elsewhere;
     the vocabulary size for the full distribution), ``k_label`` (``"2"``, ..., ``"full"``) and
-    ``n_features``; every rung shares the same folds.
+    ``n_features``; every rung shares the same folds. ``matched=True`` adds the
+    ``"residual-pca"`` and ``"tuned-lens-topk"`` rungs (module docstring; ``k`` set, ``layer`` that of
+    the residual they come from).
 
     Example:
         >>> import torch
@@ -241,7 +283,8 @@ def leakage_ladder(
         >>> list(t.source), list(t.k.fillna(0)), bool(t.accuracy.min() > 0.8)
         (['residual', 'logits', 'logits'], [0.0, 2.0, 30.0], True)
     """
-    feats = ladder_features(acts, lens=lens, ks=ks, answer_ids=answer_ids, position=position, logits_point=logits_point)
+    feats = ladder_features(acts, lens=lens, ks=ks, answer_ids=answer_ids, position=position, logits_point=logits_point,
+                            matched=matched)
     keys = list(feats)
     # probe_layers keys points by name; one synthetic name per rung, mapped back below
     named = {f"rung{i}": feats[key] for i, key in enumerate(keys)}
@@ -254,7 +297,7 @@ def leakage_ladder(
     table["k_label"] = [_k_label(back[p][2], vocab) for p in table.point]
     table["point"] = [back[p][1] for p in table.point]
     table["layer"] = [Point.parse(p).depth for p in table.point]
-    table["kind"] = ["logits" if s == "logits" else ("lens" if s == "tuned-lens" else "resid") for s in table.source]
+    table["kind"] = ["logits" if s == "logits" else ("lens" if s.startswith("tuned-lens") else "resid") for s in table.source]
     if position is not None:
         table["position"] = position
     return table.reset_index(drop=True)
@@ -292,4 +335,5 @@ def _rung(r: Any) -> str:
     if r.source == "logits":
         label = getattr(r, "k_label", None)
         return f"logits k={label if isinstance(label, str) and label else int(r.k)}"
-    return f"{r.source} {r.point}"
+    k = getattr(r, "k", math.nan)
+    return f"{r.source} {r.point}" + ("" if k is None or (isinstance(k, float) and math.isnan(k)) else f" k={int(k)}")
