@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..files import atomic_write
 from ..report.text import ci_text, fmt_ci, where
 
 __all__ = ["save_pngs", "write_section", "verdict_lines", "EMPTY", "MARK"]
@@ -234,6 +235,6 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
     else:
         new = (old.rstrip("\n") + "\n\n" if old else "") + section
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(new)
+    atomic_write(md_path, new, "results page")
     written.append(md_path)
     return written

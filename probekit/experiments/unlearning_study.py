@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, StoreError
+from ..files import atomic_dir, check_cache, finite, loads_json, model_bytes, write_manifest
 from ..organisms import profiles as P
 from .facts_metrics import boot_ci, cloze_accuracy, holm_detect, mc_accuracy, mia_scores, p_from_ci, rouge_l
 from .membership import mia_metrics
@@ -270,6 +271,18 @@ def _check(cfg: StudyConfig) -> None:
     P.make_world(cfg.n_profiles, cfg.n_unseen, cfg.n_transfer, seed=cfg.seed)  # validates the counts
 
 
+def _cached(tuned_dir: Path) -> tuple[Any, list[float]]:
+    """The cached fine-tune and its losses, checked: files against the manifest, losses.json's schema."""
+    from ..models.loading import load
+
+    fix = f"delete {tuned_dir}; the next run fine-tunes again"
+    check_cache(tuned_dir, "cached fine-tune", fix)
+    losses = loads_json((tuned_dir / "losses.json").read_bytes(), f"{tuned_dir / 'losses.json'}", fix=fix)
+    if not isinstance(losses, list) or not losses or not all(finite(x) for x in losses):
+        raise StoreError(f"{tuned_dir / 'losses.json'} is not a non-empty list of finite numbers", fix=fix)
+    return load(tuned_dir), [float(x) for x in losses]
+
+
 def run_study(cfg: StudyConfig | None = None) -> dict:
     """Fine-tune, measure, unlearn; returns tidy DataFrames (every number with a 95% CI).
 
@@ -293,15 +306,15 @@ def run_study(cfg: StudyConfig | None = None) -> dict:
         tuned_dir = out / (f"tuned-n{cfg.n_profiles}-u{cfg.n_unseen}-t{cfg.n_transfer}-st{cfg.steps}-b{cfg.batch_size}"
                            f"-lr{cfg.lr:g}-L{cfg.num_layers}-s{cfg.seed}")
         if (tuned_dir / "model.safetensors").exists():  # cached fine-tune (same settings, same seed)
-            tuned, losses = load(tuned_dir), json.loads((tuned_dir / "losses.json").read_text())
+            tuned, losses = _cached(tuned_dir)
         else:
             tuned, losses = P.train(world, ckpt, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                     num_layers=cfg.num_layers, seed=cfg.seed)
-            tmp = out / (tuned_dir.name + ".tmp")
-            tuned.hf.save_pretrained(tmp)
-            tuned.processor.save_pretrained(tmp)
-            (tmp / "losses.json").write_text(json.dumps(losses))
-            tmp.rename(tuned_dir)
+            with atomic_dir(tuned_dir, "fine-tuned checkpoint", needed=lambda: model_bytes(tuned)) as tmp:
+                tuned.hf.save_pretrained(tmp)
+                tuned.processor.save_pretrained(tmp)
+                (tmp / "losses.json").write_text(json.dumps(losses))
+                write_manifest(tmp, {"generator": "probekit.experiments.unlearning_study"})
         t_train = time.perf_counter() - t0
         _log(cfg, t0, f"fine-tuned {cfg.steps} steps, final loss {np.mean(losses[-20:]):.3f}")
         base = load(ckpt)
