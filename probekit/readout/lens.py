@@ -18,7 +18,7 @@ from torch import nn
 
 from .._progress import progress_bar
 from .._stats import Z95
-from ..errors import InputError, UnknownPointError
+from ..errors import InputError, UnknownPointError, check_bool
 from ..hooks.coerce import as_store
 from ..hooks.points import Point
 from ..hooks.store import ActivationStore
@@ -90,6 +90,7 @@ class TunedLens(nn.Module):
         target is the model's own final distribution at the same positions, computed from the
         last layer's residual. Adam with linear warm-up (Belrose et al. use Adam or SGD-Nesterov).
         """
+        check_bool(progress, "progress")
         lens = LogitLens(model)
         store = as_store(store)
         all_points = lens_points(store.points)

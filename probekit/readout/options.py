@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError, plain
+from ..errors import InputError, check_bool, plain
 
 __all__ = ["ReadoutOptions", "check_dtype", "check_device"]
 
@@ -76,6 +76,8 @@ class ReadoutOptions:
         if not (isinstance(self.n_boot, (int, np.integer)) and self.n_boot >= 0):
             raise InputError(f"n_boot must be a non-negative integer, got {plain(self.n_boot)!r}",
                              fix="use n_boot=1000")
+        for name in ("progress", "control", "permutation", "calibrate"):
+            check_bool(getattr(self, name), name)
         if not self.C > 0:
             raise InputError(f"C must be positive, got {plain(self.C)!r}", fix="use C=1.0")
         check_dtype(self.dtype)

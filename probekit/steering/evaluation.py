@@ -29,7 +29,7 @@ import pandas as pd
 
 from .._stats import Z95, bootstrap_mean, wilson  # noqa: F401  (Z95 re-exported)
 from ..data.images import check_images
-from ..errors import InputError
+from ..errors import InputError, check_bool
 from ..hooks.collect import check_prompts, collect
 from ..models.adapter import Model
 from .directions import Direction
@@ -133,6 +133,7 @@ def _start(model: Model, intervention: Any, images: Any, labels: Any, opts: dict
     if not isinstance(model, Model):
         raise InputError(f"model is a {type(model).__name__}", fix="pass a probekit.Model (probekit.load / wrap)")
     model.resolve(opts["points"])  # an unknown point fails here, before any fitting
+    check_bool(opts["progress"], "progress")
     if opts["clean_images"] is not None:
         check_images(opts["clean_images"])
         p = opts["prompts"]
