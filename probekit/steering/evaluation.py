@@ -96,20 +96,17 @@ class _Evaluator:
                             n_boot=self.n_boot, progress=self.progress)
 
     def after(self, intervention: Callable[[], ContextManager]) -> EvalReport:
-        probe_ctx, kl_ctx, task_ctx = intervention(), intervention(), intervention()
-        for c in (probe_ctx, kl_ctx, task_ctx):
-            if not (hasattr(c, "__enter__") and hasattr(c, "__exit__")):
-                raise InputError(f"intervention() returned a {type(c).__name__}, not a context manager",
-                                 fix="return e.g. probekit.ablate(model, direction) (without entering it)")
-        after = self._probe(probe_ctx)
-        with kl_ctx:
+        # each context is made right where it is entered: orthogonalize edits the weights when it is
+        # called, so one made ahead and never entered (an interrupt, no task samples) would stay applied
+        after = self._probe(_made(intervention))
+        with _made(intervention):
             logp_after = next_token_logprobs(self.model, self.clean, self.clean_prompts, self.batch_size)
         p = self.logp_before.exp()
         kl = (p * (self.logp_before - logp_after)).sum(-1).clamp_min(0).numpy()  # KL(before || after) per input
         kl_mean, kl_lo, kl_hi = _boot_mean(kl, self.seed)
         cost: dict[str, Any] = {"kl_mean": kl_mean, "kl_lo": kl_lo, "kl_hi": kl_hi, "kl_n": len(kl)}
         if self.tasks:
-            with task_ctx:
+            with _made(intervention):
                 task_after = answer_scores(self.model, self.tasks, self.batch_size)
             (c0, l0), (c1, l1) = self.task_before, task_after
             nt = len(c0)
@@ -123,6 +120,15 @@ class _Evaluator:
                 "answer_loss_delta": d_mean, "answer_loss_delta_lo": d_lo, "answer_loss_delta_hi": d_hi,
             })
         return build_report(self.probes_before, after, cost, self.positions, self.data)
+
+
+def _made(intervention: Callable[[], ContextManager]) -> ContextManager:
+    """``intervention()``, checked to be a context manager (to be entered at once)."""
+    c = intervention()
+    if not (hasattr(c, "__enter__") and hasattr(c, "__exit__")):
+        raise InputError(f"intervention() returned a {type(c).__name__}, not a context manager",
+                         fix="return e.g. probekit.ablate(model, direction) (without entering it)")
+    return c
 
 
 _DATA_KW = ("fit", "fit_images", "fit_labels", "eval_images", "eval_labels", "split", "direction", "allow_overlap")
