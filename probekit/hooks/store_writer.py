@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 from ..errors import StoreError
 from ..files import free_bytes, size_text
 from .store import ActivationStore
-from .store_index import (FORMAT, INDEX, PART, VERSION, damaged_shards, is_lock, lock_name, part_name, read_index,
-                          shard_name, tensor_hash)
+from .store_index import (FORMAT, INDEX, PART, VERSION, damaged_shards, index_checksum, is_lock, lock_name, part_name,
+                          read_index, shard_name, tensor_hash)
 
 __all__ = ["StoreWriter"]
 
@@ -36,6 +36,7 @@ def _fsync(path: Path) -> None:
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
+    obj = {**{k: v for k, v in obj.items() if k != "checksum"}, "checksum": index_checksum(obj)}
     try:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
