@@ -88,6 +88,9 @@ _KIND_NAMES = {int: "an integer", str: "a string", list: "a list", dict: "an obj
                float: "a number"}
 
 
+_PLURALS = {int: "integers", str: "strings", list: "lists", dict: "objects", bool: "booleans", float: "numbers"}
+
+
 def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) and bool not in kinds:
@@ -115,7 +118,7 @@ def field(obj: Mapping, key: str, kind: type | tuple[type, ...], where: str, fix
     if items is not None and not all(_is(v, items) for v in value):
         bad = next(v for v in value if not _is(v, items))
         raise cls(f"{where}: field {key!r} holds {type(bad).__name__} {_short(bad)}, not only "
-                  f"{_KIND_NAMES.get(items, items.__name__)}s", fix=fix)
+                  f"{_PLURALS.get(items, items.__name__ + ' values')}", fix=fix)
     return value
 
 

@@ -134,7 +134,8 @@ def validate_index(index: dict, path: Path) -> None:
         raise StoreError(f"{path} says n = {n}, but its collection had n = {index['meta']['n']}", fix=_REBUILD)
     for p, info in points.items():
         ok = (isinstance(info, dict) and isinstance(info.get("shape"), list) and all(_is_int(d) and d >= 0 for d in info["shape"])
-              and info.get("dtype") in _DTYPES and isinstance(info.get("positions"), list))
+              and isinstance(info.get("dtype"), str) and info["dtype"] in _DTYPES
+              and isinstance(info.get("positions"), list) and all(isinstance(x, str) for x in info["positions"]))
         if not ok:
             raise StoreError(f"{path} is corrupt: the entry of point {p!r} needs shape (ints), dtype and positions",
                              fix=_REBUILD)

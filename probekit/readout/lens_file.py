@@ -3,7 +3,7 @@
 Tensors ``translators.{point with _ for .}.weight`` ``[d, d]`` and ``.bias`` ``[d]``, one floating
 dtype; string metadata ``format`` (``"probekit.tuned_lens"``), ``version`` (``"2"``), ``points``
 and ``meta`` (JSON), ``d_model`` and ``checksum`` (:func:`probekit.files.checksum` of the other
-fields and every tensor). :func:`read` checks the schema, that the tensors are exactly the
+fields' values and every tensor). :func:`read` checks the schema, that the tensors are exactly the
 translators of the named points, their shapes, dtype and finiteness, and the checksum; version-1
 files (no checksum, no ``d_model``) load with the other checks and a warning.
 """
@@ -35,10 +35,16 @@ def key(point: str) -> str:
 def write(path: str | os.PathLike, state: dict[str, Tensor], points: list[str], meta: dict, d_model: int) -> None:
     from safetensors.torch import save
 
-    fields = {"format": FORMAT, "version": str(VERSION), "points": json.dumps(points),
-              "meta": json.dumps(meta, default=str, allow_nan=False), "d_model": str(d_model)}
-    fields["checksum"] = checksum(fields, state)
+    meta_text = json.dumps(meta, default=str, allow_nan=False)
+    fields = {"format": FORMAT, "version": str(VERSION), "points": json.dumps(points), "meta": meta_text,
+              "d_model": str(d_model)}
+    fields["checksum"] = checksum(_content(VERSION, list(points), json.loads(meta_text), d_model), state)
     atomic_write(path, save(state, metadata=fields), "tuned lens")
+
+
+def _content(version: int, points: list[str], meta: dict, d_model: int) -> dict:
+    """What the checksum covers: the values, not how the header spells them."""
+    return {"format": FORMAT, "version": version, "points": points, "meta": meta, "d_model": d_model}
 
 
 def _int(text: Any, name: str, where: str) -> int:
@@ -88,9 +94,9 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Tensor], list[str], dict, i
         raise StoreError(f"{where} mixes tensor dtypes {sorted(str(t) for t in dtypes)}", fix=_FIX)
     for name, t in state.items():
         check_tensor(t, name, where, _FIX, shape=(d, d) if name.endswith(".weight") else (d,))
-    if version >= 2:
-        body = {k: v for k, v in fields.items() if k != "checksum"}
-        check_checksum(field(fields, "checksum", str, where, _FIX), body, state, where, _FIX)
+    if version >= 2 or "checksum" in fields:
+        check_checksum(field(fields, "checksum", str, where, _FIX), _content(version, points, meta, d), state, where,
+                       _FIX)
     else:
         warnings.warn(f"probekit: {where} has format version 1, without a checksum: damage to its numbers cannot be "
                       f"detected; save it again to add one", ProbekitWarning, stacklevel=3)

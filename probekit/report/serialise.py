@@ -62,9 +62,16 @@ def frame_to_json(df: pd.DataFrame | None) -> dict | None:
     """A table as ``{"columns", "dtypes", "records"}`` (NaN as null); None stays None."""
     if df is None:
         return None
-    records = [{str(k): jsonable(v) for k, v in rec.items()} for rec in df.to_dict("records")]
-    return {"columns": [str(c) for c in df.columns], "dtypes": {str(c): str(t) for c, t in df.dtypes.items()},
-            "records": records}
+    raw = df.to_dict("records")
+    records = [{str(k): jsonable(v) for k, v in rec.items()} for rec in raw]
+    out = {"columns": [str(c) for c in df.columns], "dtypes": {str(c): str(t) for c, t in df.dtypes.items()},
+           "records": records}
+    # JSON has no infinity: jsonable writes null, so the cells that held +-inf are listed to come back as such
+    inf = [[i, str(k), "inf" if v > 0 else "-inf"] for i, rec in enumerate(raw) for k, v in rec.items()
+           if isinstance(v, (float, np.floating)) and math.isinf(v)]
+    if inf:
+        out["infinite"] = inf
+    return out
 
 
 def frame_from_json(obj: dict | None) -> pd.DataFrame | None:
@@ -78,6 +85,8 @@ def frame_from_json(obj: dict | None) -> pd.DataFrame | None:
             df[c] = df[c].astype(dtype)
         except Exception:  # noqa: BLE001 - e.g. an int column that now holds nulls: keep what pandas chose
             pass
+    for i, c, sign in obj.get("infinite", []):
+        df.loc[i, c] = float(sign)
     return df
 
 
@@ -117,6 +126,12 @@ def _check_table(name: str, t: Any, where: str, fix: str) -> None:
     for i, rec in enumerate(records):
         if set(rec) != set(cols):
             raise InputError(f"{w}: record {i} has fields {sorted(rec)[:6]}, not the columns {cols[:6]}", fix=fix)
+    for cell in field(t, "infinite", list, w, fix, cls=InputError, default=[]):
+        ok = (isinstance(cell, list) and len(cell) == 3 and type(cell[0]) is int and 0 <= cell[0] < len(records)
+              and cell[1] in cols and cell[2] in ("inf", "-inf") and records[cell[0]][cell[1]] is None)
+        if not ok:
+            raise InputError(f"{w}: field 'infinite' holds {cell!r}, not [row, column, 'inf' or '-inf'] of a null cell",
+                             fix=fix)
 
 
 def load_report(s: str | bytes, kind: str, writer: str) -> dict:
