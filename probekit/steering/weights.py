@@ -50,22 +50,20 @@ _EDITS: "weakref.WeakKeyDictionary[nn.Module, list[OrthogonalizeHandle]]" = weak
 @contextlib.contextmanager
 def _uninterrupted() -> Iterator[None]:
     """Hold a Ctrl-C (SIGINT) that arrives while weights are being written until they are consistent,
-    then raise it: a KeyboardInterrupt never leaves half of an undo done. Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
+    then deliver it again to whatever handler was there (Python's raises KeyboardInterrupt), so a
+    Ctrl-C never leaves half of an edit or an undo done. Main thread only, as Python's signals are."""
+    old = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if old is None:  # not the main thread, or a handler installed outside Python: nothing to hold
         yield
         return
     caught: list[int] = []
-    try:
-        old = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
-    except ValueError:  # no signal handling here (e.g. an embedded interpreter)
-        yield
-        return
+    signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
-    if caught:
-        raise KeyboardInterrupt
+        if caught:
+            signal.raise_signal(signal.SIGINT)
 
 
 class OrthogonalizeHandle:
