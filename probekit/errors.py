@@ -81,8 +81,8 @@ def plain(value: Any) -> Any:
     sets and dicts) become Python values, so a message shows ``'same'``, not ``np.str_('same')``.
 
     >>> import numpy as np
-    >>> f"{plain(np.str_('same'))!r} {plain([np.int64(1), 2.5])} {plain(np.array([1, 2]))}"
-    "'same' [1, 2.5] [1, 2]"
+    >>> f"{plain(np.str_('same'))!r}, {plain([np.int64(1), 2.5])} and {plain(np.array([1, 2]))}"
+    "'same', [1, 2.5] and [1, 2]"
     """
     if type(value).__module__.split(".")[0] in ("numpy", "torch") and callable(getattr(value, "tolist", None)):
         return value.tolist()
