@@ -204,7 +204,9 @@ def _scan(args: argparse.Namespace) -> int:
         return 0
     report.save(args.out)
     if args.json:
-        Path(args.json).write_text(report.to_json())
+        from probekit.files import atomic_write
+
+        atomic_write(args.json, report.to_json(), "report JSON")
     print(report.summary())
     print(f"report: {args.out}")
     return 0

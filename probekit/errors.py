@@ -21,6 +21,7 @@ __all__ = [
     "BackendError",
     "ProbekitWarning",
     "plain",
+    "check_bool",
 ]
 
 
@@ -80,8 +81,8 @@ def plain(value: Any) -> Any:
     sets and dicts) become Python values, so a message shows ``'same'``, not ``np.str_('same')``.
 
     >>> import numpy as np
-    >>> plain(np.str_('same')), plain((np.int64(1), 2.5)), plain(np.array([1, 2]))
-    ('same', (1, 2.5), [1, 2])
+    >>> f"{plain(np.str_('same'))!r}, {plain([np.int64(1), 2.5])} and {plain(np.array([1, 2]))}"
+    "'same', [1, 2.5] and [1, 2]"
     """
     if type(value).__module__.split(".")[0] in ("numpy", "torch") and callable(getattr(value, "tolist", None)):
         return value.tolist()
@@ -90,3 +91,27 @@ def plain(value: Any) -> Any:
     if type(value) is dict:
         return {plain(k): plain(v) for k, v in value.items()}
     return value
+
+
+def check_bool(value: Any, name: str, none: bool = False) -> None:
+    """Raise InputError unless ``value`` is True or False (or None, when ``none``).
+
+    A flag given as a string (``chat="no"``) or a number would otherwise be read by truthiness:
+    ``"no"`` is true.
+
+    >>> check_bool(True, "progress"); check_bool(None, "chat", none=True)
+    >>> check_bool("no", "chat", none=True)
+    Traceback (most recent call last):
+    ...
+    probekit.errors.InputError: chat must be True, False or None, got 'no' (str)
+      How to fix: pass chat=True or chat=False (None: the default)
+    """
+    import numpy as np
+
+    if value is None and none:
+        return
+    if isinstance(value, (bool, np.bool_)):
+        return
+    allowed = "True, False or None" if none else "True or False"
+    raise InputError(f"{name} must be {allowed}, got {plain(value)!r} ({type(value).__name__})",
+                     fix=f"pass {name}=True or {name}=False" + (" (None: the default)" if none else ""))

@@ -8,7 +8,7 @@ from collections import Counter
 from numbers import Integral
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import InputError, plain
+from .errors import InputError, check_bool, plain
 
 if TYPE_CHECKING:  # the real imports wait for the first call: `import probekit` must not pull in torch
     from .hooks.positions import Position
@@ -112,6 +112,7 @@ def scan(
 
     t0 = time.perf_counter()
     # ---- everything is checked before the first forward pass
+    check_bool(progress, "progress")
     model = as_model(model, processor)
     src = resolve_images(images, labels, image_column=image_column, label_column=label_column)
     n = len(src.images)

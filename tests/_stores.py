@@ -38,10 +38,16 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     return {str(f.relative_to(directory)): f.read_bytes() for f in sorted(directory.rglob("*")) if f.is_file()}
 
 
-def edit_index(directory: Path, edit: Callable[[dict], Any]) -> None:
-    """Rewrite ``directory/index.json`` after ``edit(index)`` changed it in place."""
+def edit_index(directory: Path, edit: Callable[[dict], Any], checksum: bool = True) -> None:
+    """Rewrite ``directory/index.json`` after ``edit(index)`` changed it in place; with ``checksum``
+    its checksum is made to match (a crafted index, as a buggy writer would leave it: what the schema
+    and tiling checks must catch on their own), else the old one stays (damage: the checksum catches it)."""
+    from probekit.hooks.store_index import index_checksum
+
     index = json.loads((directory / "index.json").read_text())
     edit(index)
+    if checksum and "checksum" in index:
+        index["checksum"] = index_checksum(index)
     (directory / "index.json").write_text(json.dumps(index))
 
 

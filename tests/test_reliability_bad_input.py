@@ -558,21 +558,25 @@ def test_full_disk_when_marking_the_store_complete(llava, tmp_path, monkeypatch)
     assert calls["n"] == 0 and len(done) == 4 and ActivationStore.open(store).meta["n"] == 4
 
 
-@pytest.mark.parametrize("where", ["save_file", "missing-dir"])
+@pytest.mark.parametrize("where", ["disk-full", "parent-is-a-file"])
 def test_tuned_lens_save_failure_leaves_nothing(tmp_path, monkeypatch, where):
+    import probekit.files.writing as files
     import probekit.readout.lens as lens_mod
 
     lens = lens_mod.TunedLens(8, ["lm.0.resid"])
     target = tmp_path / "lens.safetensors"
-    if where == "save_file":
-        def save_file(tensors, filename, metadata=None):
-            Path(filename).write_bytes(b"\0" * 10)  # half a file, then the disk is full
+    if where == "disk-full":
+        real = files._write_fd
+
+        def write(fd, data):
+            real(fd, data[: len(data) // 2])  # half a file, then the disk is full
             _enospc()
 
-        monkeypatch.setattr(lens_mod, "save_file", save_file)
+        monkeypatch.setattr(files, "_write_fd", write)
     else:
-        target = tmp_path / "no" / "such" / "dir" / "lens.safetensors"
+        (tmp_path / "no").write_text("a file where the directory should be")
+        target = tmp_path / "no" / "lens.safetensors"
     with pytest.raises(StoreError) as info:
         lens.save(target)
-    check(info, StoreError, "lens.safetensors")
+    check(info, StoreError, "lens.safetensors", "it needs")
     assert not any(tmp_path.rglob("*lens*")), "a partial tuned-lens file was left behind"

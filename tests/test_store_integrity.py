@@ -121,11 +121,15 @@ def _drop(i, k):
     (lambda i: i["shards"][0].update(start="0"), ["start = '0'", "not an integer"]),
     (lambda i: i["shards"][0]["hashes"].clear(), ["hash for every point"]),
     (lambda i: i["points"]["lm.0.resid"].update(dtype="int8"), ["lm.0.resid", "dtype"]),
+    (lambda i: i["points"]["lm.0.resid"].update(dtype=["float32"]), ["lm.0.resid", "dtype"]),  # was a raw TypeError
+    (lambda i: i["points"]["lm.0.resid"].update(positions=[0]), ["lm.0.resid", "positions"]),
+    (lambda i: i["meta"].update(model="another"), ["does not match its checksum"]),
 ], ids=["listed-twice", "same-file-twice", "gap-missing-shard", "gap-short-range", "wrong-n", "wrong-n-both",
-        "n-too-small", "path-outside", "absolute-path", "file-not-str", "start-str", "no-hashes", "bad-dtype"])
+        "n-too-small", "path-outside", "absolute-path", "file-not-str", "start-str", "no-hashes", "bad-dtype",
+        "dtype-list", "positions-ints", "meta-edited"])
 def test_crafted_index_is_refused_by_open_and_collect(no_forward, base, tmp_path, edit, words):
     d = Path(shutil.copytree(base[0], tmp_path / "s"))
-    edit_index(d, edit)
+    edit_index(d, edit, checksum="checksum" not in words[0])  # crafted with a matching checksum, but for the damage
     before = snapshot(d)
     with pytest.raises(StoreError) as info:
         ActivationStore.open(d)

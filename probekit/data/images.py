@@ -97,6 +97,10 @@ def _check_one(x: ImageLike, i: int) -> None:
         if arr.max() > 255:
             raise ImageError(f"image {i}: pixel values reach {arr.max():g}, above 255 (a 16-bit image?)",
                              fix="scale to uint8 0..255 or float 0..1")
+        if arr.min() < 0:  # clipping them to 0 would feed the model another image than the one meant
+            raise ImageError(f"image {i}: pixel values go down to {arr.min():g}, below 0 (already normalised "
+                             f"with a mean and std?)",
+                             fix="pass the raw image (uint8 0..255 or float 0..1); the model's processor normalises it")
         return
     raise ImageError(f"image {i} has type {type(x).__name__}, which probekit cannot read",
                      fix="pass PIL images, file paths, numpy arrays (HxWxC) or tensors (CxHxW)")

@@ -89,7 +89,7 @@ def run_memorization(cfg: MemorizationConfig | None = None) -> dict:
         ckpt = out / f"tiny-llava-s{seed}-L{cfg.num_layers}"
         if not (ckpt / "config.json").exists():
             tiny.build("llava", ckpt, seed=seed, image_size=cfg.image_size, patch_size=12, num_layers=cfg.num_layers,
-                       overwrite=True)
+                       overwrite=True, manifest=True)  # a cache: probekit.load checks it against its manifest
         base = load(ckpt)
         seen, unseen = make_profiles(cfg.n_profiles, 0, seed), make_profiles(cfg.n_profiles, 1, seed)
         ev = _eval_set(cfg, seed, seen, unseen)

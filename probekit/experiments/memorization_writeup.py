@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ..files import atomic_write
 from ..report.text import fmt_ci
 from .memorization_measures import CONTROL_QUESTION
 from .memorization_setup import POSITIONS
@@ -263,6 +264,6 @@ def write_results(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
                                    "forget NLL": u.forget_nll.round(3),
                                    "forget-vs-fresh loss AUC": [fmt_ci(*r) for r in zip(u.forget_vs_fresh_auc, u.auc_lo, u.auc_hi)]})))
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text("\n".join(L) + others)
+    atomic_write(md_path, "\n".join(L) + others, "results page")
     written.append(md_path)
     return written

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..files import atomic_write
 from ..report.text import ci_text, fmt, fmt_ci, where
 from .unlearning_figures import NAMES, save_pngs
 
@@ -269,6 +270,6 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
     else:
         new = (old.rstrip("\n") + "\n\n" if old else "") + section
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(new)
+    atomic_write(md_path, new, "results page")
     written.append(md_path)
     return written

@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, StoreError
+from ..files import atomic_dir, check_cache, finite, loads_json, model_bytes, write_manifest
 from ..organisms import profiles as P
 from .unlearning import ALL_METHODS, VARIANTS, unlearn
 from .unlearning_measures import layer_membership, mia, probe_job, probe_transfer, transfer, utility
@@ -110,22 +111,21 @@ def _check(cfg: StudyConfig) -> None:
 
 def _tuned(cfg: StudyConfig, world: P.World, ckpt: Path, samples: Sequence[Any], name: str) -> tuple[Any, list]:
     """Fine-tune from the base at ``ckpt`` on ``samples`` (cached under ``out/<name>-<settings>``)."""
-    from ..models.loading import load
 
     out = Path(cfg.out)
     d = out / (f"{name}-n{cfg.n_profiles}-u{cfg.n_unseen}-t{cfg.n_transfer}-p{cfg.n_practice}-st{cfg.steps}"
                f"-b{cfg.batch_size}-lr{cfg.lr:g}-L{cfg.num_layers}-s{cfg.seed}")
-    if (d / "model.safetensors").exists():
-        return load(d), json.loads((d / "losses.json").read_text())
+    if (d / "model.safetensors").exists():  # cached fine-tune (same settings, same seed), checked
+        return _cached(d)
     sub = P.World(world.profiles, world.trained, world.text_only, world.image_only, world.unseen, list(samples),
                   world.image_size, world.seed, world.practice)
     model, losses = P.train(sub, ckpt, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                             num_layers=cfg.num_layers, seed=cfg.seed)
-    tmp = out / (d.name + ".tmp")
-    model.hf.save_pretrained(tmp)
-    model.processor.save_pretrained(tmp)
-    (tmp / "losses.json").write_text(json.dumps(losses))
-    tmp.rename(d)
+    with atomic_dir(d, "fine-tuned checkpoint", needed=lambda: model_bytes(model)) as tmp:
+        model.hf.save_pretrained(tmp)
+        model.processor.save_pretrained(tmp)
+        (tmp / "losses.json").write_text(json.dumps(losses))
+        write_manifest(tmp, {"generator": "probekit.experiments.unlearning_study"})
     return model, losses
 
 
@@ -153,6 +153,18 @@ def _measure(net, world, split, method, forget, retain, cfg, main_split, ctx=Non
               "mia_below_half": loss["below_half"], "member_acc": float(lm[0].accuracy.max()),
               "member_detected": int(lm[0].detected.sum())})
     return u, m, probes, lm
+
+
+def _cached(tuned_dir: Path) -> tuple[Any, list[float]]:
+    """The cached fine-tune and its losses, checked: files against the manifest, losses.json's schema."""
+    from ..models.loading import load
+
+    fix = f"delete {tuned_dir}; the next run fine-tunes again"
+    check_cache(tuned_dir, "cached fine-tune", fix)
+    losses = loads_json((tuned_dir / "losses.json").read_bytes(), f"{tuned_dir / 'losses.json'}", fix=fix)
+    if not isinstance(losses, list) or not losses or not all(finite(x) for x in losses):
+        raise StoreError(f"{tuned_dir / 'losses.json'} is not a non-empty list of finite numbers", fix=fix)
+    return load(tuned_dir), [float(x) for x in losses]
 
 
 def run_study(cfg: StudyConfig | None = None) -> dict:

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from .._progress import say
+from ..files import atomic_write
 from ..organisms import watermark as W
 from ..organisms.reader import ocr_accuracy, reader
 from ..report.figures.png import compare_png, pyplot, save_png
@@ -350,5 +351,5 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
         head, _, rest = text.partition("\n")
         text = f"{head}\n\n{new}\n{rest}"
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(text)
+    atomic_write(md_path, text, "results page")
     return [*paths.values(), md_path]

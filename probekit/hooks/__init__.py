@@ -20,9 +20,12 @@ _LAZY = {
     "normalize_positions": ("positions", "normalize_positions"),
     "select": ("positions", "select"),
     "store_layout": ("plan", "store_layout"),
+    "remove_hooks": ("owners", "remove_hooks"),
+    "live_hooks": ("owners", "live_hooks"),
 }
 if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the API docs
     from .coerce import as_store
+    from .owners import live_hooks, remove_hooks
     from .collect import collect
     from .positions import PositionContext, normalize_positions, select
     from .plan import store_layout
@@ -30,7 +33,7 @@ if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the 
     from .store import ActivationStore
 
 __all__ = ["collect", "Recorder", "ActivationStore", "as_store", "PositionContext", "normalize_positions", "select",
-           "store_layout"]
+           "store_layout", "remove_hooks", "live_hooks"]
 
 
 def __getattr__(name: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from typing import Any, Callable, Sequence
@@ -14,10 +14,12 @@ import torch
 
 from ..data.images import check_images, decode, image_hashes, images_digest, pixel_hash
 from .._progress import progress_bar
-from ..errors import InputError, PositionError, plain
+from ..errors import InputError, PositionError, check_bool, plain
 from ..models.adapter import Model
+from ..models.context import check_prompt_lengths
 from . import distributed
 from .backends import check_backend, run_backend
+from .checks import DEFAULT_PROMPT, check_answers, check_prompts
 from .points import Point, topk_points
 from .positions import Position, PositionContext, normalize_positions, position_name, select, select_vision
 from .slots import check_sequence, slot_labels
@@ -25,8 +27,6 @@ from .store import ActivationStore
 from .store_writer import StoreWriter
 
 __all__ = ["collect", "as_model", "check_prompts", "check_answers", "DEFAULT_PROMPT"]
-
-DEFAULT_PROMPT = "Describe the image."
 
 
 def as_model(model: Any, processor: Any = None) -> Model:
@@ -50,35 +50,6 @@ def image_token(model: Model) -> str | None:
         tok = tokenizer.convert_ids_to_tokens(model.image_token_id)
         return tok if isinstance(tok, str) and tok else None
     return None
-
-
-def check_prompts(prompts: str | Sequence[str] | None, n: int, image_token: str | None = None) -> list[str]:
-    """One prompt per image; a prompt must not hold the image token (probekit inserts it, once per image)."""
-    if prompts is None:
-        return [DEFAULT_PROMPT] * n
-    if isinstance(prompts, str):
-        prompts = [prompts]
-        _no_image_token(prompts, image_token)
-        return prompts * n
-    if isinstance(prompts, Mapping) or not isinstance(prompts, Iterable):
-        raise InputError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}",
-                         fix="pass one prompt per image, or a single string used for all")
-    prompts = list(prompts)
-    if len(prompts) != n:
-        raise InputError(f"{n} images but {len(prompts)} prompts",
-                         fix="pass one prompt per image, or a single string used for all")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise InputError(f"prompt {i} is a {type(p).__name__}, not a string", fix="pass prompts as strings")
-    _no_image_token(prompts, image_token)
-    return prompts
-
-
-def _no_image_token(prompts: list[str], token: str | None) -> None:
-    for i, p in enumerate(prompts):
-        if token and token in p:
-            raise InputError(f"prompt {i} already contains the image token {token!r}: {p[:80]!r}",
-                             fix=f"pass the question alone; probekit places {token!r} itself, once per image")
 
 
 def reducer(model: Model, positions: list[Position], many: bool, ctxs: dict[str, PositionContext], inputs: dict,
@@ -183,6 +154,9 @@ def collect(
     names = model.resolve(points)
     pos_list, many = normalize_positions(positions)
     answer_list = check_answers(model, answers, n, pos_list)
+    check_bool(chat, "chat", none=True)
+    check_bool(progress, "progress")
+    check_prompt_lengths(model, prompt_list, answer_list)  # a prompt past the model's context, before any forward
     check_backend(backend, model)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {plain(batch_size)!r}", fix="e.g. batch_size=8")
@@ -314,23 +288,6 @@ def collect(
         finally:
             writer.close()
     return ActivationStore(buffers, meta=meta, point_info=point_info)
-
-
-def check_answers(model: Model, answers: Sequence[str] | None, n: int, pos_list: list[Position]) -> list[str] | None:
-    """``answers`` as a list (None stays None), checked before any forward pass."""
-    if answers is None:
-        if "answer_mean" in pos_list:
-            raise PositionError('position "answer_mean" needs answers= (the reply to teacher-force after each prompt)',
-                                fix='pass answers=[...] with one string per image, or drop "answer_mean"')
-        return None
-    if isinstance(answers, str):
-        answers = [answers] * n
-    answers = list(answers)
-    if len(answers) != n or not all(isinstance(a, str) and a.strip() for a in answers):
-        raise InputError(f"answers must be one non-empty string per image ({n}), got {len(answers)} items",
-                         fix="pass answers=[...] of the same length as images")
-    model.check_answers()
-    return answers
 
 
 TOP_POINTS = topk_points("logits")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..models.adapter import Model, get_module
+from .owners import Hooks
 
 __all__ = ["Recorder", "first_tensor", "StopForward"]
 
@@ -44,7 +47,9 @@ class Recorder:
     kept stays in memory. With ``stop_early=True`` the forward stops as soon as every point has
     been recorded (run the model inside ``with rec: ...`` and call :meth:`run`).
 
-    Every hook is removed when the ``with`` block exits, also when the forward raises.
+    Every hook is removed when the ``with`` block exits, also when the forward raises (or on
+    Ctrl-C); a recorder entered and never exited loses its hooks when it is garbage-collected
+    (:mod:`probekit.hooks.owners`; :func:`~probekit.hooks.owners.remove_hooks` clears them at once).
 
     Example:
         >>> import probekit, tempfile, torch
@@ -70,7 +75,7 @@ class Recorder:
         self.stop_early = stop_early
         self.detach = detach
         self.cache: dict[str, torch.Tensor] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._hooks = Hooks(self, model.hf)  # removed on exit, or when this recorder is garbage-collected
         self._targets = {p: model.target(p) for p in self.points}  # raises on unknown points before hooking
 
     def _store(self, point: str, t: torch.Tensor) -> None:
@@ -81,19 +86,27 @@ class Recorder:
             raise StopForward
 
     def __enter__(self) -> "Recorder":
+        if self._hooks:
+            raise InputError("this Recorder is already recording (entered twice)",
+                             fix="exit it first, or create a new Recorder for each `with` block")
         self.cache = {}
+        me = weakref.ref(self)  # the hooks hold the recorder weakly: dropping it removes them
         try:
             for point, tgt in self._targets.items():
                 mod: nn.Module = get_module(self.model.hf, tgt.path)
                 if tgt.mode == "input":
                     def pre(module, args, kwargs, _p=point):
-                        self._store(_p, _input_hidden(args, kwargs))
-                    self._handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+                        rec = me()
+                        if rec is not None:
+                            rec._store(_p, _input_hidden(args, kwargs))
+                    self._hooks.add(mod.register_forward_pre_hook(pre, with_kwargs=True))
                 else:
                     def post(module, args, output, _p=point, _f=tgt.post):
-                        t = first_tensor(output)
-                        self._store(_p, t if _f is None else _f(t))
-                    self._handles.append(mod.register_forward_hook(post))
+                        rec = me()
+                        if rec is not None:
+                            t = first_tensor(output)
+                            rec._store(_p, t if _f is None else _f(t))
+                    self._hooks.add(mod.register_forward_hook(post))
         except BaseException:
             self.remove()
             raise
@@ -107,8 +120,7 @@ class Recorder:
             return None
 
     def remove(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
+        self._hooks.remove()
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()

@@ -5,7 +5,9 @@ count and one xxh3-128 hash per point; ``points`` holds each point's per-sample 
 :func:`read_index` refuses an index that does not match this schema or whose shards do not tile
 ``0..n`` (a gap, an overlap, a shard listed twice, a wrong ``n``, a path outside the store), and
 :func:`read_shard` refuses a shard whose rows, shape, dtype, recorded range or hash differ from
-its entry. Nothing wrong is ever returned silently.
+its entry. The index carries a checksum of itself (``checksum``, checked after the schema), so an
+edited field that the schema allows (the metadata, a flag) is refused too. Nothing wrong is ever
+returned silently.
 
 xxh3 rather than sha256: it hashes at memory speed (tens of GB/s per core, against ~1.5 GB/s for
 sha256), so checking every read costs a few percent of the read, and the threat is damage
@@ -30,9 +32,11 @@ import xxhash
 from safetensors import safe_open
 
 from ..errors import StoreError
+from ..files import check_checksum, checksum
 
 __all__ = ["FORMAT", "VERSION", "INDEX", "LOCK", "HASH", "read_index", "read_shard", "read_point", "damaged_shards",
-           "shard_name", "part_name", "lock_name", "is_lock", "shard_fix", "tensor_hash", "validate_index"]
+           "shard_name", "part_name", "lock_name", "is_lock", "shard_fix", "tensor_hash", "validate_index",
+           "index_checksum"]
 
 FORMAT = "probekit.activations"
 VERSION = 2  # 2: per-shard rows and hashes, canonical shard names; 1 had neither
@@ -109,7 +113,14 @@ def read_index(directory: Path, name: str = INDEX) -> dict:
         raise StoreError(f"store {directory} has format version {version}, written by an older probekit "
                          f"without content hashes", fix=f"collect it again: {_REBUILD}")
     validate_index(index, path)
+    if "checksum" in index:  # written by every probekit since the index had one; stores written before have none
+        check_checksum(index.pop("checksum"), index, None, str(path), _REBUILD)
     return index
+
+
+def index_checksum(index: dict) -> str:
+    """The checksum an index file carries (of everything in it but the checksum itself)."""
+    return checksum({k: v for k, v in index.items() if k != "checksum"})
 
 
 def validate_index(index: dict, path: Path) -> None:
@@ -123,7 +134,8 @@ def validate_index(index: dict, path: Path) -> None:
         raise StoreError(f"{path} says n = {n}, but its collection had n = {index['meta']['n']}", fix=_REBUILD)
     for p, info in points.items():
         ok = (isinstance(info, dict) and isinstance(info.get("shape"), list) and all(_is_int(d) and d >= 0 for d in info["shape"])
-              and info.get("dtype") in _DTYPES and isinstance(info.get("positions"), list))
+              and isinstance(info.get("dtype"), str) and info["dtype"] in _DTYPES
+              and isinstance(info.get("positions"), list) and all(isinstance(x, str) for x in info["positions"]))
         if not ok:
             raise StoreError(f"{path} is corrupt: the entry of point {p!r} needs shape (ints), dtype and positions",
                              fix=_REBUILD)

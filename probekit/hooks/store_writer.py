@@ -15,15 +15,28 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from ..errors import StoreError
+from ..files import free_bytes, size_text
 from .store import ActivationStore
-from .store_index import (FORMAT, INDEX, PART, VERSION, damaged_shards, is_lock, lock_name, part_name, read_index,
-                          shard_name, tensor_hash)
+from .store_index import (FORMAT, INDEX, PART, VERSION, damaged_shards, index_checksum, is_lock, lock_name, part_name,
+                          read_index, shard_name, tensor_hash)
 
 __all__ = ["StoreWriter"]
 
 
+_INDEX_TMP = INDEX + ".tmp"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
+    obj = {**{k: v for k, v in obj.items() if k != "checksum"}, "checksum": index_checksum(obj)}
     try:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
@@ -61,8 +74,11 @@ class StoreWriter:
         if d.exists() and not d.is_dir():
             raise StoreError(f"store={str(d)!r} is a file, not a directory",
                              fix="pass a new directory (or an existing store directory) for store=")
-        if d.is_dir() and not (d / INDEX).exists() and any(not is_lock(f.name) for f in d.iterdir()):
+        if d.is_dir() and not (d / INDEX).exists() and any(not is_lock(f.name) and f.name != _INDEX_TMP
+                                                            for f in d.iterdir()):
             raise StoreError(f"{d} exists and is not an activation store", fix="pass an empty or new directory")
+        # only a lock and probekit's own temporary index: a collection killed before its index was first
+        # renamed into place, i.e. a store that never started; it starts now (the lock is taken first)
         self._created = not d.exists()
         try:
             d.mkdir(parents=True, exist_ok=True)
@@ -110,6 +126,7 @@ class StoreWriter:
             self.index = self._read_own()
             self._fresh = False
         else:
+            (d / _INDEX_TMP).unlink(missing_ok=True)  # half or all of the first index of a run killed before its rename
             self.index = {"format": FORMAT, "version": VERSION, "complete": False, "n": self.n,
                           "shard_size": self.shard_size, "meta": {**meta, "fingerprint": self.fingerprint},
                           "points": {}, "shards": []}
@@ -210,6 +227,7 @@ class StoreWriter:
             entry = {"file": name, "start": start, "stop": stop, "rows": stop - start,
                      "hashes": {k: tensor_hash(v) for k, v in tensors.items()}}
             save_file(tensors, str(tmp), metadata={"start": str(start), "stop": str(stop)})
+            _fsync(tmp)  # on disk before the rename, so the index never lists a shard the disk lacks
             os.replace(tmp, self.directory / name)
             if not self.index["points"]:
                 self.index["points"] = {p: dict(point_info[p]) for p in tensors}
@@ -221,7 +239,9 @@ class StoreWriter:
             self.index["shards"], self.index["points"] = old_shards, old_points
             tmp.unlink(missing_ok=True)
             (self.directory / name).unlink(missing_ok=True)
-            raise StoreError(f"writing {name} to {self.directory} failed: {exc}",
+            needed = sum(t.numel() * t.element_size() for t in tensors.values())
+            raise StoreError(f"writing {name} to {self.directory} failed: {exc} (the shard needs {size_text(needed)}; "
+                             f"{size_text(free_bytes(self.directory))} free there)",
                              fix="free disk space, then call collect again with the same store directory to resume") from exc
 
     def finish(self, meta: Mapping[str, Any] | None = None) -> ActivationStore:

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import InputError, UnknownPointError, UnsupportedModelError
+from ..errors import InputError, UnknownPointError, UnsupportedModelError, check_bool
+from .context import check_context
 from .fingerprint import fingerprint
 from .logit_output import LogitOutput, OutputHead
 
@@ -208,6 +209,7 @@ class Model:
         prompt) are appended after the formatted prompt, as the assistant's reply, for a
         teacher-forced forward; :meth:`answer_lengths` says how many tokens each one took.
         """
+        check_bool(chat, "chat", none=True)
         tok = getattr(self.processor, "tokenizer", self.processor)
         old_side = getattr(tok, "padding_side", None)
         if padding_side is not None:
@@ -226,6 +228,7 @@ class Model:
         finally:
             if padding_side is not None:
                 tok.padding_side = old_side
+        check_context(self, inputs.get("input_ids"))  # longer than the context: refused before the forward
         dev, dt = self.device, self.dtype
         out = {}
         inputs.pop("labels", None)  # PaliGemma's processor adds labels; a loss is not wanted here

@@ -231,7 +231,9 @@ def write_docs(path: str) -> bool:
     _, tail = rest.split(END, 1)
     new = f"{head}{START}\n{markdown_table()}{END}{tail}"
     if new != text:
-        f.write_text(new)
+        from ..files import atomic_write
+
+        atomic_write(f, new, "coverage page")
     return new != text
 
 

@@ -12,7 +12,8 @@ from torch import nn
 
 from ..errors import InputError, UnsupportedModelError
 from .adapter import Model
-from .families import family_for
+from ..files import check_manifest
+from .families import check_family, family_for
 from .processors import load_processor
 
 __all__ = ["load", "wrap"]
@@ -185,6 +186,9 @@ def load(
                          fix="pass the directory written by save_pretrained / probekit.tiny.build, or a hub id")
     if looks_local:
         src = str(local)
+        # a checkpoint probekit wrote (an organism, a study cache) is checked against its manifest first
+        check_manifest(local, "checkpoint", cls=InputError,
+                       fix="build or copy the checkpoint again (a file in it changed after probekit wrote it)")
     else:
         _check_offline_hub_id(src)
     try:
@@ -192,6 +196,7 @@ def load(
     except (OSError, ValueError) as exc:
         raise InputError(f"could not read the config of {src!r}: {exc}",
                          fix="check the path or hub id; offline, only local directories and cached ids work") from exc
+    check_family(str(getattr(config, "model_type", "")), family)  # before the weights are read
     kwargs = dict(from_pretrained_kwargs)
     if dt is not None:
         kwargs["dtype"] = dt

@@ -44,9 +44,6 @@ import contextlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -245,6 +242,7 @@ def build(
     *,
     padding_side: str = "right",
     overwrite: bool = False,
+    manifest: bool = False,
     **sizes: int,
 ) -> pathlib.Path:
     """Write a tiny random-weight checkpoint of ``family`` to the directory ``path``.
@@ -256,6 +254,8 @@ def build(
             restored afterwards); the same seed and sizes give bit-identical files.
         padding_side: the tokenizer's padding side, ``"right"`` or ``"left"``.
         overwrite: replace an existing non-empty ``path``.
+        manifest: also write :data:`probekit.files.MANIFEST` (every file's size and hash), so that
+            :func:`probekit.load` refuses the checkpoint if a file changes later (study caches).
         **sizes: override :func:`default_sizes` (``hidden_size``, ``num_layers``,
             ``intermediate_size``, ``num_heads``, ``num_kv_heads``, ``vision_hidden_size``,
             ``vision_layers``, ``vision_intermediate_size``, ``vision_heads``,
@@ -298,10 +298,10 @@ def build(
 
     import torch
 
-    # os.mkdir rather than mkdtemp: the checkpoint should get umask permissions, not 0o700.
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
-    os.mkdir(tmp)
-    try:
+    from ..files import atomic_dir, write_manifest
+
+    # written to a temporary directory beside target (os.mkdir: umask permissions), fsynced and renamed
+    with atomic_dir(target, "tiny checkpoint") as tmp:
         # fork_rng: seeding must not disturb the caller's global RNG stream.
         with torch.random.fork_rng(devices=[]), _no_progress_bars():
             torch.manual_seed(seed)
@@ -312,17 +312,8 @@ def build(
         if built.post_save is not None:
             built.post_save(tmp)
         _record_provenance(tmp, family, seed, s)
-        if target.exists():
-            # Move the old directory aside first so that the swap is one rename.
-            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "x")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if manifest:
+            write_manifest(tmp, {"generator": "probekit.models.tiny"})
     return target
 
 

@@ -153,7 +153,6 @@ def run_seed(cfg: LadderConfig, t0: float | None = None) -> dict:
     import probekit
     from ..readout.ladder import check_ladder, ladder_verdict, leakage_ladder
     from ..readout.lens import LogitLens, TunedLens
-    from .ladder_lens import lens_grid
 
     t0 = time.perf_counter() if t0 is None else t0
     model, acc, base_acc, losses = train_organism(cfg, t0)

@@ -73,7 +73,11 @@ def save_png(grid: pd.DataFrame, path: str | Path) -> Path:
         ax.set_xlabel("position (the prompt token it sits on)")
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="top-1 probability")
     fig.suptitle("Logit lens on the ladder organism: top-1 token per layer and position", fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    import io
+
+    from ..files import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return atomic_write(path, buf.getvalue(), "figure")

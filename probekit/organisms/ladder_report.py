@@ -183,8 +183,7 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
         new = old[:old.index(_START)] + text + old[old.index(_END) + len(_END):]
     else:
         new = old.rstrip("\n") + ("\n\n" if old else "") + text + "\n"
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = md_path.with_name(md_path.name + ".tmp")
-    tmp.write_text(new)
-    tmp.replace(md_path)
+    from ..files import atomic_write
+
+    atomic_write(md_path, new, "results page")
     return [png, *extra, md_path]

@@ -314,8 +314,8 @@ def train(world: World, path: Any, *, steps: int = 1500, batch_size: int = 32, l
                          fix="pass e.g. steps=1500, batch_size=32")
     if not (Path(path) / "config.json").exists():
         tiny.build("llava", path, seed=seed, image_size=world.image_size, patch_size=world.image_size // 4,
-                   num_layers=num_layers, hidden_size=hidden_size, overwrite=True)
-    model = load(path)
+                   num_layers=num_layers, hidden_size=hidden_size, overwrite=True, manifest=True)
+    model = load(path)  # a cached base is checked against its manifest
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: one thread is as fast and leaves the other cores alone
     torch.manual_seed(seed)

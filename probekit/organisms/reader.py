@@ -46,7 +46,6 @@ import random
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ import torch
 
 from ..data.synthetic import Sample
 from ..errors import InputError
+from ..files import atomic_dir, check_cache, model_bytes, write_manifest
 from .ocr import READ, held_out_strings, is_held_out, layout, ocr_accuracy, read  # noqa: F401  (re-exported)
 from .text import draw_text, random_string, scene, text_image
 
@@ -167,11 +167,14 @@ def reader(path: str | os.PathLike | None = None, seed: int = 0, *, config: Read
     _check(seed, path)
     cfg = ReaderConfig(**{**asdict(config or ReaderConfig()), "seed": seed})
     if path is None:
-        if cfg == ReaderConfig() and (SHIPPED / "model.safetensors").exists():  # none ships yet
+        if cfg == ReaderConfig() and (SHIPPED / "model.safetensors").exists():
+            check_cache(SHIPPED, "shipped reader checkpoint", fix="reinstall probekit (git checkout the directory)")
             return SHIPPED
         path = _cache_root() / f"reader-{cfg.key()}"
     path = Path(path)
+    fix = f"delete {path}; reader() then builds it again"
     if (path / "model.safetensors").exists():
+        check_cache(path, "reader checkpoint", fix)  # a damaged cache is an error, never a silently other model
         return path
     from filelock import FileLock
 
@@ -181,6 +184,8 @@ def reader(path: str | os.PathLike | None = None, seed: int = 0, *, config: Read
     with FileLock(str(lock)):  # kept in the cache, never next to (e.g. shipped) checkpoints
         if not (path / "model.safetensors").exists():
             _build(cfg, path, progress)
+        else:
+            check_cache(path, "reader checkpoint", fix)
     return path
 
 
@@ -255,18 +260,19 @@ def _build(cfg: ReaderConfig, path: Path, progress: bool, snapshots: Path | None
     from ..models import tiny
     from ..models.loading import load
 
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
+    built: dict[str, Any] = {}
+    # built in a temporary directory beside path, fsynced and renamed with a manifest of its files:
+    # reader() and probekit.load refuse it if a file changes later; a full disk leaves nothing
+    with atomic_dir(path, "reader checkpoint", needed=lambda: model_bytes(built.get("model"))) as tmp:
+        def snapshot(step: int, model: Any) -> None:
+            dst = snapshots / f"step-{step}"  # type: ignore[operator]
+            shutil.copytree(tmp, dst, dirs_exist_ok=True)
+            model.hf.save_pretrained(dst)
 
-    def snapshot(step: int, model: Any) -> None:
-        dst = snapshots / f"step-{step}"  # type: ignore[operator]
-        shutil.copytree(tmp, dst, dirs_exist_ok=True)
-        model.hf.save_pretrained(dst)
-
-    try:
         with _deterministic():
             tiny.build("llava", tmp, seed=cfg.seed, image_size=cfg.image_size, patch_size=cfg.patch_size,
-                       hidden_size=cfg.hidden_size,
+                       hidden_size=cfg.hidden_size, overwrite=True,
                        num_layers=cfg.num_layers, intermediate_size=2 * cfg.hidden_size, num_heads=4,
                        vision_hidden_size=cfg.vision_hidden_size, vision_layers=cfg.vision_layers, vision_heads=4,
                        vocab_size=260)
@@ -275,18 +281,13 @@ def _build(cfg: ReaderConfig, path: Path, progress: bool, snapshots: Path | None
                 conf = json.loads((tmp / "config.json").read_text())
                 conf["vision_feature_layer"] = cfg.feature_layer
                 (tmp / "config.json").write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
-            model = load(tmp)
+            model = built["model"] = load(tmp)
             losses = pretrain(model, cfg, progress, snapshot if snapshots else None)
             model.hf.save_pretrained(tmp)
         info = {"generator": "probekit.organisms.reader", "config": asdict(cfg), "seconds": round(time.perf_counter() - t0, 1),
                 "final_loss": float(np.mean(losses[-50:]))}
         (tmp / "probekit_organism.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_manifest(tmp, {"generator": "probekit.organisms.reader"})
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.labels import check_label_types
 from ..errors import InputError, LabelError, plain
 from ..hooks.coerce import as_store
 from ..hooks.points import Point
@@ -49,7 +50,8 @@ def parse_kind(name: str) -> str:
 
 
 def encode_labels(labels: Any, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Codes 0..K-1 and the sorted class values; strings, ints and bools all work."""
+    """Codes 0..K-1 and the sorted class values; strings, ints and bools all work (not mixed)."""
+    check_label_types(labels)
     if isinstance(labels, Tensor):
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)

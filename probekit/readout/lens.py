@@ -8,24 +8,21 @@ The tuned lens (Belrose et al. 2023) first maps each layer with a learned affine
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._progress import progress_bar
 from .._stats import Z95
-from ..errors import InputError, StoreError, UnknownPointError
+from ..errors import InputError, UnknownPointError, check_bool
 from ..hooks.coerce import as_store
 from ..hooks.points import Point
 from ..hooks.store import ActivationStore
+from . import lens_file as _file
 
 __all__ = ["LogitLens", "TunedLens", "lens_points"]
 
@@ -57,6 +54,7 @@ class TunedLens(nn.Module):
 
     def __init__(self, d_model: int, points: Sequence[str], meta: dict | None = None):
         super().__init__()
+        self.d_model = d_model
         self.points = list(points)
         self.meta = dict(meta or {})
         self.translators = nn.ModuleDict({p.replace(".", "_"): nn.Linear(d_model, d_model) for p in self.points})
@@ -92,6 +90,7 @@ class TunedLens(nn.Module):
         target is the model's own final distribution at the same positions, computed from the
         last layer's residual. Adam with linear warm-up (Belrose et al. use Adam or SGD-Nesterov).
         """
+        check_bool(progress, "progress")
         lens = LogitLens(model)
         store = as_store(store)
         all_points = lens_points(store.points)
@@ -129,33 +128,23 @@ class TunedLens(nn.Module):
         return tl
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``path`` (safetensors) with the points and metadata in its header."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        """Write ``path`` (safetensors) with the points, metadata and a checksum in its header.
+
+        Written to a temporary name and renamed: a full disk raises StoreError naming the bytes
+        needed and leaves nothing (:mod:`probekit.readout.lens_file`).
+        """
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        try:
-            save_file(state, str(tmp), metadata={"format": "probekit.tuned_lens", "version": "1",
-                                                  "points": json.dumps(self.points), "meta": json.dumps(self.meta)})
-            os.replace(tmp, path)
-        except (OSError, SafetensorError) as exc:  # safetensors reports I/O errors (a full disk) as its own type
-            tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot write tuned lens {path}: {exc}", fix="check free space and that the directory exists") from exc
+        d = self.translators[next(iter(self.translators))].weight.shape[0] if self.translators else self.d_model
+        _file.write(path, state, self.points, self.meta, d)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TunedLens":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-        except Exception as exc:  # safetensors raises its own error type on corrupt files
-            raise StoreError(f"cannot read tuned lens {path}: {exc}", fix="pass a file written by TunedLens.save") from exc
-        if header.get("format") != "probekit.tuned_lens":
-            raise StoreError(f"{path} is not a probekit tuned lens", fix="pass a file written by TunedLens.save")
-        state = load_file(str(path))
-        points = json.loads(header["points"])
-        d = state[next(iter(state))].shape[-1]
-        tl = cls(d, points, meta=json.loads(header.get("meta", "{}")))
+        """Read a file written by :meth:`save`; a damaged or crafted file raises StoreError."""
+        state, points, meta, d = _file.read(path)
+        tl = cls(d, points, meta=meta)
+        dtype = next(iter(state.values())).dtype if state else None
+        if dtype is not None:
+            tl = tl.to(dtype)
         tl.load_state_dict(state)
         return tl.eval()
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError, plain
+from ..errors import InputError, check_bool, plain
 
 __all__ = ["ReadoutOptions", "check_dtype", "check_device"]
 
@@ -80,6 +80,8 @@ class ReadoutOptions:
         if not (isinstance(self.n_boot, (int, np.integer)) and self.n_boot >= 0):
             raise InputError(f"n_boot must be a non-negative integer, got {plain(self.n_boot)!r}",
                              fix="use n_boot=1000")
+        for name in ("progress", "control", "permutation", "calibrate"):
+            check_bool(getattr(self, name), name)
         if isinstance(self.n_perm, bool) or not (isinstance(self.n_perm, (int, np.integer)) and self.n_perm >= 19):
             raise InputError(f"n_perm must be an integer >= 19 (the smallest p-value is 1 / (n_perm + 1)), got "
                              f"{plain(self.n_perm)!r}", fix="use n_perm=1000 (the default), or at least 200")

@@ -1,7 +1,9 @@
 """Reports as JSON and as files: plain JSON values, tables as records, atomic writes.
 
 A report file is written to a temporary name in the same directory and renamed, so a
-reader sees the old file or the whole new one, never half of one.
+reader sees the old file or the whole new one, never half of one. Report JSON carries a
+checksum; :func:`load_report` checks its schema and the checksum, so edited or damaged JSON is
+an InputError naming what is wrong, never a report with other numbers.
 """
 
 from __future__ import annotations
@@ -10,20 +12,21 @@ import datetime as _dt
 import json
 import math
 import os
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError, StoreError
+from ..errors import InputError, ProbekitWarning
+from ..files import atomic_write as _atomic_write, check_checksum, checksum, field, loads_json
 from ..readout.significance import drop_nulls
 
 __all__ = ["FORMAT", "jsonable", "frame_to_json", "frame_from_json", "frames_equal", "dump_report",
            "load_report", "atomic_write"]
 
-FORMAT = 1  # version of the JSON layout written by dump_report
+FORMAT = 2  # version of the JSON layout written by dump_report; 2 added the checksum
 
 
 def jsonable(obj: Any) -> Any:
@@ -61,9 +64,16 @@ def frame_to_json(df: pd.DataFrame | None) -> dict | None:
     if df is None:
         return None
     df = drop_nulls(df)  # the permutation statistics stay in memory: a file keeps the verdicts made from them
-    records = [{str(k): jsonable(v) for k, v in rec.items()} for rec in df.to_dict("records")]
-    return {"columns": [str(c) for c in df.columns], "dtypes": {str(c): str(t) for c, t in df.dtypes.items()},
-            "records": records}
+    raw = df.to_dict("records")
+    records = [{str(k): jsonable(v) for k, v in rec.items()} for rec in raw]
+    out = {"columns": [str(c) for c in df.columns], "dtypes": {str(c): str(t) for c, t in df.dtypes.items()},
+           "records": records}
+    # JSON has no infinity: jsonable writes null, so the cells that held +-inf are listed to come back as such
+    inf = [[i, str(k), "inf" if v > 0 else "-inf"] for i, rec in enumerate(raw) for k, v in rec.items()
+           if isinstance(v, (float, np.floating)) and math.isinf(v)]
+    if inf:
+        out["infinite"] = inf
+    return out
 
 
 def frame_from_json(obj: dict | None) -> pd.DataFrame | None:
@@ -75,8 +85,10 @@ def frame_from_json(obj: dict | None) -> pd.DataFrame | None:
     for c, dtype in obj.get("dtypes", {}).items():
         try:
             df[c] = df[c].astype(dtype)
-        except (TypeError, ValueError):  # e.g. an int column that now holds nulls: keep what pandas chose
+        except Exception:  # noqa: BLE001 - e.g. an int column that now holds nulls: keep what pandas chose
             pass
+    for i, c, sign in obj.get("infinite", []):
+        df.loc[i, c] = float(sign)
     return df
 
 
@@ -90,53 +102,73 @@ def frames_equal(a: pd.DataFrame | None, b: pd.DataFrame | None) -> bool:
 
 def dump_report(kind: str, tables: dict[str, pd.DataFrame | None], settings: dict, data: dict,
                 notes: list[str], indent: int | None = None) -> str:
-    """A report as JSON text: its ``kind``, settings, data, notes and tables as records."""
+    """A report as JSON text: its ``kind``, settings, data, notes, tables as records, and a checksum."""
     obj = {
         "probekit_report": FORMAT,
         "kind": kind,
         "settings": jsonable(settings),
         "data": jsonable(data),
-        "notes": list(notes),
-        "tables": {name: frame_to_json(df) for name, df in tables.items()},
+        "notes": [str(n) for n in notes],
+        "tables": {str(name): frame_to_json(df) for name, df in tables.items()},
     }
+    obj["checksum"] = checksum(obj)
     return json.dumps(obj, indent=indent, allow_nan=False, ensure_ascii=False)
 
 
+def _check_table(name: str, t: Any, where: str, fix: str) -> None:
+    if t is None:
+        return
+    w = f"{where}, table {name!r}"
+    if not isinstance(t, dict):
+        raise InputError(f"{w} is {type(t).__name__}, not an object or null", fix=fix)
+    cols = field(t, "columns", list, w, fix, cls=InputError, items=str)
+    dtypes = field(t, "dtypes", dict, w, fix, cls=InputError)
+    records = field(t, "records", list, w, fix, cls=InputError, items=dict)
+    if len(set(cols)) != len(cols) or not set(dtypes) <= set(cols) or not all(isinstance(v, str) for v in dtypes.values()):
+        raise InputError(f"{w}: columns repeat a name or dtypes name a column it lacks / a non-string dtype", fix=fix)
+    for i, rec in enumerate(records):
+        if set(rec) != set(cols):
+            raise InputError(f"{w}: record {i} has fields {sorted(rec)[:6]}, not the columns {cols[:6]}", fix=fix)
+    for cell in field(t, "infinite", list, w, fix, cls=InputError, default=[]):
+        ok = (isinstance(cell, list) and len(cell) == 3 and type(cell[0]) is int and 0 <= cell[0] < len(records)
+              and cell[1] in cols and cell[2] in ("inf", "-inf") and records[cell[0]][cell[1]] is None)
+        if not ok:
+            raise InputError(f"{w}: field 'infinite' holds {cell!r}, not [row, column, 'inf' or '-inf'] of a null cell",
+                             fix=fix)
+
+
 def load_report(s: str | bytes, kind: str, writer: str) -> dict:
-    """The object :func:`dump_report` wrote, tables rebuilt; ``writer`` names it in errors."""
-    try:
-        obj = json.loads(s)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"not a JSON report: {exc}", fix=f"pass the string written by {writer}") from None
+    """The object :func:`dump_report` wrote, checked (schema, checksum) and its tables rebuilt;
+    ``writer`` names it in errors. Anything off raises InputError naming the field."""
+    fix = f"pass the string written by {writer} (write it again if it was edited or damaged)"
+    where = f"{kind} report JSON"
+    if not isinstance(s, (str, bytes, bytearray)):
+        raise InputError(f"a {where} is a string, got {type(s).__name__}", fix=fix)
+    obj = loads_json(s, where, InputError, fix)
     if not isinstance(obj, dict) or obj.get("kind") != kind or "tables" not in obj:
         raise InputError(f"this JSON is not a probekit {kind} report", fix=f"pass the string written by {writer}")
-    obj["tables"] = {name: frame_from_json(t) for name, t in obj["tables"].items()}
+    version = field(obj, "probekit_report", int, where, fix, cls=InputError)
+    if not 1 <= version <= FORMAT:
+        raise InputError(f"{where} has format {version}; this probekit reads 1 to {FORMAT}",
+                         fix="upgrade probekit" if version > FORMAT else fix)
+    field(obj, "settings", dict, where, fix, cls=InputError)
+    field(obj, "data", dict, where, fix, cls=InputError)
+    field(obj, "notes", list, where, fix, cls=InputError, items=str)
+    tables = field(obj, "tables", dict, where, fix, cls=InputError)
+    for name, t in tables.items():
+        _check_table(name, t, where, fix)
+    body = {k: v for k, v in obj.items() if k != "checksum"}
+    if version >= 2 or "checksum" in obj:
+        check_checksum(field(obj, "checksum", str, where, fix, cls=InputError), body, None, where, fix, InputError)
+    else:
+        warnings.warn(f"probekit: this {where} has format 1, without a checksum: damage to its numbers cannot be "
+                      "detected; write it again to add one", ProbekitWarning, stacklevel=3)
+    obj = body
+    obj["tables"] = {name: frame_from_json(t) for name, t in tables.items()}
     return obj
 
 
 def atomic_write(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise InputError(f"{p} is a directory", fix="pass a file name such as report.html")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is for sharing
-            os.replace(tmp, p)  # readers see the old file or the whole new one, never a half
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    except OSError as exc:
-        raise StoreError(f"cannot write {p}: {exc.strerror or exc}", fix="choose a writable path") from exc
-    return p
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only portable way to read it is to set it and put it back
-    os.umask(mask)
-    return mask
+    """Write ``text`` to ``path`` via a temporary file in the same directory, fsync and a rename
+    (:func:`probekit.files.atomic_write`); a full disk raises StoreError naming the bytes needed."""
+    return _atomic_write(path, text, "report")

@@ -18,18 +18,16 @@ Nothing is pickled.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..errors import InputError, StoreError, UnknownPointError
-from . import fit as _fit
+from . import direction_file as _file, fit as _fit
 from .basis import Eraser, orthonormal
 from .inputs import ANY, _coerce
 
@@ -42,8 +40,7 @@ if TYPE_CHECKING:  # the model layer is only needed for type hints
 
 __all__ = ["Direction", "Eraser", "ANY"]
 
-FORMAT = "probekit.direction"
-VERSION = 1
+FORMAT, VERSION = _file.FORMAT, _file.VERSION
 _orthonormal = orthonormal
 
 
@@ -242,6 +239,9 @@ class Direction:
     def save(self, path: str | os.PathLike) -> None:
         """Write one ``.safetensors`` file; metadata goes to its JSON header (never pickled).
 
+        The file is written to a temporary name and renamed; a full disk raises StoreError naming
+        the bytes needed and leaves nothing. Its checksum lets :meth:`load` refuse a changed file.
+
         Example:
             >>> import tempfile, torch
             >>> d = Direction.from_vectors({"lm.0.resid": torch.ones(4)}, meta={"model": "m"})
@@ -249,51 +249,18 @@ class Direction:
             >>> d.save(f); Direction.load(f).vector("lm.0.resid").tolist()
             [0.5, 0.5, 0.5, 0.5]
         """
-        from safetensors.torch import save_file
-
-        tensors = {f"{p}/basis": b.contiguous() for p, b in self.bases.items()}
-        for p, e in self.erasers.items():
-            tensors.update({f"{p}/mean": e.mean.contiguous(), f"{p}/left": e.left.contiguous(),
-                            f"{p}/right": e.right.contiguous()})
-        header = {"format": FORMAT, "version": VERSION, "method": self.method, "d_model": self.d_model,
-                  "points": self.points, "erasers": list(self.erasers), "meta": self.meta}
-        try:
-            text = json.dumps(header, default=str)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"direction metadata is not JSON-serialisable: {exc}", fix="keep meta to plain values") from exc
-        path = os.fspath(path)
-        tmp = path + ".tmp"
-        try:
-            save_file(tensors, tmp, metadata={"probekit": text})
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise StoreError(f"cannot write direction to {path}: {exc}", fix="check the directory exists and is writable") from exc
+        data = _file.to_bytes(self.bases, self.erasers, self.method, self.d_model, self.meta)
+        _file.save(path, data)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: "Model | None" = None) -> "Direction":
-        """Read a file written by :meth:`save`; with ``model``, check it has the same width."""
-        from safetensors import safe_open
-        from safetensors import SafetensorError
+        """Read a file written by :meth:`save`; with ``model``, check it has the same width.
 
-        try:
-            with safe_open(os.fspath(path), framework="pt") as f:
-                header = json.loads((f.metadata() or {}).get("probekit", "null"))
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except FileNotFoundError:
-            raise StoreError(f"no direction file at {path}", fix="pass the path given to Direction.save") from None
-        except (SafetensorError, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{path} is not a readable direction file: {exc}", fix="save it again with Direction.save") from exc
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            raise StoreError(f"{path} is not a probekit direction file", fix="save it with Direction.save")
-        if int(header.get("version", 0)) > VERSION:
-            raise StoreError(f"{path} has direction format version {header.get('version')}, this probekit reads up to {VERSION}",
-                             fix="upgrade probekit")
-        try:
-            bases = {p: tensors[f"{p}/basis"] for p in header["points"]}
-            erasers = {p: Eraser(tensors[f"{p}/mean"], tensors[f"{p}/left"], tensors[f"{p}/right"]) for p in header["erasers"]}
-        except KeyError as exc:
-            raise StoreError(f"{path} is missing tensor {exc}", fix="save it again with Direction.save") from None
-        d = cls(bases, erasers=erasers, method=header.get("method", "custom"), meta=header.get("meta"))
+        Every field, tensor shape, dtype and the checksum are checked first
+        (:mod:`probekit.steering.direction_file`): a damaged or crafted file raises StoreError.
+        """
+        bases, erasers, method, meta = _file.read(path)
+        d = cls(bases, erasers=erasers, method=method, meta=meta)
         if model is not None:
             d.check(model)
         return d

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ContextManager
 
@@ -29,7 +28,7 @@ import pandas as pd
 
 from .._stats import Z95, bootstrap_mean, wilson  # noqa: F401  (Z95 re-exported)
 from ..data.images import check_images
-from ..errors import InputError
+from ..errors import InputError, check_bool
 from ..hooks.collect import check_prompts, collect
 from ..models.adapter import Model
 from .directions import Direction
@@ -96,20 +95,17 @@ class _Evaluator:
                             n_boot=self.n_boot, progress=self.progress)
 
     def after(self, intervention: Callable[[], ContextManager]) -> EvalReport:
-        probe_ctx, kl_ctx, task_ctx = intervention(), intervention(), intervention()
-        for c in (probe_ctx, kl_ctx, task_ctx):
-            if not (hasattr(c, "__enter__") and hasattr(c, "__exit__")):
-                raise InputError(f"intervention() returned a {type(c).__name__}, not a context manager",
-                                 fix="return e.g. probekit.ablate(model, direction) (without entering it)")
-        after = self._probe(probe_ctx)
-        with kl_ctx:
+        # each context is made right where it is entered: orthogonalize edits the weights when it is
+        # called, so one made ahead and never entered (an interrupt, no task samples) would stay applied
+        after = self._probe(_made(intervention))
+        with _made(intervention):
             logp_after = next_token_logprobs(self.model, self.clean, self.clean_prompts, self.batch_size)
         p = self.logp_before.exp()
         kl = (p * (self.logp_before - logp_after)).sum(-1).clamp_min(0).numpy()  # KL(before || after) per input
         kl_mean, kl_lo, kl_hi = _boot_mean(kl, self.seed)
         cost: dict[str, Any] = {"kl_mean": kl_mean, "kl_lo": kl_lo, "kl_hi": kl_hi, "kl_n": len(kl)}
         if self.tasks:
-            with task_ctx:
+            with _made(intervention):
                 task_after = answer_scores(self.model, self.tasks, self.batch_size)
             (c0, l0), (c1, l1) = self.task_before, task_after
             nt = len(c0)
@@ -125,6 +121,15 @@ class _Evaluator:
         return build_report(self.probes_before, after, cost, self.positions, self.data)
 
 
+def _made(intervention: Callable[[], ContextManager]) -> ContextManager:
+    """``intervention()``, checked to be a context manager (to be entered at once)."""
+    c = intervention()
+    if not (hasattr(c, "__enter__") and hasattr(c, "__exit__")):
+        raise InputError(f"intervention() returned a {type(c).__name__}, not a context manager",
+                         fix="return e.g. probekit.ablate(model, direction) (without entering it)")
+    return c
+
+
 _DATA_KW = ("fit", "fit_images", "fit_labels", "eval_images", "eval_labels", "split", "direction", "allow_overlap")
 
 
@@ -133,6 +138,7 @@ def _start(model: Model, intervention: Any, images: Any, labels: Any, opts: dict
     if not isinstance(model, Model):
         raise InputError(f"model is a {type(model).__name__}", fix="pass a probekit.Model (probekit.load / wrap)")
     model.resolve(opts["points"])  # an unknown point fails here, before any fitting
+    check_bool(opts["progress"], "progress")
     if opts["clean_images"] is not None:
         check_images(opts["clean_images"])
         p = opts["prompts"]

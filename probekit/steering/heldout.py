@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.labels import check_label_types
 from ..errors import InputError, LabelError, plain
 
 __all__ = ["OverlapWarning", "split_indices", "check_overlap", "distance_from_chance", "FIX"]
@@ -49,6 +50,7 @@ def split_indices(labels: Any, fraction: float = 0.5, seed: int = 0,
     """
     from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
 
+    check_label_types(labels)
     y = np.asarray(labels)
     if y.ndim != 1:
         raise LabelError(f"labels have shape {y.shape}", fix="pass one label per image")
@@ -120,6 +122,7 @@ def _label_array(labels: Any, n: int, what: str) -> np.ndarray:
 
     if labels is None:
         raise LabelError(f"no {what} labels given", fix=f"pass one {what} label per image")
+    check_label_types(labels, f"{what} labels")
     lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if lab.ndim != 1 or len(lab) != n:
         raise LabelError(f"got {len(lab) if lab.ndim == 1 else lab.shape} {what} labels for {n} images",

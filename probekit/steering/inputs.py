@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.labels import check_label_types
 from ..errors import InputError, LabelError, UnknownPointError, plain
 
 __all__ = ["ANY", "Activations", "as_activations", "labels_digest"]
@@ -116,6 +117,7 @@ def labels_digest(labels: Any) -> str:
 
 def codes(labels: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes 0..K-1 in sorted class order (the last class is the 'positive' one), and the classes."""
+    check_label_types(labels)
     if isinstance(labels, Tensor):
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)

@@ -13,6 +13,7 @@ to :class:`Intervention`.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, PositionError, plain
+from ..hooks.owners import Hooks
 from ..hooks.positions import NAMED_POSITIONS, edit_positions, position_mask
 from ..models.adapter import Model, get_module
 from .directions import Direction
@@ -63,8 +65,9 @@ class Intervention:
     """Context manager applying ``edit(point, h) -> h'`` at the outputs (or inputs) of hook points.
 
     Built by :func:`ablate` and :func:`steer`; all checks run at construction, before any
-    forward pass. On exit every hook is removed (also after an exception); the model's
-    parameters and buffers are never written.
+    forward pass. On exit every hook is removed (also after an exception or Ctrl-C; one entered
+    and never exited loses its hooks when it is garbage-collected); the model's parameters and
+    buffers are never written.
     """
 
     def __init__(self, model: Model, points: list[str], edit: Callable[[str, Tensor], Tensor],
@@ -75,7 +78,7 @@ class Intervention:
         self.positions = positions
         self.generated = generated
         self.direction: Direction | None = None  # set by ablate / steer
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._hooks = Hooks(self, model.hf)  # removed on exit, or when this intervention is garbage-collected
         sides = sorted({model.target(p).side for p in points} - {"vision"})
         self._tracker = PromptTracker(model, positions, generated, sides) if positions is not None else None
 
@@ -89,34 +92,38 @@ class Intervention:
         return torch.where(m[..., None], self.edit(point, h), h).view(shape)
 
     def __enter__(self) -> "Intervention":
-        if self._handles:
+        if self._hooks:
             raise InputError("this intervention is already active", fix="create a new one for each `with` block")
+        me = weakref.ref(self)  # the hooks hold the intervention weakly: dropping it removes them
         try:
             if self._tracker is not None:
-                self._handles.append(self.model.hf.register_forward_pre_hook(self._tracker, with_kwargs=True))
+                self._hooks.add(self.model.hf.register_forward_pre_hook(self._tracker, with_kwargs=True))
             for point in self.points:
                 tgt = self.model.target(point)
                 mod = get_module(self.model.hf, tgt.path)
                 if tgt.mode == "input":
                     def pre(module, args, kwargs, _p=point):
+                        iv = me()
+                        if iv is None:
+                            return None
                         if args and isinstance(args[0], Tensor):
-                            return (self._apply(_p, args[0]),) + tuple(args[1:]), kwargs
+                            return (iv._apply(_p, args[0]),) + tuple(args[1:]), kwargs
                         kwargs = dict(kwargs)
-                        kwargs["hidden_states"] = self._apply(_p, kwargs["hidden_states"])
+                        kwargs["hidden_states"] = iv._apply(_p, kwargs["hidden_states"])
                         return args, kwargs
-                    self._handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+                    self._hooks.add(mod.register_forward_pre_hook(pre, with_kwargs=True))
                 else:
                     def post(module, args, output, _p=point):
-                        return _replace_first(output, self._apply(_p, _first(output)))
-                    self._handles.append(mod.register_forward_hook(post))
+                        iv = me()
+                        return None if iv is None else _replace_first(output, iv._apply(_p, _first(output)))
+                    self._hooks.add(mod.register_forward_hook(post))
         except BaseException:
             self.remove()
             raise
         return self
 
     def remove(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
+        self._hooks.remove()
         if self._tracker is not None:
             self._tracker.prompt_masks = {}
 

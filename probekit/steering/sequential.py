@@ -14,6 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from ..data.images import check_images, image_hashes
+from ..errors import check_bool
 from ..hooks.collect import collect
 from ..models.adapter import Model
 from .basis import Eraser
@@ -50,6 +51,7 @@ def leace_sequential(model: Model, images: Any, labels: Any, prompts: Any = None
         ('leace_sequential', ['lm.0.resid', 'lm.1.resid'], 20)
     """
     names = model.resolve(points)
+    check_bool(progress, "progress")
     images = check_images(images)
     fit_images = image_hashes(images)
     erasers: dict[str, Eraser] = {}

@@ -1,11 +1,18 @@
 """`orthogonalize`: remove a direction from every weight that writes into the residual stream.
 
-A weight edit for good (no hooks); it returns a handle that undoes the edit bit for bit.
+A weight edit for good (no hooks); it returns a handle that undoes the edit bit for bit. The
+handles of one model form an edit stack, so they can be undone in any order (nested, crossed,
+after an exception) and the weights still come back bit for bit; a Ctrl-C during an edit or an
+undo is held until the weights are consistent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import signal
+import threading
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -36,20 +43,80 @@ def stream_writers(model: Model) -> list[tuple[str, str]]:
     return model.residual_writers()
 
 
+_EDITS: "weakref.WeakKeyDictionary[nn.Module, list[OrthogonalizeHandle]]" = weakref.WeakKeyDictionary()
+"""Per HF model, its active weight edits in the order they were applied (the edit stack)."""
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives while weights are being written until they are consistent,
+    then deliver it again to whatever handler was there (Python's raises KeyboardInterrupt), so a
+    Ctrl-C never leaves half of an edit or an undo done. Main thread only, as Python's signals are."""
+    old = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if old is None:  # not the main thread, or a handler installed outside Python: nothing to hold
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
+
+
 class OrthogonalizeHandle:
     """Undo handle of :func:`orthogonalize`: ``undo()`` (or leaving a ``with`` block) restores the
-    original weights bit for bit, the embedding tie included."""
+    weights as they were before this edit, bit for bit, the embedding tie included.
 
-    def __init__(self, model: Model, saved: dict[str, Tensor], untied: tuple | None, paths: list[str]):
+    Several handles on one model form a stack. Undoing one that is not the latest first undoes
+    the later ones (each restores what it saved), undoes this one, then applies the later ones
+    again on the restored weights; so any order of undos ends at the original weights, bit for bit.
+    """
+
+    def __init__(self, model: Model, Q: Tensor, targets: list[tuple[str, str, str]], paths: list[str]):
         self.model = model
-        self._saved = saved
-        self._untied = untied
+        self._Q = Q
+        self._targets = targets
+        self._saved: dict[str, Tensor] = {}
+        self._untied: tuple | None = None
         self.edited = paths
+        self.active = False
+
+    def _apply(self) -> None:
+        """Edit the weights, saving each original first; a failure halfway puts back what was edited."""
+        hf = self.model.hf
+        params = dict(hf.named_parameters(remove_duplicate=False))
+        emb, head = hf.get_input_embeddings(), self.model.unembed
+        try:
+            if getattr(head, "weight", None) is not None and head.weight is emb.weight:
+                # lm_head shares the embedding matrix: give it its own copy so unembedding is unchanged
+                original = head.weight
+                head.weight = nn.Parameter(original.detach().clone(), requires_grad=original.requires_grad)
+                cfgs = [c for c in (hf.config, getattr(hf.config, "text_config", None)) if c is not None]
+                flags = [(c, getattr(c, "tie_word_embeddings", True)) for c in cfgs]
+                for c in cfgs:
+                    c.tie_word_embeddings = False
+                self._untied = (head, original, flags)
+            with torch.no_grad():
+                for full, kind, _ in self._targets:
+                    p = params[full]
+                    self._saved[full] = p.detach().to("cpu", copy=True)
+                    q = self._Q.to(p.device, torch.float64)
+                    w = p.detach().to(torch.float64)
+                    if kind == "embedding":  # rows live in the stream: E - (E Q^T) Q
+                        new = w - (w @ q.T) @ q
+                    else:  # output side of a linear layer (weight [d, in], bias [d]): Q^T Q removed from the left
+                        new = w - q.T @ (q @ w)
+                    p.copy_(new.to(p.dtype))
+        except BaseException:
+            with _uninterrupted():
+                self._revert()
+            raise
         self.active = True
 
-    def undo(self) -> None:
-        if not self.active:
-            return
+    def _revert(self) -> None:
         params = dict(self.model.hf.named_parameters(remove_duplicate=False))
         with torch.no_grad():
             for name, value in self._saved.items():
@@ -59,8 +126,32 @@ class OrthogonalizeHandle:
             head.weight = original
             for cfg, value in flags:
                 cfg.tie_word_embeddings = value
-        self._saved = {}
+        self._saved, self._untied = {}, None
         self.active = False
+
+    def undo(self) -> None:
+        """Restore the weights this edit changed (a no-op when already undone), in any order of handles."""
+        if not self.active:
+            return
+        hf = self.model.hf
+        stack = _EDITS.get(hf, [])
+        i = next((k for k, h in enumerate(stack) if h is self), None)
+        later = stack[i + 1:] if i is not None else []
+        with _uninterrupted():
+            for h in reversed(later):  # back to the weights right after this edit
+                h._revert()
+            self._revert()
+            del stack[i if i is not None else len(stack):]
+            for k, h in enumerate(later):  # the later edits again, now on the restored weights
+                try:
+                    h._apply()
+                except BaseException:
+                    for rest in later[k:]:
+                        rest.active = False
+                    raise
+                stack.append(h)
+        if not stack:
+            _EDITS.pop(hf, None)
 
     def __enter__(self) -> "OrthogonalizeHandle":
         return self
@@ -123,32 +214,12 @@ def orthogonalize(model: Model, direction: Direction | Tensor, point: str | None
             if full not in params:
                 raise UnsupportedModelError(f"{full} is not a parameter of the model", fix="use ablate instead")
             targets.append((full, kind, pname))
-    emb = hf.get_input_embeddings()
-    head = model.unembed
-    untied = None
-    saved: dict[str, Tensor] = {}
+    handle = OrthogonalizeHandle(model, Q.detach().to("cpu", torch.float64), targets, [p for p, _ in writers])
     try:
-        if getattr(head, "weight", None) is not None and head.weight is emb.weight:
-            # lm_head shares the embedding matrix: give it its own copy so unembedding is unchanged
-            original = head.weight
-            head.weight = nn.Parameter(original.detach().clone(), requires_grad=original.requires_grad)
-            cfgs = [c for c in (hf.config, getattr(hf.config, "text_config", None)) if c is not None]
-            flags = [(c, getattr(c, "tie_word_embeddings", True)) for c in cfgs]
-            for c in cfgs:
-                c.tie_word_embeddings = False
-            untied = (head, original, flags)
-        with torch.no_grad():
-            for full, kind, pname in targets:
-                p = params[full]
-                saved[full] = p.detach().to("cpu", copy=True)
-                q = Q.to(p.device, torch.float64)
-                w = p.detach().to(torch.float64)
-                if kind == "embedding":  # rows live in the stream: E - (E Q^T) Q
-                    new = w - (w @ q.T) @ q
-                else:  # output side of a linear layer (weight [d, in], bias [d]): Q^T Q removed from the left
-                    new = w - q.T @ (q @ w)
-                p.copy_(new.to(p.dtype))
+        with _uninterrupted():  # a Ctrl-C mid-edit waits until the edit is whole and on the stack...
+            handle._apply()
+            _EDITS.setdefault(hf, []).append(handle)
     except BaseException:
-        OrthogonalizeHandle(model, saved, untied, []).undo()
+        handle.undo()  # ...and is then undone: the caller never got the handle, so nothing stays edited
         raise
-    return OrthogonalizeHandle(model, saved, untied, [p for p, _ in writers])
+    return handle

@@ -27,7 +27,7 @@ from .mllama import Mllama
 from .paligemma import PaliGemma
 from .qwen2_vl import Qwen2VL
 
-__all__ = ["FAMILIES", "family_for", "Family", "GenericFamily", "Llava", "PaliGemma", "Gemma3", "Qwen2VL", "Glm4V",
+__all__ = ["FAMILIES", "family_for", "check_family", "Family", "GenericFamily", "Llava", "PaliGemma", "Gemma3", "Qwen2VL", "Glm4V",
            "Idefics3", "Mllama", "Blip2", "InstructBlip", "Mistral3", "LightOnOcr", "Llama4",
            "Florence2"]
 
@@ -53,13 +53,31 @@ FAMILIES: dict[str, Family] = {f.name: f for f in _REGISTRY}
 """Family name -> its object, in detection order."""
 
 
+def check_family(model_type: str, family: str | None) -> None:
+    """Refuse a forced ``family`` that contradicts the checkpoint's ``config.model_type``.
+
+    ``"generic"`` may be forced on anything, and any family on a model type no family claims
+    (a custom model laid out like a known one); forcing ``"mllama"`` on a ``llava`` checkpoint is
+    an error here, before any weight is loaded, instead of a model read at the wrong modules.
+    """
+    if family is None:
+        return
+    if family not in FAMILIES:
+        raise InputError(f"unknown family {family!r}", fix=f"use one of {sorted(FAMILIES)} or None to detect it")
+    owner = next((f.name for f in _REGISTRY if model_type in f.model_types), None)
+    if family != "generic" and owner is not None and owner != family:
+        raise InputError(f"family={family!r} does not match this checkpoint: its config.model_type is "
+                         f"{model_type!r}, which is the {owner!r} family",
+                         fix=f"leave family=None (it is detected as {owner!r}), or pass family={owner!r} or 'generic'")
+
+
 def family_for(hf: nn.Module, family: str | None = None) -> Family:
-    """The family object for a model: by name if given, else by ``config.model_type``."""
-    if family is not None:
-        if family not in FAMILIES:
-            raise InputError(f"unknown family {family!r}", fix=f"use one of {sorted(FAMILIES)} or None to detect it")
-        return FAMILIES[family]
+    """The family object for a model: by name if given (checked against ``config.model_type``),
+    else by ``config.model_type``."""
     model_type = str(getattr(getattr(hf, "config", None), "model_type", ""))
+    if family is not None:
+        check_family(model_type, family)
+        return FAMILIES[family]
     for fam in FAMILIES.values():
         if model_type in fam.model_types:
             return fam

@@ -27,12 +27,15 @@ def pyplot() -> Any:
 
 def save_png(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     """Lay out, write and close ``fig``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    import io
+
+    from ...files import atomic_write
+
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
     pyplot().close(fig)
-    return path
+    return atomic_write(path, buf.getvalue(), "figure")  # a temporary name, fsync, rename
 
 
 def compare_png(table: pd.DataFrame, names: Sequence[str], title: str, path: str | Path) -> Path:
