@@ -241,7 +241,10 @@ def test_organism_learns_yes_no_and_leaks_material_but_not_a_coin_flip(organism)
     assert top5.detected and top5.p_adjusted < 0.05
     coin = t[t.attribute == "random"]
     assert organism["verdicts"]["random"]["all"].startswith("nothing detected in any of 2 seeds")
-    assert coin.accuracy.max() < coin.chance.iloc[0] + 0.05 and bool((coin.p_adjusted > 0.5).all())
+    # nothing near significance in any seed (maxT does not inflate a null row's p by the family size as Holm
+    # did, so the adjusted p-values of a null spread over (0.05, 1], measured 0.42 at the lowest)
+    assert coin.accuracy.max() < coin.chance.iloc[0] + 0.05 and bool((coin.p_adjusted > 0.2).all())
+    assert not coin.detected.any()
     # two seeds, every rung of each (matched rungs included), summarised over seeds
     assert sorted(t.seed.unique()) == [0, 1]
     s = organism["summary"]

@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 from probekit._stats import wilson
 from probekit.errors import InputError
@@ -70,7 +69,9 @@ def test_a_registered_scorer_is_used_by_probe_layers_end_to_end(registry):
         assert row.selectivity == pytest.approx(1 - np.mean(tasks[1] == y))
         assert row.control_mi_bits == pytest.approx(1 + np.log2(q_ctl).mean(), abs=1e-12)
         assert row.mi_perm_bits == pytest.approx(1 + np.log2(q_perm).mean(), abs=1e-12)
-        assert row.p_value == pytest.approx(stats.binom.sf(199, 200, 0.5)) and row.leaks
+        # the verdict is the table's permutation test, whatever the scorer (one verdict for every readout):
+        # the toy's labels are planted in the data, far above all 1,000 permutations
+        assert row.p_value == pytest.approx(1 / 1001) and row.p_adjusted == pytest.approx(1 / 1001) and row.leaks
         assert row.mi_estimator == "oracle" and row.temperature == 1.0 and row.n_iter == 0 and row.converged
 
     # the same scorer as an instance, through mutual_information and leakage

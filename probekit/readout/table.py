@@ -37,7 +37,7 @@ COLUMNS = [
     "mi_bits", "mi_lo", "mi_hi", "mi_perm_bits",
     "control_accuracy", "control_mi_bits", "selectivity",
     "mi_estimator", "temperature", "n_iter", "converged",
-    "n_units", "p_value", "p_adjusted", "leaks", "mde_accuracy", "perm_null",
+    "n_units", "p_value", "p_adjusted", "leaks", "mde_accuracy", "test", "perm_null",
 ]
 
 
