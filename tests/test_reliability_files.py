@@ -33,19 +33,10 @@ from probekit.models import tiny
 from probekit.readout.lens import TunedLens
 from probekit.report import ScanReport
 from probekit.steering import Direction
+from _errors import check
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 D = 8
-
-
-def check(info, cls, *words) -> str:
-    err = info.value
-    assert type(err) is cls, f"expected {cls.__name__}, got {type(err).__name__}: {err}"
-    text = str(err)
-    for w in words:
-        assert w in text, f"{w!r} not in: {text}"
-    assert "How to fix" in text and err.fix
-    return text
 
 
 # ----------------------------------------------------------------------------- Direction files

@@ -17,19 +17,10 @@ from probekit.models import tiny
 from probekit.models.context import context_length
 from probekit.readout.lens import TunedLens
 from probekit.steering import Direction, ablate, evaluate, leace_sequential
+from _errors import check
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARGS = dict(points="lm.0.resid", batch_size=2, progress=False)
-
-
-def check(info, cls, *words) -> str:
-    err = info.value
-    assert type(err) is cls, f"expected {cls.__name__}, got {type(err).__name__}: {err}"
-    text = str(err)
-    for w in words:
-        assert w in text, f"{w!r} not in: {text}"
-    assert "How to fix" in text and err.fix
-    return text
 
 
 def images(n=4):

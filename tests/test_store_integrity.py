@@ -29,7 +29,8 @@ from probekit.hooks import ActivationStore
 from probekit.hooks.store import StoreWriter
 from probekit.models import tiny
 
-from _stores import count_prepare, edit_index, snapshot, tiny_images, tiny_store  # tests/ is on sys.path
+from _errors import check as check_error  # tests/ is on sys.path
+from _stores import count_prepare, edit_index, snapshot, tiny_images, tiny_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARGS = dict(points="lm.0.resid", batch_size=3, shard_size=3, progress=False)
@@ -47,13 +48,7 @@ def base(llava, tmp_path_factory):
 
 
 def check(info, *words) -> str:
-    err = info.value
-    assert type(err) is StoreError, f"{type(err).__name__}: {err}"
-    text = str(err)
-    for w in words:
-        assert w in text, f"{w!r} not in: {text}"
-    assert "How to fix" in text and err.fix
-    return text
+    return check_error(info, StoreError, *words)
 
 
 # ----------------------------------------------------------------------------- damaged shards
