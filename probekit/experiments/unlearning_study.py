@@ -57,7 +57,7 @@ class StudyConfig:
     n_unseen: int = 40
     n_transfer: int = 100  # 50 taught by name only, 50 with the portrait only
     n_practice: int = 16  # trained with MLLMU-Bench's question formats too (in no split)
-    # 2,480 training samples (transfer and practice profiles added): 4,700 steps keep the ~30 passes over the
+    # 2,480 training samples (transfer and practice profiles added): 4,700 steps keep the ~60 passes over the
     # data that 2,500 steps gave the 1,328 samples of the earlier world; at 2,500 the trained profiles' facts
     # were not learned (forget multiple choice 0.20 / 0.33 after the fine-tune, chance 0.25)
     steps: int = 4700
