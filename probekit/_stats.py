@@ -188,7 +188,8 @@ def permutations(codes: np.ndarray, groups: np.ndarray | None, n_perm: int, seed
     constant = all(len(np.unique(codes[m])) == 1 for m in members)
     if constant:  # one label per group: group g takes the label of group perm[g]
         first = np.array([m[0] for m in members])
-        perms = np.stack([rng.permutation(len(members)) for _ in range(n_perm)]) if n_perm else np.zeros((0, len(members)), int)
+        perms = np.array([rng.permutation(len(members)) for _ in range(n_perm)], dtype=np.int64)
+        perms = perms.reshape(n_perm, len(members))
         out[1:] = first[perms][:, which.ravel()]  # the same draws as one loop per permutation, at array speed
         return out
     by_size: dict[int, list[int]] = {}

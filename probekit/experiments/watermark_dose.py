@@ -75,6 +75,11 @@ class DoseConfig:
         return out
 
 
+def _scanned(run: dict) -> bool:
+    v = run["row"].get("residual_detected")
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
 def _rows(pred: Callable[[pd.DataFrame], pd.Series]) -> Callable[[dict], bool]:
     return lambda run: bool(run["table"][pred(run["table"])].detected.any())
 
@@ -92,7 +97,7 @@ METHODS: dict[str, Callable[[dict], bool]] = {
     "logit lens lm.1": _rows(_lens("lm.1.resid")),
     "logit lens lm.2 (= output)": _rows(_lens("lm.2.resid")),
     "membership probe (any layer)": _rows(lambda t: t.source == "probe"),
-    "mean-pooled residual probe (scan)": lambda run: bool(run["row"].get("residual_detected") is True),
+    "mean-pooled residual probe (scan)": lambda run: _scanned(run) and bool(run["row"]["residual_detected"]),
 }
 OUTPUT = ("output loss", "output Min-K%++", "output minus base (any score)")
 
@@ -168,7 +173,7 @@ def dose_table(runs: list[dict]) -> pd.DataFrame:
         r0 = rs[0]["row"]
         for name, hit in METHODS.items():
             k = sum(hit(r) for r in rs)
-            if name.startswith("mean-pooled") and any(isinstance(r["row"].get("residual_detected"), float) for r in rs):
+            if name.startswith("mean-pooled") and not all(_scanned(r) for r in rs):
                 continue  # not scanned
             lo, hi = wilson(k, len(rs))
             out.append({"runs": key, "kind": r0["kind"], "fraction": r0["fraction"] if r0["p"] else math.nan,

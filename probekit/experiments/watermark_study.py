@@ -31,7 +31,7 @@ from ..report.text import fmt_ci
 from . import watermark_dose as WD
 from . import watermark_writeup as WW
 
-__all__ = ["run_study", "gradient_trend", "write_section", "verdict_lines", "analyse"]
+__all__ = ["run_study", "gradient_trend", "write_section", "verdict_lines", "analyse", "tables", "reload"]
 
 BEGIN, END = WW.BEGIN, WW.END
 
@@ -60,10 +60,14 @@ def gradient_trend(base_path: Any, c: W.Condition, batch_sizes=(2, 8, 32), seeds
             rows.append({"seed": seed, "batch_size": bs, "one_minus_cos": 1 - s["cos_mean"], "cos_var": s["cos_var"],
                          "marked_frac": s["marked_frac"], "steps_measured": s["steps"]})
     df = pd.DataFrame(rows)
+    return df, _trend(df)
+
+
+def _trend(df: pd.DataFrame) -> dict:
     slopes = []
     for _, g in df.groupby("seed"):
         slopes.append(np.polyfit(np.log2(g.batch_size), np.log10(np.maximum(g.one_minus_cos, 1e-12)), 1)[0])
-    return df, {"slope": _t_ci(slopes), "per_seed": slopes}
+    return {"slope": _t_ci(slopes), "per_seed": slopes}
 
 
 def _t_ci(x) -> tuple[float, float, float]:
@@ -200,9 +204,68 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
 
 
 def tables(res: dict) -> dict[str, pd.DataFrame]:
-    """The study's CSV tables (``probekit study watermark`` writes them to its output folder)."""
-    out = {k: res[k] for k in ("rows", "dose", "layers", "agreement", "paired", "gradients") if k in res}
-    if res.get("runs"):
-        out["membership"] = pd.concat([r["table"].assign(condition=r["row"]["condition"]) for r in res["runs"]],
-                                      ignore_index=True)
+    """The study's CSV tables (``probekit study watermark`` writes them to its output folder): the analysis and
+    everything it was made from, so that :func:`reload` rebuilds the result (and the section) without a rerun."""
+    out = {k: res[k] for k in ("rows", "dose", "layers", "agreement", "paired", "gradients", "protocol") if k in res}
+    runs = res.get("runs") or []
+    if runs:
+        out["rows"] = pd.DataFrame([{**r["row"], "summary": r["summary"]} for r in runs])
+        for name, key in (("membership", "table"), ("guards", "guard"), ("attribution", "attribution")):
+            parts = [r[key].assign(condition=r["row"]["condition"]) for r in runs if r.get(key) is not None]
+            if parts:
+                out[name] = pd.concat(parts, ignore_index=True)
+        if all("pairs" in r for r in runs):
+            out["paired_scores"] = pd.concat([pd.concat([r["pairs"].reset_index(drop=True),
+                                                         r["scores"].reset_index(drop=True)], axis=1)
+                                              .assign(condition=r["row"]["condition"]) for r in runs], ignore_index=True)
+    g = res.get("guard_shift")
+    if g is not None:
+        out["shifted_split"] = pd.concat([g["table"].assign(part="table"), g["guard"].assign(part="guard")],
+                                         ignore_index=True).assign(condition=g["condition"], summary=g["summary"])
+    if "config" in res:
+        import json
+        from dataclasses import asdict
+
+        study = {"seconds": res.get("seconds"), "config": json.dumps(asdict(res["config"])),
+                 "gradient_condition": res.get("gradient_condition", ""), **res.get("ocr", {})}
+        out["study"] = pd.DataFrame([study])
     return out
+
+
+def reload(out: str | Path) -> dict:
+    """The result of a finished ``probekit study watermark`` rebuilt from the tables it wrote (:func:`tables`):
+    ``write_section(reload(folder))`` writes the same section again (all but the comparison figure)."""
+    import json
+
+    out = Path(out)
+    read = lambda name: pd.read_csv(out / f"{name}.csv") if (out / f"{name}.csv").exists() else None  # noqa: E731
+    rows, mem, guards, att, ps = (read(n) for n in ("rows", "membership", "guards", "attribution", "paired_scores"))
+    study = read("study").iloc[0]
+    pair_cols = ["pair", "scene", "name", "label", "shape"]
+    runs = []
+    for row in rows.to_dict("records"):
+        c = row["condition"]
+        pick = lambda t: None if t is None or not (t.condition == c).any() else \
+            t[t.condition == c].drop(columns="condition").reset_index(drop=True)  # noqa: E731
+        sc = pick(ps)
+        cols = [k for k in pair_cols if k in sc.columns]
+        runs.append({"row": {k: v for k, v in row.items() if k != "summary"}, "table": pick(mem), "guard": pick(guards),
+                     "attribution": pick(att), "pairs": sc[cols], "scores": sc.drop(columns=cols),
+                     "summary": row["summary"]})
+    cfg = json.loads(study.config)
+    res = {"runs": runs, "rows": rows.drop(columns="summary"), "config": WD.DoseConfig(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}), "seconds": float(study.seconds),
+        "ocr": {k: study[k] for k in ("n", "char_accuracy", "char_accuracy_lo", "char_accuracy_hi", "exact_match")
+                if k in study}, "protocol": read("protocol"), "scans": {}}
+    sh = read("shifted_split")
+    if sh is not None:
+        res["guard_shift"] = {"condition": sh.condition.iloc[0], "summary": sh.summary.iloc[0],
+                              "confounded": bool(sh[sh.part == "guard"].detected.any()),
+                              "table": sh[sh.part == "table"].drop(columns=["part", "condition", "summary"]),
+                              "guard": sh[sh.part == "guard"].drop(columns=["part", "condition", "summary"])}
+    grads = read("gradients")
+    if grads is not None:
+        res["gradients"], res["trend"] = grads, _trend(grads)
+        res["gradient_condition"] = study.gradient_condition
+    res.update(analyse(res))
+    return res

@@ -260,7 +260,7 @@ def _paired(res: dict, rel: dict) -> list[str]:
          "fraction (`add_verdicts`, maxT over its rows); MDE: the mean shift detectable with 80% power "
          "(`min_detectable_shift`).\n",
          f"Dropped runs (direct prompt 0.00 on both pools: reading collapsed): {', '.join(dropped) or 'none'}. "
-         f"Fraction 0 pools {seeds} seeds.\n"]
+         f"Fraction 0 pools {seeds} seed(s).\n"]
     if len(v):
         n_read = int(v.reference_readings.iloc[0])
         L.append(f"**Fraction 0 (the task-irrelevant claim)**, beside the shift that {n_read} readings per name give "
