@@ -74,6 +74,8 @@ def test_section_reports_the_dose_table_the_layers_and_the_paired_nulls_from_the
     assert text.count("| reading: output loss |") == 1 and "inconclusive" in text
     zero = res["paired"][res["paired"].fraction == 0.0]
     assert len(zero) == 3 and (zero.n_units == 30).all()  # one pool (seeds 0, 1 share it), lm.2 = the output, dropped
+    assert "**Layer-wise below the output: detected wherever the output is** (2 of 2 runs)." in text
+    assert "the raw output loss in 0/2, 0/2, 0/2" in text and "smallest dose whose shift exceeds the MDE" in text
     lines = verdict_lines(res)
     assert lines[0].startswith("p=0 (no name), seed 0: No membership detected") and lines[-1].startswith("reader OCR")
     assert any(x.startswith("paired task-irrelevant test (fraction 0 vs p=0): reading: output loss") for x in lines)
@@ -87,5 +89,7 @@ def test_the_tables_written_rebuild_the_same_section(tmp_path):
     res = _res()
     write_tables(tables(res), tmp_path)
     again = reload(tmp_path)
+    assert "re-rendered from the tables it wrote" in section(again, {}, Path("docs"), "c")  # it says so
+    assert again.pop("reloaded") is True
     assert section(again, {}, Path("docs"), "c") == section(res, {}, Path("docs"), "c")
     assert len(again["runs"]) == len(res["runs"]) and again["config"] == res["config"]

@@ -202,7 +202,8 @@ def agreement(runs: list[dict]) -> pd.DataFrame:
         out_hit = t[t.source.str.startswith("output") & t.detected]
         if not len(out_hit):
             continue
-        last = t[~t.source.str.startswith("output")].point.max()  # lm.{L-1}.resid: the output through the lens
+        inner_points = t[~t.source.str.startswith("output")].point.unique()
+        last = max(inner_points, key=lambda p: int(p.split(".")[1]))  # lm.{L-1}.resid: the output through the lens
         inner = t[~t.source.str.startswith("output") & t.detected & (t.point != last)]
         out.append({"condition": run["row"]["condition"], "output": ", ".join(f"{r.source} {r.score}" for r in out_hit.itertuples()),
                     "layers": ", ".join(sorted(set(inner.point))) or "none",

@@ -256,7 +256,7 @@ def reload(out: str | Path) -> dict:
     res = {"runs": runs, "rows": rows.drop(columns="summary"), "config": WD.DoseConfig(**{
         k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}), "seconds": float(study.seconds),
         "ocr": {k: study[k] for k in ("n", "char_accuracy", "char_accuracy_lo", "char_accuracy_hi", "exact_match")
-                if k in study}, "protocol": read("protocol"), "scans": {}}
+                if k in study}, "protocol": read("protocol"), "scans": {}, "reloaded": True}
     sh = read("shifted_split")
     if sh is not None:
         res["guard_shift"] = {"condition": sh.condition.iloc[0], "summary": sh.summary.iloc[0],

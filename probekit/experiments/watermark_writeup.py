@@ -72,7 +72,8 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
             ax.set_xticks(x, d.point, fontsize=8)
         ax.axhline(0.5, ls=":", c="k")
         ax.set_title(f"{src}, {score}", fontsize=9)
-    axes[0].set_ylabel("membership AUC, mean over seeds (bars: seeds' range)")
+    axes[0].set_ylabel("AUC: mean over seeds, bars: range")
+    fig.suptitle("Membership AUC per layer (seen vs unseen names), per kind of run", fontsize=10)
     axes[-1].legend(fontsize=7)
     paths["layers"] = save_png(fig, img_dir / "watermark-layers.png")
 
@@ -112,6 +113,9 @@ def paired_verdicts(pt: pd.DataFrame) -> pd.DataFrame:
     t["reference"] = [ref.get((r.task, r.source, r.point, r.score), math.nan) for r in t.itertuples()]
     t["reference_fraction"] = ref_f
     t["reference_readings"] = leaks[leaks.fraction == ref_f].readings.iloc[0] if len(leaks) else math.nan
+    t["sees_from"] = [min((f for f in sorted(leaks.fraction.unique()) if abs(leaks[(leaks.fraction == f) & (
+        leaks.task == r.task) & (leaks.source == r.source) & (leaks.point == r.point) & (leaks.score == r.score)
+    ].estimate.sum()) > r.mde), default=math.nan) for r in t.itertuples()]
     t["word"] = ["detected" if r.leaks else "nothing detected" if r.mde < abs(r.reference) else "inconclusive"
                  for r in t.itertuples()]
     return t
@@ -125,7 +129,9 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
     d0 = cfg.dose(fraction=top)
     L = [BEGIN, "## Watermark study on the reader organism (ProbingPrivacy in miniature, with dose and power)\n",
          f"Generated {_dt.date.today().isoformat()} by `{command}` on {platform.machine()} CPU (1 torch thread, a "
-         f"2-core machine shared with other jobs) in {res['seconds'] / 60:.1f} min. Every number below is from that run.\n",
+         f"2-core machine shared with other jobs) in {res['seconds'] / 60:.1f} min. Every number below is from that run"
+         + (" (text, tables and figures re-rendered from the tables it wrote, `watermark_study.reload`, all but the "
+            "comparison figure, which is the run's own).\n" if res.get("reloaded") else ".\n"),
          f"Base model: the reader organism (`probekit.organisms.reader()`, a tiny LLaVA pretrained here on rendered "
          f"text and shapes). OCR character accuracy on {o['n']} held-out 4-8 character strings: "
          f"**{fmt_ci(o['char_accuracy'], o['char_accuracy_lo'], o['char_accuracy_hi'], 3)}** (exact match "
@@ -187,6 +193,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
              "them" + (": " + "; ".join(f"{r.condition}: {r.layers}" for r in ag.itertuples()) if n_out else "")
              + f". Runs that read no U1 name (fraction 0, the controls): {len(false)} of {len(quiet)} had any "
              "method detect" + (": " + "; ".join(false) if false else "") + ".\n")
+    L += _dose_words(res, dt, ag)
     if "dose" in rel:
         L.append(f"![dose-response]({rel['dose']})\n")
     L += _layers(res, top)
@@ -195,6 +202,29 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
     L += _extras(res, rel)
     L.append(END)
     return "\n".join(L) + "\n"
+
+
+def _dose_words(res: dict, dt: pd.DataFrame, ag: pd.DataFrame) -> list[str]:
+    """The sentences the dose table supports: the calibrated output's rise, whether the layers below the last
+    follow it, and which detections came from runs whose reading collapsed."""
+    leak = dt[dt.kind.isin(["leak", "task-irrelevant"])].sort_values("fraction")
+    rate = lambda m: ", ".join(f"{int(r.detected)}/{int(r.n)}" for r in leak[leak.method == m].itertuples())  # noqa: E731
+    n_inner = int((ag.layers != "none").sum()) if len(ag) else 0
+    L = [f"**Dose-response**: the output loss attack minus the untouched reader's detects the leak in {rate('output minus base (any score)')} "
+         f"runs along the dose ({', '.join(f'{f:g}' for f in leak.fraction.unique())}); the raw output loss in "
+         f"{rate('output loss')}, the raw Min-K%++ in {rate('output Min-K%++')}, the mean-pooled residual probe in "
+         f"{rate('mean-pooled residual probe (scan)')}. "
+         + (f"**Layer-wise below the output: not detected wherever the output is** ({n_inner} of {len(ag)} runs with "
+            "an output detection also detect at `lm.0` or `lm.1`); on this 3-block reader the calibrated lens reads the "
+            "leak at the last layer, which is the output." if n_inner < len(ag) else
+            f"**Layer-wise below the output: detected wherever the output is** ({n_inner} of {len(ag)} runs).")]
+    gone = [r for r in res["runs"] if r["row"]["collapsed"]]
+    if gone:
+        hits = [f"{r['row']['condition']} ({', '.join(m for m, h in WD.METHODS.items() if h(r)) or 'nothing'})"
+                for r in gone]
+        L.append(f" Runs whose reading collapsed (direct prompt 0.00 on both pools; kept here, dropped from the paired "
+                 f"test) and what detected in them: {'; '.join(hits)}.")
+    return ["".join(L) + "\n"]
 
 
 def _layers(res: dict, top: float) -> list[str]:
@@ -220,7 +250,14 @@ def _layers(res: dict, top: float) -> list[str]:
         L.append(f"Causal attribution at fraction {top:g} (share of the fine-tune's member / non-member loss gap "
                  "that patching the untouched reader's residual in at a layer removes; mean over seeds [range]): "
                  + "; ".join(f"{p}: {r['mean']:.0%} [{r['min']:.0%}, {r['max']:.0%}]" for p, r in a.iterrows())
-                 + ". Where the gap itself is small, these shares are noisy.\n")
+                 + ". Where the gap itself is small, these shares are noisy.")
+        first = a.index[0]
+        cal = lt[(lt.runs == keys[0]) & (lt.source == "logit-lens minus base") & (lt.point == first) & (lt.score == "loss")]
+        if len(cal) and a["mean"].iloc[0] > 0.5:
+            L[-1] += (f" Patching at `{first}` already removes most of the gap, so the fine-tune changed what the name "
+                      f"does by then, yet the lens there reads membership at AUC {cal.auc.iloc[0]:.2f} (minus base): the "
+                      "change is made early and becomes readable only at the output.")
+        L[-1] += "\n"
     return L
 
 
@@ -238,8 +275,11 @@ def _guard(res: dict) -> list[str]:
          "membership to find. The blind baseline: "
          + "; ".join(f"{r.point}: AUC {fmt_ci(r.auc, r.auc_lo, r.auc_hi)}{' **detected**' if r.detected else ''}"
                      for r in gt.itertuples())
-         + f". Report's first line: \"{g['summary'].splitlines()[0]}\". On the study's own splits the guard "
-         f"fired in {runs_guard} of {len(res['runs'])} runs.\n"]
+         + f". Report's first line: \"{g['summary'].splitlines()[0]}\". "
+         + ("This shift did not fake membership at the output here (the reader reads opaque and half-transparent "
+            "names about equally well); the guard flags the split all the same, from the pixels alone. "
+            if not out.detected else "The shift faked membership at the output, and the guard says so first. ")
+         + f"On the study's own splits the guard fired in {runs_guard} of {len(res['runs'])} runs.\n"]
     return L
 
 
@@ -259,7 +299,7 @@ def _paired(res: dict, rel: dict) -> list[str]:
          f"pairs: two-sided sign flips ({n_units} pairs, `probekit._stats.sign_flip_null`), one verdict per "
          "fraction (`add_verdicts`, maxT over its rows); MDE: the mean shift detectable with 80% power "
          "(`min_detectable_shift`).\n",
-         f"Dropped runs (direct prompt 0.00 on both pools: reading collapsed): {', '.join(dropped) or 'none'}. "
+         f"Dropped runs (direct prompt 0.00 on both pools: reading collapsed): {'; '.join(dropped) or 'none'}. "
          f"Fraction 0 pools {seeds} seed(s).\n"]
     if len(v):
         n_read = int(v.reference_readings.iloc[0])
@@ -267,14 +307,19 @@ def _paired(res: dict, rel: dict) -> list[str]:
                  f"(fraction {v.reference_fraction.iloc[0]:g}, the smallest dose, same row): \"nothing detected\" where "
                  "the MDE is below that shift, \"inconclusive\" where it is not.\n")
         L.append("| row | difference in differences [95% CI] | p (family-wise) | MDE | shift at "
-                 f"fraction {v.reference_fraction.iloc[0]:g} | verdict |\n|---|---|---|---|---|---|")
+                 f"fraction {v.reference_fraction.iloc[0]:g} | smallest dose whose shift exceeds the MDE | verdict |\n"
+                 "|---|---|---|---|---|---|---|")
         L += [f"| {_row_name(r)} | {fmt_ci(r.estimate, r.lo, r.hi, 3)} | {r.p_adjusted:.3f} | {r.mde:.3f} | "
-              f"{r.reference:+.3f} | {'**detected**' if r.word == 'detected' else r.word} |" for r in v.itertuples()]
+              f"{r.reference:+.3f} | {'none' if math.isnan(r.sees_from) else f'{r.sees_from:g}'} | "
+              f"{'**detected**' if r.word == 'detected' else r.word} |" for r in v.itertuples()]
         words = v.word.value_counts().to_dict()
         L.append("\n**" + ("Detected" if words.get("detected") else "Nothing detected" if not words.get("inconclusive")
                            else "Inconclusive" if not words.get("nothing detected") else "Nothing detected, in part")
                  + f"**: {words.get('detected', 0)} row(s) detected, {words.get('nothing detected', 0)} null(s) with "
-                 f"the power to see a {n_read}-reading memorisation, {words.get('inconclusive', 0)} inconclusive.\n")
+                 f"the power to see a {n_read}-reading memorisation, {words.get('inconclusive', 0)} inconclusive. "
+                 + "; ".join(f"{int((v.sees_from <= f).sum())} of {len(v)} rows would have seen the shift of fraction "
+                             f"{f:g} ({int(pt[pt.fraction == f].readings.iloc[0])} readings per name)"
+                             for f in sorted(pt[pt.fraction > 0].fraction.unique())) + ".\n")
     leaks = pt[pt.fraction > 0]
     if len(leaks):
         L.append("The paired design on the leak fractions (its positive controls), rows detected of rows: " + "; ".join(
