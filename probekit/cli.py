@@ -308,12 +308,12 @@ def _ladder(args: argparse.Namespace) -> int:
 
 def _study_watermark(args: argparse.Namespace) -> int:
     from probekit.experiments.printout import print_study, starting_line, write_tables
-    from probekit.experiments.watermark_study import run_study, verdict_lines, write_section
+    from probekit.experiments.watermark_study import run_study, tables, verdict_lines, write_section
 
     out = Path(args.out or ("probekit-watermark-full" if args.full else "probekit-watermark"))
     print(starting_line("watermark", out, "tables"), flush=True)
     res = run_study(full=args.full)
-    written, notes = write_tables({k: res[k] for k in ("table", "gradients") if k in res}, out)
+    written, notes = write_tables(tables(res), out)
     if args.full:
         docs = Path(args.docs)
         written += write_section(res, docs / "results.md", docs / "img", command="probekit study watermark --full")

@@ -93,3 +93,27 @@ def test_cluster_bootstrap_covers_the_mean_and_widens_for_clusters():
     # several statistics on the same resamples, blocks of resamples give the same answer
     both = S.cluster_bootstrap(np.c_[sums, 2 * sums], np.bincount(clusters), n_boot=2000, seed=0)
     assert np.allclose(both[0], [lo_c[0], 2 * lo_c[0]]) and np.allclose(both[1], [hi_c[0], 2 * hi_c[0]])
+
+
+def test_group_permutations_are_one_label_per_group_and_reproducible():
+    """One label per group: every permutation gives each group one label and keeps the class counts; the same
+    seed gives the same draws (the verdict's rows share them)."""
+    from probekit._stats import permutations
+
+    groups = np.repeat(np.arange(40), 3)
+    codes = (groups % 2).astype(int)
+    idx = permutations(codes, groups, 50, seed=2)
+    assert (idx[0] == np.arange(120)).all() and (idx == permutations(codes, groups, 50, seed=2)).all()
+    perm = codes[idx]
+    assert (perm.reshape(51, 40, 3).std(2) == 0).all() and (perm.sum(1) == codes.sum()).all()
+    assert len({tuple(r) for r in perm[1:]}) > 45
+
+
+def test_sign_flip_null_and_shift():
+    from probekit._stats import min_detectable_shift, sign_flip_null
+
+    d = np.array([[1.0, -1.0, 2.0, np.nan], [0.5, 0.5, 0.5, 9.0]])
+    null = sign_flip_null(d, n_flip=30, seed=0)
+    assert null.shape == (2, 31) and np.allclose(null[:, 0], [2 / 3, 0.5])  # the NaN unit left out of both rows
+    assert (null >= 0).all() and (null <= np.abs(d[:, :3]).mean(1, keepdims=True) + 1e-12).all()
+    assert np.isnan(min_detectable_shift(1.0, 1, 1)) and min_detectable_shift(1.0, 400, 10) < min_detectable_shift(1.0, 100, 10)

@@ -237,19 +237,23 @@ def test_study_watermark_prints_verdicts_then_paths(monkeypatch, tmp_path, capsy
     import probekit.experiments.watermark_study as ws
     from probekit.cli import main
 
-    table = pd.DataFrame({"condition": ["base reader (not fine-tuned)", "p=0.5"], "seed": [0, 0],
-                          "verdict": ["No leakage detected at any of 12 points.",
-                                      "Leakage detected at 2 of 12 points (Holm-corrected p < 0.05): x."],
-                          "detected": [False, True], "best": ["lm.0.resid@last", "lm.1.resid@last"],
-                          "probe_acc": [0.5, 0.8], "probe_lo": [0.4, 0.7], "probe_hi": [0.6, 0.9]})
-    res = {"table": table, "ocr": {"char_accuracy": 0.9, "char_accuracy_lo": 0.88, "char_accuracy_hi": 0.92},
+    def run(kind, summary):
+        table = pd.DataFrame({"point": ["logits"], "source": ["output"], "score": ["loss"], "auc": [0.5]})
+        return {"row": {"condition": kind, "kind": kind}, "table": table, "summary": summary + "\nOutput attack loss: ..."}
+
+    summaries = ["No membership detected at any of 27 rows (family-wise test; would have detected AUC >= 0.63)",
+                 "Membership detected at 2 of 27 rows (permutation test, family-wise 0.05); first layer: lm.1.resid"]
+    runs = [run("fraction 0, seed 0", summaries[0]), run("fraction 0.5, seed 0", summaries[1])]
+    res = {"runs": runs, "rows": pd.DataFrame([r["row"] for r in runs]), "guard_shift": None,
+           "paired": pd.DataFrame(), "dose": pd.DataFrame({"method": ["output loss"], "rate": [0.5]}),
+           "ocr": {"char_accuracy": 0.9, "char_accuracy_lo": 0.88, "char_accuracy_hi": 0.92},
            "gradients": pd.DataFrame({"batch_size": [2], "cos": [0.1]}), "seconds": 5.0}
     monkeypatch.setattr(ws, "run_study", lambda full: res)
     assert main(["study", "watermark", "--out", str(tmp_path / "w")]) == 0
     verdicts, wrote, _ = _sections(capsys.readouterr().out, "watermark")
-    for v in table.verdict:
+    for v in summaries:  # each run's own verdict line, once
         assert sum(v in line for line in verdicts) == 1
-    assert {Path(p).name for p in wrote} == {"table.csv", "gradients.csv"}
+    assert {Path(p).name for p in wrote} == {"rows.csv", "dose.csv", "gradients.csv", "membership.csv"}
 
 
 def _tiny_ladder(**kw):

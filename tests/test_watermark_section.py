@@ -1,49 +1,95 @@
-"""The watermark study's write-up: each regime's verdict sentence follows its runs and its controls."""
+"""The watermark study's write-up: every number of the section comes from the run's tables (synthetic here)."""
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from probekit.experiments.watermark_study import section
+from probekit.experiments import watermark_dose as WD
+from probekit.experiments.watermark_study import analyse, verdict_lines
+from probekit.experiments.watermark_writeup import section
+
+POINTS = ["lm.0.resid", "lm.1.resid", "lm.2.resid"]
+SCORES = ["loss", "min_k", "min_k_pp"]
 
 
-def _row(condition, kind, seed, detected, control=False, lora=False, mia=0.5, seen=0.6, unseen=0.6):
-    return {"condition": condition, "kind": kind, "seed": seed, "detected": detected, "control": control,
-            "lora": lora, "n_users": 12, "n_detected": int(detected), "m": 14,
-            "hits": "mia.loss@answer" if detected else "", "residual_detected": False,
-            "residual_best": "lm.1.resid@answer_mean", "residual_acc": 0.55, "residual_lo": 0.4, "residual_hi": 0.7,
-            "mia_auc": mia, "mia_lo": mia - 0.1, "mia_hi": mia + 0.1, "task_acc": float("nan") if kind == "base" else 0.5,
-            "direct_seen": seen, "direct_seen_lo": seen - 0.05, "direct_seen_hi": seen + 0.05,
-            "direct_unseen": unseen, "direct_unseen_lo": unseen - 0.05, "direct_unseen_hi": unseen + 0.05}
+def _table(hits=(), auc=0.5):
+    rows = [(src, p, s) for src in ("logit-lens", "logit-lens minus base") for p in POINTS for s in SCORES]
+    rows += [("probe", p, "features") for p in POINTS]
+    rows += [(src, "logits", s) for src in ("output", "output minus base") for s in SCORES]
+    return pd.DataFrame([{"point": p, "source": src, "score": s, "auc": auc, "auc_lo": auc - 0.07, "auc_hi": auc + 0.07,
+                          "tpr_at_1fpr": 0.01, "detected": (src, p, s) in hits, "mde_auc": 0.63} for src, p, s in rows])
 
 
-def _text(rows):
-    res = {"table": pd.DataFrame(rows), "seconds": 60.0,
-           "ocr": {"n": 200, "char_accuracy": 0.94, "char_accuracy_lo": 0.93, "char_accuracy_hi": 0.95,
-                   "exact_match": 0.72}}
-    return section(res, {}, Path("docs"), "probekit study watermark --full")
+def _run(kind, seed, fraction, hits=(), auc=0.5, collapsed=False, rng=None):
+    pairs = pd.DataFrame([{"pair": i, "scene": 0, "name": f"{lab}{i}", "label": lab} for i in range(30)
+                          for lab in ("seen", "unseen")])
+    cols = ["reading:output:logits:loss", "reading:logit-lens:lm.0.resid:loss", "reading:logit-lens:lm.2.resid:loss",
+            "shape:output:logits:loss"]
+    scores = pd.DataFrame({c: rng.normal(size=60) for c in cols})
+    p = 0.0 if kind == "p=0 control" else 1.0
+    cond = {"p=0 control": f"p=0 (no name), seed {seed}", "U3 control": f"fraction {fraction:g}, U3 read, seed {seed}"}
+    row = {"kind": kind, "seed": seed, "fraction": fraction, "p": p, "readings": int(round(fraction * 40)) if p else 0,
+           "collapsed": collapsed, "condition": cond.get(kind, f"fraction {fraction:g}, seed {seed}"), "seconds": 90.0,
+           "residual_detected": False}
+    table = _table(hits, auc)
+    return {"row": row, "table": table, "guard": table.head(2).assign(detected=False), "attribution": None,
+            "pairs": pairs, "scores": scores, "summary": "No membership detected at any of 27 rows (...)"}
 
 
-def test_lora_and_full_leaks_get_their_own_verdicts():
-    rows = [_row("base reader (not fine-tuned)", "base", s, False, control=True) for s in range(3)]
-    rows += [_row("p=1, p0", "task-irrelevant", s, False) for s in range(3)]
-    rows += [_row("p=0, p0", "task-irrelevant", s, False, control=True) for s in range(3)]
-    rows += [_row("leak", "leak", s, True, mia=0.9, seen=0.95, unseen=0.55) for s in range(3)]
-    rows += [_row("leak (U3)", "leak", s, False, control=True, mia=0.45) for s in range(3)]
-    rows += [_row("leak LoRA", "leak", s, s == 0, lora=True, mia=0.7, seen=0.9) for s in range(3)]
-    rows += [_row("leak LoRA (U3)", "leak", s, False, control=True, lora=True) for s in range(3)]
-    text = _text(rows)
-    assert "**Task-irrelevant: nothing detected**: 0 of 3 watermarked fine-tunes" in text
-    assert "**Leak (full fine-tune): detected** in 3 of 3 leak fine-tunes" in text
-    assert "AUC, mean over runs: 0.90 with U1 read in training, 0.45 in the controls" in text
-    assert "**Leak (LoRA): nothing detected**: 1 of 3 leak fine-tunes" in text
-    assert "the detections do not replicate across seeds" in text
+def _res():
+    rng = np.random.default_rng(0)
+    cfg = WD.DoseConfig(fractions=(0.0, 0.05, 0.5), seeds=(0, 1), n_users=30, u3=(0.5,))
+    leak_hits = {("output minus base", "logits", "loss"), ("logit-lens minus base", "lm.2.resid", "loss"),
+                 ("logit-lens", "lm.1.resid", "loss")}
+    runs = []
+    for s in (0, 1):
+        runs += [_run("p=0 control", s, 0.0, rng=rng), _run("task-irrelevant", s, 0.0, rng=rng),
+                 _run("leak", s, 0.05, rng=rng),
+                 _run("leak", s, 0.5, hits=leak_hits, auc=0.7, rng=rng, collapsed=s == 1 and False),
+                 _run("U3 control", s, 0.5, rng=rng)]
+    runs[1]["row"]["collapsed"] = True  # fraction 0, seed 0: reading collapsed
+    res = {"runs": runs, "rows": pd.DataFrame([r["row"] for r in runs]), "guard_shift": None,
+           "protocol": pd.DataFrame(), "config": cfg, "seconds": 4200.0,
+           "ocr": {"n": 200, "char_accuracy": 0.94, "char_accuracy_lo": 0.93, "char_accuracy_hi": 0.95, "exact_match": 0.72}}
+    res.update(analyse(res))
+    return res
 
 
-def test_one_kind_of_fine_tune_is_not_labelled_full_or_lora():
-    rows = [_row("base reader (not fine-tuned)", "base", 0, False, control=True),
-            _row("leak", "leak", 0, True, mia=0.9), _row("leak (U3)", "leak", 0, True, control=True)]
-    text = _text(rows)
-    assert "**Leak: nothing detected**: 1 of 1 leak fine-tunes (half the watermarked images ask for their U1 name) " \
-           "and 1 of 1 matched U3 controls" in text
-    assert "a detection is no more frequent than in the controls" in text
+def test_section_reports_the_dose_table_the_layers_and_the_paired_nulls_from_the_runs():
+    res = _res()
+    text = section(res, {}, Path("docs"), "probekit study watermark --full")
+    assert "in 70.0 min" in text and "fractions 0, 0.05, 0.5 = 0, 2, 20 readings per name" in text
+    assert "| output minus base (any score) | 0/2 [0.00, 0.66] | 0/2 [0.00, 0.66] | 0/2 [0.00, 0.66] | 2/2 [0.34, 1.00] " \
+           "| 0/2 [0.00, 0.66] |" in text
+    assert "| output loss | 0/2" in text and "| logit lens lm.1 | 0/2 [0.00, 0.66] | 0/2 [0.00, 0.66] | 0/2 [0.00, 0.66] " \
+           "| 2/2" in text
+    assert ("An output row (raw or minus base) was detected in 2 run(s); a layer below the last (logit lens, lens minus "
+            "base or probe at `lm.0` / `lm.1`) was detected in 2 of them: fraction 0.5, seed 0: lm.1.resid; fraction "
+            "0.5, seed 1: lm.1.resid. Runs that read no U1 name (fraction 0, the controls): 0 of 6 had any method detect.") in text
+    assert "| output minus base | logits | loss | 0.70 [0.70, 0.70], 0.01, 2/2 | 0.50 [0.50, 0.50], 0.01, 0/2 |" in text
+    # the paired part: fraction 0 lost its seed-0 run (collapsed) and says so; its rows are words, not blanks
+    assert "Dropped runs (direct prompt 0.00 on both pools: reading collapsed): fraction 0, seed 0." in text
+    assert "Fraction 0 pools 1 seed(s)." in text
+    assert text.count("| reading: output loss |") == 1 and "inconclusive" in text
+    zero = res["paired"][res["paired"].fraction == 0.0]
+    assert len(zero) == 3 and (zero.n_units == 30).all()  # one pool (seeds 0, 1 share it), lm.2 = the output, dropped
+    assert "**Layer-wise below the output: detected wherever the output is** (2 of 2 runs)." in text
+    assert "the raw output loss in 0/2, 0/2, 0/2" in text and "smallest dose whose shift exceeds the MDE" in text
+    lines = verdict_lines(res)
+    assert lines[0].startswith("p=0 (no name), seed 0: No membership detected") and lines[-1].startswith("reader OCR")
+    assert any(x.startswith("paired task-irrelevant test (fraction 0 vs p=0): reading: output loss") for x in lines)
+
+
+def test_the_tables_written_rebuild_the_same_section(tmp_path):
+    """``probekit study watermark`` writes every table the section is made from; reload() gives the same text."""
+    from probekit.experiments.printout import write_tables
+    from probekit.experiments.watermark_study import reload, tables
+
+    res = _res()
+    write_tables(tables(res), tmp_path)
+    again = reload(tmp_path)
+    assert "re-rendered from the tables it wrote" in section(again, {}, Path("docs"), "c")  # it says so
+    assert again.pop("reloaded") is True
+    assert section(again, {}, Path("docs"), "c") == section(res, {}, Path("docs"), "c")
+    assert len(again["runs"]) == len(res["runs"]) and again["config"] == res["config"]

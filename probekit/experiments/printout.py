@@ -22,6 +22,9 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from ..files import atomic_write
+from ..readout.significance import drop_nulls
+
 __all__ = ["write_tables", "print_study", "starting_line"]
 
 
@@ -42,7 +45,8 @@ def write_tables(tables: Mapping[str, Any], out: str | Path, empty: Mapping[str,
             notes.append(f"not written: {name}.csv (empty: {(empty or {}).get(name, 'this run produced no rows')})")
             continue
         path = out / f"{name}.csv"
-        value.to_csv(path, index=False)
+        # the permutation statistics stay in memory (the verdicts made from them are columns); atomic, as every file
+        atomic_write(path, drop_nulls(value).to_csv(index=False), f"{name} table")
         written.append(path)
     return written, notes
 
