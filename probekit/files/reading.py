@@ -39,9 +39,16 @@ def loads_json(data: str | bytes, where: str, cls: type[ProbekitError] = StoreEr
     def constant(name: str) -> Any:
         raise cls(f"{where}: {name} is not a JSON number", fix=fix)
 
+    def number(text: str) -> float:
+        x = float(text)
+        if not math.isfinite(x):  # '1e999' parses to inf: refuse it like the literal Infinity
+            raise cls(f"{where}: {text[:40]} is out of a float's range", fix=fix)
+        return x
+
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
-        return json.loads(text, object_pairs_hook=_pairs(where, cls, fix), parse_constant=constant)
+        return json.loads(text, object_pairs_hook=_pairs(where, cls, fix), parse_constant=constant,
+                          parse_float=number)
     except ProbekitError:
         raise
     except (ValueError, TypeError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
