@@ -243,3 +243,23 @@ def test_select_latents():
     assert set(s.latents) == {1, 4} and s.scores[0] > 100
     s = select_latents(z, ["a"] * 20 + ["b"] * 20, m=1, method="diff", positive="a")
     assert s.latents == [4] and s.alpha == [pytest.approx(2.475)]
+
+
+def test_a_directory_written_by_eai_sparsify_loads_as_the_same_topk_sae(tmp_path):
+    """tests/data/sparsify/layers.1 was written by eai-sparsify 1.3.3's SparseCoder.save_to_disk."""
+    d = FIXTURES.parent / "sparsify" / "layers.1"
+    assert (d.parent / "VERSION").read_text().startswith("eai-sparsify 1.3.3")
+    sae = load_sae(d)
+    expected = load_file(str(d / "expected.safetensors"))
+    assert (sae.architecture, sae.k, sae.d_sae, sae.point) == ("topk", 3, 16, "lm.1.resid")
+    z = sae.encode(expected["x"])
+    assert torch.equal(z, expected["z"])
+    assert torch.allclose(sae.decode(z), expected["x_hat"], atol=1e-5)  # sparsify sums with embedding_bag
+    back = load_sae(save_sae(sae, tmp_path / "as-sae-lens"))  # and on in sae-lens's format
+    assert torch.equal(back.encode(expected["x"]), z)
+    bad = tmp_path / "layers.2"
+    shutil.copytree(d, bad)
+    cfg = json.loads((bad / "cfg.json").read_text())
+    (bad / "cfg.json").write_text(json.dumps({**cfg, "skip_connection": True}))
+    with pytest.raises(StoreError, match="'skip_connection' is True"):
+        load_sae(bad)

@@ -1,7 +1,11 @@
 """SAEs on disk in sae-lens's format: ``cfg.json`` + ``sae_weights.safetensors``, checked field by field.
 
 A directory written by sae-lens (``SAE.save_model``, 6.x; the pre-6 ``cfg.json`` keys too) or by
-probekit (:func:`save_sae`) loads here; one written here loads in sae-lens. Everything is checked
+probekit (:func:`save_sae`) loads here; one written here loads in sae-lens. A TopK SAE saved by
+eai-sparsify (``SparseCoder.save_to_disk``: ``cfg.json`` + ``sae.safetensors`` with ``encoder.weight``
+``[d_sae, d_in]``, ``encoder.bias``, ``W_dec``, ``b_dec``) loads too, as the same TopK SAE (sparsify
+encodes ``topk(relu((x - b_dec) W_enc + b_enc))``, sae-lens's TopK with the ReLU first, the same latents);
+its directory name (``layers.12``) is translated like a hook name. Everything is checked
 before an :class:`~probekit.sae.SAE` is built, and any problem is a
 :class:`~probekit.errors.StoreError` naming the file and the field (never a raw traceback):
 the JSON is strict (a duplicated key, NaN refused), every field has the type and range it must
@@ -37,13 +41,16 @@ __all__ = ["CFG", "WEIGHTS", "save_sae", "load_sae", "point_from_hook", "read_co
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
+SPARSIFY_WEIGHTS = "sae.safetensors"
 _KEY = "probekit_checksum"
 _FIX = "re-save the SAE (probekit.sae.save_sae or sae-lens SAE.save_model), or train it again"
 _NORMALISE = ("none",)
 _HOOKS = [(re.compile(r"blocks\.(\d+)\.hook_resid_post"), "lm.{}.resid"),
           (re.compile(r"blocks\.(\d+)\.hook_out"), "lm.{}.resid"),
           (re.compile(r"blocks\.(\d+)\.hook_mlp_out"), "lm.{}.mlp"),
-          (re.compile(r"blocks\.(\d+)\.hook_attn_out"), "lm.{}.attn")]
+          (re.compile(r"blocks\.(\d+)\.hook_attn_out"), "lm.{}.attn"),
+          (re.compile(r"(?:model\.)?(?:language_model\.)?layers\.(\d+)"), "lm.{}.resid"),  # sparsify's hookpoints
+          (re.compile(r"(?:model\.)?(?:language_model\.)?layers\.(\d+)\.mlp"), "lm.{}.mlp")]
 
 
 def point_from_hook(hook_name: Any) -> str | None:
@@ -166,6 +173,8 @@ def load_sae(directory: str | os.PathLike, point: str | None = None, position: s
     (default: as stored).
     """
     d = Path(directory)
+    if (d / SPARSIFY_WEIGHTS).exists() and not (d / WEIGHTS).exists():
+        return _load_sparsify(d, point, position, dtype)
     raw_cfg = read_config(d)
     where = f"SAE config {d / CFG}"
     c = _checked(raw_cfg, where)
@@ -189,6 +198,39 @@ def load_sae(directory: str | os.PathLike, point: str | None = None, position: s
                rescale_acts_by_decoder_norm=c.get("rescale_acts_by_decoder_norm", False),
                point=point or c["point"] or point_from_hook(c["hook_name"]), position=position or c["position"],
                meta={**c["meta"], **({"hook_name": c["hook_name"]} if c["hook_name"] and c["point"] is None else {})})
+
+
+def _load_sparsify(d: Path, point: str | None, position: str | None, dtype: torch.dtype | None) -> SAE:
+    """An eai-sparsify SparseCoder directory as the same TopK SAE (see the module docstring), every field checked."""
+    p = d / CFG
+    try:
+        cfg = loads_json(p.read_bytes(), f"SAE config {p}", fix=_FIX)
+    except FileNotFoundError:
+        raise StoreError(f"{d} has {SPARSIFY_WEIGHTS} but no {CFG}: not an eai-sparsify SAE directory", fix=_FIX) from None
+    where = f"eai-sparsify SAE config {p}"
+    if not isinstance(cfg, dict):
+        raise StoreError(f"{where} is a JSON {type(cfg).__name__}, not an object", fix=_FIX)
+    act = field(cfg, "activation", str, where, _FIX, default="topk")
+    for key, bad in (("activation", act != "topk"), ("transcode", field(cfg, "transcode", bool, where, _FIX, default=False)),
+                     ("skip_connection", field(cfg, "skip_connection", bool, where, _FIX, default=False))):
+        if bad:
+            raise StoreError(f"{where}: field {key!r} is {cfg[key]!r}; probekit reads sparsify's plain TopK SAEs",
+                             fix="use a TopK SAE without a skip connection (not a transcoder, not groupmax)")
+    d_in, k = _int(cfg, "d_in", where), _int(cfg, "k", where)
+    d_sae = field(cfg, "num_latents", int, where, _FIX, default=0) or d_in * _int(cfg, "expansion_factor", where)
+    meta, t = read_safetensors(d / SPARSIFY_WEIGHTS, "SAE weights", _FIX)
+    wwhere = f"SAE weights {d / SPARSIFY_WEIGHTS}"
+    want = {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if set(t) != set(want):
+        raise StoreError(f"{wwhere}: tensors {sorted(t)}, expected {sorted(want)}", fix=_FIX)
+    for name, shape in want.items():
+        check_tensor(t[name], name, wwhere, _FIX, shape=shape)
+    if k > d_sae:
+        raise StoreError(f"{where}: field 'k' is {k}, larger than {d_sae} latents", fix=_FIX)
+    cast = (lambda v: v.to(dtype)) if dtype is not None else (lambda v: v)  # noqa: E731
+    return SAE(cast(t["encoder.weight"]).T.contiguous(), cast(t["encoder.bias"]), cast(t["W_dec"]), cast(t["b_dec"]),
+               architecture="topk", k=k, point=point or point_from_hook(d.name), position=position,
+               meta={"source": "eai-sparsify", "hookpoint": d.name})
 
 
 def save_sae(sae: SAE, directory: str | os.PathLike) -> Path:
