@@ -149,12 +149,14 @@ def _lr_at(step: int, total: int, lr: float) -> float:
 
 
 def train_sae(store: Any, point: str, position: str | int | None = None, settings: TrainSettings | None = None,
-              progress: bool = False, **kwargs: Any) -> SAE:
+              progress: bool = False, device: str | torch.device = "cpu", **kwargs: Any) -> SAE:
     """An SAE trained on ``store[point]`` (one ``position`` of a multi-position point, or every position as a row).
 
     ``settings`` (a :class:`TrainSettings`) or its fields as keywords: ``architecture`` (``"topk"`` or
     ``"standard"``), ``d_sae`` (default ``expansion * d_in``), ``k``, ``l1``, ``epochs``, ``batch_size``,
     ``lr``, ``auxk_alpha``, ``dead_after``, ``seed``. The record of the run is in ``sae.meta``.
+    ``device``: where to train (``"cuda"`` for a real model's SAE; shards are read on the CPU and each batch
+    is moved); the SAE comes back on the CPU.
 
     Example:
         >>> import torch
@@ -183,13 +185,15 @@ def train_sae(store: Any, point: str, position: str | int | None = None, setting
         with torch.no_grad():
             sae.W_dec.mul_(0.1)
             sae.W_enc.copy_(sae.W_dec.T)
-    sae.requires_grad_(True)
+    dev = torch.device(device)
+    sae.to(dev).requires_grad_(True)
+    mean = mean.to(dev)
     lr = s.lr or 2e-4 / math.sqrt(d_sae / 2 ** 14)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     per_epoch = max(1, _count_batches(store, point, position, s.batch_size))
     total = max(1, int(round(s.epochs * per_epoch)))
     dead_after = s.dead_after or n
-    since = torch.zeros(d_sae, dtype=torch.long)
+    since = torch.zeros(d_sae, dtype=torch.long, device=dev)
     gen = torch.Generator().manual_seed(s.seed + 1)
     curve: list[float] = []
     step, fvu_sum, fvu_n = 0, 0.0, 0
@@ -201,7 +205,7 @@ def train_sae(store: Any, point: str, position: str | int | None = None, setting
             for xb in _batches(store, point, position, s.batch_size, gen):
                 if step >= total:
                     break
-                x = (xb - mean) * scale
+                x = (xb.to(dev, non_blocking=True) - mean) * scale
                 pre = sae.pre_activations(x)
                 z = sae.activate(pre)
                 x_hat = z @ sae.W_dec + sae.b_dec
@@ -235,9 +239,10 @@ def train_sae(store: Any, point: str, position: str | int | None = None, setting
     finally:
         bar.close()
     _fold(sae, mean, scale)
+    sae.cpu()
     sae.point, sae.position = point, (None if position is None else str(position))
     sae.meta = {"train": {**asdict(s), "d_sae": d_sae, "lr": lr, "rows": n, "steps": total, "backend": "probekit",
-                          "seconds": round(time.perf_counter() - t0, 3), "fvu_curve": curve,
+                          "seconds": round(time.perf_counter() - t0, 3), "fvu_curve": curve, "device": str(dev),
                           "fvu_last": curve[-1] if curve else (fvu_sum / max(fvu_n, 1)),
                           "dead_at_end": int((since > dead_after).sum())}}
     return sae.eval().requires_grad_(False)
