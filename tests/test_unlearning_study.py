@@ -146,7 +146,7 @@ def test_npo_lowers_forget_accuracy_by_destroying_utility(study):
     for m in u.index:  # the flag is the shared verdict on retain accuracy: not above chance after Holm
         assert u.loc[m, "utility_destroyed"] == (u.loc[m, "retain_p_holm_min"] >= 0.05)
     up = study["unlearning_probes"]
-    assert set(up.method) == {"none", "retrain", "npo", "ablate"} and {"residual", "lens"} == set(up.features)
+    assert set(up.method) == {"none", "retrain", "npo", "ablate", "sae_clamp"} and {"residual", "lens"} == set(up.features)
     assert set(up.fit) == {"retain profiles", "forget profiles (folds by profile)"}
     assert ((up.accuracy_lo <= up.accuracy + 1e-9) & (up.accuracy <= up.accuracy_hi + 1e-9)).all()
 
@@ -166,7 +166,7 @@ def test_retrained_reference_never_saw_the_forget_profiles(study):
 
 def test_membership_auc_forget_vs_never_seen_by_profile(study):
     m = study["unlearning_mia"]
-    assert set(m.method) == {"none", "retrain", "npo", "ablate"}
+    assert set(m.method) == {"none", "retrain", "npo", "ablate", "sae_clamp"}
     for r in m.itertuples():  # below_half: 1 - AUC above chance under the shared verdict
         assert r.auc_lo <= r.auc <= r.auc_hi
         assert not (r.below_half and r.auc_lo > 0.5) and (not r.below_half or r.auc < 0.5)

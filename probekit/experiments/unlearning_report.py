@@ -22,7 +22,8 @@ __all__ = ["save_pngs", "write_section", "verdict_lines", "transfer_lines", "EMP
 #: why a table of :func:`probekit.experiments.unlearning_study.run_study` can be empty (not written then)
 EMPTY = {"transfer": "this configuration teaches no profile in one modality only (n_transfer=0; the quick "
                      "--small run skips them), so there is no cross-modal transfer to measure",
-         "steering_eval": "this configuration runs no steering method"}
+         "steering_eval": "this configuration runs no steering method",
+         "sae_sweep": "this configuration runs no SAE remover"}
 
 MARK = ("<!-- study:unlearning -->", "<!-- /study:unlearning -->")
 
