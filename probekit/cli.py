@@ -7,8 +7,10 @@
 ``probekit membership --model PATH --members DIR --nonmembers DIR --answers CSV [--base PATH]``: membership per layer.
 ``probekit study memorization [--full] [--out DIR]``: the watermark memorisation study (docs/results.md).
 ``probekit study ladder [--small] [--out DIR] [--docs DIR]``: Apple's leakage ladder on a yes/no organism;
-rewrites the ladder section of docs/results.md (``--small``: the CI version, printed only).
-``probekit study watermark [--full]``: the same study on the reader organism (its section of docs/results.md).
+rewrites the ladder section of docs/results.md (``--small``: the CI version, printed only); ``--sae``: SAEs on
+the organism (quality, the SAE-latent readout of every attribute, its HTML page).
+``probekit study watermark [--full]``: the same study on the reader organism (its section of docs/results.md);
+``probekit study watermark --sae --small``: the SAE removers on the leak organism, the quick check (prints).
 ``probekit study unlearning [--small] [--out DIR]``: memorised facts and unlearning (its section of docs/results.md).
 
 Bad arguments exit with code 2 and a one-line message.
@@ -129,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--full", action="store_true", help="the full grid; writes docs/results.md and docs/img/results-*.png")
     st.add_argument("--out", default=None, help="folder for checkpoints (default probekit-memorization[-full])")
     st.add_argument("--docs", default="docs", help="where --full writes results.md and img/ (default docs)")
+    st.add_argument("--sae", action="store_true",
+                    help="watermark: the SAE removers (steering, clamping) on the leak organism; with --small the quick check")
     return p
 
 
@@ -290,6 +294,19 @@ def _study(args: argparse.Namespace) -> int:
 
 def _ladder(args: argparse.Namespace) -> int:
     from probekit.experiments.printout import print_study, starting_line, write_tables
+
+    if args.sae:  # SAEs on the organism: quality per layer and the SAE-latent readout of every attribute
+        from probekit.experiments import sae_ladder
+
+        out = Path(args.out or "probekit-sae-ladder")
+        res = sae_ladder.run(small=args.small, out=str(out))
+        written, notes = write_tables({"sae_quality": res["quality"], "sae_readout": sae_ladder.summary(res)}, out)
+        if not args.small:
+            docs = Path(args.docs)
+            written += sae_ladder.write_section(res, docs / "results.md", docs / "img", "probekit study ladder --sae",
+                                                html_path=out / "sae-ladder.html", library=sae_ladder.LIBRARY)
+        print_study([], written, notes, res["seconds"], out, table=sae_ladder.summary(res))
+        return 0
     from probekit.organisms.ladder import LadderConfig, headline, run_ladder, verdict_lines, write_section
 
     cfg = LadderConfig.small(progress=True) if args.small else LadderConfig()
@@ -308,6 +325,14 @@ def _ladder(args: argparse.Namespace) -> int:
 
 def _study_watermark(args: argparse.Namespace) -> int:
     from probekit.experiments.printout import print_study, starting_line, write_tables
+
+    if args.sae:
+        from probekit.experiments.watermark_sae import run
+
+        res = run(small=args.small, verbose=False)
+        written, notes = write_tables({"watermark_sae": res["table"]}, args.out or "probekit-watermark-sae")
+        print_study(res["lines"], written, notes, res["seconds"], args.out or "probekit-watermark-sae", what="tables")
+        return 0
     from probekit.experiments.watermark_study import run_study, tables, verdict_lines, write_section
 
     out = Path(args.out or ("probekit-watermark-full" if args.full else "probekit-watermark"))

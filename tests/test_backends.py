@@ -24,6 +24,33 @@ nnsight_backend = pytest.importorskip("probekit.hooks.backends.nnsight_backend")
 tl_backend = pytest.importorskip("probekit.hooks.backends.transformer_lens_backend")
 
 N_LAYERS = 2
+
+
+def _tl_major() -> int:
+    from importlib.metadata import version
+
+    return int(version("transformer-lens").split(".")[0])
+
+
+# TransformerLens 4.x runs the bridged LLaVA bit for bit as the plain eager forward; 3.9 (what sae-lens 6.x
+# pins) re-implements the CLIP vision tower's attention too, measured at 3e-5 to 7e-5 relative error per point
+TL_EXACT = _tl_major() >= 4
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical on TransformerLens 4.x; within 1e-4 relative error (float rounding) on 3.x."""
+    if TL_EXACT:
+        return torch.equal(a, b)
+    return _relative(a, b)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
+    return a.shape == b.shape and bool((a.double() - b.double()).norm() <= tol * b.double().norm().clamp_min(1e-12))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal to float rounding: ``allclose`` at 1e-5 on TransformerLens 4.x, 1e-4 relative error on 3.x."""
+    return torch.allclose(a, b, atol=1e-5, rtol=1e-5) if TL_EXACT else _relative(a, b)
 IMAGE_TOKEN = 299
 N_IMAGE_TOKENS = 16  # (32 / 8) ** 2
 
@@ -174,14 +201,14 @@ def test_tl_identical_to_plain_eager_forward_unpadded():
     got = _run_and_check_untouched(tl_backend, model, inputs, targets)
     out, ref = _reference(model, inputs, targets)
     hs = out.hidden_states
-    assert torch.equal(got["lm.embed"], hs[0])
+    assert _same(got["lm.embed"], hs[0])
     for i in range(N_LAYERS - 1):
-        assert torch.equal(got[f"lm.{i}.resid"], hs[i + 1])
-    assert torch.equal(got["lm.norm"], hs[-1])
-    assert torch.equal(got["logits"], out.logits)
+        assert _same(got[f"lm.{i}.resid"], hs[i + 1])
+    assert _same(got["lm.norm"], hs[-1])
+    assert _same(got["logits"], out.logits)
     for point in targets:
         assert got[point].dtype == ref[point].dtype
-        assert torch.equal(got[point], ref[point]), point
+        assert _same(got[point], ref[point]), point
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -194,13 +221,13 @@ def test_tl_padded_batch(attn):
     got = _run_and_check_untouched(tl_backend, model, inputs, targets)
     out, ref = _reference(model, inputs, targets)
     for point in ("lm.embed", "projector", "vision.1.resid"):
-        assert torch.equal(got[point], ref[point]), point
+        assert _same(got[point], ref[point]), point
     real = inputs["attention_mask"].bool()
     for point in targets:
         if got[point].shape[:2] == real.shape:  # language-model points: compare real tokens
-            assert torch.allclose(got[point][real], ref[point][real], atol=1e-5, rtol=1e-5), point
+            assert _close(got[point][real], ref[point][real]), point
         if attn == "eager":
-            assert torch.equal(got[point][0], ref[point][0]), point  # the unpadded row
+            assert _same(got[point][0], ref[point][0]), point  # the unpadded row
 
 
 def test_tl_text_only_lm():
@@ -243,10 +270,19 @@ def _forbid_subprocess(monkeypatch):
 
 
 def test_torchvision_guard_active_and_restored(monkeypatch):
+    calls = _forbid_subprocess(monkeypatch)
+    if not TL_EXACT:
+        # TransformerLens 3.x (sae-lens pins it): the only installer sits in boot(), never called here
+        import transformer_lens.model_bridge.sources.transformers as tl_source
+
+        boot = tl_source.boot
+        with tl_backend.no_auto_install():
+            assert tl_source.boot is boot
+        assert calls == []
+        return
     import transformer_lens.model_bridge.sources.transformers.helpers as helpers
     import transformer_lens.model_bridge.sources.transformers.source as source
 
-    calls = _forbid_subprocess(monkeypatch)
     original = helpers._ensure_torchvision
     original_loader = source.load_modality_processor
     assert not getattr(original, "_probekit_guard", False)
@@ -287,9 +323,9 @@ def test_backends_on_tiny_checkpoint(tmp_path):
     assert torch.equal(got["lm.embed"], hs[0]) and torch.equal(got["lm.norm"], hs[-1])
     assert all(torch.equal(got[f"lm.{i}.resid"], hs[i + 1]) for i in range(n - 1))
     got = tl_backend.record(model, inputs, targets)
-    assert torch.equal(got["lm.embed"], hs[0])
+    assert _same(got["lm.embed"], hs[0])
     real = inputs["attention_mask"].bool()
-    assert torch.allclose(got["lm.norm"][real], hs[-1][real], atol=1e-5, rtol=1e-5)
+    assert _close(got["lm.norm"][real], hs[-1][real])
 
 
 def test_tl_bridge_cache_follows_the_model():
@@ -303,7 +339,7 @@ def test_tl_bridge_cache_follows_the_model():
         model.model.language_model.layers[0].mlp.down_proj.weight.mul_(2)
     edited = tl_backend.record(model, inputs, targets)["lm.0.resid"]
     assert not torch.equal(first, edited)
-    assert torch.equal(edited, _reference(model, inputs, targets)[1]["lm.0.resid"])
+    assert _same(edited, _reference(model, inputs, targets)[1]["lm.0.resid"])
     # a hook added to the user's model invalidates the cached copy
     handle = model.model.language_model.layers[0].register_forward_hook(lambda m, a, o: o * 0)
     try:

@@ -84,7 +84,9 @@ def test_ci_p():
 def study(tmp_path_factory):
     from probekit.experiments.unlearning_study import StudyConfig, run_study
 
-    return run_study(StudyConfig.small(out=str(tmp_path_factory.mktemp("facts"))))
+    # the CI version, with one of the two SAE removers (both run in `probekit study unlearning --small`)
+    return run_study(StudyConfig.small(out=str(tmp_path_factory.mktemp("facts")), methods=("npo", "ablate", "sae_clamp"),
+                                       sae_epochs=8.0))
 
 
 def test_answer_words_are_single_tokens(study, tmp_path_factory):
@@ -144,7 +146,7 @@ def test_npo_lowers_forget_accuracy_by_destroying_utility(study):
     for m in u.index:  # the flag is the shared verdict on retain accuracy: not above chance after Holm
         assert u.loc[m, "utility_destroyed"] == (u.loc[m, "retain_p_holm_min"] >= 0.05)
     up = study["unlearning_probes"]
-    assert set(up.method) == {"none", "retrain", "npo", "ablate"} and {"residual", "lens"} == set(up.features)
+    assert set(up.method) == {"none", "retrain", "npo", "ablate", "sae_clamp"} and {"residual", "lens"} == set(up.features)
     assert set(up.fit) == {"retain profiles", "forget profiles (folds by profile)"}
     assert ((up.accuracy_lo <= up.accuracy + 1e-9) & (up.accuracy <= up.accuracy_hi + 1e-9)).all()
 
@@ -164,7 +166,7 @@ def test_retrained_reference_never_saw_the_forget_profiles(study):
 
 def test_membership_auc_forget_vs_never_seen_by_profile(study):
     m = study["unlearning_mia"]
-    assert set(m.method) == {"none", "retrain", "npo", "ablate"}
+    assert set(m.method) == {"none", "retrain", "npo", "ablate", "sae_clamp"}
     for r in m.itertuples():  # below_half: 1 - AUC above chance under the shared verdict
         assert r.auc_lo <= r.auc <= r.auc_hi
         assert not (r.below_half and r.auc_lo > 0.5) and (not r.below_half or r.auc < 0.5)
@@ -204,7 +206,7 @@ def test_relearning_attack_on_weight_edits_only(study):
 def test_write_section_keeps_the_rest_of_the_page(study, tmp_path):
     from probekit.experiments import unlearning_report as R
 
-    names = {"unlearning-probes", "unlearning-after", "unlearning-utility", "unlearning-relearn"}
+    names = {"unlearning-probes", "unlearning-after", "unlearning-utility", "unlearning-relearn", "unlearning-pareto"}
     assert set(R.save_pngs(study, tmp_path / "img")) == names
     md = tmp_path / "results.md"
     md.write_text("# Other study\n\nkeep me\n")
@@ -218,9 +220,30 @@ def test_write_section_keeps_the_rest_of_the_page(study, tmp_path):
         assert f"(img/results-{name}.png)" in text
     assert text.count(R.MARK[0]) == 1 and "nothing detected" in text and "| npo |" in text
     assert "| retrain |" in text and "**destroyed**" in text and "Layer-wise membership" in text
+    assert "Every remover side by side" in text and "| 33 | sae_clamp {'clamp': " in text and "SAE: topk (k = 16)" in text
     lines = R.verdict_lines(study)
     npo = next(x for x in lines if x.startswith("npo at"))
     assert "**utility destroyed**" in npo and "distance from the retrained reference" in npo and "relearning" in npo
+
+
+def test_sae_remover_is_fitted_on_held_out_views_and_every_method_pays_its_kl(study):
+    from probekit.experiments.unlearning_removal import FIT_VIEWS
+    from probekit.experiments.unlearning_sae import CLAMPS
+
+    s = study["sae"]
+    assert (s["point"], s["architecture"], s["k"], s["d_sae"]) == ("lm.1.resid", "topk", 16, 512)
+    assert s["heldout_l0"] == 16 and s["heldout_fvu"] < 0.5 and s["loss_recovered"] > 0.8
+    assert s["kl_sae"] < s["kl_zero"] and s["train_rows"] == len(P.make_world(24, 24, 0, seed=0).train) * 19
+    u = study["unlearning"].set_index("method")
+    c = u.loc["sae_clamp"]
+    assert c.steer_fit_overlap == 0 and c.steer_n_eval == u.loc["ablate"].steer_n_eval
+    assert len(__import__("json").loads(c.sae_latents)) == 4 and np.isnan(c.relearn_forget_image)
+    sw = study["sae_sweep"]
+    assert sw.clamp.tolist() == list(CLAMPS) and (sw.forget_fit_before == sw.forget_fit_before.iloc[0]).all()
+    assert u.loc["none", "kl_clean"] == 0 and (u.drop(index="none").kl_clean > 0).all()
+    assert u.loc["npo", "kl_clean"] > u.loc["sae_clamp", "kl_clean"]  # NPO destroyed utility: its KL is large
+    assert {"sae_clamp"} <= set(study["unlearning_probes"].method) and {"sae_clamp"} <= set(study["membership_layers"].method)
+    assert len(FIT_VIEWS) == 4
 
 
 def test_power_of_a_null_is_the_one_sided_z_test():

@@ -9,7 +9,7 @@ import pandas as pd
 
 __all__ = ["save_pngs", "NAMES"]
 
-NAMES = ("unlearning-probes", "unlearning-after", "unlearning-utility", "unlearning-relearn")
+NAMES = ("unlearning-probes", "unlearning-after", "unlearning-utility", "unlearning-relearn", "unlearning-pareto")
 
 
 def _ci_style(d: pd.DataFrame) -> dict:
@@ -86,10 +86,12 @@ def _relearn(plt, u: pd.DataFrame, split: int):
 def save_pngs(res: dict, img_dir: str | Path) -> dict[str, Path]:
     """The section's figures (:data:`NAMES`) as PNGs in ``img_dir``; returns ``{name: path}``."""
     from ..report.figures.png import pyplot, save_png
+    from .unlearning_compare import comparison, pareto
 
     plt, img_dir = pyplot(), Path(img_dir)
     u, up = res["unlearning"], res["unlearning_probes"]
     split = max(up.split)
     figs = {"unlearning-probes": _probes(plt, res["probes"]), "unlearning-after": _after(plt, up, split),
-            "unlearning-utility": _utility(plt, u, split), "unlearning-relearn": _relearn(plt, u, split)}
+            "unlearning-utility": _utility(plt, u, split), "unlearning-relearn": _relearn(plt, u, split),
+            "unlearning-pareto": pareto(plt, comparison(res), split)}
     return {name: save_png(fig, img_dir / f"results-{name}.png") for name, fig in figs.items()}

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..files import atomic_write
 from ..report.text import ci_text, fmt, fmt_ci, where
+from .unlearning_compare import comparison, comparison_md, sae_lines, sweep_table
 from .unlearning_figures import NAMES, save_pngs
 
 __all__ = ["save_pngs", "write_section", "verdict_lines", "transfer_lines", "EMPTY", "MARK", "NAMES"]
@@ -21,7 +22,8 @@ __all__ = ["save_pngs", "write_section", "verdict_lines", "transfer_lines", "EMP
 #: why a table of :func:`probekit.experiments.unlearning_study.run_study` can be empty (not written then)
 EMPTY = {"transfer": "this configuration teaches no profile in one modality only (n_transfer=0; the quick "
                      "--small run skips them), so there is no cross-modal transfer to measure",
-         "steering_eval": "this configuration runs no steering method"}
+         "steering_eval": "this configuration runs no steering method",
+         "sae_sweep": "this configuration runs no SAE remover"}
 
 MARK = ("<!-- study:unlearning -->", "<!-- /study:unlearning -->")
 
@@ -210,7 +212,7 @@ def _tables(res: dict) -> list[str]:
              f"{cfg['unlearn_lr']}; MLLMU-Bench's schedule `gd_mllmu` / `kl_mllmu`: {cfg['mllmu_epochs']} forget epoch then "
              "retain epoch; steering: the job subspace fitted on held-out portrait views of the forget profiles and "
              "scored through `probekit.steering.evaluate` — `ablate` difference of means at every `lm.*.resid`, `leace` "
-             "LEACE eraser, `orthogonalize` weight edit; `retrain`: the reference, fine-tuned from the same base and seed "
+             "LEACE eraser, `orthogonalize` weight edit, `sae_steer` / `sae_clamp` SAE latents (below); `retrain`: the reference, fine-tuned from the same base and seed "
              "without the forget profiles)\n")
     L.append("`utility destroyed`: retain multiple choice is not above chance in either modality (the shared verdict), "
              "so a low forget score there says nothing about forgetting. Δ: method minus the retrained reference. "
@@ -218,6 +220,30 @@ def _tables(res: dict) -> list[str]:
              f"{cfg['relearn_steps']} steps of fine-tuning on retain data (lr {cfg['relearn_lr']}); Δ: the change in forget "
              "accuracy; `recovered`: the share of the forget accuracy that unlearning removed and relearning brought back "
              "(where unlearning removed at least 0.2).\n")
+    return L
+
+
+def _compare(res: dict, imgs: dict, rel) -> list[str]:
+    """The held-out comparison of every remover, its Pareto figure and the SAE removers' record."""
+    L = ["\n### Every remover side by side: is it gone from the residual stream, or only from the answer?\n",
+         "Per method, on the evaluation data only (forget profiles' training views and names for the answer; never-seen "
+         "profiles' questions for the KL of the next token against the tuned model, the cost on clean inputs). The "
+         "direction and SAE removers are fitted on held-out portrait views of the forget profiles (never trained on, "
+         "never scored). Job probe rows: the job read per layer from the forget profiles by a probe fitted on retain "
+         "profiles, then by one fitted on the forget profiles' own views (the shared verdict); layer membership: the "
+         "forget profiles' questions told from never-seen profiles' per layer (detected rows, best accuracy, chance "
+         "0.5).\n", _md(comparison_md(comparison(res))),
+         f"\n![unlearning-pareto]({rel(imgs['unlearning-pareto'])})\n"]
+    lines = sae_lines(res)
+    if lines:
+        L += ["\n### SAE removers (Suri et al.'s steering, SAUCE-style clamping)\n"] + [x + "\n" for x in lines]
+        L.append("`sae_steer`: the latents that fire more on the forget profiles' questions than on never-seen profiles' "
+                 "(standardised mean difference, held-out views), added as a + beta * sum alpha_i W_dec,i at every position "
+                 "of the SAE's layer (alpha: the latent's mean activation where it fires; beta swept as Suri et al. do). "
+                 "`sae_clamp`: the latents that carry the job on those views (ANOVA F), set to -c alpha where they fire, "
+                 "the SAE's error term kept. Each setting was chosen on the fitting views alone (largest forget drop minus "
+                 "retain drop; the smaller edit on a tie):\n")
+        L.append(_md(sweep_table(res)))
     return L
 
 
@@ -245,6 +271,7 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
     for key in ("unlearning-utility", "unlearning-after", "unlearning-relearn"):
         L.append(f"![{key}]({rel(imgs[key])})\n")
     L.append(_unlearning_table(res))
+    L += _compare(res, imgs, rel)
     up = res["unlearning_probes"]
     L.append("\nPer layer after removal: the job read from the forget profiles by a probe fitted on the retain profiles "
              "of the same model, and by one fitted on the forget profiles' own held-out views (folds by profile; only "

@@ -41,10 +41,14 @@ from ..errors import InputError, StoreError
 from ..files import atomic_dir, check_cache, finite, loads_json, model_bytes, write_manifest
 from ..organisms import profiles as P
 from .unlearning import ALL_METHODS, VARIANTS, unlearn
-from .unlearning_measures import layer_membership, mia, probe_job, probe_transfer, transfer, utility
+from .unlearning_measures import facts, layer_membership, mia, probe_job, probe_transfer, transfer, utility
 from .unlearning_removal import STEERING, relearn_attack, retrain_samples, steering, steering_columns
+from .unlearning_sae import SAE_METHODS, sae_steering, study_sae
 
-__all__ = ["StudyConfig", "run_study", "STEERING", "DISTANCES"]
+__all__ = ["StudyConfig", "run_study", "STEERING", "SAE_METHODS", "HOOKED", "DISTANCES"]
+
+#: removers that act through hooks on the running model (no weight change): no relearning attack
+HOOKED = STEERING + SAE_METHODS
 
 #: columns compared with the retrained reference (``d_<column>`` = method minus reference)
 DISTANCES = ("forget_image", "forget_text", "forget_test_image", "retain_image", "retain_text", "mia_auc")
@@ -65,7 +69,7 @@ class StudyConfig:
     lr: float = 3e-3
     num_layers: int = 2
     splits: tuple = (5, 10, 15)
-    methods: tuple = ALL_METHODS + STEERING
+    methods: tuple = ALL_METHODS + STEERING + SAE_METHODS
     unlearn_steps: int = 20
     unlearn_lr: float = 1e-3
     mllmu_epochs: int = 1  # the MLLMU-Bench variants run whole forget-then-retain epochs
@@ -80,11 +84,20 @@ class StudyConfig:
     verbose: bool = True
     rouge: bool = True
     generation: bool = True  # MLLMU-Bench's generation protocols beside the likelihood ones
+    # the SAE removers (unlearning_sae.py): one SAE on the last residual layer of the tuned model
+    sae_point: str = "last"
+    sae_architecture: str = "topk"  # measured on this organism: ReLU/L1 at the same training cost is far denser (docs/results.md)
+    sae_expansion: int = 8
+    sae_k: int = 16
+    sae_l1: float = 1.0
+    sae_epochs: float = 20.0
+    sae_latents: int = 4  # latents each SAE remover edits
 
     @classmethod
     def small(cls, **kw: Any) -> "StudyConfig":
         base = dict(out="probekit-unlearning-small", n_profiles=24, n_unseen=24, n_transfer=0, n_practice=0, probe_cv=3,
-                    steps=450, batch_size=16, splits=(33,), methods=("npo", "ablate"), n_eval_retain=16, n_boot=200,
+                    steps=450, batch_size=16, splits=(33,), methods=("npo", "ablate") + SAE_METHODS, n_eval_retain=16,
+                    n_boot=200,
                     verbose=False, rouge=True)
         base.update(kw)
         return cls(**base)
@@ -97,9 +110,9 @@ def _log(cfg: StudyConfig, t0: float, msg: str) -> None:
 
 def _check(cfg: StudyConfig) -> None:
     """Bad settings fail here, before any file is written or any model trained."""
-    bad = [m for m in cfg.methods if m not in ALL_METHODS + STEERING]
+    bad = [m for m in cfg.methods if m not in ALL_METHODS + HOOKED]
     if bad:
-        raise InputError(f"unknown unlearning method(s) {bad}", fix=f"choose from {ALL_METHODS + STEERING}")
+        raise InputError(f"unknown unlearning method(s) {bad}", fix=f"choose from {ALL_METHODS + HOOKED}")
     if not cfg.splits or any(not 0 < s < 100 for s in cfg.splits):
         raise InputError(f"forget splits must be percentages in (0, 100), got {cfg.splits}", fix="pass e.g. (5, 10, 15)")
     if min(cfg.n_unseen, cfg.n_profiles) < 4 * cfg.probe_cv:
@@ -139,9 +152,27 @@ def _steps(method: str, cfg: StudyConfig, n_forget: int, n_retain: int, batch_si
     return cfg.unlearn_steps
 
 
-def _measure(net, world, split, method, forget, retain, cfg, main_split, ctx=None) -> tuple[dict, list, list, list]:
-    """Utility, membership, probes (retain-fitted and forget-fitted) and layer-wise membership of one model."""
+def _clean(world: P.World) -> list:
+    """The clean inputs of the KL cost: never-seen profiles' questions, with the portrait and by name."""
+    return facts(world, world.unseen, "image") + facts(world, world.unseen, "text")
+
+
+def _kl_clean(net, clean: list, ref, cfg) -> dict:
+    """KL(tuned || this model) of the next token after each clean question, nats, mean and 95% bootstrap CI."""
+    from .._stats import bootstrap_mean
+    from ..steering.outputs import next_token_logprobs
+
+    lp = next_token_logprobs(net, [s.image for s in clean], [s.question for s in clean], 64)
+    kl = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0).numpy()
+    m, lo, hi = bootstrap_mean(kl, cfg.seed, cfg.n_boot)
+    return {"kl_clean": m, "kl_clean_lo": lo, "kl_clean_hi": hi}
+
+
+def _measure(net, world, split, method, forget, retain, cfg, main_split, ctx=None, ref=None) -> tuple[dict, list, list, list]:
+    """Utility, membership, probes (retain-fitted and forget-fitted), layer-wise membership and the KL on
+    clean inputs (``ref``: the tuned model's next-token log-probabilities there) of one model."""
     with ctx if ctx is not None else contextlib.nullcontext():
+        kl = _kl_clean(net, _clean(world), ref, cfg) if ref is not None else {}
         u = utility(net, world, forget, retain[:cfg.n_eval_retain], cfg, rouge=cfg.rouge and split == main_split,
                     unseen=False, generation=cfg.generation)
         m = mia(net, world, forget, cfg, split=split, method=method)
@@ -152,6 +183,7 @@ def _measure(net, world, split, method, forget, retain, cfg, main_split, ctx=Non
                                     fit="forget profiles (folds by profile)"))
         lm = [layer_membership(net, world, forget, cfg, split=split, method=method, stage="after removal")]
     loss = next(r for r in m if r["attack"] == "loss")
+    u.update(kl)
     u.update({"mia_auc": loss["auc"], "mia_auc_lo": loss["auc_lo"], "mia_auc_hi": loss["auc_hi"],
               "mia_below_half": loss["below_half"], "member_acc": float(lm[0].accuracy.max()),
               "member_detected": int(lm[0].detected.sum())})
@@ -177,7 +209,9 @@ def run_study(cfg: StudyConfig | None = None) -> dict:
     (one row per split and method, ``retrain`` the reference, ``d_*`` distances from it, relearning
     columns), ``unlearning_mia``, ``unlearning_probes`` (column ``fit``: retain-fitted or forget-fitted),
     ``membership_layers`` (layer-wise membership after removal and after relearning), ``steering_eval``
-    (the ``evaluate()`` tables), ``config``, ``seconds``.
+    (the ``evaluate()`` tables), ``sae`` (the SAE's quality record) and ``sae_sweep`` (the settings the SAE
+    removers chose among, on held-out views), ``config``, ``seconds``. Every row of ``unlearning`` has
+    ``kl_clean``: KL(tuned || method) of the next token on never-seen profiles' questions.
     """
     from ..models.loading import load
 
@@ -212,7 +246,16 @@ def run_study(cfg: StudyConfig | None = None) -> dict:
                                   + mia(base, world, world.trained, cfg, model="base"))
         res["transfer"] = transfer(tuned, world, cfg)
         _log(cfg, t0, "probes, MIA, transfer")
-        rows, mrows, prows, lrows, srows = [], [], [], [], []
+        from ..steering.outputs import next_token_logprobs
+
+        clean = _clean(world)
+        ref = next_token_logprobs(tuned, [s.image for s in clean], [s.question for s in clean], 64)
+        sae = None
+        if any(m in SAE_METHODS for m in cfg.methods):
+            sae, res["sae"] = study_sae(tuned, world, cfg)
+            _log(cfg, t0, f"SAE on {res['sae']['point']}: held-out FVU {res['sae']['heldout_fvu']:.3f}, "
+                          f"L0 {res['sae']['heldout_l0']:.1f}, loss recovered {res['sae'].get('loss_recovered', math.nan):.2f}")
+        rows, mrows, prows, lrows, srows, sweeps = [], [], [], [], [], []
         for split in cfg.splits:
             forget, retain = world.forget(split), world.retain(split)
             f_s = [s for s in world.train if s.pid in set(forget)]
@@ -231,9 +274,14 @@ def run_study(cfg: StudyConfig | None = None) -> dict:
                     make, report = steering(tuned, world, forget, retain, method, cfg)
                     ctx, extra = make(), steering_columns(report)
                     srows.append(report.table.assign(split=split, method=method))
-                u, m, probes, lm = _measure(net, world, split, method, forget, retain, cfg, main_split, ctx)
+                elif method in SAE_METHODS:
+                    make, report, sweep, info = sae_steering(tuned, sae, world, forget, retain, method, cfg)
+                    ctx, extra = make(), {**steering_columns(report), **info}
+                    srows.append(report.table.assign(split=split, method=method))
+                    sweeps.append(sweep.assign(split=split))
+                u, m, probes, lm = _measure(net, world, split, method, forget, retain, cfg, main_split, ctx, ref)
                 before = u if method == "none" else before
-                if method not in STEERING:  # relearning edits the weights under a hook: steering is left out
+                if method not in HOOKED:  # relearning edits the weights under a hook: steering is left out
                     back, lm2 = relearn_attack(net, world, forget, r_s, cfg, before, u, split=split, method=method)
                     u.update(back)
                     lm.append(lm2)
@@ -252,6 +300,7 @@ def run_study(cfg: StudyConfig | None = None) -> dict:
     res["unlearning_probes"] = _probe_distances(pd.concat(prows, ignore_index=True))
     res["membership_layers"] = pd.concat(lrows, ignore_index=True)
     res["steering_eval"] = pd.concat(srows, ignore_index=True) if srows else pd.DataFrame()
+    res["sae_sweep"] = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame()
     res["seconds"] = time.perf_counter() - t0
     return res
 

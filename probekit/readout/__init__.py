@@ -7,6 +7,7 @@
 - :func:`make_folds`: the (group-aware) folds the probes use
 - :class:`ReadoutOptions`: every setting of a readout table, as one value
 - :class:`Scorer`, :func:`register_scorer`: the seam for a new readout (one held-out scorer class)
+- :func:`sae_readout`: which latents of an SAE carry a label (registers the ``"sparse"`` scorer)
 """
 
 from ._data import make_folds
@@ -15,6 +16,7 @@ from .layers import mutual_information, probe_layers
 from .options import ReadoutOptions
 from .probes import BatchedLogistic, LinearProbe, fit_batched
 from .scorers import HeldoutScores, Scorer, register_scorer
+from .sae_latents import SAEReadout, sae_readout  # registers the "sparse" scorer
 
 __all__ = [
     "probe_layers",
@@ -28,4 +30,6 @@ __all__ = [
     "Scorer",
     "HeldoutScores",
     "register_scorer",
+    "sae_readout",
+    "SAEReadout",
 ]

@@ -2,7 +2,7 @@
 
 - ``torch``: :class:`~probekit.hooks.recorder.Recorder`, selection inside the hook, early stop.
 - ``nnsight``: traces through nnsight and saves the module outputs, then selects.
-- ``transformer_lens``: TransformerLens 4.x ``TransformerBridge.run_with_cache`` where it supports
+- ``transformer_lens``: TransformerLens (4.x, or 3.9 as sae-lens pins it) ``TransformerBridge.run_with_cache`` where it supports
   the architecture.
 """
 

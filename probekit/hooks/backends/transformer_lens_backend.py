@@ -1,6 +1,6 @@
-"""Record hook points through TransformerLens 4.x ``TransformerBridge``, as a cross-check.
+"""Record hook points through TransformerLens ``TransformerBridge`` (4.x, and 3.9 as sae-lens 6.x pins it), as a cross-check.
 
-How the bridge is built, and why this way (TransformerLens 4.3.0):
+How the bridge is built, and why this way (TransformerLens 4.3.0; 3.9.0 builds it the same way):
 
 * ``TransformerBridge.boot_transformers(name, hf_model=...)`` always resolves a tokenizer
   (``AutoTokenizer.from_pretrained(name)``: the hub) and a processor for multimodal
@@ -89,7 +89,7 @@ def _import(name: str):
     except Exception as exc:
         raise BackendError(
             f"the transformer-lens backend cannot import {name} ({type(exc).__name__}: {exc})",
-            fix="install transformer-lens 4.x (4.3.0 tested), or use backend='torch'",
+            fix="install transformer-lens 3.9 or 4.x (4.3.0 and 3.9.0 tested), or use backend='torch'",
         ) from exc
 
 
@@ -111,25 +111,44 @@ _refuse_torchvision_install._probekit_guard = True  # type: ignore[attr-defined]
 _skip_processor._probekit_guard = True  # type: ignore[attr-defined]
 
 
+def _optional(name: str):
+    """A TransformerLens module that only some releases have (None when this one lacks it)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        return None
+    except Exception as exc:
+        raise BackendError(
+            f"the transformer-lens backend cannot import {name} ({type(exc).__name__}: {exc})",
+            fix="install transformer-lens 3.9 or 4.x (4.3.0 and 3.9.0 tested), or use backend='torch'",
+        ) from exc
+
+
 @contextmanager
 def no_auto_install() -> Iterator[None]:
     """Disable TransformerLens' auto-install and processor-download paths; restore on exit.
 
-    Patched (TransformerLens 4.3.0, the only ``subprocess``/pip call in the package):
+    TransformerLens 4.x (4.3.0, the only ``subprocess``/pip call in the package):
     ``sources/transformers/helpers.py::_ensure_torchvision`` (runs
     ``uv pip install torchvision`` or ``python -m pip install torchvision`` when
     torchvision does not import) -> returns False instead. Also
     ``load_modality_processor`` in ``helpers`` and in ``source`` (imported by name there)
     -> no-op, since it calls ``AutoProcessor.from_pretrained`` (hub) and then the
     installer.
+
+    TransformerLens 3.x (3.9.0, what sae-lens 6.x pins): ``sources/transformers`` is one module
+    whose only install path sits inside ``boot`` (``TransformerBridge.boot_transformers``), which
+    this backend never calls (it builds the bridge with ``build_bridge_from_module``); there is
+    nothing to patch, and the test of this backend checks that no subprocess starts.
     """
-    helpers = _import(_HELPERS)
-    source = _import(_SOURCE)
-    saved = [
-        (helpers, "_ensure_torchvision", helpers._ensure_torchvision, _refuse_torchvision_install),
-        (helpers, "load_modality_processor", helpers.load_modality_processor, _skip_processor),
-        (source, "load_modality_processor", source.load_modality_processor, _skip_processor),
-    ]
+    helpers = _optional(_HELPERS)
+    source = _optional(_SOURCE)
+    saved = []
+    for mod, name, new in ((helpers, "_ensure_torchvision", _refuse_torchvision_install),
+                           (helpers, "load_modality_processor", _skip_processor),
+                           (source, "load_modality_processor", _skip_processor)):
+        if mod is not None and hasattr(mod, name):
+            saved.append((mod, name, getattr(mod, name), new))
     for mod, name, _, new in saved:
         setattr(mod, name, new)
     try:
