@@ -17,6 +17,13 @@ the experiments and the organisms. Numpy and scipy only; nothing here knows abou
   maxT adjustment over a family of tests sharing one set of permutations (the verdict).
 - :func:`min_detectable_accuracy`: the accuracy a family-wise test at that n, group count and
   family size detects with 80% power (the power shown beside every "nothing detected").
+- :func:`t_interval`, :func:`t_half_width`: Student-t intervals of a mean over a few independent
+  replicates (seeds), scalar and vectorised.
+- :func:`bootstrap_indices`, :func:`unit_resample`, :func:`unit_weights`, :func:`percentile_interval`:
+  the resampling every hand-written bootstrap uses (samples; whole units within each stratum, as indices
+  or as multiplicities) and its percentile interval.
+- :func:`z_power`, :func:`min_detectable_z_effect`: power and minimal detectable effect of a one-sided
+  z-test with a known standard error.
 - :func:`sign_flip_null`, :func:`min_detectable_shift`: paired designs (one difference per unit, e.g.
   per name pair): the permutation statistics of a two-sided sign-flip test of the mean difference, every
   row on the same flips (the verdict's ``perm_null``), and the mean shift it detects with 80% power.
@@ -40,7 +47,8 @@ from scipy import stats
 
 __all__ = ["Z95", "wilson", "bootstrap_mean", "cluster_bootstrap", "p_from_ci", "p_difference_from_ci", "holm",
            "permutations", "permutation_p", "maxt_adjust", "min_detectable_accuracy", "sign_flip_null",
-           "min_detectable_shift"]
+           "min_detectable_shift", "t_interval", "t_half_width", "bootstrap_indices", "unit_resample", "unit_weights",
+           "percentile_interval", "z_power", "min_detectable_z_effect"]
 
 Z95 = 1.959963984540054  # scipy.stats.norm.ppf(0.975), spelled out so importing costs nothing
 
@@ -336,3 +344,108 @@ def min_detectable_shift(sd: Any, n: Any, n_tests: Any, alpha: float = 0.05, pow
         q = stats.t.ppf(1 - alpha / (2 * m), df) + stats.t.ppf(power, df)
         out = q * sd / np.sqrt(n)
     return out
+
+
+def _upper(level: float) -> float:
+    """The upper quantile of a two-sided ``level`` interval; 0.975 exactly at 0.95."""
+    return 0.5 + level / 2
+
+
+def _lower(level: float) -> float:
+    """The lower quantile; 0.025 exactly at 0.95 (``1 - 0.975`` is 0.025000000000000022)."""
+    return round(0.5 - level / 2, 12)
+
+
+def t_half_width(sd: Any, n: Any, level: float = 0.95) -> Any:
+    """Half-width of the Student-t interval of a mean: ``t(level, n - 1) * sd / sqrt(n)``, vectorised;
+    ``n`` below 2 uses one degree of freedom (callers mark such rows themselves).
+
+    >>> round(float(t_half_width(1.0, 4)), 4)
+    1.5912
+    """
+    n = np.asarray(n, dtype=np.float64)
+    return stats.t.ppf(_upper(level), np.maximum(n - 1, 1)) * np.asarray(sd, dtype=np.float64) / np.sqrt(n)
+
+
+def t_interval(x: Any, level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, lo, hi)`` over independent replicates (e.g. seeds): the Student-t interval; NaN bounds
+    below two values.
+
+    >>> [round(v, 3) for v in t_interval([0.6, 0.7, 0.8])]
+    [0.7, 0.452, 0.948]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, math.nan, math.nan
+    h = float(stats.t.ppf(_upper(level), len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return m, m - h, m + h
+
+
+def bootstrap_indices(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_boot, n]`` sample indices drawn with replacement (the ordinary bootstrap, one row per resample).
+
+    >>> bootstrap_indices(3, 2, np.random.default_rng(0)).shape
+    (2, 3)
+    """
+    return rng.integers(0, n, size=(n_boot, n))
+
+
+def unit_resample(strata: Any, rng: np.random.Generator) -> np.ndarray:
+    """One resample of whole units within each stratum: ``strata`` is a list (e.g. members, non-members)
+    of lists of index arrays (one per unit, e.g. a username's images); as many units as the stratum has are
+    drawn with replacement and their indices concatenated, stratum after stratum.
+
+    >>> unit_resample([[np.array([0, 1]), np.array([2])]], np.random.default_rng(0)).tolist()
+    [2, 2]
+    """
+    return np.concatenate([units[j] for units in strata for j in rng.integers(0, len(units), len(units))])
+
+
+def unit_weights(member: np.ndarray, units: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """``[n_boot, n]`` bootstrap multiplicities: whole units (groups) drawn with replacement within each class
+    of the boolean ``member`` (the stratified group bootstrap as weights, for statistics computed once per
+    weight row). Draws from ``default_rng([seed, 13])``.
+    """
+    rng = np.random.default_rng([seed, 13])
+    w = np.zeros((n_boot, len(member)))
+    for c in (True, False):
+        ids = np.unique(units[member == c])
+        counts = np.stack([np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids)) for _ in range(n_boot)]) \
+            if n_boot else np.zeros((0, len(ids)))
+        col = {u: j for j, u in enumerate(ids)}
+        idx = np.array([col.get(u, -1) for u in units])
+        sel = (member == c) & (idx >= 0)
+        w[:, sel] = counts[:, idx[sel]]
+    return w
+
+
+def percentile_interval(boots: Any, level: float = 0.95, axis: int | None = None, nan: bool = False
+                        ) -> tuple[Any, Any]:
+    """``(lo, hi)``: the percentile interval of bootstrap statistics (``numpy.quantile``, linear);
+    ``nan=True`` ignores resamples whose statistic is undefined (NaN).
+
+    >>> percentile_interval(np.arange(101.0))
+    (2.5, 97.5)
+    """
+    b = np.asarray(boots, dtype=np.float64)
+    lo, hi = (np.nanquantile if nan else np.quantile)(b, [_lower(level), _upper(level)], axis=axis)
+    return (float(lo), float(hi)) if np.ndim(lo) == 0 else (lo, hi)
+
+
+def z_power(effect: float, se: float, alpha: float) -> float:
+    """Power of a one-sided z-test at level ``alpha`` to detect a true ``effect`` with standard error ``se``.
+
+    >>> round(z_power(0.25, 0.1, 0.05), 3)
+    0.804
+    """
+    return float(stats.norm.sf(stats.norm.isf(alpha) - effect / se)) if se > 0 else float(effect > 0)
+
+
+def min_detectable_z_effect(se: float, alpha: float, power: float = 0.8) -> float:
+    """The smallest true effect a one-sided z-test at ``alpha`` detects with probability ``power``.
+
+    >>> round(min_detectable_z_effect(0.1, 0.05), 3)
+    0.249
+    """
+    return float((stats.norm.isf(alpha) + stats.norm.isf(1 - power)) * se)

@@ -14,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._stats import t_interval
 from ..files import atomic_write
 from ..organisms import watermark as W
 from ..organisms.reader import ocr_accuracy, reader
@@ -68,18 +68,7 @@ def _trend(df: pd.DataFrame) -> dict:
     slopes = []
     for _, g in df.groupby("seed"):
         slopes.append(np.polyfit(np.log2(g.batch_size), np.log10(np.maximum(g.one_minus_cos, 1e-12)), 1)[0])
-    return {"slope": _t_ci(slopes), "per_seed": slopes}
-
-
-def _t_ci(x) -> tuple[float, float, float]:
-    from scipy import stats
-
-    x = np.asarray(x, float)
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, math.nan, math.nan
-    h = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - h, m + h
+    return {"slope": t_interval(slopes), "per_seed": slopes}
 
 
 def run_study(full: bool = False, base_path: Any = None, config: WD.DoseConfig | None = None,
