@@ -7,7 +7,8 @@ Layers (each uses only the ones before it in this list):
 - :mod:`probekit.readout`: logit lens, linear probes, mutual information per layer
 - :mod:`probekit.steering`: directions, ablation / steering / weight orthogonalisation, evaluation
 
-On top: :func:`scan` (collect + probe + report), :func:`compare`, plots, the ``probekit`` CLI.
+On top: :func:`scan` (collect + probe + report), :func:`compare`, figures (:mod:`probekit.report.figures`), the
+``probekit`` CLI and the packaged studies (:mod:`probekit.studies`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the 
     from .steering import Direction, ablate, orthogonalize, steer
 
 # subpackages reachable as attributes (`probekit.tiny.build(...)`) without importing them up front
-_SUBMODULES = {"tiny", "models", "hooks", "readout", "steering", "data", "experiments", "report", "plots", "cli"}
+_SUBMODULES = {"tiny", "models", "hooks", "readout", "steering", "data", "experiments", "report", "studies", "cli"}
 
 __all__ = ["errors", "tiny", "scan", "membership", "__version__", *_LAZY]
 

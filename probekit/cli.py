@@ -5,13 +5,9 @@
 ``probekit points --model PATH``: list a model's hook points.
 ``probekit collect --model PATH --images DIR --out STORE``: record points to a disk store.
 ``probekit membership --model PATH --members DIR --nonmembers DIR --answers CSV [--base PATH]``: membership per layer.
-``probekit study memorization [--full] [--out DIR]``: the watermark memorisation study (docs/results.md).
-``probekit study ladder [--small] [--out DIR] [--docs DIR]``: Apple's leakage ladder on a yes/no organism;
-rewrites the ladder section of docs/results.md (``--small``: the CI version, printed only); ``--sae``: SAEs on
-the organism (quality, the SAE-latent readout of every attribute, its HTML page).
-``probekit study watermark [--full]``: the same study on the reader organism (its section of docs/results.md);
-``probekit study watermark --sae --small``: the SAE removers on the leak organism, the quick check (prints).
-``probekit study unlearning [--small] [--out DIR]``: memorised facts and unlearning (its section of docs/results.md).
+``probekit study NAME [--small] [--full] [--sae] [--out DIR] [--docs DIR]``: a packaged study (ladder, watermark,
+unlearning, memorization, calibration: :mod:`probekit.studies`, listed in docs/studies.md); a full run rewrites
+its section of docs/results.md.
 
 Bad arguments exit with code 2 and a one-line message.
 """
@@ -124,15 +120,16 @@ def _parser() -> argparse.ArgumentParser:
 
     _membership_parser(sub, _MODEL_HELP)
 
-    st = sub.add_parser("study", help="run a packaged study (memorization / watermark: the watermark memorisation "
-                                      "study; ladder: leakage from inputs, Apple's ladder; unlearning: memorised facts)")
-    st.add_argument("name", choices=["memorization", "watermark", "ladder", "unlearning"], help="which study")
-    st.add_argument("--small", action="store_true", help="ladder / unlearning: the quick CI version; prints, writes no docs")
-    st.add_argument("--full", action="store_true", help="the full grid; writes docs/results.md and docs/img/results-*.png")
-    st.add_argument("--out", default=None, help="folder for checkpoints (default probekit-memorization[-full])")
-    st.add_argument("--docs", default="docs", help="where --full writes results.md and img/ (default docs)")
+    from probekit.studies import names
+
+    st = sub.add_parser("study", help="run a packaged study (`probekit study NAME --help`; the list: docs/studies.md)")
+    st.add_argument("name", choices=names(), help="which study: " + ", ".join(names()))
+    st.add_argument("--small", action="store_true", help="the quick CI version; prints, writes no docs")
+    st.add_argument("--full", action="store_true", help="memorization / watermark: the full grid; writes docs/results.md and docs/img/")
+    st.add_argument("--out", default=None, help="folder for checkpoints and tables (default: the study's, printed first)")
+    st.add_argument("--docs", default="docs", help="where a full run writes results.md and img/ (default docs)")
     st.add_argument("--sae", action="store_true",
-                    help="watermark: the SAE removers (steering, clamping) on the leak organism; with --small the quick check")
+                    help="ladder: SAEs on the organism; watermark: the SAE removers on the leak organism (--small: quick)")
     return p
 
 
@@ -247,103 +244,11 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _study_unlearning(args: argparse.Namespace) -> int:
-    from probekit.experiments.printout import print_study, starting_line, write_tables
-    from probekit.experiments.unlearning_report import EMPTY, verdict_lines, write_section
-    from probekit.experiments.unlearning_study import StudyConfig, run_study
-
-    cfg = StudyConfig.small() if args.small else StudyConfig()
-    if args.out:
-        cfg.out = args.out
-    print(starting_line("unlearning", cfg.out), flush=True)
-    res = run_study(cfg)
-    # raw tables next to the checkpoints (CSV; nothing is pickled)
-    written, notes = write_tables(res, cfg.out, EMPTY)
-    if not args.small:
-        docs = Path(args.docs)
-        written += write_section(res, docs / "results.md", docs / "img", command="probekit study unlearning")
-    print_study(verdict_lines(res), written, notes, res["seconds"], cfg.out)
-    return 0
-
-
 def _study(args: argparse.Namespace) -> int:
-    if args.name == "ladder":
-        return _ladder(args)
-    if args.name == "watermark":
-        return _study_watermark(args)
-    if args.name == "unlearning":
-        return _study_unlearning(args)
-    from probekit.experiments.memorization import MemorizationConfig, run_memorization, write_results
-    from probekit.experiments.memorization_writeup import EMPTY, verdict_lines
-    from probekit.experiments.printout import print_study, starting_line, write_tables
+    from probekit.studies import Options, get_study, run
 
-    cfg = MemorizationConfig.full() if args.full else MemorizationConfig()
-    if args.out:
-        cfg.out = args.out
-    cfg.progress = cfg.verbose = True  # a study runs for minutes: say what it is doing
-    print(starting_line(args.name, cfg.out), flush=True)
-    res = run_memorization(cfg)
-    # keep the raw tables next to the checkpoints (CSV; nothing is pickled)
-    written, notes = write_tables(res, cfg.out, EMPTY)
-    if args.full:
-        docs = Path(args.docs)
-        written += write_results(res, docs / "results.md", docs / "img", command="probekit study memorization --full")
-    print_study(verdict_lines(res), written, notes, res["seconds"], cfg.out)
-    return 0
-
-
-def _ladder(args: argparse.Namespace) -> int:
-    from probekit.experiments.printout import print_study, starting_line, write_tables
-
-    if args.sae:  # SAEs on the organism: quality per layer and the SAE-latent readout of every attribute
-        from probekit.experiments import sae_ladder
-
-        out = Path(args.out or "probekit-sae-ladder")
-        res = sae_ladder.run(small=args.small, out=str(out))
-        written, notes = write_tables({"sae_quality": res["quality"], "sae_readout": sae_ladder.summary(res)}, out)
-        if not args.small:
-            docs = Path(args.docs)
-            written += sae_ladder.write_section(res, docs / "results.md", docs / "img", "probekit study ladder --sae",
-                                                html_path=out / "sae-ladder.html", library=sae_ladder.LIBRARY)
-        print_study([], written, notes, res["seconds"], out, table=sae_ladder.summary(res))
-        return 0
-    from probekit.organisms.ladder import LadderConfig, headline, run_ladder, verdict_lines, write_section
-
-    cfg = LadderConfig.small(progress=True) if args.small else LadderConfig()
-    if args.out:
-        cfg.out = args.out
-    print(starting_line("ladder", cfg.out), flush=True)
-    res = run_ladder(cfg)
-    written, notes = write_tables({"ladder": res["table"], "ladder_summary": res["summary"]}, cfg.out)  # next to the checkpoints
-    if not args.small:
-        docs = Path(args.docs)
-        written += write_section(res, docs / "results.md", docs / "img", command="probekit study ladder")
-    # the headline's verdict column repeats the verdict lines above it: left out here
-    print_study(verdict_lines(res), written, notes, res["seconds"], cfg.out, table=headline(res).drop(columns="verdict"))
-    return 0
-
-
-def _study_watermark(args: argparse.Namespace) -> int:
-    from probekit.experiments.printout import print_study, starting_line, write_tables
-
-    if args.sae:
-        from probekit.experiments.watermark_sae import run
-
-        res = run(small=args.small, verbose=False)
-        written, notes = write_tables({"watermark_sae": res["table"]}, args.out or "probekit-watermark-sae")
-        print_study(res["lines"], written, notes, res["seconds"], args.out or "probekit-watermark-sae", what="tables")
-        return 0
-    from probekit.experiments.watermark_study import run_study, tables, verdict_lines, write_section
-
-    out = Path(args.out or ("probekit-watermark-full" if args.full else "probekit-watermark"))
-    print(starting_line("watermark", out, "tables"), flush=True)
-    res = run_study(full=args.full)
-    written, notes = write_tables(tables(res), out)
-    if args.full:
-        docs = Path(args.docs)
-        written += write_section(res, docs / "results.md", docs / "img", command="probekit study watermark --full")
-    print_study(verdict_lines(res), written, notes, res["seconds"], out, what="tables")
-    return 0
+    return run(get_study(args.name), Options(small=args.small, full=args.full, sae=args.sae, out=args.out,
+                                             docs=args.docs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

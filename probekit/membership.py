@@ -202,6 +202,7 @@ def attribution_table(model: Any, base: Any, data: "pd.DataFrame", points: list[
     import pandas as pd
     import torch
 
+    from ._stats import percentile_interval, unit_resample
     from .data.images import decode
     from .hooks.recorder import Recorder
     from .readout.token_scores import token_scores
@@ -241,8 +242,7 @@ def attribution_table(model: Any, base: Any, data: "pd.DataFrame", points: list[
     units = [[np.flatnonzero((data.group == g).to_numpy() & (member == c)) for g in data.group[member == c].unique()]
              for c in (True, False)]
     rng = np.random.default_rng([seed, 17])
-    draws = [np.arange(len(data))] + [np.concatenate([cl[j] for cl in units for j in rng.integers(0, len(cl), len(cl))])
-                                      for _ in range(n_boot)]
+    draws = [np.arange(len(data))] + [unit_resample(units, rng) for _ in range(n_boot)]
 
     def gap(v: np.ndarray, idx: np.ndarray) -> float:
         return float(v[idx][member[idx]].mean() - v[idx][~member[idx]].mean())
@@ -255,7 +255,7 @@ def attribution_table(model: Any, base: Any, data: "pd.DataFrame", points: list[
             shares.append(((gap(s[("tuned", None)], idx) - gap(s[("tuned", p)], idx)) / total,
                            (gap(s[("base", p)], idx) - gap(s[("base", None)], idx)) / total))
         est, boot = np.asarray(shares[0]), np.asarray(shares[1:])
-        lo, hi = (np.nanpercentile(boot, [2.5, 97.5], axis=0) if len(boot) else (np.full(2, np.nan),) * 2)
+        lo, hi = percentile_interval(boot, axis=0, nan=True) if len(boot) else (np.full(2, np.nan),) * 2
         rows_out.append({"point": p, "share_tuned": est[0], "share_tuned_lo": lo[0], "share_tuned_hi": hi[0],
                          "share_base": est[1], "share_base_lo": lo[1], "share_base_hi": hi[1]})
     out = pd.DataFrame(rows_out)

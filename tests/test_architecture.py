@@ -66,8 +66,16 @@ def _import_time_imports(body: list[ast.stmt]):
             yield from _import_time_imports(node.body)
 
 
-def import_graph(root: Path, package: str) -> dict[str, set[str]]:
-    """Module -> the modules of ``package`` that importing it imports first."""
+def _every_import(body: list[ast.stmt]):
+    """Every import statement, inside functions too (what a call can import, not only what import time does)."""
+    for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+
+
+def import_graph(root: Path, package: str, everywhere: bool = False) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` that importing it imports first (``everywhere``: or any of its
+    functions imports)."""
     modules = module_names(root, package)
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
@@ -83,7 +91,7 @@ def import_graph(root: Path, package: str) -> dict[str, set[str]]:
                 if prefix in modules and prefix not in containing:
                     targets.add(prefix)
 
-        for node in _import_time_imports(ast.parse(path.read_text()).body):
+        for node in (_every_import if everywhere else _import_time_imports)(ast.parse(path.read_text()).body):
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     add(alias.name)
@@ -208,6 +216,76 @@ def test_no_import_cycle_in_probekit():
     assert len(graph) > 50  # the walk found the package
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The import cycles as strongly connected components of two or more modules (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(comp)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+# Cycles that remain when imports inside functions count (issue 26 removes them; none may grow, none may be
+# added): the store and its writer (``ActivationStore.save`` writes through ``StoreWriter``, which returns a
+# store); the adapter and the families (a family's writers read the adapter's layout); and the package root
+# with the layers that reach it through ``import probekit`` inside functions.
+KNOWN_CYCLES = [
+    {"probekit.hooks.store", "probekit.hooks.store_writer"},
+    {"probekit.models.adapter", "probekit.models.families", "probekit.models.input_cache", "probekit.models.writers",
+     *(f"probekit.models.families.{f}" for f in ("base", "blip2", "florence2", "gemma3", "generic", "glm4v", "idefics3",
+                                                  "instructblip", "lighton_ocr", "llama4", "llava", "mistral3",
+                                                  "mllama", "paligemma", "qwen2_vl"))},
+    {"probekit", "probekit.membership", "probekit.readout", "probekit.readout.sae_latents", "probekit.report",
+     "probekit.report.comparison", "probekit.report.html", "probekit.report.membership_report",
+     "probekit.report.pages", "probekit.report.scan_report", "probekit.report.serialise", "probekit.report.verdicts",
+     "probekit.sae", "probekit.sae.files", "probekit.sae.model", "probekit.sae.stats", "probekit.sae.train",
+     "probekit.scan", "probekit.steering", "probekit.steering.directions", "probekit.steering.evaluation",
+     "probekit.steering.fit", "probekit.steering.heldout", "probekit.steering.interventions", "probekit.steering.sae",
+     "probekit.steering.sequential", "probekit.steering.tables", "probekit.steering.weights"},
+]
+
+
+def test_checker_with_imports_inside_functions_finds_the_lazy_cycle(tmp_path):
+    _write(tmp_path, {"fake/__init__.py": "", "fake/a.py": "def f():\n    from fake.b import g\n",
+                      "fake/b.py": "from fake.a import f\n\ndef g():\n    pass\n"})
+    assert find_cycle(import_graph(tmp_path, "fake")) is None
+    assert strongly_connected(import_graph(tmp_path, "fake", everywhere=True)) == [{"fake.a", "fake.b"}]
+
+
+def test_no_new_import_cycle_counting_imports_inside_functions():
+    """With imports inside functions counted, every cycle is inside one of KNOWN_CYCLES (a ratchet)."""
+    root = Path(__file__).resolve().parents[1]
+    found = strongly_connected(import_graph(root, "probekit", everywhere=True))
+    new = [sorted(c) for c in found if not any(c <= k for k in KNOWN_CYCLES)]
+    assert new == [], f"new import cycles (imports inside functions counted): {new}"
 
 
 def test_modules_are_small():

@@ -277,3 +277,17 @@ def test_plain():
     assert plain([np.int64(1), (np.float64(0.5), "x")]) == [1, (0.5, "x")]
     assert plain({np.str_("k"): np.array([1, 2])}) == {"k": [1, 2]}
     assert repr(plain([np.int64(3)])) == "[3]"
+
+
+def test_studies_come_from_the_registry_and_the_docs_list_is_generated(capsys):
+    """The CLI's study choices and docs/studies.md are the registry; a flag a study does not take is refused."""
+    from probekit.studies import REGISTRY, get_study, markdown_list
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "studies.md").read_text()
+    listed = text.split("<!-- studies:list -->\n")[1].split("\n<!-- /studies:list -->")[0]
+    assert listed == markdown_list()
+    choices = next(a for a in _parser()._subparsers._group_actions[0].choices["study"]._actions if a.dest == "name").choices
+    assert list(choices) == list(REGISTRY) and all(get_study(n).name == n for n in REGISTRY)
+    assert main(["study", "memorization", "--small"]) == 2  # memorization takes --full only
+    err = capsys.readouterr().err
+    assert "--small is not an option of the memorization study (it takes --full)" in err

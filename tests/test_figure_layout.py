@@ -15,8 +15,8 @@ import pandas as pd
 import plotly.io as pio
 import pytest
 
-from probekit import plots
-from probekit.ladder_figure import ladder_figure
+from probekit.report import figures as plots
+from probekit.report.figures import ladder_figure
 from probekit.report import ScanReport, compare
 from probekit.report.html import CSS
 from probekit.report.pages import CAPTIONS, leakage_rows

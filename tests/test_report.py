@@ -1,4 +1,4 @@
-"""Figures, HTML, JSON and comparisons of probekit.plots / probekit.report on hand-made tables."""
+"""Figures, HTML, JSON and comparisons of probekit.report on hand-made tables."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
-from probekit import plots
+from probekit.report import figures as plots
+from probekit.report.tables import normalise
+from probekit.report.text import NO_POSITION
 from probekit.errors import InputError
 from probekit.report import Comparison, ScanReport, compare
 
@@ -297,7 +299,7 @@ def test_nan_rows_and_unnamed_positions():
     r = ScanReport(t)
     for fig in r.figures().values():
         assert isinstance(fig, go.Figure)
-    assert plots.NO_POSITION in set(plots._normalise(t).position)
+    assert NO_POSITION in set(normalise(t).position)
     assert len(r.summary().splitlines()) == 4
     assert "nan" not in r._repr_html_().lower().replace("image_mean", "")
 

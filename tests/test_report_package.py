@@ -1,4 +1,4 @@
-"""The probekit.report package: old import paths still work, the table is normalised once, modules stay small."""
+"""The probekit.report package: the old import paths are gone, the table is normalised once, modules stay small."""
 
 from __future__ import annotations
 
@@ -16,34 +16,29 @@ from probekit.report import ScanReport, compare
 REPORT = Path(probekit.__file__).parent / "report"
 
 
-def test_old_import_paths_name_the_same_objects():
-    from probekit import ladder_figure as old_ladder
-    from probekit import plots, verdict
+def test_old_import_paths_are_gone_and_the_new_ones_name_the_objects():
+    """0.x shims removed (CHANGELOG.md): probekit.plots, probekit.verdict, probekit.ladder_figure and
+    probekit.steering.figures; steering no longer hands out a report figure."""
     from probekit import steering
-    from probekit.report import figures, order, tables, text
-    from probekit.report import verdicts as new_verdict
-    from probekit.steering import evaluation
-    from probekit.steering import figures as old_steering_figures
+    from probekit.report import figures
 
-    homes = {**{n: getattr(figures, n) for n in figures.__all__}, "paired_table": tables.paired_table,
-             "ci_columns": text.ci_columns, "fmt_ci": text.fmt_ci, "where": text.where, "point_order": order.point_order}
-    assert all(getattr(plots, n) is homes[n] for n in plots.__all__)
-    assert plots._normalise is tables.normalise and plots.NO_POSITION == "—"
-    assert old_ladder.ladder_figure is figures.ladder_figure and old_ladder.k_label is figures.k_label
-    assert steering.tradeoff_figure is figures.tradeoff_figure is evaluation.tradeoff_figure
-    assert old_steering_figures.tradeoff_figure is figures.tradeoff_figure
-    assert verdict.verdict is new_verdict.verdict and verdict.tested_rows is new_verdict.tested_rows
+    root = Path(probekit.__file__).parent  # (a file check: an editable install elsewhere could still resolve them)
+    for old in ("plots.py", "verdict.py", "ladder_figure.py", "steering/figures.py"):
+        assert not (root / old).exists(), old
+    with pytest.raises(AttributeError):
+        probekit.plots  # noqa: B018
+    assert "tradeoff_figure" not in steering.__all__ and "tradeoff_figure" in figures.__all__
     assert probekit.ScanReport is ScanReport and probekit.compare is compare
     with pytest.raises(AttributeError):
-        steering.no_such_name  # noqa: B018
+        steering.tradeoff_figure  # noqa: B018
 
 
 def test_steering_import_stays_free_of_the_report_layer():
-    code = ("import sys, probekit.steering as s\nassert 'plotly' not in sys.modules and 'probekit.report' not in sys.modules\n"
-            "s.tradeoff_figure\nprint('plotly' in sys.modules)")
+    code = ("import sys, probekit.steering as s\nfrom probekit.steering import Direction, ablate, evaluate\n"
+            "print('plotly' in sys.modules, 'probekit.report' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip() == "True"
+    assert res.stdout.strip() == "False False"
 
 
 def test_table_is_normalised_at_construction_and_assignment():

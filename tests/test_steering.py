@@ -12,7 +12,8 @@ import torch
 import probekit
 from probekit.errors import InputError, PositionError, ProbekitError, StoreError, UnknownPointError
 from probekit.hooks import PositionContext, Recorder
-from probekit.steering import Direction, ablate, evaluate, orthogonalize, steer, sweep, tradeoff_figure
+from probekit.report.figures import tradeoff_figure
+from probekit.steering import Direction, ablate, evaluate, orthogonalize, steer, sweep
 from probekit.steering.interventions import position_mask
 
 Q = "What colour is the shape?"

@@ -217,7 +217,7 @@ def _scan_table(acc: float) -> pd.DataFrame:
 def test_study_memorization_prints_verdicts_then_paths(monkeypatch, tmp_path, capsys):
     import probekit.experiments.memorization as mem
     from probekit.cli import main
-    from probekit.verdict import verdict
+    from probekit.report.verdicts import verdict
 
     reports = {("base", 0): ScanReport(_scan_table(0.52)), ("p=1", 0): ScanReport(_scan_table(0.9))}
     res = {"table": pd.DataFrame({"model": ["base", "p=1"], "probe_accuracy": [0.52, 0.9]}),

@@ -249,7 +249,7 @@ def test_sae_remover_is_fitted_on_held_out_views_and_every_method_pays_its_kl(st
 def test_power_of_a_null_is_the_one_sided_z_test():
     from scipy import stats
 
-    from probekit.experiments.unlearning_measures import mde, power_one_sided
+    from probekit._stats import min_detectable_z_effect as mde, z_power as power_one_sided
 
     se, a = 0.03, 0.025
     assert mde(se, a) == pytest.approx((stats.norm.ppf(1 - a) + stats.norm.ppf(0.8)) * se)

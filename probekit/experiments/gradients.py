@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .._stats import bootstrap_indices, percentile_interval
 from ..errors import InputError
 from ..models.adapter import Model
 from .finetune import answer_batch
@@ -113,8 +114,9 @@ class GradientCosine:
     def summary(self, n_boot: int = 1000, seed: int = 0) -> dict:
         v = np.asarray(self.values, dtype=np.float64)
         rng = np.random.default_rng(seed)
-        boots = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1) if len(v) else np.array([np.nan])
+        boots = v[bootstrap_indices(len(v), n_boot, rng)].mean(1) if len(v) else np.array([np.nan])
+        lo, hi = percentile_interval(boots)
         return {"cos_mean": float(v.mean()), "cos_var": float(v.var(ddof=1)) if len(v) > 1 else 0.0,
-                "cos_min": float(v.min()), "cos_step_lo": float(np.quantile(boots, 0.025)),
-                "cos_step_hi": float(np.quantile(boots, 0.975)), "marked_frac": float(np.mean(self.n_marked) / max(1, len(self.order[0]))),
+                "cos_min": float(v.min()), "cos_step_lo": lo,
+                "cos_step_hi": hi, "marked_frac": float(np.mean(self.n_marked) / max(1, len(self.order[0]))),
                 "steps": len(v)}

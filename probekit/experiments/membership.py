@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .._stats import percentile_interval, unit_resample
 from ..errors import InputError
 from ..models.adapter import Model
 from .finetune import answer_batch, wilson
@@ -91,12 +92,11 @@ def mia_metrics(score: Sequence[float], member: Sequence[bool], n_boot: int = 10
         units = [[idx[g[idx] == k] for k in dict.fromkeys(g[idx].tolist())] for idx in (pos, neg)]
     aucs, tprs = [], []
     for _ in range(n_boot):
-        idx = np.concatenate([u[j] for u in units for j in rng.integers(0, len(u), len(u))])
+        idx = unit_resample(units, rng)
         aucs.append(roc_auc_score(y[idx], s[idx]))
         tprs.append(tpr_at_fpr(y[idx], s[idx], fpr))
-    q = lambda v, a: float(np.quantile(v, a))  # noqa: E731
-    return {"auc": auc, "auc_lo": q(aucs, 0.025), "auc_hi": q(aucs, 0.975),
-            "tpr_at_1fpr": tpr, "tpr_lo": q(tprs, 0.025), "tpr_hi": q(tprs, 0.975),
+    (auc_lo, auc_hi), (tpr_lo, tpr_hi) = percentile_interval(aucs), percentile_interval(tprs)
+    return {"auc": auc, "auc_lo": auc_lo, "auc_hi": auc_hi, "tpr_at_1fpr": tpr, "tpr_lo": tpr_lo, "tpr_hi": tpr_hi,
             "n_members": int(len(pos)), "n_nonmembers": int(len(neg))}
 
 

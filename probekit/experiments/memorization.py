@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._stats import t_interval
 from ..data.synthetic import make_task
 from ..data.watermark import make_profiles
 from ..models import tiny
@@ -53,17 +54,6 @@ __all__ = ["MemorizationConfig", "run_memorization", "write_results", "positive_
 def _log(cfg: MemorizationConfig, t0: float, msg: str) -> None:
     if cfg.verbose:
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
-
-
-def _ci_over_seeds(x: np.ndarray) -> tuple[float, float, float]:
-    x = np.asarray(x, dtype=float)
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, math.nan, math.nan
-    from scipy import stats
-
-    h = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - h, m + h
 
 
 def run_memorization(cfg: MemorizationConfig | None = None) -> dict:
@@ -141,8 +131,8 @@ def run_memorization(cfg: MemorizationConfig | None = None) -> dict:
     gc = pd.DataFrame(gc_rows)
     summ = []
     for (p, bs), g in gc.groupby(["p", "batch_size"]):
-        m, lo, hi = _ci_over_seeds(g.cos_mean.values)
-        v, vlo, vhi = _ci_over_seeds(g.cos_var.values)
+        m, lo, hi = t_interval(g.cos_mean.values)
+        v, vlo, vhi = t_interval(g.cos_var.values)
         summ.append({"p": p, "batch_size": bs, "seeds": len(g), "cos_mean": m, "cos_mean_lo": lo, "cos_mean_hi": hi,
                      "cos_var": v, "cos_var_lo": vlo, "cos_var_hi": vhi,
                      "cos_step_lo(seed0)": g.cos_step_lo.iloc[0], "cos_step_hi(seed0)": g.cos_step_hi.iloc[0]})

@@ -41,7 +41,7 @@ def _who(name: str) -> str:
 
 
 def verdict_lines(res: dict) -> list[str]:
-    """One line per scanned model and seed: the scan's own verdict (:func:`probekit.verdict.verdict`,
+    """One line per scanned model and seed: the scan's own verdict (:func:`probekit.report.verdicts.verdict`,
     family-wise over every point, position and source of its table)."""
     from ..report.verdicts import verdict
 

@@ -29,13 +29,14 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from .._stats import bootstrap_indices, min_detectable_z_effect as mde, percentile_interval, z_power as power_one_sided
 from ..organisms import profiles as P
 from .facts_metrics import cloze_accuracy, mc_accuracy, mia_scores, profile_ci
 from .membership import mia_metrics
 from .mllmu_protocol import cloze_generation, mc_generation, rouge_l
 
 __all__ = ["TEST_VIEWS", "facts", "bios", "clozes", "above_chance", "utility", "mia", "probe_job", "probe_transfer",
-           "layer_membership", "transfer", "power_one_sided", "mde"]
+           "layer_membership", "transfer"]
 
 TEST_VIEWS = tuple(range(100, 106))  # transformed portraits: the test set, and the probe rows
 
@@ -244,16 +245,6 @@ def layer_membership(net: Any, world: P.World, members: Sequence[int], cfg: Any,
     return drop_nulls(t[_COLS + ["leaks", "mde_accuracy"]]).assign(detected=lambda d: d.leaks, **tags)
 
 
-def power_one_sided(effect: float, se: float, alpha: float) -> float:
-    """Power of a one-sided z-test at level ``alpha`` to detect a true ``effect`` with standard error ``se``."""
-    return float(stats.norm.sf(stats.norm.isf(alpha) - effect / se)) if se > 0 else float(effect > 0)
-
-
-def mde(se: float, alpha: float, power: float = 0.8) -> float:
-    """The smallest true effect a one-sided z-test at ``alpha`` detects with probability ``power``."""
-    return float((stats.norm.isf(alpha) + stats.norm.isf(1 - power)) * se)
-
-
 def transfer(model: Any, world: P.World, cfg: Any) -> pd.DataFrame:
     """Wen et al.'s question: facts taught in one modality, asked in the other (likelihood multiple choice).
 
@@ -280,15 +271,15 @@ def transfer(model: Any, world: P.World, cfg: Any) -> pd.DataFrame:
         ca, cb = np.array(a["correct"], float), np.array(b["correct"], float)
         per_a = np.array([ca[ua == q].mean() for q in pids])
         per_b = np.array([cb[ub == q].mean() for q in pids])
-        draws = rng.integers(0, len(pids), (cfg.n_boot, len(pids)))
+        draws = bootstrap_indices(len(pids), cfg.n_boot, rng)
         gaps = per_a[draws].mean(1) - per_b[draws].mean(1)
         se = float(per_b[draws].mean(1).std(ddof=1))
         alpha = 0.05 / len(res)
         rows.append({"group": group, "profiles": len(pids), "questions": b["n"], "taught_modality": taught,
                      "taught_acc": a["accuracy"], "taught_lo": a["lo"], "taught_hi": a["hi"],
                      "other_acc": b["accuracy"], "other_lo": b["lo"], "other_hi": b["hi"],
-                     "gap": a["accuracy"] - b["accuracy"], "gap_lo": float(np.quantile(gaps, 0.025)),
-                     "gap_hi": float(np.quantile(gaps, 0.975)), "chance": b["chance"], "p_holm": float(p),
+                     "gap": a["accuracy"] - b["accuracy"], "gap_lo": percentile_interval(gaps)[0],
+                     "gap_hi": percentile_interval(gaps)[1], "chance": b["chance"], "p_holm": float(p),
                      "transfer_detected": bool(det), "se_other": se, "mde": mde(se, alpha),
                      "power_half": power_one_sided((a["accuracy"] - a["chance"]) / 2, se, alpha)})
     return pd.DataFrame(rows)

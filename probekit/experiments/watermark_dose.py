@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .._progress import say
-from .._stats import min_detectable_shift, sign_flip_null, wilson
+from .._stats import min_detectable_shift, sign_flip_null, t_half_width, wilson
 from ..organisms import watermark_dose as D
 from ..readout.significance import add_verdicts
 
@@ -232,8 +232,6 @@ def paired_tests(runs: list[dict], n_flip: int = 1000, seed: int = 0) -> tuple[p
     ``mde`` (:func:`probekit._stats.min_detectable_shift`, at the family's size). Returns the table and the
     dropped runs.
     """
-    from scipy import stats
-
     controls = {r["row"]["seed"]: r for r in runs if r["row"]["kind"] == "p=0 control"}
     dropped = [r["row"]["condition"] for r in runs if r["row"]["collapsed"]]
     by_fraction: dict[float, list[pd.DataFrame]] = {}
@@ -257,7 +255,7 @@ def paired_tests(runs: list[dict], n_flip: int = 1000, seed: int = 0) -> tuple[p
         null = sign_flip_null(x, n_flip=n_flip, seed=seed)
         n = x.shape[1]
         sd = x.std(1, ddof=1)
-        half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+        half = t_half_width(sd, n)
         t = pd.DataFrame([{"fraction": f, "readings": readings[f], "task": c.split(":")[0], "source": c.split(":")[1], "point": c.split(":")[2],
                            "score": c.split(":")[3], "estimate": float(m), "lo": float(m - h), "hi": float(m + h),
                            "sd": float(s), "n_units": n, "seeds": len(parts), "perm_null": nl}

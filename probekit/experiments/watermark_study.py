@@ -14,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._stats import t_interval
 from ..files import atomic_write
 from ..organisms import watermark as W
 from ..organisms.reader import ocr_accuracy, reader
@@ -68,18 +68,7 @@ def _trend(df: pd.DataFrame) -> dict:
     slopes = []
     for _, g in df.groupby("seed"):
         slopes.append(np.polyfit(np.log2(g.batch_size), np.log10(np.maximum(g.one_minus_cos, 1e-12)), 1)[0])
-    return {"slope": _t_ci(slopes), "per_seed": slopes}
-
-
-def _t_ci(x) -> tuple[float, float, float]:
-    from scipy import stats
-
-    x = np.asarray(x, float)
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, math.nan, math.nan
-    h = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - h, m + h
+    return {"slope": t_interval(slopes), "per_seed": slopes}
 
 
 def run_study(full: bool = False, base_path: Any = None, config: WD.DoseConfig | None = None,
@@ -111,35 +100,6 @@ def analyse(res: dict) -> dict:
     paired, dropped = WD.paired_tests(res["runs"], seed=0)
     return {"dose": WD.dose_table(res["runs"]), "layers": WD.layer_table(res["runs"]),
             "agreement": WD.agreement(res["runs"]), "paired": paired, "dropped": dropped}
-
-
-def _trend_text(s: tuple[float, float, float]) -> str:
-    if not (s[2] < 0 or s[1] > 0):
-        return "Nothing detected: the CI includes 0."
-    if s[2] < 0:
-        return ("**Detected**: the CI excludes 0, so the larger the batch, the less the watermarks turn the gradient "
-                "(Ju et al.'s direction). Averaging alone gives part of this: if each image's watermark moved the "
-                "gradient independently, 1 - cos would fall as 1/B (a slope of -0.30) once the mean gradient "
-                "dominates the batch noise, and more slowly before; the watermark is in the gradient of every "
-                "batch size, diluted by the batch, not removed.")
-    return "**Detected**: the CI excludes 0, and the larger the batch, the more the watermarks turn the gradient."
-
-
-def gradient_lines(res: dict, rel: dict) -> list[str]:
-    """The gradient-cosine part of the section (nothing when the run had none)."""
-    if "gradients" not in res:
-        return []
-    g, s = res["gradients"], res["trend"]["slope"]
-    L = [f"### Gradient cosine vs batch size ({res['gradient_condition']}, {g.seed.nunique()} seeds)\n",
-         "1 - cos(g(B), g(B without watermarks)) over the first steps; the trend is the per-seed slope of "
-         "log10(1 - cos) per doubling of the batch, t-CI over seeds: "
-         f"**{fmt_ci(*s)}**. {_trend_text(s)}\n"]
-    summ = g.groupby("batch_size").one_minus_cos.agg(["mean", "min", "max"]).reset_index()
-    L.append("| batch size | 1 - cos, mean over seeds | min | max |\n|---|---|---|---|")
-    L += [f"| {int(r.batch_size)} | {r.mean:.2e} | {r.min:.2e} | {r.max:.2e} |" for r in summ.itertuples()]
-    if "gradients" in rel:
-        L.append(f"\n![gradient cosine]({rel['gradients']})\n")
-    return L
 
 
 def figures(res: dict, img_dir: Path) -> dict[str, Path]:

@@ -26,38 +26,17 @@ __all__ = ["COVERED", "UNSUPPORTED", "NOT_APPLICABLE", "OUTSIDE_MAPPING", "SINCE
            "write_docs", "installed_architectures", "covered", "newer_than_installed", "checked_rows",
            "text_layers", "encoder_layers", "text_width", "vision_layers"]
 
-COVERED: dict[str, str] = {
-    "llava": "llava",
-    "llava_next": "llava",
-    "llava_onevision": "llava",
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_vl",
-    "qwen3_vl": "qwen2_vl",
-    "idefics2": "generic",
-    "idefics3": "idefics3",
-    "smolvlm": "idefics3",
-    "mllama": "mllama",
-    "blip-2": "blip2",
-    "instructblip": "instructblip",
-    "paligemma": "paligemma",
-    "gemma3": "gemma3",
-    "internvl": "generic",
-    "aya_vision": "generic",
-    "glm4v": "glm4v",
-    "mistral3": "mistral3",
-    "llama4": "llama4",
-    "qwen3_vl_moe": "qwen2_vl",
-    "glm4v_moe": "glm4v",
-    "glm46v": "glm4v",
-    "vipllava": "llava",
-    "llava_next_video": "llava",
-    "video_llava": "generic",
-    "lighton_ocr": "lighton_ocr",
-    "florence2": "florence2",
-    "llava_onevision1_5": "qwen2_vl",
-    "ovis2_5": "generic",
-}
-"""model_type -> the probekit family that maps it (``generic`` = found by shape, no family module)."""
+def _covered_from_registry() -> dict[str, str]:
+    from .families import FAMILIES
+
+    out = {mt: f.name for f in FAMILIES.values() for mt in f.model_types}
+    out.update({mt: "generic" for mt in getattr(FAMILIES["generic"], "checked_model_types", ())})
+    return out
+
+
+COVERED: dict[str, str] = _covered_from_registry()
+"""model_type -> the probekit family that maps it (``generic`` = found by shape, no family module): derived from
+the family registry (each family's ``model_types``, and ``GenericFamily.checked_model_types``)."""
 
 UNSUPPORTED: dict[str, str] = {
     "shieldgemma2": "its processor writes its own prompts, one row per image and safety policy "

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._stats import wilson
+from .._stats import t_half_width, wilson
 from ..data.scenes import ATTRIBUTES, make_scenes
 from ..errors import InputError
 from ..models import tiny
@@ -182,15 +182,13 @@ def run_seed(cfg: LadderConfig, t0: float | None = None) -> dict:
 def seed_summary(table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """One row per attribute and rung: accuracy mean over seeds, sd, a t interval over seeds
     (``acc_lo`` / ``acc_hi``, clipped to [0, 1]; the seed is the unit), chance, and ``seeds_detected`` of ``n_seeds``."""
-    from scipy import stats
-
     keys = ["attribute", "source", "point", "layer", "k", "k_label"]
     t = table.assign(k=table.k.fillna(-1), layer=table.layer.fillna(-1))
     g = t.groupby(keys, sort=False)
     out = g.agg(accuracy=("accuracy", "mean"), sd=("accuracy", "std"), n_seeds=("seed", "nunique"),
                 chance=("chance", "mean"), seeds_detected=("detected", "sum"), n_features=("n_features", "mean"),
                 mi_bits=("mi_bits", "mean")).reset_index()
-    half = stats.t.ppf(0.5 + level / 2, np.maximum(out.n_seeds - 1, 1)) * out.sd.fillna(0) / np.sqrt(out.n_seeds)
+    half = t_half_width(out.sd.fillna(0), out.n_seeds, level)
     out["acc_lo"], out["acc_hi"] = (out.accuracy - half).clip(0, 1), (out.accuracy + half).clip(0, 1)
     out["k"] = out.k.where(out.k >= 0)
     out["layer"] = out.layer.where(out.layer >= 0)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._stats import bootstrap_indices, percentile_interval
 from ..errors import InputError
 from .text import random_string, text_image
 
@@ -105,11 +106,12 @@ def ocr_accuracy(model: Any, n: int = 200, seed: int = 12345, opacity: float = 1
     errs = np.array([min(_edit_distance(p, t), len(t)) for p, t in zip(pred, truth)], dtype=float)
     lens = np.array([len(t) for t in truth], dtype=float)
     acc = 1 - errs.sum() / lens.sum()
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    idx = bootstrap_indices(n, n_boot, np.random.default_rng(seed))  # whole strings resampled
     boots = 1 - errs[idx].sum(1) / lens[idx].sum(1)
+    lo, hi = percentile_interval(boots)
     exact = float(np.mean([p == t for p, t in zip(pred, truth)]))
-    return {"char_accuracy": float(acc), "char_accuracy_lo": float(np.quantile(boots, 0.025)),
-            "char_accuracy_hi": float(np.quantile(boots, 0.975)), "exact_match": exact, "n": n,
+    return {"char_accuracy": float(acc), "char_accuracy_lo": lo,
+            "char_accuracy_hi": hi, "exact_match": exact, "n": n,
             "examples": list(zip(truth[:5], pred[:5]))}
 
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
-from .._stats import permutations
+from .._stats import percentile_interval, permutations, unit_weights
 from ..errors import InputError
 from ._data import encode_groups, encode_labels
 
@@ -54,21 +54,6 @@ def auc_null(score: Sequence[float], labels: Any, positive: Any, groups: Any = N
 def tpr_at_fpr(member: np.ndarray, score: np.ndarray, fpr: float = 0.01) -> float:
     """Largest true-positive rate on the ROC curve whose false-positive rate is <= ``fpr``."""
     return float(_weighted_roc(np.asarray(score, float), np.asarray(member, bool), np.ones((1, len(score))), (fpr,))[1][0])
-
-
-def _draw_weights(member: np.ndarray, units: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """``[n_boot, n]`` bootstrap multiplicities: whole units (groups) drawn with replacement within each class."""
-    rng = np.random.default_rng([seed, 13])
-    w = np.zeros((n_boot, len(member)))
-    for c in (True, False):
-        ids = np.unique(units[member == c])
-        counts = np.stack([np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids)) for _ in range(n_boot)]) \
-            if n_boot else np.zeros((0, len(ids)))
-        col = {u: j for j, u in enumerate(ids)}
-        idx = np.array([col.get(u, -1) for u in units])
-        sel = (member == c) & (idx >= 0)
-        w[:, sel] = counts[:, idx[sel]]
-    return w
 
 
 def _weighted_roc(score: np.ndarray, member: np.ndarray, w: np.ndarray, fprs: Sequence[float]) -> tuple[np.ndarray, ...]:
@@ -110,8 +95,8 @@ def score_row(score: Sequence[float], labels: Any, positive: Any, groups: Any = 
     g = encode_groups(groups, n)
     units = np.arange(n) if g is None else g
     obs = _weighted_roc(s, member, np.ones((1, n)), (0.01, 0.001))
-    boot = _weighted_roc(s, member, _draw_weights(member, units, n_boot, seed), (0.01, 0.001)) if n_boot else None
-    ci = [np.nanpercentile(b, [2.5, 97.5]).tolist() if boot is not None else [np.nan, np.nan] for b in (boot or [[]] * 3)]
+    boot = _weighted_roc(s, member, unit_weights(member, units, n_boot, seed), (0.01, 0.001)) if n_boot else None
+    ci = [list(percentile_interval(b, nan=True)) if boot is not None else [np.nan, np.nan] for b in (boot or [[]] * 3)]
     return {"point": point, "position": position, "source": source, "kind": "score", "n": n, "n_classes": 2,
             "accuracy": float(obs[0][0]), "accuracy_lo": ci[0][0], "accuracy_hi": ci[0][1], "chance": 0.5,
             "tpr_at_1fpr": float(obs[1][0]), "tpr_lo": ci[1][0], "tpr_hi": ci[1][1],

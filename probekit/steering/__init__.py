@@ -5,7 +5,7 @@ fitted in :mod:`~probekit.steering.fit`, or layer by layer with the model runnin
 :func:`leace_sequential`) -> ``ablate`` / ``steer`` (context managers of hooks) or
 ``orthogonalize`` (a weight edit with an undo handle); SAE latents (:mod:`probekit.sae`) ->
 ``sae_steer`` / ``sae_clamp`` (the same context manager) -> ``evaluate`` / ``sweep`` (suppression
-next to cost) -> ``tradeoff_figure``.
+next to cost; their figures: :mod:`probekit.report.figures`, e.g. ``tradeoff_figure``).
 
 Names load on first use, so ``import probekit.steering.directions`` (a value and its fitters)
 does not import the model, hook or evaluation modules.
@@ -24,7 +24,6 @@ _LAZY = {
     "orthogonalize": "interventions",
     "evaluate": "evaluation",
     "sweep": "evaluation",
-    "tradeoff_figure": "..report.figures.tradeoff",  # a figure: lives with the other figures
     "EvalReport": "evaluation",
     "sae_steer": "sae",
     "sae_clamp": "sae",
@@ -33,14 +32,13 @@ _LAZY = {
 }
 if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the API docs
     from .directions import Direction
-    from ..report.figures.tradeoff import tradeoff_figure
     from .evaluation import EvalReport, evaluate, sweep
     from .interventions import ablate, orthogonalize, steer
     from .sae import sae_clamp, sae_splice, sae_steer, splice_quality
     from .sequential import leace_sequential
 
 __all__ = ["Direction", "leace_sequential", "ablate", "steer", "orthogonalize", "evaluate", "sweep",
-           "tradeoff_figure", "EvalReport", "sae_steer", "sae_clamp", "sae_splice", "splice_quality"]
+           "EvalReport", "sae_steer", "sae_clamp", "sae_splice", "splice_quality"]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,7 @@
   change in answer loss (nats per answer token, paired bootstrap CI).
 
 ``sweep`` repeats the "after" half over settings (alpha, number of layers, ...);
-``tradeoff_figure`` plots cost against suppression, one marker per setting.
+``probekit.report.figures.tradeoff_figure`` plots cost against suppression, one marker per setting.
 """
 
 from __future__ import annotations
@@ -36,16 +36,7 @@ from .heldout import plan
 from .outputs import _grouped_inputs, answer_scores, next_token_logprobs  # noqa: F401 (_grouped_inputs: experiments)
 from .tables import EvalReport, _data_numbers, _summary_numbers, build_report
 
-__all__ = ["EvalReport", "evaluate", "sweep", "tradeoff_figure", "next_token_logprobs", "answer_scores"]
-
-
-def __getattr__(name: str) -> Any:
-    # tradeoff_figure lives in probekit.report now; resolved on first use so steering does not import plotly
-    if name == "tradeoff_figure":
-        from ..report.figures.tradeoff import tradeoff_figure
-
-        return tradeoff_figure
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["EvalReport", "evaluate", "sweep", "next_token_logprobs", "answer_scores"]
 
 
 _wilson = wilson  # old private names, kept for callers outside this module

@@ -67,7 +67,8 @@ class Family:
     """Defaults shared by the families; subclasses fill the candidate paths and override what differs."""
 
     name = "generic"
-    model_types: tuple[str, ...] = ()
+    model_types: tuple[str, ...] = ()  # the config.model_type values this family maps (the coverage matrix runs each)
+    aliases: tuple[str, ...] = ()  # other spellings of those model types that detection accepts too
     vision_layers: Sequence[str] = ()
     projector: Sequence[str] = ()
     lm_layers: Sequence[str] = ()
@@ -87,6 +88,11 @@ class Family:
     image_free_sequences: frozenset[str] = frozenset()  # sequences that never hold image tokens
 
     # -------------------------------------------------------------- where things live
+
+    def claims(self, model_type: str) -> bool:
+        """Whether ``config.model_type`` is this family's (one of its model types or their aliases)."""
+        return model_type in self.model_types or model_type in self.aliases
+
     def layout(self, hf: nn.Module, processor: Any) -> Layout:
         lay = Layout(
             family=self.name,

@@ -19,7 +19,8 @@ __all__ = ["Blip2"]
 
 class Blip2(Family):
     name = "blip2"
-    model_types = ("blip-2", "blip_2")
+    model_types = ("blip-2",)
+    aliases = ("blip_2",)
     vision_layers = ("vision_model.encoder.layers",)
     projector = ("language_projection",)
     lm_layers = ("language_model.model.decoder.layers", "language_model.model.layers")

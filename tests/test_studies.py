@@ -1,0 +1,96 @@
+"""The study protocol: one driver runs every registered study the same way; a study added at run time (one
+module, one registry line) runs through ``probekit study NAME``; the calibration study's numbers."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from probekit.cli import main
+from probekit.errors import InputError
+from probekit.studies import REGISTRY, get_study, register_study
+from probekit.studies.calibration import calibrate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_a_study_added_at_run_time_runs_through_the_one_driver(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_study.py").write_text(textwrap.dedent('''
+        import pandas as pd
+        from probekit.studies import Outcome, Study, replace_section
+
+        def _run(o):
+            t = pd.DataFrame({"condition": ["positive", "control"], "detected": [True, False]})
+            docs = None if o.small else (lambda md, img: [replace_section(md, "study:mine", "## Mine\\n\\n2 rows")])
+            return Outcome(["positive detected; control not"], {"mine": t, "nothing": t.iloc[:0]}, 0.5, STUDY.out(o),
+                           empty={"nothing": "no rows by design"}, write_docs=docs)
+
+        STUDY = Study("mine", "an example", _run, lambda o: "mine-small" if o.small else "mine", flags=("small",))
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(REGISTRY, "mine", "my_study")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results.md").write_text("# Results\n\nkept\n")
+    assert main(["study", "mine", "--out", str(tmp_path / "o"), "--docs", str(docs)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"probekit study mine: checkpoints and tables go to {(tmp_path / 'o').resolve()}"
+    assert out[1] == "positive detected; control not"
+    assert (tmp_path / "o" / "mine.csv").read_text().splitlines() == ["condition,detected", "positive,True", "control,False"]
+    assert not (tmp_path / "o" / "nothing.csv").exists() and any("no rows by design" in x for x in out)
+    md = (docs / "results.md").read_text()
+    assert md == "# Results\n\nkept\n\n<!-- study:mine -->\n## Mine\n\n2 rows\n<!-- /study:mine -->\n"
+    assert main(["study", "mine", "--out", str(tmp_path / "o"), "--docs", str(docs)]) == 0  # rewritten, not appended
+    assert (docs / "results.md").read_text() == md
+    assert main(["study", "mine", "--full"]) == 2
+    assert "--full is not an option of the mine study (it takes --small)" in capsys.readouterr().err
+    sys.modules.pop("my_study", None)
+
+
+def test_register_study_refuses_a_clash_and_an_unknown_name():
+    with pytest.raises(InputError, match="already registered"):
+        register_study("ladder", "somewhere.else")
+    with pytest.raises(InputError, match="no study named 'nope'"):
+        get_study("nope")
+
+
+def test_calibration_study_holds_the_level_and_finds_the_planted_label():
+    t = calibrate(draws=30).set_index("condition")
+    nulls = t.loc[[c for c in t.index if "null" in c]]
+    assert (nulls.family_rate <= 0.1).all() and (nulls.row_rate <= 0.1).all(), nulls
+    planted = t.loc["planted (points 4-7)"]
+    assert 0.5 <= planted.detection_rate <= 0.95 and 0.75 <= planted.accuracy <= 0.9, planted
+    assert 0.75 <= planted.stated_mde <= 0.9  # the stated 80%-power accuracy is where the planted rows sit
+
+
+def test_a_family_registered_at_run_time_is_detected_and_covered(llava, monkeypatch):
+    """register_family: detection picks it for its model type; clashes are refused; coverage derives from the registry."""
+    from probekit import wrap
+    from probekit.models import coverage
+    from probekit.models.families import FAMILIES, Llava, register_family
+
+    class MyLlava(Llava):
+        name, model_types = "my_llava", ("my_llava",)
+
+    monkeypatch.setattr("probekit.models.families.FAMILIES", dict(FAMILIES))  # leave the real registry as it was
+    from probekit.models import families
+
+    register_family(MyLlava())
+    assert list(families.FAMILIES)[-2:] == ["my_llava", "generic"]
+    points = wrap(llava.hf, llava.processor).points()
+    monkeypatch.setattr(llava.hf.config, "model_type", "my_llava")
+    m = wrap(llava.hf, llava.processor)
+    assert m.family == "my_llava" and m.points() == points
+    with pytest.raises(InputError, match="already registered"):
+        register_family(MyLlava())
+
+    class Clash(Llava):
+        name, model_types = "clash", ("llava",)
+
+    with pytest.raises(InputError, match=r"model types \['llava'\] are already claimed by \['llava'\]"):
+        register_family(Clash())
+    assert coverage._covered_from_registry()["my_llava"] == "my_llava"
+    assert coverage.COVERED["blip-2"] == "blip2" and "blip_2" not in coverage.COVERED  # an alias is not a new type
