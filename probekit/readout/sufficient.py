@@ -115,11 +115,11 @@ class FoldStats:
             self.G[k] += (xk.T @ xk).double() + len(xk) * torch.outer(means[k], means[k])
         # per (fold, task, class): counts and sums, by one index_add over the flattened cells
         idx = (f[:, None] * self.T + torch.arange(self.T, device=f.device)[None]) * self.K + self.tasks[:, start:start + m].T
-        idx = idx.reshape(-1)
         cnt = torch.zeros(self.cv * self.T * self.K, dtype=torch.float64, device=idx.device)
-        cnt.index_add_(0, idx, torch.ones(len(idx), dtype=torch.float64, device=idx.device))
+        cnt.index_add_(0, idx.reshape(-1), torch.ones(idx.numel(), dtype=torch.float64, device=idx.device))
         sums = torch.zeros(self.cv * self.T * self.K, self.d, dtype=dt, device=x.device)
-        sums.index_add_(0, idx, xc.repeat_interleave(self.T, 0))
+        for t in range(self.T):  # task by task: no [m * T, d] copy of the shard
+            sums.index_add_(0, idx[:, t], xc)
         self.cls_n.view(-1).add_(cnt)
         self.cls_s.view(-1, self.d).add_(sums.double() + cnt[:, None] * means.repeat_interleave(self.T * self.K, 0))
         return self
