@@ -23,8 +23,8 @@ identity takes care of.
 
 Two ways to use it:
 
-- ``estimator="lda"`` (:class:`StatsScorer`) in :func:`~probekit.readout.probes.probe_layers`,
-  :func:`~probekit.readout.layers.mutual_information` or ``scan``: the same statistics from the
+- ``estimator="lda"`` (:class:`StatsScorer`) in :func:`~probekit.readout.probes.probe_layers` or
+  :func:`~probekit.readout.layers.mutual_information`: the same statistics from the
   in-memory chunk of points the readout table hands every scorer;
 - :func:`stats_table`: a store read shard by shard, point by point (one shard in memory at a
   time), under ``torchrun`` each rank reading its own shards; the table has the readout
@@ -337,7 +337,8 @@ class _StoreLabels:
 
 def stats_table(store: Any, labels: Any, groups: Any = None, *, points: Sequence[str] | None = None,
                 positions: Sequence[str | int] | None = None, shrinkage: float | None = None,
-                distributed: bool | None = None, options: ReadoutOptions | None = None, **values: Any) -> pd.DataFrame:
+                distributed: bool | None = None, device: str | torch.device = "cpu",
+                options: ReadoutOptions | None = None, **values: Any) -> pd.DataFrame:
     """The readout table of ``store`` from sufficient-statistics probes, point by point, shard by shard.
 
     Memory: one shard plus ``cv x d x d`` float64 statistics, whatever n is. Under ``torchrun``
@@ -345,7 +346,9 @@ def stats_table(store: Any, labels: Any, groups: Any = None, *, points: Sequence
     :func:`~probekit.readout.probes.probe_layers` (``mi_estimator`` ``"lda"``), with ``p_value``
     NaN (the permutation test needs the points in memory) and ``n_iter`` 0. ``options`` /
     keyword settings as in :class:`ReadoutOptions` (``cv``, ``seed``, ``control``,
-    ``permutation``, ``n_boot``, ``calibrate``).
+    ``permutation``, ``n_boot``, ``calibrate``). ``device``: where the sums are taken (each shard
+    is moved there); across ranks the process group already initialised is used, else gloo,
+    which reduces CPU tensors: for ``device="cuda"`` initialise an NCCL group first.
     """
     from ..hooks.coerce import as_store
     from ._data import Unit
@@ -367,7 +370,7 @@ def stats_table(store: Any, labels: Any, groups: Any = None, *, points: Sequence
         pos = [None] if flat else list(positions if positions is not None else info["positions"])
         for position in pos:
             Z = stats_heldout(store, point, lab.tasks, lab.folds, lab.K, position=position, shrinkage=shrinkage,
-                              distributed=distributed)
+                              distributed=distributed, device=device)
             scores = HeldoutScores(Z[None].cpu().numpy())
             label = (info["positions"][0] if len(info["positions"]) == 1 else None) if flat else str(position)
             unit = Unit(point, label, lambda: None)
