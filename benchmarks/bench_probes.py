@@ -1,13 +1,25 @@
-"""Benchmark: probekit's batched probes vs a loop of scikit-learn fits.
+"""Benchmark: probekit's batched probes vs a loop of scikit-learn fits, the same tasks on both sides.
 
 A synthetic store of L layers x n samples x d features with binary labels and a planted
 signal whose strength rises and falls over depth. The features are anisotropic and
 correlated (a shared low-rank part, log-normal scales, a few large-offset features), as
-residual streams are. Both sides use the same folds, the same per-fold standardisation
-and the same objective (C = 1).
+residual streams are; ``--spectrum power`` draws them from a power-law spectrum instead
+(eigenvalue k ~ k^-2, a harder case for the noise-fitting tasks). Both sides use the same
+folds, the same per-fold standardisation, the same objective (C = 1) and the same label sets:
+scan's defaults, the real labels, the control task and the permuted labels (3 x cv fits per
+layer), and the same number of BLAS threads (``--threads``, default 1).
 
-    python benchmarks/bench_probes.py            # 24 layers, d=1024, n=2000, + scaling
-    python benchmarks/bench_probes.py --quick    # smaller, ~1 minute
+For every n of ``--sizes``, ``--rounds`` rounds, each round timing in turn: the scikit-learn
+loop, the batched fits of this checkout (``heldout_logits``: the loop's work), the same with the
+solver of ``--baseline`` (a git ref; its ``readout/_solver.py`` and ``_objective.py`` loaded as a
+module) and ``probe_layers`` with its defaults end to end (fits + calibration, MI, bootstrap
+CIs and the verdict's permutation statistic: more work than the loop). Prints medians and
+[min, max] over rounds, the load average, and the largest per-layer accuracy difference of the
+real-label probes from scikit-learn.
+
+    python benchmarks/bench_probes.py                       # n = 500, 2,000, 8,000; 16 x d=1024
+    python benchmarks/bench_probes.py --sizes 2000 --d 4096  # a wider store
+    python benchmarks/bench_probes.py --quick                # smaller, ~1 minute
 """
 
 from __future__ import annotations
@@ -20,8 +32,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import importlib  # noqa: E402
 import math  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -29,12 +47,18 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from probekit.readout import scorers  # noqa: E402
 from probekit.readout._data import make_folds  # noqa: E402
-from probekit.readout.probes import heldout_logits, probe_layers  # noqa: E402
+from probekit.readout.controls import label_tasks  # noqa: E402
+from probekit.readout.probes import probe_layers  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_store(L: int, n: int, d: int, seed: int = 0, rank: int = 32) -> tuple[dict, np.ndarray]:
+def make_store(L: int, n: int, d: int, seed: int = 0, rank: int = 32, spectrum: str = "lowrank") -> tuple[dict, np.ndarray]:
     """{f"lm.{l}.resid": Tensor[n, d]} and labels; signal strength peaks mid-depth."""
+    if spectrum == "power":
+        return make_store_power(L, n, d, seed)
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 2, (n,), generator=g)
     sign = (2 * y - 1).float()[:, None]
@@ -52,114 +76,166 @@ def make_store(L: int, n: int, d: int, seed: int = 0, rank: int = 32) -> tuple[d
     return acts, y.numpy()
 
 
-def sklearn_loop(acts: dict, y: np.ndarray, folds: np.ndarray, C: float = 1.0,
-                 threads: int | None = None) -> tuple[np.ndarray, float, int]:
-    """Accuracy per layer from one StandardScaler + LogisticRegression per layer and fold,
-    the seconds taken and the L-BFGS iterations used in all."""
+def make_store_power(L: int, n: int, d: int, seed: int = 0) -> tuple[dict, np.ndarray]:
+    """Features from a power-law spectrum (k-th eigenvalue ~ k^-2) in a random basis, log-normal
+    scales, three large-offset features and a weak planted signal."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    sign = (2 * y - 1).float()[:, None]
+    spec = torch.arange(1, d + 1).float().reciprocal()
+    acts = {}
+    for layer in range(L):
+        R = torch.linalg.qr(torch.randn(d, d, generator=g))[0]
+        u = torch.randn(d, generator=g)
+        u /= u.norm()
+        strength = 0.02 + 0.1 * math.sin(0.1 + 2.9 * layer / max(L - 1, 1)) ** 2
+        x = (torch.randn(n, d, generator=g) * spec) @ R.T + sign * strength * u
+        x = x * torch.exp(0.7 * torch.randn(d, generator=g))
+        x[:, :3] += 50.0
+        acts[f"lm.{layer}.resid"] = x
+    return acts, y.numpy()
+
+
+def sklearn_tasks(acts: dict, tasks: np.ndarray, folds: np.ndarray, C: float = 1.0,
+                  threads: int = 1) -> tuple[np.ndarray, float, int]:
+    """Held-out predictions [L, T, n] of one StandardScaler + LogisticRegression per layer,
+    task and fold (the same fits as the batched solve), seconds and iterations in all."""
     t0 = time.perf_counter()
-    accs, iters = [], 0
+    T, n = tasks.shape
+    pred, iters = np.empty((len(acts), T, n), dtype=tasks.dtype), 0
     with threadpool_limits(limits=threads):
-        for x in acts.values():
+        for i, x in enumerate(acts.values()):
             x = x.numpy()
-            pred = np.empty(len(y), dtype=y.dtype)
-            for f in range(int(folds.max()) + 1):
-                tr, te = folds != f, folds == f
-                sc = StandardScaler().fit(x[tr])
-                clf = LogisticRegression(C=C, max_iter=1000).fit(sc.transform(x[tr]), y[tr])
-                pred[te] = clf.predict(sc.transform(x[te]))
-                iters += int(clf.n_iter_.max())
-            accs.append((pred == y).mean())
-    return np.array(accs), time.perf_counter() - t0, iters
+            for t in range(T):
+                for f in range(int(folds.max()) + 1):
+                    tr, te = folds != f, folds == f
+                    sc = StandardScaler().fit(x[tr])
+                    clf = LogisticRegression(C=C, max_iter=1000).fit(sc.transform(x[tr]), tasks[t][tr])
+                    pred[i, t, te] = clf.predict(sc.transform(x[te]))
+                    iters += int(clf.n_iter_.max())
+    return pred, time.perf_counter() - t0, iters
 
 
-def sklearn_threads(acts: dict, y: np.ndarray, folds: np.ndarray) -> tuple[int | None, float]:
-    """Give scikit-learn its faster thread setting (on a busy machine one BLAS thread can
-    beat two by a lot), judged on one mid-depth layer."""
-    one = dict([list(acts.items())[len(acts) // 2]])
-    t_default = sklearn_loop(one, y, folds)[1]
-    t_single = sklearn_loop(one, y, folds, threads=1)[1]
-    print(f"sklearn pilot (one layer, 5 fits): default threads {t_default:.2f} s, one thread {t_single:.2f} s")
-    return (1 if t_single < t_default else None), t_default / t_single
+def load_baseline_solver(ref: str):
+    """The ``solve`` of ``ref`` (its _solver.py + _objective.py as a package of their own), or
+    None for ``ref='none'``."""
+    if ref == "none":
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix="bench_probes_base_"))
+    pkg = tmp / "_probekit_baseline_solver"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in ("_solver.py", "_objective.py"):
+        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:probekit/readout/{name}"],
+                             check=True, capture_output=True, text=True).stdout
+        (pkg / name).write_text(src)
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("_probekit_baseline_solver._solver").solve
 
 
-def probekit_run(acts: dict, y: np.ndarray, extras: bool, C: float = 1.0):
+def batched_fits(solve, acts: dict, tasks: np.ndarray, folds: np.ndarray, C: float = 1.0):
+    """Held-out logits [L, T, n] of every layer, task and fold in one batched solve with
+    ``solve`` (as ``heldout_logits`` does), seconds (the stacking of the store included) and
+    iterations per problem [L, T, cv]."""
+    orig = scorers.solve
+    scorers.solve = solve
+    try:
+        t0 = time.perf_counter()
+        X = torch.stack(list(acts.values()))
+        Z, n_iter, _ = scorers.heldout_logits(X, torch.as_tensor(tasks), torch.as_tensor(folds), int(tasks.max()) + 1, C)
+        return Z[..., 0].numpy(), time.perf_counter() - t0, n_iter.numpy()
+    finally:
+        scorers.solve = orig
+
+
+def probe_layers_default(acts: dict, y: np.ndarray, C: float = 1.0) -> float:
+    """Seconds of ``probe_layers`` with scan's defaults (control task, permuted labels, bootstrap
+    CIs, the verdict's permutation statistic)."""
     t0 = time.perf_counter()
-    df = probe_layers(acts, y, cv=5, seed=0, C=C, control=extras, permutation=extras,
-                      n_boot=1000, progress=False)
-    return df, time.perf_counter() - t0
+    probe_layers(acts, y, cv=5, seed=0, C=C, progress=False)
+    return time.perf_counter() - t0
 
 
-def fits_only(acts: dict, y: np.ndarray, folds: np.ndarray, C: float = 1.0) -> tuple[float, int]:
-    """Seconds for the batched fits and held-out logits alone (the same work as the
-    scikit-learn loop, without the table's calibration, MI and bootstrap CIs), and the
-    iterations used in all."""
-    t0 = time.perf_counter()
-    X = torch.stack(list(acts.values()))
-    _, n_iter, _ = heldout_logits(X, torch.as_tensor(y)[None], torch.as_tensor(folds), int(y.max()) + 1, C)
-    return time.perf_counter() - t0, int(n_iter.sum())
+def _spread(v: list[float]) -> str:
+    return f"{statistics.median(v):.2f} [{min(v):.2f}, {max(v):.2f}]"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller store and scaling grid")
-    ap.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
+    ap.add_argument("--sizes", default="500,2000,8000", help="sample counts n")
+    ap.add_argument("--layers", type=int, default=16, help="points (layers) in the store")
+    ap.add_argument("--d", type=int, default=1024, help="width")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="BLAS / torch threads, both sides")
+    ap.add_argument("--baseline", default="HEAD", help="git ref whose solver is timed alongside ('none': skip)")
+    ap.add_argument("--spectrum", choices=["lowrank", "power"], default="lowrank")
+    ap.add_argument("--no-end-to-end", action="store_true", help="skip probe_layers end to end")
+    ap.add_argument("--no-sklearn", action="store_true", help="only the batched solvers (before / after)")
+    ap.add_argument("--quick", action="store_true", help="8 layers x d=512, n = 500 and 2,000, one round")
     args = ap.parse_args()
-    L, n, d = (8, 1000, 512) if args.quick else (24, 2000, 1024)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load {os.getloadavg()[0]:.1f}")
-    print(f"store: {L} layers x n={n} x d={d}, binary labels, 5-fold CV, C=1")
-
-    acts, y = make_store(L, n, d)
-    folds = make_folds(y, None, cv=5, seed=0)  # the folds probe_layers uses
-    probekit_run({k: v[:200] for k, v in list(acts.items())[:2]}, y[:200], False)  # warm-up
-    # probekit is timed before and after the long sklearn loop and the mean is used, so a
-    # change in machine load during the run does not favour either side.
-    df, t_pk1 = probekit_run(acts, y, extras=False)
-    print(f"probe_layers (no control/permutation): {t_pk1:.2f} s", flush=True)
-    threads, slow = sklearn_threads(acts, y, folds)
-    acc_sk, t_sk, it_sk = sklearn_loop(acts, y, folds, threads=threads)
-    print(f"sklearn loop ({'1 thread' if threads else 'default threads'}): {t_sk:.2f} s", flush=True)
-    df, t_pk2 = probekit_run(acts, y, extras=False)
-    t_pk = (t_pk1 + t_pk2) / 2
-    (t_fit, it_pk), _ = sorted(fits_only(acts, y, folds) for _ in range(2))
-    df_x, t_pk_x = probekit_run(acts, y, extras=True)
-
-    acc_pk = df.accuracy.to_numpy()
-    print("\nlayer  probekit  sklearn   diff(pts)  iters")
-    for i in range(L):
-        print(f"{i:5d}  {acc_pk[i]:.4f}   {acc_sk[i]:.4f}   {100 * (acc_pk[i] - acc_sk[i]):+6.2f}    {df.n_iter[i]}")
-    diff = 100 * np.abs(acc_pk - acc_sk).max()
-    print(f"\nmax |accuracy difference|: {diff:.2f} points (target <= 1)")
-    print(f"sklearn loop ({5 * L} fits):               {t_sk:8.2f} s")
-    print(f"probe_layers, no control/permutation:  {t_pk:8.2f} s   -> {t_sk / t_pk:.1f}x faster (target >= 10x)"
-          f"   [runs: {t_pk1:.2f}, {t_pk2:.2f}; load now {os.getloadavg()[0]:.1f}]")
-    print(f"L-BFGS iterations over the {5 * L} problems: sklearn {it_sk}, probekit {it_pk} "
-          f"({it_sk / it_pk:.1f}x fewer)")
-    print(f"batched fits alone (same work as sklearn): {t_fit:5.2f} s   -> {t_sk / t_fit:.1f}x faster")
-    print(f"probe_layers, with control+permutation: {t_pk_x:8.2f} s   ({3 * 5 * L} fits: 3x the loop's work)")
-    if threads == 1:  # the comparison above gave scikit-learn its faster setting
-        print(f"(scikit-learn with its default threads would take ~{slow * t_sk:.0f} s here, "
-              f"extrapolated from the pilot: {slow * t_sk / t_pk:.0f}x; that gap is thread "
-              "oversubscription on a shared machine, not the solver)")
-    print(df_x[["point", "accuracy", "mi_bits", "mi_lo", "mi_hi", "mi_perm_bits", "selectivity"]]
-          .round(3).to_string(index=False))
-
-    if args.no_scaling:
-        return
-    grid = {
-        "layers": [(k, n, d) for k in ((2, 4, 8) if args.quick else (6, 12, 24))],
-        "samples": [(L, k, d) for k in ((250, 1000, 4000) if args.quick else (500, 2000, 8000))],
-        "width": [(L, n, k) for k in ((128, 512, 2048) if args.quick else (256, 1024, 4096))],
-    }
-    print("\nprobekit scaling (no control/permutation; seconds):")
-    for name, shapes in grid.items():
-        cells = []
-        for Lk, nk, dk in shapes:
-            a, yk = make_store(Lk, nk, dk, seed=1)
-            _, t = probekit_run(a, yk, extras=False)
-            cells.append(f"L={Lk} n={nk} d={dk}: {t:6.2f}")
-            del a
-        print(f"  {name:8s} " + " | ".join(cells), flush=True)
+    if args.quick:
+        args.layers, args.d, args.sizes, args.rounds = 8, 512, "500,2000", 1
+    torch.set_num_threads(args.threads)
+    base_solve = load_baseline_solver(args.baseline)
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}, {args.threads} thread(s) "
+          f"both sides, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load {os.getloadavg()[0]:.1f}")
+    print(f"store: {args.layers} layers x d={args.d} ({args.spectrum}), binary labels, tasks real + control + "
+          f"permuted, 5-fold CV, C=1: {3 * 5 * args.layers} fits per side; baseline solver: {args.baseline}")
+    warm, wy = make_store(2, 300, 64, spectrum=args.spectrum)  # warm-up of every code path
+    wt = label_tasks(wy, None, True, True, 0)[0]
+    batched_fits(scorers.solve, warm, wt, make_folds(wy, None, cv=5, seed=0))
+    rows = []
+    for n in [int(s) for s in args.sizes.split(",")]:
+        acts, y = make_store(args.layers, n, args.d, spectrum=args.spectrum)
+        folds = make_folds(y, None, cv=5, seed=0)  # the folds probe_layers uses
+        tasks = label_tasks(y, None, True, True, 0)[0]  # scan's defaults: real, control, perm
+        t = {"sklearn": [], "new": [], "base": [], "e2e": []}
+        loads = []
+        for _ in range(args.rounds):
+            loads.append(os.getloadavg()[0])
+            if not args.no_sklearn:
+                pred_sk, dt, it_sk = sklearn_tasks(acts, tasks, folds, threads=args.threads)
+                t["sklearn"].append(dt)
+            Z, dt, it_new = batched_fits(scorers.solve, acts, tasks, folds)
+            t["new"].append(dt)
+            if base_solve is not None:
+                _, dt, it_base = batched_fits(base_solve, acts, tasks, folds)
+                t["base"].append(dt)
+            if not args.no_end_to_end:
+                t["e2e"].append(probe_layers_default(acts, y))
+        if args.no_sklearn:  # ratios below are then against the baseline solver
+            t["sklearn"] = t["base"] or t["new"]
+            pred_sk, it_sk = (Z > 0).astype(int), 0
+        acc_pk = ((Z[:, 0] > 0).astype(int) == tasks[0]).mean(-1)
+        acc_sk = (pred_sk[:, 0] == tasks[0]).mean(-1)
+        diff = 100 * np.abs(acc_pk - acc_sk).max()
+        sk = statistics.median(t["sklearn"])
+        print(f"\nn = {n}: load {min(loads):.1f}-{max(loads):.1f}; seconds, median [min, max] of {args.rounds}")
+        if args.no_sklearn:
+            print("  (no scikit-learn: the ratios below are against the baseline solver)")
+        else:
+            print(f"  scikit-learn loop, same tasks ({it_sk} L-BFGS iterations): {_spread(t['sklearn'])}")
+        print(f"  batched fits, this checkout (iterations per problem, real / control / perm: "
+              f"{' / '.join(f'{v:.1f}' for v in it_new.mean((0, 2)))}): {_spread(t['new'])}   "
+              f"-> {sk / statistics.median(t['new']):.2f}x [{min(t['sklearn']) / max(t['new']):.2f}, "
+              f"{max(t['sklearn']) / min(t['new']):.2f}]")
+        if t["base"]:
+            print(f"  batched fits, {args.baseline} ({' / '.join(f'{v:.1f}' for v in it_base.mean((0, 2)))}): "
+                  f"{_spread(t['base'])}   -> {sk / statistics.median(t['base']):.2f}x")
+        if t["e2e"]:
+            print(f"  probe_layers defaults end to end (more work than the loop): {_spread(t['e2e'])}   "
+                  f"-> {sk / statistics.median(t['e2e']):.2f}x")
+        if not args.no_sklearn:
+            print(f"  max |accuracy difference| from scikit-learn, real labels: {diff:.2f} points")
+        rows.append((n, t, diff))
+    print("\n| n | scikit-learn, same tasks | batched fits, " + args.baseline + " | batched fits, this checkout "
+          "| ratio before | ratio after | probe_layers end to end | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, t, _ in rows:
+        sk = statistics.median(t["sklearn"])
+        r = lambda k: f"{sk / statistics.median(t[k]):.2f}x" if t[k] else ""  # noqa: E731
+        print(f"| {n:,} | {_spread(t['sklearn'])} | {_spread(t['base']) if t['base'] else ''} | {_spread(t['new'])} "
+              f"| {r('base')} | **{r('new')}** | {_spread(t['e2e']) if t['e2e'] else ''} | {r('e2e')} |")
 
 
 if __name__ == "__main__":

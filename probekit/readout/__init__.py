@@ -8,6 +8,9 @@
 - :class:`ReadoutOptions`: every setting of a readout table, as one value
 - :class:`Scorer`, :func:`register_scorer`: the seam for a new readout (one held-out scorer class)
 - :func:`sae_readout`: which latents of an SAE carry a label (registers the ``"sparse"`` scorer)
+- :func:`stats_table`: probes from sufficient statistics (shrinkage LDA per fold), a store read
+  shard by shard and summed across ranks, for stores too large to hold a point in memory
+  (registers the ``"lda"`` scorer)
 """
 
 from ._data import make_folds
@@ -17,6 +20,7 @@ from .options import ReadoutOptions
 from .probes import BatchedLogistic, LinearProbe, fit_batched
 from .scorers import HeldoutScores, Scorer, register_scorer
 from .sae_latents import SAEReadout, sae_readout  # registers the "sparse" scorer
+from .sufficient import FoldStats, StatsScorer, stats_table  # registers the "lda" scorer
 
 __all__ = [
     "probe_layers",
@@ -32,4 +36,7 @@ __all__ = [
     "register_scorer",
     "sae_readout",
     "SAEReadout",
+    "stats_table",
+    "StatsScorer",
+    "FoldStats",
 ]

@@ -128,6 +128,18 @@ def solve(X: Tensor, labels: Tensor, weights: Tensor, *args, callback=None, **kw
     return SolverResult(**{f.name: torch.cat([getattr(r, f.name) for r in parts]) for f in fields(SolverResult)})
 
 
+def _rank(n: int, d: int) -> int:
+    """Default preconditioner rank: 128 from 1,000 rows at d >= 1,024, else 64.
+
+    The control task and permuted labels fit noise, which lives in the middle of the
+    spectrum, not in the top directions the real labels mostly need; whitening 128 directions
+    instead of 64 cut their iterations by 25-45% at n = 2,000 (30.6 -> 22.8 on the benchmark
+    store, 39 -> 21 on one with a power-law spectrum) for one more pass of setup. Below 1,000
+    rows the setup costs more than it saves (n = 500: 12 iterations either way).
+    """
+    return 128 if n >= 1000 and d >= 1024 else 64
+
+
 @torch.no_grad()
 def _solve(
     X: Tensor,
@@ -142,7 +154,7 @@ def _solve(
     tol: float = 1e-4,
     history: int = 10,
     max_ls: int = 30,
-    precondition: int = 64,
+    precondition: int | None = None,
     callback=None,
     first: int = 0,
 ) -> SolverResult:
@@ -151,6 +163,7 @@ def _solve(
     labels: (P or 1, M, n) long in [0, n_classes); weights: (P or 1, M, n), 0 = unused row.
     Stops a problem when max |gradient| of the mean objective <= tol (scikit-learn's
     ``gtol``) or when its line search can no longer decrease the objective (rounding).
+    ``precondition``: rank of the low-rank preconditioner (0: none; None: :func:`_rank`).
     """
     dt, dev = X.dtype, X.device
     P, n, d = X.shape
@@ -163,6 +176,8 @@ def _solve(
     else:
         mu = sig = None
     prob = _Problem(X, labels, weights, n_classes, C, fit_intercept, mu, sig)
+    if precondition is None:
+        precondition = _rank(n, d)
     if standardize and precondition > 0:  # X is centred only when standardising
         prob.set_preconditioner(precondition, C, wbar, first=first)
     M, Kp = prob.M, prob.Kp
