@@ -378,10 +378,10 @@ def main() -> None:
         files = _write_images(tmp / "png", max([args.n, args.collect_n, *disk_n]))
         if not args.skip_scan:
             photos = _write_images(tmp / "jpg", args.n, size=(640, 480), fmt="jpg")
+            cases = [("PIL images in memory (96x96)", "scan", args.n, None), ("PNG files (96x96)", "scan", args.n, files),
+                     ("JPEG files (640x480)", "scan", args.n, photos)]
             _table(f"scan, {'mid-size' if args.midsize else 'demo tiny'} LLaVA, n = {args.n}",
-                   [("PIL images in memory (96x96)", "scan", args.n, None), ("PNG files (96x96)", "scan", args.n, files),
-                    ("JPEG files (640x480)", "scan", args.n, photos)],
-                   sources, model, args.rounds)
+                   cases[:1] if args.midsize else cases, sources, model, args.rounds)  # mid-size: the forward's case only
         if args.collect_n:
             _table("collect into memory, 96x96 PNG files, lm.*.resid + logits at last + image_mean, batch 32",
                    [(f"n = {args.collect_n}", "collect", args.collect_n, files)], sources, model, args.rounds)

@@ -7,7 +7,9 @@ Each (source, n) runs in a fresh process: the mid-size LLaVA-shaped model of ``_
 parameters at 224 px) is loaded, then ``probekit.scan(model, images, labels, store=DIR)`` with the
 defaults (``lm.*.resid`` at ``last`` and ``image_mean``, output probes on the top-10 logits, control
 task, permuted labels, 1,000 permutations, 1,000 bootstraps). Peak RSS is ``ru_maxrss`` of that
-process; RSS after collect is ``VmRSS`` when ``collect`` returns.
+process; RSS after collect is ``VmRSS`` when ``collect`` returns. The loaded weights are copied into
+anonymous memory first: memory-mapped safetensors pages count in RSS only while the page cache keeps
+them, which on a busy machine moved the same run's RSS by hundreds of MB.
 
 The forward runs once, on the first batch: every later batch returns that batch's activations plus
 Gaussian noise (seeded by batch). Everything else is the real code path (images decoded and
@@ -70,6 +72,9 @@ def collect(*a, **k):
 
 C._forward, C.collect = once, collect
 model = probekit.load(model_dir)
+with torch.no_grad():  # the weights in anonymous memory: RSS no longer depends on which file pages stay cached
+    for prm in model.hf.parameters():
+        prm.data = prm.data.clone()
 images = probekit.tiny.fixture_images(n, 32, seed=1)
 labels = [i % 2 for i in range(n)]
 t0 = time.perf_counter()

@@ -76,7 +76,9 @@ def scan(
             memory. The full logits are kept only when the ladder has a full rung (``None`` in its
             ks, as in the default sweep) or an answer-token rung (``answer_tokens`` with
             ``len(answer_tokens)`` in its ks): those read every token's, or fixed tokens',
-            log-probability.
+            log-probability. Either way the unembedding runs on the kept positions only (the last
+            token, the mean of the image tokens, ...), not on every token: the forward stops at its
+            input (:func:`probekit.hooks.backends.deferred_head`).
         store: a directory to stream activations to (resumable), else memory. Under torchrun
             (``WORLD_SIZE`` > 1) it is required: the ranks split the images into its shards, and
             rank 0 alone fits the probes and returns the report (None on the other ranks).
