@@ -6,8 +6,8 @@
 Each (source, n) runs in a fresh process: the mid-size LLaVA-shaped model of ``_midsize.py`` (189M
 parameters at 224 px) is loaded, then ``probekit.scan(model, images, labels, store=DIR)`` with the
 defaults (``lm.*.resid`` at ``last`` and ``image_mean``, output probes on the top-10 logits, control
-task, permuted labels, 1,000 permutations, 1,000 bootstraps). Peak RSS is ``ru_maxrss`` of that
-process; RSS after collect is ``VmRSS`` when ``collect`` returns. The loaded weights are copied into
+task, permuted labels, 1,000 permutations, 1,000 bootstraps). Peak RSS is ``VmHWM`` of that process,
+reset (``/proc/self/clear_refs``) once the model is loaded; RSS after collect is ``VmRSS`` when ``collect`` returns. The loaded weights are copied into
 anonymous memory first: memory-mapped safetensors pages count in RSS only while the page cache keeps
 them, which on a busy machine moved the same run's RSS by hundreds of MB.
 
@@ -75,11 +75,19 @@ model = probekit.load(model_dir)
 with torch.no_grad():  # the weights in anonymous memory: RSS no longer depends on which file pages stay cached
     for prm in model.hf.parameters():
         prm.data = prm.data.clone()
+import gc; gc.collect()
+loaded = rss_mb()
+open("/proc/self/clear_refs", "w").write("5")  # the peak from here on: the clone above doubled the weights for a moment
+
+def hwm_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 images = probekit.tiny.fixture_images(n, 32, seed=1)
 labels = [i % 2 for i in range(n)]
 t0 = time.perf_counter()
 r = probekit.scan(model, images, labels=labels, store=store, batch_size=batch, progress=False)
-print(json.dumps({"n": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"n": n, "peak_rss_mb": hwm_mb(), "rss_loaded_mb": loaded,
                   "rss_after_collect_mb": after.get("rss"), "seconds": time.perf_counter() - t0, "rows": len(r.table),
                   "accuracy_mean": float(r.table.accuracy.mean())}))
 """
@@ -157,10 +165,10 @@ def main() -> None:
         for r in range(args.rounds):
             for n in ns:
                 for name, src in sources.items():
-                    store = str(tmp / f"store-{r}-{n}-{len(rows)}")
+                    store = str(tmp / f"store-{r}-{n}-{name.split()[0]}")  # never another run's (it would resume)
                     res = _run(src, model_dir, n, store, args.batch)
                     rows.setdefault((name, n), []).append(res)
-                    print(f"  {name:>22} n={n:>6}: peak {res['peak_rss_mb']:7.0f} MB, after collect "
+                    print(f"  {name:>22} n={n:>6}: peak {res['peak_rss_mb']:7.0f} MB, loaded {res['rss_loaded_mb']:7.0f} MB, after collect "
                           f"{res['rss_after_collect_mb']:7.0f} MB, {res['seconds']:6.1f} s", flush=True)
         print(f"\n{'source':>22} " + " ".join(f"{'n=' + str(n):>18}" for n in ns) + f"  {'peak ratio':>11}")
         for name in sources:
