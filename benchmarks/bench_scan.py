@@ -187,7 +187,7 @@ def _table(title: str, cases: list[tuple[str, str, int, str | None]], sources: d
     for label, _, n, _ in cases:
         med = {nm: {k: statistics.median(d[k] for d in results[(label, nm)]) for k in ("images_per_s", "cpu_s", "peak_rss_mb")}
                for nm in names}
-        cells = " | ".join(f"{med[nm]['images_per_s']:.0f} | {1000 * med[nm]['cpu_s'] / n:.2f} | {med[nm]['peak_rss_mb']:.0f}"
+        cells = " | ".join(f"{med[nm]['images_per_s']:.3g} | {1000 * med[nm]['cpu_s'] / n:.2f} | {med[nm]['peak_rss_mb']:.0f}"
                            for nm in names)
         extra = ""
         if len(names) == 2:
@@ -195,7 +195,7 @@ def _table(title: str, cases: list[tuple[str, str, int, str | None]], sources: d
             extra = (f" {med[b]['images_per_s'] / med[a]['images_per_s']:.2f}x |"
                      f" {med[b]['cpu_s'] / med[a]['cpu_s']:.2f} | {med[b]['peak_rss_mb'] / med[a]['peak_rss_mb']:.2f} |")
         print(f"| {label} | {cells} |{extra}")
-    raw = {f"{label} / {nm}": [round(d["images_per_s"], 1) for d in results[(label, nm)]]
+    raw = {f"{label} / {nm}": [float(f"{d['images_per_s']:.3g}") for d in results[(label, nm)]]
            for label, *_ in cases for nm in names}
     print("\nimages/s per round:", json.dumps(raw))
     print("images/s min-max over rounds:", json.dumps({k: f"{min(v)}-{max(v)}" for k, v in raw.items()}))

@@ -65,12 +65,24 @@ def test_the_logits_point_matches_the_models_output(llava, head_switch):
     torch.testing.assert_close(store["logits"], ref, rtol=1e-5, atol=1e-5)
 
 
-def test_soft_capped_heads_run_the_unembedding_as_the_model_does(tiny_model):
-    model = tiny_model("paligemma")
-    post = model.target("logits").post
-    capped = post is not None and getattr(post, "softcap", None) is not None
-    assert (deferred_head(model, ["logits"]) is None) == capped or not capped
-    assert deferred_head(model, ["lm.0.resid"]) is None
+def test_soft_capped_heads_run_the_unembedding_as_the_model_does(llava, monkeypatch):
+    import dataclasses
+
+    from probekit.models.logit_output import LogitOutput
+
+    assert deferred_head(llava, ["lm.0.resid"]) is None  # no logits recorded: nothing to defer
+    assert deferred_head(llava, ["lm.0.resid", "logits"]) is not None
+    real = llava.target
+
+    def target(point, _f=None):
+        t = real(point)
+        return dataclasses.replace(t, post=_f) if point == "logits" else t
+
+    # a soft-cap does not commute with a mean over tokens: such a head runs as the model runs it
+    monkeypatch.setattr(llava, "target", lambda p: target(p, LogitOutput(softcap=30.0)))
+    assert deferred_head(llava, ["logits"]) is None
+    monkeypatch.setattr(llava, "target", lambda p: target(p, LogitOutput(scale=0.5)))  # a scale does
+    assert deferred_head(llava, ["logits"]) is not None
 
 
 def test_scan_table_is_the_same_with_and_without_the_unembedding(llava, head_switch):
