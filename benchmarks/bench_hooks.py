@@ -32,9 +32,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # this checkout
+
 import probekit  # noqa: E402
 from probekit.hooks.backends import run_backend  # noqa: E402
-from probekit.hooks.collect import _reducer  # noqa: E402
+import probekit.hooks.backends as backends  # noqa: E402
+from probekit.hooks.collect import reducer as _reducer  # noqa: E402
 from probekit.hooks.positions import PositionContext, normalize_positions  # noqa: E402
 from probekit.hooks.recorder import Recorder  # noqa: E402
 from probekit.models import tiny  # noqa: E402
@@ -47,9 +50,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def overhead(rounds: int, batch: int, device: str, sizes: dict) -> dict:
+def overhead(rounds: int, batch: int, device: str, sizes: dict, midsize: bool = False) -> dict:
     root = Path(tempfile.mkdtemp())
-    model = probekit.load(tiny.build("llava", root / "llava22m", seed=0, **sizes), device=device)
+    if midsize:
+        from _midsize import build_midsize
+
+        model = probekit.load(build_midsize(root / "midsize", **sizes), device=device)
+    else:
+        model = probekit.load(tiny.build("llava", root / "llava22m", seed=0, **sizes), device=device)
     n_params = sum(p.numel() for p in model.hf.parameters())
     images = tiny.fixture_images(batch, sizes.get("image_size", 32), seed=0)
     inputs = model.prepare(images, ["What is written in the corner of this picture?"] * batch)
@@ -69,15 +77,33 @@ def overhead(rounds: int, batch: int, device: str, sizes: dict) -> dict:
             model.hf(**inputs)
         return rec.cache
 
-    methods = {"plain forward": plain, "probekit": pk, "probekit (no early stop)": pk_full}
+    with_logits = names + ["logits"]
+
+    def pk_logits(defer: bool):
+        def run():
+            backends.DEFER_HEAD = defer
+            try:
+                return run_backend("torch", model, inputs, with_logits, reduce)
+            finally:
+                backends.DEFER_HEAD = True
+        return run
+
+    methods = {"plain forward": plain, "probekit": pk, "probekit (no early stop)": pk_full,
+               "probekit + logits (head at kept rows)": pk_logits(True),
+               "probekit + logits (full unembedding)": pk_logits(False)}
+    others = not midsize  # on the mid-size model: probekit's paths and the plain forward only (time)
     try:
         from probekit.hooks.backends import check_backend
+        if not others:
+            raise probekit.errors.BackendError("not on the mid-size model", fix="")
         check_backend("nnsight", model)
         methods["nnsight"] = lambda: run_backend("nnsight", model, inputs, names, reduce)
     except probekit.errors.ProbekitError as exc:
         print(f"nnsight: skipped ({exc.problem})")
     try:
         from probekit.hooks.backends import check_backend
+        if not others:
+            raise probekit.errors.BackendError("not on the mid-size model", fix="")
         check_backend("transformer_lens", model)
         methods["TransformerLens run_with_cache"] = lambda: run_backend("transformer_lens", model, inputs, names, reduce)
     except probekit.errors.ProbekitError as exc:
@@ -87,7 +113,7 @@ def overhead(rounds: int, batch: int, device: str, sizes: dict) -> dict:
     for name, fn in methods.items():  # warm-up, and all methods must agree
         with torch.inference_mode():
             out = fn()
-        if name != "plain forward":
+        if name != "plain forward" and "logits" not in name:
             diff = max((out[p].float() - ref[p].float()).abs().max().item() for p in names)
             print(f"{name}: max |difference| from probekit over all points = {diff:.3g}")
     times: dict[str, list[float]] = {k: [] for k in methods}
@@ -103,8 +129,16 @@ def overhead(rounds: int, batch: int, device: str, sizes: dict) -> dict:
                 _sync(device)
                 times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = {k: statistics.median([a / b for a, b in zip(times[k], times["plain forward"])]) for k in methods}
-    return {"params": n_params, "batch": batch, "median_s": med, "ratio_vs_plain": ratio, "device": device}
+    spread = {k: (min(v), max(v)) for k, v in times.items()}
+    per_round = {k: [a / b for a, b in zip(times[k], times["plain forward"])] for k in methods}
+    ratio = {k: statistics.median(v) for k, v in per_round.items()}
+    head = [a / b for a, b in zip(times["probekit + logits (full unembedding)"], times["probekit + logits (head at kept rows)"])]
+    ref_full, ref_kept = pk_logits(False)(), pk_logits(True)()
+    return {"params": n_params, "batch": batch, "median_s": med, "spread_s": spread, "ratio_vs_plain": ratio,
+            "ratio_spread": {k: (min(v), max(v)) for k, v in per_round.items()}, "device": device,
+            "head_speedup": (statistics.median(head), min(head), max(head)),
+            "logits_diff": float((ref_full["logits"].float() - ref_kept["logits"].float()).abs().max()),
+            "tokens": int(inputs["input_ids"].shape[1])}
 
 
 _CHILD = r"""
@@ -147,16 +181,29 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="fewer rounds, 200 vs 2,000 images")
     ap.add_argument("--skip-disk", action="store_true")
+    ap.add_argument("--midsize", action="store_true",
+                    help="the 189M LLaVA-shaped model of benchmarks/_midsize.py (vocabulary 32,000) instead of the 22M one")
+    ap.add_argument("--image-size", type=int, default=None, help="with --midsize: fewer image tokens (default 224 px)")
     args = ap.parse_args()
     torch.manual_seed(0)
     rounds = 8 if args.quick else args.rounds
     print(f"# probekit hooks benchmark  torch {torch.__version__}  threads {torch.get_num_threads()}  device {args.device}")
-    r = overhead(rounds, args.batch, args.device, SIZES_22M)
-    print(f"\n## Recording all lm.*.resid at last + image_mean: tiny LLaVA {r['params'] / 1e6:.1f}M params, "
-          f"batch {r['batch']}, {rounds} interleaved rounds")
-    print(f"{'method':<34}{'median ms':>10}{'ratio vs plain':>16}")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()}")
+    sizes = ({"image_size": args.image_size} if args.image_size else {}) if args.midsize else SIZES_22M
+    r = overhead(rounds, args.batch, args.device, sizes, midsize=args.midsize)
+    what = "mid-size LLaVA" if args.midsize else "tiny LLaVA"
+    print(f"\n## Recording all lm.*.resid at last + image_mean: {what} {r['params'] / 1e6:.1f}M params, "
+          f"{r['tokens']} tokens, batch {r['batch']}, {rounds} interleaved rounds")
+    print(f"{'method':<40}{'median ms':>10}{'min-max ms':>18}{'ratio vs plain':>16}{'min-max':>14}")
     for k in r["median_s"]:
-        print(f"{k:<34}{r['median_s'][k] * 1e3:>10.2f}{r['ratio_vs_plain'][k]:>16.3f}")
+        lo, hi = r["spread_s"][k]
+        rlo, rhi = r["ratio_spread"][k]
+        print(f"{k:<40}{r['median_s'][k] * 1e3:>10.1f}{f'{lo * 1e3:.1f}-{hi * 1e3:.1f}':>18}"
+              f"{r['ratio_vs_plain'][k]:>16.3f}{f'{rlo:.3f}-{rhi:.3f}':>14}")
+    med, lo, hi = r["head_speedup"]
+    print(f"logits with the head at the kept rows: {med:.3f}x faster than with the full unembedding "
+          f"(per-round min-max {lo:.3f}-{hi:.3f}); max |logits difference| {r['logits_diff']:.3g}")
+    print(f"# load average after: {os.getloadavg()}")
     if "nnsight" in r["median_s"]:
         print(f"probekit / nnsight = {r['median_s']['probekit'] / r['median_s']['nnsight']:.3f}  (target <= 1)")
     print(f"probekit / plain   = {r['ratio_vs_plain']['probekit']:.3f}  (target <= 1.05)")

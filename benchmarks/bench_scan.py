@@ -1,8 +1,12 @@
 """Scan end to end on CPU: images/s and peak RSS, this checkout against a baseline, side by side.
 
-    python benchmarks/bench_scan.py [--n 256] [--rounds 3] [--baseline main | --baseline-src DIR]
+    python benchmarks/bench_scan.py [--n 256] [--rounds 3] [--baseline main | --baseline-src DIR] [--midsize [--image-size 224]]
                                     [--collect-n 4000] [--disk-n 2000,5000,20000] [--skip-scan]
                                     [--profile] [--store | --store-only]
+
+``--midsize``: the 189M LLaVA-shaped model of ``_midsize.py`` (vocabulary 32,000) instead of the demo model,
+so that the ratios are measured where the forward, not Python, dominates. Peak RSS and the memory of a
+disk scan against n on that model: ``bench_scan_memory.py``.
 
 1. ``probekit.scan`` of the demo's tiny LLaVA (96x96 images, patch 12) with labels, on ``--n``
    images given as PIL images in memory, as 96x96 PNG files and as 640x480 JPEG files (a camera
@@ -183,7 +187,7 @@ def _table(title: str, cases: list[tuple[str, str, int, str | None]], sources: d
     for label, _, n, _ in cases:
         med = {nm: {k: statistics.median(d[k] for d in results[(label, nm)]) for k in ("images_per_s", "cpu_s", "peak_rss_mb")}
                for nm in names}
-        cells = " | ".join(f"{med[nm]['images_per_s']:.0f} | {1000 * med[nm]['cpu_s'] / n:.2f} | {med[nm]['peak_rss_mb']:.0f}"
+        cells = " | ".join(f"{med[nm]['images_per_s']:.3g} | {1000 * med[nm]['cpu_s'] / n:.2f} | {med[nm]['peak_rss_mb']:.0f}"
                            for nm in names)
         extra = ""
         if len(names) == 2:
@@ -191,9 +195,10 @@ def _table(title: str, cases: list[tuple[str, str, int, str | None]], sources: d
             extra = (f" {med[b]['images_per_s'] / med[a]['images_per_s']:.2f}x |"
                      f" {med[b]['cpu_s'] / med[a]['cpu_s']:.2f} | {med[b]['peak_rss_mb'] / med[a]['peak_rss_mb']:.2f} |")
         print(f"| {label} | {cells} |{extra}")
-    raw = {f"{label} / {nm}": [round(d["images_per_s"], 1) for d in results[(label, nm)]]
+    raw = {f"{label} / {nm}": [float(f"{d['images_per_s']:.3g}") for d in results[(label, nm)]]
            for label, *_ in cases for nm in names}
     print("\nimages/s per round:", json.dumps(raw))
+    print("images/s min-max over rounds:", json.dumps({k: f"{min(v)}-{max(v)}" for k, v in raw.items()}))
 
 
 def profile(model_dir: str, n: int) -> None:
@@ -335,6 +340,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also profile one in-memory scan by stage")
     ap.add_argument("--store", action="store_true", help="also the raw disk-store throughput")
     ap.add_argument("--store-only", action="store_true", help="only the raw disk-store throughput")
+    ap.add_argument("--midsize", action="store_true",
+                    help="the 189M LLaVA-shaped model of benchmarks/_midsize.py (vocabulary 32,000), where the forward dominates")
+    ap.add_argument("--image-size", type=int, default=None, help="with --midsize: image size (default 224 px: 256 image tokens)")
     ap.add_argument("--worker", choices=["scan", "collect", "disk", "disk-notopk"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--files", help=argparse.SUPPRESS)
@@ -352,7 +360,14 @@ def main() -> None:
     try:
         print(f"# torch {torch.__version__}, CPU, 1 torch thread per process, load average "
               f"{os.getloadavg()[0]:.1f} at start")
-        model = str(tiny.build("llava", tmp / "m", seed=0, image_size=96, patch_size=12))
+        if args.midsize:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from _midsize import build_midsize
+
+            model = str(build_midsize(tmp / "m", **({"image_size": args.image_size} if args.image_size else {})))
+            print(f"# mid-size LLaVA-shaped model (benchmarks/_midsize.py), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        else:
+            model = str(tiny.build("llava", tmp / "m", seed=0, image_size=96, patch_size=12))
         sources: dict[str, str] = {}
         if args.baseline_src:
             sources["before"] = str(Path(args.baseline_src).resolve())
@@ -363,10 +378,10 @@ def main() -> None:
         files = _write_images(tmp / "png", max([args.n, args.collect_n, *disk_n]))
         if not args.skip_scan:
             photos = _write_images(tmp / "jpg", args.n, size=(640, 480), fmt="jpg")
-            _table(f"scan, demo tiny LLaVA, n = {args.n}",
-                   [("PIL images in memory (96x96)", "scan", args.n, None), ("PNG files (96x96)", "scan", args.n, files),
-                    ("JPEG files (640x480)", "scan", args.n, photos)],
-                   sources, model, args.rounds)
+            cases = [("PIL images in memory (96x96)", "scan", args.n, None), ("PNG files (96x96)", "scan", args.n, files),
+                     ("JPEG files (640x480)", "scan", args.n, photos)]
+            _table(f"scan, {'mid-size' if args.midsize else 'demo tiny'} LLaVA, n = {args.n}",
+                   cases[:1] if args.midsize else cases, sources, model, args.rounds)  # mid-size: the forward's case only
         if args.collect_n:
             _table("collect into memory, 96x96 PNG files, lm.*.resid + logits at last + image_mean, batch 32",
                    [(f"n = {args.collect_n}", "collect", args.collect_n, files)], sources, model, args.rounds)

@@ -14,7 +14,12 @@ if TYPE_CHECKING:  # the real imports wait for the first call: `import probekit`
     from .hooks.positions import Position
     from .report import ScanReport
 
-__all__ = ["scan"]
+__all__ = ["scan", "SCAN_MEMORY_LIMIT"]
+
+SCAN_MEMORY_LIMIT = 64 * 2**20
+"""The probing step's default chunk of activations (bytes): large enough to fit every point of a small
+scan in one batched solve (16 points of d = 1,024 up to n = 1,000), small enough that a scan of a
+disk store at n = 8,000 holds two of its points at once rather than all of them (issue 28)."""
 
 
 def scan(
@@ -44,6 +49,7 @@ def scan(
     answer_tokens: Sequence[str] | None = None,
     tuned_lens: Any = True,
     answers: Sequence[str] | None = None,
+    memory_limit: int = SCAN_MEMORY_LIMIT,
 ) -> "ScanReport | None":
     """Measure, per layer, what a VLM's hidden states reveal about its images.
 
@@ -70,7 +76,9 @@ def scan(
             memory. The full logits are kept only when the ladder has a full rung (``None`` in its
             ks, as in the default sweep) or an answer-token rung (``answer_tokens`` with
             ``len(answer_tokens)`` in its ks): those read every token's, or fixed tokens',
-            log-probability.
+            log-probability. Either way the unembedding runs on the kept positions only (the last
+            token, the mean of the image tokens, ...), not on every token: the forward stops at its
+            input (:func:`probekit.hooks.backends.deferred_head`).
         store: a directory to stream activations to (resumable), else memory. Under torchrun
             (``WORLD_SIZE`` > 1) it is required: the ranks split the images into its shards, and
             rank 0 alone fits the probes and returns the report (None on the other ranks).
@@ -85,6 +93,10 @@ def scan(
         answers: one string per image teacher-forced after the prompt as the model's reply (see
             :func:`probekit.collect`); with positions ``"answer_mean"`` / ``"prompt_last"`` the probes
             read the model while it says, e.g., the candidate username on each image.
+        memory_limit: bytes of activations the probing step holds at once (float32 ``[P, n, d]`` chunks
+            of points, at least one point-position however large): with ``store=`` the store is read
+            unit by unit into such chunks, so its peak memory does not grow with the number of points,
+            and grows with n only by one unit (``n * d * 4`` bytes) and the labels' permutations.
         tuned_lens: True fits a :class:`~probekit.readout.lens.TunedLens` on the collected
             residuals for the ladder, a TunedLens is used as given, False leaves that rung out.
 
@@ -126,7 +138,8 @@ def scan(
             raise InputError(f"targets must be non-empty strings, got {plain(targets)!r}",
                              fix='e.g. targets=["alice_1987"]')
     for name, value, low, example in (("topk", topk, 1, 10), ("lens_k", lens_k, 1, 5), ("n_boot", n_boot, 0, 1000),
-                                      ("n_perm", n_perm, 19, 1000), ("seed", seed, 0, 0)):
+                                      ("n_perm", n_perm, 19, 1000), ("seed", seed, 0, 0),
+                                      ("memory_limit", memory_limit, 1, SCAN_MEMORY_LIMIT)):
         if name == "topk" and value is None:
             continue
         if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
@@ -180,7 +193,7 @@ def scan(
     if src.labels is not None:
         keep = [p for p in acts.points if p in names or p in ("logits", *topk_points("logits"))]
         table = leakage(acts, src.labels, groups, cv=cv, seed=seed, topk=topk, lens_targets=target_table,
-                        points=keep, n_boot=n_boot, n_perm=n_perm, progress=progress)
+                        points=keep, n_boot=n_boot, n_perm=n_perm, progress=progress, memory_limit=memory_limit)
     else:
         import pandas as pd
 
@@ -195,7 +208,7 @@ def scan(
         tl = TunedLens.fit(model, acts, seed=seed, progress=progress) if tuned_lens is True else (tuned_lens or None)
         ladder_table = leakage_ladder(acts, src.labels, groups, lens=LogitLens(model, tuned=tl) if tl is not None else None,
                                       ks=ladder, answer_ids=answer_ids, position="last", cv=cv, seed=seed,
-                                      n_boot=n_boot, n_perm=n_perm, progress=progress)
+                                      n_boot=n_boot, n_perm=n_perm, progress=progress, memory_limit=memory_limit)
     counts = dict(Counter(map(str, src.labels))) if src.labels is not None else None
     data = {**src.description, "n_images": n, "label_counts": counts,
             "groups": None if groups is None else int(len(set(map(str, groups))))}

@@ -254,8 +254,8 @@ def test_a_position_is_read_shard_by_shard(disk_store, monkeypatch):
 
 
 def test_probes_on_a_disk_store_read_one_point_at_a_time_under_memory_limit(disk_store, monkeypatch):
-    """A store (or a select() view of one) goes to the probes unread: each point is read when its
-    chunk is fitted, so a memory_limit of one point holds one point at a time."""
+    """A store (or a select() view of one) goes to the probes unread: each (point, position) is read
+    alone when its chunk is filled, so a memory_limit of one [n, d] matrix holds one at a time."""
     from probekit.readout import scorers as information  # heldout_logits lives with the scorers
 
     events = []
@@ -279,8 +279,10 @@ def test_probes_on_a_disk_store_read_one_point_at_a_time_under_memory_limit(disk
     t = probekit.probe_layers(view, [i % 2 for i in range(40)], cv=2, n_boot=0, control=False, permutation=False,
                               progress=False, memory_limit=one_point)
     assert len(t) == 4  # 2 points x 2 positions
-    # point 1 is read only once point 0's first position is fitted (one chunk ahead), never all up front
-    assert [e[0] for e in events] == ["read", "fit", "read", "fit", "fit", "fit"]
+    # each position read alone (issue 28: a view of the whole [n, p, d] point no longer stays alive
+    # behind its positions), right before its chunk is fitted, never all up front
+    assert events == [("read", "lm.0.resid"), ("fit", 1), ("read", "lm.0.resid"), ("fit", 1),
+                      ("read", "lm.1.resid"), ("fit", 1), ("read", "lm.1.resid"), ("fit", 1)]
 
 
 # ----------------------------------------------------------------------------- prefetch (accelerators)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from ..errors import InputError
-from ..models.adapter import Model, get_module
+from ..models.adapter import HookTarget, Model, get_module
 from .owners import Hooks
 
 __all__ = ["Recorder", "first_tensor", "StopForward"]
@@ -44,7 +44,8 @@ class Recorder:
     """Record the outputs (or inputs) of hook points during a forward pass.
 
     ``reduce(point, tensor)`` runs inside the hook (e.g. a position selector), so only what is
-    kept stays in memory. With ``stop_early=True`` the forward stops as soon as every point has
+    kept stays in memory. ``targets`` overrides where some points are read (a point -> a
+    :class:`~probekit.models.adapter.HookTarget`). With ``stop_early=True`` the forward stops as soon as every point has
     been recorded (run the model inside ``with rec: ...`` and call :meth:`run`).
 
     Every hook is removed when the ``with`` block exits, also when the forward raises (or on
@@ -68,6 +69,7 @@ class Recorder:
         reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
         stop_early: bool = False,
         detach: bool = True,
+        targets: Mapping[str, HookTarget] | None = None,
     ):
         self.model = model
         self.points = list(points)
@@ -76,7 +78,9 @@ class Recorder:
         self.detach = detach
         self.cache: dict[str, torch.Tensor] = {}
         self._hooks = Hooks(self, model.hf)  # removed on exit, or when this recorder is garbage-collected
-        self._targets = {p: model.target(p) for p in self.points}  # raises on unknown points before hooking
+        # raises on unknown points before hooking; ``targets`` reads a point elsewhere (run_backend reads
+        # ``logits`` at the unembedding's input and applies the head to the selected rows only)
+        self._targets = {p: (targets or {}).get(p) or model.target(p) for p in self.points}
 
     def _store(self, point: str, t: torch.Tensor) -> None:
         if self.detach:

@@ -28,6 +28,7 @@ __all__ = [
     "iter_units",
     "parse_layer",
     "parse_kind",
+    "plan_chunks",
 ]
 
 @dataclass
@@ -37,6 +38,7 @@ class Unit:
     point: str
     position: str | None
     load: Callable[[], Tensor]  # -> (n, d)
+    width: int | None = None  # d, when known without loading (a store's index)
 
 
 def parse_layer(name: str) -> float:
@@ -180,8 +182,10 @@ def _check(name: str, x: Tensor, n: int | None) -> Tensor:
 
 def iter_units(acts: Any, positions: Sequence[str] | None = None) -> Iterator[Unit]:
     """Yield every (point, position) matrix of ``acts``, anything :func:`~probekit.hooks.coerce.as_store`
-    reads; a unit reads its point only when loaded, and the positions of a point share that one
-    read (kept until the next point is read), so a store on disk is read point by point.
+    reads; a unit reads its matrix only when loaded, and only that matrix: one position of a
+    ``[n, p, d]`` point is read alone (:meth:`~probekit.hooks.store.ActivationStore.read`: on disk only
+    that slice of each shard is kept, in memory a view), so a reader holds no more than the units it
+    has loaded and not yet dropped.
 
     ``positions`` names the positions of a dict's (or a store's) ``[n, p, d]`` points, and the one
     position of an ``[n, d]`` point when it holds a single name; a bare tensor's layers have none.
@@ -189,24 +193,43 @@ def iter_units(acts: Any, positions: Sequence[str] | None = None) -> Iterator[Un
     from_tensor = isinstance(acts, (Tensor, np.ndarray))
     given = isinstance(acts, Mapping)  # as_store names a dict's positions; a store's are renamed below
     store = as_store(acts, positions=positions if given else None)
-    last: dict[str, Tensor] = {}
-
-    def position(point: str, j: int) -> Tensor:
-        if point not in last:
-            last.clear()  # the previous point's positions have all been handed out
-            last[point] = store[point]
-        return last[point][:, j]
 
     for point in store.points:
         shape = store.info(point)["shape"]
+        width = int(shape[-1]) if len(shape) else 1
         names = store.positions(point)
         if positions is not None and not given and not from_tensor:
             names = _renamed(point, shape, positions)
         if len(shape) < 2:  # [n, d]: a store names its one position too
-            yield Unit(point, str(names[0]) if len(names) == 1 else None, lambda p=point: store[p])
+            yield Unit(point, str(names[0]) if len(names) == 1 else None, lambda p=point: store[p], width)
         else:
             for j, name in enumerate(names):
-                yield Unit(point, str(name), lambda p=point, j=j: position(p, j))
+                yield Unit(point, str(name), lambda p=point, j=j: store.read(p, j), width)
+
+
+def plan_chunks(widths: Sequence[int], n: int, memory_limit: int, itemsize: int = 4) -> list[list[int]]:
+    """Consecutive unit indices grouped into the chunks a readout fits at once: one width per chunk
+    and at most ``memory_limit`` bytes of ``[n, d]`` float32 matrices (at least one unit, however wide).
+
+    The one planner of the probing step: :func:`~probekit.readout.table.readout_table` fills a chunk's
+    ``[P, n, d]`` matrix unit by unit, and :func:`probing_peak_bytes` estimates its memory from it.
+
+    >>> plan_chunks([4, 4, 4, 8], n=10, memory_limit=400)
+    [[0, 1], [2], [3]]
+    """
+    chunks: list[list[int]] = []
+    buf: list[int] = []
+    width, size = None, 0
+    for i, w in enumerate(widths):
+        nbytes = int(n) * int(w) * itemsize
+        if buf and (w != width or size + nbytes > memory_limit):
+            chunks.append(buf)
+            buf, size = [], 0
+        buf.append(i)
+        width, size = w, size + nbytes
+    if buf:
+        chunks.append(buf)
+    return chunks
 
 
 def _renamed(point: str, shape: Sequence[int], positions: Sequence[str]) -> list[str]:

@@ -11,9 +11,8 @@ permutation test of :mod:`probekit.readout.permutation` with the verdicts of
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +20,8 @@ import torch
 
 from .._stats import cluster_bootstrap, permutation_p, wilson
 from ..errors import InputError
-from ._data import Unit, encode_groups, encode_labels, iter_units, load_unit, make_folds, parse_kind, parse_layer
+from ..hooks.coerce import as_store
+from ._data import Unit, encode_groups, encode_labels, iter_units, load_unit, make_folds, parse_kind, parse_layer, plan_chunks
 from .controls import label_tasks
 from .information import LN2, calibrate_heldout, entropy_bits, log_probs
 from .options import ReadoutOptions
@@ -29,7 +29,7 @@ from .scorers import HeldoutScores, Scorer, get_scorer
 from .permutation import PermutationDesign, permutation_statistic
 from .significance import add_verdicts
 
-__all__ = ["readout_table", "COLUMNS"]
+__all__ = ["readout_table", "probing_peak_bytes", "COLUMNS"]
 
 COLUMNS = [
     "point", "layer", "kind", "position", "n", "n_classes",
@@ -72,31 +72,34 @@ def readout_table(acts: Any, labels: Any, groups: Any = None, options: ReadoutOp
     scorer = get_scorer(opts.estimator)
     dt, dev = opts.torch_dtype, opts.torch_device
 
-    # In-memory inputs are validated in full before any fitting; a store (possibly on disk)
-    # is read lazily, chunk by chunk, and each chunk is validated before it is fitted.
+    # In-memory inputs are validated in full before any fitting. A store (possibly on disk) is read
+    # lazily: the chunks are planned from its index (widths, n) before anything is read, and each
+    # chunk's [P, n, d] matrix is filled unit by unit, each unit validated, copied in and dropped, so
+    # the probing step holds one chunk (at most memory_limit bytes, or one unit) plus the unit being read.
     in_memory = isinstance(acts, (Mapping, torch.Tensor, np.ndarray))
-    units = list(iter_units(acts, opts.positions)) if in_memory else iter_units(acts, opts.positions)
+    units = list(iter_units(acts, opts.positions))
     n = None
     if in_memory:
+        widths = []
         for u in units:
-            n = load_unit(u, n).shape[0]
-        total = len(units)
+            x = load_unit(u, n)
+            n, _ = x.shape
+            widths.append(int(x.shape[1]))
     else:
-        first = next(units, None)
-        n = None if first is None else load_unit(first, None).shape[0]
-        units = itertools.chain([first], units) if first is not None else iter(())
-        total = None
+        n = len(as_store(acts)) if units else None
+        widths = [u.width for u in units]
     if n is None:
         raise InputError("no activations to probe", fix="pass at least one point")
     lab = _Labels(labels, groups, n, opts)
 
     from .._progress import progress_bar
 
-    bar = progress_bar(total=total, desc="probing", disable=not opts.progress, unit="point", leave=True)
+    bar = progress_bar(total=len(units), desc="probing", disable=not opts.progress, unit="point", leave=True)
     rows = []
     try:
-        for chunk in _chunks(units, n, opts.memory_limit, check=not in_memory):
-            X = torch.stack([x.to(device=dev, dtype=dt) for _, x in chunk])
+        for idx in plan_chunks(widths, n, opts.memory_limit):
+            chunk = [units[i] for i in idx]
+            X = _fill(chunk, n, widths[idx[0]], dt, dev, check=not in_memory)
             null = permutation_statistic(X, lab.design, opts.test_components, opts.seed, opts.C)  # before the solver edits X
 
             def cb(it: int, left: int) -> None:
@@ -104,27 +107,33 @@ def readout_table(acts: Any, labels: Any, groups: Any = None, options: ReadoutOp
 
             scores = scorer.heldout(X, lab.tasks, lab.folds, lab.K, opts, callback=None if bar.disable else cb)
             del X
-            rows += _rows([u for u, _ in chunk], scores, scorer, lab, opts, null)
+            rows += _rows(chunk, scores, scorer, lab, opts, null)
             bar.update(len(chunk))
     finally:
         bar.close()
     return add_verdicts(pd.DataFrame(rows, columns=COLUMNS))
 
 
-def _chunks(units: Iterator[Unit], n: int | None, memory_limit: int, check: bool):
-    """Group consecutive units with the same width into chunks under memory_limit bytes."""
-    buf, width, size = [], None, 0
-    for u in units:
+READS = {"units": 0, "bytes": 0, "peak_chunk_bytes": 0}
+"""What the probing step has read (units and their bytes) and the largest chunk matrix it has held
+since the counters were last reset: a test reads them to check that a store is read unit by unit."""
+
+
+def _fill(chunk: list[Unit], n: int, width: int, dt: torch.dtype, dev: torch.device, check: bool) -> torch.Tensor:
+    """The chunk's ``[P, n, d]`` matrix, filled unit by unit: each one read (validated unless ``check`` is
+    False), copied into its slot and dropped before the next is read."""
+    X = torch.empty((len(chunk), n, width), dtype=dt, device=dev)
+    for i, u in enumerate(chunk):
         x = load_unit(u, n, check)
-        n = x.shape[0]
-        nbytes = x.shape[0] * x.shape[1] * 4
-        if buf and (x.shape[1] != width or size + nbytes > memory_limit):
-            yield buf
-            buf, size = [], 0
-        buf.append((u, x))
-        width, size = x.shape[1], size + nbytes
-    if buf:
-        yield buf
+        if x.shape[1] != width:
+            raise InputError(f"point {u.point!r} has {x.shape[1]} features, its store says {width}",
+                             fix="the store's index and its shards disagree: collect it again")
+        X[i].copy_(x)
+        READS["units"] += 1
+        READS["bytes"] += x.numel() * x.element_size()
+        del x
+    READS["peak_chunk_bytes"] = max(READS["peak_chunk_bytes"], X.numel() * X.element_size())
+    return X
 
 
 def _mi_bootstrap(ce_bits: np.ndarray, correct: np.ndarray, lab: _Labels, n_boot: int, seed: int):
@@ -213,3 +222,53 @@ def _rows(chunk: list[Unit], scores: HeldoutScores, scorer: Scorer, lab: _Labels
         "p_value": p_value[p],
         "perm_null": null[p].astype(np.float32),
     } for p, u in enumerate(chunk)]
+
+
+def probing_peak_bytes(layout: Any, memory_limit: int = 2**30, *, n_perm: int = 1000, control: bool = True,
+                       permutation: bool = True, cv: int = 5, n_classes: int = 2, points: Any = None,
+                       test_components: int = 128) -> dict[str, int]:
+    """The largest allocations of :func:`readout_table` on a store of this layout, planned as it plans them.
+
+    ``layout``: a :class:`~probekit.hooks.plan.StoreLayout` (:func:`probekit.store_layout`, which works on a
+    model built on the meta device). The chunks come from :func:`~probekit.readout._data.plan_chunks` on the
+    layout's widths, as :func:`readout_table` plans a store's; each term is what the code holds at its peak:
+
+    - ``chunk``: the float32 ``[P, n, d]`` matrix of the largest chunk;
+    - ``read``: the unit being read into it (``[n, d]`` in the stored dtype) plus one shard of its point;
+    - ``solver``: the solver's n-sized buffers (six ``[P, tasks * cv, n, K']`` float32) and its L-BFGS
+      history (two ``[10, P, tasks * cv, K', d + 1]``);
+    - ``permutation``: the label permutations ``[n, (n_perm + 1) K']`` and the projected chunk ``[P, n, 128]``
+      twice (the basis and its fold slices).
+
+    Returns those terms and ``total`` (bytes). Outputs (``logits*`` points) are left out by default, as
+    :func:`~probekit.readout.leakage.leakage` probes them through their small top-k features.
+    """
+    table = layout.table
+    n = int(layout.n)
+    keep = [p for p in table.point if (points is None and not str(p).startswith("logits")) or (points is not None and p in points)]
+    widths, item, per_point = [], {}, {}
+    for _, row in table[table.point.isin(keep)].iterrows():
+        shape = list(row["shape"])
+        size = torch.empty(0, dtype=getattr(torch, row["dtype"])).element_size()
+        units = shape[0] if len(shape) >= 2 else 1
+        widths += [int(shape[-1])] * units
+        item[row["point"]] = (int(shape[-1]), size, int(row["bytes_per_sample"]))
+    if not widths:
+        raise InputError("the layout has no point to probe", fix="plan a store with lm.*.resid points")
+    chunks = plan_chunks(widths, n, memory_limit)
+    P = max(len(c) for c in chunks)
+    d = max(widths)
+    Kp = 1 if n_classes == 2 else n_classes
+    M = (1 + int(control) + int(permutation)) * cv
+    shard = min(n, int(layout.shard_rows))
+    read = max(n * w * s + shard * b for w, s, b in item.values())
+    out = {
+        "chunk": P * n * d * 4,
+        "read": read,
+        "solver": 6 * P * M * n * Kp * 4 + 2 * 10 * P * M * Kp * (d + 1) * 4,
+        "permutation": n * (n_perm + 1) * Kp * 4 + 2 * P * n * min(d, test_components) * 4,
+    }
+    out["total"] = sum(out.values())
+    out["chunks"] = len(chunks)
+    out["units_per_chunk"] = P
+    return out
