@@ -12,7 +12,7 @@ import torch
 import probekit
 from probekit.data.scenes import ATTRIBUTES, make_scenes
 from probekit.errors import InputError
-from probekit.ladder_figure import ladder_figure
+from probekit.report.figures import ladder_figure
 from probekit._stats import min_detectable_accuracy
 from probekit.readout.ladder import ladder_features, ladder_verdict, leakage_ladder, pca_features
 
