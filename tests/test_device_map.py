@@ -42,7 +42,12 @@ def test_split_over_cpu_and_disk_records_the_same(tiny_dir, tmp_path, family):
     assert _forward_hooks(split) == hooks  # probekit's hooks are gone again
     assert got.points == want.points
     for p in want.points:
-        assert torch.equal(got[p], want[p]), p
+        if p == "logits":  # the in-memory head runs on the kept rows (a mean before the head), the offloaded one
+            # on every token, as the model runs it (probekit.hooks.backends.deferred_head): equal to float rounding
+            torch.testing.assert_close(got[p], want[p], rtol=0, atol=1e-6)
+            assert torch.equal(got[p][:, 0], want[p][:, 0])  # `last` keeps a row: the same bits either way
+        else:
+            assert torch.equal(got[p], want[p]), p
     last = f"lm.{ref.n_layers - 1}.resid"
     # the lens runs the offloaded final norm and unembedding through accelerate's hooks
     assert torch.equal(LogitLens(split).decode(got[last]), LogitLens(ref).decode(want[last]))

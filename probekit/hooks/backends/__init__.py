@@ -101,6 +101,10 @@ def deferred_head(model: Model, names: list[str]) -> Callable[[torch.Tensor], to
     post = tgt.post
     if type(unembed) is not torch.nn.Linear or not (post is None or (isinstance(post, LogitOutput) and post.softcap is None)):
         return None
+    # a head placed by accelerate (device_map: offloaded to disk or another device) gets its weights from its
+    # hooks during its own forward only; reading them outside it gives the placeholder: run it as the model does
+    if hasattr(unembed, "_hf_hook") or unembed.weight.device.type == "meta":
+        return None
     output = post or LogitOutput()
 
     def head(h: torch.Tensor) -> torch.Tensor:  # the unembedding's own weights, not its module: its hooks stay out
