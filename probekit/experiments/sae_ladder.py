@@ -138,7 +138,7 @@ def _md(df: pd.DataFrame) -> str:
 def write_section(res: dict, md_path: str | Path, img_dir: str | Path, command: str, html_path: str | Path | None = None,
                   library: str = "") -> list[Path]:
     """Write (or replace) the SAE section of ``md_path`` (between :data:`MARK`), its figure and the HTML report."""
-    from ..files import atomic_write
+    from ..files import replace_section
     from ..report.figures.png import save_png
     from ..report.sae_report import SAEReport
 
@@ -168,10 +168,5 @@ def write_section(res: dict, md_path: str | Path, img_dir: str | Path, command: 
          "verdict. `random` is the coin flip, the negative control.\n", _md(summary(res)),
          f"\n![sae-ladder](img/{fig.name})\n", MARK[1]]
     section = "\n".join(L) + "\n"
-    old = md_path.read_text() if md_path.exists() else ""
-    if MARK[0] in old and MARK[1] in old:
-        new = old[:old.index(MARK[0])] + section.rstrip("\n") + old[old.index(MARK[1]) + len(MARK[1]):]
-    else:
-        new = (old.rstrip("\n") + "\n\n" if old else "") + section
-    atomic_write(md_path, new, "results page")
+    replace_section(md_path, *MARK, section)
     return written + [md_path]

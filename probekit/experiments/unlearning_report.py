@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..files import atomic_write
+from ..files import replace_section
 from ..report.text import ci_text, fmt, fmt_ci, where
 from .unlearning_compare import comparison, comparison_md, sae_lines, sweep_table
 from .unlearning_figures import NAMES, save_pngs
@@ -291,12 +291,6 @@ def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: s
                                "detected": ml.detected.map({True: "yes", False: "nothing detected"})})))
     L.append(MARK[1])
     section = "\n".join(L) + "\n"
-    old = md_path.read_text() if md_path.exists() else ""
-    if MARK[0] in old and MARK[1] in old:
-        new = old[:old.index(MARK[0])] + section.rstrip("\n") + old[old.index(MARK[1]) + len(MARK[1]):]
-    else:
-        new = (old.rstrip("\n") + "\n\n" if old else "") + section
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(md_path, new, "results page")
+    replace_section(md_path, *MARK, section)
     written.append(md_path)
     return written

@@ -24,8 +24,8 @@ Example:
 from .manifest import MANIFEST, check_cache, check_manifest, write_manifest
 from .reading import (canonical, check_checksum, check_orthonormal, check_tensor, checksum, field, finite, loads_json,
                       read_safetensors)
-from .writing import atomic_dir, atomic_write, free_bytes, model_bytes, size_text, write_failure
+from .writing import atomic_dir, atomic_write, replace_section, free_bytes, model_bytes, size_text, write_failure
 
-__all__ = ["atomic_write", "atomic_dir", "write_failure", "loads_json", "read_safetensors", "field", "check_tensor",
+__all__ = ["atomic_write", "replace_section", "atomic_dir", "write_failure", "loads_json", "read_safetensors", "field", "check_tensor",
            "check_orthonormal", "canonical", "checksum", "check_checksum", "MANIFEST", "write_manifest",
            "check_manifest", "check_cache", "model_bytes", "size_text", "free_bytes", "finite"]

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import InputError, StoreError
 
-__all__ = ["atomic_write", "atomic_dir", "write_failure", "free_bytes", "size_text", "model_bytes"]
+__all__ = ["atomic_write", "replace_section", "atomic_dir", "write_failure", "free_bytes", "size_text", "model_bytes"]
 
 
 def size_text(n: int | None) -> str:
@@ -110,6 +110,20 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, what: str = "file")
         _discard(tmp)
         raise
     return p
+
+
+def replace_section(path: str | os.PathLike, start: str, end: str, section: str) -> Path:
+    """Put ``section`` (which begins with the marker ``start`` and ends with ``end``) in place of the text
+    between those markers in the page at ``path``, keeping the rest; appended when the page has none.
+    Written atomically (a study's section of ``docs/results.md``)."""
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    if start in old and end in old:
+        new = old[:old.index(start)] + section.rstrip("\n") + old[old.index(end) + len(end):]
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old else "") + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, new, "results page")
 
 
 @contextmanager

@@ -312,29 +312,6 @@ def stats_heldout(store: Any, point: str, tasks: np.ndarray, folds: np.ndarray, 
     return Z.transpose(0, 1)
 
 
-class _StoreLabels:
-    """What the table's rows need of the labels (as ``table._Labels``), without the permutation design:
-    that test needs the points in memory."""
-
-    def __init__(self, labels: Any, groups: Any, n: int, opts: ReadoutOptions):
-        from ._data import encode_groups, encode_labels, make_folds
-        from .controls import label_tasks
-        from .information import entropy_bits
-
-        self.codes, classes = encode_labels(labels, n)
-        self.groups = encode_groups(groups, n)
-        self.folds = make_folds(self.codes, self.groups, opts.cv, opts.seed)
-        self.K, self.n = len(classes), n
-        self.tasks, self.names = label_tasks(self.codes, self.groups, opts.control, opts.permutation, opts.seed)
-        self.units = self.groups if self.groups is not None else np.arange(n)
-        self.n_units = n if self.groups is None else len(np.unique(self.groups))
-        self.H = float(entropy_bits(np.bincount(self.codes, minlength=self.K)))
-        self.chance = float(np.bincount(self.codes).max() / n)
-
-    def task(self, name: str) -> int | None:
-        return self.names.index(name) if name in self.names else None
-
-
 def stats_table(store: Any, labels: Any, groups: Any = None, *, points: Sequence[str] | None = None,
                 positions: Sequence[str | int] | None = None, shrinkage: float | None = None,
                 distributed: bool | None = None, device: str | torch.device = "cpu",
@@ -361,7 +338,9 @@ def stats_table(store: Any, labels: Any, groups: Any = None, *, points: Sequence
     if not names:
         raise InputError("no points to probe", fix="pass a store with at least one point")
     n = len(store)
-    lab = _StoreLabels(labels, groups, n, opts)
+    from .table import _Labels
+
+    lab = _Labels(labels, groups, n, opts, design=False)  # the permutation test needs the points in memory
     scorer = StatsScorer(shrinkage)
     rows = []
     for point in names:

@@ -44,7 +44,7 @@ COLUMNS = [
 class _Labels:
     """Everything about the labels a chunk's columns need: codes, groups, folds, tasks, H(Y)."""
 
-    def __init__(self, labels: Any, groups: Any, n: int, opts: ReadoutOptions):
+    def __init__(self, labels: Any, groups: Any, n: int, opts: ReadoutOptions, design: bool = True):
         self.codes, classes = encode_labels(labels, n)
         self.groups = encode_groups(groups, n)
         self.folds = make_folds(self.codes, self.groups, opts.cv, opts.seed)
@@ -54,8 +54,9 @@ class _Labels:
         self.H = float(entropy_bits(np.bincount(self.codes, minlength=self.K)))
         self.chance = float(np.bincount(self.codes).max() / n)
         # the verdict's permutation test: the same permutations for every point of the table
+        # (``design=False``: a table whose points are not all in memory, e.g. from sufficient statistics)
         self.design = PermutationDesign.make(self.codes, self.groups, self.K, opts.cv, opts.n_perm, opts.seed,
-                                             dtype=opts.torch_dtype)
+                                             dtype=opts.torch_dtype) if design else None
         # independent units a test can count on: samples, or groups (the samples of a group share their label)
         self.n_units = n if self.groups is None else int(len(np.unique(self.groups)))
 

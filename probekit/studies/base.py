@@ -106,15 +106,7 @@ def run(study: Study, options: Options) -> int:
 def replace_section(md_path: str | Path, name: str, text: str) -> Path:
     """Write ``text`` between ``<!-- name -->`` and ``<!-- /name -->`` in ``md_path`` (appended when the markers
     are absent), keeping the rest of the page; written atomically."""
-    from ..files import atomic_write
+    from ..files import replace_section as replace
 
-    md_path = Path(md_path)
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    block = f"{start}\n{text.strip()}\n{end}"
-    old = md_path.read_text() if md_path.exists() else ""
-    if start in old and end in old:
-        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + block + "\n"
-    atomic_write(md_path, new, "results page")
-    return md_path
+    return replace(md_path, start, end, f"{start}\n{text.strip()}\n{end}\n")
