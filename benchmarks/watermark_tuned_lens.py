@@ -42,6 +42,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's probekit, not an installed one
+
 
 def lens_samples(d, other: list[str], n_scenes: int, holdout: float = 0.2) -> tuple[list, list]:
     """(fit, held-out) lens samples: U3 reading samples and the reader's pretraining mix, shuffled."""
@@ -214,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     from probekit.models.loading import load
     from probekit.organisms.reader import reader
 
+    import probekit
+
+    print(f"probekit from {probekit.__file__}", flush=True)
     torch.set_num_threads(1)
     a.out.mkdir(parents=True, exist_ok=True)
     cfg = DoseConfig()  # the full study's settings
