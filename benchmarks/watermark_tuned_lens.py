@@ -23,6 +23,12 @@ minus the base's, the membership probe, the output attacks).
     python benchmarks/watermark_tuned_lens.py --out OUT                       # fractions 0.5 and 0, seeds 0-4
     python benchmarks/watermark_tuned_lens.py --out OUT --p0                  # and the p = 0 controls
     python benchmarks/watermark_tuned_lens.py --out OUT --table               # the tables from OUT/*.csv
+    python benchmarks/watermark_tuned_lens.py --out OUT --patch-positions --seeds 0   # where the gap lives
+
+``--patch-positions``: the untouched reader's residual patched into the fine-tune at ``lm.0`` / ``lm.1`` at all
+positions (as :func:`probekit.membership`'s attribution does), at the image tokens only, or at the text tokens
+only, and the share of the member / non-member loss gap each removes: whether what the lens cannot read at
+the answer positions is held at the image tokens.
 
 Each run writes ``OUT/<kind>-s<seed>.csv`` (its membership table) and ``.json`` (lens fits, timings,
 summary) as it finishes; runs already written are skipped, so the command can be resumed.
@@ -148,6 +154,78 @@ def run(cfg, base_path, base, fraction: float, seed: int, p: float, out: Path, l
     print(f"{tag}: {info['seconds']['total']:.0f} s; detected: {', '.join(info['detected']) or 'nothing'}", flush=True)
 
 
+def patch_positions(cfg, base_path, base, fraction: float, seed: int, out: Path, batch_size: int = 16) -> None:
+    """Where at ``lm.0`` / ``lm.1`` the fine-tune's member / non-member gap lives: the untouched reader's residual
+    patched into the fine-tune at all positions, at the image tokens only, or at the text tokens only (prompt
+    and answer); per patch the share of ``gap_tuned - gap_base`` it removes (gap: mean loss score of members
+    minus non-members', loss score = mean log-probability of the teacher-forced name at the output)."""
+    from probekit.data.images import decode
+    from probekit.experiments.finetune import finetune
+    from probekit.hooks.recorder import Recorder
+    from probekit.models.loading import load
+    from probekit.organisms import watermark as W
+    from probekit.organisms import watermark_dose as D
+    from probekit.readout.token_scores import token_scores
+    from probekit.steering.interventions import Intervention
+
+    t0 = time.perf_counter()
+    d = cfg.dose(fraction=fraction, seed=seed)
+    c = W.resolve(W.Condition(), base_path)
+    d = replace(d, size=c.size, grid=c.grid, place=c.place)
+    seen, unseen, other = D.pools(d)
+    pairs = D.paired_set(d, seen, unseen)
+    tuned = load(base_path)
+    finetune(tuned, D.training_set(d, seen, other), steps=d.steps, batch_size=d.batch_size, lr=d.lr, seed=d.seed,
+             progress=False)
+    members, nonmembers = D.membership_samples(pairs)
+    data = pd.DataFrame(members + nonmembers)
+    member = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
+    points = tuned.resolve("lm.*.resid")[:-1]
+    scores: dict[str, list[np.ndarray]] = {}
+    for b0 in range(0, len(data), batch_size):
+        rows = data.iloc[b0:b0 + batch_size]
+        images = [decode(im, b0 + i) for i, im in enumerate(rows.image)]
+        answers = rows.answer.tolist()
+        inputs = tuned.prepare(images, rows.prompt.tolist(), padding_side="right", answers=answers)
+        lengths = tuned.answer_lengths(inputs, answers).tolist()
+        ends = (inputs["attention_mask"].long() * torch.arange(1, inputs["input_ids"].shape[1] + 1)).argmax(1) + 1
+        r_idx = torch.cat([torch.full((n,), r) for r, n in enumerate(lengths)])
+        pos = torch.cat([torch.arange(int(e) - n, int(e)) for e, n in zip(ends, lengths)])
+        targets = inputs["input_ids"][r_idx, pos]
+        img = tuned.image_mask(inputs).bool()
+        masks = {"all": torch.ones_like(img), "image tokens": img, "text tokens": ~img}
+
+        def loss(m, edit=None):
+            with torch.no_grad():
+                if edit is None:
+                    logits = m.hf(**inputs, use_cache=False).logits
+                else:
+                    with Intervention(m, [edit[0]], edit[1], None, False):
+                        logits = m.hf(**inputs, use_cache=False).logits
+            o = logits[r_idx, pos - 1].float()
+            return token_scores(torch.log_softmax(o, -1), targets, lengths)["loss"]
+
+        scores.setdefault("tuned", []).append(loss(tuned))
+        with Recorder(base, points) as rec, torch.no_grad():
+            base.hf(**inputs, use_cache=False)
+        scores.setdefault("base", []).append(loss(base))
+        for p in points:
+            donor = base.lm_activation(p, rec.cache[p], len(rows))
+            for where, mk in masks.items():
+                def edit(_, h, donor=donor, mk=mk, p=p):
+                    hh = tuned.lm_activation(p, h, len(rows))
+                    return torch.where(mk[..., None].to(hh.device), donor.to(hh.device, hh.dtype), hh).view_as(h)
+                scores.setdefault(f"{p}|{where}", []).append(loss(tuned, (p, edit)))
+    s = {k: np.concatenate(v) for k, v in scores.items()}
+    gap = {k: float(v[member].mean() - v[~member].mean()) for k, v in s.items()}
+    total = gap["tuned"] - gap["base"]
+    res = {"condition": d.label(), "gap_tuned": gap["tuned"], "gap_base": gap["base"],
+           "share_removed": {k: (gap["tuned"] - g) / total for k, g in gap.items() if "|" in k},
+           "image_tokens_per_sample": float(img.sum(1).float().mean()), "seconds": time.perf_counter() - t0}
+    (out / f"patch-positions-f{fraction:g}-s{seed}.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1), flush=True)
+
+
 SOURCES = ("tuned-lens", "tuned-lens minus base", "logit-lens minus base", "output minus base")
 
 
@@ -157,7 +235,7 @@ def tables(out: Path) -> str:
     from probekit._stats import wilson
 
     runs = []
-    for f in sorted(out.glob("*.json")):
+    for f in sorted(out.glob("[fp][0-9.]*-s*.json")):
         info = json.loads(f.read_text())
         runs.append((info, pd.read_csv(out / f"{info['tag']}.csv")))
     kinds = [k for k in ("f0.5", "f0", "p0") if any(i["tag"].startswith(k + "-") for i, _ in runs)]
@@ -207,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p0", action="store_true", help="also the p = 0 control of every seed (after the others)")
     ap.add_argument("--lens-scenes", type=int, default=4, help="fresh scenes per U3 name for the lens fits")
     ap.add_argument("--lens-steps", type=int, default=1000)
+    ap.add_argument("--patch-positions", action="store_true",
+                    help="instead of the runs: the base's residual patched in at lm.0 / lm.1 at all, image or text "
+                         "positions, on the first of --fractions and --seeds")
     ap.add_argument("--table", action="store_true", help="print the tables of the runs in --out and exit")
     a = ap.parse_args(argv)
     if a.table:
@@ -226,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     base = load(base_path)
     t0 = time.perf_counter()
     fr = [float(x) for x in a.fractions.split(",")]
+    if a.patch_positions:
+        patch_positions(cfg, base_path, base, fr[0], int(a.seeds.split(",")[0]), a.out)
+        return 0
     for s in (int(x) for x in a.seeds.split(",")):  # a seed's fractions together: paired runs finish together
         for f in fr:
             run(cfg, base_path, base, f, s, 1.0, a.out, a.lens_scenes, a.lens_steps)
