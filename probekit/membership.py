@@ -34,9 +34,9 @@ __all__ = ["membership"]
 
 
 def membership(model: Any, members: Any, nonmembers: Any, base: Any = None, points: str | Sequence[str] = "lm.*.resid",
-               *, tuned_lens: Any = None, k: float = 0.2, cv: int = 5, seed: int = 0, n_perm: int = 1000,
-               n_boot: int = 1000, batch_size: int = 16, chat: bool | None = None, attribution: bool = True,
-               progress: bool = True) -> "MembershipReport":
+               *, tuned_lens: Any = None, base_tuned_lens: Any = None, k: float = 0.2, cv: int = 5, seed: int = 0,
+               n_perm: int = 1000, n_boot: int = 1000, batch_size: int = 16, chat: bool | None = None,
+               attribution: bool = True, progress: bool = True) -> "MembershipReport":
     """Per-layer membership readouts with the output attacks, the distribution-shift guard and the verdict.
 
     Args:
@@ -50,6 +50,11 @@ def membership(model: Any, members: Any, nonmembers: Any, base: Any = None, poin
         points: the residual points read through the lens.
         tuned_lens: a fitted :class:`~probekit.readout.lens.TunedLens` of ``model`` (its rows beside the
             logit lens'); fit it on other data than the audit's.
+        base_tuned_lens: a fitted TunedLens of ``base`` (needs ``base`` and ``tuned_lens``): the
+            "tuned-lens minus base" rows, the model's tuned-lens scores minus the base's through its own
+            tuned lens on the same inputs. Every "minus base" row subtracts the base's score from the
+            same source (output, logit lens, tuned lens), so without it there are no "tuned-lens minus
+            base" rows.
         k: the Min-K% fraction. cv, seed, n_perm, n_boot: as in :func:`probekit.scan`.
 
     Returns:
@@ -87,6 +92,17 @@ def membership(model: Any, members: Any, nonmembers: Any, base: Any = None, poin
     if tuned_lens is not None and not isinstance(tuned_lens, TunedLens):
         raise InputError(f"tuned_lens must be a TunedLens or None, got {type(tuned_lens).__name__}",
                          fix="fit one with probekit.TunedLens.fit(model, store) on other data")
+    if base_tuned_lens is not None:
+        if not isinstance(base_tuned_lens, TunedLens):
+            raise InputError(f"base_tuned_lens must be a TunedLens or None, got {type(base_tuned_lens).__name__}",
+                             fix="fit one with probekit.TunedLens.fit(base, store) on other data")
+        if base is None or tuned_lens is None:
+            raise InputError("base_tuned_lens needs base= (the model it was fitted on) and tuned_lens= (the model's "
+                             "own): its rows are the model's tuned-lens scores minus the base's",
+                             fix="pass base=..., tuned_lens=... and base_tuned_lens=..., or leave base_tuned_lens out")
+    for arg, lens, owner in (("tuned_lens", tuned_lens, model), ("base_tuned_lens", base_tuned_lens, base)):
+        if lens is not None:
+            _check_lens(arg, lens, owner, names)
     if not (isinstance(k, float) and 0 < k <= 1):
         raise InputError(f"k must be a float in (0, 1], got {plain(k)!r}", fix="use k=0.2 (Min-K% Prob's default)")
     codes, _ = encode_labels(data["label"], len(data))
@@ -95,7 +111,10 @@ def membership(model: Any, members: Any, nonmembers: Any, base: Any = None, poin
     if tuned_lens is not None:
         lenses["tuned-lens"] = LogitLens(model, tuned=tuned_lens)
     scores = _model_scores(model, data, names, lenses, k, batch_size, chat, progress)
-    base_scores = _model_scores(base, data, names, {"logit-lens": LogitLens(base)}, k, batch_size, chat, progress) \
+    base_lenses = {"logit-lens": LogitLens(base)} if base is not None else {}
+    if base_tuned_lens is not None:
+        base_lenses["tuned-lens"] = LogitLens(base, tuned=base_tuned_lens)
+    base_scores = _model_scores(base, data, names, base_lenses, k, batch_size, chat, progress) \
         if base is not None else None
     kw = dict(labels=data["label"].tolist(), groups=data["group"].tolist(), cv=cv, seed=seed, n_perm=n_perm,
               n_boot=n_boot)
@@ -105,9 +124,31 @@ def membership(model: Any, members: Any, nonmembers: Any, base: Any = None, poin
         if base is not None and attribution else None
     settings = {"model": model.name, "base": None if base is None else base.name, "points": names, "k": k, "cv": cv,
                 "seed": seed, "n_perm": n_perm, "n_boot": n_boot, "tuned_lens": tuned_lens is not None,
+                "base_tuned_lens": base_tuned_lens is not None,
                 "members": int((data["label"] == "member").sum()), "nonmembers": int((data["label"] != "member").sum()),
                 "groups": int(data["group"].nunique()), "seconds": round(time.perf_counter() - t0, 2)}
     return MembershipReport(table, guard=guard, attribution=attr, settings=settings)
+
+
+def _check_lens(arg: str, lens: Any, owner: Any, points: list[str]) -> None:
+    """A tuned lens must be fitted on the model it reads (its recorded fingerprint, when it has one) at the
+    points read (the last layer needs no translator); refused before any forward pass."""
+    if lens.d_model != owner.d_model:
+        raise InputError(f"{arg} has width {lens.d_model}, its model {owner.d_model}",
+                         fix=f"fit {arg} on the model it reads (TunedLens.fit(model, store))")
+    fp = lens.meta.get("model_fingerprint")
+    if fp and fp != owner.fingerprint():
+        which = "the base" if arg == "base_tuned_lens" else "the model under audit"
+        raise InputError(f"{arg} was fitted on another model ({lens.meta.get('model', '?')}, fingerprint {fp}), "
+                         f"not on {which} ({owner.fingerprint()})",
+                         fix="tuned_lens= is fitted on the model under audit, base_tuned_lens= on the base")
+    from .readout.lens import lens_points
+
+    last = f"lm.{owner.n_layers - 1}.resid"
+    missing = [p for p in lens_points(points) if p != last and p not in lens.points]
+    if missing:
+        raise InputError(f"{arg} has no translator for {missing[0]!r} (it has {', '.join(lens.points) or 'none'})",
+                         fix="fit it on residuals of every point read (points='lm.*.resid')")
 
 
 def _samples(members: Any, nonmembers: Any) -> "pd.DataFrame":

@@ -107,3 +107,82 @@ def test_cli_checks_every_input_before_loading_then_writes_the_report(tmp_path, 
     assert main(args) == 0 and len(loads) == 1
     out = capsys.readouterr().out
     assert (tmp_path / "m.html").is_file() and out.splitlines()[0].startswith(("No membership", "Inconclusive", "Confounded"))
+
+
+def _lens(model, seed=7, steps=60):
+    """A tuned lens of ``model`` fitted on images neither set contains."""
+    store = probekit.collect(model, probekit.tiny.fixture_images(24, 32, seed=seed), Q, points=["lm.*.resid"],
+                             positions=("last", "image_mean"), progress=False)
+    return probekit.TunedLens.fit(model, store, steps=steps, progress=False)
+
+
+def _by_hand(model, tl, rows, point):
+    """Mean log-probability of the true answer tokens through ``tl`` at ``point``, one sample at a time."""
+    import torch
+
+    from probekit.hooks.recorder import Recorder
+
+    out = []
+    for r in rows:
+        inputs = model.prepare([r["image"]], [r["prompt"]], padding_side="right", answers=[r["answer"]])
+        n, L = int(model.answer_lengths(inputs, [r["answer"]])[0]), inputs["input_ids"].shape[1]
+        with Recorder(model, [point]) as rec, torch.no_grad():
+            model.hf(**inputs, use_cache=False)
+            h = model.lm_activation(point, rec.cache[point], 1)[0, L - n - 1:L - 1].float()
+            logits = model.head(model.final_norm(tl(h, point).to(model.dtype))).float()
+        out.append(float(torch.log_softmax(logits, -1).gather(-1, inputs["input_ids"][0, L - n:, None]).mean()))
+    return np.asarray(out)
+
+
+def _auc(member, non):
+    return float(np.mean([(m > x) + 0.5 * (m == x) for m in member for x in non]))
+
+
+def test_tuned_lens_minus_base_rows_are_the_models_tuned_lens_score_minus_the_bases(organism):
+    base, models, members, nonmembers = organism
+    tuned = models["tuned"]
+    tl, base_tl = _lens(tuned), _lens(base)
+    rep = probekit.membership(tuned, members, nonmembers, base=base, tuned_lens=tl, base_tuned_lens=base_tl, cv=4,
+                              n_perm=200, n_boot=100, attribution=False, progress=False)
+    t = rep.table
+    rows = t[t.source == "tuned-lens minus base"]
+    assert sorted(rows.point.unique()) == ["lm.0.resid", "lm.1.resid", "lm.2.resid", "lm.3.resid"]
+    assert len(rows) == 12 and rows.auc_lo.notna().all() and rows.detected.dtype == bool and rows.mde_auc.notna().all()
+    assert rep.settings["base_tuned_lens"]
+    for point in ("lm.0.resid", "lm.1.resid"):
+        tm, tn = _by_hand(tuned, tl, members, point), _by_hand(tuned, tl, nonmembers, point)
+        bm, bn = _by_hand(base, base_tl, members, point), _by_hand(base, base_tl, nonmembers, point)
+        row = lambda src: t[(t.source == src) & (t.point == point) & (t.score == "loss")].iloc[0]  # noqa: E731
+        assert row("tuned-lens").auc == pytest.approx(_auc(tm, tn), abs=1e-9)
+        assert row("tuned-lens minus base").auc == pytest.approx(_auc(tm - bm, tn - bn), abs=1e-9)
+    # without the base's own tuned lens there is nothing to subtract: no tuned-lens minus base rows
+    plain_rep = probekit.membership(tuned, members, nonmembers, base=base, tuned_lens=tl, cv=4, n_perm=99, n_boot=50,
+                                    attribution=False, progress=False)
+    assert "tuned-lens" in set(plain_rep.table.source) and "tuned-lens minus base" not in set(plain_rep.table.source)
+
+
+def test_base_tuned_lens_is_checked_before_any_forward_pass(organism, monkeypatch):
+    import sys
+
+    base, models, members, nonmembers = organism
+    tuned = models["tuned"]
+    tl, base_tl = _lens(tuned, steps=5), _lens(base, steps=5)
+
+    def no_forwards(*a, **k):
+        raise AssertionError("ran the model before checking the lenses")
+
+    monkeypatch.setattr(sys.modules["probekit.membership"], "_model_scores", no_forwards)
+    call = lambda **kw: probekit.membership(tuned, members, nonmembers, progress=False, **kw)  # noqa: E731
+    with pytest.raises(InputError, match="base_tuned_lens needs base="):
+        call(tuned_lens=tl, base_tuned_lens=base_tl)
+    with pytest.raises(InputError, match="base_tuned_lens needs base="):
+        call(base=base, base_tuned_lens=base_tl)
+    with pytest.raises(InputError, match="base_tuned_lens must be a TunedLens"):
+        call(base=base, tuned_lens=tl, base_tuned_lens="lens.safetensors")
+    with pytest.raises(InputError, match="base_tuned_lens was fitted on another model"):
+        call(base=base, tuned_lens=tl, base_tuned_lens=tl)  # the tuned model's lens passed as the base's
+    with pytest.raises(InputError, match="tuned_lens was fitted on another model"):
+        call(base=base, tuned_lens=base_tl, base_tuned_lens=base_tl)
+    partial = probekit.TunedLens(base.d_model, ["lm.0.resid"], meta=dict(base_tl.meta))
+    with pytest.raises(InputError, match="no translator for 'lm.1.resid'"):
+        call(base=base, tuned_lens=tl, base_tuned_lens=partial)

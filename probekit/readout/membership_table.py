@@ -55,14 +55,15 @@ def probe_rows(features: dict[str, np.ndarray], labels: Sequence[str], groups: S
 def membership_table(scores: dict, base_scores: dict | None, points: list[str], *, labels: Sequence[str],
                      groups: Sequence[Any], cv: int, seed: int, n_perm: int, n_boot: int) -> pd.DataFrame:
     """Rows per (source, point, score), the probe per point, the output attacks last; with ``base_scores`` every
-    score row also as the difference from the base (reference calibration); one verdict over all of them."""
+    score row also as the difference from the base's score of the same source (reference calibration: output from
+    output, logit lens from logit lens, tuned lens from the base's own tuned lens); one verdict over all of them."""
     kw = dict(n_perm=n_perm, n_boot=n_boot, seed=seed)
     rows = []
     for (src, point), s in scores.items():
         for name in SCORES:
             rows.append({**score_row(s[name], labels, MEMBER, groups, point=point, position=name, source=src, **kw)})
-            if base_scores is not None and (src if src == "output" else "logit-lens", point) in base_scores:
-                ref = base_scores[(src if src == "output" else "logit-lens", point)][name]
+            if base_scores is not None and (src, point) in base_scores:  # the base's score from the same source
+                ref = base_scores[(src, point)][name]
                 rows.append(score_row(s[name] - ref, labels, MEMBER, groups, point=point, position=name,
                                       source=f"{src} minus base", **kw))
     feats = {p: np.stack([scores[("logit-lens", p)][f] for f in FEATURES], 1) for p in points
