@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from probekit.errors import InputError, StoreError
 from probekit.hooks.store import ActivationStore
 from probekit.sae import SAE, load_sae, sae_stats, save_sae, train_sae
-from probekit.sae.files import point_from_hook, read_config
+from probekit.hooks.points import point_from_hook
+from probekit.sae.files import read_config
 from probekit.sae.select import select_latents
 
 FIXTURES = Path(__file__).parent / "data" / "saelens"

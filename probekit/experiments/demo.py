@@ -75,7 +75,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     from .._progress import say
     from ..organisms.ladder import LadderConfig, eval_scenes, train_organism
     from ..readout.ladder import ladder_verdict
-    from ..verdict import verdict
+    from ..report.verdicts import verdict
 
     cfg = cfg or DemoConfig()
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-__all__ = ["Point", "SIDES", "KINDS", "fill_point_info", "topk_points"]
+__all__ = ["Point", "SIDES", "KINDS", "fill_point_info", "topk_points", "point_from_hook"]
 
 SIDES = ("vision", "projector", "encoder", "lm", "qformer")
 """Which part of the model a point is in (its name's first word; ``logits`` is on the LM side).
@@ -177,3 +177,29 @@ def fill_point_info(points: Iterable[str], info: Mapping[str, Mapping[str, Any]]
             entry.setdefault(k, v)
         out[p] = entry
     return out
+
+
+# Other libraries' names of the same places (SAE files carry them): parsed here like every point name
+_EXTERNAL_HOOKS = [(re.compile(r"blocks\.(\d+)\.hook_resid_post"), "lm.{}.resid"),
+          (re.compile(r"blocks\.(\d+)\.hook_out"), "lm.{}.resid"),
+          (re.compile(r"blocks\.(\d+)\.hook_mlp_out"), "lm.{}.mlp"),
+          (re.compile(r"blocks\.(\d+)\.hook_attn_out"), "lm.{}.attn"),
+          (re.compile(r"(?:model\.)?(?:language_model\.)?layers\.(\d+)"), "lm.{}.resid"),  # sparsify's hookpoints
+          (re.compile(r"(?:model\.)?(?:language_model\.)?layers\.(\d+)\.mlp"), "lm.{}.mlp")]
+
+
+def point_from_hook(hook_name: Any) -> str | None:
+    """The probekit point of an external hook name: TransformerLens's (``blocks.5.hook_resid_post`` ->
+    ``lm.5.resid``) or a Hugging Face module path as eai-sparsify names its hookpoints (``layers.5``); None
+    when it is neither (the names SAE files carry).
+
+    >>> point_from_hook("blocks.5.hook_resid_post"), point_from_hook("blocks.0.hook_resid_pre")
+    ('lm.5.resid', None)
+    """
+    if not isinstance(hook_name, str):
+        return None
+    for pat, fmt in _EXTERNAL_HOOKS:
+        m = pat.fullmatch(hook_name)
+        if m:
+            return fmt.format(m.group(1))
+    return None

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,10 @@ import torch
 
 from ..errors import InputError, StoreError, plain
 from ..files import atomic_dir, check_checksum, check_tensor, checksum, field, loads_json, read_safetensors
+from ..hooks.points import point_from_hook
 from .model import ARCHITECTURES, SAE
 
-__all__ = ["CFG", "WEIGHTS", "save_sae", "load_sae", "point_from_hook", "read_config"]
+__all__ = ["CFG", "WEIGHTS", "save_sae", "load_sae", "read_config"]
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -45,29 +46,6 @@ SPARSIFY_WEIGHTS = "sae.safetensors"
 _KEY = "probekit_checksum"
 _FIX = "re-save the SAE (probekit.sae.save_sae or sae-lens SAE.save_model), or train it again"
 _NORMALISE = ("none",)
-_HOOKS = [(re.compile(r"blocks\.(\d+)\.hook_resid_post"), "lm.{}.resid"),
-          (re.compile(r"blocks\.(\d+)\.hook_out"), "lm.{}.resid"),
-          (re.compile(r"blocks\.(\d+)\.hook_mlp_out"), "lm.{}.mlp"),
-          (re.compile(r"blocks\.(\d+)\.hook_attn_out"), "lm.{}.attn"),
-          (re.compile(r"(?:model\.)?(?:language_model\.)?layers\.(\d+)"), "lm.{}.resid"),  # sparsify's hookpoints
-          (re.compile(r"(?:model\.)?(?:language_model\.)?layers\.(\d+)\.mlp"), "lm.{}.mlp")]
-
-
-def point_from_hook(hook_name: Any) -> str | None:
-    """The probekit point of a TransformerLens hook name (``blocks.5.hook_resid_post`` -> ``lm.5.resid``), or None.
-
-    >>> point_from_hook("blocks.5.hook_resid_post"), point_from_hook("blocks.0.hook_resid_pre")
-    ('lm.5.resid', None)
-    """
-    if not isinstance(hook_name, str):
-        return None
-    for pat, fmt in _HOOKS:
-        m = pat.fullmatch(hook_name)
-        if m:
-            return fmt.format(m.group(1))
-    return None
-
-
 def _pre6(cfg: dict) -> dict:
     """A pre-6.0 sae-lens config in 6.x's keys (``hook_point`` -> ``hook_name``, ``activation_fn_str``,
     ``activation_fn_kwargs.k`` -> a TopK architecture), as sae-lens's ``handle_pre_6_0_config`` does."""
@@ -94,8 +72,8 @@ def _version6(cfg: dict) -> bool:
     v = cfg.get("sae_lens_version") or (meta.get("sae_lens_version") if isinstance(meta, dict) else None)
     if not isinstance(v, str):
         return "metadata" in cfg
-    head = re.match(r"(\d+)", v)
-    return bool(head) and int(head.group(1)) >= 6
+    major = v.split(".")[0]
+    return major.isdigit() and int(major) >= 6
 
 
 def read_config(directory: str | os.PathLike) -> dict:
