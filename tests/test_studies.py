@@ -12,7 +12,7 @@ import pytest
 from probekit.cli import main
 from probekit.errors import InputError
 from probekit.studies import REGISTRY, get_study, register_study
-from probekit.studies.calibration import calibrate
+from probekit.studies.calibration import calibrate, section
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,7 +58,10 @@ def test_register_study_refuses_a_clash_and_an_unknown_name():
 
 
 def test_calibration_study_holds_the_level_and_finds_the_planted_label():
-    t = calibrate(draws=30).set_index("condition")
+    table = calibrate(draws=30)
+    md = section(table, "probekit study calibration", 60.0)  # the docs section renders (no optional dependency)
+    assert md.startswith("## Calibration of the verdict") and md.count("\n| 24 groups x 16, 8 points |") == 3
+    t = table.set_index("condition")
     nulls = t.loc[[c for c in t.index if "null" in c]]
     assert (nulls.family_rate <= 0.1).all() and (nulls.row_rate <= 0.1).all(), nulls
     planted = t.loc["planted (points 4-7)"]

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from ..files import atomic_write
-from ..report.text import fmt_ci
+from ..report.text import fmt_ci, md_table
 from .memorization_measures import CONTROL_QUESTION
 from .memorization_setup import POSITIONS
 
@@ -23,13 +23,7 @@ EMPTY = {"unlearning": "this configuration runs no unlearning method (--full run
 
 
 def _md(df: pd.DataFrame) -> str:
-    if df is None or len(df) == 0:
-        return "(none)\n"
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in df.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r) + " |")
-    return "\n".join(lines) + "\n"
+    return md_table(df, empty="(none)\n")
 
 
 def _who(name: str) -> str:

@@ -129,10 +129,9 @@ def _strips(res: dict, attr: str, n: int = 4, m: int = 8):
 
 
 def _md(df: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r) + " |"
-              for r in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    from ..report.text import md_table
+
+    return md_table(df)
 
 
 def write_section(res: dict, md_path: str | Path, img_dir: str | Path, command: str, html_path: str | Path | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..files import replace_section
-from ..report.text import ci_text, fmt, fmt_ci, where
+from ..report.text import ci_text, fmt, fmt_ci, md_table, where
 from .unlearning_compare import comparison, comparison_md, sae_lines, sweep_table
 from .unlearning_figures import NAMES, save_pngs
 
@@ -29,10 +29,7 @@ MARK = ("<!-- study:unlearning -->", "<!-- /study:unlearning -->")
 
 
 def _md(df: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    for r in df.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r) + " |")
-    return "\n".join(lines) + "\n"
+    return md_table(df)
 
 
 def _detected(g: pd.DataFrame) -> str:

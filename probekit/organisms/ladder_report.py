@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..report.text import ci_text, fmt_ci
+from ..report.text import ci_text, fmt_ci, md_table
 from .ladder_lens import save_png as save_lens_png
 
 __all__ = ["ANSWERS", "headline", "matched_table", "verdict_lines", "section", "write_section"]
@@ -80,10 +80,7 @@ def verdict_lines(res: dict) -> list[str]:
 
 
 def _md(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    return md_table(df, floats=None)
 
 
 def _save_png(res: dict, path: Path) -> Path:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["NO_POSITION", "LABELS", "SHORT", "ci_columns", "position_name", "where", "fmt", "fmt_ci", "ci_text",
+__all__ = ["NO_POSITION", "LABELS", "SHORT", "md_table", "ci_columns", "position_name", "where", "fmt", "fmt_ci", "ci_text",
            "fmt_p", "token_text", "role_names"]
 
 NO_POSITION = "—"  # shown for rows without a position (activations given as [n, d])
@@ -136,3 +136,21 @@ def role_names(names: Sequence[str]) -> tuple[str, str]:
         (('base', 'tuned'), ('7b (base)', '7b-ft (tuned)'))
     """
     return tuple(n if n == role else f"{n} ({role})" for n, role in zip(names, ("base", "tuned")))  # type: ignore[return-value]
+
+
+def md_table(df: Any, floats: str | None = ".3g", empty: str | None = None) -> str:
+    """A DataFrame as a markdown table (the studies' write-ups): floats formatted with ``floats`` (None:
+    ``str``), everything else with ``str``; ``empty``: the text for a table without rows (default: the header).
+
+    >>> import pandas as pd
+    >>> print(md_table(pd.DataFrame({"a": [0.12345], "b": ["x"]})), end="")
+    | a | b |
+    |---|---|
+    | 0.123 | x |
+    """
+    if empty is not None and (df is None or len(df) == 0):
+        return empty
+    cell = (lambda v: format(v, floats) if isinstance(v, float) else str(v)) if floats else str
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
