@@ -525,3 +525,20 @@ def test_report_save_refuses_a_directory_and_keeps_permissions(tmp_path):
     p = ScanReport(None).save(tmp_path / "r.html")
     assert p.read_text().startswith("<!DOCTYPE html>") or "<html" in p.read_text()[:200]
     assert np.all([not f.name.endswith(".tmp") for f in tmp_path.iterdir()])
+
+
+def test_store_index_with_a_damaged_checksum_key_is_refused(llava, tmp_path):
+    """A flipped bit in the key "checksum" used to make an index load unchecked (as a store written before the
+    index had one), so a second flipped bit in its numbers went unseen (found by the mutation test)."""
+    from _stores import tiny_store
+
+    from probekit.hooks import ActivationStore
+
+    d = tmp_path / "s"
+    tiny_store(llava, d, positions=("last",))
+    obj = json.loads((d / "index.json").read_text())
+    obj["bhecksum"] = obj.pop("checksum")
+    (d / "index.json").write_text(json.dumps(obj))
+    with pytest.raises(StoreError) as info:
+        ActivationStore.open(d)
+    check(info, StoreError, "unknown fields ['bhecksum']", "collect again")

@@ -85,6 +85,9 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+_KEYS = {"format", "version", "complete", "n", "shard_size", "meta", "points", "shards", "checksum"}
+
+
 def read_index(directory: Path, name: str = INDEX) -> dict:
     """Read and validate ``directory/index.json`` (or a rank's part index); raise :class:`StoreError` for anything off."""
     path = directory / name
@@ -112,6 +115,9 @@ def read_index(directory: Path, name: str = INDEX) -> dict:
     if version < VERSION:
         raise StoreError(f"store {directory} has format version {version}, written by an older probekit "
                          f"without content hashes", fix=f"collect it again: {_REBUILD}")
+    unknown = sorted(set(index) - _KEYS)
+    if unknown:  # e.g. a damaged "checksum" key: without this, the index would load unchecked as a pre-checksum one
+        raise StoreError(f"{path} is corrupt: unknown fields {unknown}", fix=_REBUILD)
     validate_index(index, path)
     if "checksum" in index:  # written by every probekit since the index had one; stores written before have none
         check_checksum(index.pop("checksum"), index, None, str(path), _REBUILD)
