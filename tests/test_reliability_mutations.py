@@ -12,6 +12,7 @@ Each test counts its cases and outcomes and prints them (run with -s to see them
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -34,8 +35,13 @@ from _mutate import apply_bytes, apply_json, byte_mutation, json_mutation, safet
 from _stores import tiny_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CHEAP = settings(max_examples=500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-SLOW = settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+# The same examples on every run (CI must not fail on which mutations a run happens to draw); set
+# PROBEKIT_EXPLORE=1 to draw new ones (how the overflowing number and the renamed checksum key were found).
+_EXPLORE = os.environ.get("PROBEKIT_EXPLORE") == "1"
+CHEAP = settings(max_examples=500, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+                 derandomize=not _EXPLORE)
+SLOW = settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+                derandomize=not _EXPLORE)
 
 
 def outcome(load, same, counts: Counter, expect_same: bool) -> None:
