@@ -86,6 +86,19 @@ def mutate_container(data: bytes, m: tuple, inner_key: str | None) -> tuple[byte
     return safetensors_join(json.dumps(h), rest), same
 
 
+def mutate_container_files(data: bytes, inner_key: str | None, load, same, counts: Counter, tmp_path: Path) -> None:
+    """Write each mutation of the safetensors file ``data`` and load it (the property, over CHEAP's examples)."""
+    @CHEAP
+    @given(container_mutation())
+    def run(m):
+        mutated, keep = mutate_container(data, m, inner_key)
+        path = tmp_path / "m.safetensors"
+        path.write_bytes(mutated)
+        outcome(lambda: load(path), same, counts, keep)
+
+    run()
+
+
 # ----------------------------------------------------------------------------- Direction
 def test_mutated_direction_files(tmp_path):
     g = torch.Generator().manual_seed(0)
@@ -103,15 +116,7 @@ def test_mutated_direction_files(tmp_path):
                 and all(torch.equal(getattr(b.erasers[p], a), getattr(e, a)) for p, e in d.erasers.items()
                         for a in ("mean", "left", "right")))
 
-    @CHEAP
-    @given(container_mutation())
-    def run(m):
-        mutated, keep = mutate_container(data, m, "probekit")
-        path = tmp_path / "m.safetensors"
-        path.write_bytes(mutated)
-        outcome(lambda: Direction.load(path), same, counts, keep)
-
-    run()
+    mutate_container_files(data, "probekit", Direction.load, same, counts, tmp_path)
     report_counts("Direction", counts)
 
 
@@ -131,15 +136,7 @@ def test_mutated_tuned_lens_files(tmp_path):
         return (b.points, b.meta) == (lens.points, lens.meta) and set(got) == set(want) and all(
             torch.equal(got[k], v) and got[k].dtype == v.dtype for k, v in want.items())
 
-    @CHEAP
-    @given(container_mutation())
-    def run(m):
-        mutated, keep = mutate_container(data, m, "meta")
-        path = tmp_path / "m.safetensors"
-        path.write_bytes(mutated)
-        outcome(lambda: TunedLens.load(path), same, counts, keep)
-
-    run()
+    mutate_container_files(data, "meta", TunedLens.load, same, counts, tmp_path)
     report_counts("TunedLens", counts)
 
 

@@ -16,7 +16,7 @@ from ..errors import ProbekitError, StoreError
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["loads_json", "read_safetensors", "field", "check_tensor", "check_orthonormal", "canonical", "checksum",
+__all__ = ["read_bytes", "loads_json", "read_safetensors", "field", "check_tensor", "check_orthonormal", "canonical", "checksum",
            "check_checksum", "finite"]
 
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
@@ -55,6 +55,16 @@ def loads_json(data: str | bytes, where: str, cls: type[ProbekitError] = StoreEr
         raise cls(f"{where} is not valid JSON: {exc}", fix=fix) from None
 
 
+def read_bytes(path: Path, cls: type[ProbekitError], fix: str, *, missing: str, unreadable: str) -> bytes:
+    """The bytes of ``path``; a missing file raises ``cls(missing)``, any other OS error ``cls(unreadable: why)``."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise cls(missing, fix=fix) from None
+    except OSError as exc:
+        raise cls(f"{unreadable}: {exc.strerror or exc}", fix=fix) from None
+
+
 def read_safetensors(path: str | os.PathLike, what: str, fix: str, cls: type[ProbekitError] = StoreError
                      ) -> tuple[dict[str, str], dict[str, "Tensor"]]:
     """``(metadata, tensors)`` of a safetensors file, read whole; anything unreadable raises ``cls``.
@@ -65,12 +75,7 @@ def read_safetensors(path: str | os.PathLike, what: str, fix: str, cls: type[Pro
     from safetensors.torch import load as load_bytes
 
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise cls(f"no {what} at {p}", fix=fix) from None
-    except OSError as exc:
-        raise cls(f"cannot read {what} {p}: {exc.strerror or exc}", fix=fix) from None
+    data = read_bytes(p, cls, fix, missing=f"no {what} at {p}", unreadable=f"cannot read {what} {p}")
     where = f"{what} {p}"
     if len(data) < 8:
         raise cls(f"{where} is not a safetensors file ({len(data)} bytes)", fix=fix)

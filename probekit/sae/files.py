@@ -35,6 +35,7 @@ import torch
 
 from ..errors import InputError, StoreError, plain
 from ..files import atomic_dir, check_checksum, check_tensor, checksum, field, loads_json, read_safetensors
+from ..files.reading import read_bytes
 from ..hooks.points import point_from_hook
 from .model import ARCHITECTURES, SAE
 
@@ -82,12 +83,8 @@ def read_config(directory: str | os.PathLike) -> dict:
     p = d / CFG
     if not d.is_dir():
         raise StoreError(f"no SAE directory at {d}", fix="pass the folder holding cfg.json and sae_weights.safetensors")
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise StoreError(f"{d} has no {CFG}: not a sae-lens SAE directory", fix=_FIX) from None
-    except OSError as exc:
-        raise StoreError(f"cannot read {p}: {exc.strerror or exc}", fix=_FIX) from None
+    raw = read_bytes(p, StoreError, _FIX, missing=f"{d} has no {CFG}: not a sae-lens SAE directory",
+                     unreadable=f"cannot read {p}")
     cfg = loads_json(raw, f"SAE config {p}", fix=_FIX)
     if not isinstance(cfg, dict):
         raise StoreError(f"SAE config {p} is a JSON {type(cfg).__name__}, not an object", fix=_FIX)
