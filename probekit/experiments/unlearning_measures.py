@@ -272,14 +272,16 @@ def transfer(model: Any, world: P.World, cfg: Any) -> pd.DataFrame:
         per_a = np.array([ca[ua == q].mean() for q in pids])
         per_b = np.array([cb[ub == q].mean() for q in pids])
         draws = bootstrap_indices(len(pids), cfg.n_boot, rng)
-        gaps = per_a[draws].mean(1) - per_b[draws].mean(1)
-        se = float(per_b[draws].mean(1).std(ddof=1))
+        boot_b = per_b[draws].mean(1)
+        gaps = per_a[draws].mean(1) - boot_b
+        se = float(boot_b.std(ddof=1))
         alpha = 0.05 / len(res)
+        gap_lo, gap_hi = percentile_interval(gaps)
         rows.append({"group": group, "profiles": len(pids), "questions": b["n"], "taught_modality": taught,
                      "taught_acc": a["accuracy"], "taught_lo": a["lo"], "taught_hi": a["hi"],
                      "other_acc": b["accuracy"], "other_lo": b["lo"], "other_hi": b["hi"],
-                     "gap": a["accuracy"] - b["accuracy"], "gap_lo": percentile_interval(gaps)[0],
-                     "gap_hi": percentile_interval(gaps)[1], "chance": b["chance"], "p_holm": float(p),
+                     "gap": a["accuracy"] - b["accuracy"], "gap_lo": gap_lo,
+                     "gap_hi": gap_hi, "chance": b["chance"], "p_holm": float(p),
                      "transfer_detected": bool(det), "se_other": se, "mde": mde(se, alpha),
                      "power_half": power_one_sided((a["accuracy"] - a["chance"]) / 2, se, alpha)})
     return pd.DataFrame(rows)
