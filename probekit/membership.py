@@ -15,7 +15,10 @@ statistics, text lengths, and the base model's output scores when ``base`` is gi
 the two sets apart; when it can, the report's first line says the split is confounded. And with
 ``base``: every score is also given minus the base model's on the same input (reference
 calibration), and each layer's causal share of the member/non-member loss gap is measured by
-patching the base model's residual into the tuned model there (and the reverse).
+patching the base model's residual into the tuned model there (and the reverse). The same patched
+forwards give two per-sample scores per layer (:func:`patched_scores`), rows of the one family: they
+read where the fine-tune's change sits even where no lens decodes it (on the watermark organism the
+lenses below the last layer read nothing while patching at the first layer removes 80% of the gap).
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ def membership(model: Any, members: Any, nonmembers: Any, base: Any = None, poin
             same source (output, logit lens, tuned lens), so without it there are no "tuned-lens minus
             base" rows.
         k: the Min-K% fraction. cv, seed, n_perm, n_boot: as in :func:`probekit.scan`.
+        attribution: with ``base``, run the patched forwards (two per point per batch): the per-layer
+            ``patched base-into-tuned`` / ``patched tuned-into-base`` rows (:func:`patched_scores`) and the
+            causal attribution table. False skips both.
 
     Returns:
         :class:`~probekit.report.membership_report.MembershipReport`: ``summary()`` (guard and verdict
@@ -118,10 +124,12 @@ def membership(model: Any, members: Any, nonmembers: Any, base: Any = None, poin
         if base is not None else None
     kw = dict(labels=data["label"].tolist(), groups=data["group"].tolist(), cv=cv, seed=seed, n_perm=n_perm,
               n_boot=n_boot)
-    table = membership_table(scores, base_scores, names, **kw)
-    guard = guard_table(data, base_scores, **kw)
-    attr = attribution_table(model, base, data, names, batch_size, chat, n_boot, seed) \
+    patched = patched_losses(model, base, data, names, batch_size, chat, progress) \
         if base is not None and attribution else None
+    table = membership_table(scores, base_scores, names, patched=None if patched is None else
+                             patched_scores(patched, names), **kw)
+    guard = guard_table(data, base_scores, **kw)
+    attr = attribution_table(patched, data, names, n_boot, seed) if patched is not None else None
     settings = {"model": model.name, "base": None if base is None else base.name, "points": names, "k": k, "cv": cv,
                 "seed": seed, "n_perm": n_perm, "n_boot": n_boot, "tuned_lens": tuned_lens is not None,
                 "base_tuned_lens": base_tuned_lens is not None,
@@ -229,56 +237,100 @@ def _model_scores(model: Any, data: "pd.DataFrame", points: list[str], lenses: d
     return {key: {s: np.concatenate([b[s] for b in batches]) for s in batches[0]} for key, batches in parts.items()}
 
 
-def attribution_table(model: Any, base: Any, data: "pd.DataFrame", points: list[str], batch_size: int,
-                      chat: bool | None, n_boot: int, seed: int) -> "pd.DataFrame":
-    """Each layer's causal share of the member / non-member gap in the loss score, by patching.
-
-    ``gap = mean(score | member) - mean(score | non-member)`` with the loss score (mean true-token
-    log-probability) at the output. ``share_tuned``: how much of ``gap_tuned - gap_base`` disappears when
-    the base's residual replaces the tuned model's at that layer; ``share_base``: how much of it appears
-    when the tuned model's residual replaces the base's there (the reverse patch). CIs: bootstrap of
-    whole groups within each set.
-    """
+def patched_losses(model: Any, base: Any, data: "pd.DataFrame", points: list[str], batch_size: int,
+                   chat: bool | None, progress: bool = False) -> dict:
+    """Per-sample loss scores (mean true-token log-probability over the answer) of the tuned model and the base,
+    each as it is and with the other model's residual patched in at each point: ``{(receiver, point | None): [n]}``
+    with receiver ``"tuned"`` or ``"base"``. Two forwards per batch plus two per point."""
     import numpy as np
-    import pandas as pd
     import torch
 
-    from ._stats import percentile_interval, unit_resample
+    from ._progress import progress_bar
     from .data.images import decode
     from .hooks.recorder import Recorder
     from .readout.token_scores import token_scores
     from .steering.interventions import Intervention
 
     runs: dict[tuple[str, str | None], list[np.ndarray]] = {}
-    for b0 in range(0, len(data), batch_size):
-        rows = data.iloc[b0:b0 + batch_size]
-        images = [decode(im, b0 + i) for i, im in enumerate(rows.image)]
-        answers = rows.answer.tolist()
-        inputs = model.prepare(images, rows.prompt.tolist(), chat=chat, padding_side="right", answers=answers)
-        base_inputs = base.prepare(images, rows.prompt.tolist(), chat=chat, padding_side="right", answers=answers)
-        if not torch.equal(inputs["input_ids"].cpu(), base_inputs["input_ids"].cpu()):
-            raise InputError("the base model's processor tokenises the samples differently",
-                             fix="pass the model this one was fine-tuned from, with its processor")
-        lengths = model.answer_lengths(inputs, answers).tolist()
-        ends = (inputs["attention_mask"].long() * torch.arange(1, inputs["input_ids"].shape[1] + 1)).argmax(1) + 1
-        r_idx = torch.cat([torch.full((n,), r) for r, n in enumerate(lengths)])
-        pos = torch.cat([torch.arange(int(e) - n, int(e)) for e, n in zip(ends, lengths)])
-        targets = inputs["input_ids"][r_idx, pos]
+    bar = progress_bar(total=len(data), desc="membership patching", unit="sample", disable=not progress, leave=False)
+    try:
+        for b0 in range(0, len(data), batch_size):
+            rows = data.iloc[b0:b0 + batch_size]
+            images = [decode(im, b0 + i) for i, im in enumerate(rows.image)]
+            answers = rows.answer.tolist()
+            inputs = model.prepare(images, rows.prompt.tolist(), chat=chat, padding_side="right", answers=answers)
+            base_inputs = base.prepare(images, rows.prompt.tolist(), chat=chat, padding_side="right", answers=answers)
+            if not torch.equal(inputs["input_ids"].cpu(), base_inputs["input_ids"].cpu()):
+                raise InputError("the base model's processor tokenises the samples differently",
+                                 fix="pass the model this one was fine-tuned from, with its processor")
+            lengths = model.answer_lengths(inputs, answers).tolist()
+            ends = (inputs["attention_mask"].long() * torch.arange(1, inputs["input_ids"].shape[1] + 1)).argmax(1) + 1
+            r_idx = torch.cat([torch.full((n,), r) for r, n in enumerate(lengths)])
+            pos = torch.cat([torch.arange(int(e) - n, int(e)) for e, n in zip(ends, lengths)])
+            targets = inputs["input_ids"][r_idx, pos]
 
-        def loss(m: Any, x: dict) -> np.ndarray:
-            out = m.hf(**x, use_cache=False).logits[r_idx, pos - 1].float()
-            return token_scores(torch.log_softmax(out, -1), targets.to(out.device), lengths)["loss"]
+            def loss(m: Any, x: dict) -> np.ndarray:
+                out = m.hf(**x, use_cache=False).logits[r_idx, pos - 1].float()
+                return token_scores(torch.log_softmax(out, -1), targets.to(out.device), lengths)["loss"]
 
-        with torch.no_grad():
-            with Recorder(model, points) as rec_t:
-                runs.setdefault(("tuned", None), []).append(loss(model, inputs))
-            with Recorder(base, points) as rec_b:
-                runs.setdefault(("base", None), []).append(loss(base, base_inputs))
-            for p in points:
-                for name, recv, x, donor in (("tuned", model, inputs, rec_b.cache[p]), ("base", base, base_inputs, rec_t.cache[p])):
-                    with Intervention(recv, [p], lambda _, h, d=donor: d.to(h.device, h.dtype).view_as(h), None, False):
-                        runs.setdefault((name, p), []).append(loss(recv, x))
-    s = {key: np.concatenate(v) for key, v in runs.items()}
+            with torch.no_grad():
+                with Recorder(model, points) as rec_t:
+                    runs.setdefault(("tuned", None), []).append(loss(model, inputs))
+                with Recorder(base, points) as rec_b:
+                    runs.setdefault(("base", None), []).append(loss(base, base_inputs))
+                for p in points:
+                    for name, recv, x, donor in (("tuned", model, inputs, rec_b.cache[p]),
+                                                 ("base", base, base_inputs, rec_t.cache[p])):
+                        with Intervention(recv, [p], lambda _, h, d=donor: d.to(h.device, h.dtype).view_as(h), None,
+                                          False):
+                            runs.setdefault((name, p), []).append(loss(recv, x))
+            bar.update(len(rows))
+    finally:
+        bar.close()
+    return {key: np.concatenate(v) for key, v in runs.items()}
+
+
+# the two per-sample patching scores, named for the table; both are a difference of loss scores, so an
+# untouched model scores 0 on every sample and the member / non-member AUC is 0.5 in expectation
+PATCH_SOURCES = {"tuned": "patched base-into-tuned", "base": "patched tuned-into-base"}
+
+
+def patched_scores(s: dict, points: list[str]) -> dict:
+    """Layer-wise membership scores from :func:`patched_losses`, ``{(source, point): {"loss": [n]}}``.
+
+    - ``patched base-into-tuned`` at layer L: the tuned model's loss score minus its score when the base's
+      residual replaces its own at L. What the fine-tune wrote into the residual up to L is what this
+      takes away: a member scores high when the tuned model's extra confidence in its answer is already
+      carried by the residual at L.
+    - ``patched tuned-into-base`` at L: the base's score with the tuned model's residual at L minus its own
+      score: the tuned residual at L read by the base's own later blocks (the untouched rest of the network
+      as the decoder, where a lens is one affine map), against the base's reading of its own residual.
+
+    Both read one layer each and both name it; at the last layer both are close to "output minus base".
+    Unlike a lens score they need no fitted decoder, and unlike the attribution's gap they score each
+    sample, so they take the same permutation test and verdict as every other row.
+    """
+    out = {}
+    for p in points:
+        out[(PATCH_SOURCES["tuned"], p)] = {"loss": s[("tuned", None)] - s[("tuned", p)]}
+        out[(PATCH_SOURCES["base"], p)] = {"loss": s[("base", p)] - s[("base", None)]}
+    return out
+
+
+def attribution_table(s: dict, data: "pd.DataFrame", points: list[str], n_boot: int, seed: int) -> "pd.DataFrame":
+    """Each layer's causal share of the member / non-member gap in the loss score, by patching.
+
+    ``s``: :func:`patched_losses`. ``gap = mean(score | member) - mean(score | non-member)`` with the loss
+    score (mean true-token log-probability) at the output. ``share_tuned``: how much of ``gap_tuned - gap_base``
+    disappears when the base's residual replaces the tuned model's at that layer; ``share_base``: how much of
+    it appears when the tuned model's residual replaces the base's there (the reverse patch). CIs: bootstrap of
+    whole groups within each set.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from ._stats import percentile_interval, unit_resample
+
     member = (data.label == "member").to_numpy()
     units = [[np.flatnonzero((data.group == g).to_numpy() & (member == c)) for g in data.group[member == c].unique()]
              for c in (True, False)]

@@ -50,6 +50,10 @@ def test_memorised_members_are_detected_at_the_output_and_layer_by_layer_and_the
     assert not rep.confounded and rep.summary().startswith("Membership detected")
     # the causal attribution: patching the base's residual in removes a measured share of the gap at some layer
     assert rep.attribution is not None and rep.attribution.share_tuned.max() > 0.3
+    # the per-sample patching scores read it layer by layer: the tuned residual at the first layer, decoded by the
+    # base's own later blocks, already separates members (the control below detects no row, these included)
+    first = t[(t.source == "patched tuned-into-base") & (t.point == "lm.0.resid")].iloc[0]
+    assert first.detected and first.auc_lo > 0.5
     ctl = probekit.membership(models["control"], members, nonmembers, base=base, **kw)
     assert not ctl.table.detected.any(), ctl.table[ctl.table.detected]
     assert ctl.summary().startswith("No membership detected") and "would have detected AUC >=" in ctl.summary()

@@ -16,6 +16,7 @@ SCORES = ["loss", "min_k", "min_k_pp"]
 def _table(hits=(), auc=0.5):
     rows = [(src, p, s) for src in ("logit-lens", "logit-lens minus base") for p in POINTS for s in SCORES]
     rows += [("probe", p, "features") for p in POINTS]
+    rows += [(src, p, "loss") for src in ("patched base-into-tuned", "patched tuned-into-base") for p in POINTS]
     rows += [(src, "logits", s) for src in ("output", "output minus base") for s in SCORES]
     return pd.DataFrame([{"point": p, "source": src, "score": s, "auc": auc, "auc_lo": auc - 0.07, "auc_hi": auc + 0.07,
                           "tpr_at_1fpr": 0.01, "detected": (src, p, s) in hits, "mde_auc": 0.63} for src, p, s in rows])
@@ -41,7 +42,7 @@ def _res():
     rng = np.random.default_rng(0)
     cfg = WD.DoseConfig(fractions=(0.0, 0.05, 0.5), seeds=(0, 1), n_users=30, u3=(0.5,))
     leak_hits = {("output minus base", "logits", "loss"), ("logit-lens minus base", "lm.2.resid", "loss"),
-                 ("logit-lens", "lm.1.resid", "loss")}
+                 ("logit-lens", "lm.1.resid", "loss"), ("patched tuned-into-base", "lm.0.resid", "loss")}
     runs = []
     for s in (0, 1):
         runs += [_run("p=0 control", s, 0.0, rng=rng), _run("task-irrelevant", s, 0.0, rng=rng),
@@ -65,8 +66,14 @@ def test_section_reports_the_dose_table_the_layers_and_the_paired_nulls_from_the
     assert "| output loss | 0/2" in text and "| logit lens lm.1 | 0/2 [0.00, 0.66] | 0/2 [0.00, 0.66] | 0/2 [0.00, 0.66] " \
            "| 2/2" in text
     assert ("An output row (raw or minus base) was detected in 2 run(s); a layer below the last (logit lens, lens minus "
-            "base or probe at `lm.0` / `lm.1`) was detected in 2 of them: fraction 0.5, seed 0: lm.1.resid; fraction "
-            "0.5, seed 1: lm.1.resid. Runs that read no U1 name (fraction 0, the controls): 0 of 6 had any method detect.") in text
+            "base, probe or patching score at `lm.0` / `lm.1`) was detected in 2 of them: fraction 0.5, seed 0: lm.0.resid, "
+            "lm.1.resid; fraction 0.5, seed 1: lm.0.resid, lm.1.resid. Runs that read no U1 name (fraction 0, the "
+            "controls): 0 of 6 had any method detect.") in text
+    assert "| patched lm.0 (either direction) | 0/2 [0.00, 0.66] | 0/2 [0.00, 0.66] | 0/2 [0.00, 0.66] | 2/2" in text
+    assert "| patched lm.1 (either direction) | 0/2" in text and "| patched lm.1 (either direction) | 0/2 [0.00, 0.66] " \
+        "| 0/2 [0.00, 0.66] | 0/2 [0.00, 0.66] | 0/2" in text
+    assert ("detected below the last layer: a lens score (logit lens or lens minus base) in 2, the membership probe in "
+            "0, a patching score in 2.") in text
     assert "| output minus base | logits | loss | 0.70 [0.70, 0.70], 0.01, 2/2 | 0.50 [0.50, 0.50], 0.01, 0/2 |" in text
     # the paired part: fraction 0 lost its seed-0 run (collapsed) and says so; its rows are words, not blanks
     assert "Dropped runs (direct prompt 0.00 on both pools: reading collapsed): fraction 0, seed 0." in text

@@ -88,6 +88,10 @@ def _lens(point: str) -> Callable[[pd.DataFrame], pd.Series]:
     return lambda t: t.source.str.startswith("logit-lens") & (t.point == point)
 
 
+def _patched(point: str) -> Callable[[pd.DataFrame], pd.Series]:
+    return lambda t: t.source.str.startswith("patched") & (t.point == point)
+
+
 # method -> (run -> detected): each the report's own verdict over its whole table (one family per run)
 METHODS: dict[str, Callable[[dict], bool]] = {
     "output loss": _rows(lambda t: (t.source == "output") & (t.score == "loss")),
@@ -96,6 +100,8 @@ METHODS: dict[str, Callable[[dict], bool]] = {
     "logit lens lm.0": _rows(_lens("lm.0.resid")),
     "logit lens lm.1": _rows(_lens("lm.1.resid")),
     "logit lens lm.2 (= output)": _rows(_lens("lm.2.resid")),
+    "patched lm.0 (either direction)": _rows(_patched("lm.0.resid")),
+    "patched lm.1 (either direction)": _rows(_patched("lm.1.resid")),
     "membership probe (any layer)": _rows(lambda t: t.source == "probe"),
     "mean-pooled residual probe (scan)": lambda run: _scanned(run) and bool(run["row"]["residual_detected"]),
 }
@@ -103,7 +109,7 @@ OUTPUT = ("output loss", "output Min-K%++", "output minus base (any score)")
 
 
 def run_dose_study(cfg: DoseConfig, base_path: Any = None, verbose: bool = True, base: Any = None) -> dict:
-    """Every run of ``cfg.grid()`` (attribution at the top fraction), then, on the first fraction-0 fine-tune,
+    """Every run of ``cfg.grid()`` (with the patching rows and attribution), then, on the first fraction-0 fine-tune,
     the guard on a shifted split and Ju et al.'s unsplit folds; the base reader's scan beside the first
     top-fraction fine-tune's (for the comparison figure).
 
@@ -124,7 +130,7 @@ def run_dose_study(cfg: DoseConfig, base_path: Any = None, verbose: bool = True,
     top = max(cfg.fractions)
     runs, shift, protocol, scans = [], None, [], {}
     for d in cfg.grid():
-        r = D.run_dose(base_path, d, base=base, attribution=d.kind == "leak" and d.fraction == top,
+        r = D.run_dose(base_path, d, base=base, attribution=True,  # the patching rows: in every run, controls too
                        n_perm=cfg.n_perm, n_boot=cfg.n_boot)
         rep = r["membership"]
         runs.append({"row": r["row"], "table": rep.table.drop(columns="perm_null", errors="ignore"),
@@ -195,7 +201,7 @@ def layer_table(runs: list[dict]) -> pd.DataFrame:
 
 def agreement(runs: list[dict]) -> pd.DataFrame:
     """Per run where an output row (raw or minus base) is detected: the detected layer-wise rows below the last
-    layer (logit lens, lens minus base, probe), by layer."""
+    layer (logit lens, lens minus base, probe, patching scores), by layer."""
     out = []
     for run in runs:
         t = run["table"]

@@ -157,8 +157,11 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
          "nonmembers, base=reader)`, members = the seen names' images asked for the name with the name as the "
          "teacher-forced answer, non-members the unseen names', groups = names; the output attacks (loss, Min-K%, "
          "Min-K%++), the logit lens at every layer, each minus the untouched reader's (reference calibration), a "
-         "membership probe per layer, the blind-baseline guard, and at the top fraction the causal attribution by "
-         "patching. The old mean-pooled residual probe: `probekit.scan` probes on `projector` and `lm.*.resid` at "
+         "membership probe per layer, two patching scores per layer (`patched base-into-tuned`: the fine-tune's loss "
+         "score minus its score with the untouched reader's residual patched in at that layer; `patched "
+         "tuned-into-base`: the reader's score with the fine-tune's residual at that layer minus its own; "
+         "`probekit.membership.patched_scores`), the blind-baseline guard, and the causal attribution by "
+         "patching (reported at the top fraction). The old mean-pooled residual probe: `probekit.scan` probes on `projector` and `lm.*.resid` at "
          "`prompt_last`, `image_mean` and `answer_mean`, folds by name. Every \"detected\" is probekit's one verdict "
          f"(`add_verdicts`: permutation test over names, {cfg.n_perm} permutations, step-down maxT over all rows of a "
          "run's table). The reader has 3 blocks: `lm.2.resid` through the logit lens is the output itself.\n",
@@ -189,7 +192,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
     false = [f"{r['row']['condition']} ({', '.join(m for m, hit in WD.METHODS.items() if hit(r))})" for r in quiet
              if any(hit(r) for hit in WD.METHODS.values())]
     L.append(f"**Layer-wise vs output.** An output row (raw or minus base) was detected in {n_out} run(s); a layer "
-             f"below the last (logit lens, lens minus base or probe at `lm.0` / `lm.1`) was detected in {n_inner} of "
+             f"below the last (logit lens, lens minus base, probe or patching score at `lm.0` / `lm.1`) was detected in {n_inner} of "
              "them" + (": " + "; ".join(f"{r.condition}: {r.layers}" for r in ag.itertuples()) if n_out else "")
              + f". Runs that read no U1 name (fraction 0, the controls): {len(false)} of {len(quiet)} had any "
              "method detect" + (": " + "; ".join(false) if false else "") + ".\n")
@@ -210,14 +213,18 @@ def _dose_words(res: dict, dt: pd.DataFrame, ag: pd.DataFrame) -> list[str]:
     leak = dt[dt.kind.isin(["leak", "task-irrelevant"])].sort_values("fraction")
     rate = lambda m: ", ".join(f"{int(r.detected)}/{int(r.n)}" for r in leak[leak.method == m].itertuples())  # noqa: E731
     n_inner = int((ag.layers != "none").sum()) if len(ag) else 0
+    kinds = {src: sum(any(src in part for part in row.split(", ")) for row in ag.rows) if len(ag) else 0
+             for src in ("lens", "probe", "patched")}
     L = [f"**Dose-response**: the output loss attack minus the untouched reader's detects the leak in {rate('output minus base (any score)')} "
          f"runs along the dose ({', '.join(f'{f:g}' for f in leak.fraction.unique())}); the raw output loss in "
          f"{rate('output loss')}, the raw Min-K%++ in {rate('output Min-K%++')}, the mean-pooled residual probe in "
          f"{rate('mean-pooled residual probe (scan)')}. "
          + (f"**Layer-wise below the output: not detected wherever the output is** ({n_inner} of {len(ag)} runs with "
-            "an output detection also detect at `lm.0` or `lm.1`); on this 3-block reader the calibrated lens reads the "
-            "leak at the last layer, which is the output." if n_inner < len(ag) else
-            f"**Layer-wise below the output: detected wherever the output is** ({n_inner} of {len(ag)} runs).")]
+            "an output detection also detect at `lm.0` or `lm.1`)." if n_inner < len(ag) else
+            f"**Layer-wise below the output: detected wherever the output is** ({n_inner} of {len(ag)} runs).")
+         + (f" By kind of row, of the {len(ag)} runs with an output detection, detected below the last layer: a lens "
+            f"score (logit lens or lens minus base) in {kinds['lens']}, the membership probe in {kinds['probe']}, a "
+            f"patching score in {kinds['patched']}." if len(ag) else "")]
     gone = [r for r in res["runs"] if r["row"]["collapsed"]]
     if gone:
         hits = [f"{r['row']['condition']} ({', '.join(m for m, h in WD.METHODS.items() if h(r)) or 'nothing'})"
@@ -244,7 +251,8 @@ def _layers(res: dict, top: float) -> list[str]:
                          f"{c.tpr1:.2f}, {int(c.detected)}/{int(c.n)}")
         L.append(f"| {r.source} | {r.point} | {r.score} | " + " | ".join(cells) + " |")
     L.append(f"\nMinimal detectable AUC of one run (80% power, family-wise): {first.mde_auc.max():.2f}.\n")
-    att = [r["attribution"] for r in res["runs"] if r["attribution"] is not None]
+    att = [r["attribution"] for r in res["runs"] if r["attribution"] is not None and r["row"]["kind"] == "leak"
+           and r["row"]["fraction"] == top]
     if att:
         a = pd.concat(att).groupby("point", sort=False).share_tuned.agg(["mean", "min", "max"])
         L.append(f"Causal attribution at fraction {top:g} (share of the fine-tune's member / non-member loss gap "

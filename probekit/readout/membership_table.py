@@ -24,7 +24,7 @@ from .token_scores import FEATURES, SCORES
 __all__ = ["membership_table", "guard_table", "probe_rows", "MEMBER"]
 
 MEMBER = "member"
-_ORDER = {"logit-lens": 0, "tuned-lens": 1, "probe": 2, "output": 3}
+_ORDER = {"logit-lens": 0, "tuned-lens": 1, "probe": 2, "patched": 3, "output": 4}
 
 
 def probe_rows(features: dict[str, np.ndarray], labels: Sequence[str], groups: Sequence[Any], *, source: str,
@@ -53,10 +53,13 @@ def probe_rows(features: dict[str, np.ndarray], labels: Sequence[str], groups: S
 
 
 def membership_table(scores: dict, base_scores: dict | None, points: list[str], *, labels: Sequence[str],
-                     groups: Sequence[Any], cv: int, seed: int, n_perm: int, n_boot: int) -> pd.DataFrame:
-    """Rows per (source, point, score), the probe per point, the output attacks last; with ``base_scores`` every
-    score row also as the difference from the base's score of the same source (reference calibration: output from
-    output, logit lens from logit lens, tuned lens from the base's own tuned lens); one verdict over all of them."""
+                     groups: Sequence[Any], cv: int, seed: int, n_perm: int, n_boot: int,
+                     patched: dict | None = None) -> pd.DataFrame:
+    """Rows per (source, point, score), the probe per point, the patching rows, the output attacks last; with
+    ``base_scores`` every score row also as the difference from the base's score of the same source (reference
+    calibration: output from output, logit lens from logit lens, tuned lens from the base's own tuned lens);
+    ``patched`` (:func:`probekit.membership.patched_scores`, ``{(source, point): {score: [n]}}``) adds its rows
+    as they are (they are differences already); one verdict over all of them."""
     kw = dict(n_perm=n_perm, n_boot=n_boot, seed=seed)
     rows = []
     for (src, point), s in scores.items():
@@ -69,9 +72,12 @@ def membership_table(scores: dict, base_scores: dict | None, points: list[str], 
     feats = {p: np.stack([scores[("logit-lens", p)][f] for f in FEATURES], 1) for p in points
              if ("logit-lens", p) in scores}
     rows += probe_rows(feats, labels, groups, source="probe", cv=cv, **kw)
+    for (src, point), s in (patched or {}).items():
+        rows += [score_row(v, labels, MEMBER, groups, point=point, position=name, source=src, **kw)
+                 for name, v in s.items()]
     t = add_verdicts(pd.DataFrame(rows))
     depth = {p: i for i, p in enumerate([*points, "logits"])}
-    t["_o"] = [(_ORDER.get(s.split(" minus")[0], 4), " minus" in s, depth.get(p, -1)) for s, p in zip(t.source, t.point)]
+    t["_o"] = [(_ORDER.get(s.split(" ")[0], 5), s, depth.get(p, -1)) for s, p in zip(t.source, t.point)]
     t = t.sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
     return _public(t)
 
