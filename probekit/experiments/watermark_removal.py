@@ -1,0 +1,417 @@
+"""Every remover on the watermark leak organism, side by side on held-out data.
+
+The organism: the dose study's fine-tune at one leak fraction (:class:`~probekit.organisms.watermark_dose.Dose`,
+``fraction = 0.5`` of each seen (U1) name's 40 images ask for it and are answered with it; 100 names per pool).
+What it memorised is how to spell the seen names; what it must keep is the shape task and reading names in
+general (the unseen pool U2, never trained on). Per seed, each remover is applied to the same fine-tune:
+
+- ``ga``, ``gd``, ``kl``, ``npo`` (:func:`probekit.experiments.unlearning.unlearn`, open-unlearning's
+  definitions, the facts study's 20 steps at batch 16, the learning rate chosen on the held-out views from
+  :data:`LRS`): forget set = the fine-tune's reading samples (the seen names' images asked for the name);
+  retain set = the rest of its training set (shape task and replayed pretraining mix);
+- ``ablate``, ``leace``, ``orthogonalize`` (:mod:`probekit.steering`): the seen-vs-unseen direction per
+  residual layer, fitted on *held-out views* (:func:`fit_set`: fresh scenes of every name of both pools, never
+  trained on, never scored) at the teacher-forced name's positions (``answer_mean``); erased at the text
+  positions, where it was fitted (prompt, answer and generated tokens; at the image tokens the mean LEACE
+  centres on is not theirs); ``orthogonalize``: the last layer's direction removed from every weight writing
+  into the residual, so at every position;
+- ``sae_steer``, ``sae_clamp`` (Suri et al.; SAUCE): one TopK SAE on the fine-tune's last residual layer,
+  trained on the held-out views' activations; the latents that fire more on seen than on unseen names
+  (``sae_steer``, standardised mean difference) or that tell them apart (``sae_clamp``, ANOVA F), chosen on
+  the held-out views, with ``beta`` / the clamp chosen there too (:data:`BETAS`, :data:`CLAMPS`).
+
+Every setting is chosen the same way, on the held-out views alone (:func:`choose`): the largest drop in
+reading the seen names (teacher-forced exact match) minus the drop in reading the unseen names, among the
+settings that keep at least :data:`KEEP` of the unseen names' reading; none does: the gentlest setting. A
+remover that forgets by breaking reading altogether would otherwise win (measured: at the facts study's lr
+1e-3 all four fine-tuning removers read no name at all, seen or unseen).
+
+Every method is then measured the same way on the study's audit set (:func:`measure`): the direct prompt on
+seen and unseen names (what the answer shows), the shape task's accuracy, the next-token KL from the
+fine-tune on clean inputs (shape scenes with no name), and the whole membership audit
+(:func:`probekit.membership` against the untouched reader: output attacks, logit lens, probes and patching
+scores per layer, one verdict): is the leak gone from the residual stream, or only from the answer?
+
+Departure from the facts study: :func:`probekit.steering.evaluate`'s probes read a label at one prompt
+position; on this organism no probe separates seen from unseen names at the prompt's last token even before
+any removal (``docs/results.md``, the leak regime), so the layer-wise reading after removal is the membership
+audit's per-layer rows, for every method alike.
+
+``probekit study watermark --sae`` runs :data:`RemovalConfig` (3 seeds); ``--sae --small`` the quick check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from .watermark_dose import DoseConfig
+
+__all__ = ["METHODS", "BETAS", "CLAMPS", "RemovalConfig", "fit_set", "measure", "run_seed", "run_removal",
+           "summary_table"]
+
+UNLEARNING = ("ga", "gd", "kl", "npo")
+DIRECTIONS = ("ablate", "leace", "orthogonalize")
+SAE = ("sae_steer", "sae_clamp")
+METHODS = UNLEARNING + DIRECTIONS + SAE
+BETAS = (-1.0, -2.0, -5.0, -10.0, -25.0, -50.0, -100.0)  # Suri et al.'s sweep, in units of the latents' activation
+CLAMPS = (0.0, 1.0, 2.0, 4.0)  # SAUCE-style: clamp to -c * alpha where the latent fires
+LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)  # the fine-tuning removers' learning rates (20 steps each)
+KEEP = 0.9  # a setting must keep this share of the unseen names' reading on the held-out views
+
+
+@dataclass(frozen=True)
+class RemovalConfig:
+    """The comparison's settings (the defaults: the study's)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    fraction: float = 0.5
+    methods: tuple[str, ...] = METHODS
+    dose: DoseConfig = field(default_factory=DoseConfig)
+    unlearn_steps: int = 20  # the facts study's setting; the learning rate is chosen from LRS on held-out views
+    fit_scenes: int = 2  # held-out fitting scenes per name, each rendered with the name of either pool
+    n_latents: int = 4
+    sae_expansion: int = 8
+    sae_k: int = 16
+    sae_epochs: float = 20.0
+    n_task: int = 96  # shape-task scenes (no name): accuracy and the KL on clean inputs
+    n_perm: int = 1000
+    n_boot: int = 1000
+
+    @classmethod
+    def small(cls) -> "RemovalConfig":
+        """The quick check (``--sae --small``): one seed, 32 names, fewer permutations."""
+        return cls(seeds=(0,), dose=DoseConfig.quick(), sae_epochs=10.0, n_task=48, n_perm=200, n_boot=200)
+
+
+def fit_set(d: Any, seen: list[str], unseen: list[str], n_scenes: int) -> pd.DataFrame:
+    """Held-out fitting views: per name pair ``n_scenes`` fresh scenes, each with the seen and the unseen name
+    (``paired_set``'s layout, other draws: disjoint from the training set and from the audit set)."""
+    from ..organisms.text import draw_text, scene
+
+    rng = random.Random(f"removal-fit:{d.seed}:{d.size}")
+    rows = []
+    for i in range(len(seen)):
+        for j in range(n_scenes):
+            img, meta = scene(rng, d.size)
+            state = rng.getstate()
+            for name, label in ((seen[i], "seen"), (unseen[i], "unseen")):
+                rng.setstate(state)
+                marked = draw_text(img, name, rng, opacity=d.opacity, grid=d.grid or None, place=d.place or None)[0]
+                rows.append({"pair": i, "scene": j, "image": marked, "name": name, "label": label})
+    return pd.DataFrame(rows)
+
+
+def _fit_reading(model: Any, fit: pd.DataFrame) -> dict:
+    """Teacher-forced exact match of the name on the held-out views, seen and unseen names apart."""
+    from ..data.synthetic import Sample
+    from ..organisms.reader import USERNAME
+    from .finetune import task_accuracy
+
+    out = {}
+    for lab in ("seen", "unseen"):
+        part = fit[fit.label == lab]
+        out[lab] = task_accuracy(model, [Sample(im, USERNAME, n + ".", "ocr") for im, n in zip(part.image, part.name)])["accuracy"]
+    return out
+
+
+def choose(before: dict, sweep: list[dict]) -> int:
+    """Index of the chosen setting: ``sweep[i]`` holds ``seen`` and ``unseen`` reading after setting i; the
+    largest (seen drop - unseen drop) among settings keeping :data:`KEEP` of the unseen reading, else 0
+    (the gentlest, listed first)."""
+    ok = [i for i, r in enumerate(sweep) if r["unseen"] >= KEEP * before["unseen"]]
+    if not ok:
+        return 0
+    gain = [round((before["seen"] - sweep[i]["seen"]) - (before["unseen"] - sweep[i]["unseen"]), 6) for i in ok]
+    return ok[int(np.argmax(gain))]
+
+
+def measure(model: Any, make: Callable[[], Any], base: Any, audit: dict, seed: int, n_perm: int,
+            n_boot: int) -> tuple[dict, pd.DataFrame]:
+    """``model`` under ``make()`` measured on the audit set: one row of numbers and the membership table."""
+    import probekit
+
+    from .._stats import bootstrap_mean
+    from ..organisms import watermark as W
+    from ..steering.outputs import next_token_logprobs
+    from .finetune import task_accuracy
+
+    with make():
+        direct = W.direct_prompt(model, audit["ev"])
+        task = task_accuracy(model, audit["test"])
+        lp = next_token_logprobs(model, [s.image for s in audit["test"]], W.QUESTION)
+        rep = probekit.membership(model, audit["members"], audit["nonmembers"], base=base, n_perm=n_perm,
+                                  n_boot=n_boot, seed=seed, progress=False)
+    ref = audit["clean_logprobs"]
+    kl = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0).numpy()
+    k, k_lo, k_hi = bootstrap_mean(kl, seed=seed, n_boot=n_boot)
+    t = rep.table.drop(columns="perm_null", errors="ignore")
+    out = t[(t.source == "output minus base") & (t.score == "loss")].iloc[0]
+    raw = t[(t.source == "output") & (t.score == "loss")].iloc[0]
+    last = f"lm.{model.n_layers - 1}.resid"
+    inner = t[~t.source.str.startswith("output") & (t.point != last)]
+    row = {**direct, "task_acc": task["accuracy"], "task_acc_lo": task["accuracy_lo"], "task_acc_hi": task["accuracy_hi"],
+           "kl_clean": k, "kl_clean_lo": k_lo, "kl_clean_hi": k_hi,
+           "out_auc": out.auc, "out_auc_lo": out.auc_lo, "out_auc_hi": out.auc_hi, "out_detected": bool(out.detected),
+           "raw_auc": raw.auc, "raw_detected": bool(raw.detected),
+           "output_detected": bool(t[t.source.str.startswith("output")].detected.any()),
+           "inner_detected": int(inner.detected.sum()), "inner_rows": len(inner),
+           "lens_detected": int(inner[inner.source.str.contains("lens")].detected.sum()),
+           "probe_detected": int(inner[inner.source == "probe"].detected.sum()),
+           "patched_detected": int(inner[inner.source.str.startswith("patched")].detected.sum()),
+           "patched_auc_max": float(inner[inner.source.str.startswith("patched")].auc.max()),
+           "inner_auc_max": float(inner.auc.max()), "mde_auc": float(t.mde_auc.max()), "summary": rep.summary()}
+    return row, t
+
+
+def _directions(tuned: Any, fit: pd.DataFrame, method: str) -> Callable[[], Any]:
+    from ..hooks.collect import collect
+    from ..organisms.reader import USERNAME
+    from ..steering import Direction, ablate
+    from .unlearning_removal import _lazy_orthogonalize
+
+    store = collect(tuned, list(fit.image), USERNAME, points="lm.*.resid", positions="answer_mean",
+                    answers=[n + "." for n in fit.name], batch_size=64, progress=False)
+    labels = list(fit.label)
+    d = Direction.leace(store, labels) if method == "leace" else Direction.from_means(store, labels)
+    if method == "orthogonalize":
+        last = sorted(tuned.resolve("lm.*.resid"), key=lambda p: int(p.split(".")[1]))[-1]
+        return lambda: _lazy_orthogonalize(tuned, d, last)
+    return lambda: ablate(tuned, d, points="lm.*.resid", positions="text")
+
+
+def _sae(tuned: Any, fit: pd.DataFrame, cfg: RemovalConfig, seed: int) -> tuple[Any, dict]:
+    """The SAE on the last residual layer, trained on the held-out views (every position of the reading
+    sequence, the name teacher-forced), and its quality on the views' answer positions."""
+    from ..hooks.collect import collect
+    from ..organisms.reader import USERNAME
+    from ..sae import sae_stats, train_sae
+
+    point = sorted(tuned.resolve("lm.*.resid"), key=lambda p: int(p.split(".")[1]))[-1]
+    answers = [n + "." for n in fit.name]
+    store = collect(tuned, list(fit.image), USERNAME, points=point, positions=("image", "prompt_last", "answer_mean"),
+                    answers=answers,
+                    batch_size=64, progress=False)
+    sae = train_sae(store, point, None, architecture="topk", expansion=cfg.sae_expansion, k=cfg.sae_k,
+                    epochs=cfg.sae_epochs, seed=seed)
+    sae.position = None
+    held = collect(tuned, list(fit.image), USERNAME, points=point, positions="answer_mean", answers=answers,
+                   batch_size=64, progress=False)
+    st = {k: v for k, v in sae_stats(sae, held, point, "answer_mean").items() if k not in ("fire_rate", "mean_act")}
+    tr = sae.meta.get("train", {})
+    return sae, {"point": point, "d_sae": sae.d_sae, "k": sae.k, "train_rows": tr.get("rows"),
+                 "train_seconds": tr.get("seconds"), **{f"fit_{k}": st[k] for k in ("fvu", "l0", "dead")}}
+
+
+def _sae_remover(tuned: Any, sae: Any, fit: pd.DataFrame, method: str, cfg: RemovalConfig) -> tuple[Callable, dict]:
+    """Latents and setting chosen on the held-out views (module docstring); returns the context maker and the
+    choice with its sweep."""
+    from ..hooks.collect import collect
+    from ..organisms.reader import USERNAME
+    from ..sae.select import select_latents
+    from ..sae.stats import encode_store
+    from ..steering.sae import sae_clamp, sae_steer
+
+    st = collect(tuned, list(fit.image), USERNAME, points=sae.point, positions="answer_mean",
+                 answers=[n + "." for n in fit.name], batch_size=64, progress=False)
+    z = encode_store(sae, st, sae.point, "answer_mean")
+    labels = list(fit.label)
+    if method == "sae_steer":
+        sel = select_latents(z, labels, m=cfg.n_latents, method="diff", positive="seen")
+        grid = [{"beta": b} for b in BETAS]
+
+        def build(s: dict) -> Any:
+            return sae_steer(tuned, sae, sel, beta=s["beta"])
+    else:
+        sel = select_latents(z, labels, m=cfg.n_latents, method="anova")
+        grid = [{"clamp": c} for c in CLAMPS]
+
+        def build(s: dict) -> Any:
+            return sae_clamp(tuned, sae, sel, value=[-s["clamp"] * a for a in sel.alpha])
+    before = _fit_reading(tuned, fit)
+    sweep = []
+    for s in grid:
+        with build(s):
+            sweep.append({**s, **_fit_reading(tuned, fit)})
+    best = grid[choose(before, sweep)]
+    return (lambda: build(best)), {"setting": best, "latents": list(sel.latents), "sweep": sweep}
+
+
+def _unlearned(base_path: Any, state: dict, forget: list, retain: list, method: str, fit: pd.DataFrame,
+               cfg: RemovalConfig, seed: int, before: dict) -> tuple[Any, dict]:
+    """The fine-tune unlearned with ``method`` at each of :data:`LRS`; the one :func:`choose` picks on the
+    held-out views, and the sweep."""
+    from ..models.loading import load
+    from .unlearning import unlearn
+
+    models, sweep = [], []
+    for lr in LRS:
+        m = load(base_path)
+        m.hf.load_state_dict(state)
+        unlearn(m, forget, retain, method, steps=cfg.unlearn_steps, batch_size=16, lr=lr, seed=seed)
+        models.append(m)
+        sweep.append({"lr": lr, **_fit_reading(m, fit)})
+    i = choose(before, sweep)
+    return models[i], {"setting": {"lr": LRS[i]}, "sweep": sweep}
+
+
+def run_seed(cfg: RemovalConfig, seed: int, base_path: Any, base: Any, verbose: bool = True) -> dict:
+    """Fine-tune the leak organism of ``seed``, apply every remover of ``cfg.methods``, measure each."""
+    from .._progress import say
+    from ..experiments.finetune import finetune
+    from ..models.loading import load
+    from ..organisms import watermark as W
+    from ..organisms import watermark_dose as D
+    from ..organisms.text import scene
+    from ..data.synthetic import Sample
+    from ..steering.outputs import next_token_logprobs
+    t0 = time.perf_counter()
+    c = W.resolve(W.Condition(), base_path)
+    d = replace(cfg.dose.dose(fraction=cfg.fraction, seed=seed), size=c.size, grid=c.grid, place=c.place)
+    seen, unseen, other = D.pools(d)
+    train = D.training_set(d, seen, other)
+    tuned = load(base_path)
+    finetune(tuned, train, steps=d.steps, batch_size=d.batch_size, lr=d.lr, seed=seed, progress=False)
+    state = copy.deepcopy(tuned.hf.state_dict())
+    forget = [s for s in train if s.kind == "ocr" and s.meta.get("username") in set(seen)]
+    retain = [s for s in train if not (s.kind == "ocr" and s.meta.get("username") in set(seen))]
+    pairs = D.paired_set(d, seen, unseen)
+    members, nonmembers = D.membership_samples(pairs)
+    rng = random.Random(f"removal-task:{seed}")
+    test = [Sample(im, W.QUESTION, f"{m['colour']} {m['shape']}.", "describe", m)
+            for im, m in (scene(rng, d.size) for _ in range(cfg.n_task))]
+    audit = {"ev": {"images": list(pairs.image), "labels": list(pairs.label), "groups": list(pairs.name)},
+             "test": test, "members": members, "nonmembers": nonmembers,
+             "clean_logprobs": next_token_logprobs(tuned, [s.image for s in test], W.QUESTION)}
+    fit = fit_set(d, seen, unseen, cfg.fit_scenes)
+    before_fit = _fit_reading(tuned, fit)
+    say(f"seed {seed}: fine-tuned ({len(forget)} forget, {len(retain)} retain samples)", t0, verbose)
+    rows, tables, extra = [], [], {"sae": None, "choices": {}, "fit_before": before_fit}
+    none = contextlib.nullcontext
+    row, t = measure(tuned, none, base, audit, seed, cfg.n_perm, cfg.n_boot)
+    rows.append({"method": "none", **row})
+    tables.append(t.assign(method="none"))
+    sae = None
+    for method in cfg.methods:
+        t1 = time.perf_counter()
+        model, make = tuned, none
+        if method in UNLEARNING:
+            model, extra["choices"][method] = _unlearned(base_path, state, forget, retain, method, fit, cfg, seed,
+                                                         before_fit)
+        elif method in DIRECTIONS:
+            make = _directions(tuned, fit, method)
+        elif method in SAE:
+            if sae is None:
+                sae, extra["sae"] = _sae(tuned, fit, cfg, seed)
+            make, extra["choices"][method] = _sae_remover(tuned, sae, fit, method, cfg)
+        else:
+            raise ValueError(method)
+        row, t = measure(model, make, base, audit, seed, cfg.n_perm, cfg.n_boot)
+        rows.append({"method": method, **row, "seconds": time.perf_counter() - t1})
+        tables.append(t.assign(method=method))
+        say(f"seed {seed}: {method}: direct prompt seen {row['direct_seen']:.2f} / unseen {row['direct_unseen']:.2f}, "
+            f"output-minus-base AUC {row['out_auc']:.2f}, layer rows detected {row['inner_detected']}", t0, verbose)
+        if model is not tuned:
+            del model
+    frame = pd.DataFrame(rows).assign(seed=seed, condition=d.label())
+    return {"rows": frame, "membership": pd.concat(tables, ignore_index=True).assign(seed=seed), **extra,
+            "seconds": time.perf_counter() - t0}
+
+
+def run_removal(cfg: RemovalConfig | None = None, base_path: Any = None, verbose: bool = True) -> dict:
+    """Every seed of ``cfg``; returns ``rows`` (one per seed and method), ``membership`` (the tables),
+    ``summary`` (:func:`summary_table`), ``sae`` and ``choices`` per seed, and ``seconds``."""
+    import torch
+
+    from ..models.loading import load
+    from ..organisms.reader import reader
+
+    cfg = cfg or RemovalConfig()
+    bad = [m for m in cfg.methods if m not in METHODS]
+    if bad:
+        from ..errors import InputError
+
+        raise InputError(f"unknown remover {bad[0]!r}", fix=f"choose from {', '.join(METHODS)}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    try:
+        base_path = base_path or reader()
+        base = load(base_path)
+        per = [run_seed(cfg, s, base_path, base, verbose) for s in cfg.seeds]
+    finally:
+        torch.set_num_threads(threads)
+    rows = pd.concat([p["rows"] for p in per], ignore_index=True)
+    return {"rows": rows, "membership": pd.concat([p["membership"] for p in per], ignore_index=True),
+            "summary": summary_table(rows), "sae": [p["sae"] for p in per], "choices": [p["choices"] for p in per],
+            "config": cfg, "seconds": time.perf_counter() - t0}
+
+
+def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per method: means over seeds with the seeds' range, the drops from the untouched fine-tune of the same
+    seed, and in how many runs the output / a layer below the last is still detected."""
+    ref = rows[rows.method == "none"].set_index("seed")
+    rows = rows.assign(gap=rows.direct_seen - rows.direct_unseen,
+                       forget_drop=[ref.out_auc[s] - a for s, a in zip(rows.seed, rows.out_auc)],
+                       gap_drop=[(ref.direct_seen[s] - ref.direct_unseen[s]) - (a - b)
+                                 for s, a, b in zip(rows.seed, rows.direct_seen, rows.direct_unseen)])
+    out = []
+    for method, g in rows.groupby("method", sort=False):
+        r: dict = {"method": method, "runs": len(g)}
+        for k in ("direct_seen", "direct_unseen", "gap", "gap_drop", "task_acc", "kl_clean", "out_auc", "forget_drop",
+                  "patched_auc_max", "inner_auc_max"):
+            r[k], r[f"{k}_min"], r[f"{k}_max"] = float(g[k].mean()), float(g[k].min()), float(g[k].max())
+        for k in ("out_detected", "output_detected"):
+            r[k] = int(g[k].sum())
+        r["inner_detected_runs"] = int((g.inner_detected > 0).sum())
+        r["patched_detected_runs"] = int((g.patched_detected > 0).sum())
+        r["mde_auc"] = float(g.mde_auc.mean())
+        out.append(r)
+    return pd.DataFrame(out)
+
+
+def _family(method: str) -> str:
+    return "none" if method == "none" else "fine-tuning" if method in UNLEARNING else \
+        "direction" if method in DIRECTIONS else "SAE"
+
+
+def pareto(plt: Any, summary: pd.DataFrame) -> Any:
+    """Forget drop (output-minus-base membership AUC, before - after) against the shape task's accuracy and
+    against the KL on clean inputs; one marker per method (mean over seeds, bars: the seeds' range)."""
+    colours = {"none": "k", "fine-tuning": "tab:blue", "direction": "tab:orange", "SAE": "tab:green"}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ax, (key, label) in zip(axes, (("task_acc", "shape task accuracy (seeds' range)"),
+                                       ("kl_clean", "KL on clean inputs, nats (seeds' range, log scale)"))):
+        for r in summary.to_dict("records"):
+            col = colours[_family(r["method"])]
+            y, lo, hi = r[key], r[f"{key}_min"], r[f"{key}_max"]
+            if key == "kl_clean":
+                y, lo, hi = (max(v, 1e-5) for v in (y, lo, hi))
+            x, xlo, xhi = r["forget_drop"], r["forget_drop_min"], r["forget_drop_max"]
+            ax.errorbar([x], [y], xerr=[[x - xlo], [xhi - x]], yerr=[[y - lo], [hi - y]],
+                        fmt="o" if r["inner_detected_runs"] < r["runs"] else "s", color=col, ms=6, capsize=2)
+            ax.annotate(r["method"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("forget drop: output-minus-base membership AUC, before − after")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=v, label=k) for k, v in colours.items()]
+    handles.append(plt.Line2D([], [], marker="s", ls="", color="grey", label="a layer below the last still detects "
+                              "in every run"))
+    axes[0].legend(handles=handles, fontsize=7, loc="lower left")
+    fig.suptitle("Every remover on the watermark leak organism (held-out audit): what it removed against what it cost",
+                 fontsize=10)
+    return fig
+
+
+def _r(r: dict, k: str, f: str = ".2f") -> str:
+    v, lo, hi = r[k], r[f"{k}_min"], r[f"{k}_max"]
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:{f}} [{lo:{f}}, {hi:{f}}]"
