@@ -36,6 +36,7 @@ _LAZY = {
     "Recorder": ("probekit.hooks.recorder", "Recorder"),
     "ScanReport": ("probekit.report", "ScanReport"),
     "compare": ("probekit.report", "compare"),
+    "Lens": ("probekit.readout.lens", "Lens"),
     "LogitLens": ("probekit.readout.lens", "LogitLens"),
     "TunedLens": ("probekit.readout.lens", "TunedLens"),
     "probe_layers": ("probekit.readout.probes", "probe_layers"),
@@ -56,7 +57,7 @@ if TYPE_CHECKING:  # what _LAZY resolves, spelled out for type checkers and the 
     from .models.loading import load, wrap
     from .readout.layers import mutual_information
     from .readout.leakage import leakage
-    from .readout.lens import LogitLens, TunedLens
+    from .readout.lens import Lens, LogitLens, TunedLens
     from .readout.probes import LinearProbe, probe_layers
     from .report import ScanReport, compare
     from .steering import Direction, ablate, orthogonalize, steer

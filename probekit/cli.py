@@ -1,7 +1,8 @@
 """The ``probekit`` command line.
 
 ``probekit demo``: a tiny LLaVA that learned a yes/no task leaks an unasked attribute; a coin-flip control does not.
-``probekit scan --model PATH --images DIR [--labels CSV] [--answers CSV] [--targets ...] --out report.html``.
+``probekit scan --model PATH --images DIR [--labels CSV] [--answers CSV] [--targets ...] [--readouts probes,lens]
+--out report.html``.
 ``probekit points --model PATH``: list a model's hook points.
 ``probekit collect --model PATH --images DIR --out STORE``: record points to a disk store.
 ``probekit membership --model PATH --members DIR --nonmembers DIR --answers CSV [--base PATH]``: membership per layer.
@@ -77,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: an error)")
     s.add_argument("--targets", nargs="*", default=None,
                    help="strings whose logit-lens rank is reported per layer (default: none)")
+    s.add_argument("--readouts", default=None,
+                   help='comma-separated readouts to run: probes, lens, targets, ladder or a registered plug-in, e.g. '
+                        '"probes,lens" (default: probes with labels, the logit lens without, targets with --targets)')
     s.add_argument("--prompts", "--prompt", dest="prompts", default=None,
                    help='prompt used with every image (--prompt is the older spelling; default "Describe the image.")')
     ans = s.add_mutually_exclusive_group()
@@ -172,6 +176,10 @@ def _check_scan_inputs(args: argparse.Namespace):
         raise InputError("--image-column names a column of --labels / --answers, but neither was given",
                          fix="pass --labels CSV (or --answers CSV), or drop --image-column")
     normalize_positions(_positions(args.positions))
+    if args.readouts is not None:
+        from probekit.readout.plugins import resolve_readouts
+
+        resolve_readouts(args.readouts)  # an unknown name: before the images are read or the model loaded
     missing = "warn" if args.allow_missing_images else "error"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProbekitWarning)
@@ -200,7 +208,8 @@ def _scan(args: argparse.Namespace) -> int:
     model = probekit.load(args.model, device=args.device, dtype=args.dtype)
     report = probekit.scan(model, src, prompts=args.prompts, targets=args.targets,
                            points=[p.strip() for p in args.points.split(",")], positions=_positions(args.positions),
-                           cv=args.cv, seed=args.seed, batch_size=args.batch_size, store=args.store, answers=answers)
+                           cv=args.cv, seed=args.seed, batch_size=args.batch_size, store=args.store, answers=answers,
+                           readouts=args.readouts)
     if report is None:  # a rank other than 0 of a distributed scan: rank 0 writes the report
         return 0
     report.save(args.out)

@@ -31,6 +31,7 @@ from .errors import InputError, plain
 if TYPE_CHECKING:  # numpy, pandas and torch load with the call: ``import probekit`` stays light
     import pandas as pd
 
+    from .readout.lens import Lens
     from .report.membership_report import MembershipReport
 
 __all__ = ["membership"]
@@ -195,9 +196,10 @@ def _samples(members: Any, nonmembers: Any) -> "pd.DataFrame":
     return out
 
 
-def _model_scores(model: Any, data: "pd.DataFrame", points: list[str], lenses: dict, k: float, batch_size: int,
-                  chat: bool | None, progress: bool) -> dict:
-    """``{(source, point): {score: [n]}}`` for every lens x point, and ``("output", "logits")``."""
+def _model_scores(model: Any, data: "pd.DataFrame", points: list[str], lenses: "dict[str, Lens]", k: float,
+                  batch_size: int, chat: bool | None, progress: bool) -> dict:
+    """``{(source, point): {score: [n]}}`` for every lens x point, and ``("output", "logits")``; any
+    :class:`~probekit.readout.lens.Lens` reads a point (through its ``decode``)."""
     import numpy as np
     import torch
 

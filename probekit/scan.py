@@ -50,6 +50,7 @@ def scan(
     tuned_lens: Any = True,
     answers: Sequence[str] | None = None,
     memory_limit: int = SCAN_MEMORY_LIMIT,
+    readouts: Sequence[Any] | None = None,
 ) -> "ScanReport | None":
     """Measure, per layer, what a VLM's hidden states reveal about its images.
 
@@ -99,6 +100,12 @@ def scan(
             and grows with n only by one unit (``n * d * 4`` bytes) and the labels' permutations.
         tuned_lens: True fits a :class:`~probekit.readout.lens.TunedLens` on the collected
             residuals for the ladder, a TunedLens is used as given, False leaves that rung out.
+        readouts: what to make of the collection, by name or as :class:`~probekit.readout.plugins.Readout`
+            instances: ``"probes"`` (the leakage table), ``"lens"`` (logit-lens top tokens), ``"targets"``,
+            ``"ladder"`` (its default sweep unless ``ladder=`` says), or one added with
+            :func:`~probekit.readout.plugins.register_readout` (its tables in ``report.extra``). Their needs
+            decide what is recorded. None (default): probes with labels, the lens without, targets with
+            ``targets=``, the ladder with ``ladder=``. An unknown name raises InputError before any forward pass.
 
     Without labels and targets the report holds the logit-lens read-out of every layer at the
     chosen positions (top tokens) and says that no labels were given.
@@ -114,16 +121,16 @@ def scan(
     from .data.sources import resolve_images
     from .hooks import distributed
     from .hooks.collect import as_model, check_answers, check_prompts, collect
-    from .hooks.points import topk_points
     from .hooks.positions import normalize_positions, position_name
-    from .readout.leakage import check_labels, leakage
-    from .readout.lens import LogitLens, lens_points
+    from .readout import plugins
+    from .readout.leakage import check_labels
     from .report import ScanReport
 
     prompts = _one_keyword(prompts, prompt)
 
     t0 = time.perf_counter()
     # ---- everything is checked before the first forward pass
+    chosen = plugins.resolve_readouts(readouts)  # an unknown name fails before the model is even loaded
     check_bool(progress, "progress")
     model = as_model(model, processor)
     src = resolve_images(images, labels, image_column=image_column, label_column=label_column)
@@ -151,10 +158,11 @@ def scan(
         raise InputError(f"a distributed scan (WORLD_SIZE={world}) needs store=, a directory every rank can write",
                          fix="pass store=DIR (probekit scan --store DIR); the ranks split the images into its shards")
     answer_ids = None
-    if ladder is True or ladder is False:
+    if ladder is True or ladder is False or (ladder is None and any(isinstance(r, plugins.LadderReadout)
+                                                                      for r in chosen or ())):
         from .readout.ladder import LADDER_K
 
-        ladder = LADDER_K if ladder else None
+        ladder = LADDER_K if ladder is not False else None  # readouts=["ladder"] alone: the default sweep
     if ladder is not None:
         from .readout.ladder import check_ladder
 
@@ -167,75 +175,45 @@ def scan(
         if not (isinstance(tuned_lens, (bool, TunedLens)) or tuned_lens is None):
             raise InputError(f"tuned_lens must be True, False or a TunedLens, got {type(tuned_lens).__name__}",
                              fix="e.g. tuned_lens=True (fit one on the collected residuals)")
-        names = model.resolve(["lm.*.resid"] + [p for p in names if p != "logits"])
-    record = list(names)
-    if (src.labels is not None and (topk or ladder is not None)) and "logits" not in record:
-        record.append("logits")
-    logits_topk = _logits_topk(topk, ladder, answer_ids) if src.labels is not None and "logits" in record else None
-    lens_names = lens_points(record)
-    want_lens = targets is not None or src.labels is None
-    if want_lens and not lens_names:
-        record = model.resolve(["lm.*.resid"] + record)
-        lens_names = lens_points(record)
+    chosen = plugins.choose(chosen, labels=src.labels is not None, targets=targets is not None,
+                            ladder=ladder is not None)
+    ctx = plugins.Context(model, src.labels, groups, cv=cv, seed=seed, n_boot=n_boot, n_perm=n_perm, topk=topk,
+                          lens_k=lens_k, targets=None if targets is None else tuple(targets),
+                          ladder=None if ladder is None else tuple(ladder),
+                          answer_ids=None if answer_ids is None else tuple(answer_ids), tuned_lens=tuned_lens,
+                          memory_limit=memory_limit, progress=progress, points=tuple(names))
+    ctx, logits_topk = plugins.plan(chosen, ctx)  # what every readout needs, recorded by one collect
 
-    acts = collect(model, src.images, prompts, points=record, positions=pos_list, batch_size=batch_size,
+    acts = collect(model, src.images, prompts, points=list(ctx.record), positions=pos_list, batch_size=batch_size,
                    store=store, progress=progress, logits_topk=logits_topk, answers=answers)
     if rank != 0:  # probes and report run once, on rank 0 (see probekit.hooks.distributed)
         return None
 
+    tables = plugins.run_readouts(chosen, acts, ctx)
     notes: list[str] = []
-    lens_table = target_table = None
-    lens = LogitLens(model)
-    if want_lens:
-        lens_table = lens.top_k(acts, k=lens_k, points=lens_names)
-    if targets is not None:
-        target_table = lens.target_ranks(acts, targets, points=lens_names)
-    if src.labels is not None:
-        keep = [p for p in acts.points if p in names or p in ("logits", *topk_points("logits"))]
-        table = leakage(acts, src.labels, groups, cv=cv, seed=seed, topk=topk, lens_targets=target_table,
-                        points=keep, n_boot=n_boot, n_perm=n_perm, progress=progress, memory_limit=memory_limit)
-    else:
-        import pandas as pd
-
-        table = pd.DataFrame()
+    if src.labels is None:
         notes.append("No labels were given: the report shows the logit-lens read-out of each layer "
                      "(top tokens at each position) and no probe or mutual-information numbers.")
-    ladder_table = None
-    if ladder is not None and src.labels is not None:
-        from .readout.ladder import leakage_ladder
-        from .readout.lens import TunedLens
-
-        tl = TunedLens.fit(model, acts, seed=seed, progress=progress) if tuned_lens is True else (tuned_lens or None)
-        ladder_table = leakage_ladder(acts, src.labels, groups, lens=LogitLens(model, tuned=tl) if tl is not None else None,
-                                      ks=ladder, answer_ids=answer_ids, position="last", cv=cv, seed=seed,
-                                      n_boot=n_boot, n_perm=n_perm, progress=progress, memory_limit=memory_limit)
+    elif "table" not in tables:
+        notes.append("readouts= left out the probes: the report holds no probe or mutual-information numbers.")
     counts = dict(Counter(map(str, src.labels))) if src.labels is not None else None
     data = {**src.description, "n_images": n, "label_counts": counts,
             "groups": None if groups is None else int(len(set(map(str, groups))))}
     settings = {
         "model": model.name, "family": model.family,  # collect's fingerprint: the same weights, not hashed again
         "model_fingerprint": acts.meta.get("model_fingerprint") or model.fingerprint(),
-        "points": names, "positions": [position_name(p) for p in pos_list],
+        "points": list(ctx.points), "positions": [position_name(p) for p in pos_list],
         "prompts": list(dict.fromkeys(prompts))[:10], "targets": targets, "cv": cv, "seed": seed, "topk": topk,
         "ladder": None if ladder is None else list(ladder), "answer_tokens": answer_tokens,
         "n_boot": n_boot, "n_perm": n_perm, "batch_size": batch_size, "dtype": str(model.dtype).replace("torch.", ""),
         "device": str(model.device), "probekit_version": _version(), "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    return ScanReport(table=table, lens=lens_table, targets=target_table, settings=settings, data=data, notes=notes,
-                      ladder=ladder_table)
-
-
-def _logits_topk(topk: int | None, ladder: Sequence[int | None] | None, answer_ids: list[int] | None) -> int | None:
-    """How many of the output distribution's top tokens to keep per position (``collect(logits_topk=)``):
-    the largest k the output probes and the ladder read. None keeps the full logits, which only the
-    ladder's full rung (k None) and its answer-token rung (k == number of answer tokens) need."""
-    ks = [topk] if topk else []
-    if ladder is not None:
-        if None in ladder or (answer_ids is not None and len(answer_ids) in ladder):
-            return None
-        ks += [int(k) for k in ladder]
-    return max(ks) if ks else None
+    if readouts is not None:
+        settings["readouts"] = [r.name for r in chosen]
+    return ScanReport(table=tables.get("table"), lens=tables.get("lens"), targets=tables.get("targets"),
+                      ladder=tables.get("ladder"), settings=settings, data=data, notes=notes,
+                      extra={k: v for k, v in tables.items() if k not in plugins.SLOTS})
 
 
 def _one_keyword(prompts: Any, prompt: Any) -> Any:

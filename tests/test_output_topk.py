@@ -17,7 +17,7 @@ from probekit.hooks import ActivationStore
 from probekit.models import tiny
 from probekit.readout.ladder import ladder_features, leakage_ladder
 from probekit.readout.leakage import leakage, topk_features
-from probekit.scan import _logits_topk
+from probekit.readout import plugins
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,6 +98,13 @@ def test_scan_records_only_the_topk_and_reports_what_the_full_logits_gave(llava,
     before = leakage(full, LABELS, topk=10, points=[p for p in full.points if p in r.settings["points"] or p == "logits"],
                      **PROBE)
     pd.testing.assert_frame_equal(r.table, before, check_exact=True)
+
+
+def _logits_topk(topk, ladder, answer_ids):
+    """What scan keeps of the output with labels: the probes' needs merged with the ladder's."""
+    ctx = plugins.Context(None, LABELS, topk=topk, ladder=ladder, answer_ids=answer_ids)
+    chosen = [plugins.ProbesReadout()] + ([plugins.LadderReadout()] if ladder is not None else [])
+    return plugins.output_topk([r.needs(ctx) for r in chosen])
 
 
 def test_scan_keeps_the_full_logits_only_for_the_rungs_that_read_them():

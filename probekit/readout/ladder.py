@@ -122,8 +122,9 @@ def ladder_features(
     Args:
         acts: an ActivationStore or ``{point: Tensor}`` with ``lm.*.resid`` and ``logits`` (or the
             ``logits.topk`` / ``logits.topk_ids`` of ``collect(..., logits_topk=K)``: see the module docstring).
-        lens: a :class:`~probekit.readout.lens.LogitLens` (give it a ``tuned=`` TunedLens for
-            the tuned-lens rung; without ``lens`` that rung is left out).
+        lens: a :class:`~probekit.readout.lens.Lens` for the tuned-lens rung, read through its
+            ``decode`` (a :class:`~probekit.readout.lens.LogitLens` with a ``tuned=`` TunedLens; any
+            other lens decodes in its place); without ``lens`` that rung is left out.
         ks, answer_ids: see the module docstring.
         position: which stored position to read (None: the only one).
         matched: add the dimension-matched rungs (module docstring).

@@ -4,12 +4,17 @@ The logit lens (nostalgebraist 2020; on VLMs, Neo et al. 2024) applies the final
 unembedding to the residual stream of any layer at any position, image positions included.
 The tuned lens (Belrose et al. 2023) first maps each layer with a learned affine translator
 ``h + A h + b`` (A, b start at zero), trained to minimise KL(final distribution || lens).
+
+:class:`Lens` is what every lens shares: one ``decode`` (a point's activations to logits over the
+vocabulary) and the tables built on it (top-k tokens, target ranks, KL to the final layer).
+:class:`LogitLens` is one; a new lens subclasses :class:`Lens` and writes ``decode`` only.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from abc import ABC, abstractmethod
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
@@ -24,7 +29,7 @@ from ..hooks.points import Point
 from ..hooks.store import ActivationStore
 from . import lens_file as _file
 
-__all__ = ["LogitLens", "TunedLens", "lens_points"]
+__all__ = ["Lens", "LogitLens", "TunedLens", "lens_points"]
 
 def _layer_of(point: str) -> float:
     return int(p.depth) if (p := Point.parse(point)).in_stream else math.nan
@@ -149,44 +154,44 @@ class TunedLens(nn.Module):
         return tl.eval()
 
 
-class LogitLens:
-    """Decode residual-stream vectors with the model's final norm and unembedding.
+class Lens(ABC):
+    """Maps a point's activations to logits over the model's vocabulary; the tables every lens gives.
+
+    A subclass writes :meth:`decode` only; :meth:`log_probs`, :meth:`top_k`, :meth:`target_ranks` and
+    :meth:`kl_to_final` are built on it, and the ladder (:func:`probekit.readout.ladder.leakage_ladder`),
+    the membership lens scores and a scan's lens tables read any lens through ``decode``.
 
     Args:
-        model: a :class:`probekit.Model` (only its final norm and unembedding are used).
-        tuned: an optional :class:`TunedLens`; its translators are applied first.
+        model: the :class:`probekit.Model` whose tokenizer names the tokens (and whose last layer
+            :meth:`kl_to_final` compares with).
 
     Example:
-        >>> import probekit, tempfile
+        >>> import probekit, tempfile, torch
         >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
+        >>> class RandomLens(Lens):  # decodes through one fixed random matrix
+        ...     def __init__(self, model):
+        ...         super().__init__(model)
+        ...         g = torch.Generator().manual_seed(0)
+        ...         self.w = torch.randn(model.d_model, model.unembed.weight.shape[0], generator=g)
+        ...     def decode(self, h, point=None):
+        ...         return h.float().cpu() @ self.w
         >>> s = probekit.collect(m, probekit.tiny.fixture_images(4, 32), "What shape?",
-        ...                      points=["lm.*.resid"], positions=("last", "image_mean"), progress=False)
-        >>> table = LogitLens(m).top_k(s, k=3)
-        >>> sorted(table.columns)[:3]
-        ['layer', 'point', 'position']
+        ...                      points=["lm.*.resid"], positions="last", progress=False)
+        >>> top = RandomLens(m).top_k(s, k=2)
+        >>> len(top) == m.n_layers * 2, list(top["rank"][:2])
+        (True, [1, 2])
     """
 
-    def __init__(self, model: Any, tuned: TunedLens | None = None):
+    def __init__(self, model: Any):
         self.model = model
-        self.tuned = tuned
-        self.dtype = model.dtype
 
-    def frozen(self) -> tuple[nn.Module, nn.Module]:
-        norm = self.model.final_norm if self.model.final_norm is not None else nn.Identity()
-        return norm, self.model.head
-
+    @abstractmethod
     def decode(self, h: torch.Tensor, point: str | None = None) -> torch.Tensor:
-        """Logits ``[..., vocab]`` (float32) for residual vectors ``h[..., d]``."""
-        if h.shape[-1] != self.model.d_model:
-            raise InputError(f"vectors of width {h.shape[-1]} cannot be decoded by a model of width {self.model.d_model}",
-                             fix="pass lm.*.resid activations of this model")
-        norm, unembed = self.frozen()
-        dev = self.model.device
-        with torch.no_grad():
-            x = h.to(dev)
-            if self.tuned is not None and point is not None:
-                x = self.tuned(x.float(), point)
-            return unembed(norm(x.to(self.dtype))).float()
+        """Logits ``[..., vocab]`` (float32) for the activations ``h[..., d]`` of ``point``."""
+
+    def log_probs(self, h: torch.Tensor, point: str | None = None) -> torch.Tensor:
+        """Log-probabilities ``[..., vocab]``: log-softmax of :meth:`decode`."""
+        return torch.log_softmax(self.decode(h, point), -1)
 
     def _iter(self, store: Any, points: Sequence[str] | None):
         """``(point, position, [n, d])`` for every position of every lens point, read one position at a time."""
@@ -200,7 +205,8 @@ class LogitLens:
                 yield p, pos, store.read(p, j)
 
     def _probs(self, x: torch.Tensor, point: str, chunk: int = 512) -> torch.Tensor:
-        return torch.cat([torch.softmax(self.decode(c, point), -1).cpu() for c in x.split(chunk)])
+        with torch.no_grad():  # a subclass's decode need not turn autograd off itself (a lens with parameters)
+            return torch.cat([torch.softmax(self.decode(c, point), -1).cpu() for c in x.split(chunk)])
 
     def top_k(self, store: Any, k: int = 5, points: Sequence[str] | None = None, per_sample: bool = False) -> pd.DataFrame:
         """Top-k tokens per layer and position.
@@ -275,3 +281,42 @@ class LogitLens:
                          "kl_lo": kl.mean().item() - half, "kl_hi": kl.mean().item() + half})
         return pd.DataFrame(rows)
 
+
+class LogitLens(Lens):
+    """Decode residual-stream vectors with the model's final norm and unembedding.
+
+    Args:
+        model: a :class:`probekit.Model` (only its final norm and unembedding are used).
+        tuned: an optional :class:`TunedLens`; its translators are applied first.
+
+    Example:
+        >>> import probekit, tempfile
+        >>> m = probekit.load(probekit.tiny.build("llava", tempfile.mkdtemp() + "/m"))
+        >>> s = probekit.collect(m, probekit.tiny.fixture_images(4, 32), "What shape?",
+        ...                      points=["lm.*.resid"], positions=("last", "image_mean"), progress=False)
+        >>> table = LogitLens(m).top_k(s, k=3)
+        >>> sorted(table.columns)[:3]
+        ['layer', 'point', 'position']
+    """
+
+    def __init__(self, model: Any, tuned: TunedLens | None = None):
+        super().__init__(model)
+        self.tuned = tuned
+        self.dtype = model.dtype
+
+    def frozen(self) -> tuple[nn.Module, nn.Module]:
+        norm = self.model.final_norm if self.model.final_norm is not None else nn.Identity()
+        return norm, self.model.head
+
+    def decode(self, h: torch.Tensor, point: str | None = None) -> torch.Tensor:
+        """Logits ``[..., vocab]`` (float32) for residual vectors ``h[..., d]``."""
+        if h.shape[-1] != self.model.d_model:
+            raise InputError(f"vectors of width {h.shape[-1]} cannot be decoded by a model of width {self.model.d_model}",
+                             fix="pass lm.*.resid activations of this model")
+        norm, unembed = self.frozen()
+        dev = self.model.device
+        with torch.no_grad():
+            x = h.to(dev)
+            if self.tuned is not None and point is not None:
+                x = self.tuned(x.float(), point)
+            return unembed(norm(x.to(self.dtype))).float()

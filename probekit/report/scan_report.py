@@ -69,6 +69,7 @@ class ScanReport:
         lens: logit-lens top-k table (:meth:`probekit.readout.lens.LogitLens.top_k`) or None.
         targets: target-string ranks (:meth:`probekit.readout.lens.LogitLens.target_ranks`) or None.
         ladder: the leakage ladder (:func:`probekit.readout.ladder.leakage_ladder`) or None.
+        extra: the tables of plug-in readouts (:mod:`probekit.readout.plugins`) by name, beside the four above.
         settings: how it was run: model name, family, points, positions, prompt, seed, cv,
             probekit version, timings, ...
         data: what it was run on: number of images, label counts, where they came from.
@@ -94,6 +95,7 @@ class ScanReport:
     data: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ladder: pd.DataFrame | None = None
+    extra: dict = field(default_factory=dict)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # every reader of .table (figures, summary, pages, compare) can rely on normalised rows
@@ -105,6 +107,12 @@ class ScanReport:
             if v is not None and not isinstance(v, pd.DataFrame):
                 raise InputError(f"ScanReport.{name} must be a pandas DataFrame, got {type(v).__name__}",
                                  fix="pass the table returned by probekit.scan / probe_layers / LogitLens")
+        self.extra = dict(self.extra or {})
+        for name, v in self.extra.items():
+            if name in TABLES or not isinstance(v, pd.DataFrame):
+                raise InputError(f"ScanReport.extra[{name!r}] must be a pandas DataFrame named other than "
+                                 f"{list(TABLES)}",
+                                 fix="return {name: DataFrame} from a readout's run, with a name of its own")
         self.settings = dict(self.settings or {})
         self.data = dict(self.data or {})
         self.notes = [str(n) for n in (self.notes or [])]
@@ -208,6 +216,8 @@ class ScanReport:
         if not isinstance(other, ScanReport):
             return NotImplemented
         return (all(frames_equal(getattr(self, t), getattr(other, t)) for t in TABLES)
+                and set(self.extra) == set(other.extra)
+                and all(frames_equal(v, other.extra[k]) for k, v in self.extra.items())
                 and jsonable(self.settings) == jsonable(other.settings)
                 and jsonable(self.data) == jsonable(other.data) and self.notes == other.notes)
 
@@ -221,8 +231,8 @@ class ScanReport:
         Values that JSON lacks are converted (tuples to lists, numpy numbers to numbers,
         paths to strings); :meth:`from_json` restores the tables' column dtypes.
         """
-        return dump_report("scan", {t: getattr(self, t) for t in TABLES}, self.settings, self.data, self.notes,
-                           indent=indent)
+        tables = {**{t: getattr(self, t) for t in TABLES}, **self.extra}
+        return dump_report("scan", tables, self.settings, self.data, self.notes, indent=indent)
 
     @classmethod
     def from_json(cls, s: str | bytes) -> "ScanReport":
@@ -231,7 +241,7 @@ class ScanReport:
         tables = obj["tables"]
         return cls(table=tables.get("table"), lens=tables.get("lens"), targets=tables.get("targets"),
                    ladder=tables.get("ladder"), settings=obj.get("settings") or {}, data=obj.get("data") or {},
-                   notes=obj.get("notes") or [])
+                   notes=obj.get("notes") or [], extra={k: v for k, v in tables.items() if k not in TABLES and v is not None})
 
     def to_html(self, title: str | None = None, intro: str | None = None) -> str:
         """The page :meth:`save` writes, as a string."""
