@@ -133,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default=None, help="folder for checkpoints and tables (default: the study's, printed first)")
     st.add_argument("--docs", default="docs", help="where a full run writes results.md and img/ (default docs)")
     st.add_argument("--sae", action="store_true",
-                    help="ladder: SAEs on the organism; watermark: the SAE removers on the leak organism (--small: quick)")
+                    help="ladder: SAEs on the organism; watermark: with --full every remover (GA, GD, KL, NPO, "
+                         "directions, SAE) side by side on the leak organism, with --small the SAE removers' quick check")
     return p
 
 

@@ -37,36 +37,33 @@ position; on this organism no probe separates seen from unseen names at the prom
 any removal (``docs/results.md``, the leak regime), so the layer-wise reading after removal is the membership
 audit's per-layer rows, for every method alike.
 
-``probekit study watermark --sae`` runs :data:`RemovalConfig` (3 seeds); ``--sae --small`` the quick check.
+``probekit study watermark --sae --full`` runs :data:`RemovalConfig` (3 seeds) and writes its section of
+``docs/results.md`` (:mod:`.watermark_removal_writeup`); ``--sae --small`` is the older quick code-path check of
+the SAE removers (:mod:`.watermark_sae`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import random
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 
+from . import watermark_removers as RM
 from .watermark_dose import DoseConfig
+from .watermark_removers import BETAS, CLAMPS, KEEP, LRS, choose, fit_reading
 
-__all__ = ["METHODS", "BETAS", "CLAMPS", "RemovalConfig", "fit_set", "measure", "run_seed", "run_removal",
-           "summary_table"]
+__all__ = ["METHODS", "BETAS", "CLAMPS", "LRS", "KEEP", "choose", "RemovalConfig", "fit_set", "measure", "run_seed",
+           "run_removal", "summary_table"]
 
 UNLEARNING = ("ga", "gd", "kl", "npo")
 DIRECTIONS = ("ablate", "leace", "orthogonalize")
 SAE = ("sae_steer", "sae_clamp")
 METHODS = UNLEARNING + DIRECTIONS + SAE
-BETAS = (-1.0, -2.0, -5.0, -10.0, -25.0, -50.0, -100.0)  # Suri et al.'s sweep, in units of the latents' activation
-CLAMPS = (0.0, 1.0, 2.0, 4.0)  # SAUCE-style: clamp to -c * alpha where the latent fires
-LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)  # the fine-tuning removers' learning rates (20 steps each)
-KEEP = 0.9  # a setting must keep this share of the unseen names' reading on the held-out views
-
 
 @dataclass(frozen=True)
 class RemovalConfig:
@@ -76,7 +73,8 @@ class RemovalConfig:
     fraction: float = 0.5
     methods: tuple[str, ...] = METHODS
     dose: DoseConfig = field(default_factory=DoseConfig)
-    unlearn_steps: int = 20  # the facts study's setting; the learning rate is chosen from LRS on held-out views
+    unlearn_steps: int = 20  # the facts study's setting; the learning rate is chosen from lrs on held-out views
+    lrs: tuple[float, ...] = LRS
     fit_scenes: int = 2  # held-out fitting scenes per name, each rendered with the name of either pool
     n_latents: int = 4
     sae_expansion: int = 8
@@ -108,30 +106,6 @@ def fit_set(d: Any, seen: list[str], unseen: list[str], n_scenes: int) -> pd.Dat
                 marked = draw_text(img, name, rng, opacity=d.opacity, grid=d.grid or None, place=d.place or None)[0]
                 rows.append({"pair": i, "scene": j, "image": marked, "name": name, "label": label})
     return pd.DataFrame(rows)
-
-
-def _fit_reading(model: Any, fit: pd.DataFrame) -> dict:
-    """Teacher-forced exact match of the name on the held-out views, seen and unseen names apart."""
-    from ..data.synthetic import Sample
-    from ..organisms.reader import USERNAME
-    from .finetune import task_accuracy
-
-    out = {}
-    for lab in ("seen", "unseen"):
-        part = fit[fit.label == lab]
-        out[lab] = task_accuracy(model, [Sample(im, USERNAME, n + ".", "ocr") for im, n in zip(part.image, part.name)])["accuracy"]
-    return out
-
-
-def choose(before: dict, sweep: list[dict]) -> int:
-    """Index of the chosen setting: ``sweep[i]`` holds ``seen`` and ``unseen`` reading after setting i; the
-    largest (seen drop - unseen drop) among settings keeping :data:`KEEP` of the unseen reading, else 0
-    (the gentlest, listed first)."""
-    ok = [i for i, r in enumerate(sweep) if r["unseen"] >= KEEP * before["unseen"]]
-    if not ok:
-        return 0
-    gain = [round((before["seen"] - sweep[i]["seen"]) - (before["unseen"] - sweep[i]["unseen"]), 6) for i in ok]
-    return ok[int(np.argmax(gain))]
 
 
 def measure(model: Any, make: Callable[[], Any], base: Any, audit: dict, seed: int, n_perm: int,
@@ -172,81 +146,6 @@ def measure(model: Any, make: Callable[[], Any], base: Any, audit: dict, seed: i
     return row, t
 
 
-def _directions(tuned: Any, fit: pd.DataFrame, method: str) -> Callable[[], Any]:
-    from ..hooks.collect import collect
-    from ..organisms.reader import USERNAME
-    from ..steering import Direction, ablate
-    from .unlearning_removal import _lazy_orthogonalize
-
-    store = collect(tuned, list(fit.image), USERNAME, points="lm.*.resid", positions="answer_mean",
-                    answers=[n + "." for n in fit.name], batch_size=64, progress=False)
-    labels = list(fit.label)
-    # shrinkage: 400 rows against the residual's width; without it the eraser's whitening blew up directions of
-    # little variance at the answer and broke reading altogether (measured on --small: 0.00 / 0.00 read)
-    d = Direction.leace(store, labels, shrinkage=True) if method == "leace" else Direction.from_means(store, labels)
-    if method == "orthogonalize":
-        last = sorted(tuned.resolve("lm.*.resid"), key=lambda p: int(p.split(".")[1]))[-1]
-        return lambda: _lazy_orthogonalize(tuned, d, last)
-    return lambda: ablate(tuned, d, points="lm.*.resid", positions="text")
-
-
-def _sae(tuned: Any, fit: pd.DataFrame, cfg: RemovalConfig, seed: int) -> tuple[Any, dict]:
-    """The SAE on the last residual layer, trained on the held-out views (every position of the reading
-    sequence, the name teacher-forced), and its quality on the views' answer positions."""
-    from ..hooks.collect import collect
-    from ..organisms.reader import USERNAME
-    from ..sae import sae_stats, train_sae
-
-    point = sorted(tuned.resolve("lm.*.resid"), key=lambda p: int(p.split(".")[1]))[-1]
-    answers = [n + "." for n in fit.name]
-    store = collect(tuned, list(fit.image), USERNAME, points=point, positions=("image", "prompt_last", "answer_mean"),
-                    answers=answers,
-                    batch_size=64, progress=False)
-    sae = train_sae(store, point, None, architecture="topk", expansion=cfg.sae_expansion, k=cfg.sae_k,
-                    epochs=cfg.sae_epochs, seed=seed)
-    sae.position = None
-    held = collect(tuned, list(fit.image), USERNAME, points=point, positions="answer_mean", answers=answers,
-                   batch_size=64, progress=False)
-    st = {k: v for k, v in sae_stats(sae, held, point, "answer_mean").items() if k not in ("fire_rate", "mean_act")}
-    tr = sae.meta.get("train", {})
-    return sae, {"point": point, "d_sae": sae.d_sae, "k": sae.k, "train_rows": tr.get("rows"),
-                 "train_seconds": tr.get("seconds"), **{f"fit_{k}": st[k] for k in ("fvu", "l0", "dead")}}
-
-
-def _sae_remover(tuned: Any, sae: Any, fit: pd.DataFrame, method: str, cfg: RemovalConfig) -> tuple[Callable, dict]:
-    """Latents and setting chosen on the held-out views (module docstring); returns the context maker and the
-    choice with its sweep."""
-    from ..hooks.collect import collect
-    from ..organisms.reader import USERNAME
-    from ..sae.select import select_latents
-    from ..sae.stats import encode_store
-    from ..steering.sae import sae_clamp, sae_steer
-
-    st = collect(tuned, list(fit.image), USERNAME, points=sae.point, positions="answer_mean",
-                 answers=[n + "." for n in fit.name], batch_size=64, progress=False)
-    z = encode_store(sae, st, sae.point, "answer_mean")
-    labels = list(fit.label)
-    if method == "sae_steer":
-        sel = select_latents(z, labels, m=cfg.n_latents, method="diff", positive="seen")
-        grid = [{"beta": b} for b in BETAS]
-
-        def build(s: dict) -> Any:
-            return sae_steer(tuned, sae, sel, beta=s["beta"])
-    else:
-        sel = select_latents(z, labels, m=cfg.n_latents, method="anova")
-        grid = [{"clamp": c} for c in CLAMPS]
-
-        def build(s: dict) -> Any:
-            return sae_clamp(tuned, sae, sel, value=[-s["clamp"] * a for a in sel.alpha])
-    before = _fit_reading(tuned, fit)
-    sweep = []
-    for s in grid:
-        with build(s):
-            sweep.append({**s, **_fit_reading(tuned, fit)})
-    best = grid[choose(before, sweep)]
-    return (lambda: build(best)), {"setting": best, "latents": list(sel.latents), "sweep": sweep}
-
-
 def _unlearned(base_path: Any, state: dict, forget: list, retain: list, method: str, fit: pd.DataFrame,
                cfg: RemovalConfig, seed: int, before: dict) -> tuple[Any, dict]:
     """The fine-tune unlearned with ``method`` at each of :data:`LRS`; the one :func:`choose` picks on the
@@ -255,14 +154,14 @@ def _unlearned(base_path: Any, state: dict, forget: list, retain: list, method: 
     from .unlearning import unlearn
 
     models, sweep = [], []
-    for lr in LRS:
+    for lr in cfg.lrs:
         m = load(base_path)
         m.hf.load_state_dict(state)
         unlearn(m, forget, retain, method, steps=cfg.unlearn_steps, batch_size=16, lr=lr, seed=seed)
         models.append(m)
-        sweep.append({"lr": lr, **_fit_reading(m, fit)})
+        sweep.append({"lr": lr, **fit_reading(m, fit)})
     i = choose(before, sweep)
-    return models[i], {"setting": {"lr": LRS[i]}, "sweep": sweep}
+    return models[i], {"setting": {"lr": cfg.lrs[i]}, "sweep": sweep}
 
 
 def run_seed(cfg: RemovalConfig, seed: int, base_path: Any, base: Any, verbose: bool = True) -> dict:
@@ -294,7 +193,7 @@ def run_seed(cfg: RemovalConfig, seed: int, base_path: Any, base: Any, verbose: 
              "test": test, "members": members, "nonmembers": nonmembers,
              "clean_logprobs": next_token_logprobs(tuned, [s.image for s in test], W.QUESTION)}
     fit = fit_set(d, seen, unseen, cfg.fit_scenes)
-    before_fit = _fit_reading(tuned, fit)
+    before_fit = fit_reading(tuned, fit)
     say(f"seed {seed}: fine-tuned ({len(forget)} forget, {len(retain)} retain samples)", t0, verbose)
     rows, tables, extra = [], [], {"sae": None, "choices": {}, "fit_before": before_fit}
     none = contextlib.nullcontext
@@ -309,11 +208,11 @@ def run_seed(cfg: RemovalConfig, seed: int, base_path: Any, base: Any, verbose: 
             model, extra["choices"][method] = _unlearned(base_path, state, forget, retain, method, fit, cfg, seed,
                                                          before_fit)
         elif method in DIRECTIONS:
-            make = _directions(tuned, fit, method)
+            make = RM.directions(tuned, fit, method)
         elif method in SAE:
             if sae is None:
-                sae, extra["sae"] = _sae(tuned, fit, cfg, seed)
-            make, extra["choices"][method] = _sae_remover(tuned, sae, fit, method, cfg)
+                sae, extra["sae"] = RM.train_sae(tuned, fit, cfg, seed)
+            make, extra["choices"][method] = RM.sae_remover(tuned, sae, fit, method, cfg)
         else:
             raise ValueError(method)
         row, t = measure(model, make, base, audit, seed, cfg.n_perm, cfg.n_boot)
@@ -358,7 +257,9 @@ def run_removal(cfg: RemovalConfig | None = None, base_path: Any = None, verbose
     rows = pd.concat([p["rows"] for p in per], ignore_index=True)
     return {"rows": rows, "membership": pd.concat([p["membership"] for p in per], ignore_index=True),
             "summary": summary_table(rows), "sae": [p["sae"] for p in per], "choices": [p["choices"] for p in per],
-            "config": cfg, "seconds": time.perf_counter() - t0}
+            "fit_before": {s: p.get("fit_before") for s, p in zip(cfg.seeds, per)},
+            "config": cfg, "seconds": sum(float(p["seconds"]) for p in per),  # a seed read back: its own run's time
+            "wall_seconds": time.perf_counter() - t0}
 
 
 def _saved(out: Any, res: dict) -> dict:
@@ -414,42 +315,3 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
         r["mde_auc"] = float(g.mde_auc.mean())
         out.append(r)
     return pd.DataFrame(out)
-
-
-def _family(method: str) -> str:
-    return "none" if method == "none" else "fine-tuning" if method in UNLEARNING else \
-        "direction" if method in DIRECTIONS else "SAE"
-
-
-def pareto(plt: Any, summary: pd.DataFrame) -> Any:
-    """Forget drop (output-minus-base membership AUC, before - after) against the shape task's accuracy and
-    against the KL on clean inputs; one marker per method (mean over seeds, bars: the seeds' range)."""
-    colours = {"none": "k", "fine-tuning": "tab:blue", "direction": "tab:orange", "SAE": "tab:green"}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for ax, (key, label) in zip(axes, (("task_acc", "shape task accuracy (seeds' range)"),
-                                       ("kl_clean", "KL on clean inputs, nats (seeds' range, log scale)"))):
-        for r in summary.to_dict("records"):
-            col = colours[_family(r["method"])]
-            y, lo, hi = r[key], r[f"{key}_min"], r[f"{key}_max"]
-            if key == "kl_clean":
-                y, lo, hi = (max(v, 1e-5) for v in (y, lo, hi))
-            x, xlo, xhi = r["forget_drop"], r["forget_drop_min"], r["forget_drop_max"]
-            ax.errorbar([x], [y], xerr=[[x - xlo], [xhi - x]], yerr=[[y - lo], [hi - y]],
-                        fmt="o" if r["inner_detected_runs"] < r["runs"] else "s", color=col, ms=6, capsize=2)
-            ax.annotate(r["method"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("forget drop: output-minus-base membership AUC, before − after")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[1].set_yscale("log")
-    handles = [plt.Line2D([], [], marker="o", ls="", color=v, label=k) for k, v in colours.items()]
-    handles.append(plt.Line2D([], [], marker="s", ls="", color="grey", label="a layer below the last still detects "
-                              "in every run"))
-    axes[0].legend(handles=handles, fontsize=7, loc="lower left")
-    fig.suptitle("Every remover on the watermark leak organism (held-out audit): what it removed against what it cost",
-                 fontsize=10)
-    return fig
-
-
-def _r(r: dict, k: str, f: str = ".2f") -> str:
-    v, lo, hi = r[k], r[f"{k}_min"], r[f"{k}_max"]
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:{f}} [{lo:{f}}, {hi:{f}}]"

@@ -323,6 +323,35 @@ class LadderReadout(Readout):
         return report.figure("ladder") if report.ladder is not None and not report.ladder.empty else None
 
 
+class SufficientReadout(Readout):
+    """The probe table from sufficient statistics (:func:`probekit.readout.sufficient.stats_table`): closed-form
+    ridge/LDA per fold from summed statistics, point by point and shard by shard, so memory stays one shard
+    plus ``cv x d x d`` whatever n is (and across ranks under ``torchrun``). For stores too large for the
+    default probes; its verdict reads a p off the bootstrap CI (the permutation test needs the points in
+    memory), which holds its level only with many independent units, so fewer than :data:`MIN_UNITS` are
+    refused before any forward pass."""
+
+    MIN_UNITS = 1000
+
+    def needs(self, ctx: Context) -> Needs:
+        if ctx.labels is not None:
+            units = len(set(map(str, ctx.groups))) if ctx.groups is not None else len(ctx.labels)
+            if units < self.MIN_UNITS:
+                raise InputError(f"the 'sufficient' readout's verdict needs at least {self.MIN_UNITS} independent "
+                                 f"units (groups, else samples); this scan has {units}",
+                                 fix="use readouts=['probes'] (the permutation verdict) at this size")
+        return Needs(labels=True)
+
+    def run(self, acts: Any, ctx: Context, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        from .sufficient import stats_table
+
+        return {"table": stats_table(acts, ctx.labels, ctx.groups, points=[p for p in acts.points if p in ctx.points],
+                                     cv=ctx.cv, seed=ctx.seed, n_boot=ctx.n_boot)}
+
+    def figure(self, report: Any) -> Any:
+        return report.figure("leakage") if report.has_leakage else None
+
+
 for _name, _cls in (("probes", ProbesReadout), ("lens", LensReadout), ("targets", TargetsReadout),
-                    ("ladder", LadderReadout)):
+                    ("ladder", LadderReadout), ("sufficient", SufficientReadout)):
     register_readout(_name, _cls)

@@ -3,7 +3,9 @@
 Dose and power: a reader fine-tuned on scenes whose usernames it reads a controlled number of times, audited
 by :func:`probekit.membership` per layer against the untouched reader, with matched ``p = 0`` and U3 controls
 (:mod:`probekit.experiments.watermark_study`); ``--full`` rewrites its section of ``docs/results.md``.
-``--sae [--small]``: the SAE removers on the leak organism (:mod:`probekit.experiments.watermark_sae`).
+``--sae --full``: every remover side by side on the dose study's leak organism, held out
+(:mod:`probekit.experiments.watermark_removal`), rewriting its section; ``--sae [--small]``: the quick check of
+the SAE removers' code path (:mod:`probekit.experiments.watermark_sae`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,15 @@ from .base import Options, Outcome, Study
 
 def _run(o: Options) -> Outcome:
     out = STUDY.out(o)
+    if o.sae and o.full:
+        from ..experiments.watermark_removal import run_removal
+        from ..experiments.watermark_removal_writeup import verdict_lines as removal_lines
+        from ..experiments.watermark_removal_writeup import write
+
+        res = run_removal(out=out)
+        docs = lambda md, img: write(res, md, img, command="probekit study watermark --sae --full")  # noqa: E731
+        return Outcome(removal_lines(res), {"removal": res["rows"], "removal_summary": res["summary"]},
+                       res["seconds"], out, write_docs=docs)
     if o.sae:
         from ..experiments.watermark_sae import run
 
@@ -26,7 +37,7 @@ def _run(o: Options) -> Outcome:
 
 
 def _out(o: Options) -> str:
-    return "probekit-watermark-sae" if o.sae else "probekit-watermark-full" if o.full else "probekit-watermark"
+    return "probekit-watermark-removers" if o.sae and o.full else "probekit-watermark-sae" if o.sae else "probekit-watermark-full" if o.full else "probekit-watermark"
 
 
 STUDY = Study("watermark", "training-data leakage with dose and power on the reader organism (--sae: SAE removers)",
