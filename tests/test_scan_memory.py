@@ -98,3 +98,18 @@ def test_the_planned_peak_at_7b_scale_is_one_unit_not_the_store():
     assert est["units_per_chunk"] == 1 and est["chunks"] == 64
     assert est["chunk"] == 100_000 * 4096 * 4
     assert est["total"] < 4e9  # the store is 52 GB; all its points in float32 would be 105 GB
+
+
+def test_the_table_does_not_depend_on_how_the_memory_limit_chunks_it():
+    """At d > 2 x rank the solver's preconditioner starts from random directions, seeded per point: by the
+    point's place in the whole table, not in its chunk, so one point per chunk gives the all-at-once table."""
+    g = torch.Generator().manual_seed(1)
+    n, d = 200, 160  # d > 128: the randomised preconditioner (rank 64 below 1,000 rows)
+    y = torch.arange(n) % 2
+    acts = {f"lm.{i}.resid": torch.randn(n, d, generator=g) + 0.15 * i * y[:, None].float() for i in range(4)}
+    kw = dict(n_boot=0, n_perm=19, progress=False, cv=3)
+    one = probe_layers(acts, y.tolist(), memory_limit=n * d * 4, **kw)  # one point per chunk
+    whole = probe_layers(acts, y.tolist(), memory_limit=1 << 30, **kw)  # every point in one solve
+    cols = ["accuracy", "mi_bits", "control_accuracy", "n_iter"]
+    pd.testing.assert_frame_equal(one[cols], whole[cols], check_exact=False, rtol=1e-5, atol=1e-6)
+    assert (whole.n_iter > 0).all() and whole.accuracy.iloc[3] > whole.accuracy.iloc[0]

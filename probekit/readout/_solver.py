@@ -85,7 +85,7 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def solve(X: Tensor, labels: Tensor, weights: Tensor, *args, callback=None, **kwargs) -> SolverResult:
+def solve(X: Tensor, labels: Tensor, weights: Tensor, *args, callback=None, first: int = 0, **kwargs) -> SolverResult:
     """Fit ``P x M`` logistic regressions; see :func:`_solve` (X is modified in place).
 
     On a CPU with several threads and at least as many points, the points are split into
@@ -94,18 +94,20 @@ def solve(X: Tensor, labels: Tensor, weights: Tensor, *args, callback=None, **kw
     chunks in parallel threads avoid that (1.46 s -> 0.95 s on the benchmark store).
     Each point's preconditioner is seeded by its index in the whole solve, so a problem
     takes the same path whichever chunk it lands in (values equal up to float rounding),
-    and the chunks depend only on P and the thread count: runs are reproducible.
+    and the chunks depend only on P and the thread count: runs are reproducible. ``first``: the
+    index of ``X``'s first point in the whole table, when the caller solves a table chunk by chunk
+    (under a memory limit), so a point's seed does not depend on the chunking either.
     The thread count is changed only inside this call (:func:`_torch_threads`).
     """
     P = X.shape[0]
     workers = torch.get_num_threads()
     if X.device.type != "cpu":
-        return _solve(X, labels, weights, *args, callback=callback, **kwargs)
+        return _solve(X, labels, weights, *args, callback=callback, first=first, **kwargs)
     small = X.numel() < _PARALLEL_MIN
     # With fewer points than threads, chunks would leave cores idle: one batch then.
     if workers == 1 or P < workers or small:
         with _torch_threads(1 if small else workers):
-            return _solve(X, labels, weights, *args, callback=callback, **kwargs)
+            return _solve(X, labels, weights, *args, callback=callback, first=first, **kwargs)
     size = -(-P // (2 * workers))  # two chunks per thread even out points that finish late
     starts = range(0, P, size)
     progress: dict[int, tuple[int, int]] = {}
@@ -120,7 +122,7 @@ def solve(X: Tensor, labels: Tensor, weights: Tensor, *args, callback=None, **kw
         b = a + size
         return _solve(
             X[a:b], _points(labels, slice(a, b)), _points(weights, slice(a, b)), *args,
-            callback=report if callback is not None else None, first=a, **kwargs,
+            callback=report if callback is not None else None, first=first + a, **kwargs,
         )
 
     with _torch_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="probekit-solve") as pool:

@@ -82,7 +82,10 @@ class Scorer:
     def heldout(self, X: Tensor, tasks: np.ndarray, folds: np.ndarray, n_classes: int,
                 options: ReadoutOptions, callback: Callback | None = None) -> HeldoutScores:
         """Held-out scores of ``X`` [P, n, d] for ``tasks`` [T, n] (codes 0..n_classes-1) under
-        ``folds`` [n] (test-fold id 0..cv-1 of each sample). ``X`` is the scorer's to overwrite."""
+        ``folds`` [n] (test-fold id 0..cv-1 of each sample). ``X`` is the scorer's to overwrite.
+        A scorer may also take ``first`` (the index of ``X``'s first point in the whole table, passed
+        when the table is scored chunk by chunk) to seed per-point randomness by the point's place in
+        the table, so that the table does not depend on the memory limit."""
         raise NotImplementedError
 
     def mutual_information(self, scores: HeldoutScores, heldout: np.ndarray, tasks: np.ndarray,
@@ -137,6 +140,7 @@ def heldout_logits(
     max_iter: int = 1000,
     tol: float = 1e-4,
     callback=None,
+    first: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Cross-validated logits for every point, task and sample in one batched solve.
 
@@ -150,7 +154,7 @@ def heldout_logits(
     train = (folds[None, :] != torch.arange(cv, device=folds.device)[:, None]).to(X.dtype)  # (cv, n)
     labels = tasks[:, None, :].expand(T, cv, n).reshape(1, T * cv, n)
     weights = train[None].expand(T, cv, n).reshape(1, T * cv, n)
-    res = solve(X, labels, weights, n_classes, C, max_iter=max_iter, tol=tol, callback=callback)
+    res = solve(X, labels, weights, n_classes, C, max_iter=max_iter, tol=tol, callback=callback, first=first)
     P, Kp = X.shape[0], res.logits.shape[-1]
     Z = res.logits.view(P, T, cv, n, Kp)
     pick = folds.view(1, 1, 1, n, 1).expand(P, T, 1, n, Kp)
@@ -162,11 +166,11 @@ class BatchedProbeScorer(Scorer):
     """L2 logistic probes (scikit-learn's objective), every point, fold and task in one
     batched L-BFGS solve (:func:`heldout_logits`); ``options.C``, ``max_iter``, ``tol``."""
 
-    def heldout(self, X, tasks, folds, n_classes, options, callback=None):
+    def heldout(self, X, tasks, folds, n_classes, options, callback=None, first=0):
         dev = X.device
         Z, n_iter, conv = heldout_logits(
             X, torch.as_tensor(tasks, device=dev), torch.as_tensor(folds, device=dev), n_classes, options.C,
-            max_iter=options.max_iter, tol=options.tol, callback=callback,
+            max_iter=options.max_iter, tol=options.tol, callback=callback, first=first,
         )
         return HeldoutScores(Z.double().cpu().numpy(), n_iter.cpu().numpy(), conv.cpu().numpy())
 
@@ -178,10 +182,10 @@ class KnnScorer(BatchedProbeScorer):
     components of the activations (labels unused, so nothing leaks across folds). Accuracy
     is still the probe's; no bootstrap CI of the MI (resampling duplicates points)."""
 
-    def heldout(self, X, tasks, folds, n_classes, options, callback=None):
+    def heldout(self, X, tasks, folds, n_classes, options, callback=None, first=0):
         # the principal components come first: the probe solve overwrites X
         feats = [pca_scores(X[p], options.n_components) for p in range(X.shape[0])] if options.n_components else None
-        scores = super().heldout(X, tasks, folds, n_classes, options, callback)
+        scores = super().heldout(X, tasks, folds, n_classes, options, callback, first)
         scores.features = feats
         return scores
 

@@ -106,13 +106,22 @@ def readout_table(acts: Any, labels: Any, groups: Any = None, options: ReadoutOp
             def cb(it: int, left: int) -> None:
                 bar.set_postfix(iter=it, unconverged=left, refresh=False)
 
-            scores = scorer.heldout(X, lab.tasks, lab.folds, lab.K, opts, callback=None if bar.disable else cb)
+            scores = scorer.heldout(X, lab.tasks, lab.folds, lab.K, opts, callback=None if bar.disable else cb,
+                                    **({"first": idx[0]} if _takes_first(scorer) else {}))
             del X
             rows += _rows(chunk, scores, scorer, lab, opts, null)
             bar.update(len(chunk))
     finally:
         bar.close()
     return add_verdicts(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def _takes_first(scorer: Scorer) -> bool:
+    """Whether ``scorer.heldout`` takes ``first`` (the built-ins do; a user's scorer need not)."""
+    import inspect
+
+    params = inspect.signature(scorer.heldout).parameters
+    return "first" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 READS = {"units": 0, "bytes": 0, "peak_chunk_bytes": 0}
