@@ -190,3 +190,17 @@ def test_base_tuned_lens_is_checked_before_any_forward_pass(organism, monkeypatc
     partial = probekit.TunedLens(base.d_model, ["lm.0.resid"], meta=dict(base_tl.meta))
     with pytest.raises(InputError, match="no translator for 'lm.1.resid'"):
         call(base=base, tuned_lens=tl, base_tuned_lens=partial)
+
+
+def test_the_summary_names_the_shallowest_detected_layer_whatever_the_row_order():
+    import pandas as pd
+
+    from probekit.report.membership_report import MembershipReport
+
+    rows = [("lm.2.resid", "logit-lens", True), ("lm.1.resid", "logit-lens", False),
+            ("lm.0.resid", "patched base-into-tuned", True), ("logits", "output", True)]
+    t = pd.DataFrame([{"point": p, "source": s, "score": "loss", "auc": 0.7, "auc_lo": 0.6, "auc_hi": 0.8,
+                       "tpr_at_1fpr": 0.1, "p_value": 0.01, "p_adjusted": 0.02 if d else 0.3, "detected": d,
+                       "mde_auc": 0.64} for p, s, d in rows])
+    line = MembershipReport(t, guard=t.head(0), attribution=None, settings={}).summary().splitlines()[0]
+    assert line.endswith("first layer: lm.0.resid (patched base-into-tuned, loss)") and "at 3 of 4 rows" in line

@@ -261,10 +261,15 @@ def _layers(res: dict, top: float) -> list[str]:
                  + ". Where the gap itself is small, these shares are noisy.")
         first = a.index[0]
         cal = lt[(lt.runs == keys[0]) & (lt.source == "logit-lens minus base") & (lt.point == first) & (lt.score == "loss")]
+        pat = lt[(lt.runs == keys[0]) & lt.source.str.startswith("patched") & (lt.point == first)]
         if len(cal) and a["mean"].iloc[0] > 0.5:
             L[-1] += (f" Patching at `{first}` already removes most of the gap, so the fine-tune changed what the name "
-                      f"does by then, yet the lens there reads membership at AUC {cal.auc.iloc[0]:.2f} (minus base): the "
-                      "change is made early and becomes readable only at the output.")
+                      f"does by then, yet the lens there reads membership at AUC {cal.auc.iloc[0]:.2f} (minus base)"
+                      + (": the change is made early and a lens, reading the answer-predicting position alone, sees "
+                         "it only at the output. The per-sample patching scores at the same layer read it: "
+                         + "; ".join(f"{r.source} AUC {r.auc:.2f} [{r.auc_min:.2f}, {r.auc_max:.2f}], detected in "
+                                     f"{int(r.detected)}/{int(r.n)} runs" for r in pat.itertuples()) + "."
+                         if len(pat) else ": the change is made early and becomes readable only at the output."))
         L[-1] += "\n"
     return L
 

@@ -45,8 +45,12 @@ class MembershipReport:
         m = int(t.p_value.notna().sum())
         if len(hits):
             inner = hits[~hits.source.str.startswith("output")]
-            first = f"; first layer: {inner.iloc[0].point} ({inner.iloc[0].source}, {inner.iloc[0].score})" \
-                if len(inner) else "; at the output only"
+            if len(inner):  # the shallowest detected layer (rows are ordered by source first, then depth)
+                depth = inner.point.str.extract(r"\.(\d+)\.", expand=False).astype(float).fillna(float("inf"))
+                r = inner.loc[depth.sort_values(kind="stable").index[0]]
+                first = f"; first layer: {r.point} ({r.source}, {r.score})"
+            else:
+                first = "; at the output only"
             lines.append(f"Membership detected at {len(hits)} of {m} rows (permutation test, family-wise 0.05){first}")
         else:
             mde = float(t.mde_auc.max())
