@@ -59,6 +59,8 @@ STAGES = {  # stage -> (file, function) whose cumulative time it is
 }
 NESTED = {  # parts of the forward, shown on their own (not counted twice in the rest)
     "  of which the unembedding (logits)": [("torch/nn/modules/linear.py", "forward")],  # hooked calls only
+    # since issue 28 the head runs on the kept rows only, outside the module (hooks/backends: deferred_head)
+    "  of which the head at the kept rows (deferred)": [("probekit/hooks/backends/__init__.py", "head")],
     "  of which masked mean over the image tokens": [("probekit/hooks/reductions.py", "masked_mean"),
                                                      ("probekit/hooks/positions.py", "_masked_mean")],  # before
 }
