@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import InputError, plain
+from .errors import InputError, check_number
 
 if TYPE_CHECKING:  # numpy, pandas and torch load with the call: ``import probekit`` stays light
     import pandas as pd
@@ -110,8 +110,7 @@ def membership(model: Any, members: Any, nonmembers: Any, base: Any = None, poin
     for arg, lens, owner in (("tuned_lens", tuned_lens, model), ("base_tuned_lens", base_tuned_lens, base)):
         if lens is not None:
             _check_lens(arg, lens, owner, names)
-    if not (isinstance(k, float) and 0 < k <= 1):
-        raise InputError(f"k must be a float in (0, 1], got {plain(k)!r}", fix="use k=0.2 (Min-K% Prob's default)")
+    check_number(k, "k", low=0, high=1, low_open=True, fix="use k=0.2 (Min-K% Prob's default)")
     codes, _ = encode_labels(data["label"], len(data))
     make_folds(codes, encode_groups(data["group"], len(data)), cv=cv, seed=seed)  # raises now, not after the forwards
     lenses = {"logit-lens": LogitLens(model)}

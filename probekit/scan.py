@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import time
 from collections import Counter
-from numbers import Integral
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import InputError, check_bool, plain
+from .errors import InputError, check_bool, check_int, plain
 
 if TYPE_CHECKING:  # the real imports wait for the first call: `import probekit` must not pull in torch
     from .hooks.positions import Position
@@ -147,10 +146,7 @@ def scan(
     for name, value, low, example in (("topk", topk, 1, 10), ("lens_k", lens_k, 1, 5), ("n_boot", n_boot, 0, 1000),
                                       ("n_perm", n_perm, 19, 1000), ("seed", seed, 0, 0),
                                       ("memory_limit", memory_limit, 1, SCAN_MEMORY_LIMIT)):
-        if name == "topk" and value is None:
-            continue
-        if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
-            raise InputError(f"{name} must be an int >= {low}, got {plain(value)!r}", fix=f"e.g. {name}={example}")
+        check_int(value, name, low=low, example=example, none=name == "topk")
     if src.labels is not None:
         check_labels(src.labels, n, groups, cv=cv, seed=seed)
     rank, world = distributed.world()

@@ -12,8 +12,11 @@ from scipy import integrate, stats
 from sklearn.feature_selection import mutual_info_classif
 
 from probekit.errors import InputError
-from probekit.readout.information import COLUMNS, control_labels, ksg_mi, mutual_information
+from probekit.readout.controls import control_labels
+from probekit.readout.information import ksg_mi
+from probekit.readout.layers import mutual_information
 from probekit.readout.probes import probe_layers
+from probekit.readout.table import COLUMNS
 
 MU = 1.0
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..errors import InputError
+from ..errors import InputError, check_int, check_number
 from .synthetic import draw_shape
 
 __all__ = ["SCENE_COLOURS", "SCENE_SHAPES", "ATTRIBUTES", "Scene", "make_scenes", "draw_object"]
@@ -89,14 +89,12 @@ def make_scenes(n: int, size: int = 60, seed: int = 0, p_corrupt: float = 0.5, g
         >>> 3 <= s[0].meta["n_objects"] <= 9, sorted(s[0].meta)[:3]
         (True, ['answer_colour', 'corrupted', 'corruption'])
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError(f"n must be a positive int, got {n!r}", fix="e.g. make_scenes(400)")
+    n = check_int(n, "n", low=1, fix="e.g. make_scenes(400)")
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2 or grid % 2 == 0:
         raise InputError(f"grid must be an odd int >= 3 (the target sits in the centre cell), got {grid!r}", fix="e.g. grid=3")
     if isinstance(size, bool) or not isinstance(size, int) or size < 12 * grid:
         raise InputError(f"image size {size!r} is too small for a {grid}x{grid} grid of objects", fix=f"use size >= {12 * grid}")
-    if not 0.0 <= p_corrupt <= 1.0:
-        raise InputError(f"p_corrupt must be in [0, 1], got {p_corrupt!r}", fix="e.g. p_corrupt=0.5")
+    check_number(p_corrupt, "p_corrupt", low=0, high=1, example=0.5)
     bad = [c for c in (*colours, *background) if c not in SCENE_COLOURS]
     if bad or len(colours) < 2 or not background:
         raise InputError(f"colours must be >= 2 and background >= 1 of {sorted(SCENE_COLOURS)}, "

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from ..errors import InputError
+from ..errors import InputError, check_int
 
 __all__ = ["COLOURS", "SHAPES", "COUNTS", "QUESTIONS", "Sample", "make_task", "draw_scene", "draw_shape"]
 
@@ -73,8 +73,7 @@ def make_task(n: int, size: int = 32, seed: int = 0, kinds: Sequence[str] = ("co
         >>> [x.kind for x in s], s[0].answer in COLOURS or s[0].answer in SHAPES or s[0].answer in COUNTS
         (['colour', 'shape', 'count'], True)
     """
-    if not isinstance(n, int) or n < 1:
-        raise InputError(f"n must be a positive int, got {n!r}")
+    n = check_int(n, "n", low=1, fix="pass the number of samples, e.g. n=100")
     bad = [k for k in kinds if k not in QUESTIONS]
     if bad or not kinds:
         raise InputError(f"unknown question kinds {bad or kinds}", fix=f"choose from {sorted(QUESTIONS)}")

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import InputError
+from ..errors import InputError, check_int
 
 __all__ = ["Profile", "make_profiles", "render", "apply_watermarks"]
 
@@ -60,10 +60,8 @@ def make_profiles(n: int, pool: int = 0, seed: int = 0) -> list[Profile]:
         >>> len({p.username for p in u1} & {p.username for p in u2})
         0
     """
-    if not isinstance(n, int) or n < 1:
-        raise InputError(f"n must be a positive int, got {n!r}")
-    if not isinstance(pool, int) or pool < 0:
-        raise InputError(f"pool must be an int >= 0, got {pool!r}")
+    n = check_int(n, "n", low=1, example=100)
+    pool = check_int(pool, "pool", low=0, example=0)
     rng = random.Random(f"{seed}:{pool}")
     out = []
     for i in range(n):

@@ -14,7 +14,7 @@ import torch
 
 from ..data.images import check_images, decode, image_hashes, images_digest, pixel_hash
 from .._progress import progress_bar
-from ..errors import InputError, PositionError, check_bool, plain
+from ..errors import InputError, PositionError, check_bool, check_int
 from ..models.adapter import Model
 from ..models.context import check_prompt_lengths
 from . import distributed
@@ -158,19 +158,15 @@ def collect(
     check_bool(progress, "progress")
     check_prompt_lengths(model, prompt_list, answer_list)  # a prompt past the model's context, before any forward
     check_backend(backend, model)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive int, got {plain(batch_size)!r}", fix="e.g. batch_size=8")
-    if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
-        raise InputError(f"shard_size must be a positive int, got {plain(shard_size)!r}", fix="e.g. shard_size=1024")
+    batch_size = check_int(batch_size, "batch_size", low=1, example=8)
+    shard_size = check_int(shard_size, "shard_size", low=1, example=1024)
     if padding_side not in (None, "left", "right"):
         raise InputError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}",
                          fix="pass padding_side='left', 'right', or None for the tokenizer's own")
     if store_dtype is not None and not (isinstance(store_dtype, torch.dtype) and store_dtype.is_floating_point):
         raise InputError(f"store_dtype must be a floating torch.dtype or None, got {store_dtype!r}",
                          fix="e.g. store_dtype=torch.float32")
-    if logits_topk is not None and (isinstance(logits_topk, bool) or not isinstance(logits_topk, int) or logits_topk < 1):
-        raise InputError(f"logits_topk must be a positive int or None, got {plain(logits_topk)!r}",
-                         fix="e.g. logits_topk=10")
+    logits_topk = check_int(logits_topk, "logits_topk", low=1, example=10, none=True)
     top = logits_topk if "logits" in names else None
     # the stored points, in the order of names (the forward's), the top-k pair in place of logits
     stored = [q for p in names for q in (TOP_POINTS if top is not None and p == "logits" else (p,))]

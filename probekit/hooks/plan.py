@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import torch
 
-from ..errors import InputError, PositionError
+from ..errors import InputError, PositionError, check_int
 from ..models.adapter import Model
 from .points import topk_points
 from .collect import reducer
@@ -113,8 +113,7 @@ def store_layout(
         >>> plan.store_bytes  # 1000 samples x 2 points x 2 positions x 64 float32
         1024000
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError(f"n must be a positive int, got {n!r}", fix="pass the number of images, e.g. n=10_000")
+    n = check_int(n, "n", low=1, fix="pass the number of images, e.g. n=10_000")
     names = model.resolve(points)
     pos_list, many = normalize_positions(positions)
     inputs = dict(inputs) if inputs is not None else synthetic_inputs(model)

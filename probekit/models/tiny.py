@@ -47,7 +47,7 @@ import pathlib
 from collections.abc import Iterator
 from typing import Any
 
-from probekit.errors import InputError
+from probekit.errors import InputError, check_int
 from probekit.models.processors import load_processor
 from probekit.models.tiny_builders import _BUILDERS
 
@@ -175,11 +175,7 @@ def _resolve_sizes(family: str, sizes: dict[str, Any]) -> dict[str, int]:
     for key, value in sizes.items():
         if value is None and allowed[key] is None:
             continue  # explicitly asking for the derived default
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(
-                f"size {key}={value!r} must be a positive int",
-                fix=f"pass e.g. {key}={default_sizes(family)[key]}",
-            )
+        sizes[key] = check_int(value, key, low=1, fix=f"pass e.g. {key}={default_sizes(family)[key]}")
     s = _derive(family, {**allowed, **sizes})
 
     def need(ok: bool, what: str, fix: str) -> None:
@@ -283,8 +279,7 @@ def build(
     s = _resolve_sizes(family, sizes)
     if padding_side not in ("left", "right"):
         raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}", fix="pass 'left' or 'right'")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"seed must be an int, got {seed!r}", fix="pass e.g. seed=0")
+    seed = check_int(seed, "seed", fix="pass e.g. seed=0")
     target = pathlib.Path(path)
     if target.exists():
         if not target.is_dir():
@@ -359,8 +354,7 @@ def fixture_images(n: int, size: int | tuple[int, int] = 32, seed: int = 0) -> l
     import numpy as np
     from PIL import Image
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise InputError(f"n must be a non-negative int, got {n!r}", fix="pass e.g. n=2")
+    n = check_int(n, "n", low=0, fix="pass e.g. n=2")
     w, h = (size, size) if isinstance(size, int) else tuple(size)
     if w < 1 or h < 1:
         raise InputError(f"image size must be positive, got {size!r}", fix="pass e.g. size=32")

@@ -44,7 +44,7 @@ import torch
 
 from .._stats import t_half_width, wilson
 from ..data.scenes import ATTRIBUTES, make_scenes
-from ..errors import InputError
+from ..errors import InputError, check_int
 from ..models import tiny
 from ..models.loading import load
 from .ladder_report import ANSWERS, headline, matched_table, verdict_lines, write_section
@@ -90,9 +90,7 @@ def _check(cfg: LadderConfig) -> None:
     if bad or not cfg.attributes:
         raise InputError(f"unknown attributes {bad or list(cfg.attributes)}", fix=f"choose from {list(ATTRIBUTES)}")
     for name in ("n_train", "steps", "batch_size", "n_test", "n_eval", "lens_steps"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InputError(f"{name} must be a positive int, got {v!r}", fix=f"e.g. {name}={getattr(LadderConfig, name)}")
+        setattr(cfg, name, check_int(getattr(cfg, name), name, low=1, example=getattr(LadderConfig, name)))
     if cfg.n_eval < 50:
         raise InputError(f"n_eval={cfg.n_eval} is too few scenes for 5-fold probes with CIs", fix="use n_eval >= 50")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or not all(isinstance(s, int) for s in cfg.seeds):

@@ -20,7 +20,7 @@ from .ladder_lens import save_png as save_lens_png
 __all__ = ["ANSWERS", "headline", "matched_table", "verdict_lines", "section", "write_section"]
 
 ANSWERS = ("Yes", "No")
-_START, _END = "<!-- ladder -->", "<!-- /ladder -->"
+NAME = "ladder"  # the section's markers in docs/results.md: <!-- ladder --> ... <!-- /ladder -->
 
 
 def _cell(r) -> str:
@@ -122,12 +122,12 @@ def _save_png(res: dict, path: Path) -> Path:
 
 
 def section(res: dict, img: str, command: str) -> str:
-    """The markdown of the ladder section (between the ``<!-- ladder -->`` markers)."""
+    """The markdown of the ladder section, without its ``<!-- ladder -->`` markers (:func:`write_section` adds them)."""
     cfg, acc, un = res["config"], res["task_accuracy"], res["untrained_accuracy"]
     seeds = list(cfg["seeds"])
     task = ("'Is the centre object red?' (one fixed question)" if cfg["ask"] else
             "'Is the centre object red/blue?' (the asked colour varies)")
-    L = [_START, "## Leakage from inputs: Apple's ladder in miniature\n",
+    L = ["## Leakage from inputs: Apple's ladder in miniature\n",
          f"Generated {_dt.date.today().isoformat()} by `{command}` on {platform.machine()} CPU (1 torch thread, "
          f"a 2-core machine shared with other jobs) in {res['seconds'] / 60:.1f} min. Every number below comes from that run.\n",
          f"**Model.** A tiny LLaVA (`probekit.tiny.build('llava', image_size={cfg['image_size']}, patch_size={cfg['patch_size']}, "
@@ -163,24 +163,18 @@ def section(res: dict, img: str, command: str) -> str:
     kl = res["lens_kl"]
     L.append(f"\nKL(final || lens) in nats at the answer position, seed {seeds[0]} (logit lens vs tuned lens): " + "; ".join(
         f"layer {int(r.layer)}: {r.kl:.3f} ({r.lens})" for r in kl.sort_values(["layer", "lens"]).itertuples()) + ".\n")
-    L.append(_END)
     return "\n".join(L)
 
 
 def write_section(res: dict, md_path: str | Path = "docs/results.md", img_dir: str | Path = "docs/img",
                   command: str = "probekit study ladder") -> list[Path]:
-    """Write (or replace) the ladder section of ``md_path`` and its figure; the rest of the page is kept."""
+    """Write (or replace) the ladder section of ``md_path`` and its figure; the rest of the page is kept (the
+    shared :func:`probekit.studies.base.replace_section`, written atomically)."""
     md_path, img_dir = Path(md_path), Path(img_dir)
     png = _save_png(res, img_dir / "results-ladder.png")
     extra = [save_lens_png(res["lens_grid"], img_dir / "lens-grid.png")] if "lens_grid" in res else []
     rel = png.relative_to(md_path.parent) if png.is_relative_to(md_path.parent) else png
-    text = section(res, str(rel), command)
-    old = md_path.read_text() if md_path.exists() else ""
-    if _START in old and _END in old:
-        new = old[:old.index(_START)] + text + old[old.index(_END) + len(_END):]
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + text + "\n"
-    from ..files import atomic_write
+    from ..studies.base import replace_section
 
-    atomic_write(md_path, new, "results page")
+    replace_section(md_path, NAME, section(res, str(rel), command))  # appended when the page has no such section
     return [png, *extra, md_path]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .._stats import bootstrap_indices, percentile_interval
-from ..errors import InputError
+from ..errors import check_int
 from .text import random_string, text_image
 
 __all__ = ["READ", "read", "held_out_strings", "is_held_out", "layout", "ocr_accuracy"]
@@ -94,8 +94,7 @@ def ocr_accuracy(model: Any, n: int = 200, seed: int = 12345, opacity: float = 1
     Images are :func:`.text.text_image` of :func:`held_out_strings`; the CI is a percentile
     bootstrap over strings (characters of one string are not independent).
     """
-    if not isinstance(n, int) or n < 1:
-        raise InputError(f"n must be a positive int, got {n!r}", fix="pass e.g. n=200")
+    n = check_int(n, "n", low=1, fix="pass e.g. n=200")
     size, auto_grid, auto_place = layout(model)
     grid = auto_grid if grid is None else grid
     place = auto_place if place is None else (place or None)

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import InputError, check_int
 
 __all__ = ["JOBS", "CITIES", "AGES", "ATTRIBUTES", "QUESTIONS", "CLOZE", "Profile", "QA", "World", "make_world",
            "portrait", "blank", "qa", "bio_qa", "link_qa", "cloze_qa", "format_practice", "train"]
@@ -212,11 +212,9 @@ def make_world(n_profiles: int = 100, n_unseen: int = 40, n_transfer: int = 16, 
     ``train_views - 1`` transformed views (views 1..), so the test views (>= 100) are new images.
     ``n_practice`` more are trained like the first ``n_profiles`` plus :func:`format_practice`.
     """
-    if not isinstance(n_practice, int) or n_practice < 0:
-        raise InputError(f"n_practice must be an int >= 0, got {n_practice!r}", fix="pass e.g. n_practice=16")
-    for k, v in (("n_profiles", n_profiles), ("n_unseen", n_unseen), ("image_size", image_size), ("train_views", train_views)):
-        if not isinstance(v, int) or v < 1:
-            raise InputError(f"{k} must be a positive int, got {v!r}", fix=f"pass e.g. {k}=20")
+    n_practice = check_int(n_practice, "n_practice", low=0, fix="pass e.g. n_practice=16")
+    n_profiles, n_unseen, image_size, train_views = (check_int(v, k, low=1, fix=f"pass e.g. {k}=20") for k, v in (
+        ("n_profiles", n_profiles), ("n_unseen", n_unseen), ("image_size", image_size), ("train_views", train_views)))
     if n_transfer < 0 or n_transfer % 2:
         raise InputError(f"n_transfer must be even and >= 0, got {n_transfer}", fix="pass e.g. n_transfer=16")
     if image_size % 4:

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from ..data.synthetic import Sample
-from ..errors import InputError
+from ..errors import InputError, check_int
 from ..files import atomic_dir, check_cache, model_bytes, write_manifest
 from .ocr import READ, held_out_strings, is_held_out, layout, ocr_accuracy, read  # noqa: F401  (re-exported)
 from .text import draw_text, random_string, scene, text_image
@@ -140,8 +140,7 @@ class pretraining_data(Sequence):
 
 
 def _check(seed: Any, path: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be an int >= 0, got {seed!r}", fix="pass e.g. seed=0")
+    check_int(seed, "seed", low=0, fix="pass e.g. seed=0")
     if path is not None and Path(path).exists() and not Path(path).is_dir():
         raise InputError(f"{path} exists and is not a directory", fix="pass a directory for the reader checkpoint")
 

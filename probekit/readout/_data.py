@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..data.labels import check_label_types
-from ..errors import InputError, LabelError, plain
+from ..errors import InputError, LabelError, check_int, plain
 from ..hooks.coerce import as_store
 from ..hooks.points import Point
 
@@ -115,8 +115,7 @@ def make_folds(codes: np.ndarray, groups: np.ndarray | None = None, cv: int = 5,
     """
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-    if not isinstance(cv, (int, np.integer)) or cv < 2:
-        raise InputError(f"cv must be an integer >= 2, got {plain(cv)!r}", fix="use cv=5")
+    check_int(cv, "cv", low=2, fix="use cv=5")
     n = len(codes)
     counts = np.bincount(codes)
     if groups is None:

@@ -18,9 +18,9 @@ samples; with labels of entropy H(Y) the bound is also capped at H(Y).
 discrete Y) for low-dimensional cross-checks.
 
 This module holds only that maths (entropies, log-probabilities, the held-out calibration,
-the k-NN estimate). The table that applies it per hook point is :mod:`probekit.readout.table`;
-:func:`mutual_information` lives in :mod:`probekit.readout.layers` and is reachable from here
-under its old name.
+the k-NN estimate). The table that applies it per hook point is :mod:`probekit.readout.table`
+(``readout_table``, ``COLUMNS``); :func:`~probekit.readout.layers.mutual_information` lives in
+:mod:`probekit.readout.layers`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ from ..errors import InputError
 from ._data import encode_labels
 from .controls import control_labels  # noqa: F401  (re-exported: old home)
 
-__all__ = ["mutual_information", "ksg_mi", "readout_table", "COLUMNS", "entropy_bits", "log_probs",
-           "calibrate_heldout", "pca_scores"]
+__all__ = ["ksg_mi", "entropy_bits", "log_probs", "calibrate_heldout", "pca_scores"]
 
 LN2 = math.log(2.0)
 
@@ -182,17 +181,3 @@ def pca_scores(x: torch.Tensor, n_components: int) -> np.ndarray:
 
 
 _pca = pca_scores  # old private name
-
-# The table and its front doors import this module; their old names here resolve on first use
-# (PEP 562), so this module imports neither at load time and no import cycle exists.
-_MOVED = {"readout_table": "table", "COLUMNS": "table", "mutual_information": "layers"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        value = getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """How a readout table is computed: one options value passed from the front doors to the scorers.
 
-:func:`~probekit.readout.probes.probe_layers`, :func:`~probekit.readout.table.mutual_information`,
+:func:`~probekit.readout.probes.probe_layers`, :func:`~probekit.readout.layers.mutual_information`,
 :func:`~probekit.readout.leakage.leakage` and the ladder take these as keyword arguments (their
 signatures are unchanged) or as ``options=ReadoutOptions(...)``; everything below them receives
 the one :class:`ReadoutOptions` instead of a copy of twenty parameters.
@@ -12,10 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
-from ..errors import InputError, check_bool, plain
+from ..errors import InputError, check_bool, check_int, check_number
 
 __all__ = ["ReadoutOptions", "check_dtype", "check_device"]
 
@@ -77,20 +76,14 @@ class ReadoutOptions:
     test_components: int = 128
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.n_boot, (int, np.integer)) and self.n_boot >= 0):
-            raise InputError(f"n_boot must be a non-negative integer, got {plain(self.n_boot)!r}",
-                             fix="use n_boot=1000")
+        check_int(self.n_boot, "n_boot", low=0, fix="use n_boot=1000")
         for name in ("progress", "control", "permutation", "calibrate"):
             check_bool(getattr(self, name), name)
-        if isinstance(self.n_perm, bool) or not (isinstance(self.n_perm, (int, np.integer)) and self.n_perm >= 19):
-            raise InputError(f"n_perm must be an integer >= 19 (the smallest p-value is 1 / (n_perm + 1)), got "
-                             f"{plain(self.n_perm)!r}", fix="use n_perm=1000 (the default), or at least 200")
-        if isinstance(self.test_components, bool) or not (isinstance(self.test_components, (int, np.integer))
-                                                          and self.test_components >= 1):
-            raise InputError(f"test_components must be a positive integer, got {plain(self.test_components)!r}",
-                             fix="use test_components=128")
-        if not self.C > 0:
-            raise InputError(f"C must be positive, got {plain(self.C)!r}", fix="use C=1.0")
+        # 19 permutations: the smallest p-value, 1 / (n_perm + 1), is then 0.05
+        check_int(self.n_perm, "n_perm", low=19, fix="use n_perm=1000 (the default), or at least 200 (the smallest "
+                                                      "p-value is 1 / (n_perm + 1))")
+        check_int(self.test_components, "test_components", low=1, fix="use test_components=128")
+        check_number(self.C, "C", low=0, low_open=True, fix="use C=1.0")
         check_dtype(self.dtype)
         check_device(self.device)
 

@@ -23,11 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, check_int
 from ._data import encode_labels
 from ._solver import solve
 from .scorers import HeldoutScores, Scorer, register_scorer
@@ -57,9 +56,7 @@ class SparseProbeScorer(Scorer):
     fold's training rows, then the L2 logistic probe (``options.C``) on those ``k`` only."""
 
     def __init__(self, k: int = 8):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive int, got {k!r}", fix="e.g. SparseProbeScorer(k=8)")
-        self.k = k
+        self.k = check_int(k, "k", low=1, fix="e.g. SparseProbeScorer(k=8)")
 
     def __repr__(self) -> str:
         return f"SparseProbeScorer(k={self.k})"

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError, plain
+from ..errors import InputError, check_int, plain
 
 __all__ = ["SAE", "ARCHITECTURES", "TRAINABLE"]
 
@@ -137,9 +137,7 @@ class SAE(nn.Module):
     def random(cls, d_in: int, d_sae: int, architecture: str = "topk", k: int | None = None, seed: int = 0,
                **kwargs: Any) -> "SAE":
         """A freshly initialised SAE: unit-norm random decoder rows, ``W_enc = W_dec^T``, zero biases."""
-        for name, v in (("d_in", d_in), ("d_sae", d_sae)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive int, got {plain(v)!r}", fix=f"e.g. {name}=64")
+        d_in, d_sae = (check_int(v, name, low=1, example=64) for name, v in (("d_in", d_in), ("d_sae", d_sae)))
         if architecture not in TRAINABLE:
             raise InputError(f"cannot initialise a {plain(architecture)!r} SAE here", fix=f"use one of {TRAINABLE}")
         g = torch.Generator().manual_seed(int(seed))

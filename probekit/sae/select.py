@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError, plain
+from ..errors import InputError, check_int, plain
 
 __all__ = ["Selection", "latent_scores", "select_latents"]
 
@@ -78,8 +78,7 @@ def latent_scores(z: Tensor, labels: Any, method: str = "anova", positive: Any =
 def select_latents(z: Tensor, labels: Any, m: int = 4, method: str = "anova", positive: Any = None,
                    min_fires: int = 2) -> Selection:
     """The ``m`` latents with the largest :func:`latent_scores` among those firing on at least ``min_fires`` rows."""
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise InputError(f"m must be a positive int, got {plain(m)!r}", fix="e.g. m=4")
+    m = check_int(m, "m", low=1, example=4)
     z = torch.as_tensor(z).float()
     s = latent_scores(z, labels, method, positive)
     alive = ((z > 0).sum(0) >= min_fires).numpy()

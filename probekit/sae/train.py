@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-from ..errors import InputError, plain
+from ..errors import InputError, check_int, check_number, plain
 from .model import SAE, TRAINABLE
 
 __all__ = ["TrainSettings", "train_sae", "rows", "moments"]
@@ -57,17 +57,12 @@ class TrainSettings:
         if self.architecture not in TRAINABLE:
             raise InputError(f"cannot train a {plain(self.architecture)!r} SAE", fix=f"use architecture in {TRAINABLE}")
         for name in ("expansion", "k", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive int, got {plain(v)!r}", fix=f"e.g. {name}={getattr(TrainSettings, name)}")
-        if self.d_sae is not None and (isinstance(self.d_sae, bool) or not isinstance(self.d_sae, int) or self.d_sae < 1):
-            raise InputError(f"d_sae must be a positive int, got {plain(self.d_sae)!r}", fix="e.g. d_sae=512")
+            setattr(self, name, check_int(getattr(self, name), name, low=1, example=getattr(TrainSettings, name)))
+        self.d_sae = check_int(self.d_sae, "d_sae", low=1, example=512, none=True)
         for name in ("epochs", "l1", "auxk_alpha") + (("lr",) if self.lr is not None else ()):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or \
-                    (name in ("epochs", "lr") and v == 0):
-                raise InputError(f"{name} must be a {'positive' if name in ('epochs', 'lr') else 'non-negative'} "
-                                 f"finite number, got {plain(v)!r}", fix=f"e.g. {name}={getattr(TrainSettings, name)}")
+            # epochs may be fractional (a part of the last pass); a zero epochs or lr trains nothing
+            check_number(getattr(self, name), name, low=0, low_open=name in ("epochs", "lr"),
+                         example=getattr(TrainSettings, name))
 
 
 def rows(store: Any, point: str, position: str | int | None = None) -> Iterator[Tensor]:

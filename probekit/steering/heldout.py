@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..data.labels import check_label_types
-from ..errors import InputError, LabelError, plain
+from ..errors import InputError, LabelError, check_number
 
 __all__ = ["OverlapWarning", "split_indices", "check_overlap", "distance_from_chance", "FIX"]
 
@@ -54,9 +54,7 @@ def split_indices(labels: Any, fraction: float = 0.5, seed: int = 0,
     y = np.asarray(labels)
     if y.ndim != 1:
         raise LabelError(f"labels have shape {y.shape}", fix="pass one label per image")
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise InputError(f"split must be a fraction in (0, 1), got {plain(fraction)!r}",
-                         fix="e.g. split=0.5 (half to fit)")
+    check_number(fraction, "split", low=0, high=1, low_open=True, high_open=True, fix="e.g. split=0.5 (half to fit)")
     _, counts = np.unique(y, return_counts=True)
     if len(counts) < 2 or counts.min() < 2:
         raise LabelError(f"cannot split {len(y)} images into fitting and evaluation halves: class sizes {counts.tolist()}",

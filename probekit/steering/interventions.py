@@ -12,7 +12,6 @@ to :class:`Intervention`.
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -20,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..errors import InputError, PositionError, plain
+from ..errors import InputError, PositionError, check_number
 from ..hooks.owners import Hooks
 from ..hooks.positions import NAMED_POSITIONS, edit_positions, position_mask
 from ..models.adapter import Model, get_module
@@ -238,8 +237,7 @@ def steer(model: Model, vector: Direction | Tensor, alpha: float = 1.0, points: 
         >>> bool(torch.equal(a, m.hf(**inputs).logits))
         True
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(float(alpha)):
-        raise InputError(f"alpha must be a finite number, got {plain(alpha)!r}", fix="e.g. alpha=4.0")
+    check_number(alpha, "alpha", example=4.0)
     if isinstance(vector, Direction):
         direction = vector
     elif isinstance(vector, Tensor):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError, plain
+from ..errors import InputError, check_number, plain
 from ..models.adapter import Model
 from ..sae.model import SAE
 from .interventions import Intervention, _check_positions, _check_positions_side, _check_widths
@@ -87,8 +87,7 @@ def sae_steer(model: Model, sae: SAE, latents: Any, beta: float, alpha: Any = No
     ``alpha`` is None; else 1). ``points``: default the SAE's own. ``positions`` / ``generated`` as in
     :func:`~probekit.steering.ablate`.
     """
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(float(beta)):
-        raise InputError(f"beta must be a finite number, got {plain(beta)!r}", fix="e.g. beta=-50.0")
+    check_number(beta, "beta", example=-50.0)
     lat = _latents(sae, latents)
     a = _per_latent(alpha, len(lat), "alpha", getattr(latents, "alpha", 1.0))
     names, pos = _setup(model, sae, points, positions)
