@@ -31,7 +31,7 @@ def _rows():
             out.append({"seed": seed, "method": method, "direct_seen": seen, "direct_unseen": unseen,
                         "task_acc": 0.8, "kl_clean": 0.0 if method == "none" else 0.01, "out_auc": auc,
                         "out_detected": det, "output_detected": det, "inner_detected": inner,
-                        "patched_detected": inner, "patched_auc_max": 0.6, "inner_auc_max": 0.6, "mde_auc": 0.64})
+                        "patched_detected": inner, "probe_detected": 0, "lens_detected": 0, "patched_auc_max": 0.6, "inner_auc_max": 0.6, "mde_auc": 0.64})
     return pd.DataFrame(out)
 
 
@@ -50,7 +50,7 @@ def test_summary_and_section_come_from_the_rows():
     text = section(res, "img/x.png", "probekit study watermark --sae --full")
     assert "| npo | lr 1e-05; lr 3e-05 | 0.88 [0.88, 0.88] |" in text
     assert "| ablate | – | 0.70 [0.70, 0.70] | 0.58 [0.58, 0.58] | 0.12 [0.12, 0.12] |" in text
-    assert "| 0.14 [0.13, 0.15] | 0/2 | 1/2 |" in text  # ablate: forget drop 0.15 and 0.13, layer-wise in seed 1
+    assert "| 0.14 [0.13, 0.15] | 0/2 | 1/2 (0 / 0 / 1) |" in text  # ablate: forget drop 0.15, 0.13; patching, seed 1
     # ablate keeps reading and leaves no output detection but a layer still reads it; leace broke reading
     assert "No output detection left in any run: ablate; of these a layer below the last still reads" in text
     assert "Reading broken (unseen names' direct prompt below 90% of the untouched model's): leace." in text

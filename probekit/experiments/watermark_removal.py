@@ -312,6 +312,8 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
             r[k] = int(g[k].sum())
         r["inner_detected_runs"] = int((g.inner_detected > 0).sum())
         r["patched_detected_runs"] = int((g.patched_detected > 0).sum())
+        r["probe_detected_runs"] = int((g.probe_detected > 0).sum()) if "probe_detected" in g else 0
+        r["lens_detected_runs"] = int((g.lens_detected > 0).sum()) if "lens_detected" in g else 0
         r["mde_auc"] = float(g.mde_auc.mean())
         out.append(r)
     return pd.DataFrame(out)

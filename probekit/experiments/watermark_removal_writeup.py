@@ -106,14 +106,15 @@ def section(res: dict, figure: str | None, command: str) -> str:
          "untouched fine-tune of the same seed); \"gap\" = direct prompt seen − unseen; detections are runs of "
          f"{int(none['runs'])}:\n",
          "| method | setting chosen | direct prompt seen | unseen | gap | shape task | KL clean (nats) | "
-         "output-minus-base AUC | forget drop | output detected | layer below last detected | patching AUC max "
-         "(lm.0/lm.1) |",
+         "output-minus-base AUC | forget drop | output detected | layer below last detected (lens / probe / "
+         "patching) | patching AUC max (lm.0/lm.1) |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in s.to_dict("records"):
         L.append(f"| {r['method']} | {_setting(res['choices'], r['method'])} | {_r(r, 'direct_seen')} | "
                  f"{_r(r, 'direct_unseen')} | {_r(r, 'gap')} | {_r(r, 'task_acc')} | {_r(r, 'kl_clean', '.2g')} | "
                  f"{_r(r, 'out_auc')} | {_r(r, 'forget_drop')} | {r['out_detected']}/{r['runs']} | "
-                 f"{r['inner_detected_runs']}/{r['runs']} | {_r(r, 'patched_auc_max')} |")
+                 f"{r['inner_detected_runs']}/{r['runs']} ({r.get('lens_detected_runs', 0)} / "
+                 f"{r.get('probe_detected_runs', 0)} / {r['patched_detected_runs']}) | {_r(r, 'patched_auc_max')} |")
     L.append(f"\nMinimal detectable AUC of one run (80% power, family-wise): {s.mde_auc.mean():.2f}.\n")
     if figure:
         L.append(f"![remover comparison]({figure})\n")
