@@ -195,6 +195,25 @@ def _samples(members: Any, nonmembers: Any) -> "pd.DataFrame":
     return out
 
 
+def _answer_batches(model: Any, data: "pd.DataFrame", batch_size: int, chat: bool | None):
+    """Per batch of ``data``: ``(rows, images, inputs, lengths, r_idx, pos)``, the samples teacher-forced with
+    their answers; ``(r_idx, pos)`` index every answer token (``pos - 1`` is the position predicting it)."""
+    import torch
+
+    from .data.images import decode
+
+    for b0 in range(0, len(data), batch_size):
+        rows = data.iloc[b0:b0 + batch_size]
+        images = [decode(im, b0 + i) for i, im in enumerate(rows.image)]
+        answers = rows.answer.tolist()
+        inputs = model.prepare(images, rows.prompt.tolist(), chat=chat, padding_side="right", answers=answers)
+        lengths = model.answer_lengths(inputs, answers).tolist()
+        ends = (inputs["attention_mask"].long() * torch.arange(1, inputs["input_ids"].shape[1] + 1)).argmax(1) + 1
+        r_idx = torch.cat([torch.full((n,), r) for r, n in enumerate(lengths)])
+        pos = torch.cat([torch.arange(int(e) - n, int(e)) for e, n in zip(ends, lengths)])
+        yield rows, images, inputs, lengths, r_idx, pos
+
+
 def _model_scores(model: Any, data: "pd.DataFrame", points: list[str], lenses: "dict[str, Lens]", k: float,
                   batch_size: int, chat: bool | None, progress: bool) -> dict:
     """``{(source, point): {score: [n]}}`` for every lens x point, and ``("output", "logits")``; any
@@ -203,7 +222,6 @@ def _model_scores(model: Any, data: "pd.DataFrame", points: list[str], lenses: "
     import torch
 
     from ._progress import progress_bar
-    from .data.images import decode
     from .hooks.recorder import Recorder
     from .readout.token_scores import token_scores
 
@@ -211,15 +229,7 @@ def _model_scores(model: Any, data: "pd.DataFrame", points: list[str], lenses: "
     bar = progress_bar(total=len(data), desc=f"membership {model.name.split('/')[-1]}", unit="sample",
                        disable=not progress, leave=False)
     try:
-        for b0 in range(0, len(data), batch_size):
-            rows = data.iloc[b0:b0 + batch_size]
-            images = [decode(im, b0 + i) for i, im in enumerate(rows.image)]
-            answers = rows.answer.tolist()
-            inputs = model.prepare(images, rows.prompt.tolist(), chat=chat, padding_side="right", answers=answers)
-            lengths = model.answer_lengths(inputs, answers).tolist()
-            ends = (inputs["attention_mask"].long() * torch.arange(1, inputs["input_ids"].shape[1] + 1)).argmax(1) + 1
-            r_idx = torch.cat([torch.full((n,), r) for r, n in enumerate(lengths)])
-            pos = torch.cat([torch.arange(int(e) - n, int(e)) for e, n in zip(ends, lengths)])
+        for rows, _, inputs, lengths, r_idx, pos in _answer_batches(model, data, batch_size, chat):
             targets = inputs["input_ids"][r_idx, pos].to(model.device)
             with Recorder(model, points) as rec, torch.no_grad():
                 logits = model.hf(**inputs, use_cache=False).logits
@@ -247,7 +257,6 @@ def patched_losses(model: Any, base: Any, data: "pd.DataFrame", points: list[str
     import torch
 
     from ._progress import progress_bar
-    from .data.images import decode
     from .hooks.recorder import Recorder
     from .readout.token_scores import token_scores
     from .steering.interventions import Intervention
@@ -255,19 +264,12 @@ def patched_losses(model: Any, base: Any, data: "pd.DataFrame", points: list[str
     runs: dict[tuple[str, str | None], list[np.ndarray]] = {}
     bar = progress_bar(total=len(data), desc="membership patching", unit="sample", disable=not progress, leave=False)
     try:
-        for b0 in range(0, len(data), batch_size):
-            rows = data.iloc[b0:b0 + batch_size]
-            images = [decode(im, b0 + i) for i, im in enumerate(rows.image)]
-            answers = rows.answer.tolist()
-            inputs = model.prepare(images, rows.prompt.tolist(), chat=chat, padding_side="right", answers=answers)
-            base_inputs = base.prepare(images, rows.prompt.tolist(), chat=chat, padding_side="right", answers=answers)
+        for rows, images, inputs, lengths, r_idx, pos in _answer_batches(model, data, batch_size, chat):
+            base_inputs = base.prepare(images, rows.prompt.tolist(), chat=chat, padding_side="right",
+                                       answers=rows.answer.tolist())
             if not torch.equal(inputs["input_ids"].cpu(), base_inputs["input_ids"].cpu()):
                 raise InputError("the base model's processor tokenises the samples differently",
                                  fix="pass the model this one was fine-tuned from, with its processor")
-            lengths = model.answer_lengths(inputs, answers).tolist()
-            ends = (inputs["attention_mask"].long() * torch.arange(1, inputs["input_ids"].shape[1] + 1)).argmax(1) + 1
-            r_idx = torch.cat([torch.full((n,), r) for r, n in enumerate(lengths)])
-            pos = torch.cat([torch.arange(int(e) - n, int(e)) for e, n in zip(ends, lengths)])
             targets = inputs["input_ids"][r_idx, pos]
 
             def loss(m: Any, x: dict) -> np.ndarray:
