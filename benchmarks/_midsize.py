@@ -24,7 +24,7 @@ def build_midsize(path: str | Path, seed: int = 0, vocab: int = VOCAB, **sizes: 
     import torch
     import transformers
 
-    from probekit.models import tiny
+    from probekit import tiny
 
     path = Path(path)
     if (path / "config.json").exists():

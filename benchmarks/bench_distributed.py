@@ -26,7 +26,7 @@ def worker(model_dir: str, store: str, n: int) -> None:
 
     torch.set_num_threads(1)
     import probekit
-    from probekit.models import tiny
+    from probekit import tiny
 
     model = probekit.load(model_dir)
     images = tiny.fixture_images(n, 64, seed=0)
@@ -45,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker[0], args.worker[1], int(args.worker[2]))
-    from probekit.models import tiny
+    from probekit import tiny
 
     root = Path(tempfile.mkdtemp())
     model_dir = str(tiny.build("llava", root / "llava22m", seed=0, **tiny.LLAVA_22M))

@@ -40,7 +40,7 @@ import probekit.hooks.backends as backends  # noqa: E402
 from probekit.hooks.collect import reducer as _reducer  # noqa: E402
 from probekit.hooks.positions import PositionContext, normalize_positions  # noqa: E402
 from probekit.hooks.recorder import Recorder  # noqa: E402
-from probekit.models import tiny  # noqa: E402
+from probekit import tiny  # noqa: E402
 
 SIZES_22M = tiny.LLAVA_22M  # hidden 256, 4 LM layers, 64x64 images, patch 8: 22.1M parameters
 

@@ -80,7 +80,7 @@ def _cpu_s() -> float:
 
 def _worker_scan(model_dir: str, n: int, files: str | None) -> dict:
     import probekit
-    from probekit.models import tiny
+    from probekit import tiny
 
     model = probekit.load(model_dir)
     images = tiny.fixture_images(n, 96, seed=1) if files is None else sorted(Path(files).iterdir())[:n]
@@ -162,7 +162,7 @@ def _write_images(folder: Path, n: int, size: tuple[int, int] | None = None, fmt
     smoothed, as JPEG: a camera image the processor shrinks to 96x96."""
     from PIL import Image
 
-    from probekit.models import tiny
+    from probekit import tiny
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(0, n, 500):  # in chunks: fixture_images holds its whole list in memory
@@ -205,7 +205,7 @@ def _table(title: str, cases: list[tuple[str, str, int, str | None]], sources: d
 
 def profile(model_dir: str, n: int) -> None:
     import probekit
-    from probekit.models import tiny
+    from probekit import tiny
 
     model = probekit.load(model_dir)
     images = tiny.fixture_images(n, 96, seed=1)
@@ -356,7 +356,7 @@ def main() -> None:
 
     import torch
 
-    from probekit.models import tiny
+    from probekit import tiny
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_scan_"))
     try:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import probekit
 from probekit.hooks import ActivationStore
-from probekit.models import tiny
+from probekit import tiny
 
 
 def tiny_images(n: int = 6, seed: int = 1) -> list:

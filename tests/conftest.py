@@ -16,7 +16,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """Build (once) and return the checkpoint directory of a tiny model of a family."""
-    from probekit.models import tiny
+    from probekit import tiny
 
     built: dict[str, str] = {}
     root = tmp_path_factory.mktemp("tiny")

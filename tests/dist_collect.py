@@ -17,7 +17,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 import probekit  # noqa: E402
-from probekit.models import tiny  # noqa: E402
+from probekit import tiny  # noqa: E402
 
 model_dir, store, n, kill = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

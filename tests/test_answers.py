@@ -7,7 +7,7 @@ import probekit
 from probekit.errors import InputError, PositionError, UnsupportedModelError
 from probekit.experiments.finetune import answer_batch
 from probekit.hooks.positions import PositionContext, select
-from probekit.models import tiny
+from probekit import tiny
 
 PROMPTS = ["What shape?", "What colour is the big square on the left, please?", "Hi", "Name the user"]
 ANSWERS = ["red circle", "blue", "a small green triangle now", "bob"]
@@ -90,8 +90,8 @@ def test_bad_answers_fail_before_any_forward(llava, no_forward):
 
 
 def test_encoder_decoder_refuses_answers():
-    from probekit.models import tiny_zoo
+    from probekit.tiny import zoo
 
-    m = probekit.wrap(*tiny_zoo.build("florence2"))
+    m = probekit.wrap(*zoo.build("florence2"))
     with pytest.raises(UnsupportedModelError, match="answers="):
         probekit.collect(m, tiny.fixture_images(2, 32), "Hi", answers=["a", "b"], progress=False)

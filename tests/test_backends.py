@@ -308,7 +308,7 @@ def test_tl_record_spawns_nothing(monkeypatch):
 
 
 def test_backends_on_tiny_checkpoint(tmp_path):
-    tiny = pytest.importorskip("probekit.models.tiny")
+    tiny = pytest.importorskip("probekit.tiny")
     model, processor = tiny.load(tiny.build("llava", tmp_path / "llava", seed=0))
     prompts = [tiny.prompt("llava", "What?"), tiny.prompt("llava", "What colour is the big square?")]
     inputs = dict(processor(images=tiny.fixture_images(2, 32), text=prompts,

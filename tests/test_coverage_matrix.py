@@ -19,8 +19,10 @@ import torch
 
 import probekit
 from probekit.errors import InputError, PositionError
-from probekit.models import coverage, tiny, tiny_zoo
+from probekit import tiny
+from probekit.models import coverage
 from probekit.readout.lens import LogitLens
+from probekit.tiny import zoo
 
 ARCHS = list(coverage.covered())
 PROMPTS = ["What shape is it?", "What colour is the big square on the left?"]
@@ -34,7 +36,7 @@ def built(one_thread):
         if arch not in cache:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cache[arch] = probekit.wrap(*tiny_zoo.build(arch))
+                cache[arch] = probekit.wrap(*zoo.build(arch))
         return cache[arch]
 
     return get
@@ -89,7 +91,7 @@ def test_matrix_lists_every_installed_architecture():
             assert (arch in installed) is not coverage.newer_than_installed(arch), arch
     assert set(coverage.SINCE) <= set(coverage.COVERED) | set(coverage.UNSUPPORTED)
     assert not set(coverage.COVERED) & set(coverage.UNSUPPORTED)
-    assert set(tiny_zoo.ARCHITECTURES) == set(coverage.COVERED)
+    assert set(zoo.ARCHITECTURES) == set(coverage.COVERED)
     assert set(ARCHS) == set(coverage.COVERED) & set(installed)
     rows = coverage.rows()
     unsupported = {a for a in coverage.UNSUPPORTED if not coverage.newer_than_installed(a)}
@@ -97,7 +99,7 @@ def test_matrix_lists_every_installed_architecture():
     assert {r.model_type for r in rows if r.status == "works"} == set(ARCHS)
     for arch in set(coverage.COVERED) - set(ARCHS):  # its builder is not reached: it says which release it needs
         with pytest.raises(InputError, match=f"needs transformers>={coverage.SINCE[arch]}"):
-            tiny_zoo.build(arch)
+            zoo.build(arch)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import probekit
-from probekit.models import tiny
+from probekit import tiny
 from probekit.readout.lens import LogitLens
 
 PROMPTS = ["What shape is it?", "What colour is the big square?"]

@@ -17,7 +17,7 @@ import probekit
 from probekit.errors import InputError
 from probekit.hooks import ActivationStore
 from probekit.hooks.distributed import owned_shards, world
-from probekit.models import tiny
+from probekit import tiny
 
 from _stores import count_prepare  # tests/ is on sys.path
 

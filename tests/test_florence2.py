@@ -17,7 +17,8 @@ from probekit.hooks.collect import _forward
 from probekit.hooks.points import Point
 from probekit.hooks.positions import normalize_positions
 from probekit.hooks.recorder import Recorder
-from probekit.models import tiny, tiny_zoo
+from probekit import tiny
+from probekit.tiny import zoo
 from probekit.report.order import point_order
 from probekit.steering import Direction, ablate, orthogonalize, steer
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def florence():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return probekit.wrap(*tiny_zoo.build("florence2"))
+        return probekit.wrap(*zoo.build("florence2"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import probekit
 from probekit.errors import ImageError, InputError, PositionError, StoreError, UnknownPointError, UnsupportedModelError
 from probekit.hooks import ActivationStore, Recorder
 from probekit.hooks.positions import PositionContext, select
-from probekit.models import tiny
+from probekit import tiny
 
 PROMPTS = ["What shape?", "What colour is the big square on the left of the picture, please?", "Hi",
            "How many circles are there in this image?", "Is it red", "Name the user"]

@@ -5,7 +5,7 @@ import torch
 
 import probekit
 from probekit.hooks.positions import PositionContext
-from probekit.models import tiny
+from probekit import tiny
 
 FAMILIES = list(tiny.FAMILIES)
 PROMPTS = ["What shape is it?", "What colour is the big square on the left of the picture?", "Count"]

@@ -20,7 +20,7 @@ from probekit.errors import ImageError, InputError, PositionError, UnknownPointE
 from probekit.hooks import ActivationStore
 from probekit.hooks import store_index
 from probekit.hooks.coerce import as_store
-from probekit.models import tiny
+from probekit import tiny
 
 from _stores import tiny_store  # tests/ is on sys.path
 

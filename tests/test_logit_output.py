@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import probekit
-from probekit.models import tiny, tiny_zoo
+from probekit import tiny
+from probekit.tiny import zoo
 from probekit.models.logit_output import LogitOutput, logit_output
 from probekit.readout.lens import LogitLens
 
@@ -18,7 +19,7 @@ PROMPTS = ["What shape is it?", "What colour is the big square on the left?"]
 def _wrap(arch: str) -> probekit.Model:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return probekit.wrap(*tiny_zoo.build(arch))
+        return probekit.wrap(*zoo.build(arch))
 
 
 def _names(model: probekit.Model, field: str) -> bool:
@@ -51,7 +52,7 @@ def test_map_applies_scale_then_cap():
 
 def test_paligemma_with_a_soft_capped_text_model():
     """PaliGemma's forward caps the logits when its text config says so (PaliGemma 2's Gemma 2: cap 30)."""
-    hf, proc = tiny_zoo.build("paligemma")
+    hf, proc = zoo.build("paligemma")
     hf.config.text_config.final_logit_softcapping = 0.5  # small, so that the cap changes every logit
     model = probekit.wrap(hf, proc)
     if _names(model, "final_logit_softcapping"):

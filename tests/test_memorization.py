@@ -16,7 +16,7 @@ from probekit.experiments.gradients import GradientCosine, batch_order, flat_cos
 from probekit.experiments.membership import answer_logprobs, loss_score, mia_metrics, min_k_score, tpr_at_fpr
 from probekit.experiments.memorization import MemorizationConfig, positive_control, run_memorization, write_results
 from probekit.experiments.unlearning import METHODS, unlearn
-from probekit.models import tiny
+from probekit import tiny
 
 
 @pytest.fixture(scope="module")

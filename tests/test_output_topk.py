@@ -14,7 +14,7 @@ import torch
 import probekit
 from probekit.errors import InputError
 from probekit.hooks import ActivationStore
-from probekit.models import tiny
+from probekit import tiny
 from probekit.readout.ladder import ladder_features, leakage_ladder
 from probekit.readout.leakage import leakage, topk_features
 from probekit.readout import plugins

@@ -13,7 +13,8 @@ import torch
 import probekit
 from probekit.hooks.points import Point
 from probekit.hooks.store import ActivationStore
-from probekit.models import coverage, tiny_zoo
+from probekit.models import coverage
+from probekit.tiny import zoo
 from probekit.readout._data import parse_kind, parse_layer
 
 FAMILIES = ["llava", "qwen2_vl", "mllama", "blip2"]
@@ -139,7 +140,7 @@ def test_point_widths_are_the_recorded_widths(arch):
     """Every width a family states without a forward pass is the width collect records."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = probekit.wrap(*tiny_zoo.build(arch))
+        model = probekit.wrap(*zoo.build(arch))
     store = probekit.collect(model, probekit.tiny.fixture_images(2, 32), "What shape is it?", points="*",
                              positions="last", batch_size=2, progress=False)
     stated = {p: store.point(p).width for p in store.points}

@@ -5,7 +5,7 @@ import torch
 
 import probekit
 from probekit.errors import InputError, StoreError
-from probekit.models import tiny
+from probekit import tiny
 from probekit.readout.lens import LogitLens, TunedLens
 
 

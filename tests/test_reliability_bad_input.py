@@ -32,7 +32,7 @@ from probekit.errors import (
     UnsupportedModelError,
 )
 from probekit.hooks import ActivationStore
-from probekit.models import tiny
+from probekit import tiny
 
 from _stores import copy_store, count_prepare, edit_index, snapshot, tiny_store  # tests/ is on sys.path
 

@@ -36,7 +36,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import torch; torch.set_num_threads(1)
 import probekit
 import probekit.hooks.store_writer as sw
-from probekit.models import tiny
+from probekit import tiny
 
 window, model_dir, store = sys.argv[1], sys.argv[2], sys.argv[3]
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)  # no except, no finally, no atexit

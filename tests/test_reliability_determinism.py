@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import probekit
-from probekit.models import tiny
+from probekit import tiny
 
 N = 24
 LABELS = [i % 2 for i in range(N)]
@@ -103,7 +103,7 @@ def test_tiny_build_is_byte_identical_across_processes(tiny_dir, tmp_path):
     """A fresh interpreter (other hash seed, tokenizer trained from scratch) writes the same bytes."""
     here = Path(tiny_dir("llava"))  # built by the session fixture with seed=0
     env = {**os.environ, "PYTHONHASHSEED": "12345", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    code = f"from probekit.models import tiny; tiny.build('llava', {str(tmp_path / 'again')!r}, seed=0)"
+    code = f"from probekit import tiny; tiny.build('llava', {str(tmp_path / 'again')!r}, seed=0)"
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, timeout=300)
     there = tmp_path / "again"
     a, b = _files(here), _files(there)

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 import probekit
 from probekit.errors import InputError, ProbekitWarning, StoreError
 from probekit.files import MANIFEST, check_cache, checksum, write_manifest
-from probekit.models import tiny
+from probekit import tiny
 from probekit.readout.lens import TunedLens
 from probekit.report import ScanReport
 from probekit.steering import Direction

@@ -19,7 +19,7 @@ from torch.nn.modules import module as torch_module
 
 import probekit
 from probekit.hooks import Recorder
-from probekit.models import tiny
+from probekit import tiny
 from probekit.steering import Direction, ablate, orthogonalize, steer
 
 POINTS = ["vision.0.resid", "projector", "lm.embed", "lm.0.resid", "lm.0.attn", "lm.1.mlp", "lm.norm", "logits"]

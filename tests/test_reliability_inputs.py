@@ -13,7 +13,7 @@ import torch
 
 import probekit
 from probekit.errors import ImageError, InputError, LabelError, ProbekitError
-from probekit.models import tiny
+from probekit import tiny
 from probekit.models.context import context_length
 from probekit.readout.lens import TunedLens
 from probekit.steering import Direction, ablate, evaluate, leace_sequential

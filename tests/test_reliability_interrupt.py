@@ -18,7 +18,7 @@ import transformers.models.llama.modeling_llama as modeling_llama
 
 import probekit
 from probekit.hooks import live_hooks
-from probekit.models import tiny
+from probekit import tiny
 from probekit.steering import Direction, ablate, evaluate, orthogonalize, weights
 
 from _stores import count_prepare  # tests/ is on sys.path

@@ -26,7 +26,7 @@ import probekit
 from probekit.errors import ProbekitError
 from probekit.files import MANIFEST, write_manifest
 from probekit.hooks import ActivationStore
-from probekit.models import tiny
+from probekit import tiny
 from probekit.readout.lens import TunedLens
 from probekit.report import ScanReport
 from probekit.steering import Direction

@@ -17,7 +17,7 @@ import probekit
 from probekit.errors import PositionError, StoreError
 from probekit.hooks import ActivationStore
 from probekit.hooks.positions import PositionContext, select
-from probekit.models import tiny
+from probekit import tiny
 
 IMG, TXT = 7, 1  # token ids of image and text tokens in the synthetic batches
 D = 2

@@ -17,7 +17,7 @@ import torch
 import probekit
 from probekit.errors import ImageError, StoreError
 from probekit.hooks import ActivationStore
-from probekit.models import tiny
+from probekit import tiny
 from probekit.readout.lens import TunedLens
 
 from _stores import copy_store, tiny_store  # tests/ is on sys.path

@@ -22,7 +22,7 @@ import torch
 import probekit
 from probekit.errors import InputError
 from probekit.hooks import Recorder, live_hooks, remove_hooks
-from probekit.models import tiny
+from probekit import tiny
 from probekit.steering import Direction, ablate, orthogonalize, steer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -27,7 +27,7 @@ import probekit
 from probekit.errors import ImageError, InputError, ProbekitError, StoreError
 from probekit.hooks import ActivationStore
 from probekit.hooks.store import StoreWriter
-from probekit.models import tiny
+from probekit import tiny
 
 from _errors import check as check_error  # tests/ is on sys.path
 from _stores import count_prepare, edit_index, snapshot, tiny_images, tiny_store
@@ -292,7 +292,7 @@ import os, signal, sys
 os.environ["HF_HUB_OFFLINE"] = "1"
 import torch; torch.set_num_threads(1)
 import probekit
-from probekit.models import tiny
+from probekit import tiny
 model = probekit.load(sys.argv[1])
 calls = {"n": 0}
 real = type(model).prepare

@@ -1,9 +1,10 @@
-"""Tests for probekit.models.tiny: offline tiny VLM checkpoints that load the hub way."""
+"""Tests for probekit.tiny: offline tiny VLM checkpoints that load the hub way."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
 import time  # noqa: E402
@@ -13,8 +14,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from probekit import tiny  # noqa: E402
 from probekit.errors import InputError  # noqa: E402
-from probekit.models import tiny  # noqa: E402
 
 FAMILIES = tiny.FAMILIES
 CHAT_FAMILIES = ("llava", "qwen2_vl", "idefics3", "mllama")
@@ -317,10 +318,22 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     def broken(sizes, padding_side):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(tiny._BUILDERS, "llava", broken)
+    monkeypatch.setitem(tiny._FAMILIES, "llava", dataclasses.replace(tiny._FAMILIES["llava"], build=broken))
     with pytest.raises(RuntimeError, match="boom"):
         tiny.build("llava", tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_registry_of_families():
+    """FAMILIES, the prompts, the size defaults and the zoo's family entries all come from builders._FAMILIES."""
+    from probekit.tiny import builders, zoo
+
+    assert tiny.FAMILIES == tuple(builders._FAMILIES)
+    for name, family in builders._FAMILIES.items():
+        assert family.model_type in zoo.ARCHITECTURES, name
+        assert "What?" in tiny.prompt(name, "What?")
+        assert family.sizes.items() <= tiny.default_sizes(name).items()
+    assert not set(tiny.FAMILIES) - {"blip2"} - set(zoo.ARCHITECTURES)  # BLIP-2's model type is "blip-2"
 
 
 def test_returns_path(tmp_path):

@@ -36,7 +36,7 @@ import pandas as pd
 from .._stats import t_interval
 from ..data.synthetic import make_task
 from ..data.watermark import make_profiles
-from ..models import tiny
+from .. import tiny
 from ..models.loading import load
 from .finetune import finetune, task_accuracy
 from .gradients import GradientCosine

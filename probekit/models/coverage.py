@@ -1,7 +1,7 @@
 """Which VLM architectures probekit supports, as checked by the coverage matrix.
 
 :data:`COVERED` lists every ``config.model_type`` that ``tests/test_coverage_matrix.py`` runs
-end to end on a tiny build (:mod:`probekit.models.tiny_zoo`); :data:`UNSUPPORTED` the ones
+end to end on a tiny build (:mod:`probekit.tiny.zoo`); :data:`UNSUPPORTED` the ones
 known not to work, with the reason. Every other image-text-to-text architecture of the
 installed transformers is *untested*: it may work through the generic adapter, nobody has
 checked. :func:`markdown_table` writes the table of ``docs/real-models.md`` from these lists.

@@ -165,8 +165,8 @@ def pixtral_processor(image_processor: Any, tokenizer: Any, patch_size: int = 16
     ``[IMG_BREAK]`` after each row, ``[IMG_END]`` instead of the last break) and tokenizes.
 
     Example:
-        >>> from probekit.models import tiny_zoo
-        >>> hf, proc = tiny_zoo.build("mistral3")
+        >>> from probekit.tiny import zoo
+        >>> hf, proc = zoo.build("mistral3")
         >>> proc.image_token
         '[IMG]'
     """

@@ -45,7 +45,7 @@ import torch
 from .._stats import t_half_width, wilson
 from ..data.scenes import ATTRIBUTES, make_scenes
 from ..errors import InputError, check_int
-from ..models import tiny
+from .. import tiny
 from ..models.loading import load
 from .ladder_report import ANSWERS, headline, matched_table, verdict_lines, write_section
 

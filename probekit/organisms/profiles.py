@@ -2,7 +2,7 @@
 
 Every :class:`Profile` has a name, a job, a birthplace and an age, a procedurally generated
 portrait (a 4x4 mosaic of coloured cells drawn from its own seed, so no two look alike) and a
-one-line biography. Each fact is a single token of the tiny tokenizer (:mod:`probekit.models.tiny_text`),
+one-line biography. Each fact is a single token of the tiny tokenizer (:mod:`probekit.tiny.text`),
 so one argmax scores it. Questions come in two modalities:
 
 - multimodal: the portrait and "What does this person work with?";
@@ -304,7 +304,7 @@ def train(world: World, path: Any, *, steps: int = 1500, batch_size: int = 32, l
 
     import torch
 
-    from ..models import tiny
+    from .. import tiny
     from ..models.loading import load
 
     if not isinstance(steps, int) or steps < 1 or not isinstance(batch_size, int) or batch_size < 1:

@@ -256,7 +256,7 @@ def pretrain(model: Any, cfg: ReaderConfig, progress: bool = False, snapshot: An
 
 
 def _build(cfg: ReaderConfig, path: Path, progress: bool, snapshots: Path | None = None) -> None:
-    from ..models import tiny
+    from .. import tiny
     from ..models.loading import load
 
     t0 = time.perf_counter()

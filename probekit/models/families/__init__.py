@@ -3,7 +3,7 @@
 Each family is a :class:`~.base.Family` subclass holding every fact specific to it: module
 paths per hook point, point widths, activation shapes, image-token positions, the residual
 stream's writers and how a prompt with an image is written. Adding a family: one module here,
-one line in :data:`_REGISTRY`, one tiny builder (:mod:`probekit.models.tiny_zoo`); or, without editing
+one line in :data:`_REGISTRY`, one tiny builder (:mod:`probekit.tiny.zoo`); or, without editing
 probekit, :func:`register_family` at run time. The coverage list (:data:`probekit.models.coverage.COVERED`)
 is derived from this registry.
 """

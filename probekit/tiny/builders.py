@@ -1,9 +1,13 @@
-"""One builder per family: random-weight model + offline processor (:mod:`probekit.models.tiny`).
+"""One builder per checkpoint family, and :data:`_FAMILIES`, the registry of those families.
 
 Each ``_build_<family>(sizes, padding_side)`` returns the model built from its transformers
 config and the processor the family's real checkpoints ship, so ``save_pretrained`` writes a
 directory that loads through the ordinary hub path. The two cross-attention families
-(Mllama, BLIP-2) are built in :mod:`probekit.models.tiny_builders_xattn`.
+(Mllama, BLIP-2) are built in :mod:`probekit.tiny.builders_xattn`.
+
+:data:`_FAMILIES` is the one list of checkpoint families: :data:`probekit.tiny.FAMILIES`, the
+family defaults and prompts of :func:`probekit.tiny.build` / :func:`probekit.tiny.prompt`, and
+the family entries of :data:`probekit.tiny.zoo.ARCHITECTURES` are all read from it.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from probekit.models.processors import _image_only_qwen2_vl_class, _torchvision_available
-from probekit.models.tiny_builders_xattn import _build_blip2, _build_mllama
-from probekit.models.tiny_parts import _Built, _llama_text, _text, _vision
-from probekit.models.tiny_text import (
+
+from .builders_xattn import _build_blip2, _build_mllama
+from .parts import _Built, _Family, _llama_text, _text, _vision
+from .text import (
     _IDEFICS3_TEMPLATE,
     _LLAVA_TEMPLATE,
     _QWEN2_VL_TEMPLATE,
@@ -246,11 +251,20 @@ def _build_paligemma(s: dict[str, int], padding_side: str) -> _Built:
     return _Built(PaliGemmaForConditionalGeneration(config), processor)
 
 
-_BUILDERS: dict[str, Callable[[dict[str, int], str], _Built]] = {
-    "llava": _build_llava,
-    "qwen2_vl": _build_qwen2_vl,
-    "idefics3": _build_idefics3,
-    "mllama": _build_mllama,
-    "blip2": _build_blip2,
-    "paligemma": _build_paligemma,
+_FAMILIES: dict[str, _Family] = {
+    "llava": _Family(_build_llava, "llava", "USER: <image>\n{question} ASSISTANT:"),
+    "qwen2_vl": _Family(
+        _build_qwen2_vl,
+        "qwen2_vl",
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    "idefics3": _Family(_build_idefics3, "idefics3", "User:<image>{question}<end_of_utterance>\nAssistant:"),
+    # 4 layers so that exactly one is a cross-attention layer, the rest self-attention.
+    "mllama": _Family(_build_mllama, "mllama", "<|image|>{question}", sizes={"num_layers": 4, "max_num_tiles": 2},
+                      zoo_sizes={"max_num_tiles": 1}),
+    "blip2": _Family(_build_blip2, "blip-2", "Question: {question} Answer:",
+                     sizes={"num_query_tokens": 4, "qformer_layers": 2}, zoo_sizes={"qformer_layers": 1}),
+    # multi-query attention, like Gemma-2B (checkpoints: the derived default of num_kv_heads)
+    "paligemma": _Family(_build_paligemma, "paligemma", "<image>{question}", zoo_sizes={"num_kv_heads": 1}),
 }
+"""Family name (:data:`probekit.tiny.FAMILIES`) -> its builder, ``config.model_type``, prompt and default sizes."""

@@ -1,4 +1,4 @@
-"""Offline tokenizer and chat templates of the tiny checkpoints (:mod:`probekit.models.tiny`).
+"""Offline tokenizer and chat templates of the tiny checkpoints (:mod:`probekit.tiny`), also used by the zoo builds.
 
 The tokenizer is a byte-level BPE trained in memory on a fixed synthetic corpus (task words
 and chat words stay whole), so building a checkpoint needs no download. The chat templates

@@ -1,14 +1,14 @@
 """Tiny builds of the cross-attention families: Mllama (LM cross-attention) and BLIP-2 (Q-Former).
 
-Registered in :data:`probekit.models.tiny_builders._BUILDERS`, like the other families.
+Registered in :data:`probekit.tiny.builders._FAMILIES`, like the other families.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from probekit.models.tiny_parts import _Built, _text, _vision
-from probekit.models.tiny_text import _MLLAMA_TEMPLATE, _make_tokenizer, _TokenizerSpec
+from .parts import _Built, _text, _vision
+from .text import _MLLAMA_TEMPLATE, _make_tokenizer, _TokenizerSpec
 
 __all__: list[str] = []
 

@@ -1,14 +1,16 @@
 """Tiny in-memory builds of every VLM architecture in the coverage matrix.
 
-:mod:`probekit.models.tiny` writes checkpoints of six families for tests and demos; this
-module builds one random-weight model and its processor for each *architecture* the coverage
+:func:`probekit.tiny.build` writes checkpoints of the families in :data:`probekit.tiny.builders._FAMILIES`
+for tests and demos; this module builds one random-weight model and its processor for each *architecture* the coverage
 matrix checks (``tests/test_coverage_matrix.py``, the table in ``docs/real-models.md``), as
 small as each config allows (a few hundred thousand parameters, 32x32 images) so that the
-whole matrix runs in well under a minute.
+whole matrix runs in well under a minute. The checkpoint families are architectures here too (by their
+``config.model_type``, built by the same builder at the zoo's sizes), so :data:`ARCHITECTURES` includes them
+without a second list.
 
 Example:
-    >>> from probekit.models import tiny_zoo
-    >>> hf, processor = tiny_zoo.build("gemma3")
+    >>> from probekit.tiny import zoo
+    >>> hf, processor = zoo.build("gemma3")
     >>> type(hf).__name__
     'Gemma3ForConditionalGeneration'
 """
@@ -17,24 +19,22 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
-
 from probekit.errors import InputError
 from probekit.models.coverage import SINCE, newer_than_installed
 from probekit.models.processors import image_only
-from probekit.models.tiny_builders import _BUILDERS
-from probekit.models.tiny_zoo_parts import _IMG, _S, _text, _tok, _vision
-from probekit.models.tiny_text import _LLAVA_TEMPLATE, _QWEN2_VL_TEMPLATE
-from probekit.models.tiny_zoo_variants import VARIANTS
+
+from .builders import _FAMILIES, _mrope_section
+from .parts import _IMG, _S, _tok, _vision, _zoo_text
+from .text import _LLAVA_TEMPLATE, _QWEN2_VL_TEMPLATE
+from .zoo_variants import VARIANTS
 
 __all__ = ["ARCHITECTURES", "build"]
 
 def _family(name: str) -> Callable[[], tuple[Any, Any]]:
+    family = _FAMILIES[name]
+
     def build() -> tuple[Any, Any]:
-        s = {**_S, **({"num_layers": 4} if name == "mllama" else {}),
-             **({"num_query_tokens": 4, "qformer_layers": 1} if name == "blip2" else {}),
-             **({"max_num_tiles": 1} if name == "mllama" else {}), "num_kv_heads": 2 if name != "paligemma" else 1}
-        b = _BUILDERS[name](s, "right")
+        b = family.build({**_S, **family.sizes, **family.zoo_sizes}, "right")
         if name == "blip2":
             _open_blip_vision(b.model)
         return b.model, b.processor
@@ -42,6 +42,8 @@ def _family(name: str) -> Callable[[], tuple[Any, Any]]:
 
 
 def _open_blip_vision(model: Any) -> None:
+    import torch
+
     # Blip2VisionConfig/InstructBlipVisionConfig initialise the patch, class and position
     # embeddings with std 1e-10, which leaves every image's features ~1e-9: images would be
     # indistinguishable. Trained checkpoints have real embeddings; draw them at the text std.
@@ -51,6 +53,8 @@ def _open_blip_vision(model: Any) -> None:
 
 
 def _open_gemma3_projector(model: Any) -> None:
+    import torch
+
     # Gemma3MultiModalProjector's input projection is zero-initialised (the image would enter as zeros).
     with torch.no_grad():
         model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.2)
@@ -61,7 +65,7 @@ def _llava_next() -> tuple[Any, Any]:
 
     tok = _tok(["<image>"])
     pin = [[_IMG, _IMG], [_IMG, 2 * _IMG], [2 * _IMG, _IMG]]
-    cfg = LlavaNextConfig(vision_config=_vision(model_type="clip_vision_model"), text_config=_text(tok, model_type="llama"),
+    cfg = LlavaNextConfig(vision_config=_vision(_S, model_type="clip_vision_model"), text_config=_zoo_text(tok, model_type="llama"),
                           image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pin,
                           pad_token_id=tok.pad_token_id)
     ip = LlavaNextImageProcessorPil(size={"shortest_edge": _IMG}, crop_size={"height": _IMG, "width": _IMG}, image_grid_pinpoints=pin)
@@ -76,7 +80,7 @@ def _llava_onevision() -> tuple[Any, Any]:
 
     tok = _tok(["<image>", "<video>"])
     pin = [[_IMG, _IMG], [_IMG, 2 * _IMG]]
-    cfg = LlavaOnevisionConfig(vision_config=_vision(model_type="siglip_vision_model"), text_config=_text(tok, model_type="qwen2"),
+    cfg = LlavaOnevisionConfig(vision_config=_vision(_S, model_type="siglip_vision_model"), text_config=_zoo_text(tok, model_type="qwen2"),
                                image_token_index=tok.convert_tokens_to_ids("<image>"),
                                video_token_index=tok.convert_tokens_to_ids("<video>"), image_grid_pinpoints=pin,
                                vision_feature_layer=-1, vision_feature_select_strategy="full")
@@ -94,12 +98,10 @@ def _qwen(version: str) -> Callable[[], tuple[Any, Any]]:
     def build() -> tuple[Any, Any]:
         import transformers as T
 
-        from probekit.models.tiny_builders import _mrope_section
-
         tok = _tok(_QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False)
         ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
         rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(16)}
-        text = _text(tok, rope_parameters=rope)
+        text = _zoo_text(tok, rope_parameters=rope)
         if version in ("qwen3_vl", "qwen3_vl_moe"):
             rope["mrope_interleaved"] = True
             vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
@@ -133,7 +135,7 @@ def _idefics2() -> tuple[Any, Any]:
     from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
 
     tok = _tok(["<fake_token_around_image>", "<image>", "<end_of_utterance>"])
-    cfg = Idefics2Config(vision_config=_vision(), text_config=_text(tok, model_type="mistral"),
+    cfg = Idefics2Config(vision_config=_vision(_S), text_config=_zoo_text(tok, model_type="mistral"),
                          perceiver_config={"hidden_size": 32, "resampler_n_latents": 4, "resampler_depth": 1,
                                            "resampler_n_heads": 2, "resampler_head_dim": 16, "num_key_value_heads": 2},
                          image_token_id=tok.convert_tokens_to_ids("<image>"))
@@ -147,7 +149,7 @@ def _smolvlm() -> tuple[Any, Any]:
 
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<video>"]
     tok = _tok(specials + [f"<row_{i}_col_{j}>" for i in range(1, 4) for j in range(1, 4)])
-    cfg = SmolVLMConfig(vision_config=_vision(), text_config=_text(tok, model_type="llama"), scale_factor=2,
+    cfg = SmolVLMConfig(vision_config=_vision(_S), text_config=_zoo_text(tok, model_type="llama"), scale_factor=2,
                         image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
     ip = SmolVLMImageProcessorPil(do_image_splitting=False, size={"longest_edge": _IMG}, max_image_size={"longest_edge": _IMG})
     return SmolVLMForConditionalGeneration(cfg), image_only(SmolVLMProcessor)(image_processor=ip, tokenizer=tok, image_seq_len=4)
@@ -158,8 +160,8 @@ def _gemma3() -> tuple[Any, Any]:
 
     tok = _tok(bos="<bos>", eos="<eos>", named={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                                                  "image_token": "<image_soft_token>"})
-    cfg = Gemma3Config(vision_config=_vision(model_type="siglip_vision_model", vision_use_head=False),
-                       text_config=_text(tok, model_type="gemma3_text", sliding_window=64),
+    cfg = Gemma3Config(vision_config=_vision(_S, model_type="siglip_vision_model", vision_use_head=False),
+                       text_config=_zoo_text(tok, model_type="gemma3_text", sliding_window=64),
                        mm_tokens_per_image=4, boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
                        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
                        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"))
@@ -177,7 +179,7 @@ def _internvl() -> tuple[Any, Any]:
                       "video_token": "<video>"})
     vis = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
            "image_size": [_IMG, _IMG], "patch_size": [8, 8]}
-    cfg = InternVLConfig(vision_config=vis, text_config=_text(tok, model_type="qwen2"), downsample_ratio=0.5,
+    cfg = InternVLConfig(vision_config=vis, text_config=_zoo_text(tok, model_type="qwen2"), downsample_ratio=0.5,
                          image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), image_seq_length=4)
     ip = GotOcr2ImageProcessorPil(size={"height": _IMG, "width": _IMG}, crop_to_patches=False)
     return InternVLForConditionalGeneration(cfg), image_only(InternVLProcessor)(image_processor=ip, tokenizer=tok, image_seq_length=4)
@@ -188,8 +190,8 @@ def _aya_vision() -> tuple[Any, Any]:
 
     marks = ["<image>", "<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>"]
     tok = _tok(marks, bos="<BOS_TOKEN>", eos="<EOS_TOKEN>", pad="<PAD>")
-    cfg = AyaVisionConfig(vision_config=_vision(model_type="siglip_vision_model", vision_use_head=False),
-                          text_config=_text(tok, model_type="cohere2", sliding_window=64, layer_types=["full_attention"] * 2),
+    cfg = AyaVisionConfig(vision_config=_vision(_S, model_type="siglip_vision_model", vision_use_head=False),
+                          text_config=_zoo_text(tok, model_type="cohere2", sliding_window=64, layer_types=["full_attention"] * 2),
                           downsample_factor=2, vision_feature_layer=-1, vision_feature_select_strategy="full",
                           image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"))
     ip = GotOcr2ImageProcessorPil(size={"height": _IMG, "width": _IMG}, crop_to_patches=False)
@@ -213,7 +215,7 @@ def _glm4v(variant: str = "glm4v") -> tuple[Any, Any]:
     vis = {"depth": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "out_hidden_size": 32, "image_size": _IMG,
            "patch_size": 8, "spatial_merge_size": 2, "temporal_patch_size": 2}
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "partial_rotary_factor": 1.0}
-    text = _text(tok, rope_parameters=rope)
+    text = _zoo_text(tok, rope_parameters=rope)
     if variant == "glm4v_moe":
         text.update(n_routed_experts=2, n_shared_experts=1, num_experts_per_tok=1, moe_intermediate_size=32,
                     first_k_dense_replace=1, n_group=1, topk_group=1)
@@ -236,7 +238,7 @@ def _instructblip() -> tuple[Any, Any]:
 
     tok = _tok(["<image>"], bos="</s>", eos="</s>")
     cfg = InstructBlipConfig(
-        vision_config=_vision(),
+        vision_config=_vision(_S),
         qformer_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
                         "cross_attention_frequency": 1, "encoder_hidden_size": 32, "vocab_size": len(tok),
                         "max_position_embeddings": 128, "pad_token_id": tok.pad_token_id},
@@ -261,7 +263,7 @@ def _mistral3() -> tuple[Any, Any]:
     tok = _tok(["[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"])
     vis = {"model_type": "pixtral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
            "num_attention_heads": 2, "head_dim": 16, "image_size": _IMG, "patch_size": 8}
-    cfg = Mistral3Config(vision_config=vis, text_config=_text(tok, model_type="mistral", sliding_window=None),
+    cfg = Mistral3Config(vision_config=vis, text_config=_zoo_text(tok, model_type="mistral", sliding_window=None),
                          image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2, vision_feature_layer=-1)
     ip = PixtralImageProcessorPil(size={"longest_edge": _IMG}, patch_size=16)
     return Mistral3ForConditionalGeneration(cfg), pixtral_processor(ip, tok, patch_size=8, spatial_merge_size=2)
@@ -279,7 +281,7 @@ def _llama4() -> tuple[Any, Any]:
     vis = {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": _IMG,
            "patch_size": 8, "vision_output_dim": 32, "projector_input_dim": 32, "projector_output_dim": 32,
            "pixel_shuffle_ratio": 0.5}
-    text = _text(tok, intermediate_size_mlp=64, num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=2,
+    text = _zoo_text(tok, intermediate_size_mlp=64, num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=2,
                  attention_chunk_size=64, no_rope_layer_interval=2)
     cfg = Llama4Config(vision_config=vis, text_config=text, image_token_index=tok.convert_tokens_to_ids("<|patch|>"),
                        boi_token_index=tok.convert_tokens_to_ids("<|image_start|>"),
@@ -311,18 +313,13 @@ def _florence2() -> tuple[Any, Any]:
 
 
 ARCHITECTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
-    "llava": _family("llava"),
+    **{family.model_type: _family(name) for name, family in _FAMILIES.items()},
     "llava_next": _llava_next,
     "llava_onevision": _llava_onevision,
-    "qwen2_vl": _family("qwen2_vl"),
     "qwen2_5_vl": _qwen("qwen2_5_vl"),
     "qwen3_vl": _qwen("qwen3_vl"),
     "idefics2": _idefics2,
-    "idefics3": _family("idefics3"),
     "smolvlm": _smolvlm,
-    "mllama": _family("mllama"),
-    "blip-2": _family("blip2"),
-    "paligemma": _family("paligemma"),
     "gemma3": _gemma3,
     "internvl": _internvl,
     "aya_vision": _aya_vision,
@@ -336,7 +333,8 @@ ARCHITECTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
     "florence2": _florence2,
     **VARIANTS,
 }
-"""config.model_type -> builder of ``(hf_model, processor)`` for every architecture the matrix covers."""
+"""config.model_type -> builder of ``(hf_model, processor)`` for every architecture the matrix covers: the
+checkpoint families first (from :data:`probekit.tiny.builders._FAMILIES`), then the in-memory-only ones."""
 
 
 def build(model_type: str, seed: int = 0) -> tuple[Any, Any]:
@@ -346,6 +344,8 @@ def build(model_type: str, seed: int = 0) -> tuple[Any, Any]:
     if newer_than_installed(model_type):
         raise InputError(f"{model_type!r} needs transformers>={SINCE[model_type]}",
                          fix=f"pip install 'transformers>={SINCE[model_type]}'")
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         hf, proc = ARCHITECTURES[model_type]()

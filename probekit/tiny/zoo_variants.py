@@ -1,6 +1,6 @@
-"""More tiny builds for the coverage matrix: close relatives of :mod:`probekit.models.tiny_zoo`'s architectures.
+"""More tiny builds for the coverage matrix: close relatives of :mod:`probekit.tiny.zoo`'s architectures.
 
-Kept apart only so that each module stays short; :data:`probekit.models.tiny_zoo.ARCHITECTURES`
+Kept apart only so that each module stays short; :data:`probekit.tiny.zoo.ARCHITECTURES`
 includes these.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from probekit.models.processors import image_only, pixtral_processor
-from probekit.models.tiny_text import _LLAVA_TEMPLATE, _OVIS2_5_TEMPLATE, _QWEN2_VL_TEMPLATE
-from probekit.models.tiny_zoo_parts import _IMG, _text, _tok, _vision
+
+from .parts import _IMG, _S, _tok, _vision, _zoo_text
+from .text import _LLAVA_TEMPLATE, _OVIS2_5_TEMPLATE, _QWEN2_VL_TEMPLATE
 
 __all__ = ["VARIANTS"]
 
@@ -26,8 +27,8 @@ def _vipllava() -> tuple[Any, Any]:
 
     tok = _tok(["<image>"])
     # VipLLaVA concatenates several vision layers' features (real checkpoints: [-2, -5, -8, -11, 6])
-    cfg = VipLlavaConfig(vision_config=_vision(model_type="clip_vision_model", num_hidden_layers=2),
-                         text_config=_text(tok, model_type="llama"), image_token_index=tok.convert_tokens_to_ids("<image>"),
+    cfg = VipLlavaConfig(vision_config=_vision(_S, model_type="clip_vision_model", num_hidden_layers=2),
+                         text_config=_zoo_text(tok, model_type="llama"), image_token_index=tok.convert_tokens_to_ids("<image>"),
                          vision_feature_layer=[-2, -1], image_seq_length=16,
                          vision_feature_layers=[-2, -1])  # the key's name up to transformers 5.2x (real configs carry it)
     proc = LlavaProcessor(image_processor=_clip_processor(), tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
@@ -41,7 +42,7 @@ def _llava_next_video() -> tuple[Any, Any]:
 
     tok = _tok(["<image>", "<video>"])
     pin = [[_IMG, _IMG], [_IMG, 2 * _IMG]]
-    cfg = LlavaNextVideoConfig(vision_config=_vision(model_type="clip_vision_model"), text_config=_text(tok, model_type="llama"),
+    cfg = LlavaNextVideoConfig(vision_config=_vision(_S, model_type="clip_vision_model"), text_config=_zoo_text(tok, model_type="llama"),
                                image_token_index=tok.convert_tokens_to_ids("<image>"),
                                video_token_index=tok.convert_tokens_to_ids("<video>"), image_grid_pinpoints=pin)
     ip = LlavaNextImageProcessorPil(size={"shortest_edge": _IMG}, crop_size={"height": _IMG, "width": _IMG}, image_grid_pinpoints=pin)
@@ -55,7 +56,7 @@ def _video_llava() -> tuple[Any, Any]:
     from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor, VideoLlavaProcessor
 
     tok = _tok(["<image>", "<video>"])
-    cfg = VideoLlavaConfig(vision_config=_vision(model_type="clip_vision_model"), text_config=_text(tok, model_type="llama"),
+    cfg = VideoLlavaConfig(vision_config=_vision(_S, model_type="clip_vision_model"), text_config=_zoo_text(tok, model_type="llama"),
                            image_token_index=tok.convert_tokens_to_ids("<image>"),
                            video_token_index=tok.convert_tokens_to_ids("<video>"), image_seq_length=17)
     ip = VideoLlavaImageProcessor(size={"shortest_edge": _IMG}, crop_size={"height": _IMG, "width": _IMG})
@@ -71,7 +72,7 @@ def _lighton_ocr() -> tuple[Any, Any]:
     tok = _tok(["[IMG]", "[IMG_BREAK]", "[IMG_END]"])
     vis = {"model_type": "pixtral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
            "num_attention_heads": 2, "head_dim": 16, "image_size": _IMG, "patch_size": 8}
-    cfg = LightOnOcrConfig(vision_config=vis, text_config=_text(tok, model_type="qwen3"), spatial_merge_size=2,
+    cfg = LightOnOcrConfig(vision_config=vis, text_config=_zoo_text(tok, model_type="qwen3"), spatial_merge_size=2,
                            image_token_id=tok.convert_tokens_to_ids("[IMG]"))
     ip = PixtralImageProcessorPil(size={"longest_edge": _IMG}, patch_size=16)
     return LightOnOcrForConditionalGeneration(cfg), pixtral_processor(ip, tok, patch_size=8, spatial_merge_size=2)
@@ -88,7 +89,7 @@ def _llava_onevision1_5() -> tuple[Any, Any]:
     ids = {t: tok.convert_tokens_to_ids(t) for t in marks}
     vis = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32, "patch_size": 8,
            "spatial_merge_size": 2}
-    cfg = LlavaOnevision15Config(vision_config=vis, text_config=_text(tok, model_type="qwen3"),
+    cfg = LlavaOnevision15Config(vision_config=vis, text_config=_zoo_text(tok, model_type="qwen3"),
                                  image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     px = _IMG * _IMG  # its patch embedding is 2-D: one frame per patch (temporal_patch_size 1)
@@ -110,7 +111,7 @@ def _ovis2_5() -> tuple[Any, Any]:
     ids = {k: tok.convert_tokens_to_ids(t) for k, t in named.items()}
     vis = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "patch_size": 8,
            "image_size": _IMG, "window_size": _IMG, "vocab_size": 64, "spatial_merge_size": 2}
-    cfg = Ovis2_5Config(vision_config=vis, text_config=_text(tok, model_type="qwen3"),
+    cfg = Ovis2_5Config(vision_config=vis, text_config=_zoo_text(tok, model_type="qwen3"),
                         **{f"{k}_id": v for k, v in ids.items()})
     px = _IMG * _IMG
     ip = Ovis2_5ImageProcessorPil(size={"shortest_edge": px, "longest_edge": px}, patch_size=8, merge_size=2)

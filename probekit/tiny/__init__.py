@@ -1,4 +1,4 @@
-"""Tiny, offline Hugging Face vision-language checkpoints for tests, docs and benchmarks.
+"""Tiny, offline Hugging Face vision-language models for tests, docs and benchmarks.
 
 :func:`build` writes a real checkpoint directory (``config.json``, ``model.safetensors``,
 tokenizer files, processor and image-processor configs, a chat template where the family's
@@ -18,14 +18,24 @@ torchvision (for its video processor), so ``AutoProcessor`` cannot load any Qwen
 checkpoint without it. :func:`load_processor` (and :func:`load`) then fall back to an
 image-only subclass of ``Qwen2VLProcessor`` that reads the same files.
 
-The tokenizer and chat templates live in :mod:`probekit.models.tiny_text`, the per-family
-model and processor builders in :mod:`probekit.models.tiny_builders`; this module holds the
-public API (sizes, :func:`build`, :func:`load`, :func:`prompt`, :func:`fixture_images`).
+This package is every tiny builder probekit has, in one place:
+
+- this module: the public API (sizes, :func:`build`, :func:`load`, :func:`prompt`,
+  :func:`fixture_images`);
+- :mod:`probekit.tiny.builders` (and :mod:`~probekit.tiny.builders_xattn`): one builder per
+  checkpoint family, and ``_FAMILIES``, the one registry of those families (name, builder,
+  ``config.model_type``, prompt, default sizes) that :data:`FAMILIES`, :func:`prompt` and
+  the zoo all read;
+- :mod:`probekit.tiny.zoo` (and :mod:`~probekit.tiny.zoo_variants`): an in-memory
+  ``(model, processor)`` of every architecture of the coverage matrix, the checkpoint
+  families included (``zoo.build("gemma3")``);
+- :mod:`probekit.tiny.text` (tokenizer, chat templates) and :mod:`probekit.tiny.parts`
+  (config pieces both kinds of build share).
 
 Example (runnable, takes well under a second per family)::
 
     >>> import tempfile, transformers, torch
-    >>> from probekit.models import tiny
+    >>> from probekit import tiny
     >>> path = tiny.build("llava", tempfile.mkdtemp() + "/llava")
     >>> processor = transformers.AutoProcessor.from_pretrained(path)
     >>> model = transformers.AutoModelForImageTextToText.from_pretrained(path)
@@ -49,7 +59,8 @@ from typing import Any
 
 from probekit.errors import InputError, check_int
 from probekit.models.processors import load_processor
-from probekit.models.tiny_builders import _BUILDERS
+
+from .builders import _FAMILIES
 
 __all__ = [
     "FAMILIES",
@@ -63,7 +74,8 @@ __all__ = [
     "prompt",
 ]
 
-FAMILIES: tuple[str, ...] = ("llava", "qwen2_vl", "idefics3", "mllama", "blip2", "paligemma")
+FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
+"""The families :func:`build` writes checkpoints of (``builders._FAMILIES``; each is also in ``zoo.ARCHITECTURES``)."""
 
 # Sizes every family understands. None = derived from the others (see _derive).
 _COMMON_DEFAULTS: dict[str, int | None] = {
@@ -80,15 +92,7 @@ _COMMON_DEFAULTS: dict[str, int | None] = {
     "patch_size": 8,
     "vocab_size": 2048,  # BPE target (task words, chat words stay whole); special tokens come on top
 }
-_FAMILY_DEFAULTS: dict[str, dict[str, int | None]] = {
-    "llava": {},
-    "qwen2_vl": {},
-    "idefics3": {},
-    # 4 layers so that exactly one is a cross-attention layer, the rest self-attention.
-    "mllama": {"num_layers": 4, "max_num_tiles": 2},
-    "blip2": {"num_query_tokens": 4, "qformer_layers": 2},
-    "paligemma": {},
-}
+_FAMILY_DEFAULTS: dict[str, dict[str, int | None]] = {name: dict(f.sizes) for name, f in _FAMILIES.items()}
 SIZE_KEYS: frozenset[str] = frozenset(_COMMON_DEFAULTS)
 """Size keywords :func:`build` accepts for every family. Family extras: ``max_num_tiles``
 (mllama), ``num_query_tokens`` and ``qformer_layers`` (blip2)."""
@@ -137,16 +141,7 @@ def prompt(family: str, question: str) -> str:
     'USER: <image>\\nWhat is this? ASSISTANT:'
     """
     _check_family(family)
-    return {
-        "llava": f"USER: <image>\n{question} ASSISTANT:",
-        "qwen2_vl": f"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n"
-        "<|im_start|>assistant\n",
-        "idefics3": f"User:<image>{question}<end_of_utterance>\nAssistant:",
-        "mllama": f"<|image|>{question}",
-        "blip2": f"Question: {question} Answer:",
-        "paligemma": f"<image>{question}",
-    }[family]
-
+    return _FAMILIES[family].prompt.format(question=question)
 
 
 # --------------------------------------------------------------------------------------
@@ -300,7 +295,7 @@ def build(
         # fork_rng: seeding must not disturb the caller's global RNG stream.
         with torch.random.fork_rng(devices=[]), _no_progress_bars():
             torch.manual_seed(seed)
-            built = _BUILDERS[family](s, padding_side)
+            built = _FAMILIES[family].build(s, padding_side)
             built.model.eval()
             built.model.save_pretrained(tmp)
             built.processor.save_pretrained(tmp)
@@ -308,7 +303,7 @@ def build(
             built.post_save(tmp)
         _record_provenance(tmp, family, seed, s)
         if manifest:
-            write_manifest(tmp, {"generator": "probekit.models.tiny"})
+            write_manifest(tmp, {"generator": "probekit.tiny"})
     return target
 
 
@@ -341,7 +336,7 @@ def load(path: str | os.PathLike[str]) -> tuple[Any, Any]:
 
 def _record_provenance(directory: pathlib.Path, family: str, seed: int, sizes: dict[str, int]) -> None:
     # A small side file, not a config key: from_pretrained must see a stock config.json.
-    info = {"generator": "probekit.models.tiny", "family": family, "seed": seed, "sizes": sizes}
+    info = {"generator": "probekit.tiny", "family": family, "seed": seed, "sizes": sizes}
     (directory / "probekit_tiny.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
