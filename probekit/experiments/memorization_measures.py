@@ -116,7 +116,7 @@ def _removal(cfg: MemorizationConfig, tuned, train, ev, test, ckpt, seed) -> dic
 
 def _unlearning(cfg: MemorizationConfig, tuned, train, ev, test, ckpt, seed) -> list[dict]:
     from .._stats import bootstrap_mean
-    from ..steering.evaluation import next_token_logprobs
+    from ..steering.outputs import next_token_kl, next_token_logprobs
 
     state = {k: v.clone() for k, v in tuned.hf.state_dict().items()}
     forget = [s for s in train if s.meta.get("watermark") is not None]
@@ -131,7 +131,7 @@ def _unlearning(cfg: MemorizationConfig, tuned, train, ev, test, ckpt, seed) -> 
             unlearn(m, forget, retain, method, steps=cfg.unlearn_steps, batch_size=cfg.probe_batch_size,
                     lr=cfg.unlearn_lr, seed=seed)
         after = next_token_logprobs(m, ev["clean"], cfg.prompt)
-        kl = (before.exp() * (before - after)).sum(-1).clamp_min(0).numpy()
+        kl = next_token_kl(before, after)
         klm, kllo, klhi = bootstrap_mean(kl, seed, 2000)
         r = _scan(m, ev, cfg, seed)
         t = r.table[r.table.source == "residual"]

@@ -160,10 +160,10 @@ def _clean(world: P.World) -> list:
 def _kl_clean(net, clean: list, ref, cfg) -> dict:
     """KL(tuned || this model) of the next token after each clean question, nats, mean and 95% bootstrap CI."""
     from .._stats import bootstrap_mean
-    from ..steering.outputs import next_token_logprobs
+    from ..steering.outputs import next_token_kl, next_token_logprobs
 
     lp = next_token_logprobs(net, [s.image for s in clean], [s.question for s in clean], 64)
-    kl = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0).numpy()
+    kl = next_token_kl(ref, lp)
     m, lo, hi = bootstrap_mean(kl, cfg.seed, cfg.n_boot)
     return {"kl_clean": m, "kl_clean_lo": lo, "kl_clean_hi": hi}
 

@@ -84,12 +84,9 @@ def _rows(pred: Callable[[pd.DataFrame], pd.Series]) -> Callable[[dict], bool]:
     return lambda run: bool(run["table"][pred(run["table"])].detected.any())
 
 
-def _lens(point: str) -> Callable[[pd.DataFrame], pd.Series]:
-    return lambda t: t.source.str.startswith("logit-lens") & (t.point == point)
-
-
-def _patched(point: str) -> Callable[[pd.DataFrame], pd.Series]:
-    return lambda t: t.source.str.startswith("patched") & (t.point == point)
+def _at(source: str, point: str) -> Callable[[pd.DataFrame], pd.Series]:
+    """Rows of a source family (``logit-lens`` with its "minus base" rows, ``patched`` both ways) at a point."""
+    return lambda t: t.source.str.startswith(source) & (t.point == point)
 
 
 # method -> (run -> detected): each the report's own verdict over its whole table (one family per run)
@@ -97,11 +94,11 @@ METHODS: dict[str, Callable[[dict], bool]] = {
     "output loss": _rows(lambda t: (t.source == "output") & (t.score == "loss")),
     "output Min-K%++": _rows(lambda t: (t.source == "output") & (t.score == "min_k_pp")),
     "output minus base (any score)": _rows(lambda t: t.source == "output minus base"),
-    "logit lens lm.0": _rows(_lens("lm.0.resid")),
-    "logit lens lm.1": _rows(_lens("lm.1.resid")),
-    "logit lens lm.2 (= output)": _rows(_lens("lm.2.resid")),
-    "patched lm.0 (either direction)": _rows(_patched("lm.0.resid")),
-    "patched lm.1 (either direction)": _rows(_patched("lm.1.resid")),
+    "logit lens lm.0": _rows(_at("logit-lens", "lm.0.resid")),
+    "logit lens lm.1": _rows(_at("logit-lens", "lm.1.resid")),
+    "logit lens lm.2 (= output)": _rows(_at("logit-lens", "lm.2.resid")),
+    "patched lm.0 (either direction)": _rows(_at("patched", "lm.0.resid")),
+    "patched lm.1 (either direction)": _rows(_at("patched", "lm.1.resid")),
     "membership probe (any layer)": _rows(lambda t: t.source == "probe"),
     "mean-pooled residual probe (scan)": lambda run: _scanned(run) and bool(run["row"]["residual_detected"]),
 }

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import random
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -92,20 +91,10 @@ class RemovalConfig:
 
 def fit_set(d: Any, seen: list[str], unseen: list[str], n_scenes: int) -> pd.DataFrame:
     """Held-out fitting views: per name pair ``n_scenes`` fresh scenes, each with the seen and the unseen name
-    (``paired_set``'s layout, other draws: disjoint from the training set and from the audit set)."""
-    from ..organisms.text import draw_text, scene
+    (the audit set's layout, other draws: disjoint from the training set and from the audit set)."""
+    from ..organisms import watermark_dose as D
 
-    rng = random.Random(f"removal-fit:{d.seed}:{d.size}")
-    rows = []
-    for i in range(len(seen)):
-        for j in range(n_scenes):
-            img, meta = scene(rng, d.size)
-            state = rng.getstate()
-            for name, label in ((seen[i], "seen"), (unseen[i], "unseen")):
-                rng.setstate(state)
-                marked = draw_text(img, name, rng, opacity=d.opacity, grid=d.grid or None, place=d.place or None)[0]
-                rows.append({"pair": i, "scene": j, "image": marked, "name": name, "label": label})
-    return pd.DataFrame(rows)
+    return D.paired_set(d, seen, unseen, n_scenes=n_scenes, draws=f"removal-fit:{d.seed}:{d.size}")
 
 
 def measure(model: Any, make: Callable[[], Any], base: Any, audit: dict, seed: int, n_perm: int,
@@ -115,7 +104,7 @@ def measure(model: Any, make: Callable[[], Any], base: Any, audit: dict, seed: i
 
     from .._stats import bootstrap_mean
     from ..organisms import watermark as W
-    from ..steering.outputs import next_token_logprobs
+    from ..steering.outputs import next_token_kl, next_token_logprobs
     from .finetune import task_accuracy
 
     with make():
@@ -125,7 +114,7 @@ def measure(model: Any, make: Callable[[], Any], base: Any, audit: dict, seed: i
         rep = probekit.membership(model, audit["members"], audit["nonmembers"], base=base, n_perm=n_perm,
                                   n_boot=n_boot, seed=seed, progress=False)
     ref = audit["clean_logprobs"]
-    kl = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0).numpy()
+    kl = next_token_kl(ref, lp)
     k, k_lo, k_hi = bootstrap_mean(kl, seed=seed, n_boot=n_boot)
     t = rep.table.drop(columns="perm_null", errors="ignore")
     out = t[(t.source == "output minus base") & (t.score == "loss")].iloc[0]
@@ -171,9 +160,8 @@ def run_seed(cfg: RemovalConfig, seed: int, base_path: Any, base: Any, verbose: 
     from ..models.loading import load
     from ..organisms import watermark as W
     from ..organisms import watermark_dose as D
-    from ..organisms.text import scene
-    from ..data.synthetic import Sample
     from ..steering.outputs import next_token_logprobs
+
     t0 = time.perf_counter()
     c = W.resolve(W.Condition(), base_path)
     d = replace(cfg.dose.dose(fraction=cfg.fraction, seed=seed), size=c.size, grid=c.grid, place=c.place)
@@ -182,18 +170,19 @@ def run_seed(cfg: RemovalConfig, seed: int, base_path: Any, base: Any, verbose: 
     tuned = load(base_path)
     finetune(tuned, train, steps=d.steps, batch_size=d.batch_size, lr=d.lr, seed=seed, progress=False)
     state = copy.deepcopy(tuned.hf.state_dict())
-    forget = [s for s in train if s.kind == "ocr" and s.meta.get("username") in set(seen)]
-    retain = [s for s in train if not (s.kind == "ocr" and s.meta.get("username") in set(seen))]
+    names = set(seen)
+    reads = [s.kind == "ocr" and s.meta.get("username") in names for s in train]  # a seen name asked for
+    forget = [s for s, r in zip(train, reads) if r]
+    retain = [s for s, r in zip(train, reads) if not r]
     pairs = D.paired_set(d, seen, unseen)
     members, nonmembers = D.membership_samples(pairs)
-    rng = random.Random(f"removal-task:{seed}")
-    test = [Sample(im, W.QUESTION, f"{m['colour']} {m['shape']}.", "describe", m)
-            for im, m in (scene(rng, d.size) for _ in range(cfg.n_task))]
+    test = D.shape_test(d, cfg.n_task, draws="removal-task")
     audit = {"ev": {"images": list(pairs.image), "labels": list(pairs.label), "groups": list(pairs.name)},
              "test": test, "members": members, "nonmembers": nonmembers,
              "clean_logprobs": next_token_logprobs(tuned, [s.image for s in test], W.QUESTION)}
     fit = fit_set(d, seen, unseen, cfg.fit_scenes)
     before_fit = fit_reading(tuned, fit)
+    views = RM.FitViews(tuned, fit)  # the untouched fine-tune's residuals on them, collected once when first asked
     say(f"seed {seed}: fine-tuned ({len(forget)} forget, {len(retain)} retain samples)", t0, verbose)
     rows, tables, extra = [], [], {"sae": None, "choices": {}, "fit_before": before_fit}
     none = contextlib.nullcontext
@@ -208,11 +197,11 @@ def run_seed(cfg: RemovalConfig, seed: int, base_path: Any, base: Any, verbose: 
             model, extra["choices"][method] = _unlearned(base_path, state, forget, retain, method, fit, cfg, seed,
                                                          before_fit)
         elif method in DIRECTIONS:
-            make = RM.directions(tuned, fit, method)
+            make = RM.directions(tuned, views, method)
         elif method in SAE:
             if sae is None:
-                sae, extra["sae"] = RM.train_sae(tuned, fit, cfg, seed)
-            make, extra["choices"][method] = RM.sae_remover(tuned, sae, fit, method, cfg)
+                sae, extra["sae"] = RM.train_sae(tuned, views, cfg, seed)
+            make, extra["choices"][method] = RM.sae_remover(tuned, sae, views, method, cfg, before_fit)
         else:
             raise ValueError(method)
         row, t = measure(model, make, base, audit, seed, cfg.n_perm, cfg.n_boot)
@@ -220,8 +209,6 @@ def run_seed(cfg: RemovalConfig, seed: int, base_path: Any, base: Any, verbose: 
         tables.append(t.assign(method=method))
         say(f"seed {seed}: {method}: direct prompt seen {row['direct_seen']:.2f} / unseen {row['direct_unseen']:.2f}, "
             f"output-minus-base AUC {row['out_auc']:.2f}, layer rows detected {row['inner_detected']}", t0, verbose)
-        if model is not tuned:
-            del model
     frame = pd.DataFrame(rows).assign(seed=seed, condition=d.label())
     return {"rows": frame, "membership": pd.concat(tables, ignore_index=True).assign(seed=seed), **extra,
             "seconds": time.perf_counter() - t0}
@@ -312,8 +299,8 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
             r[k] = int(g[k].sum())
         r["inner_detected_runs"] = int((g.inner_detected > 0).sum())
         r["patched_detected_runs"] = int((g.patched_detected > 0).sum())
-        r["probe_detected_runs"] = int((g.probe_detected > 0).sum()) if "probe_detected" in g else 0
-        r["lens_detected_runs"] = int((g.lens_detected > 0).sum()) if "lens_detected" in g else 0
+        r["probe_detected_runs"] = int((g.probe_detected > 0).sum())
+        r["lens_detected_runs"] = int((g.lens_detected > 0).sum())
         r["mde_auc"] = float(g.mde_auc.mean())
         out.append(r)
     return pd.DataFrame(out)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..report.text import fmt_ci
 from . import watermark_removal as R
 
 __all__ = ["NAME", "section", "write", "verdict_lines", "pareto"]
@@ -19,8 +20,13 @@ __all__ = ["NAME", "section", "write", "verdict_lines", "pareto"]
 NAME = "watermark-removers"
 
 
-def _r(r: dict, k: str, f: str = ".2f") -> str:
-    return f"{r[k]:{f}} [{r[k + '_min']:{f}}, {r[k + '_max']:{f}}]"
+def _r(r: dict, k: str) -> str:
+    """Mean over seeds [seeds' range]."""
+    return fmt_ci(r[k], r[k + "_min"], r[k + "_max"])
+
+
+def _kl(r: dict) -> str:  # two significant digits: the fine-tuning removers' KL is about 1e-7
+    return f"{r['kl_clean']:.2g} [{r['kl_clean_min']:.2g}, {r['kl_clean_max']:.2g}]"
 
 
 def _setting(choices: list[dict], method: str) -> str:
@@ -111,10 +117,10 @@ def section(res: dict, figure: str | None, command: str) -> str:
          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in s.to_dict("records"):
         L.append(f"| {r['method']} | {_setting(res['choices'], r['method'])} | {_r(r, 'direct_seen')} | "
-                 f"{_r(r, 'direct_unseen')} | {_r(r, 'gap')} | {_r(r, 'task_acc')} | {_r(r, 'kl_clean', '.2g')} | "
+                 f"{_r(r, 'direct_unseen')} | {_r(r, 'gap')} | {_r(r, 'task_acc')} | {_kl(r)} | "
                  f"{_r(r, 'out_auc')} | {_r(r, 'forget_drop')} | {r['out_detected']}/{r['runs']} | "
-                 f"{r['inner_detected_runs']}/{r['runs']} ({r.get('lens_detected_runs', 0)} / "
-                 f"{r.get('probe_detected_runs', 0)} / {r['patched_detected_runs']}) | {_r(r, 'patched_auc_max')} |")
+                 f"{r['inner_detected_runs']}/{r['runs']} ({r['lens_detected_runs']} / "
+                 f"{r['probe_detected_runs']} / {r['patched_detected_runs']}) | {_r(r, 'patched_auc_max')} |")
     L.append(f"\nMinimal detectable AUC of one run (80% power, family-wise): {s.mde_auc.mean():.2f}.\n")
     if figure:
         L.append(f"![remover comparison]({figure})\n")

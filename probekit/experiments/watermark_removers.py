@@ -8,7 +8,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-__all__ = ["BETAS", "CLAMPS", "LRS", "KEEP", "fit_reading", "choose", "directions", "train_sae", "sae_remover"]
+__all__ = ["BETAS", "CLAMPS", "LRS", "KEEP", "fit_reading", "choose", "FitViews", "directions", "train_sae",
+           "sae_remover"]
 
 BETAS = (-1.0, -2.0, -5.0, -10.0, -25.0, -50.0, -100.0)  # Suri et al.'s sweep, in units of the latents' activation
 CLAMPS = (0.0, 1.0, 2.0, 4.0)  # SAUCE-style: clamp to -c * alpha where the latent fires
@@ -40,15 +41,32 @@ def choose(before: dict, sweep: list[dict]) -> int:
     return ok[int(np.argmax(gain))]
 
 
-def directions(tuned: Any, fit: pd.DataFrame, method: str) -> Callable[[], Any]:
-    from ..hooks.collect import collect
-    from ..organisms.reader import USERNAME
+class FitViews:
+    """The held-out views (:func:`~probekit.experiments.watermark_removal.fit_set`) with the untouched
+    fine-tune's residual at every layer at the name's positions (``answer_mean``), collected on first use
+    and shared by the directions, the SAE's quality and the latent choice (one pass, not five)."""
+
+    def __init__(self, tuned: Any, fit: pd.DataFrame) -> None:
+        self.tuned, self.frame, self._store = tuned, fit, None
+        self.labels, self.answers = list(fit.label), [n + "." for n in fit.name]
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from ..hooks.collect import collect
+            from ..organisms.reader import USERNAME
+
+            self._store = collect(self.tuned, list(self.frame.image), USERNAME, points="lm.*.resid",
+                                  positions="answer_mean", answers=self.answers, batch_size=64, progress=False)
+        return self._store
+
+
+def directions(tuned: Any, views: FitViews, method: str) -> Callable[[], Any]:
+    """The seen-vs-unseen direction per residual layer, fitted on the views; the intervention maker."""
     from ..steering import Direction, ablate
     from .unlearning_removal import _lazy_orthogonalize
 
-    store = collect(tuned, list(fit.image), USERNAME, points="lm.*.resid", positions="answer_mean",
-                    answers=[n + "." for n in fit.name], batch_size=64, progress=False)
-    labels = list(fit.label)
+    store, labels = views.store, views.labels
     # shrinkage: 400 rows against the residual's width; without it the eraser's whitening blew up directions of
     # little variance at the answer and broke reading altogether (measured on --small: 0.00 / 0.00 read)
     d = Direction.leace(store, labels, shrinkage=True) if method == "leace" else Direction.from_means(store, labels)
@@ -58,42 +76,37 @@ def directions(tuned: Any, fit: pd.DataFrame, method: str) -> Callable[[], Any]:
     return lambda: ablate(tuned, d, points="lm.*.resid", positions="text")
 
 
-def train_sae(tuned: Any, fit: pd.DataFrame, cfg: Any, seed: int) -> tuple[Any, dict]:
-    """The SAE on the last residual layer, trained on the held-out views (every position of the reading
-    sequence, the name teacher-forced), and its quality on the views' answer positions."""
+def train_sae(tuned: Any, views: FitViews, cfg: Any, seed: int) -> tuple[Any, dict]:
+    """The SAE on the last residual layer, trained on the held-out views (the image tokens, the prompt's last
+    token and the name's positions, the name teacher-forced), and its quality on the views' answer positions."""
     from ..hooks.collect import collect
     from ..organisms.reader import USERNAME
     from ..sae import sae_stats, train_sae
 
     point = sorted(tuned.resolve("lm.*.resid"), key=lambda p: int(p.split(".")[1]))[-1]
-    answers = [n + "." for n in fit.name]
-    store = collect(tuned, list(fit.image), USERNAME, points=point, positions=("image", "prompt_last", "answer_mean"),
-                    answers=answers,
-                    batch_size=64, progress=False)
+    store = collect(tuned, list(views.frame.image), USERNAME, points=point,
+                    positions=("image", "prompt_last", "answer_mean"), answers=views.answers, batch_size=64,
+                    progress=False)
     sae = train_sae(store, point, None, architecture="topk", expansion=cfg.sae_expansion, k=cfg.sae_k,
                     epochs=cfg.sae_epochs, seed=seed)
     sae.position = None
-    held = collect(tuned, list(fit.image), USERNAME, points=point, positions="answer_mean", answers=answers,
-                   batch_size=64, progress=False)
-    st = {k: v for k, v in sae_stats(sae, held, point, "answer_mean").items() if k not in ("fire_rate", "mean_act")}
+    st = {k: v for k, v in sae_stats(sae, views.store, point, "answer_mean").items()
+          if k not in ("fire_rate", "mean_act")}
     tr = sae.meta.get("train", {})
     return sae, {"point": point, "d_sae": sae.d_sae, "k": sae.k, "train_rows": tr.get("rows"),
                  "train_seconds": tr.get("seconds"), **{f"fit_{k}": st[k] for k in ("fvu", "l0", "dead")}}
 
 
-def sae_remover(tuned: Any, sae: Any, fit: pd.DataFrame, method: str, cfg: Any) -> tuple[Callable, dict]:
-    """Latents and setting chosen on the held-out views (module docstring); returns the context maker and the
-    choice with its sweep."""
-    from ..hooks.collect import collect
-    from ..organisms.reader import USERNAME
+def sae_remover(tuned: Any, sae: Any, views: FitViews, method: str, cfg: Any,
+                before: dict) -> tuple[Callable, dict]:
+    """Latents and setting chosen on the held-out views (module docstring; ``before``: the untouched model's
+    :func:`fit_reading` of them); returns the context maker and the choice with its sweep."""
     from ..sae.select import select_latents
     from ..sae.stats import encode_store
     from ..steering.sae import sae_clamp, sae_steer
 
-    st = collect(tuned, list(fit.image), USERNAME, points=sae.point, positions="answer_mean",
-                 answers=[n + "." for n in fit.name], batch_size=64, progress=False)
-    z = encode_store(sae, st, sae.point, "answer_mean")
-    labels = list(fit.label)
+    z = encode_store(sae, views.store, sae.point, "answer_mean")
+    labels, fit = views.labels, views.frame
     if method == "sae_steer":
         sel = select_latents(z, labels, m=cfg.n_latents, method="diff", positive="seen")
         grid = [{"beta": b} for b in BETAS]
@@ -106,7 +119,6 @@ def sae_remover(tuned: Any, sae: Any, fit: pd.DataFrame, method: str, cfg: Any) 
 
         def build(s: dict) -> Any:
             return sae_clamp(tuned, sae, sel, value=[-s["clamp"] * a for a in sel.alpha])
-    before = fit_reading(tuned, fit)
     sweep = []
     for s in grid:
         with build(s):

@@ -23,7 +23,8 @@ Example:
     >>> d = Dose(fraction=0.5, n_users=100)
     >>> d.readings, d.n_train, d.steps
     (10, 4000, 500)
-    >>> res = run_dose(reader(), d)                       # doctest: +SKIP  (about 2 minutes on one thread)
+    >>> # about 2 minutes on one thread:
+    >>> res = run_dose(reader(), d)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from ..errors import InputError
 from . import watermark as W
 from .text import draw_text, scene
 
-__all__ = ["Dose", "pools", "training_set", "paired_set", "paired_scores", "membership_samples", "run_dose"]
+__all__ = ["Dose", "pools", "training_set", "paired_set", "shape_test", "paired_scores", "membership_samples",
+           "run_dose"]
 
 
 @dataclass(frozen=True)
@@ -151,13 +153,17 @@ def training_set(d: Dose, seen: list[str], other: list[str]) -> list[Sample]:
     return out
 
 
-def paired_set(d: Dose, seen: list[str], unseen: list[str]) -> pd.DataFrame:
+def paired_set(d: Dose, seen: list[str], unseen: list[str], *, n_scenes: int | None = None,
+               draws: str | None = None) -> pd.DataFrame:
     """Per name pair ``i`` and scene ``j``: the scene with the seen name ``i`` and the same scene with the unseen
-    name ``i`` (one row each: ``pair, scene, image, name, label, shape``); the scenes depend on ``seed // 2``."""
-    rng = random.Random(f"dose-pairs:{d.seed // 2}:{d.size}")
+    name ``i`` (one row each: ``pair, scene, image, name, label, shape``); the scenes depend on ``seed // 2``.
+
+    ``n_scenes`` (default ``d.pair_scenes``) scenes per pair; ``draws``: another seed string for the scenes,
+    for a set of the same layout disjoint from the audit's (e.g. held-out views to fit a remover on)."""
+    rng = random.Random(draws or f"dose-pairs:{d.seed // 2}:{d.size}")
     rows = []
     for i in range(d.n_users):
-        for j in range(d.pair_scenes):
+        for j in range(d.pair_scenes if n_scenes is None else n_scenes):
             img, meta = scene(rng, d.size)
             state = rng.getstate()
             for name, label in ((seen[i], "seen"), (unseen[i], "unseen")):
@@ -166,6 +172,13 @@ def paired_set(d: Dose, seen: list[str], unseen: list[str]) -> pd.DataFrame:
                 rows.append({"pair": i, "scene": j, "image": marked, "name": name, "label": label,
                              "shape": f"{meta['colour']} {meta['shape']}."})
     return pd.DataFrame(rows)
+
+
+def shape_test(d: Dose, n: int, draws: str = "dose-task") -> list[Sample]:
+    """``n`` fresh shape-task scenes with no name ("Describe the shape."): the task the fine-tune must keep."""
+    rng = random.Random(f"{draws}:{d.seed}")
+    return [Sample(im, W.QUESTION, f"{m['colour']} {m['shape']}.", "describe", m)
+            for im, m in (scene(rng, d.size) for _ in range(n))]
 
 
 def membership_samples(pairs: pd.DataFrame) -> tuple[list[dict], list[dict]]:
@@ -231,9 +244,7 @@ def run_dose(base_path: Any, d: Dose, *, base: Any = None, attribution: bool = F
     scanned = W._scan(tuned, ev, d.seed, min(n_boot, 300)) if scan else None
     verdict = W.decide(scanned.table) if scanned is not None else None
     direct = W.direct_prompt(tuned, ev)
-    rng = random.Random(f"dose-task:{d.seed}")
-    test = [Sample(im, W.QUESTION, f"{m['colour']} {m['shape']}.", "describe", m)
-            for im, m in (scene(rng, d.size) for _ in range(96))]
+    test = shape_test(d, 96)
     row = {"condition": d.label(), "kind": d.kind, **{k: v for k, v in asdict(d).items()}, "readings": d.readings,
            "steps": d.steps, "n_train": d.n_train, "confounded": rep.confounded,
            "task_acc": task_accuracy(tuned, test)["accuracy"], "final_loss": float(np.mean(losses[-20:])), **direct,

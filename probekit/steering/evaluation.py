@@ -33,7 +33,7 @@ from ..hooks.collect import check_prompts, collect
 from ..models.adapter import Model
 from .directions import Direction
 from .heldout import plan
-from .outputs import _grouped_inputs, answer_scores, next_token_logprobs  # noqa: F401 (_grouped_inputs: experiments)
+from .outputs import _grouped_inputs, answer_scores, next_token_kl, next_token_logprobs  # noqa: F401 (_grouped_inputs: experiments)
 from .tables import EvalReport, _data_numbers, _summary_numbers, build_report
 
 __all__ = ["EvalReport", "evaluate", "sweep", "next_token_logprobs", "answer_scores"]
@@ -91,8 +91,7 @@ class _Evaluator:
         after = self._probe(_made(intervention))
         with _made(intervention):
             logp_after = next_token_logprobs(self.model, self.clean, self.clean_prompts, self.batch_size)
-        p = self.logp_before.exp()
-        kl = (p * (self.logp_before - logp_after)).sum(-1).clamp_min(0).numpy()  # KL(before || after) per input
+        kl = next_token_kl(self.logp_before, logp_after)
         kl_mean, kl_lo, kl_hi = _boot_mean(kl, self.seed)
         cost: dict[str, Any] = {"kl_mean": kl_mean, "kl_lo": kl_lo, "kl_hi": kl_hi, "kl_n": len(kl)}
         if self.tasks:

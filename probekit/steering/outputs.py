@@ -15,7 +15,7 @@ from ..hooks.collect import check_prompts
 from ..models.adapter import Model
 from ..models.compat import cache_kwarg, output_cache
 
-__all__ = ["next_token_logprobs", "answer_scores"]
+__all__ = ["next_token_logprobs", "next_token_kl", "answer_scores"]
 
 
 def _grouped_inputs(model: Model, images: list, prompts: list[str], batch_size: int):
@@ -56,6 +56,18 @@ def next_token_logprobs(model: Model, images: Sequence[Any], prompts: str | Sequ
         for r, i in enumerate(idx):
             out[i] = lp[r]
     return torch.stack(out)
+
+
+def next_token_kl(before: torch.Tensor, after: torch.Tensor) -> np.ndarray:
+    """``KL(before || after)`` in nats per input, from two ``[n, vocab]`` log-probability tables
+    (:func:`next_token_logprobs` of one model and of the model changed); rounding below 0 is clipped.
+
+    Example:
+        >>> lp = torch.log_softmax(torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64), -1)
+        >>> float(next_token_kl(lp, lp)[0])
+        0.0
+    """
+    return (before.exp() * (before - after)).sum(-1).clamp_min(0).numpy()
 
 
 @torch.no_grad()

@@ -171,10 +171,6 @@ def zero_ablate(model: Model, points: str | Sequence[str], positions: Any = None
     return Intervention(model, names, lambda point, h: torch.zeros_like(h), pos, bool(generated))
 
 
-def _kl(lp_a: Tensor, lp_b: Tensor) -> np.ndarray:
-    return (lp_a.exp() * (lp_a - lp_b)).sum(-1).clamp_min(0).numpy()
-
-
 def splice_quality(model: Model, sae: SAE, images: Any, prompts: Any, task_samples: Sequence[Any] | None = None,
                    positions: Any = "last", batch_size: int = 16, seed: int = 0, n_boot: int = 1000) -> dict:
     """The SAE spliced into the forward pass at its point (and ``positions``), against the clean model and
@@ -187,7 +183,7 @@ def splice_quality(model: Model, sae: SAE, images: Any, prompts: Any, task_sampl
     (1: the SAE loses nothing the model uses; 0: as bad as deleting the activation).
     """
     from .._stats import bootstrap_mean
-    from .outputs import answer_scores, next_token_logprobs
+    from .outputs import answer_scores, next_token_kl, next_token_logprobs
 
     clean = next_token_logprobs(model, images, prompts, batch_size)
     with sae_splice(model, sae, positions=positions):
@@ -196,7 +192,7 @@ def splice_quality(model: Model, sae: SAE, images: Any, prompts: Any, task_sampl
         zeroed = next_token_logprobs(model, images, prompts, batch_size)
     out: dict = {"point": sae.point, "positions": str(positions), "n": int(clean.shape[0])}
     for name, lp in (("sae", spliced), ("zero", zeroed)):
-        m, lo, hi = bootstrap_mean(_kl(clean, lp), seed, n_boot)
+        m, lo, hi = bootstrap_mean(next_token_kl(clean, lp), seed, n_boot)
         out.update({f"kl_{name}": m, f"kl_{name}_lo": lo, f"kl_{name}_hi": hi})
     out["kl_recovered"] = 1 - out["kl_sae"] / out["kl_zero"] if out["kl_zero"] > 0 else math.nan
     if task_samples:
