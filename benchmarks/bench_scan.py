@@ -239,7 +239,7 @@ def profile(model_dir: str, n: int) -> None:
 # ----------------------------------------------------------------------------- raw store I/O
 
 def _write(root: Path, chunks: list, info: dict, n: int, shard: int) -> float:
-    from probekit.hooks.store import StoreWriter
+    from probekit.hooks.store_writer import StoreWriter
 
     t0 = time.perf_counter()
     w = StoreWriter(root, {"fingerprint": "bench"}, n, shard, fingerprint="bench")

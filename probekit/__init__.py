@@ -22,7 +22,7 @@ from . import errors
 from .membership import membership  # eager, as scan: the function shadows its module
 from .scan import scan  # eager: the function must shadow the module of the same name
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Everything else loads on first use: `import probekit` and `probekit --help` stay free of
 # torch, transformers, sklearn and plotly (seconds of start-up; docs/benchmarks.md).

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ._version import __version__
 from .errors import InputError, check_bool, check_int, plain
 
 if TYPE_CHECKING:  # the real imports wait for the first call: `import probekit` must not pull in torch
@@ -202,7 +203,7 @@ def scan(
         "prompts": list(dict.fromkeys(prompts))[:10], "targets": targets, "cv": cv, "seed": seed, "topk": topk,
         "ladder": None if ladder is None else list(ladder), "answer_tokens": answer_tokens,
         "n_boot": n_boot, "n_perm": n_perm, "batch_size": batch_size, "dtype": str(model.dtype).replace("torch.", ""),
-        "device": str(model.device), "probekit_version": _version(), "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "device": str(model.device), "probekit_version": __version__, "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     if readouts is not None:
@@ -218,8 +219,3 @@ def _one_keyword(prompts: Any, prompt: Any) -> Any:
         raise InputError("both prompts= and prompt= were given", fix="pass only prompts= (prompt= is its older spelling)")
     return prompts if prompts is not None else prompt
 
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

@@ -107,7 +107,7 @@ def test_distributed_scan_needs_a_store(tiny_model, monkeypatch):
 
 def test_one_process_resumes_what_the_ranks_left(tiny_model, tmp_path, monkeypatch, one_thread):
     """A part index left by a killed distributed run is merged by a later single-process collect."""
-    from probekit.hooks.store import StoreWriter
+    from probekit.hooks.store_writer import StoreWriter
 
     model, images = tiny_model("llava"), tiny.fixture_images(6, 32, seed=3)
     args = dict(points="lm.0.resid", batch_size=2, shard_size=2, progress=False)

@@ -13,7 +13,7 @@ import probekit
 from probekit.errors import InputError, PositionError, ProbekitError, StoreError, UnknownPointError
 from probekit.hooks import PositionContext, Recorder
 from probekit.report.figures import tradeoff_figure
-from probekit.steering import Direction, ablate, evaluate, orthogonalize, steer, sweep
+from probekit.steering import Direction, ablate, evaluate, leace_sequential, orthogonalize, steer, sweep
 from probekit.steering.interventions import position_mask
 
 Q = "What colour is the shape?"
@@ -429,7 +429,7 @@ POS = ("last", "image_mean")
 
 def test_evaluate_refuses_the_images_the_direction_was_fitted_on(llava, tmp_path):
     fi, fy, ei, ey = _colour_sets(120)
-    d = Direction.leace_sequential(llava, fi, fy, Q, positions=POS)
+    d = leace_sequential(llava, fi, fy, Q, positions=POS)
     with pytest.raises(InputError, match="fitted on 120 of the 120 evaluation images"):  # the call
         evaluate(llava, lambda: ablate(llava, d), fi, fy, prompts=Q, positions=POS, n_boot=50)
     assert len(d.fit_images) == 120 and d.meta["fit_labels"]
@@ -486,7 +486,7 @@ def test_evaluate_and_sweep_split_one_image_set_by_seed(llava):
 
     def fitter(images, labels):
         seen.append(list(labels))
-        return Direction.leace_sequential(llava, images, labels, Q, points="lm.0.resid")
+        return leace_sequential(llava, images, labels, Q, points="lm.0.resid")
 
     rep = evaluate(llava, lambda d: ablate(llava, d), fi, fy, fit=fitter, prompts=Q, points="lm.0.resid", n_boot=50)
     data = rep.data
@@ -616,7 +616,7 @@ def test_acceptance_leace_removes_the_mark_cheaply(marked_llava):
     held_out, y = _marked(2000, seed=7)
     clean = make_task(300, size=32, seed=11, kinds=("colour",))  # unmarked
     # LEACE per layer, each fitted with the erasers of the layers before it active (at every position)
-    d = Direction.leace_sequential(m, fit_images, fit_y, Q, points="lm.*.resid", positions=("last", "image_mean"),
+    d = leace_sequential(m, fit_images, fit_y, Q, points="lm.*.resid", positions=("last", "image_mean"),
                                    batch_size=32)
     rep = evaluate(m, lambda: ablate(m, d), [s.image for s in held_out], y, clean_images=[s.image for s in clean],
                    task_samples=clean, prompts=Q, points="lm.*.resid", positions=("last", "image_mean"),

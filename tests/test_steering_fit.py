@@ -113,16 +113,17 @@ def test_leace_streams_chunks_and_offers_shrinkage(monkeypatch):
 # ----------------------------------------------------------------------------- the sequential fitter
 
 
-def test_leace_sequential_is_a_free_function_and_the_old_name_still_works(tiny_dir):
+def test_leace_sequential_is_a_free_function_and_the_value_class_has_no_model_code(tiny_dir):
     m = probekit.load(tiny_dir("llava"))
     ims, y = probekit.tiny.fixture_images(24, 32), [i % 2 for i in range(24)]
     d = leace_sequential(m, ims, y, "What colour?", points="lm.*.resid")
-    with pytest.warns(DeprecationWarning, match="probekit.steering.leace_sequential"):
-        old = Direction.leace_sequential(m, ims, y, "What colour?", points="lm.*.resid")
-    assert d.method == old.method == "leace_sequential" and d.points == old.points == ["lm.0.resid", "lm.1.resid"]
-    assert d.fit_images == old.fit_images and len(d.fit_images) == 24
+    again = leace_sequential(m, ims, y, "What colour?", points="lm.*.resid")
+    # the deprecated Direction.leace_sequential is gone (issue 26): the value never reaches the model-running code
+    assert not hasattr(Direction, "leace_sequential")
+    assert d.method == again.method == "leace_sequential" and d.points == again.points == ["lm.0.resid", "lm.1.resid"]
+    assert d.fit_images == again.fit_images and len(d.fit_images) == 24
     for p in d.points:
-        assert torch.allclose(d.eraser(p).left, old.eraser(p).left, atol=1e-12)
+        assert torch.allclose(d.eraser(p).left, again.eraser(p).left, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- positions

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 import probekit
 from probekit.errors import ImageError, InputError, ProbekitError, StoreError
 from probekit.hooks import ActivationStore
-from probekit.hooks.store import StoreWriter
+from probekit.hooks.store_writer import StoreWriter
 from probekit import tiny
 
 from _errors import check as check_error  # tests/ is on sys.path

@@ -280,7 +280,7 @@ def collect(
     meta["image_hashes"] = hashes
     if writer is not None:
         try:
-            return writer.finish(meta={"image_hashes": hashes})
+            return ActivationStore(directory=writer.finish(meta={"image_hashes": hashes}))
         finally:
             writer.close()
             del buffers, scratch

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import torch
 
@@ -27,7 +27,7 @@ from ..errors import PositionError, StoreError, UnknownPointError
 from .points import Point, fill_point_info
 from .store_index import FORMAT, VERSION, damaged_shards, read_index, read_point, read_shard
 
-__all__ = ["ActivationStore", "StoreWriter", "damaged_shards", "FORMAT", "VERSION"]
+__all__ = ["ActivationStore", "damaged_shards", "FORMAT", "VERSION"]
 
 
 class ActivationStore:
@@ -193,7 +193,7 @@ class ActivationStore:
             for start in range(0, len(self), shard_size):
                 stop = min(start + shard_size, len(self))
                 w.write_shard(start, stop, {p: self[p][start:stop] for p in self.points}, info)
-            return w.finish()
+            return ActivationStore(directory=w.finish())
         finally:
             w.close()
 
@@ -203,11 +203,3 @@ class ActivationStore:
         more = f", ... ({len(self.points)} points)" if len(self.points) > 3 else ""
         return f"ActivationStore(n={len(self)}, {where}, {shapes}{more})"
 
-
-def __getattr__(name: str) -> Any:
-    # StoreWriter lives in .store_writer (which imports this module); kept importable from here
-    if name == "StoreWriter":
-        from .store_writer import StoreWriter
-
-        return StoreWriter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

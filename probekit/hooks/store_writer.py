@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 
 from ..errors import StoreError
 from ..files import free_bytes, size_text
-from .store import ActivationStore
 from .store_index import (FORMAT, INDEX, PART, VERSION, damaged_shards, index_checksum, is_lock, lock_name, part_name,
                           read_index, shard_name, tensor_hash)
 
@@ -244,9 +243,10 @@ class StoreWriter:
                              f"{size_text(free_bytes(self.directory))} free there)",
                              fix="free disk space, then call collect again with the same store directory to resume") from exc
 
-    def finish(self, meta: Mapping[str, Any] | None = None) -> ActivationStore:
-        """Mark the store complete (every row is in a shard); ``meta`` adds entries known only now
-        (the per-image hashes ``collect`` computes as it decodes each image)."""
+    def finish(self, meta: Mapping[str, Any] | None = None) -> Path:
+        """Mark the store complete (every row is in a shard) and return its directory (open it with
+        ``ActivationStore(directory=...)``: the writer never imports the store it writes); ``meta`` adds entries
+        known only now (the per-image hashes ``collect`` computes as it decodes each image)."""
         covered = sum(s["stop"] - s["start"] for s in self.index["shards"])
         if covered != self.n:
             raise StoreError(f"store {self.directory} covers {covered} of {self.n} samples", fix="collect again to resume")
@@ -259,4 +259,4 @@ class StoreWriter:
             self.index["complete"] = False
             raise StoreError(f"marking {self.directory} complete failed: {exc}",
                              fix="free disk space, then call collect again with the same store directory") from exc
-        return ActivationStore(directory=self.directory)
+        return self.directory

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from .adapter import get_module
+from .layout import get_module
 
 __all__ = ["residual_writers", "find_linear", "ATTN_OUT", "MLP_OUT", "PROJECTOR_OUT", "POST_NORMS"]
 

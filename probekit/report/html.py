@@ -17,6 +17,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
+from .._version import __version__
 from .serialise import jsonable
 
 __all__ = ["CSS", "Markup", "escape", "render", "page", "html_table", "kv_table", "raw_table", "figure_div",
@@ -69,7 +70,7 @@ def page(title: str, subtitle: str, body: str, intro: str | None = None) -> str:
     """A whole self-contained page: CSS and plotly.js inside, ``body`` (HTML) under the title
     and, when given, the ``intro`` paragraph (text: what the page is)."""
     return str(render(PAGE, title=title, subtitle=subtitle, intro=intro, body=Markup(body), css=Markup(CSS),
-                      plotlyjs=Markup(_plotlyjs()), version=_version(),
+                      plotlyjs=Markup(_plotlyjs()), version=__version__,
                       written=_dt.datetime.now().isoformat(timespec="seconds")))
 
 
@@ -133,8 +134,3 @@ def _plotlyjs() -> str:
 
     return get_plotlyjs()
 
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__

@@ -19,11 +19,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_LAZY = {"SAE": "model", "train_sae": "train", "TrainSettings": "train", "save_sae": "files", "load_sae": "files",
+_LAZY = {"SAE": "model", "train_sae": "train", "TrainSettings": "train", "save_sae": "model", "load_sae": "model",
          "sae_stats": "stats", "encode_store": "stats"}
 if TYPE_CHECKING:
-    from .files import load_sae, save_sae
-    from .model import SAE
+    from .model import SAE, load_sae, save_sae
     from .stats import encode_store, sae_stats
     from .train import TrainSettings, train_sae
 

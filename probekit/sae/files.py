@@ -37,9 +37,12 @@ from ..errors import InputError, StoreError, plain
 from ..files import atomic_dir, check_checksum, check_tensor, checksum, field, loads_json, read_safetensors
 from ..files.reading import read_bytes
 from ..hooks.points import point_from_hook
-from .model import ARCHITECTURES, SAE
 
-__all__ = ["CFG", "WEIGHTS", "save_sae", "load_sae", "read_config"]
+__all__ = ["ARCHITECTURES", "CFG", "WEIGHTS", "read_config", "read_sae", "write_sae"]
+
+# The architectures the format describes (the SAE value builds these): the list lives with the format so that
+# this module needs no SAE class (the class reads and writes through here; nothing imports back).
+ARCHITECTURES = ("standard", "topk", "jumprelu")
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -139,9 +142,10 @@ def _shapes(c: dict) -> dict[str, tuple]:
     return s
 
 
-def load_sae(directory: str | os.PathLike, point: str | None = None, position: str | None = None,
-             dtype: torch.dtype | None = None) -> SAE:
-    """Read an SAE directory in sae-lens's format (see the module docstring); every field and tensor checked.
+def read_sae(directory: str | os.PathLike, point: str | None = None, position: str | None = None,
+             dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """The arguments of :class:`~probekit.sae.SAE` read from an SAE directory in sae-lens's format (see the module
+    docstring); every field and tensor checked. :func:`probekit.sae.load_sae` builds the SAE from them.
 
     ``point`` / ``position`` say where it reads in a probekit model (default: what the file records,
     or the point its TransformerLens ``hook_name`` translates to). ``dtype``: cast the weights
@@ -168,14 +172,14 @@ def load_sae(directory: str | os.PathLike, point: str | None = None, position: s
     if point is not None and not isinstance(point, str):
         raise InputError(f"point must be a hook-point name, got {plain(point)!r}", fix='e.g. point="lm.3.resid"')
     t = {k: (v.to(dtype) if dtype is not None else v) for k, v in tensors.items()}
-    return SAE(t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], architecture=c["architecture"], k=c.get("k"),
-               threshold=t.get("threshold"), apply_b_dec_to_input=c["apply_b_dec_to_input"],
-               rescale_acts_by_decoder_norm=c.get("rescale_acts_by_decoder_norm", False),
-               point=point or c["point"] or point_from_hook(c["hook_name"]), position=position or c["position"],
-               meta={**c["meta"], **({"hook_name": c["hook_name"]} if c["hook_name"] and c["point"] is None else {})})
+    return dict(W_enc=t["W_enc"], b_enc=t["b_enc"], W_dec=t["W_dec"], b_dec=t["b_dec"], architecture=c["architecture"],
+                k=c.get("k"), threshold=t.get("threshold"), apply_b_dec_to_input=c["apply_b_dec_to_input"],
+                rescale_acts_by_decoder_norm=c.get("rescale_acts_by_decoder_norm", False),
+                point=point or c["point"] or point_from_hook(c["hook_name"]), position=position or c["position"],
+                meta={**c["meta"], **({"hook_name": c["hook_name"]} if c["hook_name"] and c["point"] is None else {})})
 
 
-def _load_sparsify(d: Path, point: str | None, position: str | None, dtype: torch.dtype | None) -> SAE:
+def _load_sparsify(d: Path, point: str | None, position: str | None, dtype: torch.dtype | None) -> dict[str, Any]:
     """An eai-sparsify SparseCoder directory as the same TopK SAE (see the module docstring), every field checked."""
     p = d / CFG
     try:
@@ -203,25 +207,23 @@ def _load_sparsify(d: Path, point: str | None, position: str | None, dtype: torc
     if k > d_sae:
         raise StoreError(f"{where}: field 'k' is {k}, larger than {d_sae} latents", fix=_FIX)
     cast = (lambda v: v.to(dtype)) if dtype is not None else (lambda v: v)  # noqa: E731
-    return SAE(cast(t["encoder.weight"]).T.contiguous(), cast(t["encoder.bias"]), cast(t["W_dec"]), cast(t["b_dec"]),
-               architecture="topk", k=k, point=point or point_from_hook(d.name), position=position,
-               meta={"source": "eai-sparsify", "hookpoint": d.name})
+    return dict(W_enc=cast(t["encoder.weight"]).T.contiguous(), b_enc=cast(t["encoder.bias"]), W_dec=cast(t["W_dec"]),
+                b_dec=cast(t["b_dec"]), architecture="topk", k=k, point=point or point_from_hook(d.name),
+                position=position, meta={"source": "eai-sparsify", "hookpoint": d.name})
 
 
-def save_sae(sae: SAE, directory: str | os.PathLike) -> Path:
-    """Write ``sae`` as ``directory/cfg.json`` + ``directory/sae_weights.safetensors`` (sae-lens 6.x's
-    format, loadable by ``sae_lens.SAE.load_from_disk``), atomically, with probekit's checksum; returns the directory."""
+def write_sae(cfg: dict, tensors: dict[str, torch.Tensor], directory: str | os.PathLike) -> Path:
+    """Write an SAE's ``cfg`` (sae-lens 6.x's ``cfg.json``) and weights as ``directory/cfg.json`` +
+    ``directory/sae_weights.safetensors`` (loadable by ``sae_lens.SAE.load_from_disk``), atomically, with
+    probekit's checksum; returns the directory. :func:`probekit.sae.save_sae` calls it."""
     from safetensors.torch import save
 
-    if not isinstance(sae, SAE):
-        raise InputError(f"sae is a {type(sae).__name__}", fix="pass a probekit.sae.SAE")
-    cfg = sae.config()
     try:
         cfg = json.loads(json.dumps(cfg, allow_nan=False))  # exactly what a reader parses
     except (TypeError, ValueError) as exc:
         raise InputError(f"the SAE's metadata cannot be written as JSON ({exc})",
                          fix="keep sae.meta to strings, numbers, lists and dicts") from None
-    tensors = {k: v.cpu() for k, v in sae.tensors().items()}
+    tensors = {k: v.cpu() for k, v in tensors.items()}
     data = save(tensors, metadata={"format": "pt", _KEY: checksum(cfg, tensors)})
     text = json.dumps(cfg, indent=1, sort_keys=False)
     d = Path(directory).expanduser()

@@ -23,16 +23,18 @@ Example:
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._version import __version__
 from ..errors import InputError, check_int, plain
+from .files import ARCHITECTURES, read_sae, write_sae
 
-__all__ = ["SAE", "ARCHITECTURES", "TRAINABLE"]
-
-ARCHITECTURES = ("standard", "topk", "jumprelu")
+__all__ = ["SAE", "ARCHITECTURES", "TRAINABLE", "load_sae", "save_sae"]
 TRAINABLE = ("standard", "topk")
 
 
@@ -148,8 +150,6 @@ class SAE(nn.Module):
 
     def config(self) -> dict:
         """The sae-lens (6.x) ``cfg.json`` of this SAE (probekit's fields under ``metadata``)."""
-        from .. import __version__
-
         cfg: dict = {"architecture": self.architecture, "d_in": self.d_in, "d_sae": self.d_sae,
                      "dtype": str(self.W_enc.dtype).replace("torch.", ""), "device": "cpu",
                      "apply_b_dec_to_input": self.apply_b_dec_to_input, "normalize_activations": "none",
@@ -171,13 +171,29 @@ class SAE(nn.Module):
 
     def save(self, directory: Any) -> Any:
         """Write the SAE in the sae-lens on-disk format (``cfg.json`` + ``sae_weights.safetensors``), atomically."""
-        from .files import save_sae
-
         return save_sae(self, directory)
 
     @classmethod
     def load(cls, directory: Any, point: str | None = None, position: str | None = None) -> "SAE":
         """Read an SAE from a sae-lens directory, every field and tensor checked (:func:`probekit.sae.load_sae`)."""
-        from .files import load_sae
-
         return load_sae(directory, point=point, position=position)
+
+
+def load_sae(directory: str | os.PathLike, point: str | None = None, position: str | None = None,
+             dtype: torch.dtype | None = None) -> SAE:
+    """Read an SAE directory in sae-lens's format (or eai-sparsify's TopK), every field and tensor checked
+    (:mod:`probekit.sae.files`).
+
+    ``point`` / ``position`` say where it reads in a probekit model (default: what the file records,
+    or the point its TransformerLens ``hook_name`` translates to). ``dtype``: cast the weights
+    (default: as stored).
+    """
+    return SAE(**read_sae(directory, point=point, position=position, dtype=dtype))
+
+
+def save_sae(sae: SAE, directory: str | os.PathLike) -> Path:
+    """Write ``sae`` as ``directory/cfg.json`` + ``directory/sae_weights.safetensors`` (sae-lens 6.x's
+    format, loadable by ``sae_lens.SAE.load_from_disk``), atomically, with probekit's checksum; returns the directory."""
+    if not isinstance(sae, SAE):
+        raise InputError(f"sae is a {type(sae).__name__}", fix="pass a probekit.sae.SAE")
+    return write_sae(sae.config(), sae.tensors(), directory)

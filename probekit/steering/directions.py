@@ -19,7 +19,6 @@ Nothing is pickled.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -221,19 +220,6 @@ class Direction:
             True
         """
         return cls._fitted(_fit.leace(acts, labels, points, by_position, tol, shrinkage))
-
-    @classmethod
-    def leace_sequential(cls, model: "Model", images: Any, labels: Any, prompts: Any = None, **kwargs: Any) -> "Direction":
-        """Deprecated: use :func:`probekit.steering.leace_sequential` (the same arguments).
-
-        A Direction is a value; the procedure that runs the model to fit one lives in
-        :mod:`probekit.steering.sequential`.
-        """
-        warnings.warn("Direction.leace_sequential is deprecated; use probekit.steering.leace_sequential",
-                      DeprecationWarning, stacklevel=2)
-        from .sequential import leace_sequential  # deprecated path only: directions never needs the model
-
-        return leace_sequential(model, images, labels, prompts, **kwargs)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:

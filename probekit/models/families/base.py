@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ...errors import InputError
-from ..adapter import HookTarget, Layout, find_first, get_module, require
+from ..layout import HookTarget, Layout, find_first, get_module, require
 from ..logit_output import LogitOutput, logit_output
 from ..writers import ATTN_OUT, MLP_OUT, PROJECTOR_OUT, residual_writers
 

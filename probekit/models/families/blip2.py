@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ..adapter import Layout, find_first, get_module
+from ..layout import Layout, find_first, get_module
 from .base import Family
 
 __all__ = ["Blip2"]

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ...errors import UnsupportedModelError
-from ..adapter import HookTarget, Layout, get_module, require
+from ..layout import HookTarget, Layout, get_module, require
 from .base import Family
 
 __all__ = ["Florence2"]

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from ...errors import UnsupportedModelError
-from ..adapter import Layout, find_first, get_module
+from ..layout import Layout, find_first, get_module
 from .base import Family, config_image_token_id, grid_counts, module_or_none
 
 __all__ = ["GenericFamily"]

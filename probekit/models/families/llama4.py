@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from ..adapter import Layout, get_module
+from ..layout import Layout, get_module
 from .base import Family
 
 __all__ = ["Llama4"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from ..adapter import Layout, find_first, get_module
+from ..layout import Layout, find_first, get_module
 from .base import Family
 
 __all__ = ["Mllama"]
