@@ -1,9 +1,9 @@
 """The watermark dose organism read through a tuned lens per layer, minus the base reader's own tuned lens.
 
 The dose study (``probekit study watermark --full``) read each layer through the logit lens only. Here each
-run of that study's design (:class:`probekit.experiments.watermark_dose.DoseConfig` at its full settings:
+run of that study's design (:class:`probekit.studies.watermark.dose.DoseConfig` at its full settings:
 100 names per pool, 40 sightings, lr 1e-3, replay 0.25, 1,000 permutations) is fine-tuned again (the same
-:func:`probekit.organisms.watermark_dose.training_set`, the same ``finetune`` call and seed, so the same
+:func:`probekit.studies.watermark.dose_organism.training_set`, the same ``finetune`` call and seed, so the same
 fine-tune as the study's run), then a :class:`probekit.TunedLens` is fitted on the fine-tuned model and one
 on the untouched reader, both on the same lens-fitting data, disjoint from the audit:
 
@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 def lens_samples(d, other: list[str], n_scenes: int, holdout: float = 0.2) -> tuple[list, list]:
     """(fit, held-out) lens samples: U3 reading samples and the reader's pretraining mix, shuffled."""
-    from probekit.organisms import watermark as W  # noqa: F401  (the reader's layout comes through d)
+    from probekit.studies.watermark import organism as W  # noqa: F401  (the reader's layout comes through d)
     from probekit.organisms.reader import USERNAME, pretraining_data
     from probekit.organisms.text import draw_text, scene
 
@@ -115,10 +115,10 @@ def fit_lens(model, fit_rows, held_rows, points, steps: int, seed: int):
 
 def run(cfg, base_path, base, fraction: float, seed: int, p: float, out: Path, lens_scenes: int, lens_steps: int):
     import probekit
-    from probekit.experiments.finetune import finetune
+    from probekit.organisms.finetune import finetune
     from probekit.models.loading import load
-    from probekit.organisms import watermark as W
-    from probekit.organisms import watermark_dose as D
+    from probekit.studies.watermark import organism as W
+    from probekit.studies.watermark import dose_organism as D
 
     d = cfg.dose(fraction=fraction, seed=seed, p=p)
     tag = f"{'p0' if not p else f'f{fraction:g}'}-s{seed}"
@@ -160,11 +160,11 @@ def patch_positions(cfg, base_path, base, fraction: float, seed: int, out: Path,
     and answer); per patch the share of ``gap_tuned - gap_base`` it removes (gap: mean loss score of members
     minus non-members', loss score = mean log-probability of the teacher-forced name at the output)."""
     from probekit.data.images import decode
-    from probekit.experiments.finetune import finetune
+    from probekit.organisms.finetune import finetune
     from probekit.hooks.recorder import Recorder
     from probekit.models.loading import load
-    from probekit.organisms import watermark as W
-    from probekit.organisms import watermark_dose as D
+    from probekit.studies.watermark import organism as W
+    from probekit.studies.watermark import dose_organism as D
     from probekit.readout.token_scores import token_scores
     from probekit.steering.interventions import Intervention
 
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.table:
         print(tables(a.out))
         return 0
-    from probekit.experiments.watermark_dose import DoseConfig
+    from probekit.studies.watermark.dose import DoseConfig
     from probekit.models.loading import load
     from probekit.organisms.reader import reader
 

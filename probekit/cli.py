@@ -146,7 +146,7 @@ def _positions(text: str) -> str | tuple:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from probekit.experiments.demo import DemoConfig, print_summary, run_demo
+    from probekit.demo import DemoConfig, print_summary, run_demo
 
     print_summary(run_demo(DemoConfig(out=args.out, seed=args.seed, steps=args.steps)))
     return 0

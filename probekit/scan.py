@@ -154,30 +154,18 @@ def scan(
     if world > 1 and store is None:
         raise InputError(f"a distributed scan (WORLD_SIZE={world}) needs store=, a directory every rank can write",
                          fix="pass store=DIR (probekit scan --store DIR); the ranks split the images into its shards")
-    answer_ids = None
     if ladder is True or ladder is False or (ladder is None and any(isinstance(r, plugins.LadderReadout)
                                                                       for r in chosen or ())):
         from .readout.ladder import LADDER_K
 
         ladder = LADDER_K if ladder is not False else None  # readouts=["ladder"] alone: the default sweep
-    if ladder is not None:
-        from .readout.ladder import check_ladder
-
-        if src.labels is None:
-            raise InputError("ladder= probes a label on every rung, but no labels were given",
-                             fix="pass labels= (one per image), or leave ladder=None")
-        answer_ids = check_ladder(model, ladder, answer_tokens, [position_name(p) for p in pos_list])
-        from .readout.lens import TunedLens
-
-        if not (isinstance(tuned_lens, (bool, TunedLens)) or tuned_lens is None):
-            raise InputError(f"tuned_lens must be True, False or a TunedLens, got {type(tuned_lens).__name__}",
-                             fix="e.g. tuned_lens=True (fit one on the collected residuals)")
     chosen = plugins.choose(chosen, labels=src.labels is not None, targets=targets is not None,
                             ladder=ladder is not None)
     ctx = plugins.Context(model, src.labels, groups, cv=cv, seed=seed, n_boot=n_boot, n_perm=n_perm, topk=topk,
                           lens_k=lens_k, targets=None if targets is None else tuple(targets),
-                          ladder=None if ladder is None else tuple(ladder),
-                          answer_ids=None if answer_ids is None else tuple(answer_ids), tuned_lens=tuned_lens,
+                          ladder=tuple(ladder) if isinstance(ladder, (list, tuple)) else ladder,  # checked by its readout
+                          answer_tokens=answer_tokens, positions=tuple(position_name(p) for p in pos_list),
+                          tuned_lens=tuned_lens,
                           memory_limit=memory_limit, progress=progress, points=tuple(names))
     ctx, logits_topk = plugins.plan(chosen, ctx)  # what every readout needs, recorded by one collect
 

@@ -5,7 +5,7 @@ import torch
 
 import probekit
 from probekit.errors import InputError, PositionError, UnsupportedModelError
-from probekit.experiments.finetune import answer_batch
+from probekit.organisms.finetune import answer_batch
 from probekit.hooks.positions import PositionContext, select
 from probekit import tiny
 

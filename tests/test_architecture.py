@@ -253,26 +253,6 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
     return out
 
 
-# Cycles that remain when imports inside functions count (issue 26 removes them; none may grow, none may be
-# added): the store and its writer (``ActivationStore.save`` writes through ``StoreWriter``, which returns a
-# store); the adapter and the families (a family's writers read the adapter's layout); and the package root
-# with the layers that reach it through ``import probekit`` inside functions.
-KNOWN_CYCLES = [
-    {"probekit.hooks.store", "probekit.hooks.store_writer"},
-    {"probekit.models.adapter", "probekit.models.families", "probekit.models.input_cache", "probekit.models.writers",
-     *(f"probekit.models.families.{f}" for f in ("base", "blip2", "florence2", "gemma3", "generic", "glm4v", "idefics3",
-                                                  "instructblip", "lighton_ocr", "llama4", "llava", "mistral3",
-                                                  "mllama", "paligemma", "qwen2_vl"))},
-    {"probekit", "probekit.membership", "probekit.readout", "probekit.readout.sae_latents", "probekit.report",
-     "probekit.report.comparison", "probekit.report.html", "probekit.report.membership_report",
-     "probekit.report.pages", "probekit.report.scan_report", "probekit.report.serialise", "probekit.report.verdicts",
-     "probekit.sae", "probekit.sae.files", "probekit.sae.model", "probekit.sae.stats", "probekit.sae.train",
-     "probekit.scan", "probekit.steering", "probekit.steering.directions", "probekit.steering.evaluation",
-     "probekit.steering.fit", "probekit.steering.heldout", "probekit.steering.interventions", "probekit.steering.sae",
-     "probekit.steering.sequential", "probekit.steering.tables", "probekit.steering.weights"},
-]
-
-
 def test_checker_with_imports_inside_functions_finds_the_lazy_cycle(tmp_path):
     _write(tmp_path, {"fake/__init__.py": "", "fake/a.py": "def f():\n    from fake.b import g\n",
                       "fake/b.py": "from fake.a import f\n\ndef g():\n    pass\n"})
@@ -280,12 +260,73 @@ def test_checker_with_imports_inside_functions_finds_the_lazy_cycle(tmp_path):
     assert strongly_connected(import_graph(tmp_path, "fake", everywhere=True)) == [{"fake.a", "fake.b"}]
 
 
-def test_no_new_import_cycle_counting_imports_inside_functions():
-    """With imports inside functions counted, every cycle is inside one of KNOWN_CYCLES (a ratchet)."""
-    root = Path(__file__).resolve().parents[1]
-    found = strongly_connected(import_graph(root, "probekit", everywhere=True))
-    new = [sorted(c) for c in found if not any(c <= k for k in KNOWN_CYCLES)]
-    assert new == [], f"new import cycles (imports inside functions counted): {new}"
+def test_no_import_cycle_counting_imports_inside_functions():
+    """With imports inside functions counted too, the package has no cycle (issue 26 removed the last four)."""
+    found = strongly_connected(import_graph(ROOT, "probekit", everywhere=True))
+    assert found == [], f"import cycles (imports inside functions counted): {[sorted(c) for c in found]}"
+
+
+# The layers, lowest first. A module imports only its own package and the layers below its own (imports inside
+# functions counted): the statistics never reach a model, steering draws no report figure (report reads steering's
+# results), the shared organisms import no study, and each study is one folder that imports no other study.
+LAYERS: list[set[str]] = [
+    {"errors", "_version"},
+    {"_progress", "_stats", "files"},
+    {"data", "models"},
+    {"tiny", "hooks"},
+    {"sae"},
+    {"readout"},
+    {"steering", "report"},
+    {"membership", "scan"},
+    {"organisms"},
+    {"studies"},  # the protocol and registry (studies/__init__, base, printout, calibration)
+    {"studies.*"},  # one folder per study
+    {"demo", "cli_membership"},
+    {"cli", "<root>"},
+]
+
+
+def layer_unit(module: str) -> str:
+    """The package a module belongs to for the layer rules (a study folder is its own unit)."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "<root>"
+    if parts[1] == "studies" and len(parts) > 2 and (ROOT / "probekit" / "studies" / parts[2]).is_dir():
+        return "studies." + parts[2]
+    return parts[1]
+
+
+def _layer(unit: str) -> int:
+    for i, units in enumerate(LAYERS):
+        if unit in units or (unit.startswith("studies.") and "studies.*" in units):
+            return i
+    raise AssertionError(f"{unit} is in no layer of LAYERS: add it")
+
+
+def layer_breaks(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for a, targets in graph.items():
+        ua = layer_unit(a)
+        for t in targets:
+            ut = layer_unit(t)
+            if ua != ut and _layer(ut) >= _layer(ua):
+                out.append(f"{a} ({ua}) -> {t} ({ut})")
+    return sorted(out)
+
+
+def test_checker_finds_a_planted_layer_break():
+    graph = {"probekit.steering.fit": {"probekit.report.figures"}, "probekit.studies.watermark.dose":
+             {"probekit.studies.unlearning.removal"}, "probekit.report.pages": {"probekit.readout.table"}}
+    assert layer_breaks(graph) == [
+        "probekit.steering.fit (steering) -> probekit.report.figures (report)",
+        "probekit.studies.watermark.dose (studies.watermark) -> probekit.studies.unlearning.removal (studies.unlearning)"]
+
+
+def test_no_layer_imports_a_higher_one_and_no_study_another():
+    graph = import_graph(ROOT, "probekit", everywhere=True)
+    assert layer_breaks(graph) == []
+    studies = {layer_unit(m) for m in graph if layer_unit(m).startswith("studies.")}
+    assert {"studies.ladder", "studies.watermark", "studies.unlearning", "studies.memorization"} <= studies
 
 
 def test_modules_are_small():

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from probekit.experiments import facts_metrics as FM
-from probekit.experiments import mllmu_protocol as MP
-from probekit.organisms import profiles as P
+from probekit.organisms import facts_metrics as FM
+from probekit.studies.unlearning import mllmu_protocol as MP
+from probekit.studies.unlearning import profiles as P
 
 
 class _Constant(torch.nn.Module):

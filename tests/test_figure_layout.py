@@ -281,7 +281,7 @@ def test_save_takes_a_title_and_an_intro(tmp_path):
 
 
 def test_demo_pages_say_which_is_the_scan_and_which_the_coin_flip_control(tmp_path):
-    from probekit.experiments.demo import write_reports
+    from probekit.demo import write_reports
 
     found, control = write_reports(small_report(0.9), small_report(0.55), tmp_path)
     assert (found.name, control.name) == ("report.html", "control.html")

@@ -5,7 +5,8 @@ import torch
 
 import probekit
 from probekit.data.synthetic import make_task
-from probekit.experiments.finetune import answer_batch, finetune, task_accuracy, wilson
+from probekit._stats import wilson
+from probekit.organisms.finetune import answer_batch, finetune, task_accuracy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -184,7 +184,7 @@ def test_hub_id_while_offline_fails_at_once_and_says_offline(monkeypatch, tmp_pa
 
 def test_fingerprint_changes_with_the_weights(tiny_dir):
     from probekit.data.synthetic import make_task
-    from probekit.experiments.finetune import finetune
+    from probekit.organisms.finetune import finetune
 
     base, tuned = probekit.load(tiny_dir("llava")), probekit.load(tiny_dir("llava"))
     assert base.fingerprint() == tuned.fingerprint()  # same weights, same fingerprint
@@ -273,7 +273,7 @@ def test_progress_bar_redraws_every_few_seconds_in_logs_and_live_in_a_terminal(m
 
 
 def test_study_shows_progress_and_says_where_it_wrote(monkeypatch, tmp_path, capsys):
-    import probekit.experiments.memorization as mem
+    import probekit.studies.memorization.study as mem
 
     seen = {}
 

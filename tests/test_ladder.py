@@ -152,7 +152,7 @@ def test_pca_features_are_the_principal_components():
 def test_seed_summary_is_a_t_interval_over_seeds():
     from scipy import stats
 
-    from probekit.organisms.ladder import seed_summary
+    from probekit.studies.ladder.organism import seed_summary
 
     rows = [dict(attribute="a", source="residual", point="lm.0.resid", layer=0.0, k=np.nan, k_label="", seed=s,
                  accuracy=acc, chance=0.5, detected=det, n_features=64, mi_bits=0.1)
@@ -221,7 +221,7 @@ def test_scan_ladder_bad_settings_fail_before_any_forward(tiny_llava, monkeypatc
 
 @pytest.fixture(scope="module")
 def organism(tmp_path_factory):
-    from probekit.organisms.ladder import LadderConfig, run_ladder
+    from probekit.studies.ladder.organism import LadderConfig, run_ladder
 
     return run_ladder(LadderConfig.small(out=str(tmp_path_factory.mktemp("ladder"))))
 
@@ -256,7 +256,7 @@ def test_organism_learns_yes_no_and_leaks_material_but_not_a_coin_flip(organism)
 
 
 def test_organism_docs_section_is_replaced_in_place(organism, tmp_path):
-    from probekit.organisms.ladder import write_section
+    from probekit.studies.ladder.organism import write_section
 
     md = tmp_path / "results.md"
     md.write_text("# other study\n\nkept text\n")
@@ -281,7 +281,7 @@ def test_organism_logit_lens_says_the_answer_at_the_last_layer(organism):
 
 
 def test_study_ladder_cli_prints_and_writes_the_docs_section(organism, tmp_path, monkeypatch, capsys):
-    import probekit.organisms.ladder as lad
+    import probekit.studies.ladder.organism as lad
     from probekit.cli import main
 
     seen = []

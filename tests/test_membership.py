@@ -13,7 +13,7 @@ import pytest
 import probekit
 from probekit.data.synthetic import Sample
 from probekit.errors import InputError
-from probekit.experiments.finetune import finetune
+from probekit.organisms.finetune import finetune
 
 NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar",
          "peggy", "rupert", "sybil", "trent"]

@@ -11,11 +11,11 @@ import torch
 import probekit
 from probekit.data.synthetic import make_task
 from probekit.data.watermark import apply_watermarks, make_profiles
-from probekit.experiments.finetune import finetune
-from probekit.experiments.gradients import GradientCosine, batch_order, flat_cosine
-from probekit.experiments.membership import answer_logprobs, loss_score, mia_metrics, min_k_score, tpr_at_fpr
-from probekit.experiments.memorization import MemorizationConfig, positive_control, run_memorization, write_results
-from probekit.experiments.unlearning import METHODS, unlearn
+from probekit.organisms.finetune import finetune
+from probekit.organisms.gradients import GradientCosine, batch_order, flat_cosine
+from probekit.organisms.mia import answer_logprobs, loss_score, mia_metrics, min_k_score, tpr_at_fpr
+from probekit.studies.memorization.study import MemorizationConfig, positive_control, run_memorization, write_results
+from probekit.organisms.unlearn import METHODS, unlearn
 from probekit import tiny
 
 
@@ -134,7 +134,7 @@ def test_unlearning_methods_run_and_raise_forget_loss(ckpt, method):
 
 
 def test_results_page_keeps_the_other_studies_sections():
-    from probekit.experiments.memorization import _other_sections
+    from probekit.studies.memorization.study import _other_sections
 
     page = ("# memorisation\nold numbers\n\n<!-- ladder -->\nL\n<!-- /ladder -->\n"
             "<!-- study:unlearning -->\nU\n<!-- /study:unlearning -->\n<!-- notes -->\nN\n<!-- /notes -->\n")

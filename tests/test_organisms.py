@@ -12,7 +12,7 @@ import torch
 
 from probekit.errors import InputError
 from probekit.organisms import ReaderConfig, reader
-from probekit.organisms import watermark as W
+from probekit.studies.watermark import organism as W
 from probekit.organisms.reader import held_out_strings, is_held_out, pretraining_data
 from probekit.organisms.text import CHARS, draw_text, scene, text_image
 

@@ -78,13 +78,26 @@ def test_the_ladder_readout_equals_ladder_equals(llava, images):
     assert list(by_name.ladder.k_label.unique()[1:]) == ["2", "5"]
 
 
+class _OneTokenWords:
+    """A model whose tokenizer makes every word one token (what the ladder's answer words must be)."""
+
+    def __init__(self):
+        self.processor = lambda text, add_special_tokens=False: {"input_ids": [len(text)]}
+
+
 def test_needs_decide_what_collect_keeps_of_the_output():
-    ctx = plugins.Context(None, LABELS, topk=10, ladder=(2, 5, 50), answer_ids=(7, 8, 9))
+    m = _OneTokenWords()
+    ctx = plugins.Context(m, LABELS, topk=10, ladder=(2, 5, 50), answer_tokens=("a", "bb", "ccc"), positions=("last",))
     probes, ladder = plugins.ProbesReadout(), plugins.LadderReadout()
     assert plugins.output_topk([probes.needs(ctx), ladder.needs(ctx)]) == 50
     assert plugins.output_topk([probes.needs(ctx)]) == 10
-    assert plugins.output_topk([ladder.needs(plugins.Context(None, LABELS, ladder=(2, 5), answer_ids=(7, 8)))]) is None
+    two = plugins.Context(m, LABELS, ladder=(2, 5), answer_tokens=("a", "bb"), positions=("last",))
+    assert plugins.output_topk([ladder.needs(two)]) is None  # the answer-word rung reads every token's log-prob
     assert plugins.output_topk([plugins.LensReadout().needs(ctx)]) is None  # no output read: nothing to cut
+    with pytest.raises(InputError, match="reads the next-token output at 'last'"):  # checked before any forward
+        ladder.needs(plugins.Context(m, LABELS, ladder=(2,), positions=("image_mean",)))
+    with pytest.raises(InputError, match="tuned_lens must be True, False or a TunedLens"):
+        ladder.needs(plugins.Context(m, LABELS, ladder=(2,), positions=("last",), tuned_lens="yes"))
 
 
 class MeanNorm(Readout):

@@ -411,7 +411,7 @@ def test_intact_checkpoints_load_and_the_shipped_reader_is_checked(checkpoint, t
     ({"loss": 1}, ["not a non-empty list"]),
 ])
 def test_study_cache_with_crafted_losses_is_refused(checkpoint, tmp_path, losses, words):
-    from probekit.experiments.unlearning_study import _cached
+    from probekit.studies.unlearning.study import _cached
 
     d = Path(shutil.copytree(checkpoint, tmp_path / "tuned"))
     (d / MANIFEST).unlink()

@@ -160,9 +160,9 @@ def test_sigint_mid_evaluate_leaves_the_model_as_it_was(model, monkeypatch, colo
 def test_sigint_mid_study_leaves_a_resumable_cache(tmp_path, monkeypatch):
     """The unlearning study, interrupted while fine-tuning, then after its fine-tune is cached:
     nothing half-written; the cache it left is checked and reused by the next run."""
-    from probekit.experiments import unlearning_study as U
+    from probekit.studies.unlearning import study as U
     from probekit.files import check_manifest
-    from probekit.organisms import profiles as P
+    from probekit.studies.unlearning import profiles as P
 
     cfg = U.StudyConfig.small(out=str(tmp_path / "o"), steps=3, n_profiles=8, n_unseen=8, probe_cv=2, n_boot=20,
                               n_eval_retain=4)

@@ -273,7 +273,7 @@ def test_mutated_organism_checkpoint(tmp_path):
 
 def test_mutated_study_cache(tmp_path, tiny_dir):
     """A fine-tune cached by the unlearning study: its checkpoint, losses.json and manifest."""
-    from probekit.experiments.unlearning_study import _cached
+    from probekit.studies.unlearning.study import _cached
 
     src = Path(shutil.copytree(tiny_dir("llava"), tmp_path / "src"))
     (src / "losses.json").write_text(json.dumps([2.5, 1.25, 0.75]))

@@ -50,7 +50,7 @@ def test_sparse_scorer_reads_a_label_held_by_few_features_and_never_chooses_on_t
 def ladder(tmp_path_factory, one_thread):
     """The ladder organism (LadderConfig.small, one seed), an SAE on its last layer trained on other scenes."""
     from probekit.data.scenes import make_scenes
-    from probekit.organisms.ladder import LadderConfig, eval_scenes, train_organism
+    from probekit.studies.ladder.organism import LadderConfig, eval_scenes, train_organism
 
     cfg = LadderConfig.small(out=str(tmp_path_factory.mktemp("ladder")), seed=0)
     model, acc, _, _ = train_organism(cfg)

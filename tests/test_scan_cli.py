@@ -140,7 +140,7 @@ def test_cli_scan_answers_csv_matches_the_python_call(tiny_dir, tiny_model, fold
 
 def test_demo_end_to_end(tmp_path, capsys):
     """The demo's organism really learned its task, leaks the unasked material, and its control does not."""
-    from probekit.experiments.demo import DemoConfig, print_summary, run_demo
+    from probekit.demo import DemoConfig, print_summary, run_demo
 
     res = run_demo(DemoConfig(out=str(tmp_path / "demo"), steps=160, n_train=640, n_eval=320, num_layers=2,
                               n_boot=200, progress=False))

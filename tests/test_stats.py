@@ -27,14 +27,6 @@ def test_wilson_matches_published_values():
     assert all(math.isnan(v) for v in S.wilson(0, 0))
 
 
-def test_wilson_old_homes_are_the_same_function():
-    from probekit.experiments.finetune import wilson
-    from probekit.readout.information import wilson as info_wilson
-    from probekit.steering.evaluation import _wilson
-
-    assert wilson is S.wilson and info_wilson is S.wilson and _wilson is S.wilson
-
-
 def test_holm():
     assert S.holm([0.01, 0.04, 0.03, 0.5]).round(2).tolist() == [0.04, 0.09, 0.09, 0.5]
     out = S.holm([0.02, np.nan, 0.01])  # NaN is not a test: m = 2
@@ -56,7 +48,7 @@ def test_p_from_ci():
     assert p.shape == (2,) and p[0] == pytest.approx(0.025)
     assert S.p_difference_from_ci(0.1, 0.0, 0.2) == pytest.approx(0.05)  # two-sided
     assert S.p_difference_from_ci([0.0, 0.1], [0.0, 0.1], [0.0, 0.1]).tolist() == [1.0, 0.0]
-    from probekit.experiments.facts_metrics import p_from_ci
+    from probekit.organisms.facts_metrics import p_from_ci
 
     assert p_from_ci(0.8, 0.7, 0.9, 0.5) == pytest.approx(S.p_from_ci(0.8, 0.7, 0.9, 0.5))
 

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from probekit import _stats as S
-from probekit.experiments.membership import mia_metrics
+from probekit.organisms.mia import mia_metrics
 
 ROOT = Path(__file__).resolve().parents[1] / "probekit"
 

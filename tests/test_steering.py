@@ -595,7 +595,7 @@ def marked_llava(tiny_dir):
     The vision tower is frozen (as in Ju et al.'s Qwen-VL-Chat setting); full fine-tuning of this
     tiny model teaches the tower to ignore the mark and the probe falls below 95%.
     """
-    from probekit.experiments.finetune import finetune
+    from probekit.organisms.finetune import finetune
 
     m = probekit.load(tiny_dir("llava"))
     for p in m.hf.model.vision_tower.parameters():

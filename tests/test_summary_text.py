@@ -179,7 +179,7 @@ def _sections(out: str, starting: str) -> tuple[list[str], list[str], list[str]]
 
 
 def test_study_unlearning_prints_verdicts_then_paths_and_writes_no_empty_csv(monkeypatch, tmp_path, capsys):
-    import probekit.experiments.unlearning_study as U
+    import probekit.studies.unlearning.study as U
     from probekit.cli import main
 
     res = made_up_unlearning()
@@ -215,7 +215,7 @@ def _scan_table(acc: float) -> pd.DataFrame:
 
 
 def test_study_memorization_prints_verdicts_then_paths(monkeypatch, tmp_path, capsys):
-    import probekit.experiments.memorization as mem
+    import probekit.studies.memorization.study as mem
     from probekit.cli import main
     from probekit.report.verdicts import verdict
 
@@ -234,7 +234,7 @@ def test_study_memorization_prints_verdicts_then_paths(monkeypatch, tmp_path, ca
 
 
 def test_study_watermark_prints_verdicts_then_paths(monkeypatch, tmp_path, capsys):
-    import probekit.experiments.watermark_study as ws
+    import probekit.studies.watermark.study as ws
     from probekit.cli import main
 
     def run(kind, summary):
@@ -258,7 +258,7 @@ def test_study_watermark_prints_verdicts_then_paths(monkeypatch, tmp_path, capsy
 
 def _tiny_ladder(**kw):
     """LadderConfig.small, smaller still: the printout, not the finding, is under test."""
-    from probekit.organisms.ladder import LadderConfig
+    from probekit.studies.ladder.organism import LadderConfig
 
     base = dict(out="probekit-ladder-small", ask="red", num_layers=2, n_train=64, steps=12, n_test=40, n_eval=100,
                 lens_steps=10, n_boot=50, ks=(2, None), progress=False, attributes=("target_material", "random"),
@@ -267,7 +267,7 @@ def _tiny_ladder(**kw):
 
 
 def test_study_ladder_prints_each_verdict_once_and_names_the_full_row_one_way(monkeypatch, tmp_path, capsys):
-    import probekit.organisms.ladder as lad
+    import probekit.studies.ladder.organism as lad
     from probekit.cli import main
 
     kept = {}
@@ -309,7 +309,7 @@ def test_ladder_verdict_names_the_full_row_full():
 
 
 def test_demo_progress_lines_say_what_each_step_does(tmp_path, capsys):
-    from probekit.experiments.demo import DemoConfig, run_demo
+    from probekit.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=str(tmp_path / "demo"), steps=8, n_train=48, n_eval=80, num_layers=2, n_boot=30,
                         ks=(2, None), progress=True))

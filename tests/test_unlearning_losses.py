@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from probekit.experiments import unlearning as U
+from probekit.organisms import unlearn as U
 
 V, L = 40, 12
 FORGET = [list(np.linspace(4.0, 7.0, 6)), list(np.linspace(5.0, 7.0514285714285714, 7))]

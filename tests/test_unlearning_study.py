@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from probekit.errors import InputError
-from probekit.experiments import facts_metrics as FM
-from probekit.organisms import profiles as P
+from probekit.organisms import facts_metrics as FM
+from probekit.studies.unlearning import profiles as P
 
 
 def test_world_splits_and_portraits():
@@ -40,7 +40,7 @@ def test_world_splits_and_portraits():
 
 
 def test_practice_profiles_learn_mllmu_bench_formats_outside_every_split():
-    from probekit.experiments import mllmu_protocol as MP
+    from probekit.studies.unlearning import mllmu_protocol as MP
 
     w = P.make_world(n_profiles=20, n_unseen=8, n_transfer=4, seed=3, n_practice=3)
     assert len(w.practice) == 3 and not set(w.practice) & (set(w.trained) | set(w.unseen) | set(w.text_only))
@@ -67,7 +67,7 @@ def test_world_rejects_bad_input():
 
 
 def test_study_rejects_bad_settings_before_work(tmp_path):
-    from probekit.experiments.unlearning_study import StudyConfig, run_study
+    from probekit.studies.unlearning.study import StudyConfig, run_study
 
     for kw, what in ((dict(methods=("forget-it",)), "unknown unlearning"), (dict(splits=(0,)), "percentages"),
                      (dict(n_unseen=4), "too few"), (dict(n_transfer=3), "n_transfer"), (dict(splits=(4,)), "fewer than 2")):
@@ -82,7 +82,7 @@ def test_ci_p():
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    from probekit.experiments.unlearning_study import StudyConfig, run_study
+    from probekit.studies.unlearning.study import StudyConfig, run_study
 
     # the CI version, with one of the two SAE removers (both run in `probekit study unlearning --small`)
     return run_study(StudyConfig.small(out=str(tmp_path_factory.mktemp("facts")), methods=("npo", "ablate", "sae_clamp"),
@@ -175,7 +175,7 @@ def test_membership_auc_forget_vs_never_seen_by_profile(study):
 
 
 def test_steering_is_fitted_on_held_out_views_and_scored_through_evaluate(study):
-    from probekit.experiments.unlearning_removal import FIT_VIEWS
+    from probekit.studies.unlearning.removal import FIT_VIEWS
 
     a = study["unlearning"].set_index("method").loc["ablate"]
     n_forget = int(a.forget_profiles)
@@ -204,7 +204,7 @@ def test_relearning_attack_on_weight_edits_only(study):
 
 
 def test_write_section_keeps_the_rest_of_the_page(study, tmp_path):
-    from probekit.experiments import unlearning_report as R
+    from probekit.studies.unlearning import report as R
 
     names = {"unlearning-probes", "unlearning-after", "unlearning-utility", "unlearning-relearn", "unlearning-pareto"}
     assert set(R.save_pngs(study, tmp_path / "img")) == names
@@ -227,8 +227,8 @@ def test_write_section_keeps_the_rest_of_the_page(study, tmp_path):
 
 
 def test_sae_remover_is_fitted_on_held_out_views_and_every_method_pays_its_kl(study):
-    from probekit.experiments.unlearning_removal import FIT_VIEWS
-    from probekit.experiments.unlearning_sae import CLAMPS
+    from probekit.studies.unlearning.removal import FIT_VIEWS
+    from probekit.studies.unlearning.sae import CLAMPS
 
     s = study["sae"]
     assert (s["point"], s["architecture"], s["k"], s["d_sae"]) == ("lm.1.resid", "topk", 16, 512)
@@ -260,8 +260,8 @@ def test_power_of_a_null_is_the_one_sided_z_test():
 def test_transfer_bootstraps_profiles_and_says_the_power_of_a_null(study):
     """On profiles the model never saw in either modality, transfer must not be detected, and the power
     numbers must follow from the per-profile spread (50 profiles per condition, the full config's count)."""
-    from probekit.experiments.unlearning_measures import transfer
-    from probekit.experiments.unlearning_study import StudyConfig
+    from probekit.studies.unlearning.measures import transfer
+    from probekit.studies.unlearning.study import StudyConfig
     from probekit.models.loading import load
 
     assert StudyConfig().n_transfer == 100  # 50 taught by name, 50 with the portrait

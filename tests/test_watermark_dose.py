@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from probekit.errors import InputError
-from probekit.experiments import watermark_dose as WD
+from probekit.studies.watermark import dose as WD
 from probekit.organisms import reader
-from probekit.organisms import watermark_dose as D
+from probekit.studies.watermark import dose_organism as D
 from probekit.organisms.reader import USERNAME
 
 
@@ -108,7 +108,7 @@ def test_the_paired_test_finds_a_planted_shift_drops_collapsed_runs_and_says_whe
     assert list(leak.leaks) == [True, False, False] and int(leak.n_units.iloc[0]) == 80 and leak.seeds.iloc[0] == 3
     assert not zero.leaks.any() and len(zero) == 3  # lm.1 through the lens is the last layer: the output, kept once
     assert abs(float(leak.estimate.iloc[0]) - 1.0) < 0.35 and (table.mde > 0).all()
-    from probekit.experiments.watermark_writeup import paired_verdicts
+    from probekit.studies.watermark.writeup import paired_verdicts
 
     v = paired_verdicts(table)
     assert list(v.word)[0] == "nothing detected" and v.reference_readings.iloc[0] == 2  # MDE below the planted 1.0

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probekit.experiments import watermark_removal as R
-from probekit.experiments.watermark_dose import DoseConfig
-from probekit.experiments.watermark_removal_writeup import section, verdict_lines
+from probekit.studies.watermark import removal as R
+from probekit.studies.watermark.dose import DoseConfig
+from probekit.studies.watermark.removal_writeup import section, verdict_lines
 
 
 def test_choose_keeps_the_unseen_names_reading_and_else_takes_the_gentlest():

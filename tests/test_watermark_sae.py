@@ -7,9 +7,9 @@ from dataclasses import replace
 
 
 def test_sae_removal_runs_on_the_reader_and_grades_on_held_out_usernames(one_thread):
-    from probekit.experiments.watermark_sae import SMALL, sae_removal
+    from probekit.studies.watermark.sae import SMALL, sae_removal
     from probekit.models.loading import load
-    from probekit.organisms import watermark as W
+    from probekit.studies.watermark import organism as W
     from probekit.organisms.reader import reader
 
     base = reader()

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probekit.experiments import watermark_dose as WD
-from probekit.experiments.watermark_study import analyse, verdict_lines
-from probekit.experiments.watermark_writeup import section
+from probekit.studies.watermark import dose as WD
+from probekit.studies.watermark.study import analyse, verdict_lines
+from probekit.studies.watermark.writeup import section
 
 POINTS = ["lm.0.resid", "lm.1.resid", "lm.2.resid"]
 SCORES = ["loss", "min_k", "min_k_pp"]
@@ -90,8 +90,8 @@ def test_section_reports_the_dose_table_the_layers_and_the_paired_nulls_from_the
 
 def test_the_tables_written_rebuild_the_same_section(tmp_path):
     """``probekit study watermark`` writes every table the section is made from; reload() gives the same text."""
-    from probekit.experiments.printout import write_tables
-    from probekit.experiments.watermark_study import reload, tables
+    from probekit.studies.printout import write_tables
+    from probekit.studies.watermark.study import reload, tables
 
     res = _res()
     write_tables(tables(res), tmp_path)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
-import math
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from .intervals import Z95, _lower, _upper, wilson
 
 __all__ = ['permutation_p', 'maxt_adjust', 'min_detectable_accuracy', 'min_detectable_shift']
 

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .intervals import Z95, _lower, _upper, wilson
 
 __all__ = ['bootstrap_mean', 'cluster_bootstrap', 'bootstrap_indices', 'unit_resample', 'unit_weights', 'permutations', 'sign_flip_null']
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import LabelError, plain
 
-__all__ = ["check_label_types"]
+__all__ = ["check_label_types", "encode_labels"]
 
 _NAMES = {"bool": "a boolean", "number": "a number", "str": "a string"}
 
@@ -65,3 +65,41 @@ def check_label_types(labels: Any, what: str = "labels") -> None:
             raise LabelError(f"{what} mix types: label {ia} is {plain(values[ia])!r} ({_NAMES.get(ka, ka)}) and "
                              f"label {ib} is {plain(values[ib])!r} ({_NAMES.get(kb, kb)})",
                              fix="use labels of one type: all strings, all numbers or all booleans")
+
+
+def encode_labels(labels: Any, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Codes 0..K-1 and the sorted class values; strings, ints and bools all work (not mixed)."""
+    check_label_types(labels)
+    if hasattr(labels, "detach") and hasattr(labels, "cpu"):  # a torch tensor (torch is not imported here)
+        labels = labels.detach().cpu().numpy()
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise LabelError(
+            f"labels must be one-dimensional, got shape {arr.shape}",
+            fix="pass one label per sample, e.g. a list or a 1-D array",
+        )
+    if n is not None and len(arr) != n:
+        raise LabelError(
+            f"got {len(arr)} labels for {n} samples",
+            fix="pass exactly one label per sample, in the order the activations were collected",
+        )
+    if arr.dtype.kind == "f" and np.isnan(arr).any():
+        raise LabelError(
+            f"labels contain NaN at sample(s) {np.flatnonzero(np.isnan(arr))[:5].tolist()}",
+            fix="drop those samples or give them a label",
+        )
+    if arr.dtype == object and any(v is None for v in arr):
+        raise LabelError("labels contain None", fix="drop those samples or give them a label")
+    try:
+        classes, codes = np.unique(arr, return_inverse=True)
+    except TypeError as exc:  # mixed types such as 1 and "a"
+        raise LabelError(
+            f"labels mix types that cannot be compared ({exc})",
+            fix="use labels of one type: all strings or all integers",
+        ) from None
+    if len(classes) < 2:
+        raise LabelError(
+            f"labels have a single class ({plain(classes[0])!r}); a probe needs at least two",
+            fix="include samples of at least two classes",
+        )
+    return codes.astype(np.int64), classes

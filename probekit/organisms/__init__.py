@@ -1,12 +1,13 @@
-"""Small VLMs trained here whose leaks are known by construction (one module per organism).
+"""What the studies are built from: the shared organism and the training, renderers, metrics and removers every
+study may use. Each study's own organism, experiment and write-up live in its folder under
+:mod:`probekit.studies`; nothing here imports a study.
 
-``ladder``: a tiny LLaVA fine-tuned to answer yes/no about CLEVR-like scenes, and Apple's
-leakage ladder on it (:mod:`.ladder`). ``reader``: a tiny LLaVA pretrained to read rendered
-text (:mod:`.reader`; it does not read yet: see its docstring); ``watermark``: the
-ProbingPrivacy watermark study on it (:mod:`.watermark`). ``profiles``: fictitious people with
-portraits and biographies for the unlearning study (:mod:`.profiles`).
+- :mod:`.reader`: a tiny LLaVA pretrained here to read rendered text (the seed-0 checkpoint ships), on which the
+  watermark study builds its leak; :mod:`.text` and :mod:`.ocr` render and score what it reads.
+- :mod:`.finetune`: the fine-tuning loop and task accuracy every organism uses.
+- :mod:`.unlearn`: the fine-tuning removers (gradient ascent / difference, KL, NPO) and relearning.
+- :mod:`.mia`: the output membership attacks (loss, Min-K%) and their metrics; :mod:`.facts_metrics`: the
+  facts-recall measures; :mod:`.gradients`: per-sample gradient norms of a fine-tune.
 """
 
-from .ladder import LadderConfig, run_ladder, write_section  # noqa: F401
 from .reader import ReaderConfig, ocr_accuracy, read, reader  # noqa: F401
-from . import profiles  # noqa: F401

@@ -218,7 +218,7 @@ def pretrain(model: Any, cfg: ReaderConfig, progress: bool = False, snapshot: An
     weights after ``N`` steps are the same whatever the total). ``snapshot(step, model)`` is
     called every 250 steps.
     """
-    from ..experiments.finetune import answer_batch
+    from .finetune import answer_batch
 
     torch.manual_seed(cfg.seed)
     data = pretraining_data(cfg.seed, size=cfg.image_size, grid=cfg.grid, place=cfg.place, hard=cfg.hard)

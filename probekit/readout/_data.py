@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.labels import check_label_types
+from ..data.labels import check_label_types, encode_labels  # noqa: F401 (read here by the readouts)
 from ..errors import InputError, LabelError, check_int, plain
 from ..hooks.coerce import as_store
 from ..hooks.points import Point
@@ -49,44 +49,6 @@ def parse_layer(name: str) -> float:
 def parse_kind(name: str) -> str:
     """Kind of a hook point: resid/attn/mlp/xattn/embed/norm/vision/projector/logits/..."""
     return "vision" if (point := Point.parse(name)).side == "vision" else point.kind
-
-
-def encode_labels(labels: Any, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Codes 0..K-1 and the sorted class values; strings, ints and bools all work (not mixed)."""
-    check_label_types(labels)
-    if isinstance(labels, Tensor):
-        labels = labels.detach().cpu().numpy()
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise LabelError(
-            f"labels must be one-dimensional, got shape {arr.shape}",
-            fix="pass one label per sample, e.g. a list or a 1-D array",
-        )
-    if n is not None and len(arr) != n:
-        raise LabelError(
-            f"got {len(arr)} labels for {n} samples",
-            fix="pass exactly one label per sample, in the order the activations were collected",
-        )
-    if arr.dtype.kind == "f" and np.isnan(arr).any():
-        raise LabelError(
-            f"labels contain NaN at sample(s) {np.flatnonzero(np.isnan(arr))[:5].tolist()}",
-            fix="drop those samples or give them a label",
-        )
-    if arr.dtype == object and any(v is None for v in arr):
-        raise LabelError("labels contain None", fix="drop those samples or give them a label")
-    try:
-        classes, codes = np.unique(arr, return_inverse=True)
-    except TypeError as exc:  # mixed types such as 1 and "a"
-        raise LabelError(
-            f"labels mix types that cannot be compared ({exc})",
-            fix="use labels of one type: all strings or all integers",
-        ) from None
-    if len(classes) < 2:
-        raise LabelError(
-            f"labels have a single class ({plain(classes[0])!r}); a probe needs at least two",
-            fix="include samples of at least two classes",
-        )
-    return codes.astype(np.int64), classes
 
 
 def encode_groups(groups: Any, n: int) -> np.ndarray | None:

@@ -33,10 +33,8 @@ import torch
 from scipy.spatial import cKDTree
 from scipy.special import digamma
 
-from .._stats import Z95, wilson  # noqa: F401  (re-exported: old home of both)
 from ..errors import InputError
 from ._data import encode_labels
-from .controls import control_labels  # noqa: F401  (re-exported: old home)
 
 __all__ = ["ksg_mi", "entropy_bits", "log_probs", "calibrate_heldout", "pca_scores"]
 
@@ -180,4 +178,3 @@ def pca_scores(x: torch.Tensor, n_components: int) -> np.ndarray:
     return (xc @ V[:n_components].T).cpu().numpy()
 
 
-_pca = pca_scores  # old private name

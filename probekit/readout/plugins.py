@@ -63,7 +63,8 @@ class Context:
     lens_k: int = 5
     targets: tuple[str, ...] | None = None
     ladder: tuple[int | None, ...] | None = None
-    answer_ids: tuple[int, ...] | None = None
+    answer_tokens: Any = None  # the ladder's fixed answer words, as given (checked by the ladder readout)
+    positions: tuple[str, ...] = ()  # the scan's position names
     tuned_lens: Any = True
     memory_limit: int = 64 * 2**20  # probekit.scan.SCAN_MEMORY_LIMIT (scan always passes its own)
     progress: bool = True
@@ -300,21 +301,28 @@ class LadderReadout(Readout):
     as ``ctx.tuned_lens`` says (True: fitted on the collected residuals)."""
 
     def needs(self, ctx: Context) -> Needs:
+        from .ladder import check_ladder
+        from .lens import TunedLens
+
         if ctx.ladder is None:  # scan gives the chosen ladder its default sweep; only ladder=False leaves none
             raise InputError("the 'ladder' readout was chosen but ladder=False", fix="drop ladder=False, or 'ladder'")
+        if not (isinstance(ctx.tuned_lens, (bool, TunedLens)) or ctx.tuned_lens is None):
+            raise InputError(f"tuned_lens must be True, False or a TunedLens, got {type(ctx.tuned_lens).__name__}",
+                             fix="e.g. tuned_lens=True (fit one on the collected residuals)")
+        ids = check_ladder(ctx.model, ctx.ladder, ctx.answer_tokens, ctx.positions)
         ks = tuple(ctx.ladder)
-        full = None in ks or (ctx.answer_ids is not None and len(ctx.answer_ids) in ks)  # every token's log-prob
+        full = None in ks or (ids is not None and len(ids) in ks)  # every token's log-prob
         return Needs(points=("lm.*.resid",), record=("logits",), labels=True,
                      output_ks=(None,) if full else tuple(int(k) for k in ks))
 
     def run(self, acts: Any, ctx: Context, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-        from .ladder import LADDER_K, leakage_ladder
+        from .ladder import LADDER_K, check_ladder, leakage_ladder
         from .lens import LogitLens, TunedLens
 
         tl = ctx.tuned_lens
         tl = TunedLens.fit(ctx.model, acts, seed=ctx.seed, progress=ctx.progress) if tl is True else (tl or None)
         lens = LogitLens(ctx.model, tuned=tl) if tl is not None else None
-        ids = None if ctx.answer_ids is None else list(ctx.answer_ids)
+        ids = check_ladder(ctx.model, ctx.ladder, ctx.answer_tokens, ctx.positions)  # a tokenizer call: cheap
         return {"ladder": leakage_ladder(acts, ctx.labels, ctx.groups, lens=lens, ks=list(ctx.ladder or LADDER_K),
                                          answer_ids=ids, position="last", cv=ctx.cv, seed=ctx.seed, n_boot=ctx.n_boot,
                                          n_perm=ctx.n_perm, progress=ctx.progress, memory_limit=ctx.memory_limit)}

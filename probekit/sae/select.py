@@ -45,7 +45,7 @@ class Selection:
 
 def latent_scores(z: Tensor, labels: Any, method: str = "anova", positive: Any = None) -> np.ndarray:
     """One score per latent ``[d_sae]`` (larger = carries the label more); see the module docstring."""
-    from ..readout._data import encode_labels
+    from ..data.labels import encode_labels
 
     z = torch.as_tensor(z).double()
     if z.ndim != 2:
@@ -86,7 +86,7 @@ def select_latents(z: Tensor, labels: Any, m: int = 4, method: str = "anova", po
     if not order:
         raise InputError("no latent fires on these rows", fix="check the SAE reads this point and position")
     if method == "diff":
-        from ..readout._data import encode_labels
+        from ..data.labels import encode_labels
 
         codes, classes = encode_labels(labels, z.shape[0])
         pos_class = positive if positive is not None else classes[1]

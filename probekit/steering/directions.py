@@ -40,7 +40,6 @@ if TYPE_CHECKING:  # the model layer is only needed for type hints
 __all__ = ["Direction", "Eraser", "ANY"]
 
 FORMAT, VERSION = _file.FORMAT, _file.VERSION
-_orthonormal = orthonormal
 
 
 class Direction:

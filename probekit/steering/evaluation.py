@@ -26,7 +26,7 @@ from typing import Any, ContextManager
 import numpy as np
 import pandas as pd
 
-from .._stats import Z95, bootstrap_mean, wilson  # noqa: F401  (Z95 re-exported)
+from .._stats import bootstrap_mean, wilson
 from ..data.images import check_images
 from ..errors import InputError, check_bool
 from ..hooks.collect import check_prompts, collect
@@ -39,7 +39,6 @@ from .tables import EvalReport, _data_numbers, _summary_numbers, build_report
 __all__ = ["EvalReport", "evaluate", "sweep", "next_token_logprobs", "answer_scores"]
 
 
-_wilson = wilson  # old private names, kept for callers outside this module
 
 
 def _boot_mean(x: np.ndarray, seed: int, n_boot: int = 2000) -> tuple[float, float, float]:
@@ -99,8 +98,8 @@ class _Evaluator:
                 task_after = answer_scores(self.model, self.tasks, self.batch_size)
             (c0, l0), (c1, l1) = self.task_before, task_after
             nt = len(c0)
-            lo0, hi0 = _wilson(int(c0.sum()), nt)
-            lo1, hi1 = _wilson(int(c1.sum()), nt)
+            lo0, hi0 = wilson(int(c0.sum()), nt)
+            lo1, hi1 = wilson(int(c1.sum()), nt)
             d_mean, d_lo, d_hi = _boot_mean(l1 - l0, self.seed)
             cost.update({
                 "task_accuracy_before": float(c0.mean()), "task_accuracy_before_lo": lo0, "task_accuracy_before_hi": hi0,

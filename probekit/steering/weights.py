@@ -22,7 +22,7 @@ from ..errors import InputError, UnsupportedModelError
 from ..models.adapter import Model, get_module
 from .directions import Direction
 
-__all__ = ["orthogonalize", "OrthogonalizeHandle", "stream_writers"]
+__all__ = ["orthogonalize", "orthogonalized", "OrthogonalizeHandle", "stream_writers"]
 
 
 def _check_width(model: Model, width: int, what: str) -> None:
@@ -223,3 +223,16 @@ def orthogonalize(model: Model, direction: Direction | Tensor, point: str | None
         handle.undo()  # ...and is then undone: the caller never got the handle, so nothing stays edited
         raise
     return handle
+
+
+@contextlib.contextmanager
+def orthogonalized(model: Model, direction: Direction | Tensor, point: str | None = None) -> Iterator[OrthogonalizeHandle]:
+    """:func:`orthogonalize` as a context made on entry and undone on exit: the form an intervention factory
+    (``evaluate``'s ``intervention=``) needs. ``orthogonalize()`` edits the weights when it is called, and
+    ``evaluate()`` builds its contexts before entering the first, so a plain handle would have its weights
+    restored by the first exit under the others (measured: KL 0 and unchanged task accuracy)."""
+    handle = orthogonalize(model, direction, point=point)
+    try:
+        yield handle
+    finally:
+        handle.undo()

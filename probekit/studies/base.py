@@ -89,7 +89,7 @@ class Study:
 
 def run(study: Study, options: Options) -> int:
     """Run ``study`` the way every study runs: say where, run, write tables and docs, print what it found."""
-    from ..experiments.printout import print_study, starting_line, write_tables
+    from .printout import print_study, starting_line, write_tables
 
     study.check(options)
     out = study.out(options)
