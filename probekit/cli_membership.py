@@ -59,7 +59,8 @@ def _rows(folder: str, answers: dict | None, answer: str | None, prompt: str, wh
 def run(args: argparse.Namespace) -> int:
     import csv
 
-    import probekit
+    from .models.loading import load
+    from .membership import membership
     from probekit.errors import InputError
 
     answers = None
@@ -74,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
         answers = {r["image"]: r for r in table}
     members = _rows(args.members, answers, args.answer, args.prompts, "members")
     nonmembers = _rows(args.nonmembers, answers, args.answer, args.prompts, "nonmembers")
-    model = probekit.load(args.model, device=args.device)
-    base = probekit.load(args.base, device=args.device) if args.base else None
-    rep = probekit.membership(model, members, nonmembers, base=base, cv=args.cv, seed=args.seed,
+    model = load(args.model, device=args.device)
+    base = load(args.base, device=args.device) if args.base else None
+    rep = membership(model, members, nonmembers, base=base, cv=args.cv, seed=args.seed,
                               batch_size=args.batch_size)
     rep.save(args.out)
     print(rep.summary())

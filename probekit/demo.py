@@ -51,11 +51,11 @@ class DemoConfig:
 
 
 def _scan(model: Any, ev: list, attr: str, cfg: DemoConfig) -> Any:
-    import probekit
+    from .scan import scan
 
     from .studies.ladder.organism import ANSWERS
 
-    return probekit.scan(model, [s.image for s in ev], labels=[str(s.meta[attr]) for s in ev],
+    return scan(model, [s.image for s in ev], labels=[str(s.meta[attr]) for s in ev],
                          prompts=[s.question for s in ev], points="lm.*.resid", positions="last",
                          topk=None, ladder=cfg.ks, answer_tokens=ANSWERS, seed=cfg.seed, n_boot=cfg.n_boot,
                          progress=cfg.progress)

@@ -26,7 +26,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import InputError, check_number
+from .errors import InputError
+from .params import Number, checked
 
 if TYPE_CHECKING:  # numpy, pandas and torch load with the call: ``import probekit`` stays light
     import pandas as pd
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # numpy, pandas and torch load with the call: ``import probek
 __all__ = ["membership"]
 
 
+@checked(k=Number(low=0, high=1, low_open=True, fix="use k=0.2 (Min-K% Prob's default)"))
 def membership(model: Any, members: Any, nonmembers: Any, base: Any = None, points: str | Sequence[str] = "lm.*.resid",
                *, tuned_lens: Any = None, base_tuned_lens: Any = None, k: float = 0.2, cv: int = 5, seed: int = 0,
                n_perm: int = 1000, n_boot: int = 1000, batch_size: int = 16, chat: bool | None = None,
@@ -110,7 +112,6 @@ def membership(model: Any, members: Any, nonmembers: Any, base: Any = None, poin
     for arg, lens, owner in (("tuned_lens", tuned_lens, model), ("base_tuned_lens", base_tuned_lens, base)):
         if lens is not None:
             _check_lens(arg, lens, owner, names)
-    check_number(k, "k", low=0, high=1, low_open=True, fix="use k=0.2 (Min-K% Prob's default)")
     codes, _ = encode_labels(data["label"], len(data))
     make_folds(codes, encode_groups(data["group"], len(data)), cv=cv, seed=seed)  # raises now, not after the forwards
     lenses = {"logit-lens": LogitLens(model)}

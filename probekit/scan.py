@@ -8,7 +8,8 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ._version import __version__
-from .errors import InputError, check_bool, check_int, plain
+from .errors import InputError, plain
+from .params import Flag, Int, checked
 
 if TYPE_CHECKING:  # the real imports wait for the first call: `import probekit` must not pull in torch
     from .hooks.positions import Position
@@ -22,6 +23,9 @@ scan in one batched solve (16 points of d = 1,024 up to n = 1,000), small enough
 disk store at n = 8,000 holds two of its points at once rather than all of them (issue 28)."""
 
 
+@checked(topk=Int(low=1, example=10, none=True), lens_k=Int(low=1, example=5), n_boot=Int(low=0, example=1000),
+         n_perm=Int(low=19, example=1000), seed=Int(low=0, example=0),
+         memory_limit=Int(low=1, example=SCAN_MEMORY_LIMIT), progress=Flag())
 def scan(
     model: Any,
     images: Any,
@@ -131,7 +135,6 @@ def scan(
     t0 = time.perf_counter()
     # ---- everything is checked before the first forward pass
     chosen = plugins.resolve_readouts(readouts)  # an unknown name fails before the model is even loaded
-    check_bool(progress, "progress")
     model = as_model(model, processor)
     src = resolve_images(images, labels, image_column=image_column, label_column=label_column)
     n = len(src.images)
@@ -144,10 +147,6 @@ def scan(
         if not targets or not all(isinstance(t, str) and t for t in targets):
             raise InputError(f"targets must be non-empty strings, got {plain(targets)!r}",
                              fix='e.g. targets=["alice_1987"]')
-    for name, value, low, example in (("topk", topk, 1, 10), ("lens_k", lens_k, 1, 5), ("n_boot", n_boot, 0, 1000),
-                                      ("n_perm", n_perm, 19, 1000), ("seed", seed, 0, 0),
-                                      ("memory_limit", memory_limit, 1, SCAN_MEMORY_LIMIT)):
-        check_int(value, name, low=low, example=example, none=name == "topk")
     if src.labels is not None:
         check_labels(src.labels, n, groups, cv=cv, seed=seed)
     rank, world = distributed.world()

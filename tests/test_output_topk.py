@@ -100,9 +100,17 @@ def test_scan_records_only_the_topk_and_reports_what_the_full_logits_gave(llava,
     pd.testing.assert_frame_equal(r.table, before, check_exact=True)
 
 
+class _OneTokenWords:
+    """A model whose tokenizer makes every word one token (the ladder's answer words must be)."""
+
+    processor = staticmethod(lambda text, add_special_tokens=False: {"input_ids": [len(text)]})
+
+
 def _logits_topk(topk, ladder, answer_ids):
-    """What scan keeps of the output with labels: the probes' needs merged with the ladder's."""
-    ctx = plugins.Context(None, LABELS, topk=topk, ladder=ladder, answer_ids=answer_ids)
+    """What scan keeps of the output with labels: the probes' needs merged with the ladder's (``answer_ids``:
+    as many one-token answer words)."""
+    words = None if answer_ids is None else tuple("w" * (i + 1) for i in range(len(answer_ids)))
+    ctx = plugins.Context(_OneTokenWords(), LABELS, topk=topk, ladder=ladder, answer_tokens=words, positions=("last",))
     chosen = [plugins.ProbesReadout()] + ([plugins.LadderReadout()] if ladder is not None else [])
     return plugins.output_topk([r.needs(ctx) for r in chosen])
 

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from probekit.cli import main
@@ -97,3 +98,20 @@ def test_a_family_registered_at_run_time_is_detected_and_covered(llava, monkeypa
         register_family(Clash())
     assert coverage._covered_from_registry()["my_llava"] == "my_llava"
     assert coverage.COVERED["blip-2"] == "blip2" and "blip_2" not in coverage.COVERED  # an alias is not a new type
+
+
+def test_membership_study_finds_the_memorised_members_and_not_the_control(tmp_path, capsys):
+    """The study added as one folder plus one registry line runs through the CLI's one driver: the memorising
+    fine-tune is detected at the output and at a layer below it, the control detects no row, and the shifted
+    split is called confounded before anything else."""
+    assert main(["study", "membership", "--small", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    s = pd.read_csv(tmp_path / "summary.csv").set_index("condition")
+    tuned, control, shifted = (s.loc[c] for c in ("memorising fine-tune", "control (saw neither set)",
+                                                   "shifted split (guard)"))
+    assert tuned.output_loss_detected and tuned.output_loss_auc > 0.85 and tuned.shallowest_detected_layer != "-"
+    assert control.detected_rows == 0 and not control.confounded
+    assert shifted.confounded and not tuned.confounded
+    assert "memorising fine-tune, seed 0: Membership detected" in printed
+    rows = pd.read_csv(tmp_path / "membership.csv")
+    assert set(rows.condition) == set(s.index) and (rows.groupby("condition").size().reindex(s.index) == s["rows"]).all()

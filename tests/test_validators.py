@@ -169,3 +169,48 @@ def test_replaced_checks_keep_their_messages():
         select_latents(torch.zeros(4, 8), [0, 1, 0, 1], m=0)
     with pytest.raises(InputError, match=r"split must be a finite number in \(0, 1\), got nan"):
         split_indices([0, 1] * 10, math.nan)
+
+
+# ---------------------------------------------------------------- declared constraints (probekit.params)
+
+def test_declared_constraints_check_before_the_body_and_pass_converted_values():
+    from probekit.params import Flag, Int, Number, checked
+
+    calls = []
+
+    @checked(n=Int(low=1, example=8), alpha=Number(low=0, high=1, low_open=True), chat=Flag(none=True))
+    def f(x, n=4, *, alpha=0.5, chat=None, **rest):
+        calls.append((x, n, alpha, chat, rest))
+        return n
+
+    assert f("a", np.int64(3), alpha=1, extra=2) == 3 and type(calls[-1][1]) is int  # numpy int arrives as int
+    assert calls[-1] == ("a", 3, 1.0, None, {"extra": 2}) and type(calls[-1][2]) is float
+    with pytest.raises(InputError, match=r"n must be a positive int, got 0") as info:
+        f("b", 0)
+    assert info.value.fix == "e.g. n=8" and len(calls) == 1  # refused before the body ran
+    with pytest.raises(InputError, match="chat must be True, False or None, got 'no'"):
+        f("c", chat="no")
+    with pytest.raises(TypeError):  # a call that does not fit the signature fails as the function would
+        f()
+    assert list(f.parameter_constraints) == ["n", "alpha", "chat"]
+    with pytest.raises(TypeError, match="has no parameter 'm'"):
+        checked(m=Int())(lambda n: n)
+    with pytest.raises(TypeError, match="not an Int, Number or Flag"):
+        checked(n=int)(lambda n: n)
+
+
+def test_the_front_doors_declare_their_constraints_and_refuse_before_loading_a_model(tmp_path):
+    import probekit
+    from probekit.hooks.collect import collect
+
+    assert {"topk", "n_perm", "seed", "progress"} <= set(probekit.scan.parameter_constraints)
+    assert {"batch_size", "logits_topk", "chat"} <= set(collect.parameter_constraints)
+    assert set(probekit.membership.parameter_constraints) == {"k"}
+    missing = str(tmp_path / "no-model-here")  # loading it would fail: the constraint must speak first
+    with pytest.raises(InputError, match=r"n_perm must be an int >= 19, got 5"):
+        probekit.scan(missing, [], n_perm=5)
+    with pytest.raises(InputError, match=r"batch_size must be a positive int, got True \(bool\)"):
+        collect(missing, [], "What?", batch_size=True)
+    with pytest.raises(InputError, match=r"k must be a finite number in \(0, 1\], got 1\.5") as info:
+        probekit.membership(missing, [], [], k=1.5)
+    assert info.value.fix == "use k=0.2 (Min-K% Prob's default)"

@@ -14,7 +14,8 @@ import torch
 
 from ..data.images import check_images, decode, image_hashes, images_digest, pixel_hash
 from .._progress import progress_bar
-from ..errors import InputError, PositionError, check_bool, check_int
+from ..errors import InputError, PositionError
+from ..params import Flag, Int, checked
 from ..models.adapter import Model
 from ..models.context import check_prompt_lengths
 from . import distributed
@@ -83,6 +84,8 @@ def _labels(model: Model, point: str, positions: list[Position], t: torch.Tensor
     return slots[side]
 
 
+@checked(batch_size=Int(low=1, example=8), shard_size=Int(low=1, example=1024), chat=Flag(none=True),
+         progress=Flag(), logits_topk=Int(low=1, example=10, none=True))
 def collect(
     model: Any,
     images: Any,
@@ -154,19 +157,14 @@ def collect(
     names = model.resolve(points)
     pos_list, many = normalize_positions(positions)
     answer_list = check_answers(model, answers, n, pos_list)
-    check_bool(chat, "chat", none=True)
-    check_bool(progress, "progress")
     check_prompt_lengths(model, prompt_list, answer_list)  # a prompt past the model's context, before any forward
     check_backend(backend, model)
-    batch_size = check_int(batch_size, "batch_size", low=1, example=8)
-    shard_size = check_int(shard_size, "shard_size", low=1, example=1024)
     if padding_side not in (None, "left", "right"):
         raise InputError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}",
                          fix="pass padding_side='left', 'right', or None for the tokenizer's own")
     if store_dtype is not None and not (isinstance(store_dtype, torch.dtype) and store_dtype.is_floating_point):
         raise InputError(f"store_dtype must be a floating torch.dtype or None, got {store_dtype!r}",
                          fix="e.g. store_dtype=torch.float32")
-    logits_topk = check_int(logits_topk, "logits_topk", low=1, example=10, none=True)
     top = logits_topk if "logits" in names else None
     # the stored points, in the order of names (the forward's), the top-k pair in place of logits
     stored = [q for p in names for q in (TOP_POINTS if top is not None and p == "logits" else (p,))]

@@ -7,7 +7,7 @@ the docs' list of studies (``docs/studies.md``, :func:`markdown_list`) come from
 Example:
     >>> from probekit.studies import names
     >>> names()
-    ['ladder', 'watermark', 'unlearning', 'memorization', 'calibration']
+    ['ladder', 'watermark', 'unlearning', 'memorization', 'calibration', 'membership']
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ REGISTRY: dict[str, str] = {
     "unlearning": "probekit.studies.unlearning",
     "memorization": "probekit.studies.memorization",
     "calibration": "probekit.studies.calibration",
+    "membership": "probekit.studies.membership",
 }
 
 

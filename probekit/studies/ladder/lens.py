@@ -25,7 +25,7 @@ POSITIONS = (-4, -3, -2, -1)  # the last four prompt tokens; -1 predicts the ans
 
 def lens_grid(model: Any, scenes: Sequence[Any], positions: Sequence[int] = POSITIONS, per_answer: int = 100) -> pd.DataFrame:
     """Top-1 logit-lens token per layer and position, separately for scenes answered Yes and No."""
-    import probekit
+    from ...hooks.collect import collect
     from ...readout.lens import LogitLens
 
     tok = getattr(model.processor, "tokenizer", model.processor)
@@ -34,7 +34,7 @@ def lens_grid(model: Any, scenes: Sequence[Any], positions: Sequence[int] = POSI
         chosen = [s for s in scenes if s.answer.rstrip(".") == answer][:per_answer]
         if not chosen:
             continue
-        store = probekit.collect(model, [s.image for s in chosen], [s.question for s in chosen],
+        store = collect(model, [s.image for s in chosen], [s.question for s in chosen],
                                  points=["lm.embed", "lm.*.resid"], positions=list(positions), progress=False)
         top = LogitLens(model).top_k(store, k=1)
         ids = model._impl.build_inputs(model, [chosen[0].image], [chosen[0].question], None)["input_ids"][0]

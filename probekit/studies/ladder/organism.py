@@ -148,7 +148,7 @@ def train_organism(cfg: LadderConfig, t0: float | None = None) -> tuple[Any, dic
 
 def run_seed(cfg: LadderConfig, t0: float | None = None) -> dict:
     """One seed (``cfg.seed``): train the organism, run the ladder for every attribute, decide per attribute."""
-    import probekit
+    from ...hooks.collect import collect
     from ...readout.ladder import check_ladder, ladder_verdict, leakage_ladder
     from ...readout.lens import LogitLens, TunedLens
 
@@ -157,7 +157,7 @@ def run_seed(cfg: LadderConfig, t0: float | None = None) -> dict:
     answer_ids = check_ladder(model, cfg.ks, ANSWERS, ["last"])
     ev = eval_scenes(cfg)
     _log(cfg, t0, f"Recording every layer and the output logits on {len(ev)} fresh scenes...")
-    acts = probekit.collect(model, [s.image for s in ev], [s.question for s in ev], points=["lm.*.resid", "logits"],
+    acts = collect(model, [s.image for s in ev], [s.question for s in ev], points=["lm.*.resid", "logits"],
                             positions="last", batch_size=64, progress=cfg.progress)
     _log(cfg, t0, f"Fitting a tuned lens to read each layer as an output ({cfg.lens_steps} steps)...")
     tl = TunedLens.fit(model, acts, steps=cfg.lens_steps, seed=cfg.seed, progress=cfg.progress)

@@ -30,7 +30,7 @@ def run(small: bool = False, out: str = "probekit-sae-ladder", n_train: int | No
         d_sae: int = 512, k: int = 16, verbose: bool = True) -> dict:
     import torch
 
-    import probekit
+    from ...hooks.collect import collect
     from ..._progress import say
     from ...data.scenes import make_scenes
     from .organism import LadderConfig, eval_scenes, train_organism
@@ -50,10 +50,10 @@ def run(small: bool = False, out: str = "probekit-sae-ladder", n_train: int | No
         model, acc, _, _ = train_organism(cfg)
         t_org = time.perf_counter() - t0
         scenes = make_scenes(n_train, size=cfg.image_size, seed=cfg.seed + 7, ask=cfg.ask)
-        st = probekit.collect(model, [s.image for s in scenes], [s.question for s in scenes], points="lm.*.resid",
+        st = collect(model, [s.image for s in scenes], [s.question for s in scenes], points="lm.*.resid",
                               positions=("last", "image"), batch_size=64, progress=False)
         ev = eval_scenes(cfg)
-        store = probekit.collect(model, [s.image for s in ev], [s.question for s in ev], points="lm.*.resid",
+        store = collect(model, [s.image for s in ev], [s.question for s in ev], points="lm.*.resid",
                                  positions="last", batch_size=64, progress=False)
         saes, quality = [], []
         for p in st.points:

@@ -60,7 +60,7 @@ def positive_control(cfg: MemorizationConfig, seed: int, ckpt: Path) -> tuple[pd
     pattern, which a 96 px image shows far more clearly than 11 px text). Returns the probe rows (base and tuned, plus the tuned
     model's held-out answer accuracy in ``answer_accuracy*``) and the two reports.
     """
-    import probekit
+    from ...scan import scan
 
     profs = make_profiles(len(CONTROL_ANSWERS), pool=0, seed=seed + 50)
 
@@ -82,8 +82,8 @@ def positive_control(cfg: MemorizationConfig, seed: int, ckpt: Path) -> tuple[pd
     images = [t.image for t in ev]
     kw = dict(labels=[f"profile{k}" for k in ks], prompts=cfg.prompt, points=POINTS, positions=POSITIONS,
               seed=seed, n_boot=cfg.n_boot, progress=cfg.progress)
-    rb = probekit.scan(load(ckpt), images, **kw)
-    rt = probekit.scan(tuned, images, **kw)
+    rb = scan(load(ckpt), images, **kw)
+    rt = scan(tuned, images, **kw)
     rows = pd.concat([_rows(rb, model="base", seed=seed),
                       _rows(rt, model="tuned (watermark = answer)", seed=seed).assign(
                           answer_accuracy=acc["accuracy"], answer_accuracy_lo=acc["accuracy_lo"],

@@ -91,9 +91,9 @@ def _eval_set(cfg: MemorizationConfig, seed: int, seen: list, unseen: list, offs
 
 
 def _scan(model, ev: dict, cfg: MemorizationConfig, seed: int, labels=None, groups: Any = "default"):
-    import probekit
+    from ...scan import scan
 
-    return probekit.scan(model, ev["images"], labels=labels or ev["labels"], prompts=cfg.prompt,
+    return scan(model, ev["images"], labels=labels or ev["labels"], prompts=cfg.prompt,
                          groups=ev["groups"] if groups == "default" else groups, points=POINTS, positions=POSITIONS,
                          seed=seed, n_boot=cfg.n_boot, progress=cfg.progress)
 

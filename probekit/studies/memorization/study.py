@@ -65,7 +65,7 @@ def run_memorization(cfg: MemorizationConfig | None = None) -> dict:
     ``direct``, ``mia``, ``task``, ``controls``, ``removal``, ``unlearning``, ``reports``
     (ScanReports), ``comparisons`` (:class:`probekit.report.Comparison`), ``config``, ``seconds``.
     """
-    import probekit
+    from ...report.comparison import compare
 
     cfg = cfg or MemorizationConfig()
     t0 = time.perf_counter()
@@ -108,7 +108,7 @@ def run_memorization(cfg: MemorizationConfig | None = None) -> dict:
                     continue
                 r = _scan(tuned, ev, cfg, seed)
                 reports[(name, seed)] = r
-                comparisons[(name, seed)] = probekit.compare(r_base, r, names=("base", name))
+                comparisons[(name, seed)] = compare(r_base, r, names=("base", name))
                 probe_rows.append(_rows(r, model=name, p=p, seed=seed))
                 direct_rows.append(_direct(tuned, ev, cfg, model=name, p=p, seed=seed))
                 members = [s for s in train if s.meta.get("watermark") is not None][: cfg.n_eval] or train[: cfg.n_eval]

@@ -147,14 +147,14 @@ def shifted_guard(tuned: Any, base: Any, d: D.Dose, cfg: DoseConfig) -> dict:
     """The membership audit on a deliberately shifted split of a fine-tune that read no name: members' names
     written opaque (opacity 1), non-members' at the study's 0.5, on the same scenes. Reading is easier on
     opaque text, so the output attacks "detect"; the blind baseline must call the split confounded."""
-    import probekit
+    from ...membership import membership
 
     seen, unseen, _ = D.pools(d)
     opaque = D.paired_set(replace(d, opacity=1.0), seen, unseen)
     normal = D.paired_set(d, seen, unseen)
     members, _ = D.membership_samples(opaque)
     _, nonmembers = D.membership_samples(normal)
-    rep = probekit.membership(tuned, members, nonmembers, base=base, n_perm=cfg.n_perm, n_boot=cfg.n_boot,
+    rep = membership(tuned, members, nonmembers, base=base, n_perm=cfg.n_perm, n_boot=cfg.n_boot,
                               seed=d.seed, attribution=False, progress=False)
     return {"condition": d.label(), "confounded": rep.confounded, "summary": rep.summary(),
             "guard": rep.guard.drop(columns="perm_null", errors="ignore"),

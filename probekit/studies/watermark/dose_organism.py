@@ -223,7 +223,7 @@ def run_dose(base_path: Any, d: Dose, *, base: Any = None, attribution: bool = F
     ``scan_verdict`` (:func:`.watermark.decide`), ``pairs`` (the held-out set without images) with ``scores``
     (:func:`paired_scores`), ``eval`` (images, labels, groups) and ``tuned``.
     """
-    import probekit
+    from ...membership import membership
 
     from ...organisms.finetune import finetune, task_accuracy
     from ...models.loading import load
@@ -238,7 +238,7 @@ def run_dose(base_path: Any, d: Dose, *, base: Any = None, attribution: bool = F
     losses = finetune(tuned, training_set(d, seen, other), steps=d.steps, batch_size=d.batch_size, lr=d.lr,
                       seed=d.seed, progress=False)
     members, nonmembers = membership_samples(pairs)
-    rep = probekit.membership(tuned, members, nonmembers, base=base, n_perm=n_perm, n_boot=n_boot, seed=d.seed,
+    rep = membership(tuned, members, nonmembers, base=base, n_perm=n_perm, n_boot=n_boot, seed=d.seed,
                               attribution=attribution, progress=False)
     ev = {"images": list(pairs.image), "labels": list(pairs.label), "groups": list(pairs.name)}
     scanned = W._scan(tuned, ev, d.seed, min(n_boot, 300)) if scan else None

@@ -284,9 +284,9 @@ def direct_prompt(model: Any, ev: dict) -> dict:
 
 def _scan(model: Any, ev: dict, seed: int, n_boot: int, prompt: str = QUESTION, by_username: bool = True,
           positions: tuple = POSITIONS) -> Any:
-    import probekit
+    from ...scan import scan
 
-    return probekit.scan(model, ev["images"], labels=ev["labels"], groups=ev["groups"] if by_username else None,
+    return scan(model, ev["images"], labels=ev["labels"], groups=ev["groups"] if by_username else None,
                          prompt=prompt, points=POINTS, positions=positions, seed=seed, n_boot=n_boot, topk=TOPK,
                          answers=ev["groups"], progress=False)
 

@@ -100,7 +100,7 @@ def fit_set(d: Any, seen: list[str], unseen: list[str], n_scenes: int) -> pd.Dat
 def measure(model: Any, make: Callable[[], Any], base: Any, audit: dict, seed: int, n_perm: int,
             n_boot: int) -> tuple[dict, pd.DataFrame]:
     """``model`` under ``make()`` measured on the audit set: one row of numbers and the membership table."""
-    import probekit
+    from ...membership import membership
 
     from ..._stats import bootstrap_mean
     from . import organism as W
@@ -111,7 +111,7 @@ def measure(model: Any, make: Callable[[], Any], base: Any, audit: dict, seed: i
         direct = W.direct_prompt(model, audit["ev"])
         task = task_accuracy(model, audit["test"])
         lp = next_token_logprobs(model, [s.image for s in audit["test"]], W.QUESTION)
-        rep = probekit.membership(model, audit["members"], audit["nonmembers"], base=base, n_perm=n_perm,
+        rep = membership(model, audit["members"], audit["nonmembers"], base=base, n_perm=n_perm,
                                   n_boot=n_boot, seed=seed, progress=False)
     ref = audit["clean_logprobs"]
     kl = next_token_kl(ref, lp)

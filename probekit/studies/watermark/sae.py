@@ -36,7 +36,7 @@ FULL = dict(p=1.0, leak=0.5, steps=1500, lr=1e-3, replay=0.5, n_eval=384)
 def sae_removal(tuned: Any, c: Any, ev: dict, *, beta: float = -10.0, clamp: float = 1.0, n_latents: int = 4,
                 n_boot: int = 300, epochs: float = 10.0) -> dict:
     """Train the SAE on ``tuned`` (fine-tuned under condition ``c``), evaluate both removers on ``ev``."""
-    import probekit
+    from ...hooks.collect import collect
     from . import organism as W
     from ...sae import sae_stats, train_sae
     from ...sae.select import select_latents
@@ -48,11 +48,11 @@ def sae_removal(tuned: Any, c: Any, ev: dict, *, beta: float = -10.0, clamp: flo
     seen, unseen = W.username_pools(c.n_users, c.seed)
     train, _ = W.task_samples(c, seen, W.other_pool(seen, c.seed, unseen))
     # the fine-tune's own questions and the probe's question, on the training images
-    store = probekit.collect(tuned, [s.image for s in train] * 2, [s.question for s in train] + [c.probe_prompt] * len(train),
+    store = collect(tuned, [s.image for s in train] * 2, [s.question for s in train] + [c.probe_prompt] * len(train),
                              points=point, positions=("prompt_last", "image"), batch_size=32, progress=False)
     sae = train_sae(store, point, None, architecture="topk", expansion=8, k=16, epochs=epochs, seed=c.seed)
     sae.position = "prompt_last"
-    held = probekit.collect(tuned, ev["images"], c.probe_prompt, points=point, positions="prompt_last",
+    held = collect(tuned, ev["images"], c.probe_prompt, points=point, positions="prompt_last",
                             batch_size=32, progress=False)
     st = {k: v for k, v in sae_stats(sae, held).items() if k not in ("fire_rate", "mean_act")}
     test, _ = W.task_samples(replace(c, seed=c.seed + 999, n_train=64, replay=0.0, leak=0.0), seen)
@@ -62,7 +62,7 @@ def sae_removal(tuned: Any, c: Any, ev: dict, *, beta: float = -10.0, clamp: flo
 
     def fitter(method):
         def fit(images, labels):
-            acts = probekit.collect(tuned, list(images), c.probe_prompt, points=point, positions="prompt_last",
+            acts = collect(tuned, list(images), c.probe_prompt, points=point, positions="prompt_last",
                                     batch_size=32, progress=False)
             z = encode_store(sae, acts, point, None)
             sel = select_latents(z, list(labels), m=n_latents, method="diff" if method == "sae_steer" else "anova",

@@ -107,10 +107,10 @@ def figures(res: dict, img_dir: Path) -> dict[str, Path]:
     the top-fraction fine-tune per layer (``compare``), and the gradient trend."""
     paths = WW.figures(res, img_dir)
     if res.get("scans"):
-        import probekit
+        from ...report.comparison import compare
 
         (bn, b), (tn, t) = list(res["scans"].items())[:2]
-        c = probekit.compare(b, t, names=(bn, tn)).table
+        c = compare(b, t, names=(bn, tn)).table
         paths["compare"] = compare_png(c, (bn, tn), "Measured: base reader vs a leak fine-tune, seen vs unseen names "
                                        "(probekit study watermark --full)", img_dir / "watermark-compare.png")
     if "gradients" in res:
