@@ -100,9 +100,11 @@ def test_cli_checks_every_input_before_loading_then_writes_the_report(tmp_path, 
             im.save(tmp_path / folder / f"{folder}{i}.png")
     rows = [f"{f}{i}.png,{NAMES[i]}" for f in ("mem", "non") for i in range(6)]
     (tmp_path / "answers.csv").write_text("image,answer\n" + "\n".join(rows[:-1]) + "\n")  # non5 has no row
+    import probekit.models.loading as loading  # where the CLI loads from (probekit.load is the same function)
+
     loads = []
-    real = probekit.load
-    monkeypatch.setattr(probekit, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = loading.load
+    monkeypatch.setattr(loading, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
     args = ["membership", "--model", str(base), "--members", str(tmp_path / "mem"), "--nonmembers", str(tmp_path / "non"),
             "--answers", str(tmp_path / "answers.csv"), "--prompts", Q, "--cv", "2", "--out", str(tmp_path / "m.html")]
     assert main(args) == 2 and not loads
