@@ -214,3 +214,24 @@ def test_the_front_doors_declare_their_constraints_and_refuse_before_loading_a_m
     with pytest.raises(InputError, match=r"k must be a finite number in \(0, 1\], got 1\.5") as info:
         probekit.membership(missing, [], [], k=1.5)
     assert info.value.fix == "use k=0.2 (Min-K% Prob's default)"
+
+
+def test_range_only_checks_became_declared_checks():
+    """The last hand-written range checks: each now names the argument, the value and an example fix."""
+    import pandas as pd
+
+    from probekit.organisms.finetune import finetune
+    from probekit.readout.ladder import ladder_verdict
+    from probekit.studies.watermark.organism import Condition, _check
+
+    with pytest.raises(InputError, match=r"alpha must be a finite number in \(0, 1\), got 1") as info:
+        ladder_verdict(pd.DataFrame(), alpha=1)
+    assert info.value.fix == "e.g. alpha=0.05"
+    with pytest.raises(InputError, match=r"steps must be a positive int, got 0") as info:
+        finetune(None, [object()], steps=0)  # refused before the model is touched
+    assert info.value.fix == "e.g. steps=200"
+    with pytest.raises(InputError, match=r"opacity must be a finite number in \(0, 1\], got 0"):
+        _check(Condition(opacity=0.0))
+    with pytest.raises(InputError, match=r"n_users must be an int >= 3, got 2") as info:
+        _check(Condition(n_users=2))
+    assert "folds are split by username" in info.value.fix

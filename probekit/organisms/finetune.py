@@ -17,6 +17,7 @@ from .._progress import progress_bar
 from .._stats import wilson
 from ..data.images import to_pil
 from ..errors import InputError
+from ..params import Int, checked
 from ..models.adapter import Model
 
 __all__ = ["answer_batch", "finetune", "task_accuracy"]
@@ -44,6 +45,7 @@ def answer_batch(model: Model, images: Sequence[Any], questions: Sequence[str], 
     return inputs, positions
 
 
+@checked(steps=Int(low=1, example=200), batch_size=Int(low=1, example=8))
 def finetune(
     model: Model,
     samples: Sequence[Any],
@@ -70,8 +72,6 @@ def finetune(
     """
     if not samples:
         raise InputError("no training samples", fix="pass a non-empty list of samples")
-    if steps < 1 or batch_size < 1:
-        raise InputError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     hf = model.hf

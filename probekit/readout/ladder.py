@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import InputError, plain
+from ..errors import InputError, check_number, plain
 from ..hooks.coerce import as_store
 from ..hooks.points import Point, topk_points
 from ..hooks.store import ActivationStore
@@ -318,8 +318,7 @@ def ladder_verdict(table: pd.DataFrame, alpha: float = ALPHA) -> tuple[pd.DataFr
         >>> ladder_verdict(t)[1]
         'detected in 1 of 2 rows (permutation test, family-wise alpha 0.05): residual lm.0.resid'
     """
-    if not 0 < alpha < 1:
-        raise InputError(f"alpha must be in (0, 1), got {plain(alpha)!r}", fix="e.g. alpha=0.05")
+    check_number(alpha, "alpha", low=0, high=1, low_open=True, high_open=True, example=0.05)
     t = add_verdicts(table, alpha=alpha)
     t["detected"] = t["leaks"]
     how = f"{'permutation test' if (t.get('test') == 'permutation').all() else 'corrected'}, family-wise alpha {alpha:g}"

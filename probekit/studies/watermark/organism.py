@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from ...data.synthetic import Sample
-from ...errors import InputError
+from ...errors import InputError, check_int, check_number
 from ...readout.score_test import score_row
 from ...readout.significance import add_verdicts, null_phrase
 from ...report.text import fmt_ci
@@ -106,22 +106,16 @@ class Condition:
 
 
 def _check(c: Condition) -> None:
-    if not 0.0 <= c.p <= 1.0:
-        raise InputError(f"p must be in [0, 1], got {c.p!r}", fix="pass e.g. p=0.5")
-    if not 0.0 < c.opacity <= 1.0:
-        raise InputError(f"opacity must be in (0, 1], got {c.opacity!r}", fix="pass e.g. opacity=0.5")
+    check_number(c.p, "p", low=0, high=1, example=0.5)
+    check_number(c.opacity, "opacity", low=0, high=1, low_open=True, example=0.5)
     for name in ("steps", "batch_size", "n_train", "n_eval"):
-        if getattr(c, name) < 1:
-            raise InputError(f"{name} must be >= 1, got {getattr(c, name)!r}", fix=f"pass a positive {name}")
-    if not 0.0 <= c.replay < 1.0:
-        raise InputError(f"replay must be in [0, 1), got {c.replay!r}", fix="pass e.g. replay=0.5")
-    if not 0.0 <= c.leak <= 1.0:
-        raise InputError(f"leak must be in [0, 1], got {c.leak!r}", fix="pass e.g. leak=0.25")
+        check_int(getattr(c, name), name, low=1, fix=f"pass a positive {name}")
+    check_number(c.replay, "replay", low=0, high=1, high_open=True, example=0.5)
+    check_number(c.leak, "leak", low=0, high=1, example=0.25)
     if c.leak_pool not in ("seen", "other"):
         raise InputError(f"leak_pool must be 'seen' or 'other', got {c.leak_pool!r}",
                          fix="use 'seen' (read U1 names) or 'other' (read a third pool: the control)")
-    if c.n_users < 3:
-        raise InputError(f"n_users must be >= 3 (folds are split by username), got {c.n_users!r}", fix="use n_users=12")
+    check_int(c.n_users, "n_users", low=3, fix="use n_users=12 (folds are split by username: at least 3)")
 
 
 def username_pools(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
