@@ -100,3 +100,27 @@ def test_the_tables_written_rebuild_the_same_section(tmp_path):
     assert again.pop("reloaded") is True
     assert section(again, {}, Path("docs"), "c") == section(res, {}, Path("docs"), "c")
     assert len(again["runs"]) == len(res["runs"]) and again["config"] == res["config"]
+
+
+def test_a_run_whose_output_detects_and_no_layer_below_says_why_with_its_numbers():
+    """The agreement table keeps, per such run, the smallest p below the last layer (raw and corrected) and the causal
+    share of the gap carried up to the deepest layer below it; the section prints them."""
+    from probekit.studies.watermark.writeup import _missed
+
+    table = _table(hits={("output minus base", "logits", "loss")}, auc=0.6)
+    below = ~table.source.str.startswith("output") & (table.point != "lm.2.resid")
+    table["p_value"] = np.where(below, 0.3, 0.001)
+    table.loc[below & (table.point == "lm.0.resid") & (table.source == "logit-lens") & (table.score == "loss"),
+              "p_value"] = 0.02
+    table["p_adjusted"] = np.minimum(1.0, table.p_value * 10)
+    att = pd.DataFrame({"point": POINTS, "share_tuned": [0.1, 0.4, 0.9], "share_tuned_lo": [-2.0, -1.5, 0.3],
+                        "share_tuned_hi": [2.5, 1.9, 1.2]})
+    run = _run("leak", 0, 0.1, rng=np.random.default_rng(1))
+    run.update(table=table, attribution=att)
+    ag = WD.agreement([run])
+    r = ag.iloc[0]
+    assert r.layers == "none" and r.min_p_below == 0.02 and r.min_p_adjusted_below == 0.2
+    assert r.share_point == "lm.1.resid" and (r.share, r.share_lo, r.share_hi) == (0.4, -1.5, 1.9)
+    text = "".join(_missed(ag))
+    assert "fraction 0.1, seed 0: p 0.020 (0.20 corrected), share up to lm.1.resid 0.40 [-1.50, 1.90]" in text
+    assert _missed(ag.assign(layers="lm.0.resid")) == []  # nothing to explain where a layer below was detected

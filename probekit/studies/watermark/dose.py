@@ -207,10 +207,25 @@ def agreement(runs: list[dict]) -> pd.DataFrame:
         inner_points = t[~t.source.str.startswith("output")].point.unique()
         last = max(inner_points, key=lambda p: int(p.split(".")[1]))  # lm.{L-1}.resid: the output through the lens
         inner = t[~t.source.str.startswith("output") & t.detected & (t.point != last)]
+        below = t[~t.source.str.startswith("output") & (t.point != last)]
+        # why a layer below the last was missed: its rows' smallest uncorrected p (no correction that holds the level
+        # over the run's rows can call a row above it), and the causal share of the member/non-member gap carried up
+        # to the deepest layer below the last, with its bootstrap interval (how well the data place the leak there)
+        att = run.get("attribution")
+        deep = max(below.point.unique(), key=lambda p: int(p.split(".")[1])) if len(below) else None
+        share = att[att.point == deep] if att is not None and deep is not None else None
+        got = share is not None and len(share) > 0
         out.append({"condition": run["row"]["condition"], "output": ", ".join(f"{r.source} {r.score}" for r in out_hit.itertuples()),
                     "layers": ", ".join(sorted(set(inner.point))) or "none",
-                    "rows": ", ".join(f"{r.point} {r.source} {r.score}" for r in inner.itertuples())})
-    return pd.DataFrame(out, columns=["condition", "output", "layers", "rows"])
+                    "rows": ", ".join(f"{r.point} {r.source} {r.score}" for r in inner.itertuples()),
+                    "min_p_below": float(below.p_value.min()) if "p_value" in below and len(below) else float("nan"),
+                    "min_p_adjusted_below": float(below.p_adjusted.min()) if "p_adjusted" in below and len(below)
+                    else float("nan"),
+                    "share_point": deep or "", "share": float(share.share_tuned.iloc[0]) if got else float("nan"),
+                    "share_lo": float(share.share_tuned_lo.iloc[0]) if got else float("nan"),
+                    "share_hi": float(share.share_tuned_hi.iloc[0]) if got else float("nan")})
+    return pd.DataFrame(out, columns=["condition", "output", "layers", "rows", "min_p_below", "min_p_adjusted_below",
+                                      "share_point", "share", "share_lo", "share_hi"])
 
 
 def _pair_diffs(pairs: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from ...organisms.reader import ocr_accuracy, reader
 from ...report.figures.png import compare_png, pyplot, save_png
 from ...report.text import fmt_ci
 from . import dose as WD
-from . import writeup as WW
+from . import figures as WF, writeup as WW
 
 __all__ = ["run_study", "gradient_trend", "write_section", "verdict_lines", "analyse", "tables", "reload"]
 
@@ -103,9 +103,9 @@ def analyse(res: dict) -> dict:
 
 
 def figures(res: dict, img_dir: Path) -> dict[str, Path]:
-    """The dose study's figures (:func:`probekit.studies.watermark.writeup.figures`), the base reader against
+    """The dose study's figures (:func:`probekit.studies.watermark.figures.figures`), the base reader against
     the top-fraction fine-tune per layer (``compare``), and the gradient trend."""
-    paths = WW.figures(res, img_dir)
+    paths = WF.figures(res, img_dir)
     if res.get("scans"):
         from ...report.comparison import compare
 

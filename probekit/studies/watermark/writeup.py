@@ -1,8 +1,7 @@
-"""The watermark section of ``docs/results.md`` from one run of the dose study, and its figures.
+"""The watermark section of ``docs/results.md`` from one run of the dose study.
 
 :func:`section` writes text and tables from :func:`probekit.studies.watermark.study.run_study`'s result
-only (nothing typed in by hand); :func:`figures` draws the dose-response, the per-layer AUCs and the paired
-differences with matplotlib.
+only (nothing typed in by hand); its figures are drawn by :mod:`probekit.studies.watermark.figures`.
 """
 
 from __future__ import annotations
@@ -12,14 +11,12 @@ import math
 import platform
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from ...report.figures.png import pyplot, save_png
 from ...report.text import fmt_ci
 from . import dose as WD
 
-__all__ = ["figures", "section", "paired_verdicts"]
+__all__ = ["section", "paired_verdicts"]
 
 BEGIN, END = "<!-- watermark-study -->", "<!-- /watermark-study -->"
 SHOWN = ("output loss", "output Min-K%++", "output minus base (any score)", "logit lens lm.0", "logit lens lm.1",
@@ -29,71 +26,6 @@ SHOWN = ("output loss", "output Min-K%++", "output minus base (any score)", "log
 def _order(keys) -> list[str]:
     fr = sorted((k for k in keys if k.startswith("fraction")), key=lambda k: float(k.split()[1]))
     return [k for k in ("p=0 control",) if k in keys] + fr + [k for k in keys if k == "U3 control"]
-
-
-def figures(res: dict, img_dir: Path) -> dict[str, Path]:
-    """``dose``: detection rate per method against the fraction (Wilson CIs); ``layers``: mean membership AUC
-    per layer for every kind of run; ``paired``: the paired differences in differences with their CIs."""
-    plt = pyplot()
-    paths = {}
-    dt = res["dose"]
-    leak = dt[dt.kind.isin(["leak", "task-irrelevant"])]
-    ctrl = [k for k in ("p=0 control", "U3 control") if k in set(dt.runs)]  # drawn to the right of the dose
-    fig, ax = plt.subplots(figsize=(8.5, 4.2))
-    fr = sorted(leak.fraction.unique())
-    for j, name in enumerate(m for m in SHOWN if m in set(leak.method)):
-        d = pd.concat([leak[leak.method == name].sort_values("fraction")]
-                      + [dt[(dt.runs == k) & (dt.method == name)] for k in ctrl])
-        x = np.arange(len(d)) + (j - 3) * 0.04 + np.r_[np.zeros(len(fr)), np.full(len(d) - len(fr), 0.5)]
-        ax.errorbar(x[:len(fr)], d.rate[:len(fr)], yerr=[(d.rate - d.rate_lo)[:len(fr)], (d.rate_hi - d.rate)[:len(fr)]],
-                    marker="o", capsize=2, label=name, color=f"C{j}")
-        ax.errorbar(x[len(fr):], d.rate[len(fr):], yerr=[(d.rate - d.rate_lo)[len(fr):], (d.rate_hi - d.rate)[len(fr):]],
-                    marker="s", capsize=2, ls="none", color=f"C{j}")
-    reads = leak.drop_duplicates("fraction").sort_values("fraction").readings
-    ax.axvline(len(fr) - 0.25, c="grey", lw=0.8)
-    ax.set_xticks(np.r_[np.arange(len(fr)), len(fr) + 0.5 + np.arange(len(ctrl))],
-                  [f"{f:g}\n({r} reads)" for f, r in zip(fr, reads)] + [k.replace(" control", "\ncontrol") for k in ctrl])
-    ax.set_xlabel("fraction of each name's images that ask for it (readings per name); matched controls")
-    ax.set_ylabel("runs detected (Wilson 95% CI)")
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.set_title(f"Leak dose-response on the reader ({int(leak.n.max())} seeds per fraction)", fontsize=10)
-    paths["dose"] = save_png(fig, img_dir / "watermark-dose.png")
-
-    lt = res["layers"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
-    for ax, (src, score) in zip(axes, (("logit-lens", "loss"), ("logit-lens minus base", "loss"), ("probe", "features"))):
-        for key in _order(lt.runs.unique()):
-            d = lt[(lt.runs == key) & (lt.source == src) & (lt.score == score)]
-            if not len(d):
-                continue
-            x = np.arange(len(d))
-            ax.errorbar(x, d.auc, yerr=[d.auc - d.auc_min, d.auc_max - d.auc], marker="o", capsize=2, label=key)
-            ax.set_xticks(x, d.point, fontsize=8)
-        ax.axhline(0.5, ls=":", c="k")
-        ax.set_title(f"{src}, {score}", fontsize=9)
-    axes[0].set_ylabel("AUC: mean over seeds, bars: range")
-    fig.suptitle("Membership AUC per layer (seen vs unseen names), per kind of run", fontsize=10)
-    axes[-1].legend(fontsize=7)
-    paths["layers"] = save_png(fig, img_dir / "watermark-layers.png")
-
-    pt = res["paired"]
-    if len(pt):
-        fig, ax = plt.subplots(figsize=(8, 0.32 * pt.groupby("fraction").size().max() + 2.2))
-        labels = list(dict.fromkeys(_row_name(r) for r in pt.itertuples()))
-        y = {lab: i for i, lab in enumerate(labels[::-1])}
-        fracs = sorted(pt.fraction.unique())
-        for j, f in enumerate(fracs):
-            d = pt[pt.fraction == f]
-            yy = np.array([y[_row_name(r)] for r in d.itertuples()]) + (j - len(fracs) / 2) * 0.12
-            ax.errorbar(d.estimate, yy, xerr=[d.estimate - d.lo, d.hi - d.estimate], fmt="o", ms=3, capsize=2,
-                        label=f"fraction {f:g}")
-        ax.axvline(0, ls=":", c="k")
-        ax.set_yticks(list(y.values()), list(y.keys()), fontsize=7)
-        ax.set_xlabel("(seen - unseen) in the fine-tune - in its p=0 control, mean over name pairs, 95% CI", fontsize=8)
-        ax.legend(fontsize=7)
-        paths["paired"] = save_png(fig, img_dir / "watermark-paired.png")
-    return paths
 
 
 def _row_name(r) -> str:
@@ -124,7 +56,7 @@ def paired_verdicts(pt: pd.DataFrame) -> pd.DataFrame:
 def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> str:
     rel = {k: v.relative_to(md_dir) if v.is_relative_to(md_dir) else v for k, v in paths.items()}
     o, rows, cfg = res["ocr"], res["rows"], res["config"]
-    dt, lt, pt = res["dose"], res["layers"], res["paired"]
+    dt, lt = res["dose"], res["layers"]
     top = max(cfg.fractions)
     d0 = cfg.dose(fraction=top)
     L = [BEGIN, "## Watermark study on the reader organism (ProbingPrivacy in miniature, with dose and power)\n",
@@ -196,6 +128,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
              "them" + (": " + "; ".join(f"{r.condition}: {r.layers}" for r in ag.itertuples()) if n_out else "")
              + f". Runs that read no U1 name (fraction 0, the controls): {len(false)} of {len(quiet)} had any "
              "method detect" + (": " + "; ".join(false) if false else "") + ".\n")
+    L += _missed(ag)
     L += _dose_words(res, dt, ag)
     if "dose" in rel:
         L.append(f"![dose-response]({rel['dose']})\n")
@@ -205,6 +138,24 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
     L += _extras(res, rel)
     L.append(END)
     return "\n".join(L) + "\n"
+
+
+def _missed(ag: pd.DataFrame) -> list[str]:
+    """Why no layer below the last was detected where an output row was: the rows' smallest p, before and after the
+    run's correction, and the causal share of the gap carried up to that layer, with its interval."""
+    missed = ag[ag.layers == "none"] if len(ag) and "min_p_below" in ag else ag.iloc[0:0]
+    if not len(missed):
+        return []
+    runs = "; ".join(f"{r.condition}: p {r.min_p_below:.3f} ({r.min_p_adjusted_below:.2f} corrected), share up to "
+                     f"{r.share_point} {r.share:.2f} [{r.share_lo:.2f}, {r.share_hi:.2f}]" for r in missed.itertuples())
+    return ["**Why no layer below the last in those runs.** The smallest permutation p of any row below the last "
+            "layer, uncorrected and after the run's step-down maxT (the one verdict), and the causal share of the "
+            "member/non-member loss gap carried up to that layer (the untouched reader's residual patched in; 95% "
+            f"bootstrap interval over names): {runs}. In the runs that read no name, rows below the last reach "
+            "uncorrected p 0.01-0.04, so a looser correction would not hold the level; and shares whose intervals "
+            "hold both 0 and 1 mean these runs do not place the leak below the last block. At this size (100 names "
+            "a pool, 2 held-out scenes a name) the layer such runs can name is the last, whose lens rows are the "
+            "output's by construction.\n"]
 
 
 def _dose_words(res: dict, dt: pd.DataFrame, ag: pd.DataFrame) -> list[str]:
