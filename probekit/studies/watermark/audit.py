@@ -1,0 +1,167 @@
+"""The dose study's fine-tunes audited with four times the held-out scenes: do the layers below the last follow the
+output? (``python -m probekit.studies.watermark.audit --out DIR``)
+
+In the dose study (2 held-out scenes per name pair, 400 audit images) the output attack minus the base was detected
+in 10 runs and a row at ``lm.0`` / ``lm.1`` in only 5 of them; the rows below the last had too little power to
+place the leak there (its write-up says why, run by run). The question asked here, before running: with **8**
+held-out scenes per name pair (1,600 audit images; the names, the fine-tunes and every other setting the dose
+study's own, :class:`~probekit.studies.watermark.dose.DoseConfig`), is every run in which an output row is detected
+also detected by a row below the last layer, and is nothing detected in the runs that read no name (fraction 0)?
+Each run is :func:`~probekit.studies.watermark.dose_organism.run_dose` without the mean-pooled scan, and every
+"detected" is :func:`probekit.membership`'s one verdict over the run's whole table.
+
+Finished runs are kept in ``DIR`` (``table-<tag>.csv``, ``attribution-<tag>.csv``, ``row-<tag>.json``), checked
+when read back, so an interrupted run resumes; ``--docs`` writes the "Watermark audit" section of
+``docs/results.md`` from them.
+
+Example:
+    >>> from probekit.studies.watermark.audit import tag
+    >>> tag(0.25, 3)
+    'f0.25-s3'
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ...errors import StoreError
+from ...files import atomic_write
+from ..base import replace_section
+from . import dose as WD
+
+__all__ = ["SCENES", "FRACTIONS", "SEEDS", "tag", "run", "section", "main"]
+
+SCENES = 8
+FRACTIONS = (0.0, 0.05, 0.1, 0.25, 0.5)
+SEEDS = (0, 1, 2, 3, 4)
+_NEEDED = ("point", "source", "score", "auc", "auc_lo", "auc_hi", "detected", "p_value", "p_adjusted", "condition")
+_FIX = "delete the folder's files of that run and run again (finished runs are kept, the rest is redone)"
+
+
+def tag(fraction: float, seed: int) -> str:
+    return f"f{fraction:g}-s{seed}"
+
+
+def _read(out: Path, t: str, label: str) -> dict | None:
+    """A finished run read back, every file checked (None when it has not run yet)."""
+    paths = {k: out / f"{k}-{t}.{'json' if k == 'row' else 'csv'}" for k in ("table", "attribution", "row")}
+    if not paths["table"].exists() or not paths["row"].exists():
+        return None
+    try:
+        table = pd.read_csv(paths["table"])
+        row = json.loads(paths["row"].read_text())
+        att = pd.read_csv(paths["attribution"]) if paths["attribution"].exists() else None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read the audit's run {t} in {out}: {exc}", fix=_FIX) from None
+    missing = [c for c in _NEEDED if c not in table.columns]
+    if missing or not isinstance(row, dict) or row.get("condition") != label or set(table.condition) != {label}:
+        raise StoreError(f"the audit's run {t} in {out} is not the run {label!r}"
+                         + (f" (its table lacks {missing})" if missing else ""), fix=_FIX)
+    table["detected"] = table.detected.astype(bool)
+    return {"row": row, "table": table.drop(columns="condition"),
+            "attribution": None if att is None else att.drop(columns="condition", errors="ignore")}
+
+
+def run(out: str | Path, scenes: int = SCENES, fractions: Sequence[float] = FRACTIONS, seeds: Sequence[int] = SEEDS,
+        verbose: bool = True) -> dict:
+    """Every (seed, fraction) run with ``scenes`` held-out scenes per pair: ``runs`` (row, table, attribution per
+    run, as the dose study's) and ``seconds`` (of the runs made now; read-back runs keep their own in ``row``)."""
+    import torch
+
+    from ...models.loading import load
+    from ...organisms.reader import reader
+    from . import dose_organism as D
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, t0, runs, base, base_path = WD.DoseConfig(), time.perf_counter(), [], None, None
+    for seed in seeds:
+        for fraction in fractions:
+            d = replace(cfg.dose(fraction=fraction, seed=seed), pair_scenes=scenes)
+            t = tag(fraction, seed)
+            got = _read(out, t, d.label())
+            if got is None:
+                if base is None:
+                    torch.set_num_threads(1)
+                    base_path = reader()
+                    base = load(base_path)
+                r = D.run_dose(base_path, d, base=base, attribution=True, n_perm=cfg.n_perm, n_boot=cfg.n_boot,
+                               scan=False)
+                rep = r["membership"]
+                table = rep.table.drop(columns="perm_null", errors="ignore")
+                if rep.attribution is not None:
+                    atomic_write(out / f"attribution-{t}.csv", rep.attribution.assign(condition=d.label())
+                                 .to_csv(index=False), "audit table")
+                atomic_write(out / f"table-{t}.csv", table.assign(condition=d.label()).to_csv(index=False), "audit table")
+                atomic_write(out / f"row-{t}.json", json.dumps(r["row"], default=str), "audit row")
+                got = {"row": json.loads(json.dumps(r["row"], default=str)), "table": table,
+                       "attribution": rep.attribution}
+                if verbose:
+                    print(f"{time.perf_counter() - t0:.0f} s  {d.label()}: {rep.summary().splitlines()[0]}", flush=True)
+            runs.append(got)
+    return {"runs": runs, "scenes": scenes, "seconds": time.perf_counter() - t0}
+
+
+def section(res: dict, command: str) -> str:
+    """The "Watermark audit" section: detection per method along the dose, and the agreement run by run."""
+    from .writeup import _missed, _order
+
+    runs = [r for r in res["runs"] if r["row"]["kind"] in ("leak", "task-irrelevant")]
+    dt = WD.dose_table(runs)
+    keys = _order(dt.runs.unique())
+    ag = WD.agreement(runs)
+    n_out, n_in = len(ag), int((ag.layers != "none").sum()) if len(ag) else 0
+    quiet = [r for r in runs if r["row"]["fraction"] == 0]
+    false = [r["row"]["condition"] for r in quiet if r["table"].detected.any()]
+    minutes = sum(float(r["row"]["seconds"]) for r in runs) / 60
+    L = ["## Watermark audit: four times the held-out scenes\n",
+         f"Generated {_dt.date.today().isoformat()} by `{command}` ({len(runs)} runs, {minutes:.0f} min of runs on "
+         "a 2-core machine shared with other jobs). The dose study's fine-tunes (same names, scenes, dose and "
+         f"settings) audited with **{res['scenes']} held-out scenes per name pair** ({res['scenes'] * 400 // 2:,} "
+         "images; the study: 2, 400) and no mean-pooled scan (`probekit.studies.watermark.audit`). The question, "
+         "set before running: is every run whose output is detected also detected below the last layer, and "
+         "nothing at fraction 0?\n",
+         "| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for m in [m for m in WD.METHODS if m in set(dt.method)]:
+        cells = []
+        for k in keys:
+            r = dt[(dt.runs == k) & (dt.method == m)].iloc[0]
+            cells.append(f"{int(r.detected)}/{int(r.n)} [{r.rate_lo:.2f}, {r.rate_hi:.2f}]")
+        L.append(f"| {m} | " + " | ".join(cells) + " |")
+    met = n_out > 0 and n_in == n_out and not false
+    L += ["", f"**Layer-wise vs output.** An output row (raw or minus base) was detected in {n_out} run(s); a row at "
+          f"`lm.0` / `lm.1` (logit lens, lens minus base, probe or patching score) in {n_in} of them"
+          + (": " + "; ".join(f"{r.condition}: {r.layers}" for r in ag.itertuples()) if n_out else "")
+          + f". Runs that read no name (fraction 0): {len(false)} of {len(quiet)} had any row detected"
+          + (": " + ", ".join(false) if false else "") + ". "
+          + ("**Below the last layer the leak is detected wherever the output detects it, and nothing at "
+             "fraction 0.**" if met else "**Not every output detection is matched below the last layer.**") + "\n"]
+    L += _missed(ag)
+    return "\n".join(L) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m probekit.studies.watermark.audit", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="probekit-watermark-audit", help="folder for the runs' tables (resumes)")
+    p.add_argument("--scenes", type=int, default=SCENES, help="held-out scenes per name pair (the study: 2)")
+    p.add_argument("--docs", default=None, help="write the section into DOCS/results.md")
+    a = p.parse_args(argv)
+    res = run(a.out, scenes=a.scenes)
+    cmd = "python -m probekit.studies.watermark.audit" + (f" --scenes {a.scenes}" if a.scenes != SCENES else "")
+    text = section(res, cmd)
+    print(text)
+    if a.docs:
+        print(f"wrote {replace_section(Path(a.docs) / 'results.md', 'watermark-audit', text)}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

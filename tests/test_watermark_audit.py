@@ -1,0 +1,65 @@
+"""The larger audit of the dose study: finished runs are read back checked, and its section says, from the runs,
+whether every output detection is matched below the last layer and whether fraction 0 stayed quiet."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from probekit.errors import StoreError
+from probekit.studies.watermark import audit as A
+from test_watermark_section import _table
+
+
+def _write(out, fraction, seed, hits=(), p_below=0.3):
+    label = f"fraction {fraction:g}, seed {seed}" if fraction else f"fraction 0, seed {seed}"
+    t = _table(hits=hits, auc=0.6 if hits else 0.5)
+    below = ~t.source.str.startswith("output") & (t.point != "lm.2.resid")
+    t["p_value"] = np.where(below, p_below, 0.001 if hits else 0.4)
+    t["p_adjusted"] = np.minimum(1.0, t.p_value * 10)
+    t.assign(condition=label).to_csv(out / f"table-{A.tag(fraction, seed)}.csv", index=False)
+    pd.DataFrame({"point": ["lm.0.resid", "lm.1.resid", "lm.2.resid"], "share_tuned": [0.2, 0.5, 0.9],
+                  "share_tuned_lo": [-1.0, -0.5, 0.4], "share_tuned_hi": [1.5, 1.4, 1.1], "condition": label}) \
+        .to_csv(out / f"attribution-{A.tag(fraction, seed)}.csv", index=False)
+    row = {"condition": label, "kind": "leak" if fraction else "task-irrelevant", "fraction": fraction, "seed": seed,
+           "p": 1.0, "readings": int(round(fraction * 40)), "seconds": 120.0}
+    (out / f"row-{A.tag(fraction, seed)}.json").write_text(json.dumps(row))
+
+
+OUT = {("output minus base", "logits", "loss")}
+INNER = OUT | {("patched base-into-tuned", "lm.1.resid", "loss")}
+
+
+def test_the_section_reads_the_runs_back_and_says_whether_the_layers_follow(tmp_path):
+    for seed in (0, 1):
+        _write(tmp_path, 0.0, seed)
+        _write(tmp_path, 0.25, seed, hits=INNER)
+    res = A.run(tmp_path, fractions=(0.0, 0.25), seeds=(0, 1), verbose=False)  # every run read back: no model
+    text = A.section(res, "python -m probekit.study.watermark.audit")
+    assert "| patched lm.1 (either direction) | 0/2 [0.00, 0.66] | 2/2 [0.34, 1.00] |" in text
+    assert "detected in 2 run(s); a row at `lm.0` / `lm.1` (logit lens, lens minus base, probe or patching score) " \
+           "in 2 of them" in text
+    assert "Runs that read no name (fraction 0): 0 of 2 had any row detected." in text
+    assert "**Below the last layer the leak is detected wherever the output detects it, and nothing at fraction 0.**" in text
+    assert "8 held-out scenes per name pair** (1,600 images" in text and "4 runs, 8 min" in text
+    # a run where only the output detects: the verdict says so and the why-paragraph gives its numbers
+    _write(tmp_path, 0.25, 1, hits=OUT, p_below=0.02)
+    text = A.section(A.run(tmp_path, fractions=(0.0, 0.25), seeds=(0, 1), verbose=False), "c")
+    assert "**Not every output detection is matched below the last layer.**" in text
+    assert "fraction 0.25, seed 1: p 0.020 (0.20 corrected), share up to lm.1.resid 0.50 [-0.50, 1.40]" in text
+
+
+def test_a_run_read_back_is_checked(tmp_path):
+    _write(tmp_path, 0.25, 0, hits=INNER)
+    (tmp_path / "row-f0.25-s0.json").write_text(json.dumps({"condition": "fraction 0.5, seed 0"}))
+    with pytest.raises(StoreError, match="is not the run 'fraction 0.25, seed 0'"):
+        A.run(tmp_path, fractions=(0.25,), seeds=(0,), verbose=False)
+    _write(tmp_path, 0.25, 0, hits=INNER)
+    t = pd.read_csv(tmp_path / "table-f0.25-s0.csv").drop(columns="p_adjusted")
+    t.to_csv(tmp_path / "table-f0.25-s0.csv", index=False)
+    with pytest.raises(StoreError, match=r"its table lacks \['p_adjusted'\]"):
+        A.run(tmp_path, fractions=(0.25,), seeds=(0,), verbose=False)
+    (tmp_path / "row-f0.25-s0.json").write_text("{not json")
+    with pytest.raises(StoreError, match="cannot read the audit's run f0.25-s0"):
+        A.run(tmp_path, fractions=(0.25,), seeds=(0,), verbose=False)
