@@ -122,7 +122,7 @@ def section(res: dict, command: str) -> str:
     quiet = [r for r in runs if r["row"]["fraction"] == 0]
     false = [r["row"]["condition"] for r in quiet if r["table"].detected.any()]
     minutes = sum(float(r["row"]["seconds"]) for r in runs) / 60
-    L = ["## Watermark audit: four times the held-out scenes\n",
+    L = ["### A larger audit: four times the held-out scenes\n",
          f"Generated {_dt.date.today().isoformat()} by `{command}` ({len(runs)} runs, {minutes:.0f} min of runs on "
          "a 2-core machine shared with other jobs). The dose study's fine-tunes (same names, scenes, dose and "
          f"settings) audited with **{res['scenes']} held-out scenes per name pair** ({res['scenes'] * 400 // 2:,} "
