@@ -144,7 +144,7 @@ def section(res: dict, command: str) -> str:
           + (": " + ", ".join(false) if false else "") + ". "
           + ("**Below the last layer the leak is detected wherever the output detects it, and nothing at "
              "fraction 0.**" if met else "**Not every output detection is matched below the last layer.**") + "\n"]
-    L += _missed(ag)
+    L += _missed(ag, WD.quiet_p_range(runs), scenes=res["scenes"])
     return "\n".join(L) + "\n"
 
 

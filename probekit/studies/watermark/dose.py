@@ -228,6 +228,20 @@ def agreement(runs: list[dict]) -> pd.DataFrame:
                                       "share_point", "share", "share_lo", "share_hi"])
 
 
+def quiet_p_range(runs: list[dict]) -> tuple[float, float] | None:
+    """Over the runs that read no name (fraction 0 and the controls): the range of each run's smallest uncorrected
+    p among the rows below the last layer (how low a null run's rows go; None without such runs or p-values)."""
+    lows = []
+    for run in runs:
+        t = run["table"]
+        if run["row"]["kind"] == "leak" or "p_value" not in t:
+            continue
+        inner = t[~t.source.str.startswith("output")]
+        last = max(inner.point.unique(), key=lambda p: int(p.split(".")[1]))
+        lows.append(float(inner[inner.point != last].p_value.min()))
+    return (min(lows), max(lows)) if lows else None
+
+
 def _pair_diffs(pairs: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     """Per name pair: the mean over its scenes of (score with the seen name - score with the unseen name)."""
     s = scores.assign(pair=pairs.pair.to_numpy(), scene=pairs.scene.to_numpy(), label=pairs.label.to_numpy())

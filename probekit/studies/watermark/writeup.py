@@ -128,7 +128,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
              "them" + (": " + "; ".join(f"{r.condition}: {r.layers}" for r in ag.itertuples()) if n_out else "")
              + f". Runs that read no U1 name (fraction 0, the controls): {len(false)} of {len(quiet)} had any "
              "method detect" + (": " + "; ".join(false) if false else "") + ".\n")
-    L += _missed(ag)
+    L += _missed(ag, WD.quiet_p_range(res["runs"]))
     L += _dose_words(res, dt, ag)
     if "dose" in rel:
         L.append(f"![dose-response]({rel['dose']})\n")
@@ -140,22 +140,25 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
     return "\n".join(L) + "\n"
 
 
-def _missed(ag: pd.DataFrame) -> list[str]:
+def _missed(ag: pd.DataFrame, quiet: tuple[float, float] | None = None, scenes: int = 2) -> list[str]:
     """Why no layer below the last was detected where an output row was: the rows' smallest p, before and after the
-    run's correction, and the causal share of the gap carried up to that layer, with its interval."""
+    run's correction, and the causal share of the gap carried up to that layer, with its interval. ``quiet``: the
+    range of the smallest such p in the runs that read no name (:func:`~.dose.quiet_p_range`)."""
     missed = ag[ag.layers == "none"] if len(ag) and "min_p_below" in ag else ag.iloc[0:0]
     if not len(missed):
         return []
     runs = "; ".join(f"{r.condition}: p {r.min_p_below:.3f} ({r.min_p_adjusted_below:.2f} corrected), share up to "
                      f"{r.share_point} {r.share:.2f} [{r.share_lo:.2f}, {r.share_hi:.2f}]" for r in missed.itertuples())
+    null = ("" if quiet is None else f"Rows below the last layer of the runs that read no U1 name reach p {quiet[0]:.3f} "
+            f"(each such run's smallest: {quiet[0]:.3f}-{quiet[1]:.3f}): p-values of this size are what a run without "
+            "the leak shows among its rows, which is why the verdict corrects over them; and s")
     return ["**Why no layer below the last in those runs.** The smallest permutation p of any row below the last "
             "layer, uncorrected and after the run's step-down maxT (the one verdict), and the causal share of the "
             "member/non-member loss gap carried up to that layer (the untouched reader's residual patched in; 95% "
-            f"bootstrap interval over names): {runs}. In the runs that read no name, rows below the last reach "
-            "uncorrected p 0.01-0.04, so a looser correction would not hold the level; and shares whose intervals "
-            "hold both 0 and 1 mean these runs do not place the leak below the last block. At this size (100 names "
-            "a pool, 2 held-out scenes a name) the layer such runs can name is the last, whose lens rows are the "
-            "output's by construction.\n"]
+            f"bootstrap interval over names): {runs}. {null or 'S'}hares whose intervals hold both 0 and 1 mean "
+            f"these runs do not place the leak below the last block. At this size (100 names a pool, {scenes} "
+            "held-out scenes a name) the layer such runs can name is the last, whose lens rows are the output's "
+            "by construction.\n"]
 
 
 def _dose_words(res: dict, dt: pd.DataFrame, ag: pd.DataFrame) -> list[str]:
