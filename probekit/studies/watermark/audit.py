@@ -46,8 +46,8 @@ _NEEDED = ("point", "source", "score", "auc", "auc_lo", "auc_hi", "detected", "p
 _FIX = "delete the folder's files of that run and run again (finished runs are kept, the rest is redone)"
 
 
-def tag(fraction: float, seed: int) -> str:
-    return f"f{fraction:g}-s{seed}"
+def tag(fraction: float, seed: int, names: int = 100) -> str:
+    return f"f{fraction:g}-s{seed}" + (f"-n{names}" if names != 100 else "")
 
 
 def _read(out: Path, t: str, label: str) -> dict | None:
@@ -71,9 +71,10 @@ def _read(out: Path, t: str, label: str) -> dict | None:
 
 
 def run(out: str | Path, scenes: int = SCENES, fractions: Sequence[float] = FRACTIONS, seeds: Sequence[int] = SEEDS,
-        verbose: bool = True) -> dict:
-    """Every (seed, fraction) run with ``scenes`` held-out scenes per pair: ``runs`` (row, table, attribution per
-    run, as the dose study's) and ``seconds`` (of the runs made now; read-back runs keep their own in ``row``)."""
+        verbose: bool = True, names: int = 100) -> dict:
+    """Every (seed, fraction) run with ``scenes`` held-out scenes per pair and ``names`` names a pool (the study:
+    100; sightings per name fixed, so more names is more training): ``runs`` (row, table, attribution per run, as
+    the dose study's) and ``seconds`` (of the runs made now; read-back runs keep their own in ``row``)."""
     import torch
 
     from ...models.loading import load
@@ -82,11 +83,11 @@ def run(out: str | Path, scenes: int = SCENES, fractions: Sequence[float] = FRAC
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg, t0, runs, base, base_path = WD.DoseConfig(), time.perf_counter(), [], None, None
+    cfg, t0, runs, base, base_path = WD.DoseConfig(n_users=names), time.perf_counter(), [], None, None
     for seed in seeds:
         for fraction in fractions:
             d = replace(cfg.dose(fraction=fraction, seed=seed), pair_scenes=scenes)
-            t = tag(fraction, seed)
+            t = tag(fraction, seed, names)
             got = _read(out, t, d.label())
             if got is None:
                 if base is None:
@@ -107,7 +108,7 @@ def run(out: str | Path, scenes: int = SCENES, fractions: Sequence[float] = FRAC
                 if verbose:
                     print(f"{time.perf_counter() - t0:.0f} s  {d.label()}: {rep.summary().splitlines()[0]}", flush=True)
             runs.append(got)
-    return {"runs": runs, "scenes": scenes, "seconds": time.perf_counter() - t0}
+    return {"runs": runs, "scenes": scenes, "names": names, "seconds": time.perf_counter() - t0}
 
 
 def section(res: dict, command: str) -> str:
@@ -122,10 +123,15 @@ def section(res: dict, command: str) -> str:
     quiet = [r for r in runs if r["row"]["fraction"] == 0]
     false = [r["row"]["condition"] for r in quiet if r["table"].detected.any()]
     minutes = sum(float(r["row"]["seconds"]) for r in runs) / 60
-    L = ["### A larger audit: four times the held-out scenes\n",
+    names = res.get("names", 100)
+    L = [f"### A larger audit: {res['scenes']} held-out scenes a name pair" + (f", {names} names a pool" if names != 100
+                                                                                else "") + "\n",
          f"Generated {_dt.date.today().isoformat()} by `{command}` ({len(runs)} runs, {minutes:.0f} min of runs on "
-         "a 2-core machine shared with other jobs). The dose study's fine-tunes (same names, scenes, dose and "
-         f"settings) audited with **{res['scenes']} held-out scenes per name pair** ({res['scenes'] * 400 // 2:,} "
+         "a 2-core machine shared with other jobs). "
+         + ("The dose study's fine-tunes (same names, scenes, dose and settings)" if names == 100 else
+            f"The dose study's recipe with **{names} names a pool** (the study: 100; sightings per name, dose and "
+            "settings the same, so each fine-tune trains on that many more images)")
+         + f" audited with **{res['scenes']} held-out scenes per name pair** ({res['scenes'] * 2 * names:,} "
          "images; the study: 2, 400) and no mean-pooled scan (`probekit.studies.watermark.audit`). The question, "
          "set before running: is every run whose output is detected also detected below the last layer, and "
          "nothing at fraction 0?\n",
@@ -144,7 +150,7 @@ def section(res: dict, command: str) -> str:
           + (": " + ", ".join(false) if false else "") + ". "
           + ("**Below the last layer the leak is detected wherever the output detects it, and nothing at "
              "fraction 0.**" if met else "**Not every output detection is matched below the last layer.**") + "\n"]
-    L += _missed(ag, WD.quiet_p_range(runs), scenes=res["scenes"])
+    L += _missed(ag, WD.quiet_p_range(runs), scenes=res["scenes"], names=names)
     return "\n".join(L) + "\n"
 
 
@@ -152,14 +158,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m probekit.studies.watermark.audit", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="probekit-watermark-audit", help="folder for the runs' tables (resumes)")
     p.add_argument("--scenes", type=int, default=SCENES, help="held-out scenes per name pair (the study: 2)")
+    p.add_argument("--names", type=int, default=100, help="names a pool (the study: 100; more names, more training)")
+    p.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS), help="comma-separated doses")
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     p.add_argument("--docs", default=None, help="write the section into DOCS/results.md")
     a = p.parse_args(argv)
-    res = run(a.out, scenes=a.scenes)
-    cmd = "python -m probekit.studies.watermark.audit" + (f" --scenes {a.scenes}" if a.scenes != SCENES else "")
+    fractions = tuple(float(x) for x in a.fractions.split(","))
+    seeds = tuple(int(x) for x in a.seeds.split(","))
+    res = run(a.out, scenes=a.scenes, fractions=fractions, seeds=seeds, names=a.names)
+    cmd = "python -m probekit.studies.watermark.audit" + "".join(
+        f" --{k} {v}" for k, v, d in (("scenes", a.scenes, SCENES), ("names", a.names, 100),
+                                      ("fractions", a.fractions, ",".join(f"{f:g}" for f in FRACTIONS)),
+                                      ("seeds", a.seeds, ",".join(map(str, SEEDS)))) if v != d)
     text = section(res, cmd)
     print(text)
     if a.docs:
-        print(f"wrote {replace_section(Path(a.docs) / 'results.md', 'watermark-audit', text)}")
+        marker = "watermark-audit" + (f"-n{a.names}" if a.names != 100 else "")
+        print(f"wrote {replace_section(Path(a.docs) / 'results.md', marker, text)}")
     return 0
 
 
