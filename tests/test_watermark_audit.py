@@ -63,3 +63,15 @@ def test_a_run_read_back_is_checked(tmp_path):
     (tmp_path / "row-f0.25-s0.json").write_text("{not json")
     with pytest.raises(StoreError, match="cannot read the audit's run f0.25-s0"):
         A.run(tmp_path, fractions=(0.25,), seeds=(0,), verbose=False)
+
+
+def test_a_larger_pool_is_its_own_run_and_says_so(tmp_path):
+    assert A.tag(0.25, 3) == "f0.25-s3" and A.tag(0.25, 3, names=400) == "f0.25-s3-n400"
+    for seed in (0, 1):
+        _write(tmp_path, 0.25, seed, hits=INNER)
+        for f in tmp_path.glob(f"*-{A.tag(0.25, seed)}.*"):  # the same runs, filed as the 400-name pool's
+            f.rename(f.with_name(f.name.replace(A.tag(0.25, seed), A.tag(0.25, seed, names=400))))
+    res = A.run(tmp_path, scenes=2, fractions=(0.25,), seeds=(0, 1), names=400, verbose=False)
+    text = A.section(res, "c")
+    assert text.startswith("### A larger audit: 2 held-out scenes a name pair, 400 names a pool")
+    assert "**400 names a pool** (the study: 100" in text and "(1,600 images; the study: 2, 400)" in text
