@@ -75,3 +75,10 @@ def test_a_larger_pool_is_its_own_run_and_says_so(tmp_path):
     text = A.section(res, "c")
     assert text.startswith("### A larger audit: 2 held-out scenes a name pair, 400 names a pool")
     assert "**400 names a pool** (the study: 100" in text and "(1,600 images; the study: 2, 400)" in text
+
+
+def test_no_output_detection_is_not_called_a_mismatch(tmp_path):
+    _write(tmp_path, 0.1, 0)
+    text = A.section(A.run(tmp_path, fractions=(0.1,), seeds=(0,), verbose=False), "c")
+    assert "detected in 0 run(s)" in text and "**No output row was detected: nothing to match below the last layer.**" in text
+    assert "Not every output detection" not in text

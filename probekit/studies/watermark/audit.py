@@ -149,7 +149,8 @@ def section(res: dict, command: str) -> str:
           + f". Runs that read no name (fraction 0): {len(false)} of {len(quiet)} had any row detected"
           + (": " + ", ".join(false) if false else "") + ". "
           + ("**Below the last layer the leak is detected wherever the output detects it, and nothing at "
-             "fraction 0.**" if met else "**Not every output detection is matched below the last layer.**") + "\n"]
+             "fraction 0.**" if met else "**No output row was detected: nothing to match below the last layer.**"
+             if not n_out else "**Not every output detection is matched below the last layer.**") + "\n"]
     L += _missed(ag, WD.quiet_p_range(runs), scenes=res["scenes"], names=names)
     return "\n".join(L) + "\n"
 
