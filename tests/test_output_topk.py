@@ -18,6 +18,7 @@ from probekit import tiny
 from probekit.readout.ladder import ladder_features, leakage_ladder
 from probekit.readout.leakage import leakage, topk_features
 from probekit.readout import plugins
+from test_readout_plugins import _OneTokenWords  # a model whose every word is one token
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,12 +99,6 @@ def test_scan_records_only_the_topk_and_reports_what_the_full_logits_gave(llava,
     before = leakage(full, LABELS, topk=10, points=[p for p in full.points if p in r.settings["points"] or p == "logits"],
                      **PROBE)
     pd.testing.assert_frame_equal(r.table, before, check_exact=True)
-
-
-class _OneTokenWords:
-    """A model whose tokenizer makes every word one token (the ladder's answer words must be)."""
-
-    processor = staticmethod(lambda text, add_special_tokens=False: {"input_ids": [len(text)]})
 
 
 def _logits_topk(topk, ladder, answer_ids):

@@ -28,9 +28,8 @@ from ..base import Options, Outcome, Study
 __all__ = ["STUDY", "summary_rows"]
 
 
-def summary_rows(rep: pd.DataFrame) -> dict:
-    """One line of the summary table: what a report's table detected, and where in depth."""
-    t = rep
+def summary_rows(t: pd.DataFrame) -> dict:
+    """One line of the summary table: what a report's table ``t`` detected, and where in depth."""
     out = t[(t.source == "output") & (t.score == "loss")]
     layers = t[t.detected & t.point.str.startswith("lm.")]
     depth = sorted({int(p.split(".")[1]) for p in layers.point})

@@ -102,9 +102,10 @@ def run(out: str | Path, scenes: int = SCENES, fractions: Sequence[float] = FRAC
                     atomic_write(out / f"attribution-{t}.csv", rep.attribution.assign(condition=d.label())
                                  .to_csv(index=False), "audit table")
                 atomic_write(out / f"table-{t}.csv", table.assign(condition=d.label()).to_csv(index=False), "audit table")
-                atomic_write(out / f"row-{t}.json", json.dumps(r["row"], default=str), "audit row")
-                got = {"row": json.loads(json.dumps(r["row"], default=str)), "table": table,
-                       "attribution": rep.attribution}
+                row = json.dumps(r["row"], default=str)
+                atomic_write(out / f"row-{t}.json", row, "audit row")
+                # the row as it reads back (numpy scalars as JSON), so a fresh run and a resumed one give one section
+                got = {"row": json.loads(row), "table": table, "attribution": rep.attribution}
                 if verbose:
                     print(f"{time.perf_counter() - t0:.0f} s  {d.label()}: {rep.summary().splitlines()[0]}", flush=True)
             runs.append(got)

@@ -195,32 +195,39 @@ def layer_table(runs: list[dict]) -> pd.DataFrame:
                  n=("detected", "size"), mde_auc=("mde_auc", "mean")).reset_index()
 
 
+def _depth(point: str) -> int:
+    return int(point.split(".")[1])
+
+
+def _below_last(t: pd.DataFrame) -> pd.DataFrame:
+    """A run's layer-wise rows (lens, probe, patching) at the layers below the last: the last residual's lens
+    rows are the output's by construction (``lm.{L-1}.resid`` through the lens)."""
+    inner = t[~t.source.str.startswith("output")]
+    return inner[inner.point != max(inner.point.unique(), key=_depth)]
+
+
 def agreement(runs: list[dict]) -> pd.DataFrame:
     """Per run where an output row (raw or minus base) is detected: the detected layer-wise rows below the last
-    layer (logit lens, lens minus base, probe, patching scores), by layer."""
+    layer (logit lens, lens minus base, probe, patching scores), by layer; and, to say why none was where none was,
+    the smallest p of those rows (raw and corrected) and the causal share of the member/non-member gap carried up
+    to the deepest layer below the last, with its bootstrap interval (how well the data place the leak there)."""
     out = []
     for run in runs:
         t = run["table"]
         out_hit = t[t.source.str.startswith("output") & t.detected]
         if not len(out_hit):
             continue
-        inner_points = t[~t.source.str.startswith("output")].point.unique()
-        last = max(inner_points, key=lambda p: int(p.split(".")[1]))  # lm.{L-1}.resid: the output through the lens
-        inner = t[~t.source.str.startswith("output") & t.detected & (t.point != last)]
-        below = t[~t.source.str.startswith("output") & (t.point != last)]
-        # why a layer below the last was missed: its rows' smallest uncorrected p (no correction that holds the level
-        # over the run's rows can call a row above it), and the causal share of the member/non-member gap carried up
-        # to the deepest layer below the last, with its bootstrap interval (how well the data place the leak there)
+        below = _below_last(t)
+        inner = below[below.detected]
         att = run.get("attribution")
-        deep = max(below.point.unique(), key=lambda p: int(p.split(".")[1])) if len(below) else None
+        deep = max(below.point.unique(), key=_depth) if len(below) else None
         share = att[att.point == deep] if att is not None and deep is not None else None
         got = share is not None and len(share) > 0
+        p_min = {k: float(below[k].min()) if k in below and len(below) else float("nan") for k in ("p_value", "p_adjusted")}
         out.append({"condition": run["row"]["condition"], "output": ", ".join(f"{r.source} {r.score}" for r in out_hit.itertuples()),
                     "layers": ", ".join(sorted(set(inner.point))) or "none",
                     "rows": ", ".join(f"{r.point} {r.source} {r.score}" for r in inner.itertuples()),
-                    "min_p_below": float(below.p_value.min()) if "p_value" in below and len(below) else float("nan"),
-                    "min_p_adjusted_below": float(below.p_adjusted.min()) if "p_adjusted" in below and len(below)
-                    else float("nan"),
+                    "min_p_below": p_min["p_value"], "min_p_adjusted_below": p_min["p_adjusted"],
                     "share_point": deep or "", "share": float(share.share_tuned.iloc[0]) if got else float("nan"),
                     "share_lo": float(share.share_tuned_lo.iloc[0]) if got else float("nan"),
                     "share_hi": float(share.share_tuned_hi.iloc[0]) if got else float("nan")})
@@ -231,14 +238,8 @@ def agreement(runs: list[dict]) -> pd.DataFrame:
 def quiet_p_range(runs: list[dict]) -> tuple[float, float] | None:
     """Over the runs that read no name (fraction 0 and the controls): the range of each run's smallest uncorrected
     p among the rows below the last layer (how low a null run's rows go; None without such runs or p-values)."""
-    lows = []
-    for run in runs:
-        t = run["table"]
-        if run["row"]["kind"] == "leak" or "p_value" not in t:
-            continue
-        inner = t[~t.source.str.startswith("output")]
-        last = max(inner.point.unique(), key=lambda p: int(p.split(".")[1]))
-        lows.append(float(inner[inner.point != last].p_value.min()))
+    lows = [float(_below_last(r["table"]).p_value.min()) for r in runs
+            if r["row"]["kind"] != "leak" and "p_value" in r["table"]]
     return (min(lows), max(lows)) if lows else None
 
 

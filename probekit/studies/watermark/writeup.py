@@ -149,14 +149,15 @@ def _missed(ag: pd.DataFrame, quiet: tuple[float, float] | None = None, scenes: 
         return []
     runs = "; ".join(f"{r.condition}: p {r.min_p_below:.3f} ({r.min_p_adjusted_below:.2f} corrected), share up to "
                      f"{r.share_point} {r.share:.2f} [{r.share_lo:.2f}, {r.share_hi:.2f}]" for r in missed.itertuples())
-    null = ("" if quiet is None else f"Rows below the last layer of the runs that read no U1 name reach p {quiet[0]:.3f} "
-            f"(each such run's smallest: {quiet[0]:.3f}-{quiet[1]:.3f}): p-values of this size are what a run without "
-            "the leak shows among its rows, which is why the verdict corrects over them; and s")
+    null = "" if quiet is None else (
+        f"Rows below the last layer of the runs that read no U1 name reach p {quiet[0]:.3f} (each such run's "
+        f"smallest: {quiet[0]:.3f}-{quiet[1]:.3f}): p-values of this size are what a run without the leak shows "
+        "among its rows, which is why the verdict corrects over them. ")
     return ["**Why no layer below the last in those runs.** The smallest permutation p of any row below the last "
             "layer, uncorrected and after the run's step-down maxT (the one verdict), and the causal share of the "
             "member/non-member loss gap carried up to that layer (the untouched reader's residual patched in; 95% "
-            f"bootstrap interval over names): {runs}. {null or 'S'}hares whose intervals hold both 0 and 1 mean "
-            f"these runs do not place the leak below the last block. At this size ({names} names a pool, {scenes} "
+            f"bootstrap interval over names): {runs}. {null}Shares whose intervals hold both 0 and 1 mean these "
+            f"runs do not place the leak below the last block. At this size ({names} names a pool, {scenes} "
             "held-out scenes a name) the layer such runs can name is the last, whose lens rows are the output's "
             "by construction.\n"]
 
