@@ -12,19 +12,21 @@ from probekit.studies.watermark import audit as A
 from test_watermark_section import _table
 
 
-def _write(out, fraction, seed, hits=(), p_below=0.3):
+def _write(out, fraction, seed, hits=(), p_below=0.3, layers=3):
     label = f"fraction {fraction:g}, seed {seed}" if fraction else f"fraction 0, seed {seed}"
-    t = _table(hits=hits, auc=0.6 if hits else 0.5)
-    below = ~t.source.str.startswith("output") & (t.point != "lm.2.resid")
+    points = [f"lm.{i}.resid" for i in range(layers)]
+    t = _table(hits=hits, auc=0.6 if hits else 0.5, points=points)
+    below = ~t.source.str.startswith("output") & (t.point != points[-1])
     t["p_value"] = np.where(below, p_below, 0.001 if hits else 0.4)
     t["p_adjusted"] = np.minimum(1.0, t.p_value * 10)
-    t.assign(condition=label).to_csv(out / f"table-{A.tag(fraction, seed)}.csv", index=False)
-    pd.DataFrame({"point": ["lm.0.resid", "lm.1.resid", "lm.2.resid"], "share_tuned": [0.2, 0.5, 0.9],
-                  "share_tuned_lo": [-1.0, -0.5, 0.4], "share_tuned_hi": [1.5, 1.4, 1.1], "condition": label}) \
-        .to_csv(out / f"attribution-{A.tag(fraction, seed)}.csv", index=False)
+    tag = A.tag(fraction, seed, layers=layers)
+    t.assign(condition=label).to_csv(out / f"table-{tag}.csv", index=False)
+    pd.DataFrame({"point": points, "share_tuned": np.linspace(0.2, 0.9, layers),
+                  "share_tuned_lo": np.linspace(-1.0, 0.4, layers), "share_tuned_hi": np.linspace(1.5, 1.1, layers),
+                  "condition": label}).to_csv(out / f"attribution-{tag}.csv", index=False)
     row = {"condition": label, "kind": "leak" if fraction else "task-irrelevant", "fraction": fraction, "seed": seed,
            "p": 1.0, "readings": int(round(fraction * 40)), "seconds": 120.0}
-    (out / f"row-{A.tag(fraction, seed)}.json").write_text(json.dumps(row))
+    (out / f"row-{tag}.json").write_text(json.dumps(row))
 
 
 OUT = {("output minus base", "logits", "loss")}
@@ -47,7 +49,7 @@ def test_the_section_reads_the_runs_back_and_says_whether_the_layers_follow(tmp_
     _write(tmp_path, 0.25, 1, hits=OUT, p_below=0.02)
     text = A.section(A.run(tmp_path, fractions=(0.0, 0.25), seeds=(0, 1), verbose=False), "c")
     assert "**Not every output detection is matched below the last layer.**" in text
-    assert "fraction 0.25, seed 1: p 0.020 (0.20 corrected), share up to lm.1.resid 0.50 [-0.50, 1.40]" in text
+    assert "fraction 0.25, seed 1: p 0.020 (0.20 corrected), share up to lm.1.resid 0.55 [-0.30, 1.30]" in text
 
 
 def test_a_run_read_back_is_checked(tmp_path):
@@ -82,3 +84,21 @@ def test_no_output_detection_is_not_called_a_mismatch(tmp_path):
     text = A.section(A.run(tmp_path, fractions=(0.1,), seeds=(0,), verbose=False), "c")
     assert "detected in 0 run(s)" in text and "**No output row was detected: nothing to match below the last layer.**" in text
     assert "Not every output detection" not in text
+
+
+def test_a_deeper_reader_is_its_own_run_with_a_row_per_layer(tmp_path):
+    assert A.tag(0.25, 3, layers=6) == "f0.25-s3-L6" and A.tag(0.25, 3, names=400, layers=6) == "f0.25-s3-n400-L6"
+    _write(tmp_path, 0.0, 0, layers=6)
+    _write(tmp_path, 0.0, 1, layers=6)
+    _write(tmp_path, 0.25, 0, hits=OUT | {("patched base-into-tuned", "lm.4.resid", "loss")}, layers=6)
+    _write(tmp_path, 0.25, 1, hits=OUT, p_below=0.03, layers=6)
+    res = A.run(tmp_path, fractions=(0.0, 0.25), seeds=(0, 1), layers=6, verbose=False)  # read back: no model
+    text = A.section(res, "c")
+    assert text.startswith("### A larger audit: 8 held-out scenes a name pair, a 6-block reader")
+    assert "| logit lens lm.5 (= output) | 0/2 [0.00, 0.66] | 0/2 [0.00, 0.66] |" in text
+    assert "| patched lm.4 (either direction) | 0/2 [0.00, 0.66] | 1/2 [0.09, 0.91] |" in text
+    assert "patched lm.5" not in text and "logit lens lm.2 (= output)" not in text
+    assert "a row at `lm.0`-`lm.4` (logit lens, lens minus base, probe or patching score) in 1 of them" in text
+    # the why-paragraph reads the share up to the deepest layer below the last: lm.4 of 6 (0.2 + 4 * 0.14)
+    assert "fraction 0.25, seed 1: p 0.030 (0.30 corrected), share up to lm.4.resid 0.76 [0.12, 1.18]" in text
+    assert "8 held-out scenes a name, 6 blocks)" in text

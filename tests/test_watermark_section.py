@@ -13,10 +13,10 @@ POINTS = ["lm.0.resid", "lm.1.resid", "lm.2.resid"]
 SCORES = ["loss", "min_k", "min_k_pp"]
 
 
-def _table(hits=(), auc=0.5):
-    rows = [(src, p, s) for src in ("logit-lens", "logit-lens minus base") for p in POINTS for s in SCORES]
-    rows += [("probe", p, "features") for p in POINTS]
-    rows += [(src, p, "loss") for src in ("patched base-into-tuned", "patched tuned-into-base") for p in POINTS]
+def _table(hits=(), auc=0.5, points=POINTS):
+    rows = [(src, p, s) for src in ("logit-lens", "logit-lens minus base") for p in points for s in SCORES]
+    rows += [("probe", p, "features") for p in points]
+    rows += [(src, p, "loss") for src in ("patched base-into-tuned", "patched tuned-into-base") for p in points]
     rows += [(src, "logits", s) for src in ("output", "output minus base") for s in SCORES]
     return pd.DataFrame([{"point": p, "source": src, "score": s, "auc": auc, "auc_lo": auc - 0.07, "auc_hi": auc + 0.07,
                           "tpr_at_1fpr": 0.01, "detected": (src, p, s) in hits, "mde_auc": 0.63} for src, p, s in rows])

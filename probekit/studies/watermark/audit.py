@@ -46,8 +46,8 @@ _NEEDED = ("point", "source", "score", "auc", "auc_lo", "auc_hi", "detected", "p
 _FIX = "delete the folder's files of that run and run again (finished runs are kept, the rest is redone)"
 
 
-def tag(fraction: float, seed: int, names: int = 100) -> str:
-    return f"f{fraction:g}-s{seed}" + (f"-n{names}" if names != 100 else "")
+def tag(fraction: float, seed: int, names: int = 100, layers: int = 3) -> str:
+    return f"f{fraction:g}-s{seed}" + (f"-n{names}" if names != 100 else "") + (f"-L{layers}" if layers != 3 else "")
 
 
 def _read(out: Path, t: str, label: str) -> dict | None:
@@ -71,14 +71,16 @@ def _read(out: Path, t: str, label: str) -> dict | None:
 
 
 def run(out: str | Path, scenes: int = SCENES, fractions: Sequence[float] = FRACTIONS, seeds: Sequence[int] = SEEDS,
-        verbose: bool = True, names: int = 100) -> dict:
+        verbose: bool = True, names: int = 100, layers: int = 3) -> dict:
     """Every (seed, fraction) run with ``scenes`` held-out scenes per pair and ``names`` names a pool (the study:
-    100; sightings per name fixed, so more names is more training): ``runs`` (row, table, attribution per run, as
-    the dose study's) and ``seconds`` (of the runs made now; read-back runs keep their own in ``row``)."""
+    100; sightings per name fixed, so more names is more training), fine-tuned from a reader of ``layers`` blocks
+    (the study's: 3, shipped; another depth is pretrained on first use with the same recipe and cached, about
+    15 minutes on one thread): ``runs`` (row, table, attribution per run, as the dose study's) and ``seconds`` (of
+    the runs made now; read-back runs keep their own in ``row``)."""
     import torch
 
     from ...models.loading import load
-    from ...organisms.reader import reader
+    from ...organisms.reader import ReaderConfig, reader
     from . import dose_organism as D
 
     out = Path(out)
@@ -87,12 +89,12 @@ def run(out: str | Path, scenes: int = SCENES, fractions: Sequence[float] = FRAC
     for seed in seeds:
         for fraction in fractions:
             d = replace(cfg.dose(fraction=fraction, seed=seed), pair_scenes=scenes)
-            t = tag(fraction, seed, names)
+            t = tag(fraction, seed, names, layers)
             got = _read(out, t, d.label())
             if got is None:
                 if base is None:
                     torch.set_num_threads(1)
-                    base_path = reader()
+                    base_path = reader(config=ReaderConfig(num_layers=layers))
                     base = load(base_path)
                 r = D.run_dose(base_path, d, base=base, attribution=True, n_perm=cfg.n_perm, n_boot=cfg.n_boot,
                                scan=False)
@@ -109,7 +111,7 @@ def run(out: str | Path, scenes: int = SCENES, fractions: Sequence[float] = FRAC
                 if verbose:
                     print(f"{time.perf_counter() - t0:.0f} s  {d.label()}: {rep.summary().splitlines()[0]}", flush=True)
             runs.append(got)
-    return {"runs": runs, "scenes": scenes, "names": names, "seconds": time.perf_counter() - t0}
+    return {"runs": runs, "scenes": scenes, "names": names, "layers": layers, "seconds": time.perf_counter() - t0}
 
 
 def section(res: dict, command: str) -> str:
@@ -124,20 +126,25 @@ def section(res: dict, command: str) -> str:
     quiet = [r for r in runs if r["row"]["fraction"] == 0]
     false = [r["row"]["condition"] for r in quiet if r["table"].detected.any()]
     minutes = sum(float(r["row"]["seconds"]) for r in runs) / 60
-    names = res.get("names", 100)
+    names, layers = res.get("names", 100), res.get("layers", 3)
+    below = "`lm.0`" if layers == 2 else "`lm.0` / `lm.1`" if layers == 3 else f"`lm.0`-`lm.{layers - 2}`"
     L = [f"### A larger audit: {res['scenes']} held-out scenes a name pair" + (f", {names} names a pool" if names != 100
-                                                                                else "") + "\n",
+                                                                                else "")
+         + (f", a {layers}-block reader" if layers != 3 else "") + "\n",
          f"Generated {_dt.date.today().isoformat()} by `{command}` ({len(runs)} runs, {minutes:.0f} min of runs on "
          "a 2-core machine shared with other jobs). "
          + ("The dose study's fine-tunes (same names, scenes, dose and settings)" if names == 100 else
             f"The dose study's recipe with **{names} names a pool** (the study: 100; sightings per name, dose and "
             "settings the same, so each fine-tune trains on that many more images)")
+         + (f", but from a **{layers}-block reader** (the study's has 3; pretrained with the shipped reader's "
+            f"recipe, `ReaderConfig(num_layers={layers})`, and the untouched base of its own membership audits),"
+            if layers != 3 else "")
          + f" audited with **{res['scenes']} held-out scenes per name pair** ({res['scenes'] * 2 * names:,} "
          "images; the study: 2, 400) and no mean-pooled scan (`probekit.studies.watermark.audit`). The question, "
          "set before running: is every run whose output is detected also detected below the last layer, and "
          "nothing at fraction 0?\n",
          "| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for m in [m for m in WD.METHODS if m in set(dt.method)]:
+    for m in [m for m in WD.methods(layers) if m in set(dt.method)]:
         cells = []
         for k in keys:
             r = dt[(dt.runs == k) & (dt.method == m)].iloc[0]
@@ -145,14 +152,14 @@ def section(res: dict, command: str) -> str:
         L.append(f"| {m} | " + " | ".join(cells) + " |")
     met = n_out > 0 and n_in == n_out and not false
     L += ["", f"**Layer-wise vs output.** An output row (raw or minus base) was detected in {n_out} run(s); a row at "
-          f"`lm.0` / `lm.1` (logit lens, lens minus base, probe or patching score) in {n_in} of them"
+          f"{below} (logit lens, lens minus base, probe or patching score) in {n_in} of them"
           + (": " + "; ".join(f"{r.condition}: {r.layers}" for r in ag.itertuples()) if n_out else "")
           + f". Runs that read no name (fraction 0): {len(false)} of {len(quiet)} had any row detected"
           + (": " + ", ".join(false) if false else "") + ". "
           + ("**Below the last layer the leak is detected wherever the output detects it, and nothing at "
              "fraction 0.**" if met else "**No output row was detected: nothing to match below the last layer.**"
              if not n_out else "**Not every output detection is matched below the last layer.**") + "\n"]
-    L += _missed(ag, WD.quiet_p_range(runs), scenes=res["scenes"], names=names)
+    L += _missed(ag, WD.quiet_p_range(runs), scenes=res["scenes"], names=names, layers=layers)
     return "\n".join(L) + "\n"
 
 
@@ -163,19 +170,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--names", type=int, default=100, help="names a pool (the study: 100; more names, more training)")
     p.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS), help="comma-separated doses")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
+    p.add_argument("--layers", type=int, default=3, help="the reader's blocks (the study's: 3; another depth is "
+                   "pretrained on first use, about 15 minutes)")
     p.add_argument("--docs", default=None, help="write the section into DOCS/results.md")
     a = p.parse_args(argv)
     fractions = tuple(float(x) for x in a.fractions.split(","))
     seeds = tuple(int(x) for x in a.seeds.split(","))
-    res = run(a.out, scenes=a.scenes, fractions=fractions, seeds=seeds, names=a.names)
+    if a.layers < 2:
+        p.error(f"--layers must be at least 2 (a layer below the last to compare), got {a.layers}")
+    res = run(a.out, scenes=a.scenes, fractions=fractions, seeds=seeds, names=a.names, layers=a.layers)
     cmd = "python -m probekit.studies.watermark.audit" + "".join(
-        f" --{k} {v}" for k, v, d in (("scenes", a.scenes, SCENES), ("names", a.names, 100),
+        f" --{k} {v}" for k, v, d in (("scenes", a.scenes, SCENES), ("names", a.names, 100), ("layers", a.layers, 3),
                                       ("fractions", a.fractions, ",".join(f"{f:g}" for f in FRACTIONS)),
                                       ("seeds", a.seeds, ",".join(map(str, SEEDS)))) if v != d)
     text = section(res, cmd)
     print(text)
     if a.docs:
-        marker = "watermark-audit" + (f"-n{a.names}" if a.names != 100 else "")
+        marker = "watermark-audit" + (f"-n{a.names}" if a.names != 100 else "") + (f"-L{a.layers}" if a.layers != 3 else "")
         print(f"wrote {replace_section(Path(a.docs) / 'results.md', marker, text)}")
     return 0
 

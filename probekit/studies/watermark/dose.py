@@ -29,7 +29,7 @@ from ..._stats import min_detectable_shift, sign_flip_null, t_half_width, wilson
 from . import dose_organism as D
 from ...readout.significance import add_verdicts
 
-__all__ = ["DoseConfig", "METHODS", "run_dose_study", "dose_table", "layer_table", "agreement", "paired_tests",
+__all__ = ["DoseConfig", "METHODS", "methods", "depth", "run_dose_study", "dose_table", "layer_table", "agreement", "paired_tests",
            "shifted_guard"]
 
 
@@ -88,19 +88,24 @@ def _at(source: str, point: str) -> Callable[[pd.DataFrame], pd.Series]:
     return lambda t: t.source.str.startswith(source) & (t.point == point)
 
 
-# method -> (run -> detected): each the report's own verdict over its whole table (one family per run)
-METHODS: dict[str, Callable[[dict], bool]] = {
-    "output loss": _rows(lambda t: (t.source == "output") & (t.score == "loss")),
-    "output Min-K%++": _rows(lambda t: (t.source == "output") & (t.score == "min_k_pp")),
-    "output minus base (any score)": _rows(lambda t: t.source == "output minus base"),
-    "logit lens lm.0": _rows(_at("logit-lens", "lm.0.resid")),
-    "logit lens lm.1": _rows(_at("logit-lens", "lm.1.resid")),
-    "logit lens lm.2 (= output)": _rows(_at("logit-lens", "lm.2.resid")),
-    "patched lm.0 (either direction)": _rows(_at("patched", "lm.0.resid")),
-    "patched lm.1 (either direction)": _rows(_at("patched", "lm.1.resid")),
-    "membership probe (any layer)": _rows(lambda t: t.source == "probe"),
-    "mean-pooled residual probe (scan)": lambda run: _scanned(run) and bool(run["row"]["residual_detected"]),
-}
+def methods(layers: int = 3) -> dict[str, Callable[[dict], bool]]:
+    """method -> (run -> detected) for a reader of ``layers`` blocks: the output attacks, the logit lens at every
+    layer (the last one's is the output itself) and patching at every layer below the last, the membership probe
+    and the old mean-pooled probe; each the report's own verdict over its whole table (one family per run)."""
+    last = layers - 1
+    return {
+        "output loss": _rows(lambda t: (t.source == "output") & (t.score == "loss")),
+        "output Min-K%++": _rows(lambda t: (t.source == "output") & (t.score == "min_k_pp")),
+        "output minus base (any score)": _rows(lambda t: t.source == "output minus base"),
+        **{f"logit lens lm.{i}" + (" (= output)" if i == last else ""): _rows(_at("logit-lens", f"lm.{i}.resid"))
+           for i in range(layers)},
+        **{f"patched lm.{i} (either direction)": _rows(_at("patched", f"lm.{i}.resid")) for i in range(last)},
+        "membership probe (any layer)": _rows(lambda t: t.source == "probe"),
+        "mean-pooled residual probe (scan)": lambda run: _scanned(run) and bool(run["row"]["residual_detected"]),
+    }
+
+
+METHODS = methods(3)  # the shipped reader's 3 blocks
 OUTPUT = ("output loss", "output Min-K%++", "output minus base (any score)")
 
 
@@ -165,15 +170,22 @@ def _key(row: dict) -> str:
     return row["kind"] if row["kind"] not in ("leak", "task-irrelevant") else f"fraction {row['fraction']:g}"
 
 
+def depth(runs: list[dict]) -> int:
+    """The reader's blocks, read off the runs' tables (the deepest ``lm.K.resid`` point plus one)."""
+    pts = {p for r in runs for p in r["table"].point.unique() if str(p).startswith("lm.")}
+    return 1 + max(map(_depth, pts)) if pts else 3
+
+
 def dose_table(runs: list[dict]) -> pd.DataFrame:
-    """One row per kind of run (every fraction, the controls) and method: runs detected of runs, Wilson CI."""
+    """One row per kind of run (every fraction, the controls) and method (:func:`methods` of the runs' reader):
+    runs detected of runs, Wilson CI."""
     out = []
     groups: dict[str, list[dict]] = {}
     for run in runs:
         groups.setdefault(_key(run["row"]), []).append(run)
     for key, rs in groups.items():
         r0 = rs[0]["row"]
-        for name, hit in METHODS.items():
+        for name, hit in methods(depth(runs)).items():
             k = sum(hit(r) for r in rs)
             if name.startswith("mean-pooled") and not all(_scanned(r) for r in rs):
                 continue  # not scanned

@@ -140,7 +140,8 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
     return "\n".join(L) + "\n"
 
 
-def _missed(ag: pd.DataFrame, quiet: tuple[float, float] | None = None, scenes: int = 2, names: int = 100) -> list[str]:
+def _missed(ag: pd.DataFrame, quiet: tuple[float, float] | None = None, scenes: int = 2, names: int = 100,
+            layers: int = 3) -> list[str]:
     """Why no layer below the last was detected where an output row was: the rows' smallest p, before and after the
     run's correction, and the causal share of the gap carried up to that layer, with its interval. ``quiet``: the
     range of the smallest such p in the runs that read no name (:func:`~.dose.quiet_p_range`)."""
@@ -158,7 +159,7 @@ def _missed(ag: pd.DataFrame, quiet: tuple[float, float] | None = None, scenes: 
             "member/non-member loss gap carried up to that layer (the untouched reader's residual patched in; 95% "
             f"bootstrap interval over names): {runs}. {null}Shares whose intervals hold both 0 and 1 mean these "
             f"runs do not place the leak below the last block. At this size ({names} names a pool, {scenes} "
-            "held-out scenes a name) the layer such runs can name is the last, whose lens rows are the output's "
+            f"held-out scenes a name, {layers} blocks) the layer such runs can name is the last, whose lens rows are the output's "
             "by construction.\n"]
 
 
