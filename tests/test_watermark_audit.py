@@ -102,3 +102,23 @@ def test_a_deeper_reader_is_its_own_run_with_a_row_per_layer(tmp_path):
     # the why-paragraph reads the share up to the deepest layer below the last: lm.4 of 6 (0.2 + 4 * 0.14)
     assert "fraction 0.25, seed 1: p 0.030 (0.30 corrected), share up to lm.4.resid 0.76 [0.12, 1.18]" in text
     assert "8 held-out scenes a name, 6 blocks)" in text
+
+
+def test_chosen_fine_tunes_get_their_own_section_and_question(tmp_path, capsys):
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    out.mkdir(), docs.mkdir()
+    (docs / "results.md").write_text("# Results\n\n<!-- watermark-audit -->\nthe 8-scene section\n<!-- /watermark-audit -->\n")
+    _write(out, 0.1, 3, hits=INNER)
+    _write(out, 0.25, 2, hits=OUT, p_below=0.04)
+    assert A.main(["--out", str(out), "--scenes", "32", "--runs", "0.1:3,0.25:2", "--docs", str(docs),
+                   "--section", "watermark-audit-misses", "--question", "are the misses matched?"]) == 0
+    md = (docs / "results.md").read_text()
+    assert "the 8-scene section" in md  # the other section is kept
+    got = md.split("<!-- watermark-audit-misses -->")[1]
+    assert "`python -m probekit.studies.watermark.audit --scenes 32 --runs 0.1:3,0.25:2` (2 runs" in got
+    assert "Chosen fine-tunes (same names" in got and "The question, set before running: are the misses matched?" in got
+    assert "| output minus base (any score) | 1/1 [0.21, 1.00] | 1/1 [0.21, 1.00] |" in got
+    assert "in 1 of them: fraction 0.1, seed 3: lm.1.resid; fraction 0.25, seed 2: none" in got
+    with pytest.raises(SystemExit):
+        A.main(["--out", str(out), "--runs", "0.1-3"])
+    assert "--runs takes FRACTION:SEED pairs" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..data.labels import check_label_types, encode_labels  # noqa: F401 (read here by the readouts)
-from ..errors import InputError, LabelError, check_int, plain
+from ..errors import InputError, LabelError, check_int
 from ..hooks.coerce import as_store
 from ..hooks.points import Point
 

@@ -256,7 +256,7 @@ def probing_peak_bytes(layout: Any, memory_limit: int = 2**30, *, n_perm: int = 
     table = layout.table
     n = int(layout.n)
     keep = [p for p in table.point if (points is None and not str(p).startswith("logits")) or (points is not None and p in points)]
-    widths, item, per_point = [], {}, {}
+    widths, item = [], {}
     for _, row in table[table.point.isin(keep)].iterrows():
         shape = list(row["shape"])
         size = torch.empty(0, dtype=getattr(torch, row["dtype"])).element_size()

@@ -37,7 +37,7 @@ from ...files import atomic_write
 from ..base import replace_section
 from . import dose as WD
 
-__all__ = ["SCENES", "FRACTIONS", "SEEDS", "tag", "run", "section", "main"]
+__all__ = ["SCENES", "FRACTIONS", "SEEDS", "QUESTION", "tag", "run", "section", "main"]
 
 SCENES = 8
 FRACTIONS = (0.0, 0.05, 0.1, 0.25, 0.5)
@@ -71,11 +71,11 @@ def _read(out: Path, t: str, label: str) -> dict | None:
 
 
 def run(out: str | Path, scenes: int = SCENES, fractions: Sequence[float] = FRACTIONS, seeds: Sequence[int] = SEEDS,
-        verbose: bool = True, names: int = 100, layers: int = 3) -> dict:
+        verbose: bool = True, names: int = 100, layers: int = 3, pairs: Sequence[tuple[float, int]] | None = None) -> dict:
     """Every (seed, fraction) run with ``scenes`` held-out scenes per pair and ``names`` names a pool (the study:
     100; sightings per name fixed, so more names is more training), fine-tuned from a reader of ``layers`` blocks
     (the study's: 3, shipped; another depth is pretrained on first use with the same recipe and cached, about
-    15 minutes on one thread): ``runs`` (row, table, attribution per run, as the dose study's) and ``seconds`` (of
+    15 minutes on one thread); ``pairs`` (``(fraction, seed)``, in place of the grid) audits chosen fine-tunes: ``runs`` (row, table, attribution per run, as the dose study's) and ``seconds`` (of
     the runs made now; read-back runs keep their own in ``row``)."""
     import torch
 
@@ -86,36 +86,40 @@ def run(out: str | Path, scenes: int = SCENES, fractions: Sequence[float] = FRAC
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg, t0, runs, base, base_path = WD.DoseConfig(n_users=names), time.perf_counter(), [], None, None
-    for seed in seeds:
-        for fraction in fractions:
-            d = replace(cfg.dose(fraction=fraction, seed=seed), pair_scenes=scenes)
-            t = tag(fraction, seed, names, layers)
-            got = _read(out, t, d.label())
-            if got is None:
-                if base is None:
-                    torch.set_num_threads(1)
-                    base_path = reader(config=ReaderConfig(num_layers=layers))
-                    base = load(base_path)
-                r = D.run_dose(base_path, d, base=base, attribution=True, n_perm=cfg.n_perm, n_boot=cfg.n_boot,
-                               scan=False)
-                rep = r["membership"]
-                table = rep.table.drop(columns="perm_null", errors="ignore")
-                if rep.attribution is not None:
-                    atomic_write(out / f"attribution-{t}.csv", rep.attribution.assign(condition=d.label())
-                                 .to_csv(index=False), "audit table")
-                atomic_write(out / f"table-{t}.csv", table.assign(condition=d.label()).to_csv(index=False), "audit table")
-                row = json.dumps(r["row"], default=str)
-                atomic_write(out / f"row-{t}.json", row, "audit row")
-                # the row as it reads back (numpy scalars as JSON), so a fresh run and a resumed one give one section
-                got = {"row": json.loads(row), "table": table, "attribution": rep.attribution}
-                if verbose:
-                    print(f"{time.perf_counter() - t0:.0f} s  {d.label()}: {rep.summary().splitlines()[0]}", flush=True)
-            runs.append(got)
-    return {"runs": runs, "scenes": scenes, "names": names, "layers": layers, "seconds": time.perf_counter() - t0}
+    for fraction, seed in pairs or [(f, s) for s in seeds for f in fractions]:
+        d = replace(cfg.dose(fraction=fraction, seed=seed), pair_scenes=scenes)
+        t = tag(fraction, seed, names, layers)
+        got = _read(out, t, d.label())
+        if got is None:
+            if base is None:
+                torch.set_num_threads(1)
+                base_path = reader(config=ReaderConfig(num_layers=layers))
+                base = load(base_path)
+            r = D.run_dose(base_path, d, base=base, attribution=True, n_perm=cfg.n_perm, n_boot=cfg.n_boot,
+                           scan=False)
+            rep = r["membership"]
+            table = rep.table.drop(columns="perm_null", errors="ignore")
+            if rep.attribution is not None:
+                atomic_write(out / f"attribution-{t}.csv", rep.attribution.assign(condition=d.label())
+                             .to_csv(index=False), "audit table")
+            atomic_write(out / f"table-{t}.csv", table.assign(condition=d.label()).to_csv(index=False), "audit table")
+            row = json.dumps(r["row"], default=str)
+            atomic_write(out / f"row-{t}.json", row, "audit row")
+            # the row as it reads back (numpy scalars as JSON), so a fresh run and a resumed one give one section
+            got = {"row": json.loads(row), "table": table, "attribution": rep.attribution}
+            if verbose:
+                print(f"{time.perf_counter() - t0:.0f} s  {d.label()}: {rep.summary().splitlines()[0]}", flush=True)
+        runs.append(got)
+    return {"runs": runs, "scenes": scenes, "names": names, "layers": layers, "pairs": list(pairs or []),
+            "seconds": time.perf_counter() - t0}
 
 
-def section(res: dict, command: str) -> str:
-    """The "Watermark audit" section: detection per method along the dose, and the agreement run by run."""
+QUESTION = "is every run whose output is detected also detected below the last layer, and nothing at fraction 0?"
+
+
+def section(res: dict, command: str, question: str = QUESTION) -> str:
+    """The "Watermark audit" section: detection per method along the dose, and the agreement run by run;
+    ``question`` is the one set before running."""
     from .writeup import _missed, _order
 
     runs = [r for r in res["runs"] if r["row"]["kind"] in ("leak", "task-irrelevant")]
@@ -133,7 +137,8 @@ def section(res: dict, command: str) -> str:
          + (f", a {layers}-block reader" if layers != 3 else "") + "\n",
          f"Generated {_dt.date.today().isoformat()} by `{command}` ({len(runs)} runs, {minutes:.0f} min of runs on "
          "a 2-core machine shared with other jobs). "
-         + ("The dose study's fine-tunes (same names, scenes, dose and settings)" if names == 100 else
+         + (("Chosen fine-tunes" if res.get("pairs") else "The dose study's fine-tunes")
+            + " (same names, scenes, dose and settings)" if names == 100 else
             f"The dose study's recipe with **{names} names a pool** (the study: 100; sightings per name, dose and "
             "settings the same, so each fine-tune trains on that many more images)")
          + (f", but from a **{layers}-block reader** (the study's has 3; pretrained with the shipped reader's "
@@ -141,8 +146,7 @@ def section(res: dict, command: str) -> str:
             if layers != 3 else "")
          + f" audited with **{res['scenes']} held-out scenes per name pair** ({res['scenes'] * 2 * names:,} "
          "images; the study: 2, 400) and no mean-pooled scan (`probekit.studies.watermark.audit`). The question, "
-         "set before running: is every run whose output is detected also detected below the last layer, and "
-         "nothing at fraction 0?\n",
+         f"set before running: {question}\n",
          "| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for m in [m for m in WD.methods(layers) if m in set(dt.method)]:
         cells = []
@@ -170,23 +174,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--names", type=int, default=100, help="names a pool (the study: 100; more names, more training)")
     p.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS), help="comma-separated doses")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
+    p.add_argument("--runs", default=None, help="chosen fine-tunes, comma-separated FRACTION:SEED (in place of "
+                   "--fractions x --seeds)")
+    p.add_argument("--question", default=QUESTION, help="the question set before running (the section states it)")
     p.add_argument("--layers", type=int, default=3, help="the reader's blocks (the study's: 3; another depth is "
                    "pretrained on first use, about 15 minutes)")
     p.add_argument("--docs", default=None, help="write the section into DOCS/results.md")
+    p.add_argument("--section", default=None, help="the section's marker in results.md (default: watermark-audit, "
+                   "-nN for another pool size, -LK for another depth)")
     a = p.parse_args(argv)
     fractions = tuple(float(x) for x in a.fractions.split(","))
     seeds = tuple(int(x) for x in a.seeds.split(","))
     if a.layers < 2:
         p.error(f"--layers must be at least 2 (a layer below the last to compare), got {a.layers}")
-    res = run(a.out, scenes=a.scenes, fractions=fractions, seeds=seeds, names=a.names, layers=a.layers)
+    try:
+        pairs = [(float(x.split(":")[0]), int(x.split(":")[1])) for x in a.runs.split(",")] if a.runs else None
+    except (ValueError, IndexError):
+        p.error(f"--runs takes FRACTION:SEED pairs, e.g. 0.1:3,0.25:2, got {a.runs!r}")
+    res = run(a.out, scenes=a.scenes, fractions=fractions, seeds=seeds, names=a.names, layers=a.layers, pairs=pairs)
     cmd = "python -m probekit.studies.watermark.audit" + "".join(
         f" --{k} {v}" for k, v, d in (("scenes", a.scenes, SCENES), ("names", a.names, 100), ("layers", a.layers, 3),
                                       ("fractions", a.fractions, ",".join(f"{f:g}" for f in FRACTIONS)),
-                                      ("seeds", a.seeds, ",".join(map(str, SEEDS)))) if v != d)
-    text = section(res, cmd)
+                                      ("seeds", a.seeds, ",".join(map(str, SEEDS))), ("runs", a.runs, None))
+        if v != d and not (k in ("fractions", "seeds") and a.runs))
+    text = section(res, cmd, a.question)
     print(text)
     if a.docs:
-        marker = "watermark-audit" + (f"-n{a.names}" if a.names != 100 else "") + (f"-L{a.layers}" if a.layers != 3 else "")
+        marker = a.section or "watermark-audit" + (f"-n{a.names}" if a.names != 100 else "") + (
+            f"-L{a.layers}" if a.layers != 3 else "")
         print(f"wrote {replace_section(Path(a.docs) / 'results.md', marker, text)}")
     return 0
 
