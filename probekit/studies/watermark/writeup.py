@@ -157,10 +157,24 @@ def _missed(ag: pd.DataFrame, quiet: tuple[float, float] | None = None, scenes: 
     return ["**Why no layer below the last in those runs.** The smallest permutation p of any row below the last "
             "layer, uncorrected and after the run's step-down maxT (the one verdict), and the causal share of the "
             "member/non-member loss gap carried up to that layer (the untouched reader's residual patched in; 95% "
-            f"bootstrap interval over names): {runs}. {null}Shares whose intervals hold both 0 and 1 mean these "
-            f"runs do not place the leak below the last block. At this size ({names} names a pool, {scenes} "
-            f"held-out scenes a name, {layers} blocks) the layer such runs can name is the last, whose lens rows are the output's "
-            "by construction.\n"]
+            f"bootstrap interval over names): {runs}. {null}{_placed(missed)}At this size ({names} names a pool, "
+            f"{scenes} held-out scenes a name, {layers} blocks) the layer such runs can name is the last, whose lens "
+            "rows are the output's by construction.\n"]
+
+
+def _placed(missed: pd.DataFrame) -> str:
+    """What the shares' intervals say of where the leak forms, run by run: below 1, the last block adds a part of
+    the gap (the layers named are right to be silent below it); above 0, a part is formed lower and no row there
+    found it (a miss of power); holding both, the data do not place it."""
+    groups = {"below": missed[missed.share_hi < 1], "above": missed[missed.share_lo > 0],
+              "both": missed[(missed.share_lo <= 0) & (missed.share_hi >= 1)]}
+    say = {"below": "the interval lies below 1: the leak is not all formed by then, the last block forms at least "
+                    "the rest (1 minus the upper bound), where the lens rows detect it",
+           "above": "the interval lies above 0: a part of the gap is formed below the last block, yet no row there "
+                    "was detected (too little power for that part)",
+           "both": "the interval holds both 0 and 1: these data do not place the leak below the last block"}
+    parts = [f"{', '.join(g.condition)}: {say[k]}" for k, g in groups.items() if len(g)]
+    return ("Where the shares place the leak: " + "; ".join(parts) + ". ") if parts else ""
 
 
 def _dose_words(res: dict, dt: pd.DataFrame, ag: pd.DataFrame) -> list[str]:
