@@ -130,8 +130,8 @@ def test_the_shares_say_where_the_leak_forms_run_by_run():
     missed = pd.DataFrame({"condition": ["a", "b", "c", "d"], "share_lo": [-0.68, 0.12, -1.2, 0.1],
                            "share_hi": [0.97, 1.18, 1.4, 0.9]})
     text = _placed(missed)
-    assert text.startswith("Where the shares place the leak: a, d: the interval lies below 1: the leak is not all "
-                           "formed by then")
-    assert "; b, d: the interval lies above 0: a part of the gap is formed below the last block" in text
-    assert "; c: the interval holds both 0 and 1: these data do not place the leak" in text
+    assert text.startswith("Where the shares place the leak: in 2 runs (a; d) the interval lies below 1: the leak is "
+                           "not all formed by then")
+    assert "; in 2 runs (b; d) the interval lies above 0: a part of the gap is formed below the last block" in text
+    assert "; in 1 run (c) the interval holds both 0 and 1: these data do not place the leak" in text
     assert _placed(missed.iloc[0:0]) == ""

@@ -173,7 +173,8 @@ def _placed(missed: pd.DataFrame) -> str:
            "above": "the interval lies above 0: a part of the gap is formed below the last block, yet no row there "
                     "was detected (too little power for that part)",
            "both": "the interval holds both 0 and 1: these data do not place the leak below the last block"}
-    parts = [f"{', '.join(g.condition)}: {say[k]}" for k, g in groups.items() if len(g)]
+    parts = [f"in {len(g)} run{'s' if len(g) > 1 else ''} ({'; '.join(g.condition)}) {say[k]}"
+             for k, g in groups.items() if len(g)]
     return ("Where the shares place the leak: " + "; ".join(parts) + ". ") if parts else ""
 
 
