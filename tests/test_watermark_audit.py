@@ -115,8 +115,9 @@ def test_chosen_fine_tunes_get_their_own_section_and_question(tmp_path, capsys):
     md = (docs / "results.md").read_text()
     assert "the 8-scene section" in md  # the other section is kept
     got = md.split("<!-- watermark-audit-misses -->")[1]
+    assert got.startswith("\n### A larger audit: 32 held-out scenes a name pair, 2 chosen fine-tunes\n")
     assert "`python -m probekit.studies.watermark.audit --scenes 32 --runs 0.1:3,0.25:2` (2 runs" in got
-    assert "Chosen fine-tunes (same names" in got and "The question, set before running: are the misses matched?" in got
+    assert "Chosen fine-tunes of the dose study (same names" in got and "(no run at fraction 0 here)" in got and "The question, set before running: are the misses matched?" in got
     assert "| output minus base (any score) | 1/1 [0.21, 1.00] | 1/1 [0.21, 1.00] |" in got
     assert "in 1 of them: fraction 0.1, seed 3: lm.1.resid; fraction 0.25, seed 2: none" in got
     with pytest.raises(SystemExit):
@@ -130,8 +131,8 @@ def test_the_shares_say_where_the_leak_forms_run_by_run():
     missed = pd.DataFrame({"condition": ["a", "b", "c", "d"], "share_lo": [-0.68, 0.12, -1.2, 0.1],
                            "share_hi": [0.97, 1.18, 1.4, 0.9]})
     text = _placed(missed)
-    assert text.startswith("Where the shares place the leak: in 2 runs (a; d) the interval lies below 1: the leak is "
-                           "not all formed by then")
+    assert text.startswith("Where the shares place the leak: in 2 runs (a; d) the interval lies below 1: part of the "
+                           "leak (at least 1 minus the upper bound) forms in the last block")
     assert "; in 2 runs (b; d) the interval lies above 0: a part of the gap is formed below the last block" in text
     assert "; in 1 run (c) the interval holds both 0 and 1: these data do not place the leak" in text
     assert _placed(missed.iloc[0:0]) == ""

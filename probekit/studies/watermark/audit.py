@@ -134,10 +134,11 @@ def section(res: dict, command: str, question: str = QUESTION) -> str:
     below = "`lm.0`" if layers == 2 else "`lm.0` / `lm.1`" if layers == 3 else f"`lm.0`-`lm.{layers - 2}`"
     L = [f"### A larger audit: {res['scenes']} held-out scenes a name pair" + (f", {names} names a pool" if names != 100
                                                                                 else "")
-         + (f", a {layers}-block reader" if layers != 3 else "") + "\n",
+         + (f", a {layers}-block reader" if layers != 3 else "")
+         + (f", {len(res['pairs'])} chosen fine-tunes" if res.get("pairs") else "") + "\n",
          f"Generated {_dt.date.today().isoformat()} by `{command}` ({len(runs)} runs, {minutes:.0f} min of runs on "
          "a 2-core machine shared with other jobs). "
-         + (("Chosen fine-tunes" if res.get("pairs") else "The dose study's fine-tunes")
+         + (("Chosen fine-tunes of the dose study" if res.get("pairs") else "The dose study's fine-tunes")
             + " (same names, scenes, dose and settings)" if names == 100 else
             f"The dose study's recipe with **{names} names a pool** (the study: 100; sightings per name, dose and "
             "settings the same, so each fine-tune trains on that many more images)")
@@ -158,8 +159,8 @@ def section(res: dict, command: str, question: str = QUESTION) -> str:
     L += ["", f"**Layer-wise vs output.** An output row (raw or minus base) was detected in {n_out} run(s); a row at "
           f"{below} (logit lens, lens minus base, probe or patching score) in {n_in} of them"
           + (": " + "; ".join(f"{r.condition}: {r.layers}" for r in ag.itertuples()) if n_out else "")
-          + f". Runs that read no name (fraction 0): {len(false)} of {len(quiet)} had any row detected"
-          + (": " + ", ".join(false) if false else "") + ". "
+          + (f". Runs that read no name (fraction 0): {len(false)} of {len(quiet)} had any row detected"
+             + (": " + ", ".join(false) if false else "") + ". " if quiet else " (no run at fraction 0 here). ")
           + ("**Below the last layer the leak is detected wherever the output detects it, and nothing at "
              "fraction 0.**" if met else "**No output row was detected: nothing to match below the last layer.**"
              if not n_out else "**Not every output detection is matched below the last layer.**") + "\n"]

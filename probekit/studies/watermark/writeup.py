@@ -168,8 +168,8 @@ def _placed(missed: pd.DataFrame) -> str:
     found it (a miss of power); holding both, the data do not place it."""
     groups = {"below": missed[missed.share_hi < 1], "above": missed[missed.share_lo > 0],
               "both": missed[(missed.share_lo <= 0) & (missed.share_hi >= 1)]}
-    say = {"below": "the interval lies below 1: the leak is not all formed by then, the last block forms at least "
-                    "the rest (1 minus the upper bound), where the lens rows detect it",
+    say = {"below": "the interval lies below 1: part of the leak (at least 1 minus the upper bound) forms in the last "
+                    "block, where the lens rows detect it",
            "above": "the interval lies above 0: a part of the gap is formed below the last block, yet no row there "
                     "was detected (too little power for that part)",
            "both": "the interval holds both 0 and 1: these data do not place the leak below the last block"}
