@@ -101,7 +101,8 @@ def test_a_deeper_reader_is_its_own_run_with_a_row_per_layer(tmp_path):
     assert "a row at `lm.0`-`lm.4` (logit lens, lens minus base, probe or patching score) in 1 of them" in text
     # the why-paragraph reads the share up to the deepest layer below the last: lm.4 of 6 (0.2 + 4 * 0.14)
     assert "fraction 0.25, seed 1: p 0.030 (0.30 corrected), share up to lm.4.resid 0.76 [0.12, 1.18]" in text
-    assert "8 held-out scenes a name, 6 blocks)" in text
+    assert "8 held-out scenes a name, 6 blocks) the rows below the last layer lack the power to find the part of the " \
+           "leak formed there in 1 of these runs" in text  # its share's interval lies above 0
 
 
 def test_chosen_fine_tunes_get_their_own_section_and_question(tmp_path, capsys):
@@ -136,3 +137,12 @@ def test_the_shares_say_where_the_leak_forms_run_by_run():
     assert "; in 2 runs (b; d) the interval lies above 0: a part of the gap is formed below the last block" in text
     assert "; in 1 run (c) the interval holds both 0 and 1: these data do not place the leak" in text
     assert _placed(missed.iloc[0:0]) == ""
+
+
+def test_the_section_says_how_well_the_fine_tunes_read():
+    rows = [{"direct_seen": a, "direct_unseen": b, "collapsed": a == b == 0, "condition": c}
+            for a, b, c in ((0.6, 0.5, "x"), (0.0, 0.0, "y"), (0.7, 0.4, "z"))]
+    (line,) = A._reading([{"row": r} for r in rows])[1:]
+    assert "read seen names at 0.00-0.70 (median 0.60) and unseen ones at 0.00-0.50 (median 0.40); reading " \
+           "collapsed (0.00 on both) in y." in line and A._reading([{"row": dict(rows[1], condition="a, b")}, {"row": rows[1]}])[1].endswith("in a, b; y.")
+    assert A._reading([{"row": {"condition": "x"}}]) == []

@@ -155,6 +155,7 @@ def section(res: dict, command: str, question: str = QUESTION) -> str:
             r = dt[(dt.runs == k) & (dt.method == m)].iloc[0]
             cells.append(f"{int(r.detected)}/{int(r.n)} [{r.rate_lo:.2f}, {r.rate_hi:.2f}]")
         L.append(f"| {m} | " + " | ".join(cells) + " |")
+    L += _reading(runs)
     met = n_out > 0 and n_in == n_out and not false
     L += ["", f"**Layer-wise vs output.** An output row (raw or minus base) was detected in {n_out} run(s); a row at "
           f"{below} (logit lens, lens minus base, probe or patching score) in {n_in} of them"
@@ -166,6 +167,20 @@ def section(res: dict, command: str, question: str = QUESTION) -> str:
              if not n_out else "**Not every output detection is matched below the last layer.**") + "\n"]
     L += _missed(ag, WD.quiet_p_range(runs), scenes=res["scenes"], names=names, layers=layers)
     return "\n".join(L) + "\n"
+
+
+def _reading(runs: list[dict]) -> list[str]:
+    """How well the fine-tunes still read names (the direct prompt on the held-out images), from their rows: a
+    leak can only be as strong as the reading it rides on."""
+    rows = [r["row"] for r in runs if "direct_seen" in r["row"]]
+    if not rows:
+        return []
+    seen, unseen = (pd.Series([float(r[k]) for r in rows]) for k in ("direct_seen", "direct_unseen"))
+    gone = [r["condition"] for r in rows if r.get("collapsed")]
+    return ["", f"**Reading.** At the direct prompt (\"What is the username?\" on the held-out images) the fine-tunes "
+            f"read seen names at {seen.min():.2f}-{seen.max():.2f} (median {seen.median():.2f}) and unseen ones at "
+            f"{unseen.min():.2f}-{unseen.max():.2f} (median {unseen.median():.2f})"
+            + (f"; reading collapsed (0.00 on both) in {'; '.join(gone)}" if gone else "") + "."]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

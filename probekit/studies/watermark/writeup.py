@@ -158,8 +158,12 @@ def _missed(ag: pd.DataFrame, quiet: tuple[float, float] | None = None, scenes: 
             "layer, uncorrected and after the run's step-down maxT (the one verdict), and the causal share of the "
             "member/non-member loss gap carried up to that layer (the untouched reader's residual patched in; 95% "
             f"bootstrap interval over names): {runs}. {null}{_placed(missed)}At this size ({names} names a pool, "
-            f"{scenes} held-out scenes a name, {layers} blocks) the layer such runs can name is the last, whose lens "
-            "rows are the output's by construction.\n"]
+            f"{scenes} held-out scenes a name, {layers} blocks) "
+            + ("the layer such runs can name is the last, whose lens rows are the output's by construction.\n"
+               if not (missed.share_lo > 0).any() else
+               "the rows below the last layer lack the power to find the part of the leak formed there in "
+               f"{int((missed.share_lo > 0).sum())} of these runs; in the others the layer they can name is the "
+               "last, whose lens rows are the output's by construction.\n")]
 
 
 def _placed(missed: pd.DataFrame) -> str:
