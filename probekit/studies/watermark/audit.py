@@ -46,8 +46,13 @@ _NEEDED = ("point", "source", "score", "auc", "auc_lo", "auc_hi", "detected", "p
 _FIX = "delete the folder's files of that run and run again (finished runs are kept, the rest is redone)"
 
 
+def _variant(names: int = 100, layers: int = 3) -> str:
+    """What sets a run apart from the study's organism, in its file names and its section's marker."""
+    return (f"-n{names}" if names != 100 else "") + (f"-L{layers}" if layers != 3 else "")
+
+
 def tag(fraction: float, seed: int, names: int = 100, layers: int = 3) -> str:
-    return f"f{fraction:g}-s{seed}" + (f"-n{names}" if names != 100 else "") + (f"-L{layers}" if layers != 3 else "")
+    return f"f{fraction:g}-s{seed}" + _variant(names, layers)
 
 
 def _read(out: Path, t: str, label: str) -> dict | None:
@@ -71,12 +76,14 @@ def _read(out: Path, t: str, label: str) -> dict | None:
 
 
 def run(out: str | Path, scenes: int = SCENES, fractions: Sequence[float] = FRACTIONS, seeds: Sequence[int] = SEEDS,
-        verbose: bool = True, names: int = 100, layers: int = 3, pairs: Sequence[tuple[float, int]] | None = None) -> dict:
+        verbose: bool = True, names: int = 100, layers: int = 3,
+        pairs: Sequence[tuple[float, int]] | None = None) -> dict:
     """Every (seed, fraction) run with ``scenes`` held-out scenes per pair and ``names`` names a pool (the study:
     100; sightings per name fixed, so more names is more training), fine-tuned from a reader of ``layers`` blocks
     (the study's: 3, shipped; another depth is pretrained on first use with the same recipe and cached, about
-    15 minutes on one thread); ``pairs`` (``(fraction, seed)``, in place of the grid) audits chosen fine-tunes: ``runs`` (row, table, attribution per run, as the dose study's) and ``seconds`` (of
-    the runs made now; read-back runs keep their own in ``row``)."""
+    15 minutes on one thread); ``pairs`` (``(fraction, seed)``, in place of the grid) audits chosen fine-tunes.
+    Returns ``runs`` (row, table, attribution per run, as the dose study's) and ``seconds`` (of the runs made now;
+    read-back runs keep their own in ``row``)."""
     import torch
 
     from ...models.loading import load
@@ -216,8 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = section(res, cmd, a.question)
     print(text)
     if a.docs:
-        marker = a.section or "watermark-audit" + (f"-n{a.names}" if a.names != 100 else "") + (
-            f"-L{a.layers}" if a.layers != 3 else "")
+        marker = a.section or "watermark-audit" + _variant(a.names, a.layers)
         print(f"wrote {replace_section(Path(a.docs) / 'results.md', marker, text)}")
     return 0
 

@@ -29,8 +29,8 @@ from ..._stats import min_detectable_shift, sign_flip_null, t_half_width, wilson
 from . import dose_organism as D
 from ...readout.significance import add_verdicts
 
-__all__ = ["DoseConfig", "METHODS", "methods", "depth", "run_dose_study", "dose_table", "layer_table", "agreement", "paired_tests",
-           "shifted_guard"]
+__all__ = ["DoseConfig", "METHODS", "methods", "depth", "run_dose_study", "dose_table", "layer_table", "agreement",
+           "paired_tests", "shifted_guard"]
 
 
 @dataclass(frozen=True)
@@ -183,9 +183,10 @@ def dose_table(runs: list[dict]) -> pd.DataFrame:
     groups: dict[str, list[dict]] = {}
     for run in runs:
         groups.setdefault(_key(run["row"]), []).append(run)
+    chosen = methods(depth(runs))
     for key, rs in groups.items():
         r0 = rs[0]["row"]
-        for name, hit in methods(depth(runs)).items():
+        for name, hit in chosen.items():
             k = sum(hit(r) for r in rs)
             if name.startswith("mean-pooled") and not all(_scanned(r) for r in rs):
                 continue  # not scanned

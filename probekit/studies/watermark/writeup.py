@@ -150,6 +150,7 @@ def _missed(ag: pd.DataFrame, quiet: tuple[float, float] | None = None, scenes: 
         return []
     runs = "; ".join(f"{r.condition}: p {r.min_p_below:.3f} ({r.min_p_adjusted_below:.2f} corrected), share up to "
                      f"{r.share_point} {r.share:.2f} [{r.share_lo:.2f}, {r.share_hi:.2f}]" for r in missed.itertuples())
+    lower = int((missed.share_lo > 0).sum())  # runs whose share up to the last layer below lies above 0
     null = "" if quiet is None else (
         f"Rows below the last layer of the runs that read no U1 name reach p {quiet[0]:.3f} (each such run's "
         f"smallest: {quiet[0]:.3f}-{quiet[1]:.3f}): p-values of this size are what a run without the leak shows "
@@ -159,11 +160,10 @@ def _missed(ag: pd.DataFrame, quiet: tuple[float, float] | None = None, scenes: 
             "member/non-member loss gap carried up to that layer (the untouched reader's residual patched in; 95% "
             f"bootstrap interval over names): {runs}. {null}{_placed(missed)}At this size ({names} names a pool, "
             f"{scenes} held-out scenes a name, {layers} blocks) "
-            + ("the layer such runs can name is the last, whose lens rows are the output's by construction.\n"
-               if not (missed.share_lo > 0).any() else
-               "the rows below the last layer lack the power to find the part of the leak formed there in "
-               f"{int((missed.share_lo > 0).sum())} of these runs; in the others the layer they can name is the "
-               "last, whose lens rows are the output's by construction.\n")]
+            + (f"the rows below the last layer lack the power to find the part of the leak formed there in {lower} "
+               "of these runs; in the others " if lower else "")
+            + f"the layer {'they' if lower else 'such runs'} can name is the last, whose lens rows are the output's by "
+            "construction.\n"]
 
 
 def _placed(missed: pd.DataFrame) -> str:
