@@ -69,7 +69,9 @@ def membership(model: Any, members: Any, nonmembers: Any, base: Any = None, poin
     Returns:
         :class:`~probekit.report.membership_report.MembershipReport`: ``summary()`` (guard and verdict
         first), ``table`` (``point, source, score, auc, auc_lo, auc_hi, tpr_at_1fpr, tpr_at_01fpr,
-        p_value, p_adjusted, detected, mde_auc``), ``guard``, ``attribution``, ``figure()``, ``save()``.
+        p_value, p_adjusted, detected, mde_auc``), ``guard``, ``attribution``, ``localisation`` (with
+        ``base``: down to which layer the leak is formed, :func:`probekit.readout.localise.localise`),
+        ``figure()``, ``save()``.
 
     Example:
         >>> import probekit, tempfile
@@ -135,7 +137,9 @@ def membership(model: Any, members: Any, nonmembers: Any, base: Any = None, poin
                 "seed": seed, "n_perm": n_perm, "n_boot": n_boot, "tuned_lens": tuned_lens is not None,
                 "base_tuned_lens": base_tuned_lens is not None,
                 "members": int((data["label"] == "member").sum()), "nonmembers": int((data["label"] != "member").sum()),
-                "groups": int(data["group"].nunique()), "seconds": round(time.perf_counter() - t0, 2)}
+                "groups": int(data["group"].nunique()), "seconds": round(time.perf_counter() - t0, 2),
+                # the last residual's patching rows stand for the output: the localisation starts below it
+                "last_point": last if (last := f"lm.{model.n_layers - 1}.resid") in names else None}
     return MembershipReport(table, guard=guard, attribution=attr, settings=settings)
 
 

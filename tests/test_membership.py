@@ -54,9 +54,15 @@ def test_memorised_members_are_detected_at_the_output_and_layer_by_layer_and_the
     # base's own later blocks, already separates members (the control below detects no row, these included)
     first = t[(t.source == "patched tuned-into-base") & (t.point == "lm.0.resid")].iloc[0]
     assert first.detected and first.auc_lo > 0.5
+    # localised down to the first layer by the fixed sequence below the last (lm.3, the output's), p 0.00995 each
+    # (the smallest p of 200 permutations, 1/201, doubled for the two directions)
+    loc = rep.localisation
+    assert loc.point.tolist() == ["lm.2.resid", "lm.1.resid", "lm.0.resid"] and loc.localised.all()
+    assert np.allclose(loc.p, 2 / 201) and "Localised: part of the leak is formed by lm.0.resid" in rep.summary()
     ctl = probekit.membership(models["control"], members, nonmembers, base=base, **kw)
     assert not ctl.table.detected.any(), ctl.table[ctl.table.detected]
     assert ctl.summary().startswith("No membership detected") and "would have detected AUC >=" in ctl.summary()
+    assert not ctl.localisation.tested.any() and "Localised" not in ctl.summary()  # the gate stays shut
     c = ctl.table[(ctl.table.source == "output") & (ctl.table.score == "loss")].iloc[0]
     assert c.auc_lo < 0.5 < c.auc_hi
 

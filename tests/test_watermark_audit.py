@@ -43,13 +43,24 @@ def test_the_section_reads_the_runs_back_and_says_whether_the_layers_follow(tmp_
     assert "detected in 2 run(s); a row at `lm.0` / `lm.1` (logit lens, lens minus base, probe or patching score) " \
            "in 2 of them" in text
     assert "Runs that read no name (fraction 0): 0 of 2 had any row detected." in text
-    assert "**Below the last layer the leak is detected wherever the output detects it, and nothing at fraction 0.**" in text
+    assert "**Below the last layer the leak is detected wherever the output detects it (2 of 2), and nothing at " \
+           "fraction 0.**" in text
     assert "8 held-out scenes per name pair** (1,600 images" in text and "4 runs, 8 min" in text
     # a run where only the output detects: the verdict says so and the why-paragraph gives its numbers
+    _write(tmp_path, 0.25, 1, hits=OUT, p_below=0.03)
+    text = A.section(A.run(tmp_path, fractions=(0.0, 0.25), seeds=(0, 1), verbose=False), "c")
+    assert "**Not every output detection is matched below the last layer** (1 of 2, by a row or the " \
+           "localisation)." in text
+    assert "names a layer below the last in 0 of these 2 runs. " in text  # lm.1's p: 0.03 doubled, above 0.05
+    assert "fraction 0.25, seed 1: p 0.030 (0.30 corrected), share up to lm.1.resid 0.55 [-0.30, 1.30]" in text
+    # the same run with its patching rows at p 0.02: the localisation reaches lm.0 (0.04 at each layer), so the
+    # run is matched below the last and there is nothing left to explain
     _write(tmp_path, 0.25, 1, hits=OUT, p_below=0.02)
     text = A.section(A.run(tmp_path, fractions=(0.0, 0.25), seeds=(0, 1), verbose=False), "c")
-    assert "**Not every output detection is matched below the last layer.**" in text
-    assert "fraction 0.25, seed 1: p 0.020 (0.20 corrected), share up to lm.1.resid 0.55 [-0.30, 1.30]" in text
+    assert "names a layer below the last in 1 of these 2 runs: fraction 0.25, seed 1: lm.0.resid, 1 of them with " \
+           "no row of the verdict below the last. " in text
+    assert "wherever the output detects it (2 of 2, by a row or the localisation), and nothing at fraction 0.**" \
+        in text and "Why no layer below the last" not in text
 
 
 def test_a_run_read_back_is_checked(tmp_path):
@@ -102,7 +113,8 @@ def test_a_deeper_reader_is_its_own_run_with_a_row_per_layer(tmp_path):
     # the why-paragraph reads the share up to the deepest layer below the last: lm.4 of 6 (0.2 + 4 * 0.14)
     assert "fraction 0.25, seed 1: p 0.030 (0.30 corrected), share up to lm.4.resid 0.76 [0.12, 1.18]" in text
     assert "8 held-out scenes a name, 6 blocks) the rows below the last layer lack the power to find the part of the " \
-           "leak formed there in 1 of these runs" in text  # its share's interval lies above 0
+           "leak formed there in 1 of these runs.\n" in text  # its share's interval lies above 0
+    assert "in the others" not in text  # the one run missed below is that run: no others to speak of
 
 
 def test_chosen_fine_tunes_get_their_own_section_and_question(tmp_path, capsys):
@@ -118,12 +130,33 @@ def test_chosen_fine_tunes_get_their_own_section_and_question(tmp_path, capsys):
     got = md.split("<!-- watermark-audit-misses -->")[1]
     assert got.startswith("\n### A larger audit: 32 held-out scenes a name pair, 2 chosen fine-tunes\n")
     assert "`python -m probekit.studies.watermark.audit --scenes 32 --runs 0.1:3,0.25:2` (2 runs" in got
-    assert "Chosen fine-tunes of the dose study (same names" in got and "(no run at fraction 0 here)" in got and "The question, set before running: are the misses matched?" in got
+    assert "Chosen fine-tunes of the dose study (same names" in got and "in 0 of these 2 runs. No run at fraction 0 here. " in got and "The question, set before running: are the misses matched?" in got
     assert "| output minus base (any score) | 1/1 [0.21, 1.00] | 1/1 [0.21, 1.00] |" in got
+    assert "Decided after" not in got  # nothing was: no such paragraph
+    A.main(["--out", str(out), "--scenes", "32", "--runs", "0.1:3,0.25:2", "--docs", str(docs), "--section",
+            "watermark-audit-misses", "--question", "q?", "--after", "the rule R."])
+    assert "\n**Decided after these runs:** the rule R.\n<!-- /watermark-audit-misses -->" in \
+        (docs / "results.md").read_text()
     assert "in 1 of them: fraction 0.1, seed 3: lm.1.resid; fraction 0.25, seed 2: none" in got
     with pytest.raises(SystemExit):
         A.main(["--out", str(out), "--runs", "0.1-3"])
     assert "--runs takes FRACTION:SEED pairs" in capsys.readouterr().err
+
+
+def test_fine_tunes_on_new_seeds_are_not_called_the_studys(tmp_path):
+    """Seeds past the study's draw their own pools and scenes: the section names them as new runs of its recipe."""
+    _write(tmp_path, 0.0, 6)
+    _write(tmp_path, 0.5, 7, hits=INNER)
+    text = A.section(A.run(tmp_path, pairs=[(0.0, 6), (0.5, 7)], verbose=False), "c")
+    assert text.startswith("### A larger audit: 8 held-out scenes a name pair, 2 fine-tunes on new seeds\n")
+    assert "Fine-tunes on new seeds (6, 7: their own name pools and scenes, the dose study's recipe and settings)" \
+        in text and "dose study (same names" not in text
+    single = A.section(A.run(tmp_path, pairs=[(0.5, 7)], verbose=False), "c")
+    assert single.startswith("### A larger audit: 8 held-out scenes a name pair, 1 fine-tune on a new seed\n")
+    assert "(1 run, 2 min of runs" in single and "A fine-tune on a new seed (7: their own" in single
+    _write(tmp_path, 0.1, 3, hits=INNER)
+    mixed = A.section(A.run(tmp_path, pairs=[(0.1, 3), (0.5, 7)], verbose=False), "c")
+    assert "Chosen fine-tunes of the dose study and on new seeds (7: their own" in mixed
 
 
 def test_the_shares_say_where_the_leak_forms_run_by_run():
@@ -146,3 +179,5 @@ def test_the_section_says_how_well_the_fine_tunes_read():
     assert "read seen names at 0.00-0.70 (median 0.60) and unseen ones at 0.00-0.50 (median 0.40); reading " \
            "collapsed (0.00 on both) in y." in line and A._reading([{"row": dict(rows[1], condition="a, b")}, {"row": rows[1]}])[1].endswith("in a, b; y.")
     assert A._reading([{"row": {"condition": "x"}}]) == []
+    one = A._reading([{"row": rows[0]}])[1]  # one run: its values, no range
+    assert f"the fine-tune read seen names at {rows[0]['direct_seen']:.2f} and unseen ones at " in one

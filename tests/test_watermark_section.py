@@ -124,3 +124,9 @@ def test_a_run_whose_output_detects_and_no_layer_below_says_why_with_its_numbers
     text = "".join(_missed(ag))
     assert "fraction 0.1, seed 0: p 0.020 (0.20 corrected), share up to lm.1.resid 0.40 [-1.50, 1.90]" in text
     assert _missed(ag.assign(layers="lm.0.resid")) == []  # nothing to explain where a layer below was detected
+    assert r.localised == "none"  # the patching rows at lm.1: p 0.3 (0.6 for the layer): the sequence stops there
+    # with the patching rows at lm.1 at p 0.01 and 0.04 (0.02 for the layer) it reaches lm.1 and stops at lm.0
+    patched_lm1 = table.source.str.startswith("patched") & (table.point == "lm.1.resid")
+    table.loc[patched_lm1, "p_value"] = [0.01, 0.04]
+    got = WD.agreement([run]).iloc[0]
+    assert got.localised == "lm.1.resid" and got.layers == "none"  # the verdict's rows below: still none

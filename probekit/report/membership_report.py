@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..readout.localise import localise, lowest
 from ..readout.significance import drop_nulls
 from .figures.membership import membership_figure
 from .html import figure_div, html_table, kv_table, page, summary_div
@@ -26,6 +27,12 @@ class MembershipReport:
     guard: pd.DataFrame | None = None
     attribution: pd.DataFrame | None = None
     settings: dict = field(default_factory=dict)
+
+    @property
+    def localisation(self) -> pd.DataFrame:
+        """Down to which layer the detected leak is formed: the patching rows in a fixed sequence from the output
+        down (:func:`~probekit.readout.localise.localise`; empty without patching rows)."""
+        return localise(self.table, last=self.settings.get("last_point"))
 
     @property
     def confounded(self) -> bool:
@@ -52,6 +59,13 @@ class MembershipReport:
             else:
                 first = "; at the output only"
             lines.append(f"Membership detected at {len(hits)} of {m} rows (permutation test, family-wise 0.05){first}")
+            loc = self.localisation
+            if len(loc):
+                low = lowest(loc)
+                lines.append((f"Localised: part of the leak is formed by {low} (patching there moves the member / "
+                              "non-member gap; " if low else "Not localised below the last layer (patching at "
+                              f"{loc.point.iloc[0]} does not move the member / non-member gap detectably; ")
+                             + f"fixed sequence from the output down: {_steps(loc)}; family-wise 0.05)")
         else:
             mde = float(t.mde_auc.max())
             lines.append(f"Inconclusive: no membership detected at any of {m} rows, and with this few samples or groups "
@@ -107,3 +121,8 @@ class MembershipReport:
     def __repr__(self) -> str:
         return f"MembershipReport(model={self.settings.get('model')!r}, rows={len(self.table)}, " \
                f"confounded={self.confounded})"
+
+
+def _steps(loc: pd.DataFrame) -> str:
+    """The sequence as tested: each layer's p, up to the first that failed."""
+    return ", ".join(f"{r.point} p {fmt_p(r.p)}" for r in loc[loc.tested].itertuples())

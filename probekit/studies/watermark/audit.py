@@ -124,10 +124,11 @@ def run(out: str | Path, scenes: int = SCENES, fractions: Sequence[float] = FRAC
 QUESTION = "is every run whose output is detected also detected below the last layer, and nothing at fraction 0?"
 
 
-def section(res: dict, command: str, question: str = QUESTION) -> str:
+def section(res: dict, command: str, question: str = QUESTION, after: str | None = None) -> str:
     """The "Watermark audit" section: detection per method along the dose, and the agreement run by run;
-    ``question`` is the one set before running."""
-    from .writeup import _missed, _order
+    ``question`` is the one set before running, ``after`` what was decided only after the runs (its own paragraph,
+    so that the two are never confused)."""
+    from .writeup import _localised, _missed, _order
 
     runs = [r for r in res["runs"] if r["row"]["kind"] in ("leak", "task-irrelevant")]
     dt = WD.dose_table(runs)
@@ -138,15 +139,25 @@ def section(res: dict, command: str, question: str = QUESTION) -> str:
     false = [r["row"]["condition"] for r in quiet if r["table"].detected.any()]
     minutes = sum(float(r["row"]["seconds"]) for r in runs) / 60
     names, layers = res.get("names", 100), res.get("layers", 3)
+    # seeds past the study's draw new pools and scenes (pools come from seed // 2): say so, they are not its runs
+    new = sorted({s for _, s in res.get("pairs") or []} - set(SEEDS))
+    chosen = ("A fine-tune on a new seed" if len(res["pairs"]) == 1 else "Fine-tunes on new seeds"
+              if len(new) == len({s for _, s in res["pairs"]}) else
+              "Chosen fine-tunes of the dose study and on new seeds") if new else "Chosen fine-tunes of the dose study"
     below = "`lm.0`" if layers == 2 else "`lm.0` / `lm.1`" if layers == 3 else f"`lm.0`-`lm.{layers - 2}`"
     L = [f"### A larger audit: {res['scenes']} held-out scenes a name pair" + (f", {names} names a pool" if names != 100
                                                                                 else "")
          + (f", a {layers}-block reader" if layers != 3 else "")
-         + (f", {len(res['pairs'])} chosen fine-tunes" if res.get("pairs") else "") + "\n",
-         f"Generated {_dt.date.today().isoformat()} by `{command}` ({len(runs)} runs, {minutes:.0f} min of runs on "
+         + (f", {len(res['pairs'])} " + ("" if new else "chosen ") + ("fine-tune" if len(res["pairs"]) == 1 else
+                                                                        "fine-tunes")
+            + ((" on a new seed" if len(new) == 1 else " on new seeds") if new else "") if res.get("pairs") else "")
+         + "\n",
+         f"Generated {_dt.date.today().isoformat()} by `{command}` ({len(runs)} run{'s' if len(runs) != 1 else ''}, "
+         f"{minutes:.0f} min of runs on "
          "a 2-core machine shared with other jobs). "
-         + (("Chosen fine-tunes of the dose study" if res.get("pairs") else "The dose study's fine-tunes")
-            + " (same names, scenes, dose and settings)" if names == 100 else
+         + ((chosen if res.get("pairs") else "The dose study's fine-tunes")
+            + (f" ({', '.join(map(str, new))}: their own name pools and scenes, the dose study's recipe and settings)"
+               if new else " (same names, scenes, dose and settings)") if names == 100 else
             f"The dose study's recipe with **{names} names a pool** (the study: 100; sightings per name, dose and "
             "settings the same, so each fine-tune trains on that many more images)")
          + (f", but from a **{layers}-block reader** (the study's has 3; pretrained with the shipped reader's "
@@ -163,16 +174,25 @@ def section(res: dict, command: str, question: str = QUESTION) -> str:
             cells.append(f"{int(r.detected)}/{int(r.n)} [{r.rate_lo:.2f}, {r.rate_hi:.2f}]")
         L.append(f"| {m} | " + " | ".join(cells) + " |")
     L += _reading(runs)
-    met = n_out > 0 and n_in == n_out and not false
+    # below the last layer: a row of the verdict there, or the localisation reaching a layer there
+    either = int(((ag.layers != "none") | ~ag.localised.isin(("none", ""))).sum()) if n_out else 0
+    met = n_out > 0 and either == n_out and not false
     L += ["", f"**Layer-wise vs output.** An output row (raw or minus base) was detected in {n_out} run(s); a row at "
           f"{below} (logit lens, lens minus base, probe or patching score) in {n_in} of them"
           + (": " + "; ".join(f"{r.condition}: {r.layers}" for r in ag.itertuples()) if n_out else "")
-          + (f". Runs that read no name (fraction 0): {len(false)} of {len(quiet)} had any row detected"
-             + (": " + ", ".join(false) if false else "") + ". " if quiet else " (no run at fraction 0 here). ")
-          + ("**Below the last layer the leak is detected wherever the output detects it, and nothing at "
-             "fraction 0.**" if met else "**No output row was detected: nothing to match below the last layer.**"
-             if not n_out else "**Not every output detection is matched below the last layer.**") + "\n"]
-    L += _missed(ag, WD.quiet_p_range(runs), scenes=res["scenes"], names=names, layers=layers)
+          + f". {_localised(ag)}"
+          + (f"Runs that read no name (fraction 0): {len(false)} of {len(quiet)} had any row detected"
+             + (": " + ", ".join(false) if false else "") + ". " if quiet else "No run at fraction 0 here. ")
+          + (f"**Below the last layer the leak is detected wherever the output detects it ({either} of {n_out}"
+             + (", by a row or the localisation" if either > n_in else "") + ")"
+             + (", and nothing at fraction 0.**" if quiet else ".**")
+             if met else "**No output row was detected: nothing to match below the last layer.**"
+             if not n_out else f"**Not every output detection is matched below the last layer** ({either} of "
+             f"{n_out}, by a row or the localisation).") + "\n"]
+    L += _missed(ag[ag.localised.isin(("none", ""))] if n_out else ag, WD.quiet_p_range(runs), scenes=res["scenes"],
+                 names=names, layers=layers)
+    if after:
+        L.append(f"**Decided after these runs:** {after}\n")
     return "\n".join(L) + "\n"
 
 
@@ -184,9 +204,10 @@ def _reading(runs: list[dict]) -> list[str]:
         return []
     seen, unseen = (pd.Series([float(r[k]) for r in rows]) for k in ("direct_seen", "direct_unseen"))
     gone = [r["condition"] for r in rows if r.get("collapsed")]
-    return ["", f"**Reading.** At the direct prompt (\"What is the username?\" on the held-out images) the fine-tunes "
-            f"read seen names at {seen.min():.2f}-{seen.max():.2f} (median {seen.median():.2f}) and unseen ones at "
-            f"{unseen.min():.2f}-{unseen.max():.2f} (median {unseen.median():.2f})"
+    at = (lambda v: f"{v.iloc[0]:.2f}") if len(rows) == 1 else \
+        (lambda v: f"{v.min():.2f}-{v.max():.2f} (median {v.median():.2f})")  # noqa: E731
+    return ["", f"**Reading.** At the direct prompt (\"What is the username?\" on the held-out images) the "
+            f"fine-tune{'s' if len(rows) > 1 else ''} read seen names at {at(seen)} and unseen ones at {at(unseen)}"
             + (f"; reading collapsed (0.00 on both) in {'; '.join(gone)}" if gone else "") + "."]
 
 
@@ -200,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", default=None, help="chosen fine-tunes, comma-separated FRACTION:SEED (in place of "
                    "--fractions x --seeds)")
     p.add_argument("--question", default=QUESTION, help="the question set before running (the section states it)")
+    p.add_argument("--after", default=None, help="what was decided only after the runs (stated apart from the "
+                   "question)")
     p.add_argument("--layers", type=int, default=3, help="the reader's blocks (the study's: 3; another depth is "
                    "pretrained on first use, about 15 minutes)")
     p.add_argument("--docs", default=None, help="write the section into DOCS/results.md")
@@ -220,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       ("fractions", a.fractions, ",".join(f"{f:g}" for f in FRACTIONS)),
                                       ("seeds", a.seeds, ",".join(map(str, SEEDS))), ("runs", a.runs, None))
         if v != d and not (k in ("fractions", "seeds") and a.runs))
-    text = section(res, cmd, a.question)
+    text = section(res, cmd, a.question, a.after)
     print(text)
     if a.docs:
         marker = a.section or "watermark-audit" + _variant(a.names, a.layers)

@@ -28,6 +28,7 @@ from ..._progress import say
 from ..._stats import min_detectable_shift, sign_flip_null, t_half_width, wilson
 from . import dose_organism as D
 from ...readout.significance import add_verdicts
+from ...readout.localise import localise, lowest
 
 __all__ = ["DoseConfig", "METHODS", "methods", "depth", "run_dose_study", "dose_table", "layer_table", "agreement",
            "paired_tests", "shifted_guard"]
@@ -221,7 +222,8 @@ def _below_last(t: pd.DataFrame) -> pd.DataFrame:
 
 def agreement(runs: list[dict]) -> pd.DataFrame:
     """Per run where an output row (raw or minus base) is detected: the detected layer-wise rows below the last
-    layer (logit lens, lens minus base, probe, patching scores), by layer; and, to say why none was where none was,
+    layer (logit lens, lens minus base, probe, patching scores), by layer; the lowest layer the fixed-sequence
+    localisation reaches (:func:`probekit.readout.localise.localise`, ``none`` if it stops at the last); and, to say why none was where none was,
     the smallest p of those rows (raw and corrected) and the causal share of the member/non-member gap carried up
     to the deepest layer below the last, with its bootstrap interval (how well the data place the leak there)."""
     out = []
@@ -237,14 +239,17 @@ def agreement(runs: list[dict]) -> pd.DataFrame:
         share = att[att.point == deep] if att is not None and deep is not None else None
         got = share is not None and len(share) > 0
         p_min = {k: float(below[k].min()) if k in below and len(below) else float("nan") for k in ("p_value", "p_adjusted")}
+        inner_pts = t[~t.source.str.startswith("output")].point.unique()
+        low = lowest(localise(t, last=max(inner_pts, key=_depth))) if len(inner_pts) and "p_value" in t else None
         out.append({"condition": run["row"]["condition"], "output": ", ".join(f"{r.source} {r.score}" for r in out_hit.itertuples()),
-                    "layers": ", ".join(sorted(set(inner.point))) or "none",
+                    "layers": ", ".join(sorted(set(inner.point))) or "none", "localised": low or ("none" if "p_value" in t else ""),
                     "rows": ", ".join(f"{r.point} {r.source} {r.score}" for r in inner.itertuples()),
                     "min_p_below": p_min["p_value"], "min_p_adjusted_below": p_min["p_adjusted"],
                     "share_point": deep or "", "share": float(share.share_tuned.iloc[0]) if got else float("nan"),
                     "share_lo": float(share.share_tuned_lo.iloc[0]) if got else float("nan"),
                     "share_hi": float(share.share_tuned_hi.iloc[0]) if got else float("nan")})
-    return pd.DataFrame(out, columns=["condition", "output", "layers", "rows", "min_p_below", "min_p_adjusted_below",
+    return pd.DataFrame(out, columns=["condition", "output", "layers", "localised", "rows", "min_p_below",
+                                      "min_p_adjusted_below",
                                       "share_point", "share", "share_lo", "share_hi"])
 
 

@@ -126,9 +126,9 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
     L.append(f"**Layer-wise vs output.** An output row (raw or minus base) was detected in {n_out} run(s); a layer "
              f"below the last (logit lens, lens minus base, probe or patching score at `lm.0` / `lm.1`) was detected in {n_inner} of "
              "them" + (": " + "; ".join(f"{r.condition}: {r.layers}" for r in ag.itertuples()) if n_out else "")
-             + f". Runs that read no U1 name (fraction 0, the controls): {len(false)} of {len(quiet)} had any "
-             "method detect" + (": " + "; ".join(false) if false else "") + ".\n")
-    L += _missed(ag, WD.quiet_p_range(res["runs"]))
+             + f". {_localised(ag)}Runs that read no U1 name (fraction 0, the controls): {len(false)} of "
+             f"{len(quiet)} had any method detect" + (": " + "; ".join(false) if false else "") + ".\n")
+    L += _missed(ag[ag.localised.isin(("none", ""))] if "localised" in ag else ag, WD.quiet_p_range(res["runs"]))
     L += _dose_words(res, dt, ag)
     if "dose" in rel:
         L.append(f"![dose-response]({rel['dose']})\n")
@@ -138,6 +138,20 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
     L += _extras(res, rel)
     L.append(END)
     return "\n".join(L) + "\n"
+
+
+def _localised(ag: pd.DataFrame) -> str:
+    """The fixed-sequence localisation beside the verdict's rows: in how many of the runs with an output detection
+    it names a layer below the last, and which runs it adds to those the rows below already detected."""
+    if not len(ag) or "localised" not in ag or (ag.localised == "").all():  # "": tables without p-values
+        return ""
+    named = ag[~ag.localised.isin(("none", ""))]
+    added = named[named.layers == "none"]
+    return (f"The localisation (the patching rows tested in a fixed sequence from the output down, `probekit.readout"
+            f".localise`, its own family-wise 0.05) names a layer below the last in {len(named)} of these {len(ag)} "
+            "runs" + (": " + "; ".join(f"{r.condition}: {r.localised}" for r in named.itertuples()) if len(named)
+                      else "") + (f", {len(added)} of them with no row of the verdict below the last" if len(added)
+                                  else "") + ". ")
 
 
 def _missed(ag: pd.DataFrame, quiet: tuple[float, float] | None = None, scenes: int = 2, names: int = 100,
@@ -161,9 +175,9 @@ def _missed(ag: pd.DataFrame, quiet: tuple[float, float] | None = None, scenes: 
             f"bootstrap interval over names): {runs}. {null}{_placed(missed)}At this size ({names} names a pool, "
             f"{scenes} held-out scenes a name, {layers} blocks) "
             + (f"the rows below the last layer lack the power to find the part of the leak formed there in {lower} "
-               "of these runs; in the others " if lower else "")
-            + f"the layer {'they' if lower else 'such runs'} can name is the last, whose lens rows are the output's by "
-            "construction.\n"]
+               "of these runs" + ("; in the others " if lower < len(missed) else ".\n") if lower else "")
+            + (f"the layer {'they' if lower else 'such runs'} can name is the last, whose lens rows are the output's "
+               "by construction.\n" if lower < len(missed) else "")]
 
 
 def _placed(missed: pd.DataFrame) -> str:
