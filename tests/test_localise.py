@@ -56,3 +56,19 @@ def test_bad_input_is_named():
     with pytest.raises(InputError, match="alpha must lie in"):
         localise(_table({}), alpha=1.5)
     assert localise(_table({})).empty  # no patching rows (no base model): nothing to localise
+
+
+def test_the_membership_summary_says_where_and_how_far_the_sequence_went():
+    from probekit.report.membership_report import MembershipReport
+
+    def report(p_lm1):
+        t = _table({"lm.2.resid": (0.001, 0.001), "lm.1.resid": p_lm1, "lm.0.resid": (0.01, 0.01)})
+        t = t.assign(score="loss", auc=0.6, auc_lo=0.55, auc_hi=0.65, tpr_at_1fpr=0.02, p_adjusted=t.p_value * 10,
+                     mde_auc=0.64)
+        return MembershipReport(t, settings={"last_point": "lm.2.resid"}).summary().splitlines()[1]
+
+    assert report((0.3, 0.5)) == ("Not localised below the last layer (patching at lm.1.resid does not move the member "
+                                  "/ non-member gap detectably; fixed sequence from the output down: lm.1.resid p 0.6; "
+                                  "family-wise 0.05)")
+    assert report((0.02, 0.5)).startswith("Localised: part of the leak is formed by lm.0.resid (") and \
+        "lm.1.resid p 0.04, lm.0.resid p 0.02;" in report((0.02, 0.5))
