@@ -65,7 +65,11 @@ def test_the_membership_summary_says_where_and_how_far_the_sequence_went():
         t = _table({"lm.2.resid": (0.001, 0.001), "lm.1.resid": p_lm1, "lm.0.resid": (0.01, 0.01)})
         t = t.assign(score="loss", auc=0.6, auc_lo=0.55, auc_hi=0.65, tpr_at_1fpr=0.02, p_adjusted=t.p_value * 10,
                      mde_auc=0.64)
-        return MembershipReport(t, settings={"last_point": "lm.2.resid"}).summary().splitlines()[1]
+        rep = MembershipReport(t, settings={"last_point": "lm.2.resid"})
+        html = rep.to_html()  # the sequence as a table of the page, in the order tested
+        seq = html.split("fixed sequence from the output down</h2>")[1].split("<h2>")[0]
+        assert "lm.2.resid" not in seq and seq.index("lm.1.resid</td>") < seq.index("lm.0.resid</td>")
+        return rep.summary().splitlines()[1]
 
     assert report((0.3, 0.5)) == ("Not localised below the last layer (patching at lm.1.resid does not move the member "
                                   "/ non-member gap detectably; fixed sequence from the output down: lm.1.resid p 0.6; "

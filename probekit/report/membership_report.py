@@ -107,6 +107,10 @@ class MembershipReport:
                  str(html_table(rows(self.guard), cols, cls="fit")) if self.guard is not None else "<p>not run</p>",
                  "<h2>Membership per layer</h2>", str(figure_div(self.figure())),
                  str(html_table(rows(self.table), cols, cls="fit"))]
+        loc = self.localisation
+        if len(loc):
+            parts += ["<h2>Where it is formed: the patching rows in a fixed sequence from the output down</h2>",
+                      loc.to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0)]
         if self.attribution is not None:
             parts += ["<h2>Causal share of each layer (activation patching)</h2>",
                       drop_nulls(self.attribution).to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0)]
