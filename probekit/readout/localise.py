@@ -29,12 +29,12 @@ Example:
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import pandas as pd
 
 from ..errors import InputError
+from ..hooks.points import Point
 from .significance import ALPHA
 
 __all__ = ["PATCHED", "localise", "lowest"]
@@ -44,8 +44,8 @@ _NEEDED = ("point", "source", "p_value", "detected")
 
 
 def _depth(point: str) -> int:
-    m = re.search(r"\.(\d+)\.", point)
-    return int(m.group(1)) if m else -1
+    layer = Point.parse(point).layer
+    return -1 if layer is None else layer
 
 
 def localise(table: pd.DataFrame, *, last: str | None = None, alpha: float = ALPHA,
