@@ -153,10 +153,11 @@ def test_fine_tunes_on_new_seeds_are_not_called_the_studys(tmp_path):
         in text and "dose study (same names" not in text
     single = A.section(A.run(tmp_path, pairs=[(0.5, 7)], verbose=False), "c")
     assert single.startswith("### A larger audit: 8 held-out scenes a name pair, 1 fine-tune on a new seed\n")
-    assert "(1 run, 2 min of runs" in single and "A fine-tune on a new seed (7: their own" in single
+    assert "(1 run, 2 min of runs" in single and "A fine-tune on a new seed (7: its own" in single
     _write(tmp_path, 0.1, 3, hits=INNER)
     mixed = A.section(A.run(tmp_path, pairs=[(0.1, 3), (0.5, 7)], verbose=False), "c")
     assert "Chosen fine-tunes of the dose study and on new seeds (7: their own" in mixed
+    assert mixed.startswith("### A larger audit: 8 held-out scenes a name pair, 2 chosen fine-tunes, some on new seeds\n")
 
 
 def test_the_shares_say_where_the_leak_forms_run_by_run():

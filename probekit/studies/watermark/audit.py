@@ -141,22 +141,24 @@ def section(res: dict, command: str, question: str = QUESTION, after: str | None
     names, layers = res.get("names", 100), res.get("layers", 3)
     # seeds past the study's draw new pools and scenes (pools come from seed // 2): say so, they are not its runs
     new = sorted({s for _, s in res.get("pairs") or []} - set(SEEDS))
-    chosen = ("A fine-tune on a new seed" if len(res["pairs"]) == 1 else "Fine-tunes on new seeds"
-              if len(new) == len({s for _, s in res["pairs"]}) else
+    n = len(res.get("pairs") or [])
+    all_new = bool(new) and len(new) == len({s for _, s in res["pairs"]})
+    chosen = ("A fine-tune on a new seed" if n == 1 else "Fine-tunes on new seeds" if all_new else
               "Chosen fine-tunes of the dose study and on new seeds") if new else "Chosen fine-tunes of the dose study"
+    title = "" if not n else f", {n} " + ("fine-tune on a new seed" if new and n == 1 else "fine-tunes on new seeds"
+                                          if all_new else f"chosen fine-tune{'s' if n > 1 else ''}"
+                                          + (", some on new seeds" if new else ""))
     below = "`lm.0`" if layers == 2 else "`lm.0` / `lm.1`" if layers == 3 else f"`lm.0`-`lm.{layers - 2}`"
     L = [f"### A larger audit: {res['scenes']} held-out scenes a name pair" + (f", {names} names a pool" if names != 100
                                                                                 else "")
          + (f", a {layers}-block reader" if layers != 3 else "")
-         + (f", {len(res['pairs'])} " + ("" if new else "chosen ") + ("fine-tune" if len(res["pairs"]) == 1 else
-                                                                        "fine-tunes")
-            + ((" on a new seed" if len(new) == 1 else " on new seeds") if new else "") if res.get("pairs") else "")
-         + "\n",
+         + title + "\n",
          f"Generated {_dt.date.today().isoformat()} by `{command}` ({len(runs)} run{'s' if len(runs) != 1 else ''}, "
          f"{minutes:.0f} min of runs on "
          "a 2-core machine shared with other jobs). "
          + ((chosen if res.get("pairs") else "The dose study's fine-tunes")
-            + (f" ({', '.join(map(str, new))}: their own name pools and scenes, the dose study's recipe and settings)"
+            + (f" ({', '.join(map(str, new))}: {'its' if n == 1 else 'their'} own name pools and "
+               "scenes, the dose study's recipe and settings)"
                if new else " (same names, scenes, dose and settings)") if names == 100 else
             f"The dose study's recipe with **{names} names a pool** (the study: 100; sightings per name, dose and "
             "settings the same, so each fine-tune trains on that many more images)")
