@@ -177,7 +177,7 @@ def section(res: dict, command: str, question: str = QUESTION, after: str | None
         L.append(f"| {m} | " + " | ".join(cells) + " |")
     L += _reading(runs)
     # below the last layer: a row of the verdict there, or the localisation reaching a layer there
-    either = int(((ag.layers != "none") | ~ag.localised.isin(("none", ""))).sum()) if n_out else 0
+    either = int(((ag.layers != "none") | WD.localised_below(ag)).sum()) if n_out else 0
     met = n_out > 0 and either == n_out and not false
     L += ["", f"**Layer-wise vs output.** An output row (raw or minus base) was detected in {n_out} run(s); a row at "
           f"{below} (logit lens, lens minus base, probe or patching score) in {n_in} of them"
@@ -191,8 +191,8 @@ def section(res: dict, command: str, question: str = QUESTION, after: str | None
              if met else "**No output row was detected: nothing to match below the last layer.**"
              if not n_out else f"**Not every output detection is matched below the last layer** ({either} of "
              f"{n_out}, by a row or the localisation).") + "\n"]
-    L += _missed(ag[ag.localised.isin(("none", ""))] if n_out else ag, WD.quiet_p_range(runs), scenes=res["scenes"],
-                 names=names, layers=layers)
+    L += _missed(ag[~WD.localised_below(ag)], WD.quiet_p_range(runs), scenes=res["scenes"], names=names,
+                 layers=layers)
     if after:
         L.append(f"**Decided after these runs:** {after}\n")
     return "\n".join(L) + "\n"

@@ -31,7 +31,7 @@ from ...readout.significance import add_verdicts
 from ...readout.localise import localise, lowest
 
 __all__ = ["DoseConfig", "METHODS", "methods", "depth", "run_dose_study", "dose_table", "layer_table", "agreement",
-           "paired_tests", "shifted_guard"]
+           "localised_below", "paired_tests", "shifted_guard"]
 
 
 @dataclass(frozen=True)
@@ -213,19 +213,31 @@ def _depth(point: str) -> int:
     return int(point.split(".")[1])
 
 
+def _last_point(t: pd.DataFrame) -> str | None:
+    """A run's deepest layer-wise point: its lens rows are the output's by construction (``lm.{L-1}.resid``)."""
+    points = t[~t.source.str.startswith("output")].point.unique()
+    return max(points, key=_depth) if len(points) else None
+
+
 def _below_last(t: pd.DataFrame) -> pd.DataFrame:
-    """A run's layer-wise rows (lens, probe, patching) at the layers below the last: the last residual's lens
-    rows are the output's by construction (``lm.{L-1}.resid`` through the lens)."""
+    """A run's layer-wise rows (lens, probe, patching) at the layers below the last (:func:`_last_point`)."""
     inner = t[~t.source.str.startswith("output")]
-    return inner[inner.point != max(inner.point.unique(), key=_depth)]
+    return inner[inner.point != _last_point(t)]
+
+
+def localised_below(ag: pd.DataFrame) -> pd.Series:
+    """Per run of :func:`agreement`: whether the localisation named a layer below the last (``localised`` holds
+    that layer; ``none`` where it stopped at the last, empty where the tables carry no p-values to test)."""
+    return ~ag.localised.isin(("none", ""))
 
 
 def agreement(runs: list[dict]) -> pd.DataFrame:
     """Per run where an output row (raw or minus base) is detected: the detected layer-wise rows below the last
     layer (logit lens, lens minus base, probe, patching scores), by layer; the lowest layer the fixed-sequence
-    localisation reaches (:func:`probekit.readout.localise.localise`, ``none`` if it stops at the last); and, to say why none was where none was,
-    the smallest p of those rows (raw and corrected) and the causal share of the member/non-member gap carried up
-    to the deepest layer below the last, with its bootstrap interval (how well the data place the leak there)."""
+    localisation reaches (:func:`probekit.readout.localise.localise`, ``none`` if it stops at the last; see
+    :func:`localised_below`); and, to say why none was where none was, the smallest p of those rows (raw and
+    corrected) and the causal share of the member/non-member gap carried up to the deepest layer below the last,
+    with its bootstrap interval (how well the data place the leak there)."""
     out = []
     for run in runs:
         t = run["table"]
@@ -239,10 +251,10 @@ def agreement(runs: list[dict]) -> pd.DataFrame:
         share = att[att.point == deep] if att is not None and deep is not None else None
         got = share is not None and len(share) > 0
         p_min = {k: float(below[k].min()) if k in below and len(below) else float("nan") for k in ("p_value", "p_adjusted")}
-        inner_pts = t[~t.source.str.startswith("output")].point.unique()
-        low = lowest(localise(t, last=max(inner_pts, key=_depth))) if len(inner_pts) and "p_value" in t else None
+        tested = "p_value" in t  # tables written without p-values have nothing to localise
+        low = lowest(localise(t, last=_last_point(t))) if tested else None
         out.append({"condition": run["row"]["condition"], "output": ", ".join(f"{r.source} {r.score}" for r in out_hit.itertuples()),
-                    "layers": ", ".join(sorted(set(inner.point))) or "none", "localised": low or ("none" if "p_value" in t else ""),
+                    "layers": ", ".join(sorted(set(inner.point))) or "none", "localised": low or ("none" if tested else ""),
                     "rows": ", ".join(f"{r.point} {r.source} {r.score}" for r in inner.itertuples()),
                     "min_p_below": p_min["p_value"], "min_p_adjusted_below": p_min["p_adjusted"],
                     "share_point": deep or "", "share": float(share.share_tuned.iloc[0]) if got else float("nan"),

@@ -128,7 +128,7 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
              "them" + (": " + "; ".join(f"{r.condition}: {r.layers}" for r in ag.itertuples()) if n_out else "")
              + f". {_localised(ag)}Runs that read no U1 name (fraction 0, the controls): {len(false)} of "
              f"{len(quiet)} had any method detect" + (": " + "; ".join(false) if false else "") + ".\n")
-    L += _missed(ag[ag.localised.isin(("none", ""))] if "localised" in ag else ag, WD.quiet_p_range(res["runs"]))
+    L += _missed(ag[~WD.localised_below(ag)], WD.quiet_p_range(res["runs"]))
     L += _dose_words(res, dt, ag)
     if "dose" in rel:
         L.append(f"![dose-response]({rel['dose']})\n")
@@ -143,9 +143,9 @@ def section(res: dict, paths: dict[str, Path], md_dir: Path, command: str) -> st
 def _localised(ag: pd.DataFrame) -> str:
     """The fixed-sequence localisation beside the verdict's rows: in how many of the runs with an output detection
     it names a layer below the last, and which runs it adds to those the rows below already detected."""
-    if not len(ag) or "localised" not in ag or (ag.localised == "").all():  # "": tables without p-values
+    if not len(ag) or (ag.localised == "").all():  # "": tables without p-values, nothing was tested
         return ""
-    named = ag[~ag.localised.isin(("none", ""))]
+    named = ag[WD.localised_below(ag)]
     added = named[named.layers == "none"]
     return (f"The localisation (the patching rows tested in a fixed sequence from the output down, `probekit.readout"
             f".localise`, its own family-wise 0.05) names a layer below the last in {len(named)} of these {len(ag)} "
